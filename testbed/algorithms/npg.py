@@ -1,0 +1,91 @@
+"""Natural policy gradient: theta_{t+1} = theta_t + eta·F(theta_t)⁺ ∇J(theta_t).
+
+F = E_x E_{y~pi} ∇ln pi ∇ln piᵀ (Kakade 2001; Agarwal, Kakade, Lee, Mahajan, JMLR 2021).
+With beta > 0 the objective is J_beta = J - beta·KL(pi || pi_ref), whose gradient uses the shaped
+reward q = r - beta·(ln pi_t - ln pi_ref) (Cen et al. 2021's regularised NPG).
+
+- ``exact``: tabular softmax has F⁺∇J = q - mean_y q per context with rho(x) > 0 (derived; the
+  test checks it against an explicit Fisher pseudo-inverse), so pi_{t+1} ∝ pi_t·exp(eta·q);
+  log-linear solves the d×d Fisher system with a pseudo-inverse.
+- ``sampled``: N responses; rows g_i = ∇ln pi(y_i|x_i). The sample Fisher F̂ and gradient ĝ are
+  the within-context sample covariances of g with itself and with q (a per-context baseline;
+  E g = 0, so both are consistent), and F̂⁺ĝ is the min-norm least-squares fit of q on the
+  scores with a free intercept per context — Kakade's compatible-function-approximation view.
+  Without the baseline the raw-moment estimate blows up as pi_t becomes near-deterministic, and
+  without damping (F̂ + lam·I) so do directions of rarely sampled actions (as in TRPO's damped
+  conjugate gradient); ``damping: 0`` gives the plain pseudo-inverse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from testbed.algorithms.base import Algorithm, Step, count, nonneg, one_of, positive
+from testbed.errors import InputError
+from testbed.losses import kl_shaped_reward
+from testbed.policies import LogLinear, Policy, TabularSoftmax, lstsq_step, mean_score_features, score_features
+
+
+@dataclass
+class NPGConfig:
+    eta: float = positive(1.0, "step size eta > 0")
+    beta: float = nonneg(0.0, "KL coefficient of J_beta = J - beta·KL(pi || pi_ref)")
+    mode: str = one_of("exact", ("exact", "sampled"), "exact Fisher, or sample Fisher and gradient")
+    samples: int = count(1000, "sampled: responses per iteration")
+    damping: float = nonneg(1e-4, "sampled: Fisher damping lam, solves (F̂ + lam·I)·delta = ĝ (0: pseudo-inverse)")
+
+    def validate(self, where: str) -> None:
+        if self.beta > 0 and self.eta * self.beta > 1:
+            raise InputError(f"{where}: eta·beta must be <= 1 for regularised NPG (got {self.eta * self.beta:g})")
+
+
+class NPG(Algorithm):
+    name = "npg"
+    Config = NPGConfig
+
+    def __init__(self, config: NPGConfig, problem, rng: np.random.Generator):
+        super().__init__(config, problem, rng)
+        self._all_rho_positive = bool(np.all(problem.rho > 0))
+
+    def shaped(self, r, log_pi, log_ref):
+        return r if self.config.beta == 0 else kl_shaped_reward(r, log_pi, log_ref, self.config.beta)
+
+    def update(self, policy: Policy, rng: np.random.Generator) -> Step:
+        return self._exact(policy) if self.config.mode == "exact" else self._sampled(policy, rng)
+
+    def _exact(self, policy: Policy) -> Step:
+        p, eta = self.problem, self.config.eta
+        log_pi = policy.log_probs()
+        q = self.shaped(p.rewards, log_pi, p.log_pi_ref)
+        if isinstance(policy, TabularSoftmax):
+            new = log_pi + eta * (q - q.mean(axis=1, keepdims=True))
+            if not self._all_rho_positive:  # F is zero on contexts with rho(x) = 0: no step there
+                new = np.where(p.rho[:, None] > 0, new, log_pi)
+            return Step(policy.with_params(new), None, None)
+        if isinstance(policy, LogLinear):
+            F, g = linear_fisher_and_gradient(p.rho, policy.features, np.exp(log_pi), q)
+            delta = eta * np.linalg.pinv(F, rtol=1e-12, hermitian=True) @ g
+            return Step(policy.with_params(policy.params + delta), None, None)
+        raise InputError(f"NPG mode 'exact' needs a tabular or log-linear policy (got {type(policy).__name__})")
+
+    def _sampled(self, policy: Policy, rng: np.random.Generator) -> Step:
+        p, N = self.problem, self.config.samples
+        x = p.sample_contexts(rng, N)
+        y = policy.sample(rng, x)
+        lp = policy.log_probs_at(x)[np.arange(N), y]
+        q = self.shaped(p.sample_rewards(rng, x, y), lp, p.log_pi_ref[x, y])
+        scores = score_features(policy, x, y) - mean_score_features(policy, x)
+        new, _ = lstsq_step(policy, x, scores, self.config.eta * q, context_intercept=True,
+                            ridge=self.config.damping)
+        return Step(new, None, N)
+
+
+def linear_fisher_and_gradient(rho, phi, pi, q):
+    """Exact F = E_x Cov_{pi(.|x)}(φ) and ∇J = E_x Cov_{pi(.|x)}(φ, q) for a log-linear policy."""
+    m = np.einsum("xy,xyd->xd", pi, phi)
+    centred = phi - m[:, None, :]
+    F = np.einsum("x,xy,xyi,xyj->ij", rho, pi, centred, centred)
+    g = np.einsum("x,xy,xyi,xy->i", rho, pi, centred, q)
+    return F, g

@@ -1,0 +1,171 @@
+"""REBEL: REgression to RElative REward Based RL (Gao et al., NeurIPS 2024, arXiv 2404.16767).
+
+Each iteration regresses the difference of log-ratios onto the difference of rewards:
+
+    theta_{t+1} = argmin_theta E_{x~rho, y~pi_t, y'~mu} ( (1/eta)[ln pi_theta(y|x)/pi_t(y|x)
+                      - ln pi_theta(y'|x)/pi_t(y'|x)] - (r(x,y) - r(x,y')) )²
+
+with KL regularisation folded into the reward, r <- r - beta·(ln pi_t - ln pi_ref), as in the
+official code. Modes:
+
+- ``exact``: the population problem. Tabular: its minimiser over all logit tables (any
+  full-support mu) is pi_{t+1} ∝ pi_t·exp(eta·r) — mirror descent (THEORY.md C). Log-linear:
+  the weighted normal equations E[ΔφΔφᵀ]·delta = eta·E[Δφ·Δr] solved with a pseudo-inverse;
+  with mu = pi_t this is exactly NPG.
+- ``sampled``: N pairs per iteration, the regression solved by least squares (tabular/log-linear,
+  min-norm) or by K epochs of minibatch Adam on :func:`testbed.losses.rebel_loss` (any
+  differentiable policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from testbed.algorithms.base import Algorithm, Step, adam_fit, count, nonneg, one_of, positive
+from testbed.errors import InputError
+from testbed.losses import kl_shaped_reward, rebel_loss
+from testbed.policies import LogLinear, Policy, TabularSoftmax, lstsq_step, score_features
+from testbed.problems import TabularBandit
+
+Y_PRIME = ("policy", "uniform", "ref", "offline")
+
+
+@dataclass
+class REBELConfig:
+    eta: float = positive(1.0, "step size eta > 0 (the regression target is eta·Δr)")
+    beta: float = nonneg(0.0, "KL coefficient: reward shaping r - beta·(ln pi_t - ln pi_ref)")
+    mode: str = one_of("exact", ("exact", "sampled"), "exact population update or sampled pairs")
+    pairs: int = count(1000, "sampled: (y, y') pairs per iteration (2 responses each)")
+    y_prime: str = one_of("policy", Y_PRIME, "where y' comes from: pi_t, uniform, pi_ref, or a fixed offline set")
+    offline_size: int = count(4, "y_prime=offline: responses per context, drawn once from pi_ref")
+    solver: str = one_of("lstsq", ("lstsq", "adam"), "sampled: exact least squares, or Adam on the loss")
+    epochs: int = count(4, "adam: epochs per batch (reshuffled), as in the official code")
+    minibatch: int = count(64, "adam: minibatch size")
+    lr: float = positive(0.05, "adam: learning rate")
+
+    def validate(self, where: str) -> None:
+        if self.beta > 0 and self.eta * self.beta > 1:
+            raise InputError(f"{where}: eta·beta must be <= 1 for the KL-shaped update (got {self.eta * self.beta:g})")
+
+
+class REBEL(Algorithm):
+    name = "rebel"
+    Config = REBELConfig
+
+    def __init__(self, config: REBELConfig, problem: TabularBandit, rng: np.random.Generator):
+        super().__init__(config, problem, rng)
+        X, Y = problem.rewards.shape
+        self.offline = None
+        if config.y_prime == "offline":  # a fixed set of responses per context, drawn once from pi_ref
+            ref = TabularSoftmax(problem.log_pi_ref)
+            self.offline = ref.sample(rng, np.repeat(np.arange(X), config.offline_size)).reshape(X, config.offline_size)
+        self._all_rho_positive = bool(np.all(problem.rho > 0))
+
+    def mu(self, policy: Policy) -> np.ndarray:
+        """The distribution of y' as a table [X, Y]."""
+        X, Y = self.problem.rewards.shape
+        kind = self.config.y_prime
+        if kind == "policy":
+            return policy.probs()
+        if kind == "uniform":
+            return np.full((X, Y), 1.0 / Y)
+        if kind == "ref":
+            return self.problem.pi_ref
+        counts = np.zeros((X, Y))
+        np.add.at(counts, (np.repeat(np.arange(X), self.offline.shape[1]), self.offline.ravel()), 1.0)
+        return counts / self.offline.shape[1]
+
+    def shaped_rewards(self, log_pi: np.ndarray) -> np.ndarray:
+        r = self.problem.rewards
+        return r if self.config.beta == 0 else kl_shaped_reward(r, log_pi, self.problem.log_pi_ref, self.config.beta)
+
+    def update(self, policy: Policy, rng: np.random.Generator) -> Step:
+        if self.config.mode == "exact":
+            return self._exact(policy)
+        return self._sampled(policy, rng)
+
+    # ----- exact (population) ----------------------------------------------------------------
+    def _exact(self, policy: Policy) -> Step:
+        eta = self.config.eta
+        if isinstance(policy, TabularSoftmax):
+            log_pi = policy.log_probs()
+            new = log_pi + eta * self.shaped_rewards(log_pi)
+            if not self._all_rho_positive:  # contexts never drawn get no data: min-norm leaves them
+                new = np.where(self.problem.rho[:, None] > 0, new, log_pi)
+            return Step(policy.with_params(new), 0.0, None)
+        if isinstance(policy, LogLinear):
+            delta, loss = linear_population_regression(self.problem.rho, policy.features, policy.probs(),
+                                                       self.mu(policy), self.shaped_rewards(policy.log_probs()), eta)
+            return Step(policy.with_params(policy.params + delta), loss, None)
+        raise InputError(f"REBEL mode 'exact' needs a tabular or log-linear policy (got {type(policy).__name__})")
+
+    # ----- sampled ---------------------------------------------------------------------------
+    def sample_pairs(self, policy: Policy, rng: np.random.Generator):
+        """x ~ rho, y ~ pi_t, y' ~ mu; rewards (KL-shaped); pi_t log-probs computed once."""
+        N, X, Y = self.config.pairs, *self.problem.rewards.shape
+        p = self.problem
+        x = p.sample_contexts(rng, N)
+        y = policy.sample(rng, x)
+        kind = self.config.y_prime
+        if kind == "policy":
+            y2 = policy.sample(rng, x)
+        elif kind == "uniform":
+            y2 = rng.integers(Y, size=N)
+        elif kind == "ref":
+            y2 = TabularSoftmax(p.log_pi_ref).sample(rng, x)
+        else:
+            y2 = self.offline[x, rng.integers(self.offline.shape[1], size=N)]
+        log_pi = policy.log_probs_at(x)
+        lp, lp2 = log_pi[np.arange(N), y], log_pi[np.arange(N), y2]
+        r, r2 = p.sample_rewards(rng, x, y), p.sample_rewards(rng, x, y2)
+        if self.config.beta > 0:
+            r = kl_shaped_reward(r, lp, p.log_pi_ref[x, y], self.config.beta)
+            r2 = kl_shaped_reward(r2, lp2, p.log_pi_ref[x, y2], self.config.beta)
+        return x, y, y2, lp, lp2, r, r2
+
+    def _sampled(self, policy: Policy, rng: np.random.Generator) -> Step:
+        cfg = self.config
+        x, y, y2, lp, lp2, r, r2 = self.sample_pairs(policy, rng)
+        if cfg.solver == "lstsq":
+            rows = score_features(policy, x, y) - score_features(policy, x, y2)
+            new, fitted = lstsq_step(policy, x, rows, cfg.eta * (r - r2))
+            loss = float(np.mean((fitted / cfg.eta - (r - r2)) ** 2))
+            return Step(new, loss, 2 * cfg.pairs)
+        t = {k: torch.as_tensor(v) for k, v in dict(lp=lp, lp2=lp2, r=r, r2=r2).items()}
+
+        def loss_fn(theta: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+            i = torch.as_tensor(idx)
+            ratio = policy.torch_log_prob(theta, x[idx], y[idx]) - t["lp"][i]
+            ratio2 = policy.torch_log_prob(theta, x[idx], y2[idx]) - t["lp2"][i]
+            return rebel_loss(ratio, ratio2, t["r"][i], t["r2"][i], cfg.eta)
+
+        new, loss = adam_fit(policy, loss_fn, cfg.pairs, cfg.epochs, cfg.minibatch, cfg.lr, rng)
+        return Step(new, loss, 2 * cfg.pairs)
+
+
+def linear_population_regression(rho, phi, pi, mu, r, eta):
+    """Solve min_delta E_{x~rho, y~pi, y'~mu}((1/eta)·deltaᵀΔφ - Δr)² by its normal equations.
+
+    A = E[ΔφΔφᵀ], b = E[Δφ·Δr], computed from first and second moments under pi and mu (y, y'
+    independent given x); delta = eta·A⁺b (minimum norm). Returns delta and the loss at delta.
+    """
+    def moments(q):
+        m = np.einsum("xy,xyd->xd", q, phi)             # E_q φ
+        s = np.einsum("x,xy,xyi,xyj->ij", rho, q, phi, phi)  # E_x E_q φφᵀ
+        mr = np.einsum("xy,xyd,xy->xd", q, phi, r)      # E_q φ r
+        er = np.sum(q * r, axis=1)                      # E_q r
+        er2 = np.sum(q * r * r, axis=1)                 # E_q r²
+        return m, s, mr, er, er2
+
+    m1, s1, mr1, e1, q1 = moments(pi)
+    m2, s2, mr2, e2, q2 = moments(mu)
+    cross = np.einsum("x,xi,xj->ij", rho, m1, m2)
+    A = s1 + s2 - cross - cross.T
+    b = rho @ (mr1 + mr2 - m1 * e2[:, None] - m2 * e1[:, None])
+    edr2 = float(rho @ (q1 + q2 - 2 * e1 * e2))
+    delta = eta * np.linalg.pinv(A, rtol=1e-12, hermitian=True) @ b
+    loss = float(delta @ A @ delta / eta**2 - 2 * delta @ b / eta + edr2)
+    return delta, max(loss, 0.0)

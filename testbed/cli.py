@@ -1,0 +1,115 @@
+"""The ``testbed`` command: run, list, plot, reproduce.
+
+Bad input prints one line ``testbed: error: ...`` and exits 2; an internal error exits 1 with a
+one-line message (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from testbed.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own usage errors: one line, exit 2
+        raise InputError(message)
+
+
+def _cmd_run(args) -> None:
+    from testbed.experiments import load_spec, run_spec
+    from testbed.experiments.runner import prepare_out
+
+    prepare_out(Path(args.out), args.overwrite)  # refuse before any work
+    spec = load_spec(args.spec)
+    out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{len(spec.runs)} runs -> {out}")
+
+
+def _cmd_list(args) -> None:
+    from testbed.algorithms import ALGORITHMS
+    from testbed.problems import ENV_IDS, FAMILIES
+
+    print("problems (spec `problems:` entries):")
+    print(f"  kind: tabular   family: {' | '.join(FAMILIES)}   contexts, actions, seed, gap, noise_std")
+    print(f"  kind: linear    family: {' | '.join(FAMILIES)}   contexts, actions, dim, seed, gap, misspecification, noise_std")
+    print("  file: PATH.npz  arrays rewards [X,Y] or features [X,Y,d] + theta_star [d]; optional rho, pi_ref, noise_std")
+    print("gymnasium environments: " + ", ".join(ENV_IDS))
+    print("algorithms (spec `algorithms:` entries; lists expand to a grid):")
+    for name, cls in ALGORITHMS.items():
+        print(f"  {name}: {sys.modules[cls.__module__].__doc__.strip().splitlines()[0]}")
+        for f in dataclasses.fields(cls.Config):
+            print(f"      {f.name} = {f.default!r}: {f.metadata.get('doc', '')}")
+
+
+def _cmd_plot(args) -> None:
+    from testbed.plotting import plot_run
+
+    print(plot_run(args.dir, args.out, args.panel_by, args.x, args.y))
+
+
+def _cmd_reproduce(args) -> None:
+    from testbed.experiments.reproduce import reproduce
+
+    for fig in reproduce(args.experiments, args.figures, args.runs, args.only, progress=not args.quiet):
+        print(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="testbed", description="REBEL / NPG testbed on contextual bandits with exact ground truth")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run a spec file into a run folder")
+    r.add_argument("spec")
+    r.add_argument("--out", required=True, help="run folder to create")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+    ls = sub.add_parser("list", help="list problems and algorithms")
+    ls.set_defaults(func=_cmd_list)
+    pl = sub.add_parser("plot", help="draw a run folder's metric vs iteration")
+    pl.add_argument("dir")
+    pl.add_argument("--out", help="PNG path (default DIR/<y>.png)")
+    pl.add_argument("--panel-by", help="hyper-parameter that splits panels, e.g. eta")
+    pl.add_argument("--x", help="iteration | samples")
+    pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss")
+    pl.set_defaults(func=_cmd_plot)
+    rp = sub.add_parser("reproduce", help="run every spec in experiments/ and write figures/*.png")
+    rp.add_argument("--experiments", default="experiments")
+    rp.add_argument("--figures", default="figures")
+    rp.add_argument("--runs", default="runs", help="where the run folders go")
+    rp.add_argument("--only", nargs="+", help="spec names to run")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=_cmd_reproduce)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+        return 0
+    except InputError as e:
+        if debug:
+            raise
+        print(f"testbed: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("testbed: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: one line unless --debug
+        if debug:
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(f"testbed: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

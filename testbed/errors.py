@@ -1,0 +1,66 @@
+"""The one exception type for bad user input.
+
+Anything a user can get wrong (a spec field, an instance file, a CLI argument) raises
+:class:`InputError` with a one-line message that names the bad field and the expected form.
+The CLI turns it into ``testbed: error: <message>`` and exit code 2; every other exception is
+an internal error (exit code 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the field and what was expected."""
+
+
+def check_finite(name: str, a: np.ndarray) -> None:
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{name} must be finite (found NaN or inf)")
+
+
+def check_shape(name: str, a: np.ndarray, shape: tuple[int, ...], form: str) -> None:
+    if a.shape != shape:
+        raise InputError(f"{name} must have shape {form} = {shape} (got {a.shape})")
+
+
+def check_distribution(name: str, p: np.ndarray, atol: float = 1e-8) -> None:
+    """Rows along the last axis must be probability vectors."""
+    check_finite(name, p)
+    if np.any(p < 0):
+        raise InputError(f"{name} must be non-negative probabilities (min {p.min():.3g})")
+    s = p.sum(axis=-1)
+    if not np.allclose(s, 1.0, rtol=0.0, atol=atol):
+        bad = float(np.ravel(s)[np.argmax(np.abs(np.ravel(s) - 1))])
+        raise InputError(f"{name} must sum to 1 along its last axis (got a sum of {bad:.6g})")
+
+
+def positive_number(name: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
+        raise InputError(f"{name} must be a positive number (got {v!r})")
+    return float(v)
+
+
+def nonneg_number(name: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+        raise InputError(f"{name} must be a non-negative number (got {v!r})")
+    return float(v)
+
+
+def positive_int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise InputError(f"{name} must be a positive integer (got {v!r})")
+    return int(v)
+
+
+def nonneg_int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise InputError(f"{name} must be a non-negative integer (got {v!r})")
+    return int(v)
+
+
+def choice(name: str, v: object, options: tuple[str, ...]) -> str:
+    if v not in options:
+        raise InputError(f"{name} must be one of {', '.join(options)} (got {v!r})")
+    return str(v)

@@ -1,0 +1,177 @@
+"""Run a spec: one loop over iterations for every grid point, tidy outputs written atomically.
+
+A run folder holds ``config.yaml`` (the resolved spec), ``metrics.csv`` (DESIGN.md §4 columns,
+one row per evaluated iteration per run), ``policies.npz`` (final policy of each run:
+``<run_id>/params`` and ``<run_id>/probs``) and ``meta.json`` (versions, git commit, seeds,
+timings, sha256 of each output). The folder is built under a temporary name and renamed
+when complete, so it is never half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from testbed.algorithms import ALGORITHMS, build_config
+from testbed.errors import InputError
+from testbed.experiments.spec import RunPlan, Spec, dump_yaml
+from testbed.io import atomic_write_text, sha256
+from testbed.metrics import COLUMNS, bandit_metrics, mirror_descent_bound
+from testbed.policies import Policy, TabularSoftmax, initial_policy
+from testbed.problems import TabularBandit
+
+
+def run_one(plan: RunPlan, problem: TabularBandit, tick=None) -> tuple[list[dict], Policy]:
+    """Run one grid point; return its metric rows and final policy."""
+    rng = np.random.default_rng(plan.seed)
+    cls = ALGORITHMS[plan.algorithm]
+    cfg = build_config(cls.Config, plan.config, plan.label)
+    beta = getattr(cfg, "beta", 0.0)
+    policy = initial_policy(problem, plan.policy)
+    algo = cls(cfg, problem, rng)
+    start, samples, loss = time.perf_counter(), 0, None
+    exact = getattr(cfg, "mode", "exact") == "exact"
+
+    def row(t: int) -> dict:
+        return {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
+                "iteration": t, "samples": None if exact else samples, **bandit_metrics(problem, policy, beta),
+                "exploitability": None, "loss": loss, "wall_time": time.perf_counter() - start}
+
+    rows = [row(0)]
+    for t in range(1, plan.iterations + 1):
+        step = algo.update(policy, rng)
+        if not np.all(np.isfinite(step.policy.params)):
+            raise FloatingPointError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}")
+        policy, loss = step.policy, step.loss
+        samples += step.samples or 0
+        if t % plan.eval_every == 0 or t == plan.iterations:
+            rows.append(row(t))
+        if tick:
+            tick()
+    return rows, policy
+
+
+def theory(plan: RunPlan, problem: TabularBandit) -> dict | None:
+    """Bound data for the plot: the mirror-descent bound holds for exact tabular updates, beta = 0."""
+    pi0 = initial_policy(problem, plan.policy)
+    if not isinstance(pi0, TabularSoftmax) or plan.config.get("beta", 0) or plan.config.get("mode") != "exact":
+        return None
+    eta = plan.config["eta"]
+    b1 = float(mirror_descent_bound(problem, pi0, eta, 1.0))
+    gap0 = problem.optimal_value() - problem.value(pi0.probs())
+    return {"bound": "mirror_descent", "eta": eta, "kl_star_init_over_eta": b1 - gap0, "gap0": gap0}
+
+
+def format_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow([format_value(r[c]) for c in COLUMNS])
+    return buf.getvalue()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import gymnasium
+    import scipy
+    import torch
+
+    import testbed
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "torch": torch.__version__, "gymnasium": gymnasium.__version__, "testbed": testbed.__version__}
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise InputError(f"--out {str(out)!r} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} exists and is not a folder")
+
+
+def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
+    """Run every grid point of ``spec`` and write the run folder ``out`` atomically."""
+    out = Path(out)
+    prepare_out(out, overwrite)
+    started = datetime.now(timezone.utc).isoformat()
+    total = sum(p.iterations for p in spec.runs)
+    rows, policies, timings = [], {}, {}
+    resolved = spec.resolved()
+    for rec, plan in zip(resolved["runs"], spec.runs):
+        rec["theory"] = theory(plan, spec.problems[plan.problem])
+    with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
+              mininterval=0.5, leave=False) as bar:
+        for plan in spec.runs:
+            t0 = time.perf_counter()
+            run_rows, policy = run_one(plan, spec.problems[plan.problem], bar.update if progress else None)
+            timings[plan.run_id] = time.perf_counter() - t0
+            rows += run_rows
+            policies[f"{plan.run_id}/params"] = policy.params
+            policies[f"{plan.run_id}/probs"] = policy.probs()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        atomic_write_text(tmp / "config.yaml", dump_yaml(resolved))
+        atomic_write_text(tmp / "metrics.csv", metrics_csv(rows))
+        with open(tmp / "policies.npz", "wb") as f:
+            np.savez(f, **policies)
+        meta = {"spec": spec.name, "source": spec.source, "started": started,
+                "finished": datetime.now(timezone.utc).isoformat(), "git_commit": git_commit(),
+                "versions": versions(), "seeds": sorted({p.seed for p in spec.runs}),
+                "runs": len(spec.runs), "seconds": timings,
+                "sha256": {n: sha256(tmp / n) for n in ("config.yaml", "metrics.csv", "policies.npz")}}
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """metrics.csv as a list of dicts with numbers parsed (empty cells become None)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise InputError(f"{str(run_dir)!r} is not a run folder (no metrics.csv)")
+    ints = {"seed", "iteration", "samples"}
+    text = {"run_id", "problem", "algorithm"}
+    with open(path, newline="") as f:
+        return [{k: (v if k in text else None if v == "" else int(v) if k in ints else float(v))
+                 for k, v in r.items()} for r in csv.DictReader(f)]

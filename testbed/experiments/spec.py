@@ -1,0 +1,226 @@
+"""Experiment specs: data that says problem × algorithms × hyper-parameters × seeds × iterations.
+
+A spec is a YAML (or JSON) file::
+
+    name: rebel_vs_npg_tabular
+    problems:                       # or `problem:` with one entry
+      - {kind: tabular, family: random, contexts: 20, actions: 10, seed: 0}
+      - {file: my_instance.npz}     # a user's own instance (path relative to the spec)
+    algorithms:
+      - {name: rebel, mode: exact, eta: [0.1, 1, 10]}      # lists expand to a grid
+      - {name: npg, mode: sampled, eta: 1, samples: 1000}
+    seeds: 5                        # or a list [0, 3, 7]
+    iterations: 200
+    eval_every: 1                   # metrics every k iterations (and always the last)
+    plot: {panel_by: eta, x: iteration, y: suboptimality}
+
+Everything is validated before any work starts; a bad field raises :class:`InputError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from testbed.algorithms import ALGORITHMS, build_config
+from testbed.errors import InputError, choice, positive_int
+from testbed.problems import TabularBandit, load_problem, make_linear, make_tabular
+from testbed.policies import POLICIES, initial_policy
+
+TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot"}
+PROBLEM_KEYS = {
+    "tabular": {"kind", "family", "contexts", "actions", "seed", "gap", "noise_std", "name"},
+    "linear": {"kind", "family", "contexts", "actions", "dim", "seed", "gap", "misspecification", "noise_std", "name"},
+    "file": {"file", "name"},
+}
+PLOT_KEYS = {"panel_by", "x", "y"}
+PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss")
+
+
+@dataclass
+class RunPlan:
+    """One (problem, algorithm configuration, seed) point of the grid."""
+
+    run_id: str
+    problem: str
+    algorithm: str
+    label: str
+    config: dict
+    swept: dict
+    policy: str | None
+    seed: int
+    iterations: int
+    eval_every: int
+
+
+@dataclass
+class Spec:
+    name: str
+    runs: list[RunPlan]
+    problems: dict[str, TabularBandit]
+    problem_entries: dict[str, dict]
+    plot: dict = field(default_factory=dict)
+    source: str | None = None
+
+    def resolved(self) -> dict:
+        """The fully resolved config (every default filled in), as written to the run folder."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "problems": self.problem_entries,
+            "plot": self.plot,
+            "runs": [dataclasses.asdict(r) for r in self.runs],
+        }
+
+
+def _grid(entry: dict) -> tuple[list[dict], list[str]]:
+    swept = [k for k, v in entry.items() if isinstance(v, list)]
+    for k in swept:
+        if not entry[k]:
+            raise InputError(f"{k} is an empty list; give at least one value")
+    points = [dict(entry, **dict(zip(swept, combo))) for combo in itertools.product(*(entry[k] for k in swept))]
+    return points, swept
+
+
+def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} must be a mapping like {{kind: tabular, family: random}} (got {entry!r})")
+    kind = "file" if "file" in entry else entry.get("kind", "tabular")
+    if kind != "file":
+        choice(f"{where}.kind", kind, ("tabular", "linear"))
+    unknown = sorted(set(entry) - PROBLEM_KEYS[kind])
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {unknown}; a {kind} problem takes {sorted(PROBLEM_KEYS[kind])}")
+    try:
+        if kind == "file":
+            path = Path(entry["file"])
+            path = path if path.is_absolute() else base / path
+            problem = load_problem(path)
+            if "name" in entry:
+                problem.name = str(entry["name"])
+            return problem, {"file": str(path.resolve()), "name": problem.name}
+        params = {k: v for k, v in entry.items() if k != "kind"}
+        for k in ("contexts", "actions", "dim", "seed"):
+            if k in params and (isinstance(params[k], bool) or not isinstance(params[k], int)):
+                raise InputError(f"problem.{k} must be an integer (got {params[k]!r})")
+        problem = (make_tabular if kind == "tabular" else make_linear)(**params)
+    except InputError as e:
+        raise InputError(f"{where}: {str(e).removeprefix('problem.')}") from None
+    resolved = {"kind": kind, **params, "name": problem.name}
+    return problem, resolved
+
+
+def _label(name: str, cfg, swept: list[str], point: dict, given: str | None) -> str:
+    base = given or (f"{name}-{cfg.mode}" if hasattr(cfg, "mode") else name)
+    keys = [k for k in swept if k not in ("name", "label")]
+    return base + ("(" + ",".join(f"{k}={point[k]}" for k in keys) + ")" if keys else "")
+
+
+def parse_spec(data: object, source: str = "<spec>", base: Path | None = None) -> Spec:
+    base = base or Path.cwd()
+    if not isinstance(data, dict):
+        raise InputError(f"spec {source}: must be a mapping with keys problems, algorithms, seeds, iterations")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise InputError(f"spec {source}: unknown field(s) {unknown}; expected some of {sorted(TOP_KEYS)}")
+    try:
+        return _parse(data, source, base)
+    except InputError as e:
+        raise InputError(f"spec {source}: {e}") from None
+
+
+def _parse(data: dict, source: str, base: Path) -> Spec:
+    if "problem" in data and "problems" in data:
+        raise InputError("give either 'problem' or 'problems', not both")
+    raw_problems = data.get("problems", [data["problem"]] if "problem" in data else None)
+    if raw_problems is None:
+        raise InputError("missing field 'problems' (a list of problem entries)")
+    if not isinstance(raw_problems, list) or not raw_problems:
+        raise InputError("problems must be a non-empty list of problem entries")
+    problems: dict[str, TabularBandit] = {}
+    entries: dict[str, dict] = {}
+    for i, entry in enumerate(raw_problems):
+        where = f"problems[{i}]"
+        if not isinstance(entry, dict):
+            raise InputError(f"{where} must be a mapping like {{kind: tabular, family: random}} (got {entry!r})")
+        points, _ = _grid(entry)
+        for point in points:
+            problem, resolved = _problem(point, where, base)
+            if problem.name in problems:
+                raise InputError(f"{where}: problem name {problem.name!r} is used twice; set 'name' to tell them apart")
+            problems[problem.name], entries[problem.name] = problem, resolved
+
+    algos = data.get("algorithms")
+    if not isinstance(algos, list) or not algos:
+        raise InputError("algorithms must be a non-empty list like [{name: rebel, eta: 1}]")
+    seeds = data.get("seeds", 1)
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(positive_int("seeds", seeds)))
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise InputError(f"seeds must be a positive count or a list of non-negative integers (got {data.get('seeds')!r})")
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seeds must not repeat (got {seeds})")
+    if "iterations" not in data:
+        raise InputError("missing field 'iterations' (a positive integer)")
+    iterations = positive_int("iterations", data["iterations"])
+    eval_every = positive_int("eval_every", data.get("eval_every", 1))
+    plot = data.get("plot", {}) or {}
+    if not isinstance(plot, dict) or set(plot) - PLOT_KEYS:
+        raise InputError(f"plot must be a mapping with some of {sorted(PLOT_KEYS)} (got {plot!r})")
+    if "x" in plot:
+        choice("plot.x", plot["x"], ("iteration", "samples"))
+    if "y" in plot:
+        choice("plot.y", plot["y"], PLOT_Y)
+
+    configs = []
+    for i, entry in enumerate(algos):
+        where = f"algorithms[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise InputError(f"{where} must be a mapping with a 'name' (one of {', '.join(ALGORITHMS)})")
+        choice(f"{where}.name", entry["name"], tuple(ALGORITHMS))
+        try:
+            points, swept = _grid(entry)
+        except InputError as e:
+            raise InputError(f"{where}.{e}") from None
+        for point in points:
+            params = {k: v for k, v in point.items() if k not in ("name", "label", "policy")}
+            cls = ALGORITHMS[point["name"]]
+            cfg = build_config(cls.Config, params, where)
+            if point.get("policy") is not None:
+                choice(f"{where}.policy", point["policy"], POLICIES)
+            label = _label(point["name"], cfg, swept, point, entry.get("label"))
+            configs.append((point["name"], label, dataclasses.asdict(cfg), {k: point[k] for k in swept}, point.get("policy")))
+    labels = [c[1] for c in configs]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup:
+        raise InputError(f"algorithms: label(s) {dup} name more than one configuration; add 'label' to tell them apart")
+
+    runs = []
+    for pname, (aname, label, cfg, swept, policy), seed in itertools.product(problems, configs, seeds):
+        problem = problems[pname]
+        initial_policy(problem, policy)  # checks the policy/problem pairing before any work
+        runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, cfg, swept, policy, seed,
+                            iterations, eval_every))
+    name = str(data.get("name", Path(source).stem))
+    return Spec(name, runs, problems, entries, plot, source)
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"spec file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"spec {str(path)!r} is not valid YAML/JSON ({first})") from None
+    return parse_spec(data, str(path), path.parent)
+
+
+def dump_yaml(obj: dict) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False)

@@ -1,0 +1,181 @@
+"""Policies with exact distributions: tabular softmax and log-linear.
+
+Both expose the full table of log-probabilities (for exact metrics and updates), vectorised
+sampling, and differentiable torch log-probabilities of (context, response) pairs (for the
+loss-based solvers that any differentiable policy can use).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import log_softmax
+
+from testbed.errors import InputError
+from testbed.problems import LinearBandit, TabularBandit
+
+
+class Policy:
+    """Base class: subclasses define ``log_probs_at(x)`` and ``torch_log_prob``."""
+
+    params: np.ndarray
+
+    def log_probs_at(self, x: np.ndarray) -> np.ndarray:  # [N, Y]
+        raise NotImplementedError
+
+    def log_probs(self) -> np.ndarray:
+        """ln pi(y|x) for every context and response, shape [X, Y]."""
+        raise NotImplementedError
+
+    def probs(self) -> np.ndarray:
+        return np.exp(self.log_probs())
+
+    def sample(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        """One response per context in ``x`` (inverse-CDF, one uniform draw each)."""
+        cdf = np.cumsum(np.exp(self.log_probs_at(x)), axis=1)
+        u = rng.random(len(x)) * cdf[:, -1]
+        return np.minimum((u[:, None] >= cdf).sum(axis=1), cdf.shape[1] - 1)
+
+    def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+        """ln pi_params(y|x) as a differentiable function of ``params`` (a tensor like self.params)."""
+        raise NotImplementedError
+
+    def with_params(self, params: np.ndarray) -> Policy:
+        raise NotImplementedError
+
+
+class TabularSoftmax(Policy):
+    """pi(y|x) = softmax(theta[x, :])_y with one logit per (x, y); params shape [X, Y]."""
+
+    def __init__(self, logits: np.ndarray):
+        self.params = log_softmax(np.asarray(logits, dtype=np.float64), axis=1)
+
+    def log_probs(self) -> np.ndarray:
+        return self.params  # kept normalised by construction
+
+    def log_probs_at(self, x: np.ndarray) -> np.ndarray:
+        return self.params[x]
+
+    def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+        lp = torch.log_softmax(params[torch.as_tensor(x)], dim=-1)
+        return lp.gather(1, torch.as_tensor(y)[:, None])[:, 0]
+
+    def with_params(self, params: np.ndarray) -> TabularSoftmax:
+        return TabularSoftmax(params)
+
+
+class LogLinear(Policy):
+    """pi_theta(y|x) ∝ exp(theta·phi(x, y)); params theta shape [d], features phi [X, Y, d]."""
+
+    def __init__(self, features: np.ndarray, theta: np.ndarray | None = None):
+        self.features = np.asarray(features, dtype=np.float64)
+        self.params = np.zeros(self.features.shape[2]) if theta is None else np.asarray(theta, dtype=np.float64)
+        self._torch_features: torch.Tensor | None = None
+
+    def log_probs(self) -> np.ndarray:
+        return log_softmax(self.features @ self.params, axis=1)
+
+    def log_probs_at(self, x: np.ndarray) -> np.ndarray:
+        return log_softmax(self.features[x] @ self.params, axis=1)
+
+    def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+        if self._torch_features is None:
+            self._torch_features = torch.as_tensor(self.features)
+        lp = torch.log_softmax(self._torch_features[torch.as_tensor(x)] @ params, dim=-1)
+        return lp.gather(1, torch.as_tensor(y)[:, None])[:, 0]
+
+    def with_params(self, params: np.ndarray) -> LogLinear:
+        new = LogLinear(self.features, params)
+        new._torch_features = self._torch_features
+        return new
+
+
+POLICIES = ("tabular", "loglinear")
+
+
+def initial_policy(problem: TabularBandit, kind: str | None = None) -> Policy:
+    """pi_0: tabular starts at pi_ref; log-linear starts at theta = 0 (uniform)."""
+    kind = kind or ("loglinear" if isinstance(problem, LinearBandit) else "tabular")
+    if kind == "tabular":
+        return TabularSoftmax(problem.log_pi_ref)
+    if kind == "loglinear":
+        if not isinstance(problem, LinearBandit):
+            raise InputError(f"policy 'loglinear' needs a linear problem with features (problem {problem.name!r} has none)")
+        return LogLinear(problem.features)
+    raise InputError(f"policy must be one of {', '.join(POLICIES)} (got {kind!r})")
+
+
+# ----- least-squares steps shared by the sampled solvers ---------------------------------------
+def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows: np.ndarray, targets: np.ndarray,
+                 ridge: float = 0.0) -> np.ndarray:
+    """Minimum-norm least squares with block-diagonal design.
+
+    Row i lives in block ``blocks[i]``; solves min_delta sum_i (rows[i]·delta[blocks[i]] - targets[i])²
+    block by block, delta_b = pinv(G_bᵀG_b)·G_bᵀt_b (= G_b⁺ t_b), batched over blocks. A block with
+    no rows gets delta = 0. With ``ridge`` = lam > 0 it solves (GᵀG/N + lam·I)·delta = Gᵀt/N instead.
+    """
+    Y = rows.shape[1]
+    gram = np.zeros((num_blocks, Y, Y))
+    np.add.at(gram, blocks, rows[:, :, None] * rows[:, None, :])
+    rhs = np.zeros((num_blocks, Y))
+    np.add.at(rhs, blocks, rows * targets[:, None])
+    if ridge > 0:
+        n = len(targets)
+        return np.linalg.solve(gram / n + ridge * np.eye(Y), rhs[..., None] / n)[..., 0]
+    return np.einsum("bij,bj->bi", np.linalg.pinv(gram, rtol=1e-10, hermitian=True), rhs)
+
+
+def _demean_by_context(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Subtract from each row the mean of the rows that share its context."""
+    n = np.bincount(x)
+    sums = np.zeros((len(n),) + a.shape[1:])
+    np.add.at(sums, x, a)
+    return a - (sums / np.maximum(n, 1).reshape((-1,) + (1,) * (a.ndim - 1)))[x]
+
+
+def lstsq_step(policy: Policy, x: np.ndarray, rows: np.ndarray, targets: np.ndarray,
+               context_intercept: bool = False, ridge: float = 0.0) -> tuple[Policy, np.ndarray]:
+    """theta + delta, delta the min-norm solution of min sum_i (rows_i·delta [+ b_{x_i}] - targets_i)².
+
+    ``rows`` are directions in score-feature space: for a tabular policy [N, Y] vectors inside the
+    block of context x_i; for a log-linear policy [N, d] feature vectors. With
+    ``context_intercept`` a free offset b_x per context is fitted too (by Frisch–Waugh: rows and
+    targets demeaned within each context), i.e. a per-context baseline. ``ridge`` = lam > 0 damps
+    the normal equations: (GᵀG/N + lam·I)·delta = Gᵀt/N. Returns the new policy and the fitted
+    values rows_i·delta (+ b_{x_i}).
+    """
+    if context_intercept:
+        offset = targets - _demean_by_context(x, targets)
+        rows, targets = _demean_by_context(x, rows), targets - offset
+        new, fitted = lstsq_step(policy, x, rows, targets, ridge=ridge)
+        return new, fitted + offset
+    if isinstance(policy, TabularSoftmax):
+        delta = _block_lstsq(policy.params.shape[0], x, rows, targets, ridge)
+        return policy.with_params(policy.params + delta), np.einsum("ny,ny->n", rows, delta[x])
+    if isinstance(policy, LogLinear):
+        if ridge > 0:
+            n = len(targets)
+            delta = np.linalg.solve(rows.T @ rows / n + ridge * np.eye(rows.shape[1]), rows.T @ targets / n)
+        else:
+            delta = np.linalg.lstsq(rows, targets, rcond=None)[0]
+        return policy.with_params(policy.params + delta), rows @ delta
+    raise TypeError(f"least-squares steps need a tabular or log-linear policy (got {type(policy).__name__})")
+
+
+def score_features(policy: Policy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """psi(x, y) with ln pi_theta(y|x) = theta·psi(x, y) - ln Z_theta(x): e_y in block x, or phi(x, y)."""
+    if isinstance(policy, TabularSoftmax):
+        return np.eye(policy.params.shape[1])[y]
+    if isinstance(policy, LogLinear):
+        return policy.features[x, y]
+    raise TypeError(f"score features need a tabular or log-linear policy (got {type(policy).__name__})")
+
+
+def mean_score_features(policy: Policy, x: np.ndarray) -> np.ndarray:
+    """E_{y~pi(.|x)} psi(x, y), so that grad ln pi(y|x) = psi(x, y) - this."""
+    p = np.exp(policy.log_probs_at(x))
+    if isinstance(policy, TabularSoftmax):
+        return p
+    if isinstance(policy, LogLinear):
+        return np.einsum("ny,nyd->nd", p, policy.features[x])
+    raise TypeError(f"score features need a tabular or log-linear policy (got {type(policy).__name__})")

@@ -1,0 +1,209 @@
+"""Contextual bandits with exact ground truth: the tabular and the linear problem.
+
+A problem is a reward table r[x, y], a context distribution rho[x] and a reference policy
+pi_ref[x, y]. Everything the theory talks about (J(pi), J*, the optimal policy, the
+KL-regularised optimum pi*_beta) is computed exactly from these arrays, so every run on a
+bandit can be scored without estimation error (THEORY.md A).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from scipy.special import log_softmax, rel_entr
+
+from testbed.errors import InputError, check_distribution, check_finite, check_shape, nonneg_number
+from testbed.io import atomic_write
+
+
+class TabularBandit:
+    """Tabular contextual bandit.
+
+    Args:
+      rewards: r[x, y], shape [X, Y], finite.
+      rho: context distribution, shape [X].
+      pi_ref: reference policy, shape [X, Y], rows sum to 1, strictly positive (full support).
+      noise_std: standard deviation of Gaussian noise added to *sampled* rewards
+        (the exact helpers use the mean reward table).
+      name: label used in results tables.
+    """
+
+    kind = "tabular"
+
+    def __init__(self, rewards, rho=None, pi_ref=None, noise_std: float = 0.0, name: str = "tabular"):
+        r = np.asarray(rewards, dtype=np.float64)
+        if r.ndim != 2 or min(r.shape) < 1:
+            raise InputError(f"rewards must be a 2-d array r[x, y] of shape [X, Y] (got shape {r.shape})")
+        check_finite("rewards", r)
+        X, Y = r.shape
+        rho = np.full(X, 1.0 / X) if rho is None else np.asarray(rho, dtype=np.float64)
+        check_shape("rho", rho, (X,), "[X]")
+        check_distribution("rho", rho)
+        pi_ref = np.full((X, Y), 1.0 / Y) if pi_ref is None else np.asarray(pi_ref, dtype=np.float64)
+        check_shape("pi_ref", pi_ref, (X, Y), "[X, Y]")
+        check_distribution("pi_ref", pi_ref)
+        if np.any(pi_ref <= 0):
+            raise InputError("pi_ref must be strictly positive (full support), as KL(pi || pi_ref) needs")
+        self.rewards, self.rho, self.pi_ref = r, rho, pi_ref
+        self.log_pi_ref = np.log(pi_ref)
+        self.noise_std = nonneg_number("noise_std", noise_std)
+        self.name = str(name)
+
+    @property
+    def num_contexts(self) -> int:
+        return self.rewards.shape[0]
+
+    @property
+    def num_actions(self) -> int:
+        return self.rewards.shape[1]
+
+    # ----- sampling -------------------------------------------------------------------------
+    def sample_contexts(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.choice(self.num_contexts, size=n, p=self.rho)
+
+    def sample_rewards(self, rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r = self.rewards[x, y]
+        if self.noise_std > 0:
+            r = r + self.noise_std * rng.standard_normal(r.shape)
+        return r
+
+    # ----- exact quantities (THEORY.md A) ---------------------------------------------------
+    def value(self, pi: np.ndarray) -> float:
+        """J(pi) = E_x E_{y~pi} r(x, y)."""
+        return float(self.rho @ np.sum(pi * self.rewards, axis=1))
+
+    def optimal_value(self) -> float:
+        """J* = E_x max_y r(x, y)."""
+        return float(self.rho @ self.rewards.max(axis=1))
+
+    def optimal_policy(self) -> np.ndarray:
+        """The argmax policy; ties share the mass equally."""
+        best = self.rewards == self.rewards.max(axis=1, keepdims=True)
+        return best / best.sum(axis=1, keepdims=True)
+
+    def regularised_optimum_log(self, beta: float) -> np.ndarray:
+        """ln pi*_beta with pi*_beta(y|x) ∝ pi_ref(y|x)·exp(r(x,y)/beta) (Rafailov et al. 2023)."""
+        return log_softmax(self.log_pi_ref + self.rewards / beta, axis=1)
+
+    def regularised_optimum(self, beta: float) -> np.ndarray:
+        return np.exp(self.regularised_optimum_log(beta))
+
+    def kl_ref(self, pi: np.ndarray, log_pi: np.ndarray | None = None) -> float:
+        """E_x KL(pi(.|x) || pi_ref(.|x))."""
+        return self._kl(pi, log_pi, self.log_pi_ref)
+
+    def regularised_value(self, pi: np.ndarray, beta: float, log_pi: np.ndarray | None = None) -> float:
+        """J_beta(pi) = J(pi) - beta * E_x KL(pi || pi_ref)."""
+        return self.value(pi) - beta * self.kl_ref(pi, log_pi)
+
+    def kl_reg_gap(self, pi: np.ndarray, beta: float, log_pi: np.ndarray | None = None) -> float:
+        """J_beta(pi*_beta) - J_beta(pi), which equals beta * E_x KL(pi || pi*_beta) (derived)."""
+        return beta * self._kl(pi, log_pi, self.regularised_optimum_log(beta))
+
+    def _kl(self, pi, log_pi, log_q) -> float:
+        if log_pi is None:
+            per = rel_entr(pi, np.exp(log_q)).sum(axis=1)
+        else:  # log-space: exact for near-deterministic policies
+            per = np.sum(pi * np.where(pi > 0, log_pi - log_q, 0.0), axis=1)
+        return float(self.rho @ per)
+
+    # ----- files ----------------------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"rewards": self.rewards, "rho": self.rho, "pi_ref": self.pi_ref,
+                "noise_std": np.float64(self.noise_std)}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the instance as an .npz of named arrays (atomically)."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, kind=np.str_(self.kind), name=np.str_(self.name), **self.arrays())
+        atomic_write(path, write)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, X={self.num_contexts}, Y={self.num_actions})"
+
+
+class LinearBandit(TabularBandit):
+    """Linear contextual bandit: features phi[x, y, :] in R^d and r = phi·theta* (+ misspecification).
+
+    Args:
+      features: phi, shape [X, Y, d].
+      theta_star: shape [d]; rewards default to phi @ theta_star.
+      rewards: optional explicit reward table [X, Y] (e.g. a misspecified one); if given together
+        with theta_star, the rewards win and theta_star is kept for reference.
+      Other arguments as for :class:`TabularBandit`.
+    """
+
+    kind = "linear"
+
+    def __init__(self, features, theta_star=None, rewards=None, rho=None, pi_ref=None,
+                 noise_std: float = 0.0, name: str = "linear"):
+        phi = np.asarray(features, dtype=np.float64)
+        if phi.ndim != 3 or min(phi.shape) < 1:
+            raise InputError(f"features must be a 3-d array phi[x, y, d] of shape [X, Y, d] (got shape {phi.shape})")
+        check_finite("features", phi)
+        if theta_star is not None:
+            theta_star = np.asarray(theta_star, dtype=np.float64)
+            check_shape("theta_star", theta_star, (phi.shape[2],), "[d]")
+            check_finite("theta_star", theta_star)
+        if rewards is None:
+            if theta_star is None:
+                raise InputError("a linear bandit needs theta_star (shape [d]) or rewards (shape [X, Y])")
+            rewards = phi @ theta_star
+        rewards = np.asarray(rewards, dtype=np.float64)
+        check_shape("rewards", rewards, phi.shape[:2], "[X, Y]")
+        super().__init__(rewards, rho, pi_ref, noise_std, name)
+        self.features, self.theta_star = phi, theta_star
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[2]
+
+    def misspecification(self) -> float:
+        """max |r - phi·theta*| (0 for a realisable instance, nan without theta*)."""
+        if self.theta_star is None:
+            return float("nan")
+        return float(np.max(np.abs(self.rewards - self.features @ self.theta_star)))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = super().arrays() | {"features": self.features}
+        if self.theta_star is not None:
+            out["theta_star"] = self.theta_star
+        return out
+
+
+def load_problem(path: str | os.PathLike) -> TabularBandit:
+    """Load an instance from an .npz of named arrays.
+
+    Required: ``rewards`` [X, Y] (or ``features`` [X, Y, d] with ``theta_star`` [d]).
+    Optional: ``rho`` [X], ``pi_ref`` [X, Y], ``noise_std`` (scalar), ``name``.
+    The presence of ``features`` makes it a :class:`LinearBandit`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"instance file {str(path)!r} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # corrupt / not an npz
+        raise InputError(f"instance file {str(path)!r} is not a readable .npz archive ({e})") from None
+    known = {"kind", "name", "rewards", "rho", "pi_ref", "noise_std", "features", "theta_star"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"instance file {str(path)!r}: unknown array(s) {unknown}; expected names {sorted(known)}")
+    name = str(data.pop("name", path.stem))
+    data.pop("kind", None)
+    noise = float(data.pop("noise_std", 0.0))
+    try:
+        if "features" in data:
+            return LinearBandit(data.pop("features"), data.pop("theta_star", None), data.pop("rewards", None),
+                                data.get("rho"), data.get("pi_ref"), noise, name)
+        if "rewards" not in data:
+            raise InputError("missing array 'rewards' (shape [X, Y]) or 'features' (shape [X, Y, d])")
+        if "theta_star" in data:
+            raise InputError("array 'theta_star' given without 'features' (shape [X, Y, d])")
+        return TabularBandit(data["rewards"], data.get("rho"), data.get("pi_ref"), noise, name)
+    except InputError as e:
+        raise InputError(f"instance file {str(path)!r}: {e}") from None
