@@ -89,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = False  # usage errors never show a traceback; --debug counts once the command line parses
     try:
         args = build_parser().parse_args(argv)
+        debug = args.debug
         args.func(args)
         return 0
     except InputError as e:

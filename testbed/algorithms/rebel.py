@@ -105,7 +105,7 @@ class REBEL(Algorithm):
     # ----- sampled ---------------------------------------------------------------------------
     def sample_pairs(self, policy: Policy, rng: np.random.Generator):
         """x ~ rho, y ~ pi_t, y' ~ mu; rewards (KL-shaped); pi_t log-probs computed once."""
-        N, X, Y = self.config.pairs, *self.problem.rewards.shape
+        N, Y = self.config.pairs, self.problem.num_actions
         p = self.problem
         x = p.sample_contexts(rng, N)
         y = policy.sample(rng, x)

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +121,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
     """Run every grid point of ``spec`` and write the run folder ``out`` atomically."""
     out = Path(out)
     prepare_out(out, overwrite)
-    started = datetime.now(timezone.utc).isoformat()
+    started = datetime.now(UTC).isoformat()
     total = sum(p.iterations for p in spec.runs)
     rows, policies, timings = [], {}, {}
     resolved = spec.resolved()
@@ -147,7 +147,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
         with open(tmp / "policies.npz", "wb") as f:
             np.savez(f, **policies)
         meta = {"spec": spec.name, "source": spec.source, "started": started,
-                "finished": datetime.now(timezone.utc).isoformat(), "git_commit": git_commit(),
+                "finished": datetime.now(UTC).isoformat(), "git_commit": git_commit(),
                 "versions": versions(), "seeds": sorted({p.seed for p in spec.runs}),
                 "runs": len(spec.runs), "seconds": timings,
                 "sha256": {n: sha256(tmp / n) for n in ("config.yaml", "metrics.csv", "policies.npz")}}

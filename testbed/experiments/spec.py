@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,8 @@ import yaml
 
 from testbed.algorithms import ALGORITHMS, build_config
 from testbed.errors import InputError, choice, positive_int
-from testbed.problems import TabularBandit, load_problem, make_linear, make_tabular
 from testbed.policies import POLICIES, initial_policy
+from testbed.problems import TabularBandit, load_problem, make_linear, make_tabular
 
 TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot"}
 PROBLEM_KEYS = {
@@ -110,7 +111,8 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
                 raise InputError(f"problem.{k} must be an integer (got {params[k]!r})")
         problem = (make_tabular if kind == "tabular" else make_linear)(**params)
     except InputError as e:
-        raise InputError(f"{where}: {str(e).removeprefix('problem.')}") from None
+        msg = str(e)
+        raise InputError(f"{where}.{msg.removeprefix('problem.')}" if msg.startswith("problem.") else f"{where}: {msg}") from None
     resolved = {"kind": kind, **params, "name": problem.name}
     return problem, resolved
 
@@ -148,7 +150,10 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         where = f"problems[{i}]"
         if not isinstance(entry, dict):
             raise InputError(f"{where} must be a mapping like {{kind: tabular, family: random}} (got {entry!r})")
-        points, _ = _grid(entry)
+        try:
+            points, _ = _grid(entry)
+        except InputError as e:
+            raise InputError(f"{where}.{e}") from None
         for point in points:
             problem, resolved = _problem(point, where, base)
             if problem.name in problems:
@@ -183,6 +188,8 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         if not isinstance(entry, dict) or "name" not in entry:
             raise InputError(f"{where} must be a mapping with a 'name' (one of {', '.join(ALGORITHMS)})")
         choice(f"{where}.name", entry["name"], tuple(ALGORITHMS))
+        if "label" in entry and not isinstance(entry["label"], str):
+            raise InputError(f"{where}.label must be a string (got {entry['label']!r})")
         try:
             points, swept = _grid(entry)
         except InputError as e:
@@ -210,12 +217,27 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     return Spec(name, runs, problems, entries, plot, source)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; accept the usual scientific notation as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"spec {str(path)!r} is not valid YAML/JSON ({first})") from None

@@ -184,6 +184,9 @@ def load_problem(path: str | os.PathLike) -> TabularBandit:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"instance file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise InputError(f"instance file {str(path)!r} is not an .npz archive (expected a zip of named arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -195,7 +198,13 @@ def load_problem(path: str | os.PathLike) -> TabularBandit:
         raise InputError(f"instance file {str(path)!r}: unknown array(s) {unknown}; expected names {sorted(known)}")
     name = str(data.pop("name", path.stem))
     data.pop("kind", None)
-    noise = float(data.pop("noise_std", 0.0))
+    for k, v in data.items():
+        if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
+            raise InputError(f"instance file {str(path)!r}: array {k!r} must be numeric (got dtype {v.dtype})")
+    noise = data.pop("noise_std", np.float64(0.0))
+    if noise.shape != ():
+        raise InputError(f"instance file {str(path)!r}: 'noise_std' must be a scalar (got shape {noise.shape})")
+    noise = float(noise)
     try:
         if "features" in data:
             return LinearBandit(data.pop("features"), data.pop("theta_star", None), data.pop("rewards", None),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.errors import InputError, choice, nonneg_number, positive_int
+from testbed.errors import InputError, choice, nonneg_int, nonneg_number, positive_int
 from testbed.problems.bandit import LinearBandit, TabularBandit
 
 FAMILIES = ("random", "needle", "gap")
@@ -28,7 +28,7 @@ def _reward_table(rng: np.random.Generator, family: str, X: int, Y: int, gap: fl
     if family == "needle":
         r = np.zeros((X, Y))
     else:  # gap
-        if not 0 < gap <= 1:
+        if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 < gap <= 1:
             raise InputError(f"problem.gap must be in (0, 1] (got {gap!r})")
         r = rng.uniform(0.0, 1.0 - gap, size=(X, Y))
         if Y > 1:
@@ -38,8 +38,9 @@ def _reward_table(rng: np.random.Generator, family: str, X: int, Y: int, gap: fl
     return r
 
 
-def _check(family, contexts, actions, noise_std):
+def _check(family, contexts, actions, noise_std, seed):
     choice("problem.family", family, FAMILIES)
+    nonneg_int("problem.seed", seed)
     positive_int("problem.contexts", contexts)
     positive_int("problem.actions", actions)
     nonneg_number("problem.noise_std", noise_std)
@@ -48,7 +49,7 @@ def _check(family, contexts, actions, noise_std):
 def make_tabular(family: str = "random", contexts: int = 20, actions: int = 10, seed: int = 0,
                  gap: float = 0.1, noise_std: float = 0.0, name: str | None = None) -> TabularBandit:
     """A tabular instance of a named family; uniform rho and pi_ref."""
-    _check(family, contexts, actions, noise_std)
+    _check(family, contexts, actions, noise_std, seed)
     rng = np.random.default_rng(seed)
     r = _reward_table(rng, family, contexts, actions, gap)
     return TabularBandit(r, noise_std=noise_std,
@@ -59,7 +60,7 @@ def make_linear(family: str = "random", contexts: int = 20, actions: int = 10, d
                 seed: int = 0, gap: float = 0.1, misspecification: float = 0.0,
                 noise_std: float = 0.0, name: str | None = None) -> LinearBandit:
     """A linear instance of a named family; uniform rho and pi_ref (theta = 0)."""
-    _check(family, contexts, actions, noise_std)
+    _check(family, contexts, actions, noise_std, seed)
     positive_int("problem.dim", dim)
     eps = nonneg_number("problem.misspecification", misspecification)
     if eps > 1:
