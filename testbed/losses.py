@@ -62,3 +62,77 @@ def kl_shaped_reward(reward, logp, logp_ref, beta: float):
     if beta < 0:
         raise ValueError(f"beta must be >= 0 (got {beta})")
     return reward - beta * (logp - logp_ref)
+
+
+def ppo_clip_loss(logratio: torch.Tensor, advantage: torch.Tensor, clip_eps: float) -> torch.Tensor:
+    """PPO's clipped surrogate, as a loss to minimise.
+
+    L_clip(theta) = -mean_i min(rho_i·A_i, clip(rho_i, 1 - eps, 1 + eps)·A_i),  rho_i = pi_theta(y_i|x_i)/pi_t(y_i|x_i)
+
+    Schulman et al., "Proximal Policy Optimization Algorithms", 2017, https://arxiv.org/abs/1707.06347, eq. (7).
+    A sample with rho > 1 + eps and A > 0 (or rho < 1 - eps and A < 0) contributes zero gradient.
+
+    Args:
+      logratio: ln pi_theta(y|x) - ln pi_t(y|x), shape [N].
+      advantage: A(x, y), shape [N] (treated as a constant).
+      clip_eps: eps in (0, 1).
+    """
+    _same_1d(logratio=logratio, advantage=advantage)
+    if not 0 < clip_eps < 1:
+        raise ValueError(f"clip_eps must be in (0, 1) (got {clip_eps})")
+    ratio = torch.exp(logratio)
+    return -torch.mean(torch.minimum(ratio * advantage, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantage))
+
+
+def value_loss(value: torch.Tensor, value_old: torch.Tensor, target: torch.Tensor,
+               clip_eps: float | None = None) -> torch.Tensor:
+    """Critic regression 0.5·mean (V - R)², or with value clipping (as in OpenAI baselines / CleanRL)
+    0.5·mean max((V - R)², (V_old + clip(V - V_old, -eps, eps) - R)²). Shapes [N]."""
+    _same_1d(value=value, value_old=value_old, target=target)
+    err = (value - target) ** 2
+    if clip_eps is not None:
+        clipped = value_old + torch.clamp(value - value_old, -clip_eps, clip_eps)
+        err = torch.maximum(err, (clipped - target) ** 2)
+    return 0.5 * torch.mean(err)
+
+
+def dpo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, beta: float,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Direct Preference Optimisation.
+
+    L(theta) = -mean_i ln sigma(beta·[ln pi_theta(y_w|x)/pi_ref(y_w|x) - ln pi_theta(y_l|x)/pi_ref(y_l|x)])
+
+    Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
+    NeurIPS 2023, https://arxiv.org/abs/2305.18290, eq. (7).
+
+    Args:
+      logratio_chosen, logratio_rejected: ln pi_theta - ln pi_ref of the chosen / rejected response, shape [N].
+      beta: > 0.
+      weight: optional non-negative weights [N] (a weighted mean: the population loss over all pairs).
+    """
+    _same_1d(logratio_chosen=logratio_chosen, logratio_rejected=logratio_rejected)
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
+    per = -torch.nn.functional.logsigmoid(beta * (logratio_chosen - logratio_rejected))
+    return _mean(per, weight)
+
+
+def ipo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, tau: float,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Identity Preference Optimisation: mean_i (h_i - 1/(2·tau))², h_i = logratio_chosen - logratio_rejected.
+
+    Azar et al., "A General Theoretical Paradigm to Understand Learning from Human Preferences",
+    AISTATS 2024, https://arxiv.org/abs/2310.12036, eq. (17). Arguments as for :func:`dpo_loss`, tau > 0.
+    """
+    _same_1d(logratio_chosen=logratio_chosen, logratio_rejected=logratio_rejected)
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0 (got {tau})")
+    return _mean((logratio_chosen - logratio_rejected - 1 / (2 * tau)) ** 2, weight)
+
+
+def _mean(per: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return per.mean()
+    if weight.shape != per.shape:
+        raise ValueError(f"weight must have shape {tuple(per.shape)} (got {tuple(weight.shape)})")
+    return torch.sum(weight * per) / torch.sum(weight)

@@ -76,7 +76,8 @@ CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "y_prime-unknown": (algo("eta: 1, y_prime: bogus"), ("algorithms[0].y_prime", "bogus")),
     "solver-unknown": (algo("eta: 1, mode: sampled, solver: sgd"), ("algorithms[0].solver", "sgd")),
     "mode-unknown": (algo("eta: 1, mode: approximate"), ("algorithms[0].mode", "approximate")),
-    "policy-unknown": (algo("eta: 1, policy: mlp"), ("algorithms[0].policy", "mlp")),
+    "policy-unknown": (algo("eta: 1, policy: transformer"), ("algorithms[0].policy", "transformer")),
+    "policy-mlp-exact-rebel": (algo("eta: 1, policy: mlp"), ("algorithms[0].policy", "mlp", "solver: adam")),
     "policy-loglinear-on-tabular": (algo("eta: 1, policy: loglinear"), ("policy", "loglinear")),
     "algorithms-empty": ({"spec.yaml": spec_text(algorithms="[]")}, ("algorithms",)),
     # top level

@@ -34,6 +34,11 @@ class Algorithm:
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         raise NotImplementedError
 
+    @staticmethod
+    def check_policy(config, kind: str) -> str | None:
+        """None if this configuration can update a policy of ``kind``; else what is needed instead."""
+        return None
+
 
 def build_config(cls: type, params: dict, where: str):
     """Build and validate a config dataclass from a dict, naming the bad field on error."""

@@ -49,6 +49,10 @@ class NPG(Algorithm):
         super().__init__(config, problem, rng)
         self._all_rho_positive = bool(np.all(problem.rho > 0))
 
+    @staticmethod
+    def check_policy(config: NPGConfig, kind: str) -> str | None:
+        return None if kind in ("tabular", "loglinear") else "NPG needs a tabular or loglinear policy"
+
     def shaped(self, r, log_pi, log_ref):
         return r if self.config.beta == 0 else kl_shaped_reward(r, log_pi, log_ref, self.config.beta)
 

@@ -64,6 +64,12 @@ class REBEL(Algorithm):
             self.offline = ref.sample(rng, np.repeat(np.arange(X), config.offline_size)).reshape(X, config.offline_size)
         self._all_rho_positive = bool(np.all(problem.rho > 0))
 
+    @staticmethod
+    def check_policy(config: REBELConfig, kind: str) -> str | None:
+        if kind in ("tabular", "loglinear") or (config.mode == "sampled" and config.solver == "adam"):
+            return None
+        return "exact and least-squares REBEL need a tabular or loglinear policy; use mode: sampled, solver: adam"
+
     def mu(self, policy: Policy) -> np.ndarray:
         """The distribution of y' as a table [X, Y]."""
         X, Y = self.problem.rewards.shape

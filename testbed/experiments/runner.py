@@ -39,7 +39,8 @@ def run_one(plan: RunPlan, problem: TabularBandit, tick=None) -> tuple[list[dict
     cls = ALGORITHMS[plan.algorithm]
     cfg = build_config(cls.Config, plan.config, plan.label)
     beta = getattr(cfg, "beta", 0.0)
-    policy = initial_policy(problem, plan.policy)
+    init_rng = np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0])  # policy init only
+    policy = initial_policy(problem, **(plan.policy or {}), rng=init_rng)
     algo = cls(cfg, problem, rng)
     start, samples, loss = time.perf_counter(), 0, None
     exact = getattr(cfg, "mode", "exact") == "exact"
@@ -65,7 +66,7 @@ def run_one(plan: RunPlan, problem: TabularBandit, tick=None) -> tuple[list[dict
 
 def theory(plan: RunPlan, problem: TabularBandit) -> dict | None:
     """Bound data for the plot: the mirror-descent bound holds for exact tabular updates, beta = 0."""
-    pi0 = initial_policy(problem, plan.policy)
+    pi0 = initial_policy(problem, **(plan.policy or {}))
     if not isinstance(pi0, TabularSoftmax) or plan.config.get("beta", 0) or plan.config.get("mode") != "exact":
         return None
     eta = plan.config["eta"]

@@ -30,7 +30,7 @@ import yaml
 
 from testbed.algorithms import ALGORITHMS, build_config
 from testbed.errors import InputError, choice, positive_int
-from testbed.policies import POLICIES, initial_policy
+from testbed.policies import POLICIES, default_kind, initial_policy
 from testbed.problems import TabularBandit, load_problem, make_linear, make_tabular
 
 TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot"}
@@ -53,7 +53,7 @@ class RunPlan:
     label: str
     config: dict
     swept: dict
-    policy: str | None
+    policy: dict | None
     seed: int
     iterations: int
     eval_every: int
@@ -115,6 +115,24 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
         raise InputError(f"{where}.{msg.removeprefix('problem.')}" if msg.startswith("problem.") else f"{where}: {msg}") from None
     resolved = {"kind": kind, **params, "name": problem.name}
     return problem, resolved
+
+
+def _policy(value, where: str) -> dict | None:
+    """``policy: mlp`` or ``policy: {kind: mlp, hidden: [32, 32]}`` → {"kind": ..., "hidden": [...]}."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"kind": value}
+    if not isinstance(value, dict) or set(value) - {"kind", "hidden"} or "kind" not in value:
+        raise InputError(f"{where} must be one of {', '.join(POLICIES)} or a mapping {{kind: mlp, hidden: [32]}} (got {value!r})")
+    choice(f"{where}", value["kind"], POLICIES)
+    if "hidden" in value:
+        h = value["hidden"]
+        if value["kind"] != "mlp":
+            raise InputError(f"{where}.hidden applies to kind: mlp only")
+        if not isinstance(h, list) or not h or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in h):
+            raise InputError(f"{where}.hidden must be a non-empty list of positive layer widths (got {h!r})")
+    return dict(value)
 
 
 def _label(name: str, cfg, swept: list[str], point: dict, given: str | None) -> str:
@@ -198,21 +216,27 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             params = {k: v for k, v in point.items() if k not in ("name", "label", "policy")}
             cls = ALGORITHMS[point["name"]]
             cfg = build_config(cls.Config, params, where)
-            if point.get("policy") is not None:
-                choice(f"{where}.policy", point["policy"], POLICIES)
+            policy = _policy(point.get("policy"), f"{where}.policy")
             label = _label(point["name"], cfg, swept, point, entry.get("label"))
-            configs.append((point["name"], label, dataclasses.asdict(cfg), {k: point[k] for k in swept}, point.get("policy")))
+            configs.append((point["name"], label, cfg, {k: point[k] for k in swept}, policy, where))
     labels = [c[1] for c in configs]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:
         raise InputError(f"algorithms: label(s) {dup} name more than one configuration; add 'label' to tell them apart")
 
     runs = []
-    for pname, (aname, label, cfg, swept, policy), seed in itertools.product(problems, configs, seeds):
+    for pname, (aname, label, cfg, swept, policy, where), seed in itertools.product(problems, configs, seeds):
         problem = problems[pname]
-        initial_policy(problem, policy)  # checks the policy/problem pairing before any work
-        runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, cfg, swept, policy, seed,
-                            iterations, eval_every))
+        kind = (policy or {}).get("kind") or default_kind(problem)
+        try:  # the policy/problem/algorithm pairing, checked before any work
+            initial_policy(problem, **(policy or {}))
+        except InputError as e:
+            raise InputError(f"{where}.policy: {e}") from None
+        why = ALGORITHMS[aname].check_policy(cfg, kind)
+        if why:
+            raise InputError(f"{where}.policy: {kind!r} cannot be used here: {why}")
+        runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, dataclasses.asdict(cfg), swept, policy,
+                            seed, iterations, eval_every))
     name = str(data.get("name", Path(source).stem))
     return Spec(name, runs, problems, entries, plot, source)
 

@@ -16,32 +16,42 @@ from testbed.problems import LinearBandit, TabularBandit
 
 
 class Policy:
-    """Base class: subclasses define ``log_probs_at(x)`` and ``torch_log_prob``."""
+    """Base class: subclasses define ``torch_log_probs(params, x)`` and ``log_probs()``."""
 
     params: np.ndarray
-
-    def log_probs_at(self, x: np.ndarray) -> np.ndarray:  # [N, Y]
-        raise NotImplementedError
 
     def log_probs(self) -> np.ndarray:
         """ln pi(y|x) for every context and response, shape [X, Y]."""
         raise NotImplementedError
+
+    def log_probs_at(self, x: np.ndarray) -> np.ndarray:
+        """ln pi(.|x_i) for each context in ``x``, shape [N, Y]."""
+        return self.log_probs()[x]
 
     def probs(self) -> np.ndarray:
         return np.exp(self.log_probs())
 
     def sample(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
         """One response per context in ``x`` (inverse-CDF, one uniform draw each)."""
-        cdf = np.cumsum(np.exp(self.log_probs_at(x)), axis=1)
-        u = rng.random(len(x)) * cdf[:, -1]
-        return np.minimum((u[:, None] >= cdf).sum(axis=1), cdf.shape[1] - 1)
+        return sample_rows(rng, np.exp(self.log_probs_at(x)))
+
+    def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
+        """ln pi_params(.|x_i) as a differentiable function of ``params``, shape [N, Y]."""
+        raise NotImplementedError
 
     def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        """ln pi_params(y|x) as a differentiable function of ``params`` (a tensor like self.params)."""
-        raise NotImplementedError
+        """ln pi_params(y_i|x_i), shape [N]."""
+        return self.torch_log_probs(params, x).gather(1, torch.as_tensor(y)[:, None])[:, 0]
 
     def with_params(self, params: np.ndarray) -> Policy:
         raise NotImplementedError
+
+
+def sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One index per row of ``probs`` [N, Y] by inverse CDF (rows need not be normalised)."""
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs)) * cdf[:, -1]
+    return np.minimum((u[:, None] >= cdf).sum(axis=1), probs.shape[1] - 1)
 
 
 class TabularSoftmax(Policy):
@@ -53,24 +63,36 @@ class TabularSoftmax(Policy):
     def log_probs(self) -> np.ndarray:
         return self.params  # kept normalised by construction
 
-    def log_probs_at(self, x: np.ndarray) -> np.ndarray:
-        return self.params[x]
-
-    def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        lp = torch.log_softmax(params[torch.as_tensor(x)], dim=-1)
-        return lp.gather(1, torch.as_tensor(y)[:, None])[:, 0]
+    def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
+        return torch.log_softmax(params[torch.as_tensor(x)], dim=-1)
 
     def with_params(self, params: np.ndarray) -> TabularSoftmax:
         return TabularSoftmax(params)
 
 
-class LogLinear(Policy):
+class _FeaturePolicy(Policy):
+    """A policy whose logits are a function of fixed features phi[x, y, :] (cached as a tensor)."""
+
+    def __init__(self, features: np.ndarray):
+        self.features = np.asarray(features, dtype=np.float64)
+        self._tf: torch.Tensor | None = None
+
+    def _torch_features(self) -> torch.Tensor:
+        if self._tf is None:
+            self._tf = torch.as_tensor(self.features)
+        return self._tf
+
+    def _copy_with(self, new: _FeaturePolicy) -> _FeaturePolicy:
+        new._tf = self._tf
+        return new
+
+
+class LogLinear(_FeaturePolicy):
     """pi_theta(y|x) ∝ exp(theta·phi(x, y)); params theta shape [d], features phi [X, Y, d]."""
 
     def __init__(self, features: np.ndarray, theta: np.ndarray | None = None):
-        self.features = np.asarray(features, dtype=np.float64)
+        super().__init__(features)
         self.params = np.zeros(self.features.shape[2]) if theta is None else np.asarray(theta, dtype=np.float64)
-        self._torch_features: torch.Tensor | None = None
 
     def log_probs(self) -> np.ndarray:
         return log_softmax(self.features @ self.params, axis=1)
@@ -78,30 +100,89 @@ class LogLinear(Policy):
     def log_probs_at(self, x: np.ndarray) -> np.ndarray:
         return log_softmax(self.features[x] @ self.params, axis=1)
 
-    def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        if self._torch_features is None:
-            self._torch_features = torch.as_tensor(self.features)
-        lp = torch.log_softmax(self._torch_features[torch.as_tensor(x)] @ params, dim=-1)
-        return lp.gather(1, torch.as_tensor(y)[:, None])[:, 0]
+    def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
+        return torch.log_softmax(self._torch_features()[torch.as_tensor(x)] @ params, dim=-1)
 
     def with_params(self, params: np.ndarray) -> LogLinear:
-        new = LogLinear(self.features, params)
-        new._torch_features = self._torch_features
-        return new
+        return self._copy_with(LogLinear(self.features, params))
 
 
-POLICIES = ("tabular", "loglinear")
+class MLPPolicy(_FeaturePolicy):
+    """pi(y|x) ∝ exp(f_theta(phi(x, y))), f a tanh MLP with a scalar output shared across responses.
+
+    Params are one flat vector (weights and biases of each layer in order). The last layer starts
+    at zero, so pi_0 is uniform; other layers use PyTorch's default U(±1/sqrt(fan_in)) init drawn
+    from the given numpy Generator (so the run seed fixes it).
+    """
+
+    def __init__(self, features: np.ndarray, hidden: tuple[int, ...] = (32,), params: np.ndarray | None = None,
+                 rng: np.random.Generator | None = None):
+        super().__init__(features)
+        self.hidden = tuple(int(h) for h in hidden)
+        sizes = (self.features.shape[2], *self.hidden, 1)
+        self.shapes = [((o, i), (o,)) for i, o in zip(sizes[:-1], sizes[1:])]
+        if params is None:
+            rng = rng or np.random.default_rng(0)
+            parts = []
+            for k, ((o, i), _) in enumerate(self.shapes):
+                bound = 0.0 if k == len(self.shapes) - 1 else 1 / np.sqrt(i)
+                parts += [rng.uniform(-bound, bound, size=o * i), rng.uniform(-bound, bound, size=o)]
+            params = np.concatenate(parts)
+        self.params = np.asarray(params, dtype=np.float64)
+        expected = sum(o * i + o for (o, i), _ in self.shapes)
+        if self.params.shape != (expected,):
+            raise ValueError(f"MLP params must have shape ({expected},) (got {self.params.shape})")
+
+    def _logits(self, params: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        h, k = feats, 0
+        for j, ((o, i), _) in enumerate(self.shapes):
+            w = params[k:k + o * i].reshape(o, i)
+            b = params[k + o * i:k + o * i + o]
+            k += o * i + o
+            h = h @ w.T + b
+            if j < len(self.shapes) - 1:
+                h = torch.tanh(h)
+        return h[..., 0]
+
+    def log_probs(self) -> np.ndarray:
+        with torch.no_grad():
+            return torch.log_softmax(self._logits(torch.as_tensor(self.params), self._torch_features()), -1).numpy()
+
+    def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
+        return torch.log_softmax(self._logits(params, self._torch_features()[torch.as_tensor(x)]), dim=-1)
+
+    def with_params(self, params: np.ndarray) -> MLPPolicy:
+        return self._copy_with(MLPPolicy(self.features, self.hidden, params))
 
 
-def initial_policy(problem: TabularBandit, kind: str | None = None) -> Policy:
-    """pi_0: tabular starts at pi_ref; log-linear starts at theta = 0 (uniform)."""
-    kind = kind or ("loglinear" if isinstance(problem, LinearBandit) else "tabular")
+POLICIES = ("tabular", "loglinear", "mlp")
+
+
+def mlp_features(problem: TabularBandit) -> np.ndarray:
+    """Features of (x, y) for the MLP: phi(x, y) on a linear problem, [one-hot x, one-hot y] otherwise."""
+    if isinstance(problem, LinearBandit):
+        return problem.features
+    X, Y = problem.num_contexts, problem.num_actions
+    return np.concatenate([np.broadcast_to(np.eye(X)[:, None, :], (X, Y, X)),
+                           np.broadcast_to(np.eye(Y)[None, :, :], (X, Y, Y))], axis=2)
+
+
+def default_kind(problem: TabularBandit) -> str:
+    return "loglinear" if isinstance(problem, LinearBandit) else "tabular"
+
+
+def initial_policy(problem: TabularBandit, kind: str | None = None, rng: np.random.Generator | None = None,
+                   hidden: tuple[int, ...] = (32,)) -> Policy:
+    """pi_0: tabular starts at pi_ref; log-linear at theta = 0 and the MLP with a zero last layer (uniform)."""
+    kind = kind or default_kind(problem)
     if kind == "tabular":
         return TabularSoftmax(problem.log_pi_ref)
     if kind == "loglinear":
         if not isinstance(problem, LinearBandit):
             raise InputError(f"policy 'loglinear' needs a linear problem with features (problem {problem.name!r} has none)")
         return LogLinear(problem.features)
+    if kind == "mlp":
+        return MLPPolicy(mlp_features(problem), hidden, rng=rng)
     raise InputError(f"policy must be one of {', '.join(POLICIES)} (got {kind!r})")
 
 
