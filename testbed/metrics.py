@@ -13,8 +13,11 @@ from scipy.special import rel_entr
 from testbed.policies import Policy
 from testbed.problems import TabularBandit
 
-COLUMNS = ("run_id", "problem", "algorithm", "seed", "iteration", "samples", "reward", "suboptimality",
-           "kl_ref", "kl_reg_gap", "exploitability", "loss", "wall_time")
+COLUMNS = ("run_id", "problem", "algorithm", "seed", "iteration", "samples", "queries", "reward", "suboptimality",
+           "kl_ref", "kl_reg_gap", "exploitability", "loss", "wall_time", "clipfrac", "approx_kl", "ratio_max", "value_loss")
+"""``samples``: responses drawn so far; ``queries``: reward or preference oracle calls so far (both empty
+in exact/population mode); the last four are PPO's diagnostics (empty for other algorithms)."""
+EXTRAS = ("clipfrac", "approx_kl", "ratio_max", "value_loss")
 
 
 def bandit_metrics(problem: TabularBandit, policy: Policy, beta: float = 0.0) -> dict[str, float | None]:

@@ -63,7 +63,7 @@ CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
                                   ("problems[0]", "misspecification")),
     "problems-missing": ({"spec.yaml": "algorithms: [{name: rebel}]\niterations: 2\n"}, ("problems",)),
     # algorithms
-    "algorithm-name-unknown": ({"spec.yaml": spec_text(algorithms="[{name: ppo, eta: 1}]")},
+    "algorithm-name-unknown": ({"spec.yaml": spec_text(algorithms="[{name: trpo, eta: 1}]")},
                                ("algorithms[0].name", "ppo")),
     "eta-negative": (algo("eta: -1"), ("algorithms[0].eta",)),
     "eta-zero": (algo("eta: 0"), ("algorithms[0].eta",)),

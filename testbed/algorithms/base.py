@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,18 +16,27 @@ from testbed.problems import TabularBandit
 
 @dataclass
 class Step:
-    """What one update reports: the new policy, its loss (None where it has none), responses drawn (None in exact mode)."""
+    """What one update reports: the new policy, its loss (None where it has none), responses drawn and
+    reward/preference oracle queries made (None in exact mode), and algorithm-specific extras."""
 
     policy: Policy
     loss: float | None
     samples: int | None
+    queries: int | None = None
+    extras: dict = dataclasses.field(default_factory=dict)
 
 
 class Algorithm:
-    """An update rule. ``update(policy, rng)`` returns a :class:`Step`; state lives on the object."""
+    """An update rule. ``update(policy, rng)`` returns a :class:`Step`; state lives on the object.
+
+    ``initial_samples`` / ``initial_queries``: responses drawn and oracle queries made before the
+    first update (an offline dataset's), counted from iteration 0.
+    """
 
     name = ""
     Config: type = object
+    initial_samples = 0
+    initial_queries = 0
 
     def __init__(self, config, problem: TabularBandit, rng: np.random.Generator):
         self.config, self.problem = config, problem
@@ -59,6 +69,17 @@ def build_config(cls: type, params: dict, where: str):
             setattr(cfg, f.name, nonneg_number(field, v))
         elif meta.get("check") == "positive_int":
             positive_int(field, v)
+        elif meta.get("check") == "bool" and not isinstance(v, bool):
+            raise InputError(f"{field} must be true or false (got {v!r})")
+        elif meta.get("check") == "unit_open":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise InputError(f"{field} must be a number in (0, 1) (got {v!r})")
+            setattr(cfg, f.name, float(v))
+        elif meta.get("check") == "path":
+            if not isinstance(v, str):
+                raise InputError(f"{field} must be a file path (got {v!r})")
+            if v and not Path(v).is_file():
+                raise InputError(f"{field}: file {v!r} does not exist")
     if hasattr(cfg, "validate"):
         cfg.validate(where)
     return cfg
@@ -80,20 +101,39 @@ def one_of(default, choices: tuple[str, ...], doc: str):
     return dataclasses.field(default=default, metadata={"choices": choices, "doc": doc})
 
 
+def flag(default: bool, doc: str):
+    return dataclasses.field(default=default, metadata={"check": "bool", "doc": doc})
+
+
+def unit_open(default: float, doc: str):
+    return dataclasses.field(default=default, metadata={"check": "unit_open", "doc": doc})
+
+
+def path(doc: str):
+    """A file path ('' = none); relative paths in a spec are taken relative to the spec file."""
+    return dataclasses.field(default="", metadata={"check": "path", "doc": doc})
+
+
 def adam_fit(policy: Policy, loss_fn, n: int, epochs: int, minibatch: int, lr: float,
-             rng: np.random.Generator) -> tuple[Policy, float]:
+             rng: np.random.Generator, state: dict | None = None) -> tuple[Policy, float]:
     """K epochs of minibatch Adam on ``loss_fn(theta, idx)``, reshuffled each epoch, from theta_t.
 
+    ``state`` (a dict the algorithm keeps) carries Adam's moments from one iteration to the next, as
+    one optimiser over the whole run does in the official REBEL code and in CleanRL/TRL.
     Returns the new policy and the full-batch loss at the end.
     """
     theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
+    if state is not None and "adam" in state:
+        opt.load_state_dict(state["adam"])
     for _ in range(epochs):
         perm = rng.permutation(n)
         for start in range(0, n, minibatch):
             opt.zero_grad()
             loss_fn(theta, perm[start:start + minibatch]).backward()
             opt.step()
+    if state is not None:
+        state["adam"] = opt.state_dict()
     with torch.no_grad():
         final = float(loss_fn(theta, np.arange(n)))
     return policy.with_params(theta.detach().numpy().copy()), final

@@ -83,7 +83,7 @@ class NPG(Algorithm):
         scores = score_features(policy, x, y) - mean_score_features(policy, x)
         new, _ = lstsq_step(policy, x, scores, self.config.eta * q, context_intercept=True,
                             ridge=self.config.damping)
-        return Step(new, None, N)
+        return Step(new, None, N, N)
 
 
 def linear_fisher_and_gradient(rho, phi, pi, q):

@@ -63,6 +63,7 @@ class REBEL(Algorithm):
             ref = TabularSoftmax(problem.log_pi_ref)
             self.offline = ref.sample(rng, np.repeat(np.arange(X), config.offline_size)).reshape(X, config.offline_size)
         self._all_rho_positive = bool(np.all(problem.rho > 0))
+        self._adam: dict = {}
 
     @staticmethod
     def check_policy(config: REBELConfig, kind: str) -> str | None:
@@ -139,7 +140,7 @@ class REBEL(Algorithm):
             rows = score_features(policy, x, y) - score_features(policy, x, y2)
             new, fitted = lstsq_step(policy, x, rows, cfg.eta * (r - r2))
             loss = float(np.mean((fitted / cfg.eta - (r - r2)) ** 2))
-            return Step(new, loss, 2 * cfg.pairs)
+            return Step(new, loss, 2 * cfg.pairs, 2 * cfg.pairs)
         t = {k: torch.as_tensor(v) for k, v in dict(lp=lp, lp2=lp2, r=r, r2=r2).items()}
 
         def loss_fn(theta: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
@@ -148,8 +149,8 @@ class REBEL(Algorithm):
             ratio2 = policy.torch_log_prob(theta, x[idx], y2[idx]) - t["lp2"][i]
             return rebel_loss(ratio, ratio2, t["r"][i], t["r2"][i], cfg.eta)
 
-        new, loss = adam_fit(policy, loss_fn, cfg.pairs, cfg.epochs, cfg.minibatch, cfg.lr, rng)
-        return Step(new, loss, 2 * cfg.pairs)
+        new, loss = adam_fit(policy, loss_fn, cfg.pairs, cfg.epochs, cfg.minibatch, cfg.lr, rng, self._adam)
+        return Step(new, loss, 2 * cfg.pairs, 2 * cfg.pairs)
 
 
 def linear_population_regression(rho, phi, pi, mu, r, eta):

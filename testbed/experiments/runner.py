@@ -12,28 +12,31 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from testbed.algorithms import ALGORITHMS, build_config
 from testbed.errors import InputError
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.io import atomic_write_text, sha256
-from testbed.metrics import COLUMNS, bandit_metrics, mirror_descent_bound
+from testbed.metrics import COLUMNS, EXTRAS, bandit_metrics, mirror_descent_bound
 from testbed.policies import Policy, TabularSoftmax, initial_policy
 from testbed.problems import TabularBandit
 
 
-def run_one(plan: RunPlan, problem: TabularBandit, tick=None) -> tuple[list[dict], Policy]:
+def run_one(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], Policy]:
     """Run one grid point; return its metric rows and final policy."""
     rng = np.random.default_rng(plan.seed)
     cls = ALGORITHMS[plan.algorithm]
@@ -42,25 +45,26 @@ def run_one(plan: RunPlan, problem: TabularBandit, tick=None) -> tuple[list[dict
     init_rng = np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0])  # policy init only
     policy = initial_policy(problem, **(plan.policy or {}), rng=init_rng)
     algo = cls(cfg, problem, rng)
-    start, samples, loss = time.perf_counter(), 0, None
-    exact = getattr(cfg, "mode", "exact") == "exact"
+    start, loss, extras = time.perf_counter(), None, {}
+    samples, queries = algo.initial_samples, algo.initial_queries
+    counted = getattr(cfg, "mode", "exact") not in ("exact", "population")
 
     def row(t: int) -> dict:
         return {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
-                "iteration": t, "samples": None if exact else samples, **bandit_metrics(problem, policy, beta),
-                "exploitability": None, "loss": loss, "wall_time": time.perf_counter() - start}
+                "iteration": t, "samples": samples if counted else None, "queries": queries if counted else None,
+                **bandit_metrics(problem, policy, beta), "exploitability": None, "loss": loss,
+                "wall_time": time.perf_counter() - start, **{k: extras.get(k) for k in EXTRAS}}
 
     rows = [row(0)]
     for t in range(1, plan.iterations + 1):
         step = algo.update(policy, rng)
         if not np.all(np.isfinite(step.policy.params)):
             raise FloatingPointError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}")
-        policy, loss = step.policy, step.loss
+        policy, loss, extras = step.policy, step.loss, step.extras
         samples += step.samples or 0
+        queries += step.queries or 0
         if t % plan.eval_every == 0 or t == plan.iterations:
             rows.append(row(t))
-        if tick:
-            tick()
     return rows, policy
 
 
@@ -118,25 +122,51 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"--out {str(out)!r} exists and is not a folder")
 
 
-def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
+def _worker(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], np.ndarray, np.ndarray, float]:
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    rows, policy = run_one(plan, problem)
+    return rows, policy.params, policy.probs(), time.perf_counter() - t0
+
+
+def run_all(spec: Spec, jobs: int = 1, progress: bool = True) -> list[tuple[list[dict], np.ndarray, np.ndarray, float]]:
+    """Run every grid point, in order; with ``jobs`` > 1 in that many processes. Each run draws only from
+    its own seed and torch uses one thread either way, so the results do not depend on ``jobs``."""
+    total = sum(p.iterations for p in spec.runs)
+    threads = torch.get_num_threads()
+    with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
+              mininterval=0.5, leave=False) as bar:
+        if jobs <= 1:
+            out = []
+            try:
+                for plan in spec.runs:
+                    out.append(_worker(plan, spec.problems[plan.problem]))
+                    bar.update(plan.iterations)
+            finally:
+                torch.set_num_threads(threads)
+            return out
+        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_worker, plan, spec.problems[plan.problem]) for plan in spec.runs]
+            for fut, plan in zip(futures, spec.runs):
+                fut.add_done_callback(lambda _f, n=plan.iterations: bar.update(n))
+            return [f.result() for f in futures]
+
+
+def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True, jobs: int = 1) -> Path:
     """Run every grid point of ``spec`` and write the run folder ``out`` atomically."""
     out = Path(out)
     prepare_out(out, overwrite)
     started = datetime.now(UTC).isoformat()
-    total = sum(p.iterations for p in spec.runs)
     rows, policies, timings = [], {}, {}
     resolved = spec.resolved()
     for rec, plan in zip(resolved["runs"], spec.runs):
         rec["theory"] = theory(plan, spec.problems[plan.problem])
-    with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
-              mininterval=0.5, leave=False) as bar:
-        for plan in spec.runs:
-            t0 = time.perf_counter()
-            run_rows, policy = run_one(plan, spec.problems[plan.problem], bar.update if progress else None)
-            timings[plan.run_id] = time.perf_counter() - t0
-            rows += run_rows
-            policies[f"{plan.run_id}/params"] = policy.params
-            policies[f"{plan.run_id}/probs"] = policy.probs()
+    for plan, (run_rows, params, probs, seconds) in zip(spec.runs, run_all(spec, jobs, progress)):
+        timings[plan.run_id] = seconds
+        rows += run_rows
+        policies[f"{plan.run_id}/params"] = params
+        policies[f"{plan.run_id}/probs"] = probs
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -171,7 +201,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise InputError(f"{str(run_dir)!r} is not a run folder (no metrics.csv)")
-    ints = {"seed", "iteration", "samples"}
+    ints = {"seed", "iteration", "samples", "queries"}
     text = {"run_id", "problem", "algorithm"}
     with open(path, newline="") as f:
         return [{k: (v if k in text else None if v == "" else int(v) if k in ints else float(v))

@@ -1,0 +1,123 @@
+"""DPO and IPO on bandits: offline, population (infinite data) and online/iterative.
+
+    DPO: -ln sigma(beta·[h(y_w) - h(y_l)]),   IPO: (h(y_w) - h(y_l) - 1/(2·tau))²,   h = ln pi_theta/pi_ref
+
+(Rafailov et al. 2023; Azar et al. 2024; for IPO the ``beta`` field is tau, as in TRL.)
+
+- ``offline``: a fixed dataset of ``pairs`` rows drawn once from mu (pi_ref or uniform) and labelled
+  by the preference oracle (or loaded from a .npz/.jsonl file); each iteration is ``epochs``
+  passes of minibatch Adam over it.
+- ``population``: the expected loss over every ordered pair (y, y') ~ mu x mu with y' != y,
+  weighted by rho and p*(y ≻ y'); each iteration is one L-BFGS step (strong Wolfe), since the
+  loss is deterministic. Under Bradley–Terry with full coverage its minimiser is pi*_beta
+  (THEORY.md D); with deterministic preferences DPO has no finite minimiser.
+- ``online``: each round draws ``pairs`` pairs from pi_t (y' != y), queries the oracle once per
+  pair and takes ``epochs`` passes of minibatch Adam (the iterative/online DPO of Guo et al. 2024).
+Adam's moments persist across iterations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from testbed.algorithms.base import Algorithm, Step, adam_fit, count, one_of, path, positive
+from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, sample_distinct
+from testbed.errors import InputError
+from testbed.losses import dpo_loss, ipo_loss
+from testbed.policies import Policy
+from testbed.problems import TabularBandit
+
+
+@dataclass
+class DPOConfig:
+    beta: float = positive(0.1, "KL strength beta > 0 (IPO: tau)")
+    loss: str = one_of("dpo", ("dpo", "ipo"), "DPO (logistic) or IPO (squared) loss")
+    mode: str = one_of("online", ("offline", "online", "population"), "fixed dataset, fresh pairs from pi_t, or infinite data")
+    pairs: int = count(250, "online: pairs per round; offline: dataset size")
+    mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs")
+    labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), or a tensor")
+    temperature: float = positive(1.0, "bt: p(y ≻ y') = sigma((r(y) - r(y'))/temperature)")
+    preferences: str = path("labels=tensor: .npz with array 'preferences' [X, Y, Y]")
+    dataset: str = path("offline: a .npz/.jsonl dataset (prompt, chosen, rejected) instead of generating one")
+    lr: float = positive(0.05, "Adam learning rate (offline/online)")
+    epochs: int = count(1, "passes over the pairs per iteration (offline/online)")
+    minibatch: int = count(64, "Adam minibatch size")
+
+    def validate(self, where: str) -> None:
+        if self.labels == "tensor" and not self.preferences:
+            raise InputError(f"{where}.preferences: labels: tensor needs a .npz file with array 'preferences'")
+
+
+class DPO(Algorithm):
+    name = "dpo"
+    Config = DPOConfig
+
+    def __init__(self, config: DPOConfig, problem: TabularBandit, rng: np.random.Generator):
+        super().__init__(config, problem, rng)
+        P = None
+        if config.labels == "tensor":
+            with np.load(config.preferences, allow_pickle=False) as z:
+                if "preferences" not in z.files:
+                    raise InputError(f"{config.preferences!r}: missing array 'preferences' [X, Y, Y]")
+                P = z["preferences"]
+        self.oracle = PreferenceOracle(problem, config.labels, config.temperature, P)
+        X, Y = problem.rewards.shape
+        self.mu = problem.pi_ref if config.mu == "ref" else np.full((X, Y), 1.0 / Y)
+        self._adam: dict = {}
+        self.data = None
+        if config.mode == "offline":
+            self.data = (PreferenceDataset.load(config.dataset, X, Y) if config.dataset
+                         else PreferenceDataset.generate(rng, problem, self.mu, config.pairs, self.oracle))
+            self.initial_samples, self.initial_queries = 2 * len(self.data), len(self.data)
+        if config.mode == "population":  # every ordered pair y != y', weight rho·mu·mu·p*(y ≻ y')
+            x, y, y2 = (a.ravel() for a in np.meshgrid(np.arange(X), np.arange(Y), np.arange(Y), indexing="ij"))
+            keep = y != y2
+            x, y, y2 = x[keep], y[keep], y2[keep]
+            w = problem.rho[x] * self.mu[x, y] * self.mu[x, y2] * self.oracle.prob(x, y, y2)
+            self.data = PreferenceDataset(x, y, y2)
+            self.weight = torch.as_tensor(w)
+
+    def _loss(self, policy: Policy, theta: torch.Tensor, d: PreferenceDataset, idx, weight=None):
+        log_ref = torch.as_tensor(self.problem.log_pi_ref)
+        x, yw, yl = d.prompt[idx], d.chosen[idx], d.rejected[idx]
+        hw = policy.torch_log_prob(theta, x, yw) - log_ref[x, yw]
+        hl = policy.torch_log_prob(theta, x, yl) - log_ref[x, yl]
+        fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
+        return fn(hw, hl, self.config.beta, weight)
+
+    def update(self, policy: Policy, rng: np.random.Generator) -> Step:
+        cfg = self.config
+        if cfg.mode == "population":
+            return self._population(policy)
+        if cfg.mode == "offline":
+            d, samples, queries = self.data, 0, 0
+        else:
+            x = self.problem.sample_contexts(rng, cfg.pairs)
+            probs = np.exp(policy.log_probs_at(x))
+            y = policy.sample(rng, x)
+            y2 = sample_distinct(rng, probs, y)
+            d = PreferenceDataset(x, *self.oracle.label(rng, x, y, y2))
+            samples, queries = 2 * cfg.pairs, cfg.pairs
+        new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, d, idx), len(d), cfg.epochs,
+                             cfg.minibatch, cfg.lr, rng, self._adam)
+        return Step(new, loss, samples, queries)
+
+    def _population(self, policy: Policy) -> Step:
+        theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=20, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                line_search_fn="strong_wolfe")
+        idx = np.arange(len(self.data))
+
+        def closure():
+            opt.zero_grad()
+            loss = self._loss(policy, theta, self.data, idx, self.weight)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            loss = float(self._loss(policy, theta, self.data, idx, self.weight))
+        return Step(policy.with_params(theta.detach().numpy().copy()), loss, None, None)

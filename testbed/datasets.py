@@ -1,0 +1,142 @@
+"""Preference data on bandits: the labelling oracle, and (prompt, chosen, rejected) datasets.
+
+Datasets follow the ecosystem's convention (TRL): a row is a prompt (context index), a chosen and a
+rejected response (action indices). They are saved as ``.npz`` (arrays ``prompt``, ``chosen``,
+``rejected``) or JSONL (one ``{"prompt": 3, "chosen": 1, "rejected": 4}`` per line).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import expit
+
+from testbed.errors import InputError, check_finite
+from testbed.io import atomic_write, atomic_write_text
+from testbed.policies import sample_rows
+from testbed.problems import TabularBandit
+
+LABELS = ("bt", "deterministic", "tensor")
+
+
+class PreferenceOracle:
+    """p*(y ≻ y' | x): Bradley–Terry on the true reward with a temperature, deterministic (the better
+    response always wins, ties at ½), or a given tensor P[x, y, y'] (P + Pᵀ = 1)."""
+
+    def __init__(self, problem: TabularBandit, labels: str = "bt", temperature: float = 1.0,
+                 preferences: np.ndarray | None = None):
+        self.problem, self.labels, self.temperature = problem, labels, temperature
+        if labels == "tensor":
+            X, Y = problem.rewards.shape
+            P = np.asarray(preferences, dtype=np.float64)
+            if P.shape != (X, Y, Y):
+                raise InputError(f"preferences must have shape [X, Y, Y] = {(X, Y, Y)} (got {P.shape})")
+            check_finite("preferences", P)
+            if np.any(P < 0) or np.any(P > 1) or not np.allclose(P + P.transpose(0, 2, 1), 1.0, atol=1e-9):
+                raise InputError("preferences must lie in [0, 1] with P[x, y, y'] + P[x, y', y] = 1")
+            self.P = P
+        else:
+            r = problem.rewards
+            diff = r[:, :, None] - r[:, None, :]
+            self.P = expit(diff / temperature) if labels == "bt" else (diff > 0) + 0.5 * (diff == 0)
+
+    def prob(self, x: np.ndarray, y: np.ndarray, y2: np.ndarray) -> np.ndarray:
+        return self.P[x, y, y2]
+
+    def label(self, rng: np.random.Generator, x, y, y2) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen, rejected): y wins with probability p*(y ≻ y' | x)."""
+        win = rng.random(len(x)) < self.prob(x, y, y2)
+        return np.where(win, y, y2), np.where(win, y2, y)
+
+
+def sample_distinct(rng: np.random.Generator, probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """y' ~ probs(.|x) conditioned on y' != y (uniform over the others if probs puts all mass on y)."""
+    q = probs.copy()
+    q[np.arange(len(y)), y] = 0.0
+    empty = q.sum(axis=1) <= 0
+    q[empty] = 1.0
+    q[empty, y[empty]] = 0.0
+    return sample_rows(rng, q)
+
+
+@dataclass
+class PreferenceDataset:
+    prompt: np.ndarray
+    chosen: np.ndarray
+    rejected: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+    @classmethod
+    def generate(cls, rng: np.random.Generator, problem: TabularBandit, mu: np.ndarray, n: int,
+                 oracle: PreferenceOracle) -> PreferenceDataset:
+        """n pairs: x ~ rho, y ~ mu(.|x), y' ~ mu(.|x) with y' != y, labelled by the oracle."""
+        x = problem.sample_contexts(rng, n)
+        y = sample_rows(rng, mu[x])
+        y2 = sample_distinct(rng, mu[x], y)
+        chosen, rejected = oracle.label(rng, x, y, y2)
+        return cls(x, chosen, rejected)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        if path.suffix == ".jsonl":
+            atomic_write_text(path, "".join(json.dumps({"prompt": int(a), "chosen": int(b), "rejected": int(c)}) + "\n"
+                                            for a, b, c in zip(self.prompt, self.chosen, self.rejected)))
+        else:
+            def write(tmp: Path) -> None:
+                with open(tmp, "wb") as f:
+                    np.savez(f, prompt=self.prompt, chosen=self.chosen, rejected=self.rejected)
+            atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | Path, num_contexts: int, num_actions: int) -> PreferenceDataset:
+        """Read and validate a dataset (.npz or .jsonl) for a problem with the given sizes."""
+        path = Path(path)
+        where = f"dataset {str(path)!r}"
+        if not path.is_file():
+            raise InputError(f"{where} does not exist")
+        if path.suffix == ".jsonl":
+            cols = {"prompt": [], "chosen": [], "rejected": []}
+            for i, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    raise InputError(f"{where}: line {i} is not JSON") from None
+                if not isinstance(row, dict) or set(row) != set(cols):
+                    raise InputError(f"{where}: line {i} must be an object with keys prompt, chosen, rejected")
+                for k in cols:
+                    if isinstance(row[k], bool) or not isinstance(row[k], int):
+                        raise InputError(f"{where}: line {i}: {k} must be an integer index (got {row[k]!r})")
+                    cols[k].append(row[k])
+            arrays = {k: np.array(v, dtype=np.int64) for k, v in cols.items()}
+        else:
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in z.files}
+            except Exception:
+                raise InputError(f"{where} is not a readable .npz or .jsonl file") from None
+            missing = sorted({"prompt", "chosen", "rejected"} - set(arrays))
+            if missing:
+                raise InputError(f"{where}: missing array(s) {missing}; expected prompt, chosen, rejected")
+            for k in ("prompt", "chosen", "rejected"):
+                if arrays[k].ndim != 1 or not np.issubdtype(arrays[k].dtype, np.integer):
+                    raise InputError(f"{where}: {k} must be a 1-d integer array (got {arrays[k].dtype}, shape {arrays[k].shape})")
+        n = {len(arrays[k]) for k in ("prompt", "chosen", "rejected")}
+        if len(n) != 1:
+            raise InputError(f"{where}: prompt, chosen and rejected must have one length (got {sorted(n)})")
+        if n == {0}:
+            raise InputError(f"{where} is empty; it needs at least one (prompt, chosen, rejected) row")
+        for k, hi in (("prompt", num_contexts), ("chosen", num_actions), ("rejected", num_actions)):
+            a = arrays[k]
+            if a.min() < 0 or a.max() >= hi:
+                raise InputError(f"{where}: {k} indices must be in [0, {hi}) (got range [{a.min()}, {a.max()}])")
+        same = np.flatnonzero(arrays["chosen"] == arrays["rejected"])
+        if len(same):
+            raise InputError(f"{where}: row {same[0]} has chosen == rejected; every pair needs two different responses")
+        return cls(arrays["prompt"].astype(np.int64), arrays["chosen"].astype(np.int64), arrays["rejected"].astype(np.int64))
