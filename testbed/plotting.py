@@ -28,20 +28,20 @@ LOG_Y = {"suboptimality", "kl_reg_gap", "loss"}
 def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over seeds (axis 0) with a 95% percentile-bootstrap interval per column."""
     mean = values.mean(axis=0)
-    if values.shape[0] < 2 or np.all(values == values[:1]):
-        return mean, mean, mean
-    res = bootstrap((values,), np.mean, axis=0, vectorized=True, confidence_level=0.95, n_resamples=2000,
+    lo, hi = mean.copy(), mean.copy()
+    vary = np.all(np.isfinite(values), axis=0) & np.any(values != values[:1], axis=0)
+    if values.shape[0] < 2 or not vary.any():
+        return mean, lo, hi
+    res = bootstrap((values[:, vary],), np.mean, axis=0, vectorized=True, confidence_level=0.95, n_resamples=2000,
                     method="percentile", rng=np.random.default_rng(seed))
-    return mean, res.confidence_interval.low, res.confidence_interval.high
+    lo[vary], hi[vary] = res.confidence_interval.low, res.confidence_interval.high
+    return mean, lo, hi
 
 
 def _line_name(run: dict, panel_by: str | None) -> str:
-    mode = run["config"].get("mode")
-    base = run["algorithm"] + (f"-{mode}" if mode else "")
-    if run["label"].split("(")[0] != base:  # a user-given label
-        base = run["label"].split("(")[0]
+    """The run's label without the panel's parameter: one line per configuration within a panel."""
     rest = [f"{k}={v}" for k, v in run["swept"].items() if k != panel_by]
-    return base + (f" ({', '.join(rest)})" if rest else "")
+    return run["base_label"] + (f" ({', '.join(rest)})" if rest else "")
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str | None = None,
@@ -121,12 +121,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(3, len(labels)),
-               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0))
     fig.suptitle(f"{config['name']}: mean over seeds, 95% bootstrap band", fontsize=10)
-    rows_legend = (len(labels) + 2) // 3
-    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows_legend * 3.4 / (3.4 * len(problems)), 1, 1))
+    fig.tight_layout()
+    fig.legend([handles[lab] for lab in labels], labels, loc="upper center", ncol=max(1, min(3, len(panels))),
+               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
     out = Path(out) if out else run_dir / f"{y}.png"
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
     return out

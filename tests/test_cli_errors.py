@@ -233,10 +233,19 @@ def test_run_refuses_existing_out_then_overwrites(tmp_path, monkeypatch, capsys)
     assert_one_error_line(err)
     assert snapshot(out) == before
 
-    # --overwrite replaces the folder with a complete run folder and leaves nothing hidden behind
+    # --overwrite refuses a folder that is not a run folder (it would delete the user's files)
     rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "out", "--overwrite", "--quiet")
+    assert rc == 2
+    assert_one_error_line(err, "--out", "not a run folder")
+    assert snapshot(out) == before
+
+    # --overwrite replaces a run folder with a complete new one and leaves nothing hidden behind
+    assert run_in_process(capsys, "run", "spec.yaml", "--out", "run", "--quiet")[0] == 0
+    first = (tmp_path / "run" / "meta.json").read_text()
+    rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "run", "--overwrite", "--quiet")
     assert rc == 0, err
-    assert set(listing(out)) == {"config.yaml", "metrics.csv", "policies.npz", "meta.json"}
+    assert set(listing(tmp_path / "run")) == {"config.yaml", "metrics.csv", "policies.npz", "meta.json"}
+    assert (tmp_path / "run" / "meta.json").read_text() != first  # new timestamps: really rewritten
     assert [n for n in listing(tmp_path) if n.startswith(".")] == []
 
 
@@ -244,7 +253,8 @@ def test_run_bad_spec_with_overwrite_keeps_existing_folder(tmp_path, monkeypatch
     write_files(tmp_path, algo("eta: -1"))
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_bytes(b"precious results\n")
+    (out / "meta.json").write_bytes(b"{}\n")  # looks like a run folder, so only the bad spec stops it
+    (out / "metrics.csv").write_bytes(b"precious results\n")
     before = snapshot(out)
     monkeypatch.chdir(tmp_path)
     rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "out", "--overwrite", "--quiet")

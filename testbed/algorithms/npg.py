@@ -11,9 +11,10 @@ reward q = r - beta·(ln pi_t - ln pi_ref) (Cen et al. 2021's regularised NPG).
   the within-context sample covariances of g with itself and with q (a per-context baseline;
   E g = 0, so both are consistent), and F̂⁺ĝ is the min-norm least-squares fit of q on the
   scores with a free intercept per context — Kakade's compatible-function-approximation view.
-  Without the baseline the raw-moment estimate blows up as pi_t becomes near-deterministic, and
-  without damping (F̂ + lam·I) so do directions of rarely sampled actions (as in TRPO's damped
-  conjugate gradient); ``damping: 0`` gives the plain pseudo-inverse.
+  Without the baseline the raw-moment estimate blows up as pi_t becomes near-deterministic.
+  ``damping`` lam > 0 solves (F̂ + lam·s·I)·delta = ĝ with s the mean eigenvalue of F̂ (scale-free,
+  as TRPO's damped conjugate gradient); the default 0 is the pseudo-inverse, with eigenvalues below
+  1e-9 of the largest treated as zero.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class NPGConfig:
     beta: float = nonneg(0.0, "KL coefficient of J_beta = J - beta·KL(pi || pi_ref)")
     mode: str = one_of("exact", ("exact", "sampled"), "exact Fisher, or sample Fisher and gradient")
     samples: int = count(1000, "sampled: responses per iteration")
-    damping: float = nonneg(1e-4, "sampled: Fisher damping lam, solves (F̂ + lam·I)·delta = ĝ (0: pseudo-inverse)")
+    damping: float = nonneg(0.0, "sampled: Fisher damping lam relative to F̂'s mean eigenvalue s: (F̂ + lam·s·I)⁻¹ĝ (0: pseudo-inverse)")
 
     def validate(self, where: str) -> None:
         if self.beta > 0 and self.eta * self.beta > 1:

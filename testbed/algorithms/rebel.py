@@ -157,22 +157,24 @@ def linear_population_regression(rho, phi, pi, mu, r, eta):
     """Solve min_delta E_{x~rho, y~pi, y'~mu}((1/eta)·deltaᵀΔφ - Δr)² by its normal equations.
 
     A = E[ΔφΔφᵀ], b = E[Δφ·Δr], computed from first and second moments under pi and mu (y, y'
-    independent given x); delta = eta·A⁺b (minimum norm). Returns delta and the loss at delta.
+    independent given x); delta = eta·A⁺b (minimum norm). Returns delta and the loss at delta,
+    computed from the residual e = deltaᵀφ/eta - r as E[(e(y) - e(y'))²] (no cancellation).
     """
     def moments(q):
         m = np.einsum("xy,xyd->xd", q, phi)             # E_q φ
         s = np.einsum("x,xy,xyi,xyj->ij", rho, q, phi, phi)  # E_x E_q φφᵀ
         mr = np.einsum("xy,xyd,xy->xd", q, phi, r)      # E_q φ r
         er = np.sum(q * r, axis=1)                      # E_q r
-        er2 = np.sum(q * r * r, axis=1)                 # E_q r²
-        return m, s, mr, er, er2
+        return m, s, mr, er
 
-    m1, s1, mr1, e1, q1 = moments(pi)
-    m2, s2, mr2, e2, q2 = moments(mu)
+    m1, s1, mr1, e1 = moments(pi)
+    m2, s2, mr2, e2 = moments(mu)
     cross = np.einsum("x,xi,xj->ij", rho, m1, m2)
     A = s1 + s2 - cross - cross.T
     b = rho @ (mr1 + mr2 - m1 * e2[:, None] - m2 * e1[:, None])
-    edr2 = float(rho @ (q1 + q2 - 2 * e1 * e2))
     delta = eta * np.linalg.pinv(A, rtol=1e-12, hermitian=True) @ b
-    loss = float(delta @ A @ delta / eta**2 - 2 * delta @ b / eta + edr2)
+    e = phi @ delta / eta - r
+    ep, ep2 = np.sum(pi * e, 1), np.sum(pi * e * e, 1)
+    em, em2 = np.sum(mu * e, 1), np.sum(mu * e * e, 1)
+    loss = float(rho @ (ep2 + em2 - 2 * ep * em))
     return delta, max(loss, 0.0)

@@ -115,11 +115,20 @@ def versions() -> dict[str, str]:
             "torch": torch.__version__, "gymnasium": gymnasium.__version__, "testbed": testbed.__version__}
 
 
+RUN_FILES = {"config.yaml", "metrics.csv", "policies.npz", "meta.json"}
+
+
 def prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+    """Refuse an existing --out unless --overwrite, and even then unless it is a run folder."""
+    if not out.exists():
+        return
+    if not overwrite:
         raise InputError(f"--out {str(out)!r} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
+    if not out.is_dir():
         raise InputError(f"--out {str(out)!r} exists and is not a folder")
+    names = {p.name for p in out.iterdir()}
+    if "meta.json" not in names or not names <= RUN_FILES | {n for n in names if n.endswith(".png")}:
+        raise InputError(f"--out {str(out)!r} is not a run folder (it holds other files); --overwrite only replaces run folders")
 
 
 def _worker(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], np.ndarray, np.ndarray, float]:

@@ -51,6 +51,7 @@ class RunPlan:
     problem: str
     algorithm: str
     label: str
+    base_label: str
     config: dict
     swept: dict
     policy: dict | None
@@ -135,10 +136,11 @@ def _policy(value, where: str) -> dict | None:
     return dict(value)
 
 
-def _label(name: str, cfg, swept: list[str], point: dict, given: str | None) -> str:
+def _label(name: str, cfg, swept: list[str], point: dict, given: str | None) -> tuple[str, str]:
+    """(label, base): the base is the user's label or name-mode; swept fields are appended."""
     base = given or (f"{name}-{cfg.mode}" if hasattr(cfg, "mode") else name)
     keys = [k for k in swept if k not in ("name", "label")]
-    return base + ("(" + ",".join(f"{k}={point[k]}" for k in keys) + ")" if keys else "")
+    return base + ("(" + ",".join(f"{k}={point[k]}" for k in keys) + ")" if keys else ""), base
 
 
 def parse_spec(data: object, source: str = "<spec>", base: Path | None = None) -> Spec:
@@ -169,11 +171,14 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         if not isinstance(entry, dict):
             raise InputError(f"{where} must be a mapping like {{kind: tabular, family: random}} (got {entry!r})")
         try:
-            points, _ = _grid(entry)
+            points, swept = _grid(entry)
         except InputError as e:
             raise InputError(f"{where}.{e}") from None
         for point in points:
             problem, resolved = _problem(point, where, base)
+            suffix = ",".join(f"{k}={point[k]}" for k in swept if k != "name")
+            if suffix:  # a swept problem field names the instance, as swept fields name algorithm labels
+                problem.name = resolved["name"] = f"{problem.name}({suffix})"
             if problem.name in problems:
                 raise InputError(f"{where}: problem name {problem.name!r} is used twice; set 'name' to tell them apart")
             problems[problem.name], entries[problem.name] = problem, resolved
@@ -217,15 +222,15 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             cls = ALGORITHMS[point["name"]]
             cfg = build_config(cls.Config, params, where)
             policy = _policy(point.get("policy"), f"{where}.policy")
-            label = _label(point["name"], cfg, swept, point, entry.get("label"))
-            configs.append((point["name"], label, cfg, {k: point[k] for k in swept}, policy, where))
-    labels = [c[1] for c in configs]
+            label, base_label = _label(point["name"], cfg, swept, point, entry.get("label"))
+            configs.append((point["name"], (label, base_label), cfg, {k: point[k] for k in swept}, policy, where))
+    labels = [c[1][0] for c in configs]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:
         raise InputError(f"algorithms: label(s) {dup} name more than one configuration; add 'label' to tell them apart")
 
     runs = []
-    for pname, (aname, label, cfg, swept, policy, where), seed in itertools.product(problems, configs, seeds):
+    for pname, (aname, (label, base_label), cfg, swept, policy, where), seed in itertools.product(problems, configs, seeds):
         problem = problems[pname]
         kind = (policy or {}).get("kind") or default_kind(problem)
         try:  # the policy/problem/algorithm pairing, checked before any work
@@ -235,8 +240,8 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         why = ALGORITHMS[aname].check_policy(cfg, kind)
         if why:
             raise InputError(f"{where}.policy: {kind!r} cannot be used here: {why}")
-        runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, dataclasses.asdict(cfg), swept, policy,
-                            seed, iterations, eval_every))
+        runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, base_label, dataclasses.asdict(cfg), swept,
+                            policy, seed, iterations, eval_every))
     name = str(data.get("name", Path(source).stem))
     return Spec(name, runs, problems, entries, plot, source)
 

@@ -192,8 +192,11 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows: np.ndarray, targets:
     """Minimum-norm least squares with block-diagonal design.
 
     Row i lives in block ``blocks[i]``; solves min_delta sum_i (rows[i]·delta[blocks[i]] - targets[i])²
-    block by block, delta_b = pinv(G_bᵀG_b)·G_bᵀt_b (= G_b⁺ t_b), batched over blocks. A block with
-    no rows gets delta = 0. With ``ridge`` = lam > 0 it solves (GᵀG/N + lam·I)·delta = Gᵀt/N instead.
+    block by block, delta_b = pinv(G_bᵀG_b)·G_bᵀt_b (= G_b⁺ t_b), batched over blocks. Eigenvalues
+    below 1e-9 x the largest of *all* blocks count as zero, so a block whose rows are rounding noise
+    (e.g. demeaned rows of a context where one response was always drawn) gets no step; a block
+    with no rows gets delta = 0. With ``ridge`` = lam > 0 it solves (GᵀG + lam·s·I)·delta = Gᵀt,
+    s = tr(GᵀG)/(blocks·Y) the mean eigenvalue, so lam is relative to the problem's scale.
     """
     Y = rows.shape[1]
     gram = np.zeros((num_blocks, Y, Y))
@@ -201,9 +204,12 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows: np.ndarray, targets:
     rhs = np.zeros((num_blocks, Y))
     np.add.at(rhs, blocks, rows * targets[:, None])
     if ridge > 0:
-        n = len(targets)
-        return np.linalg.solve(gram / n + ridge * np.eye(Y), rhs[..., None] / n)[..., 0]
-    return np.einsum("bij,bj->bi", np.linalg.pinv(gram, rtol=1e-10, hermitian=True), rhs)
+        scale = np.trace(gram, axis1=1, axis2=2).sum() / (num_blocks * Y)
+        return np.linalg.solve(gram + ridge * scale * np.eye(Y), rhs[..., None])[..., 0]
+    w, v = np.linalg.eigh(gram)
+    keep = w > 1e-9 * max(w.max(), 0.0)
+    inv = np.divide(1.0, w, out=np.zeros_like(w), where=keep)
+    return np.einsum("bij,bj->bi", v, inv * np.einsum("bji,bj->bi", v, rhs))
 
 
 def _demean_by_context(x: np.ndarray, a: np.ndarray) -> np.ndarray:
@@ -222,8 +228,8 @@ def lstsq_step(policy: Policy, x: np.ndarray, rows: np.ndarray, targets: np.ndar
     block of context x_i; for a log-linear policy [N, d] feature vectors. With
     ``context_intercept`` a free offset b_x per context is fitted too (by Frisch–Waugh: rows and
     targets demeaned within each context), i.e. a per-context baseline. ``ridge`` = lam > 0 damps
-    the normal equations: (GᵀG/N + lam·I)·delta = Gᵀt/N. Returns the new policy and the fitted
-    values rows_i·delta (+ b_{x_i}).
+    the normal equations relative to their mean eigenvalue s: (GᵀG + lam·s·I)·delta = Gᵀt. Returns
+    the new policy and the fitted values rows_i·delta (+ b_{x_i}).
     """
     if context_intercept:
         offset = targets - _demean_by_context(x, targets)
@@ -235,8 +241,9 @@ def lstsq_step(policy: Policy, x: np.ndarray, rows: np.ndarray, targets: np.ndar
         return policy.with_params(policy.params + delta), np.einsum("ny,ny->n", rows, delta[x])
     if isinstance(policy, LogLinear):
         if ridge > 0:
-            n = len(targets)
-            delta = np.linalg.solve(rows.T @ rows / n + ridge * np.eye(rows.shape[1]), rows.T @ targets / n)
+            gram = rows.T @ rows
+            scale = np.trace(gram) / len(gram)
+            delta = np.linalg.solve(gram + ridge * scale * np.eye(len(gram)), rows.T @ targets)
         else:
             delta = np.linalg.lstsq(rows, targets, rcond=None)[0]
         return policy.with_params(policy.params + delta), rows @ delta
