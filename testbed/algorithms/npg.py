@@ -35,7 +35,7 @@ class NPGConfig:
     beta: float = nonneg(0.0, "KL coefficient of J_beta = J - beta·KL(pi || pi_ref)")
     mode: str = one_of("exact", ("exact", "sampled"), "exact Fisher, or sample Fisher and gradient")
     samples: int = count(1000, "sampled: responses per iteration")
-    damping: float = nonneg(0.0, "sampled: Fisher damping lam relative to F̂'s mean eigenvalue s: (F̂ + lam·s·I)⁻¹ĝ (0: pseudo-inverse)")
+    damping: float = nonneg(0.0, "sampled: damping lam, solves (F̂ + lam·s·I)·delta = ĝ, s = mean eigenvalue (0: pinv)")
 
     def validate(self, where: str) -> None:
         if self.beta > 0 and self.eta * self.beta > 1:
