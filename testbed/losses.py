@@ -113,7 +113,9 @@ def dpo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, bet
     _same_1d(logratio_chosen=logratio_chosen, logratio_rejected=logratio_rejected)
     if not beta > 0:
         raise ValueError(f"beta must be > 0 (got {beta})")
-    per = -torch.nn.functional.logsigmoid(beta * (logratio_chosen - logratio_rejected))
+    # -ln sigma(z) = softplus(-z), whose first and second derivatives stay accurate where sigma(z)
+    # rounds to 1 (logsigmoid's double backward returns 0 there, which stalls Newton-type solvers)
+    per = torch.nn.functional.softplus(-beta * (logratio_chosen - logratio_rejected), threshold=30.0)
     return _mean(per, weight)
 
 

@@ -8,9 +8,15 @@
   by the preference oracle (or loaded from a .npz/.jsonl file); each iteration is ``epochs``
   passes of minibatch Adam over it.
 - ``population``: the expected loss over every ordered pair (y, y') ~ mu x mu with y' != y,
-  weighted by rho and p*(y ≻ y'); each iteration is one L-BFGS step (strong Wolfe), since the
-  loss is deterministic. Under Bradley–Terry with full coverage its minimiser is pi*_beta
-  (THEORY.md D); with deterministic preferences DPO has no finite minimiser.
+  weighted by rho and p*(y ≻ y') — or, given ``dataset``, over that dataset's empirical
+  distribution; each iteration is one Newton step with the exact Hessian (|eigenvalues|,
+  pseudo-inverse) and Armijo backtracking, since the loss is deterministic: quadratic convergence
+  to pi*_beta, no drift at a stationary point (Adam's scale-free steps amplify rounding-level
+  gradients there), and steady progress where DPO's loss saturates under deterministic
+  preferences (first-order steps and L-BFGS stall as the gradient decays like exp(-beta·margin)).
+  ``optimizer: adam`` takes ``epochs`` full-batch Adam steps instead. Under Bradley–Terry with
+  full coverage the minimiser is pi*_beta (THEORY.md D); with deterministic preferences DPO has
+  no finite minimiser.
 - ``online``: each round draws ``pairs`` pairs from pi_t (y' != y), queries the oracle once per
   pair and takes ``epochs`` passes of minibatch Adam (the iterative/online DPO of Guo et al. 2024).
 Adam's moments persist across iterations.
@@ -41,8 +47,9 @@ class DPOConfig:
     labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), or a tensor")
     temperature: float = positive(1.0, "bt: p(y ≻ y') = sigma((r(y) - r(y'))/temperature)")
     preferences: str = path("labels=tensor: .npz with array 'preferences' [X, Y, Y]")
-    dataset: str = path("offline: a .npz/.jsonl dataset (prompt, chosen, rejected) instead of generating one")
-    lr: float = positive(0.05, "Adam learning rate (offline/online)")
+    dataset: str = path("offline/population: a .npz/.jsonl dataset (prompt, chosen, rejected) to train on")
+    optimizer: str = one_of("newton", ("newton", "adam"), "population: damped Newton step, or full-batch Adam (lr)")
+    lr: float = positive(0.05, "Adam learning rate")
     epochs: int = count(1, "passes over the pairs per iteration (offline/online)")
     minibatch: int = count(64, "Adam minibatch size")
 
@@ -72,7 +79,10 @@ class DPO(Algorithm):
             self.data = (PreferenceDataset.load(config.dataset, X, Y) if config.dataset
                          else PreferenceDataset.generate(rng, problem, self.mu, config.pairs, self.oracle))
             self.initial_samples, self.initial_queries = 2 * len(self.data), len(self.data)
-        if config.mode == "population":  # every ordered pair y != y', weight rho·mu·mu·p*(y ≻ y')
+        if config.mode == "population" and config.dataset:  # the empirical distribution of a dataset
+            self.data = PreferenceDataset.load(config.dataset, X, Y)
+            self.weight = torch.ones(len(self.data), dtype=torch.float64)
+        elif config.mode == "population":  # every ordered pair y != y', weight rho·mu·mu·p*(y ≻ y')
             x, y, y2 = (a.ravel() for a in np.meshgrid(np.arange(X), np.arange(Y), np.arange(Y), indexing="ij"))
             keep = y != y2
             x, y, y2 = x[keep], y[keep], y2[keep]
@@ -90,8 +100,13 @@ class DPO(Algorithm):
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         cfg = self.config
-        if cfg.mode == "population":
+        if cfg.mode == "population" and cfg.optimizer == "newton":
             return self._population(policy)
+        if cfg.mode == "population":
+            n = len(self.data)
+            new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, self.data, idx, self.weight[idx]), n,
+                                 cfg.epochs, n, cfg.lr, rng, self._adam)
+            return Step(new, loss, None, None)
         if cfg.mode == "offline":
             d, samples, queries = self.data, 0, 0
         else:
@@ -106,18 +121,27 @@ class DPO(Algorithm):
         return Step(new, loss, samples, queries)
 
     def _population(self, policy: Policy) -> Step:
-        theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=20, tolerance_grad=1e-12, tolerance_change=1e-14,
-                                line_search_fn="strong_wolfe")
+        """One damped Newton step: d = -|H|⁺g, then backtrack until Armijo's condition holds."""
         idx = np.arange(len(self.data))
+        shape = policy.params.shape
 
-        def closure():
-            opt.zero_grad()
-            loss = self._loss(policy, theta, self.data, idx, self.weight)
-            loss.backward()
-            return loss
+        def f(flat: torch.Tensor) -> torch.Tensor:
+            return self._loss(policy, flat.reshape(shape), self.data, idx, self.weight)
 
-        opt.step(closure)
+        theta = torch.tensor(policy.params, dtype=torch.float64).ravel()
+        x = theta.clone().requires_grad_(True)
+        f0 = f(x)
+        (g,) = torch.autograd.grad(f0, x)
+        H = torch.autograd.functional.hessian(f, theta)
+        w, v = torch.linalg.eigh(H)
+        w = w.abs()
+        keep = w > 1e-12 * w.max()
+        d = -(v[:, keep] @ ((v[:, keep].T @ g) / w[keep]))
+        t, f0 = 1.0, float(f0.detach())
+        slope = float(g @ d)
         with torch.no_grad():
-            loss = float(self._loss(policy, theta, self.data, idx, self.weight))
-        return Step(policy.with_params(theta.detach().numpy().copy()), loss, None, None)
+            while t > 1e-12 and float(f(theta + t * d)) > f0 + 1e-4 * t * slope:
+                t /= 2
+            new = theta + t * d if t > 1e-12 else theta
+            loss = float(f(new))
+        return Step(policy.with_params(new.reshape(shape).numpy().copy()), loss, None, None)

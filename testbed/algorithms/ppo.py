@@ -75,6 +75,10 @@ class PPO(Algorithm):
         return h @ w[H * k + H:H * k + 2 * H] + w[-1]
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
+        return self.optimise(policy, self.collect(policy, rng), rng)
+
+    def collect(self, policy: Policy, rng: np.random.Generator) -> dict:
+        """The batch: x, y, ln pi_t(y|x), (shaped) reward r, critic values V_old(x) and advantages."""
         cfg, p, N = self.config, self.problem, self.config.batch
         x = p.sample_contexts(rng, N)
         y = policy.sample(rng, x)
@@ -88,7 +92,13 @@ class PPO(Algorithm):
         adv = r - v_old
         if cfg.normalize_advantage and N > 1:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        return {"x": x, "y": y, "lp_old": lp_old, "r": r, "v_old": v_old, "adv": adv}
 
+    def optimise(self, policy: Policy, batch: dict, rng: np.random.Generator) -> Step:
+        """K epochs of minibatch Adam on the clipped surrogate + value loss (+ entropy bonus)."""
+        cfg = self.config
+        x, y, lp_old, r, v_old, adv = (batch[k] for k in ("x", "y", "lp_old", "r", "v_old", "adv"))
+        N = len(x)
         theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
         w = self.w.clone().requires_grad_(True)
         opt = torch.optim.Adam([{"params": [theta], "lr": cfg.lr}, {"params": [w], "lr": cfg.critic_lr}])
