@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def _cmd_run(args) -> None:
 
     prepare_out(Path(args.out), args.overwrite)  # refuse before any work
     spec = load_spec(args.spec)
-    out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs)
     print(f"{len(spec.runs)} runs -> {out}")
 
 
@@ -46,16 +47,26 @@ def _cmd_list(args) -> None:
 
 
 def _cmd_plot(args) -> None:
-    from testbed.plotting import plot_run
+    from testbed.plotting import draw
 
-    print(plot_run(args.dir, args.out, args.panel_by, args.x, args.y))
+    kind = args.kind or "curve"
+    out = args.out or str(Path(args.dir) / (f"{args.y or 'suboptimality'}.png" if kind == "curve" else
+                                           f"{kind}.md" if kind == "table" else f"{kind}.png"))
+    print(draw(args.dir, {"kind": kind, "panel_by": args.panel_by, "x": args.x, "y": args.y}, out))
 
 
 def _cmd_reproduce(args) -> None:
     from testbed.experiments.reproduce import reproduce
 
-    for fig in reproduce(args.experiments, args.figures, args.runs, args.only, progress=not args.quiet):
+    for fig in reproduce(args.experiments, args.figures, args.runs, args.only, progress=not args.quiet,
+                         jobs=args.jobs):
         print(fig)
+
+
+def _jobs(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be a positive integer (got {value!r})")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="run folder to create")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--jobs", type=_jobs, default=1, help="grid points run in this many processes (same results)")
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="list problems and algorithms")
     ls.set_defaults(func=_cmd_list)
     pl = sub.add_parser("plot", help="draw a run folder's metric vs iteration")
     pl.add_argument("dir")
-    pl.add_argument("--out", help="PNG path (default DIR/<y>.png)")
+    pl.add_argument("--out", help="output path (default DIR/<y>.png, DIR/<kind>.png or DIR/table.md)")
+    pl.add_argument("--kind", choices=["curve", "frontier", "sensitivity", "table"], help="default curve")
     pl.add_argument("--panel-by", help="hyper-parameter that splits panels, e.g. eta")
     pl.add_argument("--x", help="iteration | samples")
     pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss")
@@ -83,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--runs", default="runs", help="where the run folders go")
     rp.add_argument("--only", nargs="+", help="spec names to run")
     rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
+                    help="processes per spec (default: one per core; results do not depend on it)")
     rp.set_defaults(func=_cmd_reproduce)
     return p
 

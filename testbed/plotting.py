@@ -44,6 +44,14 @@ def _line_name(run: dict, panel_by: str | None) -> str:
     return run["base_label"] + (f" ({', '.join(rest)})" if rest else "")
 
 
+def draw(run_dir: str | Path, entry: dict, out: str | Path) -> Path:
+    """Draw one ``plot:`` entry of a spec (kind curve, frontier, sensitivity or table) to ``out``."""
+    kind = entry.get("kind", "curve")
+    if kind == "curve":
+        return plot_run(run_dir, out, entry.get("panel_by"), entry.get("x"), entry.get("y"))
+    return {"frontier": plot_frontier, "sensitivity": plot_sensitivity, "table": results_table}[kind](run_dir, out)
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str | None = None,
              x: str | None = None, y: str | None = None) -> Path:
     run_dir = Path(run_dir)
@@ -51,7 +59,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
     if not cfg_path.is_file():
         raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
     config = yaml.safe_load(cfg_path.read_text())
-    opts = config.get("plot") or {}
+    opts = next((p for p in config.get("plot") or [] if p.get("kind", "curve") == "curve"), {})
     panel_by = panel_by or opts.get("panel_by")
     x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples"))
     y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss"))
@@ -85,12 +93,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
 
     problems = sorted({k[0] for k in series})
     panels = sorted({k[1] for k in series}, key=lambda v: (v is None, v))
-    fig, axes = plt.subplots(len(problems), len(panels), figsize=(4.2 * len(panels), 3.4 * len(problems)),
-                             squeeze=False, sharey="row")
+    wide = len(panels) == 1  # no panel parameter: problems side by side
+    shape = (1, len(problems)) if wide else (len(problems), len(panels))
+    fig, axes = plt.subplots(*shape, figsize=(4.6 * shape[1], 3.6 * shape[0]), squeeze=False,
+                             sharey=False if wide else "row")
     colours = {}
     for i, prob in enumerate(problems):
         for j, pv in enumerate(panels):
-            ax = axes[i][j]
+            ax = axes[0][i] if wide else axes[i][j]
             for line, members in sorted(series.get((prob, pv), {}).items()):
                 n = min(len(m[1]) for m in members)
                 xs = members[0][0][:n]
@@ -112,20 +122,159 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
                 ax.set_yscale("log")
             ax.set_title(f"{prob}" + (f"\n{panel_by} = {pv}" if panel_by else ""), fontsize=9)
             ax.set_xlabel(x)
-            if j == 0:
+            if j == 0 and (i == 0 or not wide):
                 ax.set_ylabel(y + (" (J* − J(π_t))" if y == "suboptimality" else ""))
             ax.grid(alpha=0.3, which="both", lw=0.4)
+    fig.suptitle(f"{config['name']}: mean over seeds, 95% bootstrap band", fontsize=10)
+    _legend_below(fig, axes, shape[1])
+    return _save(fig, Path(out) if out else run_dir / f"{y}.png")
+
+
+def _legend_below(fig, axes, columns: int) -> None:
     handles, labels = {}, []
-    for ax in axes.ravel():
+    for ax in np.ravel(axes):
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
-    fig.suptitle(f"{config['name']}: mean over seeds, 95% bootstrap band", fontsize=10)
     fig.tight_layout()
-    fig.legend([handles[lab] for lab in labels], labels, loc="upper center", ncol=max(1, min(3, len(panels))),
+    fig.legend([handles[lab] for lab in labels], labels, loc="upper center", ncol=max(1, min(3, columns)),
                fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
-    out = Path(out) if out else run_dir / f"{y}.png"
+
+
+def _save(fig, out: Path) -> Path:
     atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
+    return out
+
+
+def _load(run_dir: Path) -> tuple[dict, dict, dict]:
+    """config, runs by id, and each run's metric rows."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
+    config = yaml.safe_load(cfg_path.read_text())
+    per_run = defaultdict(list)
+    for r in read_metrics(run_dir):
+        per_run[r["run_id"]].append(r)
+    return config, {r["run_id"]: r for r in config["runs"]}, per_run
+
+
+def _final(per_run: dict, run_ids: list[str], key: str) -> np.ndarray:
+    return np.array([per_run[i][-1][key] for i in run_ids], dtype=float)
+
+
+def plot_frontier(run_dir: str | Path, out: str | Path) -> Path:
+    """Reward vs KL(pi || pi_ref): configurations that sweep ``beta`` give one point per beta (final
+    iterate, mean over seeds, connected in order of beta); the others (e.g. REBEL at several eta)
+    give their path over the evaluated iterations. Error bars: 95% bootstrap over seeds."""
+    run_dir = Path(run_dir)
+    config, runs, per_run = _load(run_dir)
+    groups = defaultdict(lambda: defaultdict(list))  # (problem, line) -> beta -> run ids
+    for run_id, run in runs.items():
+        rest = [f"{k}={v}" for k, v in run["swept"].items() if k != "beta"]
+        line = run["base_label"] + (f" ({', '.join(rest)})" if rest else "")
+        groups[(run["problem"], line)][run["swept"].get("beta")].append(run_id)
+    problems = sorted({k[0] for k in groups})
+    fig, axes = plt.subplots(1, len(problems), figsize=(5.2 * len(problems), 4.2), squeeze=False)
+    for j, prob in enumerate(problems):
+        ax = axes[0][j]
+        for c, ((p, line), by_beta) in enumerate(sorted(groups.items())):
+            if p != prob:
+                continue
+            colour = f"C{c % 10}"
+            if len(by_beta) > 1:  # one point per beta
+                betas = sorted(by_beta)
+                kl = [seed_band(_final(per_run, by_beta[b], "kl_ref")[:, None])[0][0] for b in betas]
+                rw = [seed_band(_final(per_run, by_beta[b], "reward")[:, None]) for b in betas]
+                ax.errorbar(kl, [m[0] for m, _, _ in rw], yerr=np.array([[m[0] - lo[0], hi[0] - m[0]] for m, lo, hi in rw]).T,
+                            fmt="o-", color=colour, ms=4, capsize=2, label=f"{line}: beta sweep")
+                for k, r, b in zip(kl, rw, betas):
+                    ax.annotate(f"β={b}", (k, r[0][0]), fontsize=6, color=colour, xytext=(4, -9),
+                                textcoords="offset points")
+            else:  # a path over iterations
+                ids = next(iter(by_beta.values()))
+                n = min(len(per_run[i]) for i in ids)
+                kl = np.mean([[r["kl_ref"] for r in per_run[i][:n]] for i in ids], axis=0)
+                rw = np.mean([[r["reward"] for r in per_run[i][:n]] for i in ids], axis=0)
+                ax.plot(kl, rw, ".-", color=colour, ms=3, lw=1, label=f"{line}: iterations")
+        front = config["problems"].get(prob, {}).get("frontier")
+        if front:
+            ax.plot(front["kl"], front["reward"], ":", color="k", lw=1.2, label="exact frontier π*_β (all β)")
+        ax.set_xscale("symlog", linthresh=1e-2)
+        ax.set_xlabel("KL(π ‖ π_ref)")
+        ax.set_ylabel("reward J(π)")
+        ax.set_title(prob, fontsize=9)
+        ax.grid(alpha=0.3, lw=0.4)
+    fig.suptitle(f"{config['name']}: reward vs KL frontier (mean over seeds)", fontsize=10)
+    _legend_below(fig, axes, 2)
+    return _save(fig, Path(out))
+
+
+SENSITIVITY_PARAMS = ("eta", "lr")
+
+
+def plot_sensitivity(run_dir: str | Path, out: str | Path) -> Path:
+    """Final sub-optimality vs the swept step size (eta) or learning rate (lr), one panel per algorithm
+    configuration, mean over seeds with 95% bootstrap intervals."""
+    run_dir = Path(run_dir)
+    config, runs, per_run = _load(run_dir)
+    groups = defaultdict(lambda: defaultdict(list))  # (problem, base, param) -> value -> ids
+    for run_id, run in runs.items():
+        param = next((k for k in SENSITIVITY_PARAMS if k in run["swept"]), None)
+        if param is None:
+            continue
+        groups[(run["problem"], run["base_label"], param)][run["swept"][param]].append(run_id)
+    if not groups:
+        raise InputError(f"no run in {str(run_dir)!r} sweeps one of {SENSITIVITY_PARAMS}")
+    keys = sorted(groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False, sharey=True)
+    for j, key in enumerate(keys):
+        ax = axes[0][j]
+        vals = sorted(groups[key])
+        stats = [seed_band(np.maximum(_final(per_run, groups[key][v], "suboptimality"), FLOOR)[:, None]) for v in vals]
+        mean = np.array([m[0] for m, _, _ in stats])
+        ax.errorbar(vals, mean, yerr=np.array([[m[0] - lo[0], hi[0] - m[0]] for m, lo, hi in stats]).T, fmt="o-",
+                    capsize=3, color=f"C{j % 10}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(key[2])
+        ax.set_title(f"{key[1]}\n{key[0]}", fontsize=8)
+        ax.grid(alpha=0.3, which="both", lw=0.4)
+    axes[0][0].set_ylabel("final J* − J(π_T)")
+    fig.suptitle(f"{config['name']}: sensitivity (mean over seeds, 95% bootstrap interval)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(out))
+
+
+def results_table(run_dir: str | Path, out: str | Path) -> Path:
+    """A markdown table per problem ranking the configurations by final sub-optimality (mean over seeds,
+    95% percentile-bootstrap interval), with the responses and oracle queries each used."""
+    run_dir = Path(run_dir)
+    config, runs, per_run = _load(run_dir)
+    groups = defaultdict(list)
+    for run_id, run in runs.items():
+        groups[(run["problem"], run["label"])].append(run_id)
+    lines = [f"# {config['name']}: final sub-optimality J* − J(π_T)", "",
+             "Mean over seeds with a 95% percentile-bootstrap interval; ranked per problem. "
+             "`responses` = responses drawn, `queries` = reward or preference oracle calls (empty: exact).", ""]
+    for prob in sorted({k[0] for k in groups}):
+        rows = []
+        for (p, label), ids in groups.items():
+            if p != prob:
+                continue
+            sub = _final(per_run, ids, "suboptimality")
+            m, lo, hi = seed_band(sub[:, None])
+            last = per_run[ids[0]][-1]
+            rows.append((m[0], lo[0], hi[0], label, len(ids), last["iteration"], last["samples"], last["queries"],
+                         float(np.mean(_final(per_run, ids, "kl_ref")))))
+        rows.sort()
+        lines += [f"## {prob}", "", "| rank | algorithm | seeds | iterations | responses | queries | final sub-optimality "
+                  "[95% CI] | KL(π‖π_ref) |", "|---:|---|---:|---:|---:|---:|---|---:|"]
+        for rank, (m, lo, hi, label, n, it, samples, queries, kl) in enumerate(rows, 1):
+            lines.append(f"| {rank} | {label} | {n} | {it} | {'' if samples is None else samples} | "
+                         f"{'' if queries is None else queries} | {m:.3g} [{lo:.3g}, {hi:.3g}] | {kl:.3g} |")
+        lines.append("")
+    out = Path(out)
+    atomic_write(out, lambda p: p.write_text("\n".join(lines)))
     return out

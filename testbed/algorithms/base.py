@@ -49,6 +49,10 @@ class Algorithm:
         """None if this configuration can update a policy of ``kind``; else what is needed instead."""
         return None
 
+    @staticmethod
+    def check_problem(config, problem: TabularBandit) -> None:
+        """Validate inputs that depend on the problem (e.g. a dataset's indices); raise InputError."""
+
 
 def build_config(cls: type, params: dict, where: str):
     """Build and validate a config dataclass from a dict, naming the bad field on error."""

@@ -58,18 +58,31 @@ class DPOConfig:
             raise InputError(f"{where}.preferences: labels: tensor needs a .npz file with array 'preferences'")
 
 
+def _load_preferences(path: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "preferences" not in z.files:
+                raise InputError(f"preferences file {path!r}: missing array 'preferences' [X, Y, Y]")
+            return z["preferences"]
+    except (OSError, ValueError) as e:
+        raise InputError(f"preferences file {path!r} is not a readable .npz ({e})") from None
+
+
 class DPO(Algorithm):
     name = "dpo"
     Config = DPOConfig
 
+    @staticmethod
+    def check_problem(config: DPOConfig, problem: TabularBandit) -> None:
+        X, Y = problem.rewards.shape
+        if config.dataset:
+            PreferenceDataset.load(config.dataset, X, Y)
+        if config.labels == "tensor":
+            PreferenceOracle(problem, "tensor", preferences=_load_preferences(config.preferences))
+
     def __init__(self, config: DPOConfig, problem: TabularBandit, rng: np.random.Generator):
         super().__init__(config, problem, rng)
-        P = None
-        if config.labels == "tensor":
-            with np.load(config.preferences, allow_pickle=False) as z:
-                if "preferences" not in z.files:
-                    raise InputError(f"{config.preferences!r}: missing array 'preferences' [X, Y, Y]")
-                P = z["preferences"]
+        P = _load_preferences(config.preferences) if config.labels == "tensor" else None
         self.oracle = PreferenceOracle(problem, config.labels, config.temperature, P)
         X, Y = problem.rewards.shape
         self.mu = problem.pi_ref if config.mu == "ref" else np.full((X, Y), 1.0 / Y)

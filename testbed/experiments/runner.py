@@ -47,7 +47,7 @@ def run_one(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], Policy]:
     algo = cls(cfg, problem, rng)
     start, loss, extras = time.perf_counter(), None, {}
     samples, queries = algo.initial_samples, algo.initial_queries
-    counted = getattr(cfg, "mode", "exact") not in ("exact", "population")
+    counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
 
     def row(t: int) -> dict:
         return {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
@@ -77,6 +77,20 @@ def theory(plan: RunPlan, problem: TabularBandit) -> dict | None:
     b1 = float(mirror_descent_bound(problem, pi0, eta, 1.0))
     gap0 = problem.optimal_value() - problem.value(pi0.probs())
     return {"bound": "mirror_descent", "eta": eta, "kl_star_init_over_eta": b1 - gap0, "gap0": gap0}
+
+
+FRONTIER_BETAS = np.logspace(-3, 1, 41)
+
+
+def kl_frontier(problem: TabularBandit, betas: np.ndarray = FRONTIER_BETAS) -> dict:
+    """The exact reward-vs-KL frontier: (KL(pi*_beta || pi_ref), J(pi*_beta)) for a grid of beta. No
+    policy has more reward at the same KL (pi*_beta maximises J - beta·KL)."""
+    kl, reward = [], []
+    for b in betas:
+        lp = problem.regularised_optimum_log(b)
+        kl.append(problem.kl_ref(np.exp(lp), lp))
+        reward.append(problem.value(np.exp(lp)))
+    return {"beta": [float(b) for b in betas], "kl": kl, "reward": reward}
 
 
 def format_value(v) -> str:
@@ -171,6 +185,8 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
     resolved = spec.resolved()
     for rec, plan in zip(resolved["runs"], spec.runs):
         rec["theory"] = theory(plan, spec.problems[plan.problem])
+    for name, entry in resolved["problems"].items():
+        entry["frontier"] = kl_frontier(spec.problems[name])
     for plan, (run_rows, params, probs, seconds) in zip(spec.runs, run_all(spec, jobs, progress)):
         timings[plan.run_id] = seconds
         rows += run_rows

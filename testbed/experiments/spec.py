@@ -9,10 +9,13 @@ A spec is a YAML (or JSON) file::
     algorithms:
       - {name: rebel, mode: exact, eta: [0.1, 1, 10]}      # lists expand to a grid
       - {name: npg, mode: sampled, eta: 1, samples: 1000}
+      - {name: dpo, mode: offline, pairs: 25000, iterations: 20}   # per-entry iterations
     seeds: 5                        # or a list [0, 3, 7]
     iterations: 200
     eval_every: 1                   # metrics every k iterations (and always the last)
-    plot: {panel_by: eta, x: iteration, y: suboptimality}
+    plot:                           # one mapping or a list; kinds: curve, frontier, sensitivity, table
+      - {kind: curve, panel_by: eta, x: iteration, y: suboptimality}
+      - {kind: table}
 
 Everything is validated before any work starts; a bad field raises :class:`InputError` naming it.
 """
@@ -39,7 +42,8 @@ PROBLEM_KEYS = {
     "linear": {"kind", "family", "contexts", "actions", "dim", "seed", "gap", "misspecification", "noise_std", "name"},
     "file": {"file", "name"},
 }
-PLOT_KEYS = {"panel_by", "x", "y"}
+PLOT_KINDS = ("curve", "frontier", "sensitivity", "table")
+PLOT_KEYS = {"kind", "name", "panel_by", "x", "y"}
 PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss")
 
 
@@ -66,7 +70,7 @@ class Spec:
     runs: list[RunPlan]
     problems: dict[str, TabularBandit]
     problem_entries: dict[str, dict]
-    plot: dict = field(default_factory=dict)
+    plot: list[dict] = field(default_factory=list)
     source: str | None = None
 
     def resolved(self) -> dict:
@@ -116,6 +120,26 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
         raise InputError(f"{where}.{msg.removeprefix('problem.')}" if msg.startswith("problem.") else f"{where}: {msg}") from None
     resolved = {"kind": kind, **params, "name": problem.name}
     return problem, resolved
+
+
+def _plots(value) -> list[dict]:
+    """``plot:`` is one mapping or a list of them; each gets a kind (default curve)."""
+    if value is None:
+        return [{"kind": "curve"}]
+    entries = value if isinstance(value, list) else [value]
+    out = []
+    for i, p in enumerate(entries):
+        where = f"plot[{i}]" if isinstance(value, list) else "plot"
+        if not isinstance(p, dict) or set(p) - PLOT_KEYS:
+            raise InputError(f"{where} must be a mapping with some of {sorted(PLOT_KEYS)} (got {p!r})")
+        p = {"kind": "curve", **p}
+        choice(f"{where}.kind", p["kind"], PLOT_KINDS)
+        if "x" in p:
+            choice(f"{where}.x", p["x"], ("iteration", "samples"))
+        if "y" in p:
+            choice(f"{where}.y", p["y"], PLOT_Y)
+        out.append(p)
+    return out
 
 
 def _policy(value, where: str) -> dict | None:
@@ -197,13 +221,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         raise InputError("missing field 'iterations' (a positive integer)")
     iterations = positive_int("iterations", data["iterations"])
     eval_every = positive_int("eval_every", data.get("eval_every", 1))
-    plot = data.get("plot", {}) or {}
-    if not isinstance(plot, dict) or set(plot) - PLOT_KEYS:
-        raise InputError(f"plot must be a mapping with some of {sorted(PLOT_KEYS)} (got {plot!r})")
-    if "x" in plot:
-        choice("plot.x", plot["x"], ("iteration", "samples"))
-    if "y" in plot:
-        choice("plot.y", plot["y"], PLOT_Y)
+    plot = _plots(data.get("plot"))
 
     configs = []
     for i, entry in enumerate(algos):
@@ -218,19 +236,25 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         except InputError as e:
             raise InputError(f"{where}.{e}") from None
         for point in points:
-            params = {k: v for k, v in point.items() if k not in ("name", "label", "policy")}
+            params = {k: v for k, v in point.items() if k not in ("name", "label", "policy", "iterations")}
+            its = positive_int(f"{where}.iterations", point["iterations"]) if "iterations" in point else iterations
             cls = ALGORITHMS[point["name"]]
+            for f in dataclasses.fields(cls.Config):  # file fields are relative to the spec file
+                v = params.get(f.name)
+                if f.metadata.get("check") == "path" and isinstance(v, str) and v and not Path(v).is_absolute():
+                    params[f.name] = str(base / v)
             cfg = build_config(cls.Config, params, where)
             policy = _policy(point.get("policy"), f"{where}.policy")
             label, base_label = _label(point["name"], cfg, swept, point, entry.get("label"))
-            configs.append((point["name"], (label, base_label), cfg, {k: point[k] for k in swept}, policy, where))
+            configs.append((point["name"], (label, base_label), cfg, {k: point[k] for k in swept}, policy, where, its))
     labels = [c[1][0] for c in configs]
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:
         raise InputError(f"algorithms: label(s) {dup} name more than one configuration; add 'label' to tell them apart")
 
     runs = []
-    for pname, (aname, (label, base_label), cfg, swept, policy, where), seed in itertools.product(problems, configs, seeds):
+    for pname, (aname, (label, base_label), cfg, swept, policy, where, its), seed in itertools.product(
+            problems, configs, seeds):
         problem = problems[pname]
         kind = (policy or {}).get("kind") or default_kind(problem)
         try:  # the policy/problem/algorithm pairing, checked before any work
@@ -240,8 +264,13 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         why = ALGORITHMS[aname].check_policy(cfg, kind)
         if why:
             raise InputError(f"{where}.policy: {kind!r} cannot be used here: {why}")
+        if seed == seeds[0]:
+            try:
+                ALGORITHMS[aname].check_problem(cfg, problem)
+            except InputError as e:
+                raise InputError(f"{where} on problem {pname!r}: {e}") from None
         runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, base_label, dataclasses.asdict(cfg), swept,
-                            policy, seed, iterations, eval_every))
+                            policy, seed, its, eval_every))
     name = str(data.get("name", Path(source).stem))
     return Spec(name, runs, problems, entries, plot, source)
 
