@@ -42,9 +42,9 @@ def test_mlp_policy_with_exact_rebel_is_refused_before_any_work(tmp_path, capsys
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
-    spec = write_spec(tmp, SPEC.replace("  - {name: rebel, mode: exact, eta: 1.0, policy: {kind: mlp, hidden: [8]}, label: never}\n",
-                                        "  - {name: rebel, mode: sampled, solver: adam, pairs: 40, policy: {kind: mlp, hidden: [8]}, "
-                                        "label: rebel-mlp}\n"))
+    mlp = "policy: {kind: mlp, hidden: [8]}"
+    spec = write_spec(tmp, SPEC.replace(f"  - {{name: rebel, mode: exact, eta: 1.0, {mlp}, label: never}}\n",
+                                        f"  - {{name: rebel, mode: sampled, solver: adam, pairs: 40, {mlp}, label: rebel-mlp}}\n"))
     assert main(["run", spec, "--out", str(tmp / "j1"), "--quiet", "--jobs", "1"]) == 0
     assert main(["run", spec, "--out", str(tmp / "j2"), "--quiet", "--jobs", "2"]) == 0
     return tmp
