@@ -43,8 +43,9 @@ def test_mlp_policy_with_exact_rebel_is_refused_before_any_work(tmp_path, capsys
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     mlp = "policy: {kind: mlp, hidden: [8]}"
+    new = f"  - {{name: rebel, mode: sampled, solver: adam, pairs: 40, {mlp}, label: rebel-mlp}}\n"
     spec = write_spec(tmp, SPEC.replace(f"  - {{name: rebel, mode: exact, eta: 1.0, {mlp}, label: never}}\n",
-                                        f"  - {{name: rebel, mode: sampled, solver: adam, pairs: 40, {mlp}, label: rebel-mlp}}\n"))
+                                        new))
     assert main(["run", spec, "--out", str(tmp / "j1"), "--quiet", "--jobs", "1"]) == 0
     assert main(["run", spec, "--out", str(tmp / "j2"), "--quiet", "--jobs", "2"]) == 0
     return tmp
