@@ -31,16 +31,20 @@ def _cmd_run(args) -> None:
 
 def _cmd_list(args) -> None:
     from testbed.algorithms import ALGORITHMS
-    from testbed.problems import ENV_IDS, FAMILIES
+    from testbed.problems import ENV_IDS, FAMILIES, PREFERENCE_FAMILIES
 
     print("problems (spec `problems:` entries):")
     print(f"  kind: tabular   family: {' | '.join(FAMILIES)}   contexts, actions, seed, gap, noise_std")
     print(f"  kind: linear    family: {' | '.join(FAMILIES)}   contexts, actions, dim, seed, gap, misspecification, noise_std")
-    print("  file: PATH.npz  arrays rewards [X,Y] or features [X,Y,d] + theta_star [d]; optional rho, pi_ref, noise_std")
+    print(f"  kind: preference family: {' | '.join(PREFERENCE_FAMILIES)}   contexts, actions, seed, eps, strength, raters, "
+          "temperature, pi_ref")
+    print("  file: PATH.npz  arrays rewards [X,Y] or features [X,Y,d] + theta_star [d] or preferences [X,Y,Y];"
+          " optional rho, pi_ref, noise_std")
     print("gymnasium environments: " + ", ".join(ENV_IDS))
     print("algorithms (spec `algorithms:` entries; lists expand to a grid):")
     for name, cls in ALGORITHMS.items():
-        print(f"  {name}: {sys.modules[cls.__module__].__doc__.strip().splitlines()[0]}")
+        doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__
+        print(f"  {name}: {doc.strip().splitlines()[0]}")
         for f in dataclasses.fields(cls.Config):
             print(f"      {f.name} = {f.default!r}: {f.metadata.get('doc', '')}")
 
@@ -48,7 +52,7 @@ def _cmd_list(args) -> None:
 def _cmd_plot(args) -> None:
     from testbed.plotting import plot_run
 
-    print(plot_run(args.dir, args.out, args.panel_by, args.x, args.y))
+    print(plot_run(args.dir, args.out, args.panel_by, args.x, args.y, args.kind))
 
 
 def _cmd_reproduce(args) -> None:
@@ -75,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="PNG path (default DIR/<y>.png)")
     pl.add_argument("--panel-by", help="hyper-parameter that splits panels, e.g. eta")
     pl.add_argument("--x", help="iteration | samples")
-    pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss")
+    pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss | exploitability | exploitability_avg")
+    pl.add_argument("--kind", help="curves | simplex | exploitability | eps_sweep (default: the spec's plot.kind)")
     pl.set_defaults(func=_cmd_plot)
     rp = sub.add_parser("reproduce", help="run every spec in experiments/ and write figures/*.png")
     rp.add_argument("--experiments", default="experiments")

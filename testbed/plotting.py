@@ -22,7 +22,7 @@ from testbed.experiments.runner import read_metrics  # noqa: E402
 from testbed.io import atomic_write  # noqa: E402
 
 FLOOR = 1e-16  # log-axis floor: exact updates reach J* to machine precision
-LOG_Y = {"suboptimality", "kl_reg_gap", "loss"}
+LOG_Y = {"suboptimality", "kl_reg_gap", "loss", "exploitability", "exploitability_avg"}
 
 
 def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,17 +44,30 @@ def _line_name(run: dict, panel_by: str | None) -> str:
     return base + (f" ({', '.join(rest)})" if rest else "")
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str | None = None,
-             x: str | None = None, y: str | None = None) -> Path:
-    run_dir = Path(run_dir)
+def read_config(run_dir: Path) -> dict:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
-    config = yaml.safe_load(cfg_path.read_text())
+    return yaml.safe_load(cfg_path.read_text())
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str | None = None,
+             x: str | None = None, y: str | None = None, kind: str | None = None) -> Path:
+    """Draw a run folder. ``kind`` (default: the spec's ``plot.kind``, else ``curves``) picks the figure:
+    ``curves`` (a metric vs iteration/samples), or one of the preference figures of
+    :mod:`testbed.plotting_preference` (``simplex``, ``exploitability``, ``eps_sweep``)."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
     opts = config.get("plot") or {}
+    kind = choice("--kind", kind or opts.get("kind", "curves"), ("curves", "simplex", "exploitability", "eps_sweep"))
+    if kind != "curves":
+        from testbed import plotting_preference
+
+        return getattr(plotting_preference, f"plot_{kind}")(run_dir, config, out)
     panel_by = panel_by or opts.get("panel_by")
     x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples"))
-    y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss"))
+    y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss",
+                                                            "exploitability", "exploitability_avg"))
     runs = {r["run_id"]: r for r in config["runs"]}
     rows = read_metrics(run_dir)
 

@@ -12,7 +12,13 @@ A spec is a YAML (or JSON) file::
     seeds: 5                        # or a list [0, 3, 7]
     iterations: 200
     eval_every: 1                   # metrics every k iterations (and always the last)
-    plot: {panel_by: eta, x: iteration, y: suboptimality}
+    plot: {panel_by: eta, x: iteration, y: suboptimality}   # kind: curves | simplex | exploitability | eps_sweep
+    trajectories: false             # write trajectory.csv (policy + average iterate per evaluated iteration)
+
+Preference problems: ``{kind: preference, family: rps | dice | nlhf | cyclic_raters | raters | skew | bt}``
+(``eps`` for nlhf, ``strength`` for rps, ``raters`` for raters, ``temperature`` for bt; ``pi_ref``: one
+probability vector [Y] used in every context — the start pi_0 of every algorithm) or a file
+with an array ``preferences``; they pair with the preference algorithms only.
 
 Everything is validated before any work starts; a bad field raises :class:`InputError` naming it.
 """
@@ -28,19 +34,23 @@ from pathlib import Path
 
 import yaml
 
-from testbed.algorithms import ALGORITHMS, build_config
+from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError, choice, positive_int
 from testbed.policies import POLICIES, initial_policy
-from testbed.problems import TabularBandit, load_problem, make_linear, make_tabular
+from testbed.problems import PreferenceBandit, TabularBandit, load_problem, make_linear, make_preference, make_tabular
 
-TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot"}
+TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot",
+            "trajectories"}
 PROBLEM_KEYS = {
     "tabular": {"kind", "family", "contexts", "actions", "seed", "gap", "noise_std", "name"},
     "linear": {"kind", "family", "contexts", "actions", "dim", "seed", "gap", "misspecification", "noise_std", "name"},
+    "preference": {"kind", "family", "contexts", "actions", "seed", "eps", "strength", "raters", "temperature", "pi_ref",
+                   "name"},
     "file": {"file", "name"},
 }
-PLOT_KEYS = {"panel_by", "x", "y"}
-PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss")
+PLOT_KEYS = {"kind", "panel_by", "x", "y", "context"}
+PLOT_KINDS = ("curves", "simplex", "exploitability", "eps_sweep")
+PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss", "exploitability", "exploitability_avg")
 
 
 @dataclass
@@ -57,13 +67,14 @@ class RunPlan:
     seed: int
     iterations: int
     eval_every: int
+    trajectory: bool = False
 
 
 @dataclass
 class Spec:
     name: str
     runs: list[RunPlan]
-    problems: dict[str, TabularBandit]
+    problems: dict[str, TabularBandit | PreferenceBandit]
     problem_entries: dict[str, dict]
     plot: dict = field(default_factory=dict)
     source: str | None = None
@@ -79,8 +90,11 @@ class Spec:
         }
 
 
+NOT_SWEPT = {"pi_ref"}  # list-valued fields that are values, not grids
+
+
 def _grid(entry: dict) -> tuple[list[dict], list[str]]:
-    swept = [k for k, v in entry.items() if isinstance(v, list)]
+    swept = [k for k, v in entry.items() if isinstance(v, list) and k not in NOT_SWEPT]
     for k in swept:
         if not entry[k]:
             raise InputError(f"{k} is an empty list; give at least one value")
@@ -93,7 +107,7 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
         raise InputError(f"{where} must be a mapping like {{kind: tabular, family: random}} (got {entry!r})")
     kind = "file" if "file" in entry else entry.get("kind", "tabular")
     if kind != "file":
-        choice(f"{where}.kind", kind, ("tabular", "linear"))
+        choice(f"{where}.kind", kind, ("tabular", "linear", "preference"))
     unknown = sorted(set(entry) - PROBLEM_KEYS[kind])
     if unknown:
         raise InputError(f"{where}: unknown field(s) {unknown}; a {kind} problem takes {sorted(PROBLEM_KEYS[kind])}")
@@ -106,10 +120,10 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
                 problem.name = str(entry["name"])
             return problem, {"file": str(path.resolve()), "name": problem.name}
         params = {k: v for k, v in entry.items() if k != "kind"}
-        for k in ("contexts", "actions", "dim", "seed"):
+        for k in ("contexts", "actions", "dim", "seed", "raters"):
             if k in params and (isinstance(params[k], bool) or not isinstance(params[k], int)):
                 raise InputError(f"problem.{k} must be an integer (got {params[k]!r})")
-        problem = (make_tabular if kind == "tabular" else make_linear)(**params)
+        problem = {"tabular": make_tabular, "linear": make_linear, "preference": make_preference}[kind](**params)
     except InputError as e:
         msg = str(e)
         raise InputError(f"{where}.{msg.removeprefix('problem.')}" if msg.startswith("problem.") else f"{where}: {msg}") from None
@@ -144,7 +158,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         raise InputError("missing field 'problems' (a list of problem entries)")
     if not isinstance(raw_problems, list) or not raw_problems:
         raise InputError("problems must be a non-empty list of problem entries")
-    problems: dict[str, TabularBandit] = {}
+    problems: dict[str, TabularBandit | PreferenceBandit] = {}
     entries: dict[str, dict] = {}
     for i, entry in enumerate(raw_problems):
         where = f"problems[{i}]"
@@ -177,6 +191,16 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     plot = data.get("plot", {}) or {}
     if not isinstance(plot, dict) or set(plot) - PLOT_KEYS:
         raise InputError(f"plot must be a mapping with some of {sorted(PLOT_KEYS)} (got {plot!r})")
+    if "kind" in plot:
+        choice("plot.kind", plot["kind"], PLOT_KINDS)
+    if "context" in plot:
+        if isinstance(plot["context"], bool) or not isinstance(plot["context"], int) or plot["context"] < 0:
+            raise InputError(f"plot.context must be a non-negative integer (got {plot['context']!r})")
+    trajectories = data.get("trajectories", False)
+    if not isinstance(trajectories, bool):
+        raise InputError(f"trajectories must be true or false (got {trajectories!r})")
+    if plot.get("kind") == "simplex" and not trajectories:
+        raise InputError("plot.kind simplex needs 'trajectories: true' (it draws the saved trajectories)")
     if "x" in plot:
         choice("plot.x", plot["x"], ("iteration", "samples"))
     if "y" in plot:
@@ -210,9 +234,10 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     runs = []
     for pname, (aname, label, cfg, swept, policy), seed in itertools.product(problems, configs, seeds):
         problem = problems[pname]
+        check_pairing(ALGORITHMS[aname], problem, f"algorithms ({label})")
         initial_policy(problem, policy)  # checks the policy/problem pairing before any work
         runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, cfg, swept, policy, seed,
-                            iterations, eval_every))
+                            iterations, eval_every, trajectories))
     name = str(data.get("name", Path(source).stem))
     return Spec(name, runs, problems, entries, plot, source)
 
