@@ -67,7 +67,8 @@ class _PreferenceAlgorithm(Algorithm):
 
     def __init__(self, config, problem, rng: np.random.Generator):
         if not isinstance(problem, PreferenceBandit):
-            raise InputError(f"algorithm {self.name!r} needs a preference problem (got {problem.name!r}, a {problem.kind} problem)")
+            raise InputError(f"algorithm {self.name!r} needs a preference problem "
+                             f"(got {problem.name!r}, a {problem.kind} problem)")
         super().__init__(config, problem, rng)
 
     def win_rates(self, policy: Policy) -> np.ndarray:

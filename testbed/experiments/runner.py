@@ -5,8 +5,8 @@ one row per evaluated iteration per run), ``policies.npz`` (final policy of each
 ``<run_id>/params`` and ``<run_id>/probs``, plus ``<run_id>/avg_probs`` — the average iterate — on
 preference problems), ``trajectory.csv`` when the spec sets ``trajectories: true`` (the policy and
 average iterate at every evaluated iteration, tidy: run_id, iteration, context, action, prob,
-avg_prob) and ``meta.json`` (versions, git commit, seeds, timings, sha256 of each output). The folder is built under a temporary name and renamed
-when complete, so it is never half-written.
+avg_prob) and ``meta.json`` (versions, git commit, seeds, timings, sha256 of each output). The
+folder is built under a temporary name and renamed when complete, so it is never half-written.
 """
 
 from __future__ import annotations
