@@ -32,27 +32,34 @@ def _cmd_run(args) -> None:
 
 def _cmd_list(args) -> None:
     from testbed.algorithms import ALGORITHMS
-    from testbed.problems import ENV_IDS, FAMILIES
+    from testbed.problems import ENV_IDS, FAMILIES, PREFERENCE_FAMILIES
 
     print("problems (spec `problems:` entries):")
     print(f"  kind: tabular   family: {' | '.join(FAMILIES)}   contexts, actions, seed, gap, noise_std")
     print(f"  kind: linear    family: {' | '.join(FAMILIES)}   contexts, actions, dim, seed, gap, misspecification, noise_std")
-    print("  file: PATH.npz  arrays rewards [X,Y] or features [X,Y,d] + theta_star [d]; optional rho, pi_ref, noise_std")
+    print(f"  kind: preference family: {' | '.join(PREFERENCE_FAMILIES)}   contexts, actions, seed, eps, strength, raters, "
+          "temperature, pi_ref")
+    print("  file: PATH.npz  arrays rewards [X,Y] or features [X,Y,d] + theta_star [d] or preferences [X,Y,Y];"
+          " optional rho, pi_ref, noise_std")
     print("gymnasium environments: " + ", ".join(ENV_IDS))
     print("algorithms (spec `algorithms:` entries; lists expand to a grid):")
     for name, cls in ALGORITHMS.items():
-        print(f"  {name}: {sys.modules[cls.__module__].__doc__.strip().splitlines()[0]}")
+        doc = cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else sys.modules[cls.__module__].__doc__
+        print(f"  {name}: {doc.strip().splitlines()[0]}")
         for f in dataclasses.fields(cls.Config):
             print(f"      {f.name} = {f.default!r}: {f.metadata.get('doc', '')}")
 
 
 def _cmd_plot(args) -> None:
-    from testbed.plotting import draw
+    from testbed.plotting import draw, read_config
 
-    kind = args.kind or "curve"
+    entries = read_config(Path(args.dir)).get("plot") or [{"kind": "curve"}]
+    kind = {"curves": "curve"}.get(args.kind, args.kind) or entries[0].get("kind", "curve")
+    entry = next((e for e in entries if e.get("kind") == kind), {"kind": kind})
+    entry = {**entry, **{k: v for k, v in (("panel_by", args.panel_by), ("x", args.x), ("y", args.y)) if v}}
     out = args.out or str(Path(args.dir) / (f"{args.y or 'suboptimality'}.png" if kind == "curve" else
                                            f"{kind}.md" if kind == "table" else f"{kind}.png"))
-    print(draw(args.dir, {"kind": kind, "panel_by": args.panel_by, "x": args.x, "y": args.y}, out))
+    print(draw(args.dir, entry, out))
 
 
 def _cmd_reproduce(args) -> None:
@@ -85,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw a run folder's metric vs iteration")
     pl.add_argument("dir")
     pl.add_argument("--out", help="output path (default DIR/<y>.png, DIR/<kind>.png or DIR/table.md)")
-    pl.add_argument("--kind", choices=["curve", "frontier", "sensitivity", "table"], help="default curve")
+    pl.add_argument("--kind", choices=["curve", "curves", "frontier", "sensitivity", "table", "simplex", "exploitability",
+                                       "eps_sweep"], help="default: the spec's first plot entry")
     pl.add_argument("--panel-by", help="hyper-parameter that splits panels, e.g. eta")
     pl.add_argument("--x", help="iteration | samples")
-    pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss")
+    pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss | exploitability | exploitability_avg")
     pl.set_defaults(func=_cmd_plot)
     rp = sub.add_parser("reproduce", help="run every spec in experiments/ and write figures/*.png")
     rp.add_argument("--experiments", default="experiments")

@@ -1,8 +1,14 @@
 """The one metrics schema (DESIGN.md §4), and the exact bandit metrics.
 
 Metrics are functions of (problem, policy): they never live inside a training loop. Values a run
-does not have (the loss of NPG, samples in exact mode, exploitability on a reward problem) are
-left empty in the CSV, never invented.
+does not have (the loss of NPG, samples in exact mode, exploitability on a reward problem, reward
+and suboptimality on a preference problem) are left empty in the CSV, never invented.
+
+On a preference problem ``exploitability`` is expl(pi_t) of the last iterate and
+``exploitability_avg`` is expl(pi_bar_t) of the average iterate pi_bar_t = (1/t)·sum_{s<t} pi_s (in
+probability space, per context): the iterates pi_0 … pi_{t−1} whose win rates produced pi_1 … pi_t.
+For self-play Hedge, expl(pi_bar_t) = Regret_t/t exactly (derived: P(pi_s ≻ pi_s) = ½), so it
+obeys the regret bound (ln K/eta + eta·t/8)/t of :func:`hedge_regret_bound`; it is empty at t = 0.
 """
 
 from __future__ import annotations
@@ -11,13 +17,43 @@ import numpy as np
 from scipy.special import rel_entr
 
 from testbed.policies import Policy
-from testbed.problems import TabularBandit
+from testbed.problems import PreferenceBandit, TabularBandit
 
 COLUMNS = ("run_id", "problem", "algorithm", "seed", "iteration", "samples", "queries", "reward", "suboptimality",
-           "kl_ref", "kl_reg_gap", "exploitability", "loss", "wall_time", "clipfrac", "approx_kl", "ratio_max", "value_loss")
+           "kl_ref", "kl_reg_gap", "exploitability", "exploitability_avg", "loss", "wall_time",
+           "clipfrac", "approx_kl", "ratio_max", "value_loss")
 """``samples``: responses drawn so far; ``queries``: reward or preference oracle calls so far (both empty
 in exact/population mode); the last four are PPO's diagnostics (empty for other algorithms)."""
 EXTRAS = ("clipfrac", "approx_kl", "ratio_max", "value_loss")
+
+
+def problem_metrics(problem, policy: Policy, beta: float = 0.0,
+                    avg_probs: np.ndarray | None = None) -> dict[str, float | None]:
+    """The exact metrics of ``policy`` on ``problem``: dispatches on reward vs preference problems."""
+    if isinstance(problem, PreferenceBandit):
+        return preference_metrics(problem, policy, avg_probs)
+    return bandit_metrics(problem, policy, beta) | {"exploitability": None, "exploitability_avg": None}
+
+
+def preference_metrics(problem: PreferenceBandit, policy: Policy,
+                       avg_probs: np.ndarray | None = None) -> dict[str, float | None]:
+    """expl(pi_t), expl(pi_bar_t) (None without an average) and E_x KL(pi_t || pi_ref); no reward exists."""
+    pi = policy.probs()
+    return {"reward": None, "suboptimality": None, "kl_ref": problem.kl_ref(pi, policy.log_probs()),
+            "kl_reg_gap": None, "exploitability": problem.exploitability(pi),
+            "exploitability_avg": None if avg_probs is None else problem.exploitability(avg_probs)}
+
+
+def hedge_regret_bound(problem: PreferenceBandit, pi0: Policy, eta: float, T):
+    """(L/eta + eta·T/8)/T with L = E_x max_y ln(1/pi_0(y|x)) (= ln K for uniform pi_0).
+
+    Hedge with gains in [0, 1] has Regret_T ≤ ln(1/pi_0(y*))/eta + eta·T/8 against any fixed y*
+    (Freund & Schapire 1999; Hoeffding's lemma), and expl(pi_bar_T) = Regret_T/T in self-play
+    (THEORY.md E), per context; averaging over x ~ rho gives the bound. ``T`` may be an array.
+    """
+    L = float(problem.rho @ np.max(-pi0.log_probs(), axis=1))
+    T = np.asarray(T, dtype=np.float64)
+    return (L / eta + eta * T / 8) / T
 
 
 def bandit_metrics(problem: TabularBandit, policy: Policy, beta: float = 0.0) -> dict[str, float | None]:

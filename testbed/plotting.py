@@ -22,7 +22,7 @@ from testbed.experiments.runner import read_metrics  # noqa: E402
 from testbed.io import atomic_write  # noqa: E402
 
 FLOOR = 1e-16  # log-axis floor: exact updates reach J* to machine precision
-LOG_Y = {"suboptimality", "kl_reg_gap", "loss"}
+LOG_Y = {"suboptimality", "kl_reg_gap", "loss", "exploitability", "exploitability_avg"}
 
 
 def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,24 +45,40 @@ def _line_name(run: dict, panel_by: str | None) -> str:
 
 
 def draw(run_dir: str | Path, entry: dict, out: str | Path) -> Path:
-    """Draw one ``plot:`` entry of a spec (kind curve, frontier, sensitivity or table) to ``out``."""
+    """Draw one ``plot:`` entry of a spec to ``out``: kind curve, frontier, sensitivity, table, or one of
+    the preference figures of :mod:`testbed.plotting_preference` (simplex, exploitability, eps_sweep)."""
     kind = entry.get("kind", "curve")
     if kind == "curve":
         return plot_run(run_dir, out, entry.get("panel_by"), entry.get("x"), entry.get("y"))
+    if kind in ("simplex", "exploitability", "eps_sweep"):
+        from testbed import plotting_preference
+
+        config = read_config(Path(run_dir))
+        fn = getattr(plotting_preference, f"plot_{kind}")
+        extra = {"context": entry.get("context", 0)} if kind != "exploitability" else {}
+        return fn(Path(run_dir), config, out, **extra)
     return {"frontier": plot_frontier, "sensitivity": plot_sensitivity, "table": results_table}[kind](run_dir, out)
+
+
+def read_config(run_dir: Path) -> dict:
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
+    return yaml.safe_load(cfg_path.read_text())
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str | None = None,
              x: str | None = None, y: str | None = None) -> Path:
+    """A metric (``y``) against iteration or samples (``x``), mean over seeds with a 95% bootstrap band,
+    panels by a hyper-parameter (``panel_by``), theory bounds overlaid where they apply. Defaults
+    come from the spec's first ``kind: curve`` plot entry."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
-    config = yaml.safe_load(cfg_path.read_text())
+    config = read_config(run_dir)
     opts = next((p for p in config.get("plot") or [] if p.get("kind", "curve") == "curve"), {})
     panel_by = panel_by or opts.get("panel_by")
     x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples"))
-    y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss"))
+    y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss",
+                                                            "exploitability", "exploitability_avg"))
     runs = {r["run_id"]: r for r in config["runs"]}
     rows = read_metrics(run_dir)
 

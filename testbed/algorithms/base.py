@@ -37,6 +37,8 @@ class Algorithm:
     Config: type = object
     initial_samples = 0
     initial_queries = 0
+    problem_kind = "reward"  # the problems it runs on: "reward" (tabular/linear) or "preference"
+    report_iterate = "last"  # the iterate its theory is about ("last" or "avg"); plots of final policies use it
 
     def __init__(self, config, problem: TabularBandit, rng: np.random.Generator):
         self.config, self.problem = config, problem
@@ -52,6 +54,14 @@ class Algorithm:
     @staticmethod
     def check_problem(config, problem: TabularBandit) -> None:
         """Validate inputs that depend on the problem (e.g. a dataset's indices); raise InputError."""
+
+
+def check_pairing(cls: type[Algorithm], problem, where: str) -> None:
+    """A preference algorithm needs a preference problem, a reward algorithm a reward problem."""
+    kind = "preference" if getattr(problem, "kind", "") == "preference" else "reward"
+    if cls.problem_kind != kind:
+        raise InputError(f"{where}: algorithm {cls.name!r} runs on {cls.problem_kind} problems, "
+                         f"but problem {problem.name!r} is a {kind} problem")
 
 
 def build_config(cls: type, params: dict, where: str):

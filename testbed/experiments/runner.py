@@ -2,9 +2,11 @@
 
 A run folder holds ``config.yaml`` (the resolved spec), ``metrics.csv`` (DESIGN.md §4 columns,
 one row per evaluated iteration per run), ``policies.npz`` (final policy of each run:
-``<run_id>/params`` and ``<run_id>/probs``) and ``meta.json`` (versions, git commit, seeds,
-timings, sha256 of each output). The folder is built under a temporary name and renamed
-when complete, so it is never half-written.
+``<run_id>/params`` and ``<run_id>/probs``, plus ``<run_id>/avg_probs`` — the average iterate — on
+preference problems), ``trajectory.csv`` when the spec sets ``trajectories: true`` (the policy and
+average iterate at every evaluated iteration, tidy: run_id, iteration, context, action, prob,
+avg_prob) and ``meta.json`` (versions, git commit, seeds, timings, sha256 of each output). The
+folder is built under a temporary name and renamed when complete, so it is never half-written.
 """
 
 from __future__ import annotations
@@ -27,53 +29,92 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from testbed.algorithms import ALGORITHMS, build_config
+from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.io import atomic_write_text, sha256
-from testbed.metrics import COLUMNS, EXTRAS, bandit_metrics, mirror_descent_bound
+from testbed.metrics import COLUMNS, EXTRAS, hedge_regret_bound, mirror_descent_bound, problem_metrics
 from testbed.policies import Policy, TabularSoftmax, initial_policy
-from testbed.problems import TabularBandit
+from testbed.problems import PreferenceBandit, TabularBandit, bradley_terry_fit
 
 
-def run_one(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], Policy]:
-    """Run one grid point; return its metric rows and final policy."""
+def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit) -> tuple[list[dict], Policy, dict]:
+    """Run one grid point; return its metric rows, final policy and a dict of extra outputs.
+
+    On a preference problem the loop also keeps the running sum of pi_0 … pi_{t−1} (probabilities),
+    so each row reports the average iterate's exploitability (``testbed.metrics``); the extra
+    outputs then hold ``avg_probs`` (the final average iterate) and, when ``plan.trajectory``,
+    ``trajectory``: rows (iteration, context, action, prob, avg_prob) at every evaluated iteration.
+    """
     rng = np.random.default_rng(plan.seed)
     cls = ALGORITHMS[plan.algorithm]
+    check_pairing(cls, problem, plan.label)
     cfg = build_config(cls.Config, plan.config, plan.label)
     beta = getattr(cfg, "beta", 0.0)
     init_rng = np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0])  # policy init only
     policy = initial_policy(problem, **(plan.policy or {}), rng=init_rng)
     algo = cls(cfg, problem, rng)
-    start, loss, extras = time.perf_counter(), None, {}
+    start, loss, step_extras = time.perf_counter(), None, {}
     samples, queries = algo.initial_samples, algo.initial_queries
     counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
+    averaged = isinstance(problem, PreferenceBandit)
+    prob_sum = np.zeros((problem.num_contexts, problem.num_actions)) if averaged else None
+    trajectory = [] if plan.trajectory else None
 
     def row(t: int) -> dict:
+        avg = prob_sum / t if averaged and t > 0 else None
+        if trajectory is not None:
+            pi = policy.probs()
+            for (x, y), v in np.ndenumerate(pi):
+                trajectory.append({"run_id": plan.run_id, "iteration": t, "context": x, "action": y, "prob": float(v),
+                                   "avg_prob": None if avg is None else float(avg[x, y])})
         return {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
                 "iteration": t, "samples": samples if counted else None, "queries": queries if counted else None,
-                **bandit_metrics(problem, policy, beta), "exploitability": None, "loss": loss,
-                "wall_time": time.perf_counter() - start, **{k: extras.get(k) for k in EXTRAS}}
+                **problem_metrics(problem, policy, beta, avg), "loss": loss, "wall_time": time.perf_counter() - start,
+                **{k: step_extras.get(k) for k in EXTRAS}}
 
     rows = [row(0)]
     for t in range(1, plan.iterations + 1):
+        if averaged:
+            prob_sum += policy.probs()  # pi_{t-1}, the iterate this update plays
         step = algo.update(policy, rng)
         if not np.all(np.isfinite(step.policy.params)):
             raise FloatingPointError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}")
-        policy, loss, extras = step.policy, step.loss, step.extras
+        policy, loss, step_extras = step.policy, step.loss, step.extras
         samples += step.samples or 0
         queries += step.queries or 0
         if t % plan.eval_every == 0 or t == plan.iterations:
             rows.append(row(t))
-    return rows, policy
+    out: dict = {}
+    if averaged:
+        out["avg_probs"] = prob_sum / plan.iterations
+    if trajectory is not None:
+        out["trajectory"] = trajectory
+    return rows, policy, out
 
 
-def theory(plan: RunPlan, problem: TabularBandit) -> dict | None:
-    """Bound data for the plot: the mirror-descent bound holds for exact tabular updates, beta = 0."""
+def theory(plan: RunPlan, problem: TabularBandit | PreferenceBandit) -> dict | None:
+    """Bound data for the plot.
+
+    Reward problems: the mirror-descent bound holds for exact tabular updates, beta = 0.
+    Preference problems: the Hedge regret bound on expl(pi_bar_T) holds for exact Hedge and for
+    exact REBEL-preference with y' ~ pi_t (the same update, THEORY.md E); Nash-MD with the
+    decreasing schedule has KL(pi*_tau || pi_T) ≤ 8/(tau²(T+1)).
+    """
     pi0 = initial_policy(problem, **(plan.policy or {}))
-    if not isinstance(pi0, TabularSoftmax) or plan.config.get("beta", 0) or plan.config.get("mode") != "exact":
+    cfg = plan.config
+    if isinstance(problem, PreferenceBandit):
+        hedge_like = plan.algorithm == "hedge" or (plan.algorithm == "rebel_pref" and cfg.get("mode") == "exact"
+                                                   and cfg.get("y_prime") == "policy")
+        if hedge_like:
+            L = float(hedge_regret_bound(problem, pi0, 1.0, 1.0)) - 1 / 8
+            return {"bound": "hedge_regret", "eta": cfg["eta"], "log_inv_pi0": L}
+        if plan.algorithm == "nash_md" and cfg.get("schedule") == "decreasing":
+            return {"bound": "nash_md_kl", "tau": cfg["tau"]}
         return None
-    eta = plan.config["eta"]
+    if not isinstance(pi0, TabularSoftmax) or cfg.get("beta", 0) or cfg.get("mode") != "exact":
+        return None
+    eta = cfg["eta"]
     b1 = float(mirror_descent_bound(problem, pi0, eta, 1.0))
     gap0 = problem.optimal_value() - problem.value(pi0.probs())
     return {"bound": "mirror_descent", "eta": eta, "kl_star_init_over_eta": b1 - gap0, "gap0": gap0}
@@ -93,20 +134,33 @@ def kl_frontier(problem: TabularBandit, betas: np.ndarray = FRONTIER_BETAS) -> d
     return {"beta": [float(b) for b in betas], "kl": kl, "reward": reward}
 
 
+def problem_theory(problem) -> dict | None:
+    """Exact facts about a preference problem, for plots: minimax winner, BT rewards, Condorcet winners."""
+    if not isinstance(problem, PreferenceBandit):
+        return None
+    return {"minimax_winner": problem.minimax_winner().tolist(),
+            "bt_rewards": bradley_terry_fit(problem.preferences,
+                                            pair_weights=problem.pi_ref[:, :, None] * problem.pi_ref[:, None, :]).tolist(),
+            "condorcet_winner": problem.condorcet_winners()}
+
+
+TRAJECTORY_COLUMNS = ("run_id", "iteration", "context", "action", "prob", "avg_prob")
+
+
 def format_value(v) -> str:
     if v is None:
         return ""
-    if isinstance(v, float):
-        return repr(v)
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))
     return str(v)
 
 
-def metrics_csv(rows: list[dict]) -> str:
+def metrics_csv(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
+    w.writerow(columns)
     for r in rows:
-        w.writerow([format_value(r[c]) for c in COLUMNS])
+        w.writerow([format_value(r[c]) for c in columns])
     return buf.getvalue()
 
 
@@ -145,14 +199,14 @@ def prepare_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"--out {str(out)!r} is not a run folder (it holds other files); --overwrite only replaces run folders")
 
 
-def _worker(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], np.ndarray, np.ndarray, float]:
+def _worker(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], np.ndarray, np.ndarray, dict, float]:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    rows, policy = run_one(plan, problem)
-    return rows, policy.params, policy.probs(), time.perf_counter() - t0
+    rows, policy, extra = run_one(plan, problem)
+    return rows, policy.params, policy.probs(), extra, time.perf_counter() - t0
 
 
-def run_all(spec: Spec, jobs: int = 1, progress: bool = True) -> list[tuple[list[dict], np.ndarray, np.ndarray, float]]:
+def run_all(spec: Spec, jobs: int = 1, progress: bool = True) -> list[tuple]:
     """Run every grid point, in order; with ``jobs`` > 1 in that many processes. Each run draws only from
     its own seed and torch uses one thread either way, so the results do not depend on ``jobs``."""
     total = sum(p.iterations for p in spec.runs)
@@ -181,17 +235,25 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
     out = Path(out)
     prepare_out(out, overwrite)
     started = datetime.now(UTC).isoformat()
-    rows, policies, timings = [], {}, {}
+    rows, policies, timings, trajectory = [], {}, {}, []
     resolved = spec.resolved()
     for rec, plan in zip(resolved["runs"], spec.runs):
         rec["theory"] = theory(plan, spec.problems[plan.problem])
+        rec["report_iterate"] = ALGORITHMS[plan.algorithm].report_iterate
     for name, entry in resolved["problems"].items():
-        entry["frontier"] = kl_frontier(spec.problems[name])
-    for plan, (run_rows, params, probs, seconds) in zip(spec.runs, run_all(spec, jobs, progress)):
+        problem = spec.problems[name]
+        if isinstance(problem, PreferenceBandit):
+            entry["theory"] = problem_theory(problem)
+        else:
+            entry["frontier"] = kl_frontier(problem)
+    for plan, (run_rows, params, probs, extra, seconds) in zip(spec.runs, run_all(spec, jobs, progress)):
         timings[plan.run_id] = seconds
         rows += run_rows
         policies[f"{plan.run_id}/params"] = params
         policies[f"{plan.run_id}/probs"] = probs
+        if "avg_probs" in extra:
+            policies[f"{plan.run_id}/avg_probs"] = extra["avg_probs"]
+        trajectory += extra.get("trajectory", [])
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -202,11 +264,15 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
         atomic_write_text(tmp / "metrics.csv", metrics_csv(rows))
         with open(tmp / "policies.npz", "wb") as f:
             np.savez(f, **policies)
+        files = ["config.yaml", "metrics.csv", "policies.npz"]
+        if trajectory:
+            atomic_write_text(tmp / "trajectory.csv", metrics_csv(trajectory, TRAJECTORY_COLUMNS))
+            files.append("trajectory.csv")
         meta = {"spec": spec.name, "source": spec.source, "started": started,
                 "finished": datetime.now(UTC).isoformat(), "git_commit": git_commit(),
                 "versions": versions(), "seeds": sorted({p.seed for p in spec.runs}),
                 "runs": len(spec.runs), "seconds": timings,
-                "sha256": {n: sha256(tmp / n) for n in ("config.yaml", "metrics.csv", "policies.npz")}}
+                "sha256": {n: sha256(tmp / n) for n in files}}
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"

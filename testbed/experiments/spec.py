@@ -13,9 +13,15 @@ A spec is a YAML (or JSON) file::
     seeds: 5                        # or a list [0, 3, 7]
     iterations: 200
     eval_every: 1                   # metrics every k iterations (and always the last)
-    plot:                           # one mapping or a list; kinds: curve, frontier, sensitivity, table
-      - {kind: curve, panel_by: eta, x: iteration, y: suboptimality}
+    plot:                           # one mapping or a list; kinds: curve, frontier, sensitivity, table,
+      - {kind: curve, panel_by: eta, x: iteration, y: suboptimality}   # simplex, exploitability, eps_sweep
       - {kind: table}
+    trajectories: false             # write trajectory.csv (policy + average iterate per evaluated iteration)
+
+Preference problems: ``{kind: preference, family: rps | dice | nlhf | cyclic_raters | raters | skew | bt}``
+(``eps`` for nlhf, ``strength`` for rps, ``raters`` for raters, ``temperature`` for bt; ``pi_ref``: one
+probability vector [Y] used in every context — the start pi_0 of every algorithm) or a file
+with an array ``preferences``; they pair with the preference algorithms only.
 
 Everything is validated before any work starts; a bad field raises :class:`InputError` naming it.
 """
@@ -31,20 +37,23 @@ from pathlib import Path
 
 import yaml
 
-from testbed.algorithms import ALGORITHMS, build_config
+from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError, choice, positive_int
 from testbed.policies import POLICIES, default_kind, initial_policy
-from testbed.problems import TabularBandit, load_problem, make_linear, make_tabular
+from testbed.problems import PreferenceBandit, TabularBandit, load_problem, make_linear, make_preference, make_tabular
 
-TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot"}
+TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot",
+            "trajectories"}
 PROBLEM_KEYS = {
     "tabular": {"kind", "family", "contexts", "actions", "seed", "gap", "noise_std", "name"},
     "linear": {"kind", "family", "contexts", "actions", "dim", "seed", "gap", "misspecification", "noise_std", "name"},
+    "preference": {"kind", "family", "contexts", "actions", "seed", "eps", "strength", "raters", "temperature", "pi_ref",
+                   "name"},
     "file": {"file", "name"},
 }
-PLOT_KINDS = ("curve", "frontier", "sensitivity", "table")
-PLOT_KEYS = {"kind", "name", "panel_by", "x", "y"}
-PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss")
+PLOT_KINDS = ("curve", "frontier", "sensitivity", "table", "simplex", "exploitability", "eps_sweep")
+PLOT_KEYS = {"kind", "name", "panel_by", "x", "y", "context"}
+PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss", "exploitability", "exploitability_avg")
 
 
 @dataclass
@@ -62,13 +71,14 @@ class RunPlan:
     seed: int
     iterations: int
     eval_every: int
+    trajectory: bool = False
 
 
 @dataclass
 class Spec:
     name: str
     runs: list[RunPlan]
-    problems: dict[str, TabularBandit]
+    problems: dict[str, TabularBandit | PreferenceBandit]
     problem_entries: dict[str, dict]
     plot: list[dict] = field(default_factory=list)
     source: str | None = None
@@ -84,8 +94,11 @@ class Spec:
         }
 
 
+NOT_SWEPT = {"pi_ref"}  # list-valued fields that are values, not grids
+
+
 def _grid(entry: dict) -> tuple[list[dict], list[str]]:
-    swept = [k for k, v in entry.items() if isinstance(v, list)]
+    swept = [k for k, v in entry.items() if isinstance(v, list) and k not in NOT_SWEPT]
     for k in swept:
         if not entry[k]:
             raise InputError(f"{k} is an empty list; give at least one value")
@@ -98,7 +111,7 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
         raise InputError(f"{where} must be a mapping like {{kind: tabular, family: random}} (got {entry!r})")
     kind = "file" if "file" in entry else entry.get("kind", "tabular")
     if kind != "file":
-        choice(f"{where}.kind", kind, ("tabular", "linear"))
+        choice(f"{where}.kind", kind, ("tabular", "linear", "preference"))
     unknown = sorted(set(entry) - PROBLEM_KEYS[kind])
     if unknown:
         raise InputError(f"{where}: unknown field(s) {unknown}; a {kind} problem takes {sorted(PROBLEM_KEYS[kind])}")
@@ -111,10 +124,10 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
                 problem.name = str(entry["name"])
             return problem, {"file": str(path.resolve()), "name": problem.name}
         params = {k: v for k, v in entry.items() if k != "kind"}
-        for k in ("contexts", "actions", "dim", "seed"):
+        for k in ("contexts", "actions", "dim", "seed", "raters"):
             if k in params and (isinstance(params[k], bool) or not isinstance(params[k], int)):
                 raise InputError(f"problem.{k} must be an integer (got {params[k]!r})")
-        problem = (make_tabular if kind == "tabular" else make_linear)(**params)
+        problem = {"tabular": make_tabular, "linear": make_linear, "preference": make_preference}[kind](**params)
     except InputError as e:
         msg = str(e)
         raise InputError(f"{where}.{msg.removeprefix('problem.')}" if msg.startswith("problem.") else f"{where}: {msg}") from None
@@ -133,7 +146,11 @@ def _plots(value) -> list[dict]:
         if not isinstance(p, dict) or set(p) - PLOT_KEYS:
             raise InputError(f"{where} must be a mapping with some of {sorted(PLOT_KEYS)} (got {p!r})")
         p = {"kind": "curve", **p}
+        if p["kind"] == "curves":
+            p["kind"] = "curve"
         choice(f"{where}.kind", p["kind"], PLOT_KINDS)
+        if "context" in p and (isinstance(p["context"], bool) or not isinstance(p["context"], int) or p["context"] < 0):
+            raise InputError(f"{where}.context must be a non-negative integer (got {p['context']!r})")
         if "x" in p:
             choice(f"{where}.x", p["x"], ("iteration", "samples"))
         if "y" in p:
@@ -188,7 +205,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         raise InputError("missing field 'problems' (a list of problem entries)")
     if not isinstance(raw_problems, list) or not raw_problems:
         raise InputError("problems must be a non-empty list of problem entries")
-    problems: dict[str, TabularBandit] = {}
+    problems: dict[str, TabularBandit | PreferenceBandit] = {}
     entries: dict[str, dict] = {}
     for i, entry in enumerate(raw_problems):
         where = f"problems[{i}]"
@@ -198,11 +215,12 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             points, swept = _grid(entry)
         except InputError as e:
             raise InputError(f"{where}.{e}") from None
-        for point in points:
-            problem, resolved = _problem(point, where, base)
-            suffix = ",".join(f"{k}={point[k]}" for k in swept if k != "name")
-            if suffix:  # a swept problem field names the instance, as swept fields name algorithm labels
+        built = [(point, *_problem(point, where, base)) for point in points]
+        if len({p.name for _, p, _ in built}) < len(built):  # the swept fields must tell them apart
+            for point, problem, resolved in built:
+                suffix = ",".join(f"{k}={point[k]}" for k in swept if k != "name")
                 problem.name = resolved["name"] = f"{problem.name}({suffix})"
+        for _, problem, resolved in built:
             if problem.name in problems:
                 raise InputError(f"{where}: problem name {problem.name!r} is used twice; set 'name' to tell them apart")
             problems[problem.name], entries[problem.name] = problem, resolved
@@ -222,6 +240,11 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     iterations = positive_int("iterations", data["iterations"])
     eval_every = positive_int("eval_every", data.get("eval_every", 1))
     plot = _plots(data.get("plot"))
+    trajectories = data.get("trajectories", False)
+    if not isinstance(trajectories, bool):
+        raise InputError(f"trajectories must be true or false (got {trajectories!r})")
+    if any(p["kind"] == "simplex" for p in plot) and not trajectories:
+        raise InputError("plot.kind simplex needs 'trajectories: true' (it draws the saved trajectories)")
 
     configs = []
     for i, entry in enumerate(algos):
@@ -257,6 +280,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             problems, configs, seeds):
         problem = problems[pname]
         kind = (policy or {}).get("kind") or default_kind(problem)
+        check_pairing(ALGORITHMS[aname], problem, f"{where} ({label})")
         try:  # the policy/problem/algorithm pairing, checked before any work
             initial_policy(problem, **(policy or {}))
         except InputError as e:
@@ -270,7 +294,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             except InputError as e:
                 raise InputError(f"{where} on problem {pname!r}: {e}") from None
         runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, base_label, dataclasses.asdict(cfg), swept,
-                            policy, seed, its, eval_every))
+                            policy, seed, its, eval_every, trajectories))
     name = str(data.get("name", Path(source).stem))
     return Spec(name, runs, problems, entries, plot, source)
 

@@ -16,6 +16,7 @@ from scipy.special import log_softmax, rel_entr
 
 from testbed.errors import InputError, check_distribution, check_finite, check_shape, nonneg_number
 from testbed.io import atomic_write
+from testbed.problems.preference import PreferenceBandit
 
 
 class TabularBandit:
@@ -174,12 +175,13 @@ class LinearBandit(TabularBandit):
         return out
 
 
-def load_problem(path: str | os.PathLike) -> TabularBandit:
+def load_problem(path: str | os.PathLike) -> TabularBandit | PreferenceBandit:
     """Load an instance from an .npz of named arrays.
 
-    Required: ``rewards`` [X, Y] (or ``features`` [X, Y, d] with ``theta_star`` [d]).
-    Optional: ``rho`` [X], ``pi_ref`` [X, Y], ``noise_std`` (scalar), ``name``.
-    The presence of ``features`` makes it a :class:`LinearBandit`.
+    Required: ``rewards`` [X, Y] (or ``features`` [X, Y, d] with ``theta_star`` [d], or
+    ``preferences`` [X, Y, Y]). Optional: ``rho`` [X], ``pi_ref`` [X, Y], ``noise_std`` (scalar), ``name``.
+    The presence of ``features`` makes it a :class:`LinearBandit`; of ``preferences``, a
+    :class:`~testbed.problems.preference.PreferenceBandit` (P + Pᵀ = 1 checked).
     """
     path = Path(path)
     if not path.is_file():
@@ -192,7 +194,7 @@ def load_problem(path: str | os.PathLike) -> TabularBandit:
             data = {k: z[k] for k in z.files}
     except Exception as e:  # corrupt / not an npz
         raise InputError(f"instance file {str(path)!r} is not a readable .npz archive ({e})") from None
-    known = {"kind", "name", "rewards", "rho", "pi_ref", "noise_std", "features", "theta_star"}
+    known = {"kind", "name", "rewards", "rho", "pi_ref", "noise_std", "features", "theta_star", "preferences"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"instance file {str(path)!r}: unknown array(s) {unknown}; expected names {sorted(known)}")
@@ -206,6 +208,11 @@ def load_problem(path: str | os.PathLike) -> TabularBandit:
         raise InputError(f"instance file {str(path)!r}: 'noise_std' must be a scalar (got shape {noise.shape})")
     noise = float(noise)
     try:
+        if "preferences" in data:
+            extra = sorted(set(data) & {"rewards", "features", "theta_star"})
+            if extra or noise != 0.0:
+                raise InputError(f"array 'preferences' makes a preference instance; it takes no {extra or ['noise_std']}")
+            return PreferenceBandit(data["preferences"], data.get("rho"), data.get("pi_ref"), name)
         if "features" in data:
             return LinearBandit(data.pop("features"), data.pop("theta_star", None), data.pop("rewards", None),
                                 data.get("rho"), data.get("pi_ref"), noise, name)

@@ -16,6 +16,7 @@ from gymnasium import spaces
 
 from testbed.problems.bandit import LinearBandit, TabularBandit
 from testbed.problems.families import make_linear, make_tabular
+from testbed.problems.preference import PreferenceBandit, make_preference
 
 
 class BanditEnv(gym.Env):
@@ -63,7 +64,39 @@ class LinearBanditEnv(BanditEnv):
         return self.problem.features[self._x].copy()
 
 
-ENV_IDS = {"testbed/TabularBandit-v0": TabularBanditEnv, "testbed/LinearBandit-v0": LinearBanditEnv}
+class DuelingBanditEnv(gym.Env):
+    """One-step dueling bandit: observe x ~ rho, act with a pair (y, y'), get reward 1 if y ≻ y' else 0.
+
+    The outcome is a Bernoulli(P(y ≻ y' | x)) draw, the preference oracle of a
+    :class:`PreferenceBandit`; ``info`` carries the context and the exact P(y ≻ y' | x).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, problem: PreferenceBandit | None = None, **family_kwargs):
+        self.problem = problem if problem is not None else make_preference(**family_kwargs)
+        Y = self.problem.num_actions
+        self.action_space = spaces.MultiDiscrete([Y, Y])
+        self.observation_space = spaces.Discrete(self.problem.num_contexts)
+        self._x = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._x = int(self.problem.sample_contexts(self.np_random, 1)[0])
+        return self._x, {"context": self._x}
+
+    def step(self, action):
+        a = np.asarray(action)
+        if a.shape != (2,) or not self.action_space.contains(a.astype(np.int64)):
+            raise ValueError(f"action must be a pair (y, y') of integers in [0, {self.problem.num_actions}) (got {action!r})")
+        y, y2 = int(a[0]), int(a[1])
+        won = float(self.problem.sample_preferences(self.np_random, np.array([self._x]), np.array([y]), np.array([y2]))[0])
+        return self._x, won, True, False, {"context": self._x,
+                                           "preference": float(self.problem.preferences[self._x, y, y2])}
+
+
+ENV_IDS = {"testbed/TabularBandit-v0": TabularBanditEnv, "testbed/LinearBandit-v0": LinearBanditEnv,
+           "testbed/DuelingBandit-v0": DuelingBanditEnv}
 
 
 def register_envs() -> None:
