@@ -62,11 +62,27 @@ def _cmd_plot(args) -> None:
     print(draw(args.dir, entry, out))
 
 
-def _cmd_reproduce(args) -> None:
+def _cmd_check(args) -> int:
+    from testbed.conformance import BUILTINS, format_table, load_rule, run_checks
+
+    targets = [f"builtin:{n}" for n in BUILTINS] if args.target == "builtins" else [args.target]
+    factories = [load_rule(t) for t in targets]  # every target is valid before any check runs
+    ok = True
+    for target, factory in zip(targets, factories):
+        results = run_checks(factory)
+        print(format_table(target, results))
+        ok &= all(r.passed for r in results)
+    return 0 if ok else 1
+
+
+def _cmd_reproduce(args) -> int:
     from testbed.experiments.reproduce import reproduce
 
-    for fig in reproduce(args.experiments, args.figures, args.runs, args.only, progress=not args.quiet,
-                         jobs=args.jobs):
+    result = reproduce(args.experiments, args.figures, args.runs, args.only, progress=not args.quiet,
+                       jobs=args.jobs, check=args.check, update_golden=args.update_golden, fast=args.fast)
+    if isinstance(result, bool):
+        return 0 if result else 1
+    for fig in result:
         print(fig)
 
 
@@ -98,12 +114,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--x", help="iteration | samples")
     pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss | exploitability | exploitability_avg")
     pl.set_defaults(func=_cmd_plot)
+    ck = sub.add_parser("check", help="run the conformance battery of THEORY.md on an update rule")
+    ck.add_argument("target", help="MODULE:OBJECT, path/to/file.py:OBJECT, builtin:NAME, or 'builtins' for all of ours")
+    ck.set_defaults(func=_cmd_check)
     rp = sub.add_parser("reproduce", help="run every spec in experiments/ and write figures/*.png")
     rp.add_argument("--experiments", default="experiments")
     rp.add_argument("--figures", default="figures")
     rp.add_argument("--runs", default="runs", help="where the run folders go")
     rp.add_argument("--only", nargs="+", help="spec names to run")
     rp.add_argument("--quiet", action="store_true")
+    mode = rp.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare with experiments/golden/ (exit 1 if a value moved)")
+    mode.add_argument("--update-golden", action="store_true", help="rewrite experiments/golden/<spec>.csv")
+    rp.add_argument("--fast", action="store_true", help="only the fast subset listed in experiments/golden/tolerances.yaml")
     rp.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
                     help="processes per spec (default: one per core; results do not depend on it)")
     rp.set_defaults(func=_cmd_reproduce)
@@ -116,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         debug = args.debug
-        args.func(args)
-        return 0
+        return args.func(args) or 0
     except InputError as e:
         if debug:
             raise

@@ -1,4 +1,6 @@
-"""``testbed reproduce``: run every spec in experiments/ and draw its figure into figures/."""
+"""``testbed reproduce``: run every spec in experiments/ and draw its figures into figures/; with
+``--check`` compare each study with its golden summary in experiments/golden/ instead, and with
+``--update-golden`` rewrite those summaries."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import time
 from pathlib import Path
 
 from testbed.errors import InputError
+from testbed.experiments import golden
 from testbed.experiments.runner import run_spec
 from testbed.experiments.spec import load_spec
 from testbed.plotting import draw
@@ -26,7 +29,10 @@ def outputs(spec_name: str, plots: list[dict]) -> list[tuple[dict, str]]:
 
 def reproduce(experiments: str | Path = "experiments", figures: str | Path = "figures",
               runs: str | Path = "runs", only: list[str] | None = None, progress: bool = True,
-              jobs: int = 1) -> list[Path]:
+              jobs: int = 1, check: bool = False, update_golden: bool = False, fast: bool = False) -> list[Path] | bool:
+    """Run the specs. Default: draw the figures and return their paths. ``check``: compare with the
+    golden summaries, print a diff of what moved, return True if nothing did. ``update_golden``: write
+    the summaries. ``fast``: only the specs listed under ``fast`` in experiments/golden/tolerances.yaml."""
     experiments, figures, runs = Path(experiments), Path(figures), Path(runs)
     if not experiments.is_dir():
         raise InputError(f"--experiments {str(experiments)!r} is not a folder of spec files (run from the repository root)")
@@ -39,6 +45,8 @@ def reproduce(experiments: str | Path = "experiments", figures: str | Path = "fi
         specs = [s for s in specs if s.name in only]
     if not specs:
         raise InputError(f"no spec files (*.yaml) in {str(experiments)!r}")
+    if check or update_golden:
+        return _golden(specs, experiments / "golden", runs, progress, jobs, check, fast)
     names = {spec.name: outputs(spec.name, spec.plot) for spec in specs}
     written = []
     for spec in specs:
@@ -49,3 +57,32 @@ def reproduce(experiments: str | Path = "experiments", figures: str | Path = "fi
               + ", ".join(str(f) for f in figs), file=sys.stderr)
         written += figs
     return written
+
+
+def _golden(specs, golden_dir: Path, runs: Path, progress: bool, jobs: int, check: bool, fast: bool) -> bool:
+    settings = golden.load_settings(golden_dir) if (check or fast) else {}
+    if fast:
+        specs = [s for s in specs if s.name in set(settings.get("fast", []))]
+        if not specs:
+            raise InputError(f"no spec of the fast subset {settings.get('fast')} is selected")
+    ok, compared = True, 0
+    for spec in specs:
+        path = golden_dir / f"{spec.name}.csv"
+        if check and not path.is_file():
+            raise InputError(f"no golden summary {str(path)!r} for spec {spec.name!r} (run --update-golden)")
+        t0 = time.perf_counter()
+        now = golden.summarise(run_spec(spec, runs / spec.name, overwrite=True, progress=progress, jobs=jobs))
+        if not check:
+            golden.write(now, path)
+            print(f"{spec.name}: wrote {len(now)} summary rows to {path}", file=sys.stderr)
+            continue
+        diffs = golden.compare(golden.read(path), now, settings["columns"])
+        compared += len(now)
+        if diffs:
+            ok = False
+            print(golden.format_diffs(spec.name, diffs))
+        else:
+            print(f"{spec.name}: matches its golden summary ({len(now)} rows, {time.perf_counter() - t0:.1f}s)")
+    if check:
+        print(f"golden check: {len(specs)} spec(s), {compared} rows: {'OK' if ok else 'FAILED'}")
+    return ok

@@ -205,6 +205,8 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows: np.ndarray, targets:
     np.add.at(rhs, blocks, rows * targets[:, None])
     if ridge > 0:
         scale = np.trace(gram, axis1=1, axis2=2).sum() / (num_blocks * Y)
+        if scale <= 0:  # every row is zero: no information, no step
+            return np.zeros((num_blocks, Y))
         return np.linalg.solve(gram + ridge * scale * np.eye(Y), rhs[..., None])[..., 0]
     w, v = np.linalg.eigh(gram)
     keep = w > 1e-9 * max(w.max(), 0.0)
@@ -243,7 +245,8 @@ def lstsq_step(policy: Policy, x: np.ndarray, rows: np.ndarray, targets: np.ndar
         if ridge > 0:
             gram = rows.T @ rows
             scale = np.trace(gram) / len(gram)
-            delta = np.linalg.solve(gram + ridge * scale * np.eye(len(gram)), rows.T @ targets)
+            delta = (np.linalg.solve(gram + ridge * scale * np.eye(len(gram)), rows.T @ targets) if scale > 0
+                     else np.zeros(len(gram)))  # every row is zero: no information, no step
         else:
             delta = np.linalg.lstsq(rows, targets, rcond=None)[0]
         return policy.with_params(policy.params + delta), rows @ delta
