@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from testbed.errors import InputError
+from testbed.experiments.runner import NumericalError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,7 +27,8 @@ def _cmd_run(args) -> None:
 
     prepare_out(Path(args.out), args.overwrite)  # refuse before any work
     spec = load_spec(args.spec)
-    out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs)
+    out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs,
+                   resume=args.resume, checkpoint_every=args.checkpoint_every)
     print(f"{len(spec.runs)} runs -> {out}")
 
 
@@ -88,7 +90,7 @@ def _cmd_reproduce(args) -> int:
 
 def _jobs(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"--jobs must be a positive integer (got {value!r})")
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {value!r})")
     return int(value)
 
 
@@ -102,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--jobs", type=_jobs, default=1, help="grid points run in this many processes (same results)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
+    r.add_argument("--checkpoint-every", type=_jobs, default=50, metavar="K",
+                   help="checkpoint each unfinished run every K iterations (default 50)")
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="list problems and algorithms")
     ls.set_defaults(func=_cmd_list)
@@ -145,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"testbed: error: {e}", file=sys.stderr)
         return 2
+    except NumericalError as e:
+        if debug:
+            raise
+        print(f"testbed: numerical error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("testbed: interrupted", file=sys.stderr)
         return 130

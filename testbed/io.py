@@ -29,3 +29,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """Like ``np.savez`` but byte-for-byte reproducible (fixed zip timestamps), written atomically."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+            for name, value in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+                z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+    atomic_write(path, write)

@@ -241,11 +241,11 @@ def test_run_refuses_existing_out_then_overwrites(tmp_path, monkeypatch, capsys)
 
     # --overwrite replaces a run folder with a complete new one and leaves nothing hidden behind
     assert run_in_process(capsys, "run", "spec.yaml", "--out", "run", "--quiet")[0] == 0
-    first = (tmp_path / "run" / "meta.json").read_text()
+    first = (tmp_path / "run" / "timings.json").read_text()
     rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "run", "--overwrite", "--quiet")
     assert rc == 0, err
-    assert set(listing(tmp_path / "run")) == {"config.yaml", "metrics.csv", "policies.npz", "meta.json"}
-    assert (tmp_path / "run" / "meta.json").read_text() != first  # new timestamps: really rewritten
+    assert set(listing(tmp_path / "run")) == {"config.yaml", "metrics.csv", "policies.npz", "meta.json", "timings.json"}
+    assert (tmp_path / "run" / "timings.json").read_text() != first  # new timestamps: really rewritten
     assert [n for n in listing(tmp_path) if n.startswith(".")] == []
 
 

@@ -25,17 +25,20 @@ def test_fast_subset_matches_its_golden_summaries(tmp_path, capsys):
     assert "golden check:" in out and "OK" in out and "moved" not in out
 
 
+@dataclasses.dataclass
+class ChangedREBELConfig(REBELConfig):  # module level, so run checkpoints can pickle it
+    y_prime: str = one_of("uniform", Y_PRIME, "changed default")
+
+
 def test_a_changed_default_hyper_parameter_fails_with_a_readable_diff(tmp_path, capsys, monkeypatch):
     """REBEL's default y' distribution changed from pi_t to uniform in a fixture: the sampled REBEL rows
     of the fast subset move, and the diff names them."""
 
-    @dataclasses.dataclass
-    class Changed(REBELConfig):
-        y_prime: str = one_of("uniform", Y_PRIME, "changed default")
-
-    monkeypatch.setattr(REBEL, "Config", Changed)
+    monkeypatch.setattr(REBEL, "Config", ChangedREBELConfig)
     assert check(tmp_path, "--jobs", "1") == 1
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert captured.err == ""  # a failed check, not an error
     assert "golden check:" in out and "FAILED" in out
     assert "value(s) moved beyond tolerance" in out and "rebel-sampled" in out
     header = next(line for line in out.splitlines() if "problem" in line and "column" in line)

@@ -38,9 +38,10 @@ def run_dir(tmp_path):
 
 
 def test_run_folder_contents_and_schema(run_dir):
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "meta.json", "metrics.csv", "policies.npz"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "meta.json", "metrics.csv", "policies.npz",
+                                                         "timings.json"]
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
-    assert tuple(header.split(",")) == COLUMNS
+    assert tuple(header.split(",")) == tuple(c for c in COLUMNS if c != "wall_time")  # wall_time: timings.json
     rows = read_metrics(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert len(config["runs"]) == 2 * 4 * 2  # problems x algorithm configs x seeds
@@ -64,7 +65,12 @@ def test_run_folder_contents_and_schema(run_dir):
     meta = json.loads((run_dir / "meta.json").read_text())
     for name, digest in meta["sha256"].items():
         assert sha256(run_dir / name) == digest
-    assert meta["seeds"] == [0, 3] and set(meta["seconds"]) == set(per_run)
+    assert meta["seeds"] == [0, 3]
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert set(timings["seconds"]) == set(per_run)
+    assert all(list(r) == list(COLUMNS) and r["wall_time"] >= 0 for r in rows)  # merged back by read_metrics
+    for rr in per_run.values():
+        assert np.all(np.diff([r["wall_time"] for r in rr]) >= 0)
 
 
 def test_final_metrics_recompute_from_saved_policies(run_dir):

@@ -16,12 +16,14 @@ import io
 import json
 import multiprocessing
 import os
+import pickle
 import platform
 import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,65 +34,111 @@ from tqdm import tqdm
 from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
-from testbed.io import atomic_write_text, sha256
+from testbed.io import atomic_write, atomic_write_text, save_npz, sha256
 from testbed.metrics import COLUMNS, EXTRAS, hedge_regret_bound, mirror_descent_bound, problem_metrics
 from testbed.policies import Policy, TabularSoftmax, initial_policy
 from testbed.problems import PreferenceBandit, TabularBandit, bradley_terry_fit
 
 
-def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit) -> tuple[list[dict], Policy, dict]:
+class NumericalError(RuntimeError):
+    """A run produced NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunState:
+    """Everything a run needs to continue: pickled whole at each checkpoint, so a resumed run draws the
+    same random numbers and holds the same optimiser state as one that never stopped."""
+
+    t: int
+    policy: Policy
+    algo: object
+    rng: np.random.Generator
+    rows: list
+    samples: int
+    queries: int
+    loss: float | None
+    step_extras: dict
+    prob_sum: np.ndarray | None
+    trajectory: list | None
+    elapsed: float
+    wall: list
+
+
+def _new_state(plan: RunPlan, problem) -> RunState:
+    rng = np.random.default_rng(plan.seed)
+    cls = ALGORITHMS[plan.algorithm]
+    check_pairing(cls, problem, plan.label)
+    cfg = build_config(cls.Config, plan.config, plan.label)
+    init_rng = np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0])  # policy init only
+    policy = initial_policy(problem, **(plan.policy or {}), rng=init_rng)
+    algo = cls(cfg, problem, rng)
+    averaged = isinstance(problem, PreferenceBandit)
+    return RunState(0, policy, algo, rng, [], algo.initial_samples, algo.initial_queries, None, {},
+                    np.zeros((problem.num_contexts, problem.num_actions)) if averaged else None,
+                    [] if plan.trajectory else None, 0.0, [])
+
+
+def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint: Path | None = None,
+            every: int = 0) -> tuple[list[dict], Policy, dict]:
     """Run one grid point; return its metric rows, final policy and a dict of extra outputs.
 
     On a preference problem the loop also keeps the running sum of pi_0 … pi_{t−1} (probabilities),
     so each row reports the average iterate's exploitability (``testbed.metrics``); the extra
     outputs then hold ``avg_probs`` (the final average iterate) and, when ``plan.trajectory``,
     ``trajectory``: rows (iteration, context, action, prob, avg_prob) at every evaluated iteration.
+    ``wall``: the wall time of each row (kept out of the rows so metrics.csv is deterministic).
+
+    With ``checkpoint`` the whole state is pickled there every ``every`` iterations (atomically), and a
+    run whose checkpoint exists continues from it.
     """
-    rng = np.random.default_rng(plan.seed)
-    cls = ALGORITHMS[plan.algorithm]
-    check_pairing(cls, problem, plan.label)
-    cfg = build_config(cls.Config, plan.config, plan.label)
+    if checkpoint is not None and checkpoint.is_file():
+        with open(checkpoint, "rb") as f:
+            st: RunState = pickle.load(f)
+    else:
+        st = _new_state(plan, problem)
+    cfg = st.algo.config
     beta = getattr(cfg, "beta", 0.0)
-    init_rng = np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0])  # policy init only
-    policy = initial_policy(problem, **(plan.policy or {}), rng=init_rng)
-    algo = cls(cfg, problem, rng)
-    start, loss, step_extras = time.perf_counter(), None, {}
-    samples, queries = algo.initial_samples, algo.initial_queries
     counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
-    averaged = isinstance(problem, PreferenceBandit)
-    prob_sum = np.zeros((problem.num_contexts, problem.num_actions)) if averaged else None
-    trajectory = [] if plan.trajectory else None
+    averaged = st.prob_sum is not None
+    start = time.perf_counter() - st.elapsed
 
-    def row(t: int) -> dict:
-        avg = prob_sum / t if averaged and t > 0 else None
-        if trajectory is not None:
-            pi = policy.probs()
-            for (x, y), v in np.ndenumerate(pi):
-                trajectory.append({"run_id": plan.run_id, "iteration": t, "context": x, "action": y, "prob": float(v),
-                                   "avg_prob": None if avg is None else float(avg[x, y])})
-        return {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
-                "iteration": t, "samples": samples if counted else None, "queries": queries if counted else None,
-                **problem_metrics(problem, policy, beta, avg), "loss": loss, "wall_time": time.perf_counter() - start,
-                **{k: step_extras.get(k) for k in EXTRAS}}
+    def record(t: int) -> None:
+        avg = st.prob_sum / t if averaged and t > 0 else None
+        if st.trajectory is not None:
+            for (x, y), v in np.ndenumerate(st.policy.probs()):
+                st.trajectory.append({"run_id": plan.run_id, "iteration": t, "context": x, "action": y,
+                                      "prob": float(v), "avg_prob": None if avg is None else float(avg[x, y])})
+        st.rows.append({"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
+                        "iteration": t, "samples": st.samples if counted else None,
+                        "queries": st.queries if counted else None,
+                        **problem_metrics(problem, st.policy, beta, avg), "loss": st.loss,
+                        **{k: st.step_extras.get(k) for k in EXTRAS}})
+        st.wall.append(time.perf_counter() - start)
 
-    rows = [row(0)]
-    for t in range(1, plan.iterations + 1):
+    if st.t == 0 and not st.rows:
+        record(0)
+    while st.t < plan.iterations:
+        t = st.t + 1
         if averaged:
-            prob_sum += policy.probs()  # pi_{t-1}, the iterate this update plays
-        step = algo.update(policy, rng)
+            st.prob_sum += st.policy.probs()  # pi_{t-1}, the iterate this update plays
+        step = st.algo.update(st.policy, st.rng)
         if not np.all(np.isfinite(step.policy.params)):
-            raise FloatingPointError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}")
-        policy, loss, step_extras = step.policy, step.loss, step.extras
-        samples += step.samples or 0
-        queries += step.queries or 0
+            raise NumericalError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}"
+                                 + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
+        st.policy, st.loss, st.step_extras, st.t = step.policy, step.loss, step.extras, t
+        st.samples += step.samples or 0
+        st.queries += step.queries or 0
         if t % plan.eval_every == 0 or t == plan.iterations:
-            rows.append(row(t))
-    out: dict = {}
+            record(t)
+        if checkpoint is not None and every and (t % every == 0 or t == plan.iterations):
+            st.elapsed = time.perf_counter() - start
+            atomic_write(checkpoint, lambda tmp: tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)))
+    out: dict = {"wall": st.wall}
     if averaged:
-        out["avg_probs"] = prob_sum / plan.iterations
-    if trajectory is not None:
-        out["trajectory"] = trajectory
-    return rows, policy, out
+        out["avg_probs"] = st.prob_sum / plan.iterations
+    if st.trajectory is not None:
+        out["trajectory"] = st.trajectory
+    return st.rows, st.policy, out
 
 
 def theory(plan: RunPlan, problem: TabularBandit | PreferenceBandit) -> dict | None:
@@ -183,7 +231,10 @@ def versions() -> dict[str, str]:
             "torch": torch.__version__, "gymnasium": gymnasium.__version__, "testbed": testbed.__version__}
 
 
-RUN_FILES = {"config.yaml", "metrics.csv", "policies.npz", "meta.json"}
+RUN_FILES = {"config.yaml", "metrics.csv", "policies.npz", "meta.json", "timings.json", "trajectory.csv"}
+METRICS_FILE_COLUMNS = tuple(c for c in COLUMNS if c != "wall_time")
+"""metrics.csv holds every schema column but ``wall_time``, which lives in timings.json (and is merged
+back by :func:`read_metrics`), so that metrics.csv is bit-identical across runs, --jobs and resumes."""
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
@@ -195,47 +246,71 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     if not out.is_dir():
         raise InputError(f"--out {str(out)!r} exists and is not a folder")
     names = {p.name for p in out.iterdir()}
-    if "meta.json" not in names or not names <= RUN_FILES | {n for n in names if n.endswith(".png")}:
+    if "meta.json" not in names or not names <= RUN_FILES | {n for n in names if n.endswith((".png", ".md"))}:
         raise InputError(f"--out {str(out)!r} is not a run folder (it holds other files); --overwrite only replaces run folders")
 
 
-def _worker(plan: RunPlan, problem: TabularBandit) -> tuple[list[dict], np.ndarray, np.ndarray, dict, float]:
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished run keeps its checkpoints: <out>.partial next to <out>."""
+    return out.parent / f"{out.name}.partial"
+
+
+def _worker(plan: RunPlan, problem: TabularBandit, partial: str | None = None, index: int = 0,
+            every: int = 0) -> tuple[list[dict], np.ndarray, np.ndarray, dict, float]:
+    """Run (or finish, or load) one grid point. With ``partial``, a finished run is stored as
+    <index>.done and an unfinished one checkpointed as <index>.ckpt every ``every`` iterations."""
     torch.set_num_threads(1)
+    done = Path(partial) / f"{index}.done" if partial else None
+    if done is not None and done.is_file():
+        with open(done, "rb") as f:
+            return pickle.load(f)
+    ckpt = Path(partial) / f"{index}.ckpt" if partial else None
     t0 = time.perf_counter()
-    rows, policy, extra = run_one(plan, problem)
-    return rows, policy.params, policy.probs(), extra, time.perf_counter() - t0
+    rows, policy, extra = run_one(plan, problem, ckpt, every)
+    result = (rows, policy.params, policy.probs(), extra, extra["wall"][-1] if extra["wall"] else time.perf_counter() - t0)
+    if done is not None:
+        atomic_write(done, lambda tmp: tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)))
+        ckpt.unlink(missing_ok=True)
+    return result
 
 
-def run_all(spec: Spec, jobs: int = 1, progress: bool = True) -> list[tuple]:
+def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | None = None, every: int = 0) -> list[tuple]:
     """Run every grid point, in order; with ``jobs`` > 1 in that many processes. Each run draws only from
     its own seed and torch uses one thread either way, so the results do not depend on ``jobs``."""
     total = sum(p.iterations for p in spec.runs)
     threads = torch.get_num_threads()
+    args = [(plan, spec.problems[plan.problem], str(partial) if partial else None, i, every)
+            for i, plan in enumerate(spec.runs)]
     with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
               mininterval=0.5, leave=False) as bar:
         if jobs <= 1:
             out = []
             try:
-                for plan in spec.runs:
-                    out.append(_worker(plan, spec.problems[plan.problem]))
-                    bar.update(plan.iterations)
+                for a in args:
+                    out.append(_worker(*a))
+                    bar.update(a[0].iterations)
             finally:
                 torch.set_num_threads(threads)
             return out
         ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, plan, spec.problems[plan.problem]) for plan in spec.runs]
+            futures = [pool.submit(_worker, *a) for a in args]
             for fut, plan in zip(futures, spec.runs):
                 fut.add_done_callback(lambda _f, n=plan.iterations: bar.update(n))
             return [f.result() for f in futures]
 
 
-def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True, jobs: int = 1) -> Path:
-    """Run every grid point of ``spec`` and write the run folder ``out`` atomically."""
+def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True, jobs: int = 1,
+             resume: bool = False, checkpoint_every: int = 50) -> Path:
+    """Run every grid point of ``spec`` and write the run folder ``out`` atomically.
+
+    While it runs, <out>.partial holds each finished run and a checkpoint of each unfinished one
+    (every ``checkpoint_every`` iterations); after an interruption (even SIGKILL) ``resume=True``
+    continues from there and gives the same files as an uninterrupted run (all but timings.json).
+    """
     out = Path(out)
     prepare_out(out, overwrite)
-    started = datetime.now(UTC).isoformat()
-    rows, policies, timings, trajectory = [], {}, {}, []
+    partial = partial_dir(out)
     resolved = spec.resolved()
     for rec, plan in zip(resolved["runs"], spec.runs):
         rec["theory"] = theory(plan, spec.problems[plan.problem])
@@ -246,8 +321,27 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
             entry["theory"] = problem_theory(problem)
         else:
             entry["frontier"] = kl_frontier(problem)
-    for plan, (run_rows, params, probs, extra, seconds) in zip(spec.runs, run_all(spec, jobs, progress)):
+    config_text = dump_yaml(resolved)
+    if resume:
+        if not (partial / "config.yaml").is_file():
+            raise InputError(f"--resume: nothing to resume at {str(partial)!r}")
+        if (partial / "config.yaml").read_text() != config_text:
+            raise InputError(f"--resume: the spec changed since the interrupted run in {str(partial)!r}; "
+                             "rerun with --overwrite to start over")
+    elif partial.exists():
+        if not overwrite:
+            raise InputError(f"an interrupted run of --out {str(out)!r} is in {str(partial)!r}; pass --resume to "
+                             "continue it or --overwrite to start over")
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(partial / "config.yaml", config_text)
+    started = datetime.now(UTC).isoformat()
+
+    rows, policies, timings, walls, trajectory = [], {}, {}, {}, []
+    for plan, (run_rows, params, probs, extra, seconds) in zip(
+            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every)):
         timings[plan.run_id] = seconds
+        walls[plan.run_id] = extra["wall"]
         rows += run_rows
         policies[f"{plan.run_id}/params"] = params
         policies[f"{plan.run_id}/probs"] = probs
@@ -255,25 +349,25 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
             policies[f"{plan.run_id}/avg_probs"] = extra["avg_probs"]
         trajectory += extra.get("trajectory", [])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        atomic_write_text(tmp / "config.yaml", dump_yaml(resolved))
-        atomic_write_text(tmp / "metrics.csv", metrics_csv(rows))
-        with open(tmp / "policies.npz", "wb") as f:
-            np.savez(f, **policies)
+        atomic_write_text(tmp / "config.yaml", config_text)
+        atomic_write_text(tmp / "metrics.csv", metrics_csv(rows, METRICS_FILE_COLUMNS))
+        save_npz(tmp / "policies.npz", policies)
         files = ["config.yaml", "metrics.csv", "policies.npz"]
         if trajectory:
             atomic_write_text(tmp / "trajectory.csv", metrics_csv(trajectory, TRAJECTORY_COLUMNS))
             files.append("trajectory.csv")
-        meta = {"spec": spec.name, "source": spec.source, "started": started,
-                "finished": datetime.now(UTC).isoformat(), "git_commit": git_commit(),
-                "versions": versions(), "seeds": sorted({p.seed for p in spec.runs}),
-                "runs": len(spec.runs), "seconds": timings,
-                "sha256": {n: sha256(tmp / n) for n in files}}
+        meta = {"spec": spec.name, "source": spec.source, "git_commit": git_commit(), "versions": versions(),
+                "seeds": sorted({p.seed for p in spec.runs}), "runs": len(spec.runs),
+                "sha256": {n: sha256(tmp / n) for n in files},
+                "note": "timings.json (wall times) is the one output that differs between identical runs"}
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(tmp / "timings.json", json.dumps(
+            {"started": started, "finished": datetime.now(UTC).isoformat(), "seconds": timings,
+             "wall_time": walls}, indent=1) + "\n")
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, trash)
@@ -284,6 +378,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(partial, ignore_errors=True)
     return out
 
 
@@ -295,5 +390,13 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     ints = {"seed", "iteration", "samples", "queries"}
     text = {"run_id", "problem", "algorithm"}
     with open(path, newline="") as f:
-        return [{k: (v if k in text else None if v == "" else int(v) if k in ints else float(v))
+        rows = [{k: (v if k in text else None if v == "" else int(v) if k in ints else float(v))
                  for k, v in r.items()} for r in csv.DictReader(f)]
+    timings = Path(run_dir) / "timings.json"
+    walls = json.loads(timings.read_text()).get("wall_time", {}) if timings.is_file() else {}
+    seen: dict[str, int] = {}
+    for r in rows:  # wall_time back in, in schema order (rows of a run are in iteration order)
+        i = seen[r["run_id"]] = seen.get(r["run_id"], -1) + 1
+        w = walls.get(r["run_id"], [])
+        r["wall_time"] = w[i] if i < len(w) else None
+    return [{c: r.get(c) for c in COLUMNS} for r in rows]
