@@ -315,15 +315,10 @@ class LMPPO(LMAlgorithm):
             adv, ret = gae(rew, v_old, mask, cfg.gamma, cfg.lam)
             adv = whiten(adv, mask)
         lp_old = ro["lp"]
-        vclip = cfg.value_clip or None
         self.last_vf = []
 
         def loss_fn(i):
-            m = mask[i].bool()
-            logits, v = self.forward(q[i], qm[i], y[i], mask[i])
-            lp = token_logprobs(logits, y[i], pol.temperature, pol.suppress, mask[i])
-            pg = ppo_clip_loss((lp - lp_old[i])[m], adv[i][m], cfg.clip_eps)
-            vf = value_loss(v[m], v_old[i][m], ret[i][m], vclip)
+            pg, vf = self.batch_loss(q[i], qm[i], y[i], mask[i], lp_old[i], adv[i], v_old[i], ret[i])
             self.last_vf.append(float(vf))
             return pg + cfg.vf_coef * vf
 
@@ -331,6 +326,16 @@ class LMPPO(LMAlgorithm):
         stats = self.trl_stats(ro, cfg.beta)
         stats["value_loss"] = torch.tensor([float(np.mean(self.last_vf))])
         return LMStep(loss, len(y), len(y), stats)
+
+
+    def batch_loss(self, q, qm, y, mask, lp_old, adv, v_old, ret):
+        """(clipped policy loss, value loss) of one minibatch over its valid tokens (token-level PPO)."""
+        cfg, pol = self.config, self.ctx.policy
+        m = mask.bool()
+        logits, v = self.forward(q, qm, y, mask)
+        lp = token_logprobs(logits, y, pol.temperature, pol.suppress, mask)
+        pg = ppo_clip_loss((lp - lp_old)[m], adv[m], cfg.clip_eps)
+        return pg, value_loss(v[m], v_old[m], ret[m], cfg.value_clip or None)
 
 
 # ----- RLOO --------------------------------------------------------------------------------------
@@ -401,7 +406,7 @@ class LMDPO(LMAlgorithm):
         return np.asarray(idx)
 
     def update(self, q, qm) -> LMStep:
-        cfg, pol = self.config, self.ctx.policy
+        cfg = self.config
         if cfg.mode == "offline":
             rows = self.shard(self.next_rows(self.ctx.train.batch))
             d = self.data
@@ -423,14 +428,18 @@ class LMDPO(LMAlgorithm):
             stats, samples = self.trl_stats(ro, 0.0), 2 * B
 
         def loss_fn(i):
-            new = pol.seq_logprob(_cat(q[i], q[i]), _cat(qm[i], qm[i]), _cat(yc[i], yr[i]))
-            w = weight[i]
-            if float(w.sum()) == 0:
-                return new.sum() * 0.0
-            return dpo_loss(new[:len(i)] - ref_c[i], new[len(i):] - ref_r[i], cfg.beta, w)
+            return self.batch_loss(q[i], qm[i], yc[i], yr[i], ref_c[i], ref_r[i], weight[i])
 
         loss = self.optimise(len(q), cfg.epochs, loss_fn)
         return LMStep(loss, samples, samples, stats)
+
+    def batch_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):
+        """The DPO loss of one minibatch (pairs with weight 0, ties, carry no preference)."""
+        pol, n = self.ctx.policy, len(q)
+        new = pol.seq_logprob(_cat(q, q), _cat(qm, qm), _cat(yc, yr))
+        if weight is not None and float(weight.sum()) == 0:
+            return new.sum() * 0.0
+        return dpo_loss(new[:n] - ref_c, new[n:] - ref_r, self.config.beta, weight)
 
     def shard(self, rows: np.ndarray) -> np.ndarray:
         ctx = self.ctx
