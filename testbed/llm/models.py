@@ -25,7 +25,7 @@ PYTHIA = {  # name: (hidden, layers, heads, vocab) — EleutherAI's published co
 }
 KNOWN = (*PYTHIA, "gpt2", "gpt2-medium")
 TINY = ("tiny:gpt2", "tiny:llama", "tiny:qwen2")
-MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype"}
+MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init"}
 
 
 def known_config(name: str):
@@ -126,6 +126,11 @@ def load_causal_lm(entry: dict):
     if name in TINY and path is None:
         return tiny_causal_lm(name.split(":")[1], seed=entry.get("seed", 0), hidden=entry.get("hidden", 32),
                               layers=entry.get("layers", 2), heads=entry.get("heads", 2)).to(dtype)
+    if entry.get("random_init"):  # a known architecture with random weights and the toy tokenizer's ids (benchmarks)
+        cfg = model_config(entry)
+        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = 0, 1, 2
+        torch.manual_seed(entry.get("seed", 0))
+        return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
     return AutoModelForCausalLM.from_pretrained(path or name, dtype=dtype).eval()
 
 
@@ -147,7 +152,7 @@ def load_tokenizer(entry: dict):
     from testbed.llm.toy import toy_tokenizer
 
     name, path = entry.get("name"), entry.get("path")
-    if name in TINY and path is None:
+    if (name in TINY and path is None) or entry.get("random_init"):
         return toy_tokenizer()
     tok = AutoTokenizer.from_pretrained(path or name, padding_side="left")
     if tok.pad_token is None:
