@@ -161,7 +161,7 @@ class LMAlgorithm:
                             acc.clip_grad_norm_(ctx.params, ctx.train.max_grad_norm)
                         opt.step()
                         opt.zero_grad()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
         return float(np.mean(losses)) if losses else float("nan")
 
     # -- rollout helpers --
