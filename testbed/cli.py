@@ -88,6 +88,25 @@ def _cmd_reproduce(args) -> int:
         print(fig)
 
 
+def _cmd_llm_run(args) -> None:
+    try:
+        from testbed.llm.spec import load_lm_spec
+    except ImportError as e:  # the llm extra is missing
+        raise InputError(f"the LM track needs the llm extra (pip install -e '.[llm]'): {e}") from None
+    spec = load_lm_spec(args.spec)
+    if args.dry_run:
+        from testbed.llm.plan import plan_text
+        print(plan_text(spec))
+        return
+    if not args.out:
+        raise InputError("--out is required (or pass --dry-run)")
+    from testbed.llm.train import prepare_lm_out, run_lm_spec
+    prepare_lm_out(Path(args.out), args.overwrite)
+    out = run_lm_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    if out is not None:
+        print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
+
+
 def _jobs(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (got {value!r})")
@@ -135,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
                     help="processes per spec (default: one per core; results do not depend on it)")
     rp.set_defaults(func=_cmd_reproduce)
+    lm = sub.add_parser("llm", help="the language-model track")
+    lsub = lm.add_subparsers(dest="llm_command", required=True, parser_class=_Parser)
+    lr = lsub.add_parser("run", help="run an LM spec (under torchrun for data parallelism)")
+    lr.add_argument("spec")
+    lr.add_argument("--out", help="run folder to create")
+    lr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan; no download, no training")
+    lr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    lr.add_argument("--quiet", action="store_true", help="no progress bar")
+    lr.set_defaults(func=_cmd_llm_run)
     return p
 
 

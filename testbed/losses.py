@@ -138,3 +138,80 @@ def _mean(per: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight.shape != per.shape:
         raise ValueError(f"weight must have shape {tuple(per.shape)} (got {tuple(weight.shape)})")
     return torch.sum(weight * per) / torch.sum(weight)
+
+
+def reinforce_loss(logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
+    """REINFORCE with a baseline: L(theta) = -mean_i A_i·ln pi_theta(y_i|x_i), A treated as a constant.
+
+    Williams, "Simple statistical gradient-following algorithms for connectionist reinforcement
+    learning", Machine Learning 8, 1992. Shapes [N].
+    """
+    _same_1d(logp=logp, advantage=advantage)
+    return -torch.mean(advantage.detach() * logp)
+
+
+def leave_one_out_advantage(reward: torch.Tensor) -> torch.Tensor:
+    """RLOO's advantage: A_ij = r_ij - (1/(k-1))·sum_{l != j} r_il for k samples per prompt.
+
+    Kool, van Hoof, Welling, "Buy 4 REINFORCE samples, get a baseline for free!", ICLR DeepRL
+    workshop 2019; Ahmadian et al., "Back to Basics: Revisiting REINFORCE style optimization for
+    learning from human feedback in LLMs", ACL 2024, https://arxiv.org/abs/2402.14740, eq. (7).
+
+    Args:
+      reward: shape [N, k], k >= 2 samples of prompt i in row i.
+    Returns: shape [N, k].
+    """
+    if reward.ndim != 2 or reward.shape[1] < 2:
+        raise ValueError(f"reward must have shape [N, k] with k >= 2 (got {tuple(reward.shape)})")
+    k = reward.shape[1]
+    return reward - (reward.sum(dim=1, keepdim=True) - reward) / (k - 1)
+
+
+def gae(reward: torch.Tensor, value: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over token positions.
+
+    delta_t = r_t + gamma·V_{t+1} - V_t (V = 0 after the last valid token),
+    A_t = sum_l (gamma·lam)^l delta_{t+l};  returns = A + V.
+
+    Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage Estimation",
+    ICLR 2016, https://arxiv.org/abs/1506.02438, eq. (16). Tokens after the response ends (mask 0)
+    get advantage 0; they must come after the valid ones (right padding).
+
+    Args:
+      reward, value, mask: shape [B, T]; mask is 1 on response tokens (up to and including EOS).
+    """
+    if reward.ndim != 2 or reward.shape != value.shape or reward.shape != mask.shape:
+        raise ValueError(f"reward, value, mask must share a shape [B, T] (got {tuple(reward.shape)}, "
+                         f"{tuple(value.shape)}, {tuple(mask.shape)})")
+    m = mask.to(reward.dtype)
+    r, v = reward * m, value * m
+    adv = torch.zeros_like(r)
+    last = torch.zeros_like(r[:, 0])
+    T = r.shape[1]
+    for t in reversed(range(T)):
+        v_next = v[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = r[:, t] + gamma * v_next - v[:, t]
+        last = (delta + gamma * lam * last) * m[:, t]
+        adv[:, t] = last
+    return adv, (adv + v) * m
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean)/std over the entries where ``mask`` is 1 (all if None), as TRL's ``masked_whiten``."""
+    m = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+    n = m.sum()
+    mean = (x * m).sum() / n
+    var = (((x - mean) * m) ** 2).sum() / (n - 1).clamp(min=1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * m if mask is not None else out
+
+
+def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Supervised fine-tuning: the token-mean negative log-likelihood -sum(mask·ln p)/sum(mask). Shapes [B, T]."""
+    if token_logp.shape != mask.shape:
+        raise ValueError(f"token_logp and mask must share a shape (got {tuple(token_logp.shape)}, {tuple(mask.shape)})")
+    m = mask.to(token_logp.dtype)
+    return -(token_logp * m).sum() / m.sum().clamp(min=1)

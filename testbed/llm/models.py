@@ -1,0 +1,160 @@
+"""Which models a spec names, built offline: tiny configs, known sizes, or local folders.
+
+A model entry is ``{name: tiny:gpt2 | tiny:llama | tiny:qwen2, hidden, layers, heads, seed}`` (a
+randomly initialised few-layer model with the toy tokenizer), a known hub name (its architecture is
+built from a config written here, so a dry run counts parameters without downloading; a real run
+loads the weights with ``from_pretrained``, which needs internet or the HF cache), or
+``{path: DIR}`` (a local folder from ``save_pretrained``). Anything else is an input error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from testbed.errors import InputError
+
+PYTHIA = {  # name: (hidden, layers, heads, vocab) — EleutherAI's published configs (Biderman et al. 2023)
+    "EleutherAI/pythia-160m-deduped": (768, 12, 12, 50304),
+    "EleutherAI/pythia-410m-deduped": (1024, 24, 16, 50304),
+    "EleutherAI/pythia-1b-deduped": (2048, 16, 8, 50304),
+    "EleutherAI/pythia-1.4b-deduped": (2048, 24, 16, 50304),
+    "EleutherAI/pythia-2.8b-deduped": (2560, 32, 32, 50304),
+    "EleutherAI/pythia-6.9b-deduped": (4096, 32, 32, 50432),
+}
+KNOWN = (*PYTHIA, "gpt2", "gpt2-medium")
+TINY = ("tiny:gpt2", "tiny:llama", "tiny:qwen2")
+MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init"}
+
+
+def known_config(name: str):
+    """A transformers config for a known name, written out here (no download)."""
+    from transformers import GPT2Config, GPTNeoXConfig
+
+    if name in PYTHIA:
+        h, n, a, v = PYTHIA[name]
+        return GPTNeoXConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=a, intermediate_size=4 * h,
+                             vocab_size=v, rotary_pct=0.25, max_position_embeddings=2048, use_parallel_residual=True,
+                             tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    if name == "gpt2":
+        return GPT2Config()
+    if name == "gpt2-medium":
+        return GPT2Config(n_embd=1024, n_layer=24, n_head=16)
+    raise KeyError(name)
+
+
+def check_model(entry, where: str) -> dict:
+    """Validate a model entry (a name string or a mapping); return it as a mapping."""
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} must be a model name or a mapping with name/path (got {entry!r})")
+    unknown = sorted(set(entry) - MODEL_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(MODEL_KEYS)}")
+    name, path = entry.get("name"), entry.get("path")
+    if path is not None and not (Path(path) / "config.json").is_file():
+        if name not in KNOWN:
+            raise InputError(f"{where}.path {path!r} is not a model folder (no config.json)")
+    if path is None and name not in (*KNOWN, *TINY):
+        raise InputError(f"{where}: unknown model {name!r} and no local path; use one of {', '.join((*TINY, *KNOWN))} "
+                         "or {path: DIR} (a folder from save_pretrained)")
+    return entry
+
+
+def model_config(entry: dict, num_labels: int | None = None):
+    """The config of a model entry, built without downloading."""
+    from transformers import AutoConfig
+
+    from testbed.llm.toy import tiny_config
+
+    name, path = entry.get("name"), entry.get("path")
+    if path is not None and (Path(path) / "config.json").is_file():
+        cfg = AutoConfig.from_pretrained(path)
+    elif name in TINY:
+        cfg = tiny_config(name.split(":")[1], hidden=entry.get("hidden", 32), layers=entry.get("layers", 2),
+                          heads=entry.get("heads", 2))
+    else:
+        cfg = known_config(name)
+    if num_labels is not None:
+        cfg.num_labels = num_labels
+    return cfg
+
+
+def count_parameters(entry: dict, kind: str = "causal") -> int:
+    """Parameters of the model (``causal``: with LM head; ``score``: backbone + one-output head), on the meta device."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cfg = model_config(entry, num_labels=1 if kind == "score" else None)
+    with torch.device("meta"):
+        m = (AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification).from_config(cfg)
+    return sum(p.numel() for p in m.parameters())
+
+
+def lora_parameters(entry: dict, r: int, target_modules=None) -> int:
+    """Trainable LoRA parameters r·(in + out) summed over the adapted linear layers (peft's 'all-linear':
+    every Linear/Conv1D except the output head)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    cfg = model_config(entry)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(cfg)
+    head = m.get_output_embeddings()
+    total = 0
+    for name, mod in m.named_modules():
+        if mod is head:
+            continue
+        if target_modules and not any(name.endswith(t) for t in target_modules):
+            continue
+        if isinstance(mod, torch.nn.Linear):
+            total += r * (mod.in_features + mod.out_features)
+        elif isinstance(mod, Conv1D):
+            total += r * (mod.weight.shape[0] + mod.weight.shape[1])
+    return total
+
+
+def load_causal_lm(entry: dict):
+    """Build (tiny) or load (path / hub name) the policy model, in eval mode (dropout off, as the official code)."""
+    from transformers import AutoModelForCausalLM
+
+    from testbed.llm.toy import tiny_causal_lm
+
+    name, path = entry.get("name"), entry.get("path")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[entry.get("dtype", "float32")]
+    if name in TINY and path is None:
+        return tiny_causal_lm(name.split(":")[1], seed=entry.get("seed", 0), hidden=entry.get("hidden", 32),
+                              layers=entry.get("layers", 2), heads=entry.get("heads", 2)).to(dtype)
+    if entry.get("random_init"):  # a known architecture with random weights and the toy tokenizer's ids (benchmarks)
+        cfg = model_config(entry)
+        cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = 0, 1, 2
+        torch.manual_seed(entry.get("seed", 0))
+        return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+    return AutoModelForCausalLM.from_pretrained(path or name, dtype=dtype).eval()
+
+
+def load_reward_model(entry: dict):
+    from transformers import AutoModelForSequenceClassification
+
+    from testbed.llm.toy import tiny_reward_model
+
+    name, path = entry.get("name"), entry.get("path")
+    if name in TINY and path is None:
+        return tiny_reward_model(name.split(":")[1], seed=entry.get("seed", 0), hidden=entry.get("hidden", 32),
+                                 layers=entry.get("layers", 2), heads=entry.get("heads", 2))
+    return AutoModelForSequenceClassification.from_pretrained(path or name, num_labels=1).eval()
+
+
+def load_tokenizer(entry: dict):
+    from transformers import AutoTokenizer
+
+    from testbed.llm.toy import toy_tokenizer
+
+    name, path = entry.get("name"), entry.get("path")
+    if (name in TINY and path is None) or entry.get("random_init"):
+        return toy_tokenizer()
+    tok = AutoTokenizer.from_pretrained(path or name, padding_side="left")
+    if tok.pad_token is None:
+        tok.add_special_tokens({"pad_token": "[PAD]"})
+    return tok

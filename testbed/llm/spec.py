@@ -1,0 +1,232 @@
+"""LM experiment specs (YAML): model × prompts × reward × algorithms × seeds, validated up front.
+
+::
+
+    name: toy_rebel
+    model: {name: tiny:gpt2, hidden: 32, layers: 2, heads: 2, seed: 0}   # or a known name, or {path: DIR}
+    lora: {r: 8, alpha: 16}                 # optional; pi_ref is then the model with the adapter disabled
+    prompts: {kind: toy, count: 64, seed: 0}   # or {file: prompts.jsonl} or {hf_dataset: NAME, split, field}
+    eval_prompts: {kind: toy, count: 16, seed: 1}
+    reward: {kind: function, name: count_token, token: good}   # or {kind: model, name/path: ...}
+    algorithms:
+      - {name: rebel, eta: 1, beta: 0.05}
+    seeds: [0, 1, 2]
+    train: {iterations: 20, batch: 32, minibatch: 16, lr: 1e-3, max_new_tokens: 6}
+    accelerate: {num_processes: 1, mixed_precision: "no", deepspeed: ds_zero2.json}
+
+Every bad field raises :class:`InputError` with a one-line message before any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from testbed.algorithms.base import build_config, count, flag, nonneg, one_of, positive
+from testbed.errors import InputError, positive_int
+from testbed.llm.models import check_model
+
+TOP_KEYS = {"name", "description", "kind", "model", "lora", "prompts", "eval_prompts", "reward", "algorithms", "seeds",
+            "train", "accelerate", "reference"}
+REWARD_KEYS = {"kind", "name", "path", "token", "hidden", "layers", "heads", "seed", "module"}
+PROMPT_KEYS = {"kind", "count", "seed", "file", "hf_dataset", "split", "field", "min_len", "max_len"}
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = count(20, "updates (each: one batch of prompts)")
+    batch: int = count(32, "prompts (offline DPO/SFT: rows) per iteration, across all processes")
+    minibatch: int = count(16, "items per optimiser step (pairs for REBEL/online DPO, responses for PPO/RLOO, rows offline)")
+    grad_accum: int = count(1, "micro-batches per minibatch (gradient accumulation through accelerate)")
+    lr: float = positive(1e-3, "AdamW learning rate (decays linearly to 0 over the iterations)")
+    lr_schedule: str = one_of("linear", ("linear", "constant"), "learning-rate schedule")
+    adam_eps: float = positive(1e-5, "AdamW epsilon (official: 1e-5)")
+    weight_decay: float = nonneg(0.0, "AdamW weight decay")
+    max_grad_norm: float = nonneg(1.0, "gradient-norm clipping (0: off)")
+    temperature: float = positive(0.7, "sampling temperature, also dividing the logits of every log-prob (official: 0.7)")
+    top_k: int = dataclasses.field(default=0, metadata={"doc": "top-k sampling (0: off)"})
+    top_p: float = positive(1.0, "nucleus sampling (1: off)")
+    max_new_tokens: int = count(16, "fixed response length; tokens after the first EOS become padding (official: 53)")
+    max_prompt_length: int = count(512, "prompts are truncated to this many tokens")
+    missing_eos_penalty: float | None = dataclasses.field(default=1.0, metadata={
+        "doc": "a response with no EOS: score -penalty (replace) or score - penalty (subtract); null: off"})
+    missing_eos_mode: str = one_of("replace", ("replace", "subtract"), "official REBEL (replace with -penalty) or TRL (subtract)")
+    eval_every: int = count(5, "evaluate (and write sample generations) every k iterations")
+    rollouts: str = one_of("sharded", ("sharded", "replicated"), "each process samples its share of the batch, or every "
+                           "process samples the whole batch with the same seed (bit-for-bit the 1-process run)")
+    save: bool = flag(True, "save the final policy with save_pretrained")
+
+    def validate(self, where: str) -> None:
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InputError(f"{where}.top_k must be a non-negative integer (got {self.top_k!r})")
+        if self.top_p > 1:
+            raise InputError(f"{where}.top_p must be in (0, 1] (got {self.top_p!r})")
+        if self.missing_eos_penalty is not None:
+            from testbed.errors import nonneg_number
+            self.missing_eos_penalty = nonneg_number(f"{where}.missing_eos_penalty", self.missing_eos_penalty)
+
+
+@dataclass
+class AccelerateConfig:
+    num_processes: int = count(1, "data-parallel processes the spec is meant for (torchrun --nproc_per_node)")
+    mixed_precision: str = one_of("no", ("no", "bf16", "fp16"), "autocast through accelerate")
+    deepspeed: str = dataclasses.field(default="", metadata={"doc": "a DeepSpeed JSON config (ZeRO stage), GPU runs"})
+    gpu_memory_gb: float = positive(80.0, "per-GPU memory the plan compares against")
+
+
+@dataclass
+class LMSpec:
+    name: str
+    source: str
+    raw: dict
+    model: dict
+    lora: dict | None
+    prompts: dict
+    eval_prompts: dict
+    reward: dict
+    algorithms: list[tuple[str, object, dict]]  # (name, config, raw entry)
+    seeds: list[int]
+    train: TrainConfig
+    accelerate: AccelerateConfig
+    reference: str
+
+
+def _mapping(v, where: str) -> dict:
+    if not isinstance(v, dict):
+        raise InputError(f"{where} must be a mapping (got {v!r})")
+    return v
+
+
+def _check_prompts(entry, where: str, base: Path) -> dict:
+    entry = dict(_mapping(entry, where))
+    unknown = sorted(set(entry) - PROMPT_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(PROMPT_KEYS)}")
+    if "file" in entry:
+        p = Path(entry["file"])
+        entry["file"] = str(p if p.is_absolute() else base / p)
+        from testbed.llm.data import read_jsonl
+        read_jsonl(entry["file"], ("prompt",))
+    elif "hf_dataset" in entry:
+        if not isinstance(entry["hf_dataset"], str):
+            raise InputError(f"{where}.hf_dataset must be a dataset name")
+    else:
+        if entry.get("kind", "toy") != "toy":
+            raise InputError(f"{where}: give kind: toy, file: PATH.jsonl or hf_dataset: NAME")
+        positive_int(f"{where}.count", entry.get("count", 64))
+    return entry
+
+
+def _check_reward(entry, where: str, base: Path) -> dict:
+    from testbed.llm.rewards import REWARD_FUNCTIONS
+    entry = dict(_mapping(entry, where))
+    unknown = sorted(set(entry) - REWARD_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(REWARD_KEYS)}")
+    kind = entry.get("kind")
+    if kind == "function":
+        if entry.get("name") not in REWARD_FUNCTIONS and not entry.get("module"):
+            raise InputError(f"{where}.name must be one of {', '.join(REWARD_FUNCTIONS)} (or give module: pkg.mod:fn)")
+    elif kind == "model":
+        model = {k: entry[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in entry}
+        if "path" in model and not Path(model["path"]).is_absolute():
+            model["path"] = str(base / model["path"])
+        check_model(model, where)
+    else:
+        raise InputError(f"{where}.kind must be function or model (got {kind!r})")
+    return entry
+
+
+def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -> LMSpec:
+    """Validate a spec mapping. ``world``: the number of processes it will run on (default: the spec's)."""
+    from testbed.llm.algorithms import LM_ALGORITHMS
+
+    raw = _mapping(raw, "spec")
+    base = Path(source).parent if source != "<spec>" else Path(".")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise InputError(f"spec: unknown key(s) {unknown}; expected some of {sorted(TOP_KEYS)}")
+    name = raw.get("name") or Path(source).stem
+    model = check_model(raw.get("model"), "model")
+    if "path" in model and not Path(model["path"]).is_absolute():
+        model = {**model, "path": str(base / model["path"])}
+    lora = raw.get("lora")
+    if lora is not None:
+        lora = dict(_mapping(lora, "lora"))
+        bad = sorted(set(lora) - {"r", "alpha", "dropout", "target_modules"})
+        if bad:
+            raise InputError(f"lora: unknown key(s) {bad}; expected r, alpha, dropout, target_modules")
+        lora = {"r": positive_int("lora.r", lora.get("r", 8)), "alpha": float(lora.get("alpha", 2 * lora.get("r", 8))),
+                "dropout": float(lora.get("dropout", 0.0)), "target_modules": lora.get("target_modules")}
+    train = build_config(TrainConfig, _mapping(raw.get("train", {}), "train"), "train")
+    acc = build_config(AccelerateConfig, _mapping(raw.get("accelerate", {}), "accelerate"), "accelerate")
+    if acc.deepspeed:
+        p = Path(acc.deepspeed)
+        acc.deepspeed = str(p if p.is_absolute() else base / p)
+        try:
+            json.loads(Path(acc.deepspeed).read_text())
+        except (OSError, ValueError):
+            raise InputError(f"accelerate.deepspeed: {acc.deepspeed!r} is not a readable JSON file") from None
+    W = world or int(os.environ.get("WORLD_SIZE", 0)) or acc.num_processes
+    if train.batch % W:
+        raise InputError(f"train.batch = {train.batch} is not divisible across {W} processes")
+    prompts = _check_prompts(raw.get("prompts", {"kind": "toy"}), "prompts", base)
+    eval_prompts = _check_prompts(raw.get("eval_prompts", {"kind": "toy", "count": 16, "seed": 1}), "eval_prompts", base)
+    algos = raw.get("algorithms")
+    if not isinstance(algos, list) or not algos:
+        raise InputError("algorithms must be a non-empty list of {name: ..., parameters}")
+    parsed = []
+    for i, a in enumerate(algos):
+        a = dict(_mapping(a, f"algorithms[{i}]"))
+        aname = a.pop("name", None)
+        if aname not in LM_ALGORITHMS:
+            raise InputError(f"algorithms[{i}].name must be one of {', '.join(LM_ALGORITHMS)} (got {aname!r})")
+        where = f"algorithms[{i}] ({aname})"
+        for k in ("dataset",):
+            if isinstance(a.get(k), str) and a[k] and not Path(a[k]).is_absolute():
+                a[k] = str(base / a[k])
+        cfg = build_config(LM_ALGORITHMS[aname].Config, a, where)
+        if getattr(cfg, "dataset", ""):
+            from testbed.llm.data import read_jsonl
+            read_jsonl(cfg.dataset, ("prompt", "completion") if aname == "sft" else ("prompt", "chosen", "rejected"))
+        per_item = {"rebel": 1, "dpo": 1, "ppo": 1, "rloo": getattr(cfg, "k", 1), "sft": 1}[aname]
+        items = train.batch * per_item
+        if items % train.minibatch:
+            raise InputError(f"{where}: the batch holds {items} items, not divisible into minibatches of {train.minibatch}")
+        if train.minibatch % (W * train.grad_accum):
+            raise InputError(f"train.minibatch = {train.minibatch} is not divisible by processes × grad_accum = "
+                             f"{W} × {train.grad_accum}")
+        parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
+    needs_reward = any(n in ("rebel", "ppo", "rloo") or (n == "dpo" and c.mode == "online") for n, c, _ in parsed)
+    reward = raw.get("reward")
+    if reward is None and needs_reward:
+        raise InputError("reward: online algorithms need a reward ({kind: function, name: ...} or {kind: model, ...})")
+    reward = _check_reward(reward, "reward", base) if reward is not None else {}
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(positive_int("seeds", seeds)))
+    if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise InputError(f"seeds must be a positive count or a list of non-negative integers (got {seeds!r})")
+    reference = raw.get("reference", "auto")
+    if reference not in ("auto", "adapter", "copy"):
+        raise InputError(f"reference must be auto, adapter or copy (got {reference!r})")
+    if reference == "adapter" and lora is None:
+        raise InputError("reference: adapter needs a lora block")
+    return LMSpec(name, source, raw, model, lora, prompts, eval_prompts, reward, parsed, seeds, train, acc, reference)
+
+
+def load_lm_spec(path: str | Path, world: int | None = None) -> LMSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"spec {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise InputError(f"spec {str(path)!r} is not valid YAML: {first}") from None
+    return parse_lm_spec(raw, str(path), world)

@@ -1,0 +1,312 @@
+"""The LM run loop and run folder: the bandit runner's loop with an LM policy and LM rewards.
+
+For every (algorithm, seed): build the policy (optionally LoRA), the reward and (PPO) the critic;
+prepare them with ``accelerate`` (device placement, DDP over gloo/NCCL, mixed precision, gradient
+accumulation); then per iteration draw a batch of prompts, ``algorithm.update`` (shared losses),
+decay the LR linearly, and log a row of the shared metrics schema plus the TRL-style names.
+
+Run folder (written by process 0, built under a temporary name and renamed when complete):
+``config.yaml``, ``metrics.csv``, ``samples/<run_id>/iter_<t>.jsonl`` (generations on the eval
+prompts at each evaluation), ``checkpoints/<run_id>/`` (``save_pretrained``), ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from testbed.errors import InputError
+from testbed.experiments.runner import git_commit, metrics_csv, versions
+from testbed.experiments.spec import dump_yaml
+from testbed.io import atomic_write_text, sha256
+from testbed.llm.algorithms import LM_ALGORITHMS, make_critic
+from testbed.llm.models import load_causal_lm, load_reward_model, load_tokenizer
+from testbed.llm.policy import LMPolicy, apply_lora, unwrap
+from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward, score_responses
+from testbed.llm.spec import LMSpec
+from testbed.metrics import COLUMNS
+
+TRL_COLUMNS = ("objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward",
+               "objective/rlhf_reward", "val/num_eos_tokens", "loss/policy", "eps", "tokens_per_s", "peak_memory_mb",
+               "eval/scores", "lr")
+LM_COLUMNS = COLUMNS + TRL_COLUMNS
+
+
+@dataclass
+class Context:
+    policy: LMPolicy
+    reward: object
+    critic: object
+    accelerator: object
+    train: object
+    rng: np.random.Generator
+    world: int
+    rank: int
+    prepared: object = None
+    optimizer: object = None
+    scheduler: object = None
+    params: list | None = None
+
+
+_ACCELERATOR = None
+
+
+def get_accelerator(spec: LMSpec):
+    """One Accelerator per process (accelerate keeps global state): CPU unless a GPU is present."""
+    global _ACCELERATOR
+    from accelerate import Accelerator
+    if _ACCELERATOR is None:
+        cpu = not torch.cuda.is_available()
+        _ACCELERATOR = Accelerator(cpu=cpu, gradient_accumulation_steps=spec.train.grad_accum,
+                                   mixed_precision=spec.accelerate.mixed_precision)
+    _ACCELERATOR.gradient_accumulation_steps = spec.train.grad_accum
+    return _ACCELERATOR
+
+
+def make_reward(spec: LMSpec, tokenizer, device):
+    r = spec.reward
+    if not r:
+        return None
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if r["kind"] == "function":
+        if r.get("module"):
+            import importlib
+            mod, _, fn = r["module"].partition(":")
+            return FunctionReward(getattr(importlib.import_module(mod), fn), pad, eos)
+        if r["name"] == "count_token":
+            tid = tokenizer.convert_tokens_to_ids(r.get("token", "good"))
+            return FunctionReward(count_token_reward(tid, spec.train.max_new_tokens), pad, eos)
+        return FunctionReward(copy_prompt_reward, pad, eos)
+    model = load_reward_model({k: r[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in r})
+    return RewardModel(model.to(device).requires_grad_(False), pad, eos)
+
+
+def make_prompts(entry: dict) -> list[str]:
+    from testbed.llm.toy import toy_prompts
+    if "file" in entry:
+        from testbed.llm.data import load_prompts
+        return load_prompts(entry["file"])
+    if "hf_dataset" in entry:
+        import datasets  # GPU users with internet; not a dependency of the test install
+        ds = datasets.load_dataset(entry["hf_dataset"], split=entry.get("split", "train"))
+        return list(ds[entry.get("field", "prompt")])
+    return toy_prompts(entry.get("count", 64), entry.get("seed", 0), entry.get("min_len", 2), entry.get("max_len", 4))
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int):
+    """The policy, reward, critic and algorithm of one run, prepared by accelerate."""
+    acc = get_accelerator(spec)
+    tr = spec.train
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(spec.model)
+    base = load_causal_lm(spec.model)
+    critic = make_critic(base, spec.lora) if algo_name == "ppo" else None
+    model = apply_lora(base, spec.lora["r"], spec.lora["alpha"], spec.lora["dropout"], spec.lora["target_modules"]) \
+        if spec.lora else base
+    model = model.to(acc.device)
+    ref = spec.reference if spec.reference != "auto" else "auto"
+    policy = LMPolicy(model, tokenizer, temperature=tr.temperature, top_k=tr.top_k, top_p=tr.top_p,
+                      max_new_tokens=tr.max_new_tokens, ref=ref)
+    if critic is not None:
+        critic = critic.to(acc.device)
+    reward = make_reward(spec, tokenizer, acc.device)
+    ctx = Context(policy, reward, critic, acc, tr, np.random.default_rng(seed), acc.num_processes, acc.process_index)
+    algo = LM_ALGORITHMS[algo_name](algo_cfg, ctx)
+    module = algo.trainable()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tr.lr, eps=tr.adam_eps, weight_decay=tr.weight_decay)
+    prepared, opt = acc.prepare(module, opt)
+    ctx.prepared, ctx.optimizer, ctx.params = prepared, opt, params
+    if module is policy.model:
+        policy.model = prepared
+    ctx.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        opt.optimizer if hasattr(opt, "optimizer") else opt,
+        lambda t: max(0.0, 1 - t / tr.iterations) if tr.lr_schedule == "linear" else 1.0)
+    return ctx, algo
+
+
+def _gather_mean(acc, t: torch.Tensor, replicated: bool, total: bool = False) -> float:
+    t = t.detach().float().reshape(-1).to(acc.device)
+    if not replicated and acc.num_processes > 1:
+        t = acc.gather(t)
+    return float(t.sum() if total else t.mean())
+
+
+@torch.no_grad()
+def evaluate(ctx: Context, prompts: list[str], seed: int, t: int) -> tuple[float, list[dict]]:
+    """Mean (penalised) score of one sample per eval prompt, and the generations; own RNG stream."""
+    pol = ctx.policy
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(10_000_019 * (seed + 1) + t)
+        q, qm = pol.encode(prompts, ctx.train.max_prompt_length)
+        y = pol.generate(q, qm)
+        raw, score = score_responses(ctx.reward, q, qm, y, pol.eos_id, ctx.train.missing_eos_penalty,
+                                     ctx.train.missing_eos_mode) if ctx.reward is not None else (None, None)
+    texts = pol.decode(y)
+    rows = [{"iteration": t, "prompt": p, "response": r, **({"score": float(s)} if score is not None else {})}
+            for p, r, s in zip(prompts, texts, score if score is not None else [None] * len(prompts))]
+    return (float(score.mean()) if score is not None else None), rows
+
+
+def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None):
+    """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer."""
+    ctx, algo = build(spec, algo_name, algo_cfg, seed)
+    tr, acc = spec.train, ctx.accelerator
+    replicated = tr.rollouts == "replicated" or ctx.world == 1
+    # generation RNG: the same on every process for replicated rollouts, one stream per process otherwise
+    torch.manual_seed(seed if replicated else seed * 1000 + ctx.rank)
+    prompts = make_prompts(spec.prompts) if algo.needs_prompts else []
+    eval_prompts = make_prompts(spec.eval_prompts) if ctx.reward is not None else []
+    order, cursor = ctx.rng.permutation(len(prompts)) if prompts else None, 0
+    start, samples, queries = time.perf_counter(), 0, 0
+    rows, generations = [], []
+
+    def row(t, step=None, secs=None):
+        lr = ctx.scheduler.get_last_lr()[0]
+        r = {c: None for c in LM_COLUMNS}
+        r.update(run_id=run_id, problem=spec.name, algorithm=algo_name, seed=seed, iteration=t, samples=samples,
+                 queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(), lr=lr)
+        if step is not None:
+            st = step.stats
+            for k in ("objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward",
+                      "objective/rlhf_reward"):
+                if k in st:
+                    r[k] = _gather_mean(acc, st[k], replicated)
+            if "val/num_eos_tokens" in st:
+                r["val/num_eos_tokens"] = _gather_mean(acc, st["val/num_eos_tokens"], replicated, total=True)
+            if "tokens" in st:
+                r["tokens_per_s"] = _gather_mean(acc, st["tokens"], replicated, total=True) / secs
+            if "value_loss" in st:
+                r["value_loss"] = _gather_mean(acc, st["value_loss"], False)
+            r["loss"] = r["loss/policy"] = _gather_mean(acc, torch.tensor([step.loss]), False)
+            r["reward"], r["kl_ref"] = r["objective/scores"], r["objective/kl"]
+            r["eps"] = (step.samples * (1 if replicated else ctx.world)) / secs
+        if eval_prompts and (t % tr.eval_every == 0 or t == tr.iterations):
+            r["eval/scores"], gens = evaluate(ctx, eval_prompts, seed, t)
+            generations.extend(gens)
+        return r
+
+    rows.append(row(0))
+    for t in range(1, tr.iterations + 1):
+        t0 = time.perf_counter()
+        q = qm = None
+        if prompts:
+            idx = []
+            while len(idx) < tr.batch:
+                if cursor >= len(order):
+                    order, cursor = ctx.rng.permutation(len(prompts)), 0
+                take = order[cursor:cursor + tr.batch - len(idx)]
+                idx += take.tolist()
+                cursor += len(take)
+            if not replicated:
+                idx = np.array_split(np.asarray(idx), ctx.world)[ctx.rank].tolist()
+            q, qm = ctx.policy.encode([prompts[i] for i in idx], tr.max_prompt_length)
+        step = algo.update(q, qm)
+        ctx.scheduler.step()
+        samples += step.samples * (1 if replicated else ctx.world)
+        queries += step.queries * (1 if replicated else ctx.world)
+        if not np.isfinite(step.loss):
+            raise FloatingPointError(f"run {run_id}: non-finite loss at iteration {t}")
+        rows.append(row(t, step, time.perf_counter() - t0))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({"score": f"{rows[-1]['objective/scores'] or 0:.3f}"}, refresh=False)
+    model = unwrap(ctx.policy.model)
+    return rows, generations, model, ctx.policy.tokenizer
+
+
+LM_RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "samples", "checkpoints"}
+
+
+def prepare_lm_out(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not overwrite:
+        raise InputError(f"--out {str(out)!r} already exists; pass --overwrite to replace it")
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if "meta.json" not in names or not names <= LM_RUN_FILES:
+        raise InputError(f"--out {str(out)!r} is not an LM run folder; --overwrite only replaces run folders")
+
+
+def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path | None:
+    """Run every (algorithm, seed) of ``spec``; process 0 writes the run folder atomically."""
+    out = Path(out)
+    acc = get_accelerator(spec)
+    main = acc.is_main_process
+    if main:
+        prepare_lm_out(out, overwrite)
+    started = datetime.now(UTC).isoformat()
+    runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
+    total = spec.train.iterations * len(runs)
+    all_rows, timings = [], {}
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "samples").mkdir(parents=True)
+    try:
+        with tqdm(total=total, desc=spec.name, unit="it", disable=not (progress and main), file=sys.stderr,
+                  mininterval=0.5) as bar:
+            for name, cfg, seed, run_id in runs:
+                t0 = time.perf_counter()
+                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar)
+                timings[run_id] = time.perf_counter() - t0
+                all_rows += rows
+                if main:
+                    from testbed.llm.data import write_jsonl
+                    for t in sorted({g["iteration"] for g in gens}):
+                        write_jsonl(tmp / "samples" / run_id / f"iter_{t:06d}.jsonl",
+                                    [g for g in gens if g["iteration"] == t])
+                    if spec.train.save:
+                        model.save_pretrained(tmp / "checkpoints" / run_id)
+                        tok.save_pretrained(tmp / "checkpoints" / run_id)
+        acc.wait_for_everyone()
+        if not main:
+            return None
+        resolved = {**spec.raw, "algorithms": [a for _, _, a in spec.algorithms], "seeds": spec.seeds,
+                    "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__},
+                    "processes": acc.num_processes}
+        atomic_write_text(tmp / "config.yaml", dump_yaml(resolved))
+        atomic_write_text(tmp / "metrics.csv", metrics_csv(all_rows, LM_COLUMNS))
+        files = ["config.yaml", "metrics.csv"]
+        meta = {"spec": spec.name, "source": spec.source, "started": started, "finished": datetime.now(UTC).isoformat(),
+                "git_commit": git_commit(), "versions": lm_versions(), "seeds": spec.seeds, "runs": len(runs),
+                "processes": acc.num_processes, "device": str(acc.device), "seconds": timings,
+                "sha256": {n: sha256(tmp / n) for n in files}}
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def lm_versions() -> dict:
+    import accelerate
+    import peft
+    import transformers
+    return {**versions(), "transformers": transformers.__version__, "peft": peft.__version__,
+            "accelerate": accelerate.__version__}

@@ -1,0 +1,143 @@
+"""`testbed llm run`: outputs, dry runs of the paper-scale specs, bad specs, and 2-process data parallelism."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import yaml  # noqa: E402
+from llm_helpers import toy_spec  # noqa: E402
+
+from testbed.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_SPECS = sorted((ROOT / "experiments" / "llm").glob("*.yaml"))
+
+
+def write(tmp_path, raw, name="spec.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def read_rows(d):
+    with open(Path(d) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_metrics_samples_checkpoint_and_meta(tmp_path, capsys):
+    raw = toy_spec({"name": "rebel"}, iterations=2, eval_every=1, save=True)
+    spec = write(tmp_path, raw)
+    assert main(["llm", "run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    out = tmp_path / "run"
+    rows = read_rows(out)
+    assert [r["iteration"] for r in rows] == ["0", "1", "2"]
+    for col in ("run_id", "reward", "kl_ref", "loss", "samples", "objective/scores", "objective/kl", "objective/entropy",
+                "objective/rlhf_reward", "val/num_eos_tokens", "loss/policy", "eps", "tokens_per_s", "peak_memory_mb"):
+        assert col in rows[0]
+    assert rows[0]["objective/scores"] == "" and rows[0]["loss"] == ""  # missing values stay empty
+    assert rows[2]["samples"] == str(2 * 2 * 32)
+    assert float(rows[2]["peak_memory_mb"]) > 0 and float(rows[2]["tokens_per_s"]) > 0
+    samples = sorted((out / "samples").rglob("*.jsonl"))
+    assert [p.name for p in samples] == ["iter_000000.jsonl", "iter_000001.jsonl", "iter_000002.jsonl"]
+    first = json.loads(samples[0].read_text().splitlines()[0])
+    assert {"prompt", "response", "score", "iteration"} <= set(first)
+    ckpt = next((out / "checkpoints").iterdir())
+    assert (ckpt / "config.json").is_file() and (ckpt / "tokenizer.json").is_file()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["processes"] == 1 and "transformers" in meta["versions"]
+    assert main(["llm", "run", str(spec), "--out", str(out), "--quiet"]) == 2  # refuses an existing folder
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", PAPER_SPECS, ids=[p.stem for p in PAPER_SPECS])
+def test_dry_run_of_every_paper_scale_spec(spec, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["llm", "run", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    rebel = next(ln for ln in lines if ln.strip().startswith("rebel: models held"))
+    ppo = next(ln for ln in lines if ln.strip().startswith("ppo: models held"))
+    assert "policy" in rebel and "reward model" in rebel and "critic" not in rebel
+    assert "policy" in ppo and "critic" in ppo and "reward model" in ppo
+    assert "ZeRO-2" in out and "nothing downloaded" in out
+    size = spec.stem.split("_")[-1]
+    want = {"1.4b": "1,414,647,808", "2.8b": "2,775,208,960", "6.9b": "6,857,302,016"}[size]  # EleutherAI's counts
+    assert want in out
+
+
+def test_paper_specs_cover_the_three_sizes():
+    assert sorted(p.stem for p in PAPER_SPECS) == ["tldr_pythia_1.4b", "tldr_pythia_2.8b", "tldr_pythia_6.9b"]
+
+
+def _bad(tmp_path, capsys, raw, message, files=None):
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    spec = write(tmp_path, raw)
+    assert main(["llm", "run", str(spec), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("testbed: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model_name_without_a_local_path(tmp_path, capsys):
+    raw = toy_spec({"name": "rebel"})
+    raw["model"] = {"name": "acme/not-a-model-7b"}
+    _bad(tmp_path, capsys, raw, "unknown model 'acme/not-a-model-7b' and no local path")
+
+
+@pytest.mark.parametrize("eta", [0, -1.0])
+def test_eta_must_be_positive(tmp_path, capsys, eta):
+    _bad(tmp_path, capsys, toy_spec({"name": "rebel", "eta": eta}), "eta must be a positive number")
+
+
+def test_batch_not_divisible_across_processes(tmp_path, capsys):
+    raw = toy_spec({"name": "rebel"}, batch=33)
+    raw["accelerate"] = {"num_processes": 2}
+    _bad(tmp_path, capsys, raw, "train.batch = 33 is not divisible across 2 processes")
+
+
+def test_dataset_missing_the_chosen_column(tmp_path, capsys):
+    raw = toy_spec({"name": "dpo", "mode": "offline", "dataset": "pairs.jsonl"})
+    _bad(tmp_path, capsys, raw, "missing column(s) ['chosen']",
+         files={"pairs.jsonl": json.dumps({"prompt": "good cat", "rejected": "bad"}) + "\n"})
+
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """DDP over gloo (torchrun + Accelerator(cpu=True)), replicated rollouts: every process samples the
+    global batch with the same seed and trains on its half of each minibatch (gradients all-reduced,
+    gradient accumulation 2 per process). Metrics must match the 1-process run within 1e-3 relative."""
+    raw = toy_spec({"name": "rebel", "epochs": 2}, iterations=3, batch=16, minibatch=8, grad_accum=2,
+                   rollouts="replicated", eval_every=3)
+    spec = write(tmp_path, raw)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    one = subprocess.run([sys.executable, "-m", "testbed.cli", "llm", "run", str(spec), "--out", str(tmp_path / "one"),
+                          "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", "29517", "-m", "testbed.cli", "llm",
+                          "run", str(spec), "--out", str(tmp_path / "two"), "--quiet"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "meta.json").read_text())["processes"] == 2
+    a, b = read_rows(tmp_path / "one"), read_rows(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b):
+        for col in ("objective/scores", "objective/kl", "objective/entropy", "loss/policy", "eval/scores", "samples"):
+            if ra[col] == "":
+                assert rb[col] == ""
+                continue
+            x, y = float(ra[col]), float(rb[col])
+            assert abs(x - y) <= 1e-3 * max(1.0, abs(x)), (ra["iteration"], col, x, y)
+    shutil.rmtree(tmp_path / "one")

@@ -1,0 +1,140 @@
+"""The LM losses are the bandit losses (issue 5 acceptance: loss-level identity to 1e-6).
+
+For one-token responses a causal LM at a prompt is a tabular softmax over its vocabulary with
+logits = next-token logits / temperature; the LM algorithms' minibatch losses must equal the bandit
+track's loss functions on that tabular policy with the same numbers.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from testbed.llm.algorithms import (  # noqa: E402
+    LMDPO,
+    LMPPO,
+    LMREBEL,
+    LMRLOO,
+    DPOConfig,
+    PolicyAndValue,
+    PPOConfig,
+    REBELConfig,
+    RLOOConfig,
+    make_critic,
+)
+from testbed.llm.policy import LMPolicy, response_mask  # noqa: E402
+from testbed.llm.toy import tiny_causal_lm, toy_tokenizer  # noqa: E402
+from testbed.losses import dpo_loss, gae, leave_one_out_advantage, ppo_clip_loss, rebel_loss, rebel_loss_official, value_loss  # noqa: E402
+from testbed.policies import TabularSoftmax  # noqa: E402
+
+T = 0.7
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = toy_tokenizer()
+    pol = LMPolicy(tiny_causal_lm(seed=5), tok, temperature=T, max_new_tokens=1)
+    prompts = ["good cat", "red blue dog", "sun", "moon one two up"]
+    q, qm = pol.encode(prompts)
+    with torch.no_grad():
+        logits = pol.model(input_ids=q, attention_mask=qm,
+                           position_ids=(qm.cumsum(1) - 1).clamp(min=0)).logits[:, -1] / T
+    # actions = every token but the pad token (never sampled): action a is token a + 1
+    tab = TabularSoftmax(logits[:, 1:].double().numpy())
+    theta = torch.tensor(tab.params, requires_grad=False)
+    rng = np.random.default_rng(0)
+    N = 16
+    x = rng.integers(len(prompts), size=N)
+    a1, a2 = rng.integers(tab.params.shape[1], size=N), rng.integers(tab.params.shape[1], size=N)
+    return SimpleNamespace(pol=pol, q=q[x], qm=qm[x], x=x, a1=a1, a2=a2, y1=torch.as_tensor(a1 + 1)[:, None],
+                           y2=torch.as_tensor(a2 + 1)[:, None], tab=tab, theta=theta, rng=rng, N=N)
+
+
+def _bandit_lp(s, a):
+    return s.tab.torch_log_prob(s.theta, s.x, a).float()
+
+
+def test_one_token_sequence_log_prob_is_the_tabular_log_prob(setup):
+    s = setup
+    assert torch.allclose(s.pol.seq_logprob(s.q, s.qm, s.y1), _bandit_lp(s, s.a1), atol=1e-6)
+
+
+@pytest.mark.parametrize("form,eta", [("official", 1.0), ("paper", 1.0), ("official", 3.0), ("paper", 0.5)])
+def test_lm_rebel_loss_equals_the_bandit_rebel_loss(setup, form, eta):
+    s = setup
+    algo = LMREBEL(REBELConfig(eta=eta, form=form), SimpleNamespace(policy=s.pol))
+    g = torch.Generator().manual_seed(1)
+    lp1, lp2 = torch.randn(s.N, generator=g) - 3, torch.randn(s.N, generator=g) - 3  # ln pi_t, any numbers
+    r1, r2 = torch.rand(s.N, generator=g), torch.rand(s.N, generator=g)
+    lm = algo.batch_loss(s.q, s.qm, s.y1, s.y2, lp1, lp2, r1, r2)
+    f = rebel_loss_official if form == "official" else rebel_loss
+    bandit = f(_bandit_lp(s, s.a1) - lp1, _bandit_lp(s, s.a2) - lp2, r1, r2, eta)
+    assert abs(float(lm) - float(bandit)) < 1e-6
+
+
+def test_lm_ppo_losses_equal_the_bandit_ppo_losses(setup):
+    s = setup
+    critic = make_critic(tiny_causal_lm(seed=5), None)
+    ctx = SimpleNamespace(policy=s.pol, critic=critic, prepared=PolicyAndValue(s.pol.model, critic))
+    algo = LMPPO(PPOConfig(clip_eps=0.2, value_clip=0.2), ctx)
+    g = torch.Generator().manual_seed(2)
+    mask = response_mask(s.y1, 1)
+    assert mask.tolist() == [[1]] * s.N
+    lp_old = _bandit_lp(s, s.a1)[:, None] + 0.3 * torch.randn(s.N, 1, generator=g)  # ratios inside and outside the clip
+    adv, v_old, ret = (torch.randn(s.N, 1, generator=g) for _ in range(3))
+    pg, vf = algo.batch_loss(s.q, s.qm, s.y1, mask, lp_old, adv, v_old, ret)
+    assert abs(float(pg) - float(ppo_clip_loss(_bandit_lp(s, s.a1) - lp_old[:, 0], adv[:, 0], 0.2))) < 1e-6
+    with torch.no_grad():
+        v = ctx.prepared(s.q, s.qm, s.y1, mask)[1][:, 0]
+    assert abs(float(vf) - float(value_loss(v, v_old[:, 0], ret[:, 0], 0.2))) < 1e-6
+
+
+def test_one_token_gae_is_the_bandit_advantage():
+    r, v = torch.randn(5, 1), torch.randn(5, 1)
+    adv, ret = gae(r, v, torch.ones(5, 1), gamma=1.0, lam=0.95)
+    assert torch.allclose(adv, r - v) and torch.allclose(ret, r)
+
+
+def test_gae_matches_a_direct_sum():
+    g = torch.Generator().manual_seed(0)
+    r, v = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    gamma, lam = 0.9, 0.8
+    adv, _ = gae(r, v, mask, gamma, lam)
+    for b in range(3):
+        n = int(mask[b].sum())
+        vv = torch.cat([v[b, :n], torch.zeros(1)])
+        delta = [r[b, t] + gamma * vv[t + 1] - vv[t] for t in range(n)]
+        for t in range(n):
+            want = sum((gamma * lam) ** k * delta[t + k] for k in range(n - t))
+            assert abs(float(adv[b, t]) - float(want)) < 1e-5
+        assert float(adv[b, n:].abs().sum()) == 0
+
+
+def test_lm_dpo_loss_equals_the_bandit_dpo_loss(setup):
+    s = setup
+    algo = LMDPO(DPOConfig(beta=0.1, mode="online"), SimpleNamespace(policy=s.pol))
+    g = torch.Generator().manual_seed(3)
+    ref_c, ref_r = torch.randn(s.N, generator=g) - 3, torch.randn(s.N, generator=g) - 3
+    lm = algo.batch_loss(s.q, s.qm, s.y1, s.y2, ref_c, ref_r)
+    bandit = dpo_loss(_bandit_lp(s, s.a1) - ref_c, _bandit_lp(s, s.a2) - ref_r, 0.1)
+    assert abs(float(lm) - float(bandit)) < 1e-6
+
+
+def test_rloo_advantage_is_leave_one_out_and_one_epoch_is_reinforce(setup):
+    r = torch.tensor([[1.0, 0.0, 0.5], [2.0, 2.0, 2.0]])
+    assert torch.allclose(leave_one_out_advantage(r), torch.tensor([[0.75, -0.75, 0.0], [0.0, 0.0, 0.0]]))
+    # at ratio 1 the clipped surrogate's gradient is REINFORCE's: -mean A·grad ln pi
+    s = setup
+    theta = s.theta.clone().requires_grad_(True)
+    adv = torch.randn(s.N, dtype=torch.float64)
+    lp = s.tab.torch_log_prob(theta, s.x, s.a1)
+    (g1,) = torch.autograd.grad(ppo_clip_loss(lp - lp.detach(), adv, 0.2), theta)
+    (g2,) = torch.autograd.grad(-(adv * s.tab.torch_log_prob(theta, s.x, s.a1)).mean(), theta)
+    assert torch.allclose(g1, g2, atol=1e-12)
+    assert LMRLOO.Config is RLOOConfig
