@@ -102,7 +102,8 @@ def _cmd_llm_run(args) -> None:
         raise InputError("--out is required (or pass --dry-run)")
     from testbed.llm.train import prepare_lm_out, run_lm_spec
     prepare_lm_out(Path(args.out), args.overwrite)
-    out = run_lm_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    out = run_lm_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                      checkpoint_every=args.checkpoint_every or 0)
     if out is not None:
         print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan; no download, no training")
     lr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     lr.add_argument("--quiet", action="store_true", help="no progress bar")
+    lr.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
+    lr.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
+                    help="checkpoint every K iterations into <out>.partial (single process)")
     lr.set_defaults(func=_cmd_llm_run)
     return p
 

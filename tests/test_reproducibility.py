@@ -93,6 +93,29 @@ def test_sigkill_at_a_random_point_then_resume_gives_identical_outputs(reference
     assert not partial.exists()
 
 
+def test_resume_loads_finished_runs_instead_of_recomputing_them(reference, tmp_path):
+    """Tamper with a finished run stored in the partial folder: the resumed output carries the tampered
+    value, so the run was loaded, not recomputed."""
+    import pickle
+
+    tmp, _ = reference
+    spec = tmp / "spec.yaml"
+    assert main(["run", str(spec), "--out", str(tmp_path / "full"), "--quiet"]) == 0
+    partial = tmp_path / "out.partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_bytes((tmp_path / "full" / "config.yaml").read_bytes())
+    from testbed.experiments import load_spec
+    from testbed.experiments.runner import _worker
+    s = load_spec(spec)
+    plan = s.runs[0]
+    rows, params, probs, extra, secs = _worker(plan, s.problems[plan.problem])
+    rows[-1]["reward"] = 12345.0
+    (partial / "0.done").write_bytes(pickle.dumps((rows, params, probs, extra, secs)))
+    assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume"]) == 0
+    from testbed.experiments import read_metrics
+    assert read_metrics(tmp_path / "out")[len(rows) - 1]["reward"] == 12345.0
+
+
 def test_partial_run_needs_resume_or_overwrite(reference, tmp_path, capsys):
     tmp, _ = reference
     (tmp_path / "out.partial").mkdir()

@@ -165,8 +165,26 @@ def evaluate(ctx: Context, prompts: list[str], seed: int, t: int) -> tuple[float
     return (float(score.mean()) if score is not None else None), rows
 
 
-def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None):
-    """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer."""
+CHECKPOINTED_ALGO_FIELDS = ("cursor", "order")  # data position of the offline algorithms (DPO, SFT)
+
+
+def _save_checkpoint(path: Path, ctx: Context, algo, loop: dict) -> None:
+    """Everything the loop needs to continue: trainable weights (policy, critic), optimiser and
+    scheduler state, numpy and torch RNG states, the prompt order and cursor, rows and generations."""
+    state = {"model": ctx.accelerator.unwrap_model(ctx.prepared).state_dict(),
+             "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+             "np_rng": ctx.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+             "algo": {k: getattr(algo, k) for k in CHECKPOINTED_ALGO_FIELDS if hasattr(algo, k)}, **loop}
+    from testbed.io import atomic_write
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None,
+            checkpoint: Path | None = None, every: int = 0):
+    """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer.
+
+    With ``checkpoint`` (process 0 writes it) the state is saved every ``every`` iterations, and a run
+    whose checkpoint exists continues from it (single process: each process would need its own)."""
     ctx, algo = build(spec, algo_name, algo_cfg, seed)
     tr, acc = spec.train, ctx.accelerator
     replicated = tr.rollouts == "replicated" or ctx.world == 1
@@ -203,8 +221,24 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             generations.extend(gens)
         return r
 
-    rows.append(row(0))
-    for t in range(1, tr.iterations + 1):
+    first = 1
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        ctx.accelerator.unwrap_model(ctx.prepared).load_state_dict(state["model"])
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.scheduler.load_state_dict(state["scheduler"])
+        ctx.rng.bit_generator.state = state["np_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        for k, v in state["algo"].items():
+            setattr(algo, k, v)
+        order, cursor, rows, generations = state["order"], state["cursor"], state["rows"], state["generations"]
+        samples, queries, first = state["samples"], state["queries"], state["t"] + 1
+        start = time.perf_counter() - state["elapsed"]
+        if bar is not None:
+            bar.update(state["t"])
+    else:
+        rows.append(row(0))
+    for t in range(first, tr.iterations + 1):
         t0 = time.perf_counter()
         q = qm = None
         if prompts:
@@ -225,6 +259,10 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         if not np.isfinite(step.loss):
             raise FloatingPointError(f"run {run_id}: non-finite loss at iteration {t}")
         rows.append(row(t, step, time.perf_counter() - t0))
+        if checkpoint is not None and every and t % every == 0 and t < tr.iterations and acc.is_main_process:
+            _save_checkpoint(checkpoint, ctx, algo, {"t": t, "order": order, "cursor": cursor, "rows": rows,
+                                                     "generations": generations, "samples": samples,
+                                                     "queries": queries, "elapsed": time.perf_counter() - start})
         if bar is not None:
             bar.update(1)
             bar.set_postfix({"score": f"{rows[-1]['objective/scores'] or 0:.3f}"}, refresh=False)
@@ -245,13 +283,38 @@ def prepare_lm_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"--out {str(out)!r} is not an LM run folder; --overwrite only replaces run folders")
 
 
-def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path | None:
-    """Run every (algorithm, seed) of ``spec``; process 0 writes the run folder atomically."""
+def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress: bool = True,
+                resume: bool = False, checkpoint_every: int = 0) -> Path | None:
+    """Run every (algorithm, seed) of ``spec``; process 0 writes the run folder atomically.
+
+    With ``checkpoint_every`` K > 0 (single process), <out>.partial holds each finished run (rows,
+    generations, saved model) and a checkpoint of the unfinished one every K iterations; ``resume``
+    continues from there."""
+    import pickle
+
     out = Path(out)
     acc = get_accelerator(spec)
     main = acc.is_main_process
     if main:
         prepare_lm_out(out, overwrite)
+    partial = out.parent / f"{out.name}.partial"
+    if (resume or checkpoint_every) and acc.num_processes > 1:
+        raise InputError("--resume/--checkpoint-every: LM checkpoints are single-process only for now")
+    spec_text = dump_yaml(spec.raw)
+    if resume:
+        if not (partial / "spec.yaml").is_file():
+            raise InputError(f"--resume: nothing to resume at {str(partial)!r}")
+        if (partial / "spec.yaml").read_text() != spec_text:
+            raise InputError(f"--resume: the spec changed since the interrupted run in {str(partial)!r}")
+    elif partial.exists():
+        if not overwrite:
+            raise InputError(f"an interrupted run of --out {str(out)!r} is in {str(partial)!r}; pass --resume to "
+                             "continue it or --overwrite to start over")
+        shutil.rmtree(partial)
+    if checkpoint_every or resume:
+        partial.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(partial / "spec.yaml", spec_text)
+    use_partial = partial.is_dir() and (checkpoint_every or resume)
     started = datetime.now(UTC).isoformat()
     runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
     total = spec.train.iterations * len(runs)
@@ -265,17 +328,30 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                   mininterval=0.5) as bar:
             for name, cfg, seed, run_id in runs:
                 t0 = time.perf_counter()
-                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar)
+                done = partial / f"{run_id}.done"
+                if use_partial and done.is_file():
+                    with open(done, "rb") as f:
+                        rows, gens = pickle.load(f)
+                    timings[run_id] = time.perf_counter() - t0
+                    all_rows += rows
+                    if main:
+                        _write_run(tmp, spec, run_id, gens, None, None, partial)
+                    bar.update(spec.train.iterations)
+                    continue
+                ckpt = partial / f"{run_id}.ckpt" if use_partial else None
+                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1)
+                if use_partial:
+                    if spec.train.save:
+                        model.save_pretrained(partial / "checkpoints" / run_id)
+                        tok.save_pretrained(partial / "checkpoints" / run_id)
+                    from testbed.io import atomic_write
+                    atomic_write(done, lambda p, rows=rows, gens=gens: p.write_bytes(pickle.dumps((rows, gens))))
+                    ckpt.unlink(missing_ok=True)
+                    model = None  # saved above; copied from the partial folder
                 timings[run_id] = time.perf_counter() - t0
                 all_rows += rows
                 if main:
-                    from testbed.llm.data import write_jsonl
-                    for t in sorted({g["iteration"] for g in gens}):
-                        write_jsonl(tmp / "samples" / run_id / f"iter_{t:06d}.jsonl",
-                                    [g for g in gens if g["iteration"] == t])
-                    if spec.train.save:
-                        model.save_pretrained(tmp / "checkpoints" / run_id)
-                        tok.save_pretrained(tmp / "checkpoints" / run_id)
+                    _write_run(tmp, spec, run_id, gens, model, tok, partial)
         acc.wait_for_everyone()
         if not main:
             return None
@@ -301,7 +377,21 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(partial, ignore_errors=True)
     return out
+
+
+def _write_run(tmp: Path, spec: LMSpec, run_id: str, gens: list[dict], model, tok, partial: Path) -> None:
+    """Sample generations per evaluation, and the final model (saved now, or copied from <out>.partial)."""
+    from testbed.llm.data import write_jsonl
+    for t in sorted({g["iteration"] for g in gens}):
+        write_jsonl(tmp / "samples" / run_id / f"iter_{t:06d}.jsonl", [g for g in gens if g["iteration"] == t])
+    if spec.train.save:
+        if model is not None:
+            model.save_pretrained(tmp / "checkpoints" / run_id)
+            tok.save_pretrained(tmp / "checkpoints" / run_id)
+        else:
+            shutil.copytree(partial / "checkpoints" / run_id, tmp / "checkpoints" / run_id)
 
 
 def lm_versions() -> dict:
