@@ -15,11 +15,12 @@ import numpy as np
 from scipy.special import expit
 
 from testbed.errors import InputError, check_finite
-from testbed.io import atomic_write, atomic_write_text
+from testbed.io import atomic_write, atomic_write_text, read_jsonl
 from testbed.policies import sample_rows
 from testbed.problems import TabularBandit
 
 LABELS = ("bt", "deterministic", "tensor")
+COLUMNS = ("prompt", "chosen", "rejected")
 
 
 class PreferenceOracle:
@@ -100,21 +101,8 @@ class PreferenceDataset:
         if not path.is_file():
             raise InputError(f"{where} does not exist")
         if path.suffix == ".jsonl":
-            cols = {"prompt": [], "chosen": [], "rejected": []}
-            for i, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise InputError(f"{where}: line {i} is not JSON") from None
-                if not isinstance(row, dict) or set(row) != set(cols):
-                    raise InputError(f"{where}: line {i} must be an object with keys prompt, chosen, rejected")
-                for k in cols:
-                    if isinstance(row[k], bool) or not isinstance(row[k], int):
-                        raise InputError(f"{where}: line {i}: {k} must be an integer index (got {row[k]!r})")
-                    cols[k].append(row[k])
-            arrays = {k: np.array(v, dtype=np.int64) for k, v in cols.items()}
+            rows = read_jsonl(path, COLUMNS, int)
+            arrays = {k: np.array([r[k] for r in rows], dtype=np.int64) for k in COLUMNS}
         else:
             try:
                 with np.load(path, allow_pickle=False) as z:

@@ -64,3 +64,16 @@ def choice(name: str, v: object, options: tuple[str, ...]) -> str:
     if v not in options:
         raise InputError(f"{name} must be one of {', '.join(options)} (got {v!r})")
     return str(v)
+
+
+def context_and_reference(rho, pi_ref, X: int, Y: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated rho [X] and pi_ref [X, Y] (uniform when None); pi_ref must have full support."""
+    rho = np.full(X, 1.0 / X) if rho is None else np.asarray(rho, dtype=np.float64)
+    check_shape("rho", rho, (X,), "[X]")
+    check_distribution("rho", rho)
+    pi_ref = np.full((X, Y), 1.0 / Y) if pi_ref is None else np.asarray(pi_ref, dtype=np.float64)
+    check_shape("pi_ref", pi_ref, (X, Y), "[X, Y]")
+    check_distribution("pi_ref", pi_ref)
+    if np.any(pi_ref <= 0):
+        raise InputError("pi_ref must be strictly positive (full support), as KL(pi || pi_ref) needs")
+    return rho, pi_ref

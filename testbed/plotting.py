@@ -143,33 +143,35 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
             ax.grid(alpha=0.3, which="both", lw=0.4)
     fig.suptitle(f"{config['name']}: mean over seeds, 95% bootstrap band", fontsize=10)
     _legend_below(fig, axes, shape[1])
-    return _save(fig, Path(out) if out else run_dir / f"{y}.png")
+    return save_figure(fig, Path(out) if out else run_dir / f"{y}.png")
+
+
+def legend_entries(axes) -> tuple[list, list[str]]:
+    """Each labelled artist of the axes once, in order of first appearance (one legend per figure)."""
+    handles: dict = {}
+    for ax in np.ravel(axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    return list(handles.values()), list(handles)
 
 
 def _legend_below(fig, axes, columns: int) -> None:
-    handles, labels = {}, []
-    for ax in np.ravel(axes):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
+    handles, labels = legend_entries(axes)
     fig.tight_layout()
-    fig.legend([handles[lab] for lab in labels], labels, loc="upper center", ncol=max(1, min(3, columns)),
+    fig.legend(handles, labels, loc="upper center", ncol=max(1, min(3, columns)),
                fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
 
 
-def _save(fig, out: Path) -> Path:
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight"))
+def save_figure(fig, out: Path, tight: bool = True) -> Path:
+    """Write the PNG atomically (110 dpi; cropped to its content unless ``tight`` is False) and close it."""
+    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight" if tight else None))
     plt.close(fig)
     return out
 
 
 def _load(run_dir: Path) -> tuple[dict, dict, dict]:
     """config, runs by id, and each run's metric rows."""
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
-    config = yaml.safe_load(cfg_path.read_text())
+    config = read_config(run_dir)
     per_run = defaultdict(list)
     for r in read_metrics(run_dir):
         per_run[r["run_id"]].append(r)
@@ -224,7 +226,7 @@ def plot_frontier(run_dir: str | Path, out: str | Path) -> Path:
         ax.grid(alpha=0.3, lw=0.4)
     fig.suptitle(f"{config['name']}: reward vs KL frontier (mean over seeds)", fontsize=10)
     _legend_below(fig, axes, 2)
-    return _save(fig, Path(out))
+    return save_figure(fig, Path(out))
 
 
 SENSITIVITY_PARAMS = ("eta", "lr")
@@ -260,7 +262,7 @@ def plot_sensitivity(run_dir: str | Path, out: str | Path) -> Path:
     axes[0][0].set_ylabel("final J* − J(π_T)")
     fig.suptitle(f"{config['name']}: sensitivity (mean over seeds, 95% bootstrap interval)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, Path(out))
+    return save_figure(fig, Path(out))
 
 
 def results_table(run_dir: str | Path, out: str | Path) -> Path:

@@ -23,27 +23,15 @@ import numpy as np  # noqa: E402
 
 from testbed.errors import InputError  # noqa: E402
 from testbed.experiments.runner import read_metrics  # noqa: E402
-from testbed.io import atomic_write  # noqa: E402
-from testbed.plotting import FLOOR, seed_band  # noqa: E402
+from testbed.plotting import FLOOR, legend_entries, save_figure, seed_band  # noqa: E402
 
 VERTICES = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
 ACTION_NAMES = {"rps": ("rock", "paper", "scissors"), "dice": ("{2,4,9}", "{1,6,8}", "{3,5,7}")}
 
 
-def _save(fig, out: Path) -> Path:
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
-    plt.close(fig)
-    return out
-
-
 def _legend(fig, axes, ncol: int = 3) -> int:
-    handles, labels = {}, []
-    for ax in np.ravel(axes):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=min(ncol, len(labels)),
+    handles, labels = legend_entries(axes)
+    fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)),
                fontsize=8, frameon=False)
     return (len(labels) + ncol - 1) // ncol
 
@@ -124,7 +112,7 @@ def plot_simplex(run_dir: Path, config: dict, out: str | Path | None = None, con
     n = _legend(fig, axes, 4)
     fig.suptitle(f"{config['name']}: {T} iterations, context {ctx}", fontsize=10)
     fig.tight_layout(rect=(0, 0.04 * n, 1, 1))
-    return _save(fig, Path(out) if out else run_dir / "simplex.png")
+    return save_figure(fig, Path(out) if out else run_dir / "simplex.png", tight=False)
 
 
 def plot_exploitability(run_dir: Path, config: dict, out: str | Path | None = None) -> Path:
@@ -184,7 +172,7 @@ def plot_exploitability(run_dir: Path, config: dict, out: str | Path | None = No
     fig.suptitle(f"{config['name']}: last (solid) vs average (dashed) iterate; mean over seeds, 95% bootstrap band",
                  fontsize=10)
     fig.tight_layout(rect=(0, min(0.4, 0.075 * n / rows_n), 1, 1))
-    return _save(fig, Path(out) if out else run_dir / "exploitability.png")
+    return save_figure(fig, Path(out) if out else run_dir / "exploitability.png", tight=False)
 
 
 def plot_eps_sweep(run_dir: Path, config: dict, out: str | Path | None = None, context: int = 0) -> Path:
@@ -229,4 +217,4 @@ def plot_eps_sweep(run_dir: Path, config: dict, out: str | Path | None = None, c
     T = config["runs"][0]["iterations"]
     fig.suptitle(f"{config['name']}: NLHF ε-example (Munos et al. 2023), after {T} iterations", fontsize=10)
     fig.tight_layout(rect=(0, 0.07 * n, 1, 1))
-    return _save(fig, Path(out) if out else run_dir / "eps_sweep.png")
+    return save_figure(fig, Path(out) if out else run_dir / "eps_sweep.png", tight=False)

@@ -115,7 +115,7 @@ BAD = {
 DATASETS = {
     "empty": ("", "is empty"),
     "not-json": ('{"prompt": 0, "chosen": 1\n', "line 1 is not JSON"),
-    "missing-key": ('{"prompt": 0, "chosen": 1}\n', "line 1 must be an object with keys prompt, chosen, rejected"),
+    "missing-key": ('{"prompt": 0, "chosen": 1}\n', "line 1 is missing column(s) ['rejected']"),
     "not-an-index": ('{"prompt": 0, "chosen": "a", "rejected": 1}\n', "chosen must be an integer index"),
     "chosen-equals-rejected": ('{"prompt": 0, "chosen": 1, "rejected": 0}\n{"prompt": 1, "chosen": 2, "rejected": 2}\n',
                                "row 1 has chosen == rejected"),

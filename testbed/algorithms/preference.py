@@ -34,6 +34,7 @@ from scipy.special import log_softmax
 from testbed.algorithms.base import Algorithm, Step, adam_fit, count, nonneg, one_of, positive
 from testbed.algorithms.rebel import REBEL, REBELConfig
 from testbed.errors import InputError
+from testbed.losses import dpo_loss
 from testbed.policies import Policy, TabularSoftmax, lstsq_step
 from testbed.problems.bandit import TabularBandit
 from testbed.problems.preference import PreferenceBandit, bradley_terry_fit
@@ -356,18 +357,6 @@ class DPOPrefConfig:
     minibatch: int = count(256, "sampled: minibatch size")
 
 
-def dpo_pref_loss(h_w: torch.Tensor, h_l: torch.Tensor, beta: float, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """DPO: mean_i −ln σ(beta·(h_w,i − h_l,i)), h = ln pi_θ(y|x) − ln pi_ref(y|x) of the chosen/rejected response.
-
-    Rafailov et al., "Direct Preference Optimization", NeurIPS 2023, https://arxiv.org/abs/2305.18290,
-    eq. (7). With ``weight`` (shape [N], summing to 1) it is the weighted sum: the population loss.
-    """
-    if h_w.ndim != 1 or h_w.shape != h_l.shape:
-        raise ValueError(f"expected 1-d tensors of one shape [N], got {tuple(h_w.shape)} and {tuple(h_l.shape)}")
-    nll = torch.nn.functional.softplus(-beta * (h_w - h_l))  # = −ln σ(·); torch's float64 logsigmoid is ~50× slower on CPU
-    return nll.mean() if weight is None else torch.sum(weight * nll)
-
-
 class DPOPreference(_PreferenceAlgorithm):
     """DPO on pi_ref pairs labelled by the preference oracle (offline; population or sampled)."""
 
@@ -404,7 +393,7 @@ class DPOPreference(_PreferenceAlgorithm):
             x, yw, yl = x[idx], yw[idx], yl[idx]
         lp = torch.log_softmax(theta, dim=-1) - self.log_ref
         tx = torch.as_tensor(x)
-        return dpo_pref_loss(lp[tx, torch.as_tensor(yw)], lp[tx, torch.as_tensor(yl)], self.config.beta, w)
+        return dpo_loss(lp[tx, torch.as_tensor(yw)], lp[tx, torch.as_tensor(yl)], self.config.beta, w)
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         _tabular(policy, "dpo_pref")

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
-from testbed.io import atomic_write, atomic_write_text, save_npz, sha256
+from testbed.io import atomic_write, atomic_write_text, replace_dir, save_npz, sha256
 from testbed.metrics import COLUMNS, EXTRAS, hedge_regret_bound, mirror_descent_bound, problem_metrics
 from testbed.policies import Policy, TabularSoftmax, initial_policy
 from testbed.problems import PreferenceBandit, TabularBandit, bradley_terry_fit
@@ -368,13 +368,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
         atomic_write_text(tmp / "timings.json", json.dumps(
             {"started": started, "finished": datetime.now(UTC).isoformat(), "seconds": timings,
              "wall_time": walls}, indent=1) + "\n")
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,35 +12,7 @@ from pathlib import Path
 
 import torch
 
-from testbed.errors import InputError
-
-
-def read_jsonl(path: str | Path, columns: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSONL file that must have the string fields ``columns``; one-line InputError otherwise."""
-    path = Path(path)
-    where = f"dataset {str(path)!r}"
-    if not path.is_file():
-        raise InputError(f"{where} does not exist")
-    rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError(f"{where}: line {i} is not JSON") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{where}: line {i} must be a JSON object")
-        missing = [c for c in columns if c not in row]
-        if missing:
-            raise InputError(f"{where}: line {i} is missing column(s) {missing}; expected {', '.join(columns)}")
-        for c in columns:
-            if not isinstance(row[c], str):
-                raise InputError(f"{where}: line {i}: {c} must be a string (got {type(row[c]).__name__})")
-        rows.append(row)
-    if not rows:
-        raise InputError(f"{where} is empty")
-    return rows
+from testbed.io import read_jsonl
 
 
 def encode_responses(tokenizer, texts: list[str], length: int | None = None) -> torch.Tensor:

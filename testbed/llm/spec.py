@@ -110,7 +110,7 @@ def _check_prompts(entry, where: str, base: Path) -> dict:
     if "file" in entry:
         p = Path(entry["file"])
         entry["file"] = str(p if p.is_absolute() else base / p)
-        from testbed.llm.data import read_jsonl
+        from testbed.io import read_jsonl
         read_jsonl(entry["file"], ("prompt",))
     elif "hf_dataset" in entry:
         if not isinstance(entry["hf_dataset"], str):

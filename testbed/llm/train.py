@@ -29,7 +29,7 @@ from tqdm import tqdm
 from testbed.errors import InputError
 from testbed.experiments.runner import git_commit, metrics_csv, versions
 from testbed.experiments.spec import dump_yaml
-from testbed.io import atomic_write_text, sha256
+from testbed.io import atomic_write_text, replace_dir, sha256
 from testbed.llm.algorithms import LM_ALGORITHMS, make_critic
 from testbed.llm.models import load_causal_lm, load_reward_model, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
@@ -366,13 +366,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                 "processes": acc.num_processes, "device": str(acc.device), "seconds": timings,
                 "sha256": {n: sha256(tmp / n) for n in files}}
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import log_softmax, rel_entr
 
-from testbed.errors import InputError, check_distribution, check_finite, check_shape, nonneg_number
+from testbed.errors import InputError, check_finite, check_shape, context_and_reference, nonneg_number
 from testbed.io import atomic_write
 from testbed.problems.preference import PreferenceBandit
 
@@ -38,15 +38,7 @@ class TabularBandit:
         if r.ndim != 2 or min(r.shape) < 1:
             raise InputError(f"rewards must be a 2-d array r[x, y] of shape [X, Y] (got shape {r.shape})")
         check_finite("rewards", r)
-        X, Y = r.shape
-        rho = np.full(X, 1.0 / X) if rho is None else np.asarray(rho, dtype=np.float64)
-        check_shape("rho", rho, (X,), "[X]")
-        check_distribution("rho", rho)
-        pi_ref = np.full((X, Y), 1.0 / Y) if pi_ref is None else np.asarray(pi_ref, dtype=np.float64)
-        check_shape("pi_ref", pi_ref, (X, Y), "[X, Y]")
-        check_distribution("pi_ref", pi_ref)
-        if np.any(pi_ref <= 0):
-            raise InputError("pi_ref must be strictly positive (full support), as KL(pi || pi_ref) needs")
+        rho, pi_ref = context_and_reference(rho, pi_ref, *r.shape)
         self.rewards, self.rho, self.pi_ref = r, rho, pi_ref
         self.log_pi_ref = np.log(pi_ref)
         self.noise_std = nonneg_number("noise_std", noise_std)

@@ -36,6 +36,7 @@ from testbed.errors import (
     check_finite,
     check_shape,
     choice,
+    context_and_reference,
     nonneg_int,
     positive_int,
     positive_number,
@@ -79,15 +80,7 @@ class PreferenceBandit:
 
     def __init__(self, preferences, rho=None, pi_ref=None, name: str = "preference"):
         P = check_preferences(preferences)
-        X, Y, _ = P.shape
-        rho = np.full(X, 1.0 / X) if rho is None else np.asarray(rho, dtype=np.float64)
-        check_shape("rho", rho, (X,), "[X]")
-        check_distribution("rho", rho)
-        pi_ref = np.full((X, Y), 1.0 / Y) if pi_ref is None else np.asarray(pi_ref, dtype=np.float64)
-        check_shape("pi_ref", pi_ref, (X, Y), "[X, Y]")
-        check_distribution("pi_ref", pi_ref)
-        if np.any(pi_ref <= 0):
-            raise InputError("pi_ref must be strictly positive (full support), as KL(pi || pi_ref) needs")
+        rho, pi_ref = context_and_reference(rho, pi_ref, *P.shape[:2])
         self.preferences, self.rho, self.pi_ref = P, rho, pi_ref
         self.log_pi_ref = np.log(pi_ref)
         self.name = str(name)
