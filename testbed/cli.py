@@ -28,7 +28,7 @@ def _cmd_run(args) -> None:
     prepare_out(Path(args.out), args.overwrite)  # refuse before any work
     spec = load_spec(args.spec)
     out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs,
-                   resume=args.resume, checkpoint_every=args.checkpoint_every)
+                   resume=args.resume, checkpoint_every=args.checkpoint_every, batch=not args.no_batch)
     print(f"{len(spec.runs)} runs -> {out}")
 
 
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
     r.add_argument("--checkpoint-every", type=_jobs, default=50, metavar="K",
                    help="checkpoint each unfinished run every K iterations (default 50)")
+    r.add_argument("--no-batch", action="store_true",
+                   help="run seeds one by one instead of as stacked arrays (same results; for timing)")
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="list problems and algorithms")
     ls.set_defaults(func=_cmd_list)

@@ -58,15 +58,25 @@ def hedge_regret_bound(problem: PreferenceBandit, pi0: Policy, eta: float, T):
 
 def bandit_metrics(problem: TabularBandit, policy: Policy, beta: float = 0.0) -> dict[str, float | None]:
     """Exact J(pi_t), J* - J(pi_t), E_x KL(pi_t || pi_ref) and, for beta > 0, J_beta(pi*_beta) - J_beta(pi_t)."""
-    log_pi = policy.log_probs()
-    pi = policy.probs()
-    reward = problem.value(pi)
-    return {
-        "reward": reward,
-        "suboptimality": problem.optimal_value() - reward,
-        "kl_ref": problem.kl_ref(pi, log_pi),
-        "kl_reg_gap": problem.kl_reg_gap(pi, beta, log_pi) if beta > 0 else None,
-    }
+    return {k: None if v is None else float(v) for k, v in bandit_metric_arrays(problem, policy.log_probs(), beta).items()}
+
+
+def bandit_metric_arrays(problem: TabularBandit, log_pi: np.ndarray, beta: float = 0.0) -> dict[str, np.ndarray | None]:
+    """:func:`bandit_metrics` over the last axes: for a :class:`~testbed.problems.ProblemBatch` and a
+    stack of policies (log_pi [S, X, Y]) one value per member. Every sum runs over the last axis of a
+    contiguous array, so member s gets bit-for-bit the value of the unstacked call."""
+    pi = np.exp(log_pi)
+
+    def expect(per_context: np.ndarray) -> np.ndarray:  # E_x under rho
+        return np.sum(problem.rho * per_context, axis=-1)
+
+    def kl(log_q: np.ndarray) -> np.ndarray:  # log-space: exact for near-deterministic policies
+        return expect(np.sum(pi * np.where(pi > 0, log_pi - log_q, 0.0), axis=-1))
+
+    reward = expect(np.sum(pi * problem.rewards, axis=-1))
+    return {"reward": reward, "suboptimality": expect(problem.rewards.max(axis=-1)) - reward,
+            "kl_ref": kl(problem.log_pi_ref),
+            "kl_reg_gap": beta * kl(problem.regularised_optimum_log(beta)) if beta > 0 else None}
 
 
 def mirror_descent_bound(problem: TabularBandit, pi0: Policy, eta: float, T):

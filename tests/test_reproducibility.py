@@ -70,7 +70,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_identical_outputs(reference
     mid-run checkpoints, written every 7 iterations), then --resume."""
     tmp, ref = reference
     rng = np.random.default_rng(seed)
-    target = int(rng.integers(1, 14))
+    target = int(rng.integers(1, 10))  # 11 groups (seeds of a least-squares REBEL/NPG run as one stack)
     jobs = "2" if seed == 2 else "1"
     proc = cli("run", str(tmp / "spec.yaml"), "--out", "out", "--quiet", "--checkpoint-every", "7", "--jobs", jobs,
                cwd=tmp_path)
@@ -108,9 +108,9 @@ def test_resume_loads_finished_runs_instead_of_recomputing_them(reference, tmp_p
     from testbed.experiments.runner import _worker
     s = load_spec(spec)
     plan = s.runs[0]
-    rows, params, probs, extra, secs = _worker(plan, s.problems[plan.problem])
+    [(rows, params, probs, extra, secs)] = _worker([plan], [s.problems[plan.problem]])
     rows[-1]["reward"] = 12345.0
-    (partial / "0.done").write_bytes(pickle.dumps((rows, params, probs, extra, secs)))
+    (partial / "0-1.done").write_bytes(pickle.dumps([(rows, params, probs, extra, secs)]))
     assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume"]) == 0
     from testbed.experiments import read_metrics
     assert read_metrics(tmp_path / "out")[len(rows) - 1]["reward"] == 12345.0
@@ -147,6 +147,7 @@ def test_a_nan_stops_the_run_with_a_clear_message_and_keeps_the_last_good_checkp
     assert rc == 1 and len(err) == 1 and err[0].startswith("testbed: numerical error:") and "iteration 9" in err[0]
     assert not (tmp_path / "o").exists()
     import pickle
-    with open(tmp_path / "o.partial" / "0.ckpt", "rb") as f:
+    [ckpt] = (tmp_path / "o.partial").glob("*.ckpt")
+    with open(ckpt, "rb") as f:
         state = pickle.load(f)
     assert state.t == 8 and np.all(np.isfinite(state.policy.params))  # the last good checkpoint

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from testbed.errors import InputError, choice, nonneg_number, positive_int, positive_number
-from testbed.policies import Policy
+from testbed.policies import Policy, member
 from testbed.problems import TabularBandit
 
 
@@ -47,6 +47,13 @@ class Algorithm:
         raise NotImplementedError
 
     @staticmethod
+    def batchable(config, kind: str) -> bool:
+        """Whether ``update`` also takes a stack of S policies of ``kind`` on a
+        :class:`~testbed.problems.ProblemBatch` with a list of S generators (one per seed), giving
+        member s bit-for-bit the update of the unstacked policy with generator s."""
+        return False
+
+    @staticmethod
     def check_policy(config, kind: str) -> str | None:
         """None if this configuration can update a policy of ``kind``; else what is needed instead."""
         return None
@@ -54,6 +61,16 @@ class Algorithm:
     @staticmethod
     def check_problem(config, problem: TabularBandit) -> None:
         """Validate inputs that depend on the problem (e.g. a dataset's indices); raise InputError."""
+
+
+def per_seed(draw, policy: Policy, rng, problem) -> tuple[np.ndarray, ...]:
+    """``draw(policy, rng, problem)`` -> arrays, for one seed; for a stack (``rng`` a list of
+    generators, ``problem`` a ProblemBatch) member by member, each from its own generator, stacked.
+    Only random draws go through here; the computation on them runs on the whole stack."""
+    if not isinstance(rng, list):
+        return draw(policy, rng, problem)
+    parts = [draw(member(policy, s), g, problem.members[s]) for s, g in enumerate(rng)]
+    return tuple(np.stack(a) for a in zip(*parts))
 
 
 def check_pairing(cls: type[Algorithm], problem, where: str) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.algorithms.base import Algorithm, Step, count, nonneg, one_of, positive
+from testbed.algorithms.base import Algorithm, Step, count, nonneg, one_of, per_seed, positive
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward
 from testbed.policies import LogLinear, Policy, TabularSoftmax, lstsq_step, mean_score_features, score_features
@@ -51,6 +51,10 @@ class NPG(Algorithm):
         self._all_rho_positive = bool(np.all(problem.rho > 0))
 
     @staticmethod
+    def batchable(config: NPGConfig, kind: str) -> bool:
+        return kind in ("tabular", "loglinear")
+
+    @staticmethod
     def check_policy(config: NPGConfig, kind: str) -> str | None:
         return None if kind in ("tabular", "loglinear") else "NPG needs a tabular or loglinear policy"
 
@@ -65,32 +69,37 @@ class NPG(Algorithm):
         log_pi = policy.log_probs()
         q = self.shaped(p.rewards, log_pi, p.log_pi_ref)
         if isinstance(policy, TabularSoftmax):
-            new = log_pi + eta * (q - q.mean(axis=1, keepdims=True))
+            new = log_pi + eta * (q - q.mean(axis=-1, keepdims=True))
             if not self._all_rho_positive:  # F is zero on contexts with rho(x) = 0: no step there
-                new = np.where(p.rho[:, None] > 0, new, log_pi)
+                new = np.where(p.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), None, None)
         if isinstance(policy, LogLinear):
             F, g = linear_fisher_and_gradient(p.rho, policy.features, np.exp(log_pi), q)
-            delta = eta * np.linalg.pinv(F, rtol=1e-12, hermitian=True) @ g
+            delta = eta * np.matmul(np.linalg.pinv(F, rtol=1e-12, hermitian=True), g[..., None])[..., 0]
             return Step(policy.with_params(policy.params + delta), None, None)
         raise InputError(f"NPG mode 'exact' needs a tabular or log-linear policy (got {type(policy).__name__})")
 
-    def _sampled(self, policy: Policy, rng: np.random.Generator) -> Step:
-        p, N = self.problem, self.config.samples
-        x = p.sample_contexts(rng, N)
+    def _draw(self, policy: Policy, rng: np.random.Generator, problem) -> tuple[np.ndarray, ...]:
+        """x ~ rho, y ~ pi_t and the (KL-shaped) sampled reward q of one seed."""
+        N = self.config.samples
+        x = problem.sample_contexts(rng, N)
         y = policy.sample(rng, x)
         lp = policy.log_probs_at(x)[np.arange(N), y]
-        q = self.shaped(p.sample_rewards(rng, x, y), lp, p.log_pi_ref[x, y])
+        return x, y, self.shaped(problem.sample_rewards(rng, x, y), lp, problem.log_pi_ref[x, y])
+
+    def _sampled(self, policy: Policy, rng) -> Step:
+        x, y, q = per_seed(self._draw, policy, rng, self.problem)
         scores = score_features(policy, x, y) - mean_score_features(policy, x)
         new, _ = lstsq_step(policy, x, scores, self.config.eta * q, context_intercept=True,
                             ridge=self.config.damping)
-        return Step(new, None, N, N)
+        return Step(new, None, self.config.samples, self.config.samples)
 
 
 def linear_fisher_and_gradient(rho, phi, pi, q):
-    """Exact F = E_x Cov_{pi(.|x)}(φ) and ∇J = E_x Cov_{pi(.|x)}(φ, q) for a log-linear policy."""
-    m = np.einsum("xy,xyd->xd", pi, phi)
-    centred = phi - m[:, None, :]
-    F = np.einsum("x,xy,xyi,xyj->ij", rho, pi, centred, centred)
-    g = np.einsum("x,xy,xyi,xy->i", rho, pi, centred, q)
+    """Exact F = E_x Cov_{pi(.|x)}(φ) and ∇J = E_x Cov_{pi(.|x)}(φ, q) for a log-linear policy
+    (leading axes: a stack of problems and policies)."""
+    m = np.einsum("...xy,...xyd->...xd", pi, phi)
+    centred = phi - m[..., None, :]
+    F = np.einsum("...x,...xy,...xyi,...xyj->...ij", rho, pi, centred, centred)
+    g = np.einsum("...x,...xy,...xyi,...xy->...i", rho, pi, centred, q)
     return F, g

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.algorithms.base import Algorithm, Step, adam_fit, count, nonneg, one_of, positive
+from testbed.algorithms.base import Algorithm, Step, adam_fit, count, nonneg, one_of, per_seed, positive
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss
-from testbed.policies import LogLinear, Policy, TabularSoftmax, lstsq_step, score_features
+from testbed.policies import LogLinear, Policy, TabularSoftmax, linear_logits, lstsq_step, score_features
 from testbed.problems import TabularBandit
 
 Y_PRIME = ("policy", "uniform", "ref", "offline")
@@ -57,13 +57,18 @@ class REBEL(Algorithm):
 
     def __init__(self, config: REBELConfig, problem: TabularBandit, rng: np.random.Generator):
         super().__init__(config, problem, rng)
-        X, Y = problem.rewards.shape
+        X = problem.num_contexts
         self.offline = None
         if config.y_prime == "offline":  # a fixed set of responses per context, drawn once from pi_ref
             ref = TabularSoftmax(problem.log_pi_ref)
             self.offline = ref.sample(rng, np.repeat(np.arange(X), config.offline_size)).reshape(X, config.offline_size)
         self._all_rho_positive = bool(np.all(problem.rho > 0))
         self._adam: dict = {}
+
+    @staticmethod
+    def batchable(config: REBELConfig, kind: str) -> bool:
+        return kind in ("tabular", "loglinear") and (config.mode == "exact" or config.solver == "lstsq") \
+            and config.y_prime != "offline"
 
     @staticmethod
     def check_policy(config: REBELConfig, kind: str) -> str | None:
@@ -73,14 +78,14 @@ class REBEL(Algorithm):
 
     def mu(self, policy: Policy) -> np.ndarray:
         """The distribution of y' as a table [X, Y]."""
-        X, Y = self.problem.rewards.shape
         kind = self.config.y_prime
         if kind == "policy":
             return policy.probs()
         if kind == "uniform":
-            return np.full((X, Y), 1.0 / Y)
+            return np.full(self.problem.rewards.shape, 1.0 / self.problem.num_actions)
         if kind == "ref":
             return self.problem.pi_ref
+        X, Y = self.problem.rewards.shape
         counts = np.zeros((X, Y))
         np.add.at(counts, (np.repeat(np.arange(X), self.offline.shape[1]), self.offline.ravel()), 1.0)
         return counts / self.offline.shape[1]
@@ -101,7 +106,7 @@ class REBEL(Algorithm):
             log_pi = policy.log_probs()
             new = log_pi + eta * self.shaped_rewards(log_pi)
             if not self._all_rho_positive:  # contexts never drawn get no data: min-norm leaves them
-                new = np.where(self.problem.rho[:, None] > 0, new, log_pi)
+                new = np.where(self.problem.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), 0.0, None)
         if isinstance(policy, LogLinear):
             delta, loss = linear_population_regression(self.problem.rho, policy.features, policy.probs(),
@@ -110,10 +115,10 @@ class REBEL(Algorithm):
         raise InputError(f"REBEL mode 'exact' needs a tabular or log-linear policy (got {type(policy).__name__})")
 
     # ----- sampled ---------------------------------------------------------------------------
-    def sample_pairs(self, policy: Policy, rng: np.random.Generator):
-        """x ~ rho, y ~ pi_t, y' ~ mu; rewards (KL-shaped); pi_t log-probs computed once."""
-        N, Y = self.config.pairs, self.problem.num_actions
-        p = self.problem
+    def sample_pairs(self, policy: Policy, rng: np.random.Generator, problem: TabularBandit | None = None):
+        """x ~ rho, y ~ pi_t, y' ~ mu; rewards (KL-shaped); pi_t log-probs computed once (one seed)."""
+        p = problem or self.problem
+        N, Y = self.config.pairs, p.num_actions
         x = p.sample_contexts(rng, N)
         y = policy.sample(rng, x)
         kind = self.config.y_prime
@@ -133,14 +138,14 @@ class REBEL(Algorithm):
             r2 = kl_shaped_reward(r2, lp2, p.log_pi_ref[x, y2], self.config.beta)
         return x, y, y2, lp, lp2, r, r2
 
-    def _sampled(self, policy: Policy, rng: np.random.Generator) -> Step:
+    def _sampled(self, policy: Policy, rng) -> Step:
         cfg = self.config
-        x, y, y2, lp, lp2, r, r2 = self.sample_pairs(policy, rng)
+        x, y, y2, lp, lp2, r, r2 = per_seed(self.sample_pairs, policy, rng, self.problem)
         if cfg.solver == "lstsq":
             rows = score_features(policy, x, y) - score_features(policy, x, y2)
             new, fitted = lstsq_step(policy, x, rows, cfg.eta * (r - r2))
-            loss = float(np.mean((fitted / cfg.eta - (r - r2)) ** 2))
-            return Step(new, loss, 2 * cfg.pairs, 2 * cfg.pairs)
+            loss = np.mean((fitted / cfg.eta - (r - r2)) ** 2, axis=-1)
+            return Step(new, loss if loss.ndim else float(loss), 2 * cfg.pairs, 2 * cfg.pairs)
         t = {k: torch.as_tensor(v) for k, v in dict(lp=lp, lp2=lp2, r=r, r2=r2).items()}
 
         def loss_fn(theta: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
@@ -159,22 +164,23 @@ def linear_population_regression(rho, phi, pi, mu, r, eta):
     A = E[ΔφΔφᵀ], b = E[Δφ·Δr], computed from first and second moments under pi and mu (y, y'
     independent given x); delta = eta·A⁺b (minimum norm). Returns delta and the loss at delta,
     computed from the residual e = deltaᵀφ/eta - r as E[(e(y) - e(y'))²] (no cancellation).
+    Leading axes (a stack of problems and policies) are carried through: one delta and loss each.
     """
     def moments(q):
-        m = np.einsum("xy,xyd->xd", q, phi)             # E_q φ
-        s = np.einsum("x,xy,xyi,xyj->ij", rho, q, phi, phi)  # E_x E_q φφᵀ
-        mr = np.einsum("xy,xyd,xy->xd", q, phi, r)      # E_q φ r
-        er = np.sum(q * r, axis=1)                      # E_q r
+        m = np.einsum("...xy,...xyd->...xd", q, phi)                  # E_q φ
+        s = np.einsum("...x,...xy,...xyi,...xyj->...ij", rho, q, phi, phi)  # E_x E_q φφᵀ
+        mr = np.einsum("...xy,...xyd,...xy->...xd", q, phi, r)         # E_q φ r
+        er = np.sum(q * r, axis=-1)                                    # E_q r
         return m, s, mr, er
 
     m1, s1, mr1, e1 = moments(pi)
     m2, s2, mr2, e2 = moments(mu)
-    cross = np.einsum("x,xi,xj->ij", rho, m1, m2)
-    A = s1 + s2 - cross - cross.T
-    b = rho @ (mr1 + mr2 - m1 * e2[:, None] - m2 * e1[:, None])
-    delta = eta * np.linalg.pinv(A, rtol=1e-12, hermitian=True) @ b
-    e = phi @ delta / eta - r
-    ep, ep2 = np.sum(pi * e, 1), np.sum(pi * e * e, 1)
-    em, em2 = np.sum(mu * e, 1), np.sum(mu * e * e, 1)
-    loss = float(rho @ (ep2 + em2 - 2 * ep * em))
-    return delta, max(loss, 0.0)
+    cross = np.einsum("...x,...xi,...xj->...ij", rho, m1, m2)
+    A = s1 + s2 - cross - np.swapaxes(cross, -1, -2)
+    b = np.einsum("...x,...xd->...d", rho, mr1 + mr2 - m1 * e2[..., None] - m2 * e1[..., None])
+    delta = eta * np.matmul(np.linalg.pinv(A, rtol=1e-12, hermitian=True), b[..., None])[..., 0]
+    e = linear_logits(phi, delta) / eta - r
+    ep, ep2 = np.sum(pi * e, -1), np.sum(pi * e * e, -1)
+    em, em2 = np.sum(mu * e, -1), np.sum(mu * e * e, -1)
+    loss = np.sum(rho * (ep2 + em2 - 2 * ep * em), axis=-1)
+    return delta, np.maximum(loss, 0.0) if loss.ndim else max(float(loss), 0.0)

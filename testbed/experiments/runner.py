@@ -35,9 +35,16 @@ from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.io import atomic_write, atomic_write_text, replace_dir, save_npz, sha256
-from testbed.metrics import COLUMNS, EXTRAS, hedge_regret_bound, mirror_descent_bound, problem_metrics
-from testbed.policies import Policy, TabularSoftmax, initial_policy
-from testbed.problems import PreferenceBandit, TabularBandit, bradley_terry_fit
+from testbed.metrics import (
+    COLUMNS,
+    EXTRAS,
+    bandit_metric_arrays,
+    hedge_regret_bound,
+    mirror_descent_bound,
+    problem_metrics,
+)
+from testbed.policies import Policy, TabularSoftmax, default_kind, initial_policy, member, stack
+from testbed.problems import PreferenceBandit, ProblemBatch, TabularBandit, bradley_terry_fit
 
 
 class NumericalError(RuntimeError):
@@ -108,11 +115,8 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
             for (x, y), v in np.ndenumerate(st.policy.probs()):
                 st.trajectory.append({"run_id": plan.run_id, "iteration": t, "context": x, "action": y,
                                       "prob": float(v), "avg_prob": None if avg is None else float(avg[x, y])})
-        st.rows.append({"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
-                        "iteration": t, "samples": st.samples if counted else None,
-                        "queries": st.queries if counted else None,
-                        **problem_metrics(problem, st.policy, beta, avg), "loss": st.loss,
-                        **{k: st.step_extras.get(k) for k in EXTRAS}})
+        st.rows.append(_row(plan, t, st.samples if counted else None, st.queries if counted else None,
+                            problem_metrics(problem, st.policy, beta, avg), st.loss, st.step_extras))
         st.wall.append(time.perf_counter() - start)
 
     if st.t == 0 and not st.rows:
@@ -139,6 +143,93 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
     if st.trajectory is not None:
         out["trajectory"] = st.trajectory
     return st.rows, st.policy, out
+
+
+def _row(plan: RunPlan, t: int, samples, queries, metrics: dict, loss, extras: dict) -> dict:
+    return {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
+            "iteration": t, "samples": samples, "queries": queries, **metrics, "loss": loss,
+            **{k: extras.get(k) for k in EXTRAS}}
+
+
+@dataclass
+class BatchState:
+    """A stack of runs that differ only in seed (and instance): one policy stack, one generator each."""
+
+    t: int
+    policy: Policy
+    algo: object
+    rngs: list
+    rows: list
+    samples: int
+    queries: int
+    loss: np.ndarray | None
+    elapsed: float
+    wall: list
+
+
+def _new_batch_state(plans: list[RunPlan], problems: list[TabularBandit]) -> BatchState:
+    cls = ALGORITHMS[plans[0].algorithm]
+    for plan, problem in zip(plans, problems):
+        check_pairing(cls, problem, plan.label)
+    cfg = build_config(cls.Config, plans[0].config, plans[0].label)
+    policies = [initial_policy(problem, **(plan.policy or {}),
+                               rng=np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0]))
+                for plan, problem in zip(plans, problems)]
+    rngs = [np.random.default_rng(plan.seed) for plan in plans]
+    algo = cls(cfg, ProblemBatch(problems), rngs)
+    return BatchState(0, stack(policies), algo, rngs, [[] for _ in plans], algo.initial_samples,
+                      algo.initial_queries, None, 0.0, [])
+
+
+def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: Path | None = None,
+              every: int = 0) -> list[tuple[list[dict], Policy, dict]]:
+    """Run S grid points that differ only in seed (and in the instance, of one shape) as one stack.
+
+    The same algorithm code as :func:`run_one`, on a stacked policy and a
+    :class:`~testbed.problems.ProblemBatch`: random draws come seed by seed from each run's own
+    generator, the update and the exact metrics run on the whole stack in one array computation,
+    and each run's rows, final policy and wall times are what :func:`run_one` gives it
+    (``tests/test_batched.py`` checks bit-for-bit equality). Checkpoints as in :func:`run_one`.
+    """
+    if checkpoint is not None and checkpoint.is_file():
+        with open(checkpoint, "rb") as f:
+            st: BatchState = pickle.load(f)
+    else:
+        st = _new_batch_state(plans, problems)
+    cfg, first = st.algo.config, plans[0]
+    beta = getattr(cfg, "beta", 0.0)
+    counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
+    start = time.perf_counter() - st.elapsed
+
+    def record(t: int) -> None:
+        metrics = bandit_metric_arrays(st.algo.problem, st.policy.log_probs(), beta)
+        loss = None if st.loss is None else np.broadcast_to(st.loss, (len(plans),))
+        for s, plan in enumerate(plans):
+            m = {k: None if v is None else float(v[s]) for k, v in metrics.items()}
+            st.rows[s].append(_row(plan, t, st.samples if counted else None, st.queries if counted else None,
+                                   m | {"exploitability": None, "exploitability_avg": None},
+                                   None if loss is None else float(loss[s]), {}))
+        st.wall.append(time.perf_counter() - start)
+
+    if st.t == 0 and not st.rows[0]:
+        record(0)
+    while st.t < first.iterations:
+        t = st.t + 1
+        step = st.algo.update(st.policy, st.rngs)
+        finite = np.isfinite(step.policy.params).reshape(len(plans), -1).all(axis=1)
+        if not finite.all():
+            bad = plans[int(np.argmin(finite))].run_id
+            raise NumericalError(f"run {bad}: non-finite policy parameters at iteration {t}"
+                                 + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
+        st.policy, st.loss, st.t = step.policy, step.loss, t
+        st.samples += step.samples or 0
+        st.queries += step.queries or 0
+        if t % first.eval_every == 0 or t == first.iterations:
+            record(t)
+        if checkpoint is not None and every and (t % every == 0 or t == first.iterations):
+            st.elapsed = time.perf_counter() - start
+            atomic_write(checkpoint, lambda tmp: tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)))
+    return [(rows, member(st.policy, s), {"wall": st.wall}) for s, rows in enumerate(st.rows)]
 
 
 def theory(plan: RunPlan, problem: TabularBandit | PreferenceBandit) -> dict | None:
@@ -255,53 +346,88 @@ def partial_dir(out: Path) -> Path:
     return out.parent / f"{out.name}.partial"
 
 
-def _worker(plan: RunPlan, problem: TabularBandit, partial: str | None = None, index: int = 0,
-            every: int = 0) -> tuple[list[dict], np.ndarray, np.ndarray, dict, float]:
-    """Run (or finish, or load) one grid point. With ``partial``, a finished run is stored as
-    <index>.done and an unfinished one checkpointed as <index>.ckpt every ``every`` iterations."""
+def batch_groups(spec: Spec, jobs: int = 1, batch: bool = True) -> list[list[int]]:
+    """Which grid points run together as one stack (indices into ``spec.runs``, in order).
+
+    Points that differ only in seed, or in an instance of the same kind and shape, form a group when
+    their algorithm can update a stack (``Algorithm.batchable``); with ``jobs`` > 1 a group is split
+    into ``jobs`` near-equal stacks so that every process gets work. ``batch=False``: one point each.
+    """
+    groups: dict = {}
+    for i, plan in enumerate(spec.runs):
+        problem = spec.problems[plan.problem]
+        cls = ALGORITHMS[plan.algorithm]
+        kind = (plan.policy or {}).get("kind") or default_kind(problem)
+        ok = (batch and not plan.trajectory and not isinstance(problem, PreferenceBandit)
+              and cls.batchable(build_config(cls.Config, plan.config, plan.label), kind))
+        key = (("batch", plan.algorithm, plan.label, dump_yaml(plan.config), dump_yaml(plan.policy), plan.iterations,
+                plan.eval_every, type(problem).__name__, problem.rewards.shape,
+                getattr(problem, "features", np.empty(0)).shape) if ok else ("single", i))
+        groups.setdefault(key, []).append(i)
+    out = []
+    for members in groups.values():
+        parts = min(max(jobs, 1), len(members))
+        out += [list(a) for a in np.array_split(members, parts)]
+    return out
+
+
+def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, key: str = "0",
+            every: int = 0) -> list[tuple[list[dict], np.ndarray, np.ndarray, dict, float]]:
+    """Run (or finish, or load) a group of grid points (one, or a stack). With ``partial``, a finished
+    group is stored as <key>.done and an unfinished one checkpointed as <key>.ckpt every ``every`` iterations."""
     torch.set_num_threads(1)
-    done = Path(partial) / f"{index}.done" if partial else None
+    done = Path(partial) / f"{key}.done" if partial else None
     if done is not None and done.is_file():
         with open(done, "rb") as f:
             return pickle.load(f)
-    ckpt = Path(partial) / f"{index}.ckpt" if partial else None
+    ckpt = Path(partial) / f"{key}.ckpt" if partial else None
     t0 = time.perf_counter()
-    rows, policy, extra = run_one(plan, problem, ckpt, every)
-    result = (rows, policy.params, policy.probs(), extra, extra["wall"][-1] if extra["wall"] else time.perf_counter() - t0)
+    runs = run_batch(plans, problems, ckpt, every) if len(plans) > 1 else [run_one(plans[0], problems[0], ckpt, every)]
+    result = [(rows, policy.params, policy.probs(), extra,
+               extra["wall"][-1] if extra["wall"] else time.perf_counter() - t0) for rows, policy, extra in runs]
     if done is not None:
         atomic_write(done, lambda tmp: tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)))
         ckpt.unlink(missing_ok=True)
     return result
 
 
-def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | None = None, every: int = 0) -> list[tuple]:
-    """Run every grid point, in order; with ``jobs`` > 1 in that many processes. Each run draws only from
-    its own seed and torch uses one thread either way, so the results do not depend on ``jobs``."""
+def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | None = None, every: int = 0,
+            batch: bool = True) -> list[tuple]:
+    """Run every grid point, in groups (:func:`batch_groups`); with ``jobs`` > 1 in that many processes.
+    Each run draws only from its own seed, torch uses one thread and a stacked run gives each member
+    what it gives alone, so the results depend neither on ``jobs`` nor on ``batch``."""
+    groups = batch_groups(spec, jobs, batch)
     total = sum(p.iterations for p in spec.runs)
     threads = torch.get_num_threads()
-    args = [(plan, spec.problems[plan.problem], str(partial) if partial else None, i, every)
-            for i, plan in enumerate(spec.runs)]
+    args = [([spec.runs[i] for i in g], [spec.problems[spec.runs[i].problem] for i in g],
+             str(partial) if partial else None, f"{g[0]}-{len(g)}", every) for g in groups]
     with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
               mininterval=0.5, leave=False) as bar:
         if jobs <= 1:
-            out = []
+            results = []
             try:
                 for a in args:
-                    out.append(_worker(*a))
-                    bar.update(a[0].iterations)
+                    results.append(_worker(*a))
+                    bar.update(sum(p.iterations for p in a[0]))
             finally:
                 torch.set_num_threads(threads)
-            return out
-        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, *a) for a in args]
-            for fut, plan in zip(futures, spec.runs):
-                fut.add_done_callback(lambda _f, n=plan.iterations: bar.update(n))
-            return [f.result() for f in futures]
+        else:
+            ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = [pool.submit(_worker, *a) for a in args]
+                sizes = [sum(p.iterations for p in a[0]) for a in args]
+                for fut, n in zip(futures, sizes):
+                    fut.add_done_callback(lambda _f, n=n: bar.update(n))
+                results = [f.result() for f in futures]
+    out: list = [None] * len(spec.runs)
+    for g, res in zip(groups, results):
+        for i, r in zip(g, res):
+            out[i] = r
+    return out
 
 
 def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True, jobs: int = 1,
-             resume: bool = False, checkpoint_every: int = 50) -> Path:
+             resume: bool = False, checkpoint_every: int = 50, batch: bool = True) -> Path:
     """Run every grid point of ``spec`` and write the run folder ``out`` atomically.
 
     While it runs, <out>.partial holds each finished run and a checkpoint of each unfinished one
@@ -339,7 +465,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
 
     rows, policies, timings, walls, trajectory = [], {}, {}, {}, []
     for plan, (run_rows, params, probs, extra, seconds) in zip(
-            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every)):
+            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every, batch)):
         timings[plan.run_id] = seconds
         walls[plan.run_id] = extra["wall"]
         rows += run_rows

@@ -3,6 +3,11 @@
 Both expose the full table of log-probabilities (for exact metrics and updates), vectorised
 sampling, and differentiable torch log-probabilities of (context, response) pairs (for the
 loss-based solvers that any differentiable policy can use).
+
+Tabular and log-linear policies may also hold a *stack* of S parameter sets (params [S, X, Y] or
+[S, d], features [S, X, Y, d]): one policy per seed, updated together by the batched runner
+(:mod:`testbed.experiments.batched`). Every exact operation is written over the last axes, so slice
+s of a stacked computation is the same floating-point computation as the unstacked one.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ class Policy:
         raise NotImplementedError
 
     def log_probs_at(self, x: np.ndarray) -> np.ndarray:
-        """ln pi(.|x_i) for each context in ``x``, shape [N, Y]."""
-        return self.log_probs()[x]
+        """ln pi(.|x_i) for each context in ``x``, shape [N, Y] ([S, N, Y] for a stack, x [S, N])."""
+        return take_contexts(self.log_probs(), x)
 
     def probs(self) -> np.ndarray:
         return np.exp(self.log_probs())
@@ -47,6 +52,34 @@ class Policy:
         raise NotImplementedError
 
 
+def take_contexts(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """a[x] for one policy; for a stack (x [S, N], a [S, X, ...]) the rows a[s, x[s]] of each member."""
+    return a[x] if x.ndim == 1 else a[np.arange(len(x))[:, None], x]
+
+
+def member(policy: Policy, s: int) -> Policy:
+    """Policy ``s`` of a stacked tabular or log-linear policy, as a view (no renormalisation)."""
+    if isinstance(policy, TabularSoftmax):
+        view = TabularSoftmax.__new__(TabularSoftmax)
+        view.params = policy.params[s]
+        return view
+    if isinstance(policy, LogLinear):
+        return LogLinear(policy.features[s], policy.params[s])
+    raise TypeError(f"only tabular and log-linear policies can be stacked (got {type(policy).__name__})")
+
+
+def stack(policies: list[Policy]) -> Policy:
+    """One stacked policy from S tabular or log-linear policies of one shape (see :func:`member`)."""
+    first = policies[0]
+    if isinstance(first, TabularSoftmax):
+        out = TabularSoftmax.__new__(TabularSoftmax)
+        out.params = np.stack([p.params for p in policies])
+        return out
+    if isinstance(first, LogLinear):
+        return LogLinear(np.stack([p.features for p in policies]), np.stack([p.params for p in policies]))
+    raise TypeError(f"only tabular and log-linear policies can be stacked (got {type(first).__name__})")
+
+
 def sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One index per row of ``probs`` [N, Y] by inverse CDF (rows need not be normalised)."""
     cdf = np.cumsum(probs, axis=1)
@@ -58,7 +91,7 @@ class TabularSoftmax(Policy):
     """pi(y|x) = softmax(theta[x, :])_y with one logit per (x, y); params shape [X, Y]."""
 
     def __init__(self, logits: np.ndarray):
-        self.params = log_softmax(np.asarray(logits, dtype=np.float64), axis=1)
+        self.params = log_softmax(np.asarray(logits, dtype=np.float64), axis=-1)
 
     def log_probs(self) -> np.ndarray:
         return self.params  # kept normalised by construction
@@ -95,16 +128,24 @@ class LogLinear(_FeaturePolicy):
         self.params = np.zeros(self.features.shape[2]) if theta is None else np.asarray(theta, dtype=np.float64)
 
     def log_probs(self) -> np.ndarray:
-        return log_softmax(self.features @ self.params, axis=1)
+        return log_softmax(linear_logits(self.features, self.params), axis=-1)
 
     def log_probs_at(self, x: np.ndarray) -> np.ndarray:
-        return log_softmax(self.features[x] @ self.params, axis=1)
+        return log_softmax(linear_logits(take_contexts(self.features, x), self.params), axis=-1)
 
     def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
         return torch.log_softmax(self._torch_features()[torch.as_tensor(x)] @ params, dim=-1)
 
     def with_params(self, params: np.ndarray) -> LogLinear:
         return self._copy_with(LogLinear(self.features, params))
+
+
+def linear_logits(features: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """phi·theta for features [..., X, Y, d] and theta [..., d] (leading axes: a stack of policies).
+
+    One matrix product per context, [Y, d] @ [d, 1], whether stacked or not, so each slice of a
+    stacked call is bit-for-bit the unstacked result."""
+    return np.matmul(features, theta[..., None, :, None])[..., 0]
 
 
 class MLPPolicy(_FeaturePolicy):
@@ -187,8 +228,10 @@ def initial_policy(problem: TabularBandit, kind: str | None = None, rng: np.rand
 
 
 # ----- least-squares steps shared by the sampled solvers ---------------------------------------
+# They take one policy's samples (x [N]) or a stack's (x [S, N], rows [S, N, k], targets [S, N]); one
+# policy is solved as a stack of one, so member s of a stack gets bit-for-bit its unstacked solution.
 def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows: np.ndarray, targets: np.ndarray,
-                 ridge: float = 0.0) -> np.ndarray:
+                 ridge: float = 0.0, groups: int = 1) -> np.ndarray:
     """Minimum-norm least squares with block-diagonal design.
 
     Row i lives in block ``blocks[i]``; solves min_delta sum_i (rows[i]·delta[blocks[i]] - targets[i])²
@@ -197,27 +240,32 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows: np.ndarray, targets:
     (e.g. demeaned rows of a context where one response was always drawn) gets no step; a block
     with no rows gets delta = 0. With ``ridge`` = lam > 0 it solves (GᵀG + lam·s·I)·delta = Gᵀt,
     s = tr(GᵀG)/(blocks·Y) the mean eigenvalue, so lam is relative to the problem's scale.
+    ``groups`` independent problems of num_blocks/groups consecutive blocks each (a stack of
+    policies): "all blocks" and s are then per problem.
     """
     Y = rows.shape[1]
     gram = np.zeros((num_blocks, Y, Y))
     np.add.at(gram, blocks, rows[:, :, None] * rows[:, None, :])
     rhs = np.zeros((num_blocks, Y))
     np.add.at(rhs, blocks, rows * targets[:, None])
+    per_group = (groups, num_blocks // groups)
     if ridge > 0:
-        scale = np.trace(gram, axis1=1, axis2=2).sum() / (num_blocks * Y)
-        if scale <= 0:  # every row is zero: no information, no step
-            return np.zeros((num_blocks, Y))
-        return np.linalg.solve(gram + ridge * scale * np.eye(Y), rhs[..., None])[..., 0]
+        scale = np.trace(gram, axis1=1, axis2=2).reshape(per_group).sum(axis=1) / (per_group[1] * Y)
+        scale = np.repeat(scale, per_group[1])[:, None, None]
+        delta = np.linalg.solve(gram + ridge * np.where(scale > 0, scale, 1.0) * np.eye(Y), rhs[..., None])[..., 0]
+        return np.where(scale[:, :, 0] > 0, delta, 0.0)  # a problem whose rows are all zero: no step
     w, v = np.linalg.eigh(gram)
-    keep = w > 1e-9 * max(w.max(), 0.0)
+    top = np.maximum(w.reshape(groups, -1).max(axis=1), 0.0)
+    keep = w > 1e-9 * np.repeat(top, per_group[1])[:, None]
     inv = np.divide(1.0, w, out=np.zeros_like(w), where=keep)
-    return np.einsum("bij,bj->bi", v, inv * np.einsum("bji,bj->bi", v, rhs))
+    proj = np.matmul(np.swapaxes(v, -1, -2), rhs[..., None])[..., 0]
+    return np.matmul(v, (inv * proj)[..., None])[..., 0]
 
 
-def _demean_by_context(x: np.ndarray, a: np.ndarray) -> np.ndarray:
+def _demean_by_context(x: np.ndarray, a: np.ndarray, num_contexts: int) -> np.ndarray:
     """Subtract from each row the mean of the rows that share its context."""
-    n = np.bincount(x)
-    sums = np.zeros((len(n),) + a.shape[1:])
+    n = np.bincount(x, minlength=num_contexts)
+    sums = np.zeros((num_contexts,) + a.shape[1:])
     np.add.at(sums, x, a)
     return a - (sums / np.maximum(n, 1).reshape((-1,) + (1,) * (a.ndim - 1)))[x]
 
@@ -231,34 +279,50 @@ def lstsq_step(policy: Policy, x: np.ndarray, rows: np.ndarray, targets: np.ndar
     ``context_intercept`` a free offset b_x per context is fitted too (by Frisch–Waugh: rows and
     targets demeaned within each context), i.e. a per-context baseline. ``ridge`` = lam > 0 damps
     the normal equations relative to their mean eigenvalue s: (GᵀG + lam·s·I)·delta = Gᵀt. Returns
-    the new policy and the fitted values rows_i·delta (+ b_{x_i}).
+    the new policy and the fitted values rows_i·delta (+ b_{x_i}). A stacked policy takes x [S, N],
+    rows [S, N, k], targets [S, N] and solves each member's problem.
     """
+    single = x.ndim == 1
+    if single:
+        x, rows, targets = x[None], rows[None], targets[None]
+    S, N = x.shape
+    X = policy.params.shape[-2] if isinstance(policy, TabularSoftmax) else policy.features.shape[-3]
+    flat = (np.arange(S)[:, None] * X + x).ravel()  # context x of member s is block s·X + x
+    rows, targets = rows.reshape(S * N, -1), targets.ravel()
+    offset = 0.0
     if context_intercept:
-        offset = targets - _demean_by_context(x, targets)
-        rows, targets = _demean_by_context(x, rows), targets - offset
-        new, fitted = lstsq_step(policy, x, rows, targets, ridge=ridge)
-        return new, fitted + offset
+        offset = targets - _demean_by_context(flat, targets, S * X)
+        rows, targets = _demean_by_context(flat, rows, S * X), targets - offset
     if isinstance(policy, TabularSoftmax):
-        delta = _block_lstsq(policy.params.shape[0], x, rows, targets, ridge)
-        return policy.with_params(policy.params + delta), np.einsum("ny,ny->n", rows, delta[x])
-    if isinstance(policy, LogLinear):
+        delta = _block_lstsq(S * X, flat, rows, targets, ridge, groups=S)
+        fitted = np.sum(rows * delta[flat], axis=-1)
+        delta = delta.reshape(S, X, -1)
+    elif isinstance(policy, LogLinear):
+        G, t = rows.reshape(S, N, -1), targets.reshape(S, N, 1)
+        d = G.shape[-1]
         if ridge > 0:
-            gram = rows.T @ rows
-            scale = np.trace(gram) / len(gram)
-            delta = (np.linalg.solve(gram + ridge * scale * np.eye(len(gram)), rows.T @ targets) if scale > 0
-                     else np.zeros(len(gram)))  # every row is zero: no information, no step
-        else:
-            delta = np.linalg.lstsq(rows, targets, rcond=None)[0]
-        return policy.with_params(policy.params + delta), rows @ delta
-    raise TypeError(f"least-squares steps need a tabular or log-linear policy (got {type(policy).__name__})")
+            gram = np.matmul(np.swapaxes(G, -1, -2), G)
+            scale = np.trace(gram, axis1=-2, axis2=-1)[:, None, None] / d
+            damp = ridge * np.where(scale > 0, scale, 1.0) * np.eye(d)
+            delta = np.linalg.solve(gram + damp, np.matmul(np.swapaxes(G, -1, -2), t))[..., 0]
+            delta = np.where(scale[:, :, 0] > 0, delta, 0.0)  # every row is zero: no information, no step
+        else:  # G⁺t with numpy lstsq's cutoff (eps·max(N, d) relative to the largest singular value)
+            delta = np.matmul(np.linalg.pinv(G, rtol=np.finfo(float).eps * max(N, d)), t)[..., 0]
+        fitted = np.matmul(G, delta[..., None]).reshape(S * N)
+    else:
+        raise TypeError(f"least-squares steps need a tabular or log-linear policy (got {type(policy).__name__})")
+    fitted = (fitted + offset).reshape(S, N)
+    if single:
+        return policy.with_params(policy.params + delta[0]), fitted[0]
+    return policy.with_params(policy.params + delta), fitted
 
 
 def score_features(policy: Policy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """psi(x, y) with ln pi_theta(y|x) = theta·psi(x, y) - ln Z_theta(x): e_y in block x, or phi(x, y)."""
     if isinstance(policy, TabularSoftmax):
-        return np.eye(policy.params.shape[1])[y]
+        return np.eye(policy.params.shape[-1])[y]
     if isinstance(policy, LogLinear):
-        return policy.features[x, y]
+        return policy.features[x, y] if x.ndim == 1 else policy.features[np.arange(len(x))[:, None], x, y]
     raise TypeError(f"score features need a tabular or log-linear policy (got {type(policy).__name__})")
 
 
@@ -268,5 +332,5 @@ def mean_score_features(policy: Policy, x: np.ndarray) -> np.ndarray:
     if isinstance(policy, TabularSoftmax):
         return p
     if isinstance(policy, LogLinear):
-        return np.einsum("ny,nyd->nd", p, policy.features[x])
+        return np.einsum("...ny,...nyd->...nd", p, take_contexts(policy.features, x))
     raise TypeError(f"score features need a tabular or log-linear policy (got {type(policy).__name__})")

@@ -1,6 +1,6 @@
 """Problems: contextual (reward and preference) bandits with exact ground truth, families, files, gym envs."""
 
-from testbed.problems.bandit import LinearBandit, TabularBandit, load_problem
+from testbed.problems.bandit import LinearBandit, ProblemBatch, TabularBandit, load_problem
 from testbed.problems.families import FAMILIES, make_linear, make_tabular
 from testbed.problems.gym_env import ENV_IDS, register_envs
 from testbed.problems.preference import (
@@ -13,5 +13,6 @@ from testbed.problems.preference import (
 
 register_envs()
 
-__all__ = ["ENV_IDS", "FAMILIES", "PREFERENCE_FAMILIES", "LinearBandit", "PreferenceBandit", "TabularBandit",
+__all__ = ["ENV_IDS", "FAMILIES", "PREFERENCE_FAMILIES", "LinearBandit", "PreferenceBandit", "ProblemBatch",
+           "TabularBandit",
            "bradley_terry_fit", "load_problem", "make_linear", "make_preference", "make_tabular", "minimax_winner"]

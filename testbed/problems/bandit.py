@@ -46,11 +46,11 @@ class TabularBandit:
 
     @property
     def num_contexts(self) -> int:
-        return self.rewards.shape[0]
+        return self.rewards.shape[-2]
 
     @property
     def num_actions(self) -> int:
-        return self.rewards.shape[1]
+        return self.rewards.shape[-1]
 
     # ----- sampling -------------------------------------------------------------------------
     def sample_contexts(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -78,7 +78,7 @@ class TabularBandit:
 
     def regularised_optimum_log(self, beta: float) -> np.ndarray:
         """ln pi*_beta with pi*_beta(y|x) ∝ pi_ref(y|x)·exp(r(x,y)/beta) (Rafailov et al. 2023)."""
-        return log_softmax(self.log_pi_ref + self.rewards / beta, axis=1)
+        return log_softmax(self.log_pi_ref + self.rewards / beta, axis=-1)
 
     def regularised_optimum(self, beta: float) -> np.ndarray:
         return np.exp(self.regularised_optimum_log(beta))
@@ -165,6 +165,35 @@ class LinearBandit(TabularBandit):
         if self.theta_star is not None:
             out["theta_star"] = self.theta_star
         return out
+
+
+class ProblemBatch(TabularBandit):
+    """S reward problems of one shape stacked along a leading axis: rewards [S, X, Y], rho [S, X],
+    pi_ref [S, X, Y], noise_std [S] (and features [S, X, Y, d] when all are linear).
+
+    What the batched runner gives an algorithm, so that exact updates and metrics of S seeds (or S
+    instances) run as one array computation; the exact methods work over the last axes and return
+    one value per member. ``members[s]`` is problem s, for per-seed random draws.
+    """
+
+    def __init__(self, members: list[TabularBandit]):
+        self.members = list(members)
+        first = self.members[0]
+        for m in self.members:
+            if type(m) is not type(first) or m.rewards.shape != first.rewards.shape or \
+                    getattr(m, "features", np.empty(0)).shape != getattr(first, "features", np.empty(0)).shape:
+                raise ValueError("a problem batch needs problems of one kind and shape")
+        self.rewards = np.stack([m.rewards for m in self.members])
+        self.rho = np.stack([m.rho for m in self.members])
+        self.pi_ref = np.stack([m.pi_ref for m in self.members])
+        self.log_pi_ref = np.stack([m.log_pi_ref for m in self.members])
+        self.noise_std = np.array([m.noise_std for m in self.members])
+        if isinstance(first, LinearBandit):
+            self.features = np.stack([m.features for m in self.members])
+        self.name = "+".join(dict.fromkeys(m.name for m in self.members))
+
+    def __len__(self) -> int:
+        return len(self.members)
 
 
 def load_problem(path: str | os.PathLike) -> TabularBandit | PreferenceBandit:

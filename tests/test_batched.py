@@ -1,0 +1,142 @@
+"""Batched seeds: a stack of S runs (seeds, and instances of one shape) updated as one array
+computation gives every run exactly — bit for bit — what it gets when run alone."""
+
+import numpy as np
+import pytest
+
+from testbed.algorithms import ALGORITHMS, build_config
+from testbed.experiments import load_spec
+from testbed.experiments.runner import batch_groups, run_batch, run_one, run_spec
+from testbed.metrics import bandit_metric_arrays, bandit_metrics
+from testbed.policies import LogLinear, TabularSoftmax, lstsq_step, member, stack
+from testbed.problems import ProblemBatch, make_linear, make_tabular
+
+# Two tabular instances of one shape (one with reward noise), two linear ones (one misspecified);
+# every batchable mode of REBEL and NPG: exact, sampled least squares, y' from pi_t / uniform / pi_ref,
+# KL shaping, damped sample Fisher; plus PPO, which is not batchable and must run alone.
+SPEC = """
+name: batched
+problems:
+  - {kind: tabular, family: random, contexts: 5, actions: 4, seed: 0}
+  - {kind: tabular, family: random, contexts: 5, actions: 4, seed: 1, noise_std: 0.3}
+  - {kind: linear, family: random, contexts: 4, actions: 5, dim: 3, seed: 0}
+  - {kind: linear, family: random, contexts: 4, actions: 5, dim: 3, seed: 2, misspecification: 0.2}
+algorithms:
+  - {name: rebel, mode: exact, eta: 2.0}
+  - {name: rebel, mode: exact, eta: 1.0, beta: 0.1, y_prime: ref, label: rebel-kl-ref}
+  - {name: rebel, mode: sampled, pairs: 40, eta: 1.0}
+  - {name: rebel, mode: sampled, pairs: 40, eta: 0.5, beta: 0.05, y_prime: uniform, label: rebel-kl-uniform}
+  - {name: npg, mode: exact, eta: 1.0, beta: 0.2}
+  - {name: npg, mode: sampled, samples: 60, eta: 1.0}
+  - {name: npg, mode: sampled, samples: 60, eta: 1.0, damping: 0.1, label: npg-damped}
+  - {name: ppo, batch: 30, epochs: 1, minibatch: 30}
+seeds: [0, 1, 2]
+iterations: 12
+eval_every: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "batched.yaml"
+    path.write_text(SPEC)
+    return load_spec(path)
+
+
+def test_groups_stack_seeds_and_instances_of_one_shape_and_leave_the_rest_alone(spec):
+    groups = batch_groups(spec)
+    sizes = {}
+    for g in groups:
+        plans = [spec.runs[i] for i in g]
+        assert len({(p.label, p.iterations) for p in plans}) == 1
+        sizes.setdefault(plans[0].algorithm, []).append(len(g))
+    # 7 batchable configurations x {tabular, linear} shapes, each stacking 2 instances x 3 seeds
+    assert sorted(sizes["rebel"] + sizes["npg"]) == [6] * 14
+    assert sizes["ppo"] == [1] * 12  # PPO is not batchable: one run per group
+    assert sorted(i for g in groups for i in g) == list(range(len(spec.runs)))
+    split = batch_groups(spec, jobs=4)  # stacks split so that every process gets work
+    assert sorted(len(g) for g in split if spec.runs[g[0]].algorithm == "rebel") == sorted([2, 2, 1, 1] * 8)
+    assert batch_groups(spec, batch=False) == [[i] for i in range(len(spec.runs))]
+
+
+def test_stacked_runs_equal_runs_alone_bit_for_bit(spec):
+    for g in batch_groups(spec):
+        plans = [spec.runs[i] for i in g]
+        if len(plans) == 1:
+            continue
+        problems = [spec.problems[p.problem] for p in plans]
+        for s, (rows, policy, _) in enumerate(run_batch(plans, problems)):
+            alone_rows, alone_policy, _ = run_one(plans[s], problems[s])
+            assert rows == alone_rows, plans[s].run_id  # every metric, loss, samples, queries: exactly equal
+            assert np.array_equal(policy.params, alone_policy.params)
+
+
+def test_batched_and_per_seed_run_folders_are_byte_identical(spec, tmp_path):
+    a = run_spec(spec, tmp_path / "batched", progress=False)
+    b = run_spec(spec, tmp_path / "per-seed", progress=False, batch=False)
+    for name in ("metrics.csv", "policies.npz", "config.yaml"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_a_stack_split_differently_gives_the_same_runs(spec):
+    g = next(g for g in batch_groups(spec) if spec.runs[g[0]].label.startswith("npg") and
+             spec.runs[g[0]].config.get("mode") == "sampled")
+    plans = [spec.runs[i] for i in g]
+    problems = [spec.problems[p.problem] for p in plans]
+    whole = run_batch(plans, problems)
+    halves = run_batch(plans[:2], problems[:2]) + run_batch(plans[2:], problems[2:])
+    for (r1, p1, _), (r2, p2, _) in zip(whole, halves):
+        assert r1 == r2 and np.array_equal(p1.params, p2.params)
+
+
+def test_stacked_metrics_and_least_squares_match_member_by_member():
+    """The building blocks on their own, against independent unstacked calls, with random data."""
+    rng = np.random.default_rng(7)
+    probs = [make_tabular(contexts=6, actions=5, seed=s) for s in range(4)]
+    batch = ProblemBatch(probs)
+    pols = [TabularSoftmax(rng.normal(size=(6, 5)) * 3) for _ in probs]
+    st = stack(pols)
+    for beta in (0.0, 0.3):
+        arrays = bandit_metric_arrays(batch, st.log_probs(), beta)
+        for s, (p, pol) in enumerate(zip(probs, pols)):
+            alone = bandit_metrics(p, pol, beta)
+            assert all((alone[k] is None and arrays[k] is None) or alone[k] == arrays[k][s] for k in alone)
+            # and against the problem's own exact methods (independent formulas), to rounding
+            assert alone["reward"] == pytest.approx(p.value(pol.probs()), rel=1e-12)
+            assert alone["kl_ref"] == pytest.approx(p.kl_ref(pol.probs()), rel=1e-9, abs=1e-12)
+    x = rng.integers(6, size=(4, 50))
+    y = rng.integers(5, size=(4, 50))
+    rows = np.eye(5)[y] - np.eye(5)[rng.integers(5, size=(4, 50))]
+    t = rng.normal(size=(4, 50))
+    for kw in ({}, {"context_intercept": True}, {"ridge": 0.1}):
+        new, fitted = lstsq_step(st, x, rows, t, **kw)
+        for s, pol in enumerate(pols):
+            new_s, fitted_s = lstsq_step(pol, x[s], rows[s], t[s], **kw)
+            assert np.array_equal(member(new, s).params, new_s.params) and np.array_equal(fitted[s], fitted_s)
+    lin = [make_linear(contexts=4, actions=5, dim=3, seed=s) for s in range(3)]
+    lpols = [LogLinear(p.features, rng.normal(size=3)) for p in lin]
+    lst = stack(lpols)
+    xl = rng.integers(4, size=(3, 40))
+    rows = rng.normal(size=(3, 40, 3))
+    t = rng.normal(size=(3, 40))
+    for kw in ({}, {"ridge": 0.5}):
+        new, fitted = lstsq_step(lst, xl, rows, t, **kw)
+        for s, pol in enumerate(lpols):
+            new_s, fitted_s = lstsq_step(pol, xl[s], rows[s], t[s], **kw)
+            assert np.array_equal(member(new, s).params, new_s.params) and np.array_equal(fitted[s], fitted_s)
+            # the minimum-norm least-squares solution, by an independent solver
+            ref = np.linalg.lstsq(rows[s], t[s], rcond=None)[0] if not kw else None
+            if ref is not None:
+                np.testing.assert_allclose(new_s.params - pol.params, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_only_least_squares_and_exact_modes_are_batchable():
+    rebel, npg = ALGORITHMS["rebel"], ALGORITHMS["npg"]
+    cfg = lambda cls, **kw: build_config(cls.Config, kw, "t")  # noqa: E731
+    assert rebel.batchable(cfg(rebel, mode="exact"), "tabular")
+    assert rebel.batchable(cfg(rebel, mode="sampled"), "loglinear")
+    assert not rebel.batchable(cfg(rebel, mode="sampled", solver="adam"), "tabular")
+    assert not rebel.batchable(cfg(rebel, mode="exact", y_prime="offline"), "tabular")
+    assert not rebel.batchable(cfg(rebel, mode="sampled", solver="adam"), "mlp")
+    assert npg.batchable(cfg(npg, mode="sampled"), "tabular")
+    assert not ALGORITHMS["ppo"].batchable(cfg(ALGORITHMS["ppo"]), "tabular")
