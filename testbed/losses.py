@@ -1,7 +1,9 @@
 """Loss functions as pure functions of tensors (rlax style): no models, no optimisers, no I/O.
 
 Both the bandit track and the language-model track import these. Every function checks its
-arguments' shapes first and fails loudly.
+arguments' shapes first and fails loudly. The REBEL, PPO and DPO/IPO losses average over the last
+axis only: given [S, N] tensors (S seeds stacked by the batched runner) they return S losses, each
+bit-for-bit the loss of that seed's [N] tensors.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ def _same_1d(**tensors: torch.Tensor) -> None:
     first = next(iter(shapes.values()))
     if len(first) != 1 or any(s != first for s in shapes.values()):
         raise ValueError(f"expected 1-d tensors of one shape [N], got {shapes}")
+
+
+def _same_shape(**tensors: torch.Tensor) -> None:
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    first = next(iter(shapes.values()))
+    if len(first) < 1 or any(s != first for s in shapes.values()):
+        raise ValueError(f"expected tensors of one shape [N] (or [S, N] for S stacked seeds), got {shapes}")
 
 
 def rebel_loss(logratio: torch.Tensor, logratio_prime: torch.Tensor, reward: torch.Tensor,
@@ -32,10 +41,10 @@ def rebel_loss(logratio: torch.Tensor, logratio_prime: torch.Tensor, reward: tor
       reward, reward_prime: r(x, y) and r(x, y') (already KL-shaped if regularising), shape [N].
       eta: step size, > 0.
     """
-    _same_1d(logratio=logratio, logratio_prime=logratio_prime, reward=reward, reward_prime=reward_prime)
+    _same_shape(logratio=logratio, logratio_prime=logratio_prime, reward=reward, reward_prime=reward_prime)
     if not eta > 0:
         raise ValueError(f"eta must be > 0 (got {eta})")
-    return torch.mean(((logratio - logratio_prime) / eta - (reward - reward_prime)) ** 2)
+    return torch.mean(((logratio - logratio_prime) / eta - (reward - reward_prime)) ** 2, dim=-1)
 
 
 def rebel_loss_official(logratio: torch.Tensor, logratio_prime: torch.Tensor, reward: torch.Tensor,
@@ -45,10 +54,10 @@ def rebel_loss_official(logratio: torch.Tensor, logratio_prime: torch.Tensor, re
     Same minimiser as :func:`rebel_loss` (it is the same function scaled by eta²); the official
     TL;DR script (github.com/ZhaolinGao/REBEL) uses this form. Arguments as for :func:`rebel_loss`.
     """
-    _same_1d(logratio=logratio, logratio_prime=logratio_prime, reward=reward, reward_prime=reward_prime)
+    _same_shape(logratio=logratio, logratio_prime=logratio_prime, reward=reward, reward_prime=reward_prime)
     if not eta > 0:
         raise ValueError(f"eta must be > 0 (got {eta})")
-    return torch.mean(((logratio - logratio_prime) - eta * (reward - reward_prime)) ** 2)
+    return torch.mean(((logratio - logratio_prime) - eta * (reward - reward_prime)) ** 2, dim=-1)
 
 
 def kl_shaped_reward(reward, logp, logp_ref, beta: float):
@@ -77,23 +86,23 @@ def ppo_clip_loss(logratio: torch.Tensor, advantage: torch.Tensor, clip_eps: flo
       advantage: A(x, y), shape [N] (treated as a constant).
       clip_eps: eps in (0, 1).
     """
-    _same_1d(logratio=logratio, advantage=advantage)
+    _same_shape(logratio=logratio, advantage=advantage)
     if not 0 < clip_eps < 1:
         raise ValueError(f"clip_eps must be in (0, 1) (got {clip_eps})")
     ratio = torch.exp(logratio)
-    return -torch.mean(torch.minimum(ratio * advantage, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantage))
+    return -torch.mean(torch.minimum(ratio * advantage, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantage), dim=-1)
 
 
 def value_loss(value: torch.Tensor, value_old: torch.Tensor, target: torch.Tensor,
                clip_eps: float | None = None) -> torch.Tensor:
     """Critic regression 0.5·mean (V - R)², or with value clipping (as in OpenAI baselines / CleanRL)
     0.5·mean max((V - R)², (V_old + clip(V - V_old, -eps, eps) - R)²). Shapes [N]."""
-    _same_1d(value=value, value_old=value_old, target=target)
+    _same_shape(value=value, value_old=value_old, target=target)
     err = (value - target) ** 2
     if clip_eps is not None:
         clipped = value_old + torch.clamp(value - value_old, -clip_eps, clip_eps)
         err = torch.maximum(err, (clipped - target) ** 2)
-    return 0.5 * torch.mean(err)
+    return 0.5 * torch.mean(err, dim=-1)
 
 
 def dpo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, beta: float,
@@ -110,12 +119,17 @@ def dpo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, bet
       beta: > 0.
       weight: optional non-negative weights [N] (a weighted mean: the population loss over all pairs).
     """
-    _same_1d(logratio_chosen=logratio_chosen, logratio_rejected=logratio_rejected)
+    _same_shape(logratio_chosen=logratio_chosen, logratio_rejected=logratio_rejected)
     if not beta > 0:
         raise ValueError(f"beta must be > 0 (got {beta})")
-    # -ln sigma(z) = softplus(-z), whose first and second derivatives stay accurate where sigma(z)
-    # rounds to 1 (logsigmoid's double backward returns 0 there, which stalls Newton-type solvers)
-    per = torch.nn.functional.softplus(-beta * (logratio_chosen - logratio_rejected), threshold=30.0)
+    # -ln sigma(-z) = softplus(z) = max(z, 0) + ln(1 + e^{-|z|}): first and second derivatives stay
+    # accurate where sigma(z) rounds to 1 (logsigmoid's double backward returns 0 there, which stalls
+    # Newton-type solvers), and each element is computed the same way wherever it sits in a tensor
+    # (torch's fused softplus kernel rounds differently in its SIMD body and its scalar tail, which
+    # would make a stack of seeds differ from each seed alone)
+    z = -beta * (logratio_chosen - logratio_rejected)
+    pos = z > 0  # branches by torch.where, not abs/relu, whose derivative at z = 0 (pi = pi_ref) is 0, not ½
+    per = torch.where(pos, z, torch.zeros_like(z)) + torch.log1p(torch.exp(torch.where(pos, -z, z)))
     return _mean(per, weight)
 
 
@@ -126,7 +140,7 @@ def ipo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, tau
     Azar et al., "A General Theoretical Paradigm to Understand Learning from Human Preferences",
     AISTATS 2024, https://arxiv.org/abs/2310.12036, eq. (17). Arguments as for :func:`dpo_loss`, tau > 0.
     """
-    _same_1d(logratio_chosen=logratio_chosen, logratio_rejected=logratio_rejected)
+    _same_shape(logratio_chosen=logratio_chosen, logratio_rejected=logratio_rejected)
     if not tau > 0:
         raise ValueError(f"tau must be > 0 (got {tau})")
     return _mean((logratio_chosen - logratio_rejected - 1 / (2 * tau)) ** 2, weight)
@@ -134,10 +148,10 @@ def ipo_loss(logratio_chosen: torch.Tensor, logratio_rejected: torch.Tensor, tau
 
 def _mean(per: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight is None:
-        return per.mean()
+        return per.mean(dim=-1)
     if weight.shape != per.shape:
         raise ValueError(f"weight must have shape {tuple(per.shape)} (got {tuple(weight.shape)})")
-    return torch.sum(weight * per) / torch.sum(weight)
+    return torch.sum(weight * per, dim=-1) / torch.sum(weight, dim=-1)
 
 
 def reinforce_loss(logp: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:

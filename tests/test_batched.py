@@ -12,8 +12,10 @@ from testbed.policies import LogLinear, TabularSoftmax, lstsq_step, member, stac
 from testbed.problems import ProblemBatch, make_linear, make_tabular
 
 # Two tabular instances of one shape (one with reward noise), two linear ones (one misspecified);
-# every batchable mode of REBEL and NPG: exact, sampled least squares, y' from pi_t / uniform / pi_ref,
-# KL shaping, damped sample Fisher; plus PPO, which is not batchable and must run alone.
+# every batchable mode of REBEL and NPG: exact, sampled least squares or Adam, y' from pi_t / uniform /
+# pi_ref, KL shaping, damped sample Fisher; PPO (table and linear critic, KL shaping, value clipping,
+# entropy bonus) and online/offline DPO and IPO, trained by Adam on stacked seeds; PPO with an MLP
+# critic, population DPO and REBEL with an offline y' set are not batchable and must run alone.
 SPEC = """
 name: batched
 problems:
@@ -29,10 +31,17 @@ algorithms:
   - {name: npg, mode: exact, eta: 1.0, beta: 0.2}
   - {name: npg, mode: sampled, samples: 60, eta: 1.0}
   - {name: npg, mode: sampled, samples: 60, eta: 1.0, damping: 0.1, label: npg-damped}
-  - {name: ppo, batch: 30, epochs: 1, minibatch: 30}
+  - {name: rebel, mode: sampled, solver: adam, pairs: 40, epochs: 2, minibatch: 16, label: rebel-adam}
+  - {name: ppo, batch: 30, epochs: 2, minibatch: 8}
+  - {name: ppo, batch: 30, epochs: 1, minibatch: 16, critic: linear, beta: 0.1, value_clip: 0.2, ent_coef: 0.01, label: ppo-kl}
+  - {name: ppo, batch: 30, epochs: 1, minibatch: 30, critic: mlp, label: ppo-mlp-critic}
+  - {name: dpo, mode: online, pairs: 20, epochs: 2, minibatch: 8, label: dpo-online}
+  - {name: dpo, mode: offline, pairs: 50, minibatch: 16, loss: ipo, label: ipo-offline}
+  - {name: dpo, mode: population, label: dpo-population}
+  - {name: rebel, mode: sampled, pairs: 20, y_prime: offline, label: rebel-offline}
 seeds: [0, 1, 2]
-iterations: 12
-eval_every: 4
+iterations: 8
+eval_every: 3
 """
 
 
@@ -50,12 +59,11 @@ def test_groups_stack_seeds_and_instances_of_one_shape_and_leave_the_rest_alone(
         plans = [spec.runs[i] for i in g]
         assert len({(p.label, p.iterations) for p in plans}) == 1
         sizes.setdefault(plans[0].algorithm, []).append(len(g))
-    # 7 batchable configurations x {tabular, linear} shapes, each stacking 2 instances x 3 seeds
-    assert sorted(sizes["rebel"] + sizes["npg"]) == [6] * 14
-    assert sizes["ppo"] == [1] * 12  # PPO is not batchable: one run per group
+    # 12 batchable configurations x {tabular, linear} shapes, each stacking 2 instances x 3 seeds
+    assert sorted(sizes["rebel"] + sizes["npg"] + sizes["ppo"] + sizes["dpo"]) == [1] * 36 + [6] * 24
     assert sorted(i for g in groups for i in g) == list(range(len(spec.runs)))
     split = batch_groups(spec, jobs=4)  # stacks split so that every process gets work
-    assert sorted(len(g) for g in split if spec.runs[g[0]].algorithm == "rebel") == sorted([2, 2, 1, 1] * 8)
+    assert sorted(len(g) for g in split if spec.runs[g[0]].label == "rebel-exact") == [1, 1, 1, 1, 2, 2, 2, 2]
     assert batch_groups(spec, batch=False) == [[i] for i in range(len(spec.runs))]
 
 
@@ -130,13 +138,15 @@ def test_stacked_metrics_and_least_squares_match_member_by_member():
                 np.testing.assert_allclose(new_s.params - pol.params, ref, rtol=1e-10, atol=1e-12)
 
 
-def test_only_least_squares_and_exact_modes_are_batchable():
+def test_what_is_batchable():
     rebel, npg = ALGORITHMS["rebel"], ALGORITHMS["npg"]
     cfg = lambda cls, **kw: build_config(cls.Config, kw, "t")  # noqa: E731
     assert rebel.batchable(cfg(rebel, mode="exact"), "tabular")
     assert rebel.batchable(cfg(rebel, mode="sampled"), "loglinear")
-    assert not rebel.batchable(cfg(rebel, mode="sampled", solver="adam"), "tabular")
+    assert rebel.batchable(cfg(rebel, mode="sampled", solver="adam"), "tabular")
     assert not rebel.batchable(cfg(rebel, mode="exact", y_prime="offline"), "tabular")
     assert not rebel.batchable(cfg(rebel, mode="sampled", solver="adam"), "mlp")
     assert npg.batchable(cfg(npg, mode="sampled"), "tabular")
-    assert not ALGORITHMS["ppo"].batchable(cfg(ALGORITHMS["ppo"]), "tabular")
+    ppo, dpo = ALGORITHMS["ppo"], ALGORITHMS["dpo"]
+    assert ppo.batchable(cfg(ppo), "loglinear") and not ppo.batchable(cfg(ppo, critic="mlp"), "tabular")
+    assert dpo.batchable(cfg(dpo, mode="offline"), "tabular") and not dpo.batchable(cfg(dpo, mode="population"), "tabular")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
+from testbed.losses import dpo_loss, ipo_loss, kl_shaped_reward, ppo_clip_loss, rebel_loss, rebel_loss_official, value_loss
 
 
 def batch(n=7, seed=0):
@@ -60,11 +60,26 @@ def test_shape_and_argument_checks():
     with pytest.raises(ValueError, match="shape"):
         rebel_loss(a[0], a[1][:3], a[2], a[3], 1.0)
     with pytest.raises(ValueError, match="shape"):
-        rebel_loss(a[0][:, None], a[1][:, None], a[2][:, None], a[3][:, None], 1.0)
+        rebel_loss(a[0][0], a[1][0], a[2][0], a[3][0], 1.0)  # 0-d: no sample axis
     with pytest.raises(ValueError, match="eta"):
         rebel_loss(*a, eta=0.0)
     with pytest.raises(ValueError, match="beta"):
         kl_shaped_reward(a[0], a[1], a[2], beta=-1.0)
+
+
+def test_stacked_losses_are_each_rows_loss_exactly():
+    """[S, N] inputs (S seeds stacked) give S losses, each bit-for-bit the loss of that row alone, for
+    row lengths that are and are not multiples of the SIMD width."""
+    g = torch.Generator().manual_seed(3)
+    for n in (5, 8, 37):
+        t = [torch.randn(4, n, generator=g, dtype=torch.float64) * 3 for _ in range(4)]
+        for fn, args in ((rebel_loss, (*t, 0.7)), (ppo_clip_loss, (t[0] * 0.2, t[1], 0.2)),
+                         (value_loss, (t[0], t[1], t[2], 0.3)), (dpo_loss, (t[0], t[1], 2.0)), (ipo_loss, (t[0], t[1], 0.5))):
+            stacked = fn(*args)
+            assert stacked.shape == (4,)
+            for s in range(4):
+                row = fn(*(a[s].clone() if isinstance(a, torch.Tensor) else a for a in args))
+                assert torch.equal(stacked[s], row), (fn.__name__, n, s)
 
 
 def test_kl_shaped_reward_numpy_and_torch():

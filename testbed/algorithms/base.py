@@ -69,7 +69,7 @@ def per_seed(draw, policy: Policy, rng, problem) -> tuple[np.ndarray, ...]:
     Only random draws go through here; the computation on them runs on the whole stack."""
     if not isinstance(rng, list):
         return draw(policy, rng, problem)
-    parts = [draw(member(policy, s), g, problem.members[s]) for s, g in enumerate(rng)]
+    parts = [draw(None if policy is None else member(policy, s), g, problem.members[s]) for s, g in enumerate(rng)]
     return tuple(np.stack(a) for a in zip(*parts))
 
 
@@ -145,26 +145,44 @@ def path(doc: str):
     return dataclasses.field(default="", metadata={"check": "path", "doc": doc})
 
 
+def permutations(rng, n: int) -> np.ndarray:
+    """A fresh permutation of range(n): [n] from one generator, [S, n] from a list (one per seed)."""
+    return rng.permutation(n) if not isinstance(rng, list) else np.stack([g.permutation(n) for g in rng])
+
+
 def adam_fit(policy: Policy, loss_fn, n: int, epochs: int, minibatch: int, lr: float,
-             rng: np.random.Generator, state: dict | None = None) -> tuple[Policy, float]:
+             rng, state: dict | None = None) -> tuple[Policy, float | np.ndarray]:
     """K epochs of minibatch Adam on ``loss_fn(theta, idx)``, reshuffled each epoch, from theta_t.
 
     ``state`` (a dict the algorithm keeps) carries Adam's moments from one iteration to the next, as
     one optimiser over the whole run does in the official REBEL code and in CleanRL/TRL.
     Returns the new policy and the full-batch loss at the end.
+
+    A stack of S policies (``rng`` a list of S generators) gets index arrays [S, m], one row per seed
+    from its own generator, and ``loss_fn`` returns S losses; their sum is minimised. Each seed's
+    gradient is then its own loss's, and Adam is elementwise, so member s follows exactly the
+    trajectory it follows alone.
     """
     theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
     if state is not None and "adam" in state:
         opt.load_state_dict(state["adam"])
     for _ in range(epochs):
-        perm = rng.permutation(n)
+        perm = permutations(rng, n)
         for start in range(0, n, minibatch):
             opt.zero_grad()
-            loss_fn(theta, perm[start:start + minibatch]).backward()
+            loss_fn(theta, perm[..., start:start + minibatch]).sum().backward()
             opt.step()
     if state is not None:
         state["adam"] = opt.state_dict()
+    everything = np.arange(n) if not isinstance(rng, list) else np.tile(np.arange(n), (len(rng), 1))
     with torch.no_grad():
-        final = float(loss_fn(theta, np.arange(n)))
-    return policy.with_params(theta.detach().numpy().copy()), final
+        final = loss_fn(theta, everything).numpy()
+    return policy.with_params(theta.detach().numpy().copy()), final if final.ndim else float(final)
+
+
+def take(a, idx: np.ndarray):
+    """a[idx] along the last axis (numpy or torch): [N] by [m], or each seed's rows [S, N] by [S, m]."""
+    if isinstance(a, np.ndarray):
+        return np.take_along_axis(a, idx, axis=-1)
+    return torch.take_along_dim(a, torch.as_tensor(idx), dim=-1)

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.algorithms.base import Algorithm, Step, adam_fit, count, one_of, path, positive
+from testbed.algorithms.base import Algorithm, Step, adam_fit, count, one_of, path, per_seed, positive, take
 from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
-from testbed.policies import Policy
+from testbed.policies import Policy, take_contexts
 from testbed.problems import TabularBandit
 
 
@@ -68,6 +68,11 @@ def _load_preferences(path: str) -> np.ndarray:
         raise InputError(f"preferences file {path!r} is not a readable .npz ({e})") from None
 
 
+def ref_log_prob(log_ref: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+    """ln pi_ref(y_i|x_i) from the table [X, Y] (or a stack's, [S, X, Y] with x, y [S, N])."""
+    return take_contexts(log_ref, torch.as_tensor(x)).gather(-1, torch.as_tensor(y)[..., None])[..., 0]
+
+
 class DPO(Algorithm):
     name = "dpo"
     Config = DPOConfig
@@ -80,18 +85,30 @@ class DPO(Algorithm):
         if config.labels == "tensor":
             PreferenceOracle(problem, "tensor", preferences=_load_preferences(config.preferences))
 
-    def __init__(self, config: DPOConfig, problem: TabularBandit, rng: np.random.Generator):
+    @staticmethod
+    def batchable(config: DPOConfig, kind: str) -> bool:
+        return kind in ("tabular", "loglinear") and config.mode != "population"
+
+    def __init__(self, config: DPOConfig, problem: TabularBandit, rng):
         super().__init__(config, problem, rng)
         P = _load_preferences(config.preferences) if config.labels == "tensor" else None
-        self.oracle = PreferenceOracle(problem, config.labels, config.temperature, P)
-        X, Y = problem.rewards.shape
-        self.mu = problem.pi_ref if config.mu == "ref" else np.full((X, Y), 1.0 / Y)
+        members = getattr(problem, "members", [problem])  # a stack of problems: one oracle each
+        self.oracles = [PreferenceOracle(m, config.labels, config.temperature, P) for m in members]
+        self.oracle = self.oracles[0]
+        X, Y = problem.num_contexts, problem.num_actions
         self._adam: dict = {}
         self.data = None
         if config.mode == "offline":
-            self.data = (PreferenceDataset.load(config.dataset, X, Y) if config.dataset
-                         else PreferenceDataset.generate(rng, problem, self.mu, config.pairs, self.oracle))
-            self.initial_samples, self.initial_queries = 2 * len(self.data), len(self.data)
+            if config.dataset:
+                data = PreferenceDataset.load(config.dataset, X, Y)
+                if isinstance(rng, list):
+                    data = PreferenceDataset(*(np.tile(a, (len(rng), 1)) for a in (data.prompt, data.chosen, data.rejected)))
+            else:
+                data = PreferenceDataset(*per_seed(self._generate, None, rng, problem))
+            self.data = data
+            n = data.prompt.shape[-1]
+            self.initial_samples, self.initial_queries = 2 * n, n
+        self.mu = self._mu(problem) if config.mode == "population" else None
         if config.mode == "population" and config.dataset:  # the empirical distribution of a dataset
             self.data = PreferenceDataset.load(config.dataset, X, Y)
             self.weight = torch.ones(len(self.data), dtype=torch.float64)
@@ -103,11 +120,32 @@ class DPO(Algorithm):
             self.data = PreferenceDataset(x, y, y2)
             self.weight = torch.as_tensor(w)
 
+    def _mu(self, problem: TabularBandit) -> np.ndarray:
+        X, Y = problem.rewards.shape
+        return problem.pi_ref if self.config.mu == "ref" else np.full((X, Y), 1.0 / Y)
+
+    def _member_oracle(self, problem: TabularBandit) -> PreferenceOracle:
+        members = getattr(self.problem, "members", None)
+        return self.oracle if members is None else self.oracles[members.index(problem)]
+
+    def _generate(self, _policy, rng: np.random.Generator, problem: TabularBandit) -> tuple[np.ndarray, ...]:
+        """The offline dataset of one seed: pairs from mu labelled by the oracle."""
+        d = PreferenceDataset.generate(rng, problem, self._mu(problem), self.config.pairs, self._member_oracle(problem))
+        return d.prompt, d.chosen, d.rejected
+
+    def _pairs(self, policy: Policy, rng: np.random.Generator, problem: TabularBandit) -> tuple[np.ndarray, ...]:
+        """One online round of one seed: y, y' ~ pi_t (y' != y), labelled by the oracle."""
+        x = problem.sample_contexts(rng, self.config.pairs)
+        probs = np.exp(policy.log_probs_at(x))
+        y = policy.sample(rng, x)
+        y2 = sample_distinct(rng, probs, y)
+        return (x, *self._member_oracle(problem).label(rng, x, y, y2))
+
     def _loss(self, policy: Policy, theta: torch.Tensor, d: PreferenceDataset, idx, weight=None):
         log_ref = torch.as_tensor(self.problem.log_pi_ref)
-        x, yw, yl = d.prompt[idx], d.chosen[idx], d.rejected[idx]
-        hw = policy.torch_log_prob(theta, x, yw) - log_ref[x, yw]
-        hl = policy.torch_log_prob(theta, x, yl) - log_ref[x, yl]
+        x, yw, yl = take(d.prompt, idx), take(d.chosen, idx), take(d.rejected, idx)
+        hw = policy.torch_log_prob(theta, x, yw) - ref_log_prob(log_ref, x, yw)
+        hl = policy.torch_log_prob(theta, x, yl) - ref_log_prob(log_ref, x, yl)
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
         return fn(hw, hl, self.config.beta, weight)
 
@@ -123,13 +161,9 @@ class DPO(Algorithm):
         if cfg.mode == "offline":
             d, samples, queries = self.data, 0, 0
         else:
-            x = self.problem.sample_contexts(rng, cfg.pairs)
-            probs = np.exp(policy.log_probs_at(x))
-            y = policy.sample(rng, x)
-            y2 = sample_distinct(rng, probs, y)
-            d = PreferenceDataset(x, *self.oracle.label(rng, x, y, y2))
+            d = PreferenceDataset(*per_seed(self._pairs, policy, rng, self.problem))
             samples, queries = 2 * cfg.pairs, cfg.pairs
-        new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, d, idx), len(d), cfg.epochs,
+        new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, d, idx), d.prompt.shape[-1], cfg.epochs,
                              cfg.minibatch, cfg.lr, rng, self._adam)
         return Step(new, loss, samples, queries)
 

@@ -21,9 +21,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.algorithms.base import Algorithm, Step, count, flag, nonneg, one_of, positive, unit_open
+from testbed.algorithms.base import (
+    Algorithm,
+    Step,
+    count,
+    flag,
+    nonneg,
+    one_of,
+    per_seed,
+    permutations,
+    positive,
+    take,
+    unit_open,
+)
 from testbed.losses import kl_shaped_reward, ppo_clip_loss, value_loss
-from testbed.policies import Policy
+from testbed.policies import Policy, take_contexts
 from testbed.problems import LinearBandit, TabularBandit
 
 CRITIC_HIDDEN = 32
@@ -48,57 +60,70 @@ class PPO(Algorithm):
     name = "ppo"
     Config = PPOConfig
 
-    def __init__(self, config: PPOConfig, problem: TabularBandit, rng: np.random.Generator):
+    @staticmethod
+    def batchable(config: PPOConfig, kind: str) -> bool:
+        return kind in ("tabular", "loglinear") and config.critic != "mlp"
+
+    def __init__(self, config: PPOConfig, problem: TabularBandit, rng):
         super().__init__(config, problem, rng)
         X = problem.num_contexts
-        if config.critic == "table" or not isinstance(problem, LinearBandit):
-            feats = np.eye(X)
+        members = getattr(problem, "members", None)  # a stack of problems: one critic each
+        if config.critic == "table" or not isinstance((members or [problem])[0], LinearBandit):
+            feats = np.eye(X) if members is None else np.broadcast_to(np.eye(X), (len(members), X, X)).copy()
         else:
-            feats = problem.features.reshape(X, -1)
+            feats = problem.features.reshape(problem.features.shape[:-3] + (X, -1))
         self.ctx = torch.as_tensor(feats)
-        k = feats.shape[1]
+        k = feats.shape[-1]
         if config.critic == "mlp":
             b = 1 / np.sqrt(k)
             w = [rng.uniform(-b, b, CRITIC_HIDDEN * k), rng.uniform(-b, b, CRITIC_HIDDEN), np.zeros(CRITIC_HIDDEN + 1)]
         else:
-            w = [np.zeros(k + 1)]
-        self.w = torch.tensor(np.concatenate(w), dtype=torch.float64)
+            w = [np.zeros(feats.shape[:-2] + (k + 1,))]
+        self.w = torch.tensor(np.concatenate(w, axis=-1), dtype=torch.float64)
         self._adam: dict = {}
 
     def value(self, w: torch.Tensor, x: np.ndarray) -> torch.Tensor:
-        c = self.ctx[torch.as_tensor(x)]
-        k = c.shape[1]
-        if self.config.critic != "mlp":
-            return c @ w[:k] + w[k]
+        c = take_contexts(self.ctx, torch.as_tensor(x))
+        k = c.shape[-1]
+        if self.config.critic != "mlp":  # a product and a sum over k (not a matmul): a stack is exact per member
+            return torch.sum(c * w[..., None, :k], dim=-1) + w[..., k:]
         H = CRITIC_HIDDEN
         h = torch.tanh(c @ w[:H * k].reshape(H, k).T + w[H * k:H * k + H])
         return h @ w[H * k + H:H * k + 2 * H] + w[-1]
 
-    def update(self, policy: Policy, rng: np.random.Generator) -> Step:
+    def update(self, policy: Policy, rng) -> Step:
         return self.optimise(policy, self.collect(policy, rng), rng)
 
-    def collect(self, policy: Policy, rng: np.random.Generator) -> dict:
-        """The batch: x, y, ln pi_t(y|x), (shaped) reward r, critic values V_old(x) and advantages."""
-        cfg, p, N = self.config, self.problem, self.config.batch
+    def _draw(self, policy: Policy, rng: np.random.Generator, p: TabularBandit) -> tuple[np.ndarray, ...]:
+        """x ~ rho, y ~ pi_t, ln pi_t(y|x) and the (KL-shaped) reward of one seed."""
+        N = self.config.batch
         x = p.sample_contexts(rng, N)
         y = policy.sample(rng, x)
-        lp_old = torch.as_tensor(policy.log_probs_at(x)[np.arange(N), y])
+        lp_old = policy.log_probs_at(x)[np.arange(N), y]
         r = p.sample_rewards(rng, x, y)
-        if cfg.beta > 0:
-            r = kl_shaped_reward(r, lp_old.numpy(), p.log_pi_ref[x, y], cfg.beta)
-        r = torch.as_tensor(r)
+        if self.config.beta > 0:
+            r = kl_shaped_reward(r, lp_old, p.log_pi_ref[x, y], self.config.beta)
+        return x, y, lp_old, r
+
+    def collect(self, policy: Policy, rng) -> dict:
+        """The batch: x, y, ln pi_t(y|x), (shaped) reward r, critic values V_old(x) and advantages."""
+        x, y, lp_old, r = per_seed(self._draw, policy, rng, self.problem)
+        lp_old, r = torch.as_tensor(lp_old), torch.as_tensor(r)
         with torch.no_grad():
             v_old = self.value(self.w, x)
         adv = r - v_old
-        if cfg.normalize_advantage and N > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        N = x.shape[-1]
+        if self.config.normalize_advantage and N > 1:  # sample std from sums over the last axis (exact per seed)
+            centred = adv - adv.mean(dim=-1, keepdim=True)
+            adv = centred / (torch.sqrt(torch.sum(centred ** 2, dim=-1, keepdim=True) / (N - 1)) + 1e-8)
         return {"x": x, "y": y, "lp_old": lp_old, "r": r, "v_old": v_old, "adv": adv}
 
-    def optimise(self, policy: Policy, batch: dict, rng: np.random.Generator) -> Step:
-        """K epochs of minibatch Adam on the clipped surrogate + value loss (+ entropy bonus)."""
+    def optimise(self, policy: Policy, batch: dict, rng) -> Step:
+        """K epochs of minibatch Adam on the clipped surrogate + value loss (+ entropy bonus).
+        A stack of seeds minimises the sum of their losses (Adam is elementwise: each as if alone)."""
         cfg = self.config
         x, y, lp_old, r, v_old, adv = (batch[k] for k in ("x", "y", "lp_old", "r", "v_old", "adv"))
-        N = len(x)
+        N = x.shape[-1]
         theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
         w = self.w.clone().requires_grad_(True)
         opt = torch.optim.Adam([{"params": [theta], "lr": cfg.lr}, {"params": [w], "lr": cfg.critic_lr}])
@@ -106,27 +131,29 @@ class PPO(Algorithm):
             opt.load_state_dict(self._adam["adam"])
         vclip = cfg.value_clip or None
         for _ in range(cfg.epochs):
-            perm = rng.permutation(N)
+            perm = permutations(rng, N)
             for s in range(0, N, cfg.minibatch):
-                i = perm[s:s + cfg.minibatch]
-                ti = torch.as_tensor(i)
-                lp_all = policy.torch_log_probs(theta, x[i])
-                lp = lp_all.gather(1, torch.as_tensor(y[i])[:, None])[:, 0]
-                loss = ppo_clip_loss(lp - lp_old[ti], adv[ti], cfg.clip_eps)
+                i = perm[..., s:s + cfg.minibatch]
+                xi = take(x, i)
+                lp_all = policy.torch_log_probs(theta, xi)
+                lp = lp_all.gather(-1, torch.as_tensor(take(y, i))[..., None])[..., 0]
+                loss = ppo_clip_loss(lp - take(lp_old, i), take(adv, i), cfg.clip_eps)
                 if cfg.ent_coef:
-                    loss = loss + cfg.ent_coef * torch.sum(lp_all.exp() * lp_all, dim=-1).mean()
-                loss = loss + value_loss(self.value(w, x[i]), v_old[ti], r[ti], vclip)
+                    loss = loss + cfg.ent_coef * torch.sum(lp_all.exp() * lp_all, dim=-1).mean(dim=-1)
+                loss = loss + value_loss(self.value(w, xi), take(v_old, i), take(r, i), vclip)
                 opt.zero_grad()
-                loss.backward()
+                loss.sum().backward()
                 opt.step()
         self._adam["adam"] = opt.state_dict()
         self.w = w.detach().clone()
         with torch.no_grad():
             logratio = policy.torch_log_prob(theta, x, y) - lp_old
             ratio = logratio.exp()
-            extras = {"clipfrac": float(((ratio - 1).abs() > cfg.clip_eps).double().mean()),
-                      "approx_kl": float(((ratio - 1) - logratio).mean()),
-                      "ratio_max": float(ratio.max()),
-                      "value_loss": float(value_loss(self.value(self.w, x), v_old, r))}
-            final = float(ppo_clip_loss(logratio, adv, cfg.clip_eps))
-        return Step(policy.with_params(theta.detach().numpy().copy()), final, N, N, extras)
+            extras = {"clipfrac": ((ratio - 1).abs() > cfg.clip_eps).double().mean(dim=-1),
+                      "approx_kl": ((ratio - 1) - logratio).mean(dim=-1),
+                      "ratio_max": ratio.max(dim=-1).values,
+                      "value_loss": value_loss(self.value(self.w, x), v_old, r)}
+            final = ppo_clip_loss(logratio, adv, cfg.clip_eps)
+        extras = {k: float(v) if v.ndim == 0 else v.numpy() for k, v in extras.items()}
+        return Step(policy.with_params(theta.detach().numpy().copy()), float(final) if final.ndim == 0 else final.numpy(),
+                    N, N, extras)

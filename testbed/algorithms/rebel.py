@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.algorithms.base import Algorithm, Step, adam_fit, count, nonneg, one_of, per_seed, positive
+from testbed.algorithms.base import Algorithm, Step, adam_fit, count, nonneg, one_of, per_seed, positive, take
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss
 from testbed.policies import LogLinear, Policy, TabularSoftmax, linear_logits, lstsq_step, score_features
@@ -67,8 +67,7 @@ class REBEL(Algorithm):
 
     @staticmethod
     def batchable(config: REBELConfig, kind: str) -> bool:
-        return kind in ("tabular", "loglinear") and (config.mode == "exact" or config.solver == "lstsq") \
-            and config.y_prime != "offline"
+        return kind in ("tabular", "loglinear") and config.y_prime != "offline"
 
     @staticmethod
     def check_policy(config: REBELConfig, kind: str) -> str | None:
@@ -149,10 +148,10 @@ class REBEL(Algorithm):
         t = {k: torch.as_tensor(v) for k, v in dict(lp=lp, lp2=lp2, r=r, r2=r2).items()}
 
         def loss_fn(theta: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-            i = torch.as_tensor(idx)
-            ratio = policy.torch_log_prob(theta, x[idx], y[idx]) - t["lp"][i]
-            ratio2 = policy.torch_log_prob(theta, x[idx], y2[idx]) - t["lp2"][i]
-            return rebel_loss(ratio, ratio2, t["r"][i], t["r2"][i], cfg.eta)
+            xi = take(x, idx)
+            ratio = policy.torch_log_prob(theta, xi, take(y, idx)) - take(t["lp"], idx)
+            ratio2 = policy.torch_log_prob(theta, xi, take(y2, idx)) - take(t["lp2"], idx)
+            return rebel_loss(ratio, ratio2, take(t["r"], idx), take(t["r2"], idx), cfg.eta)
 
         new, loss = adam_fit(policy, loss_fn, cfg.pairs, cfg.epochs, cfg.minibatch, cfg.lr, rng, self._adam)
         return Step(new, loss, 2 * cfg.pairs, 2 * cfg.pairs)

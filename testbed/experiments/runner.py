@@ -163,6 +163,7 @@ class BatchState:
     samples: int
     queries: int
     loss: np.ndarray | None
+    step_extras: dict
     elapsed: float
     wall: list
 
@@ -178,7 +179,7 @@ def _new_batch_state(plans: list[RunPlan], problems: list[TabularBandit]) -> Bat
     rngs = [np.random.default_rng(plan.seed) for plan in plans]
     algo = cls(cfg, ProblemBatch(problems), rngs)
     return BatchState(0, stack(policies), algo, rngs, [[] for _ in plans], algo.initial_samples,
-                      algo.initial_queries, None, 0.0, [])
+                      algo.initial_queries, None, {}, 0.0, [])
 
 
 def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: Path | None = None,
@@ -208,7 +209,8 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
             m = {k: None if v is None else float(v[s]) for k, v in metrics.items()}
             st.rows[s].append(_row(plan, t, st.samples if counted else None, st.queries if counted else None,
                                    m | {"exploitability": None, "exploitability_avg": None},
-                                   None if loss is None else float(loss[s]), {}))
+                                   None if loss is None else float(loss[s]),
+                                   {k: float(v[s]) for k, v in st.step_extras.items()}))
         st.wall.append(time.perf_counter() - start)
 
     if st.t == 0 and not st.rows[0]:
@@ -221,7 +223,7 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
             bad = plans[int(np.argmin(finite))].run_id
             raise NumericalError(f"run {bad}: non-finite policy parameters at iteration {t}"
                                  + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
-        st.policy, st.loss, st.t = step.policy, step.loss, t
+        st.policy, st.loss, st.step_extras, st.t = step.policy, step.loss, step.extras, t
         st.samples += step.samples or 0
         st.queries += step.queries or 0
         if t % first.eval_every == 0 or t == first.iterations:
@@ -330,6 +332,9 @@ back by :func:`read_metrics`), so that metrics.csv is bit-identical across runs,
 
 def prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse an existing --out unless --overwrite, and even then unless it is a run folder."""
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
     if not out.exists():
         return
     if not overwrite:

@@ -41,20 +41,25 @@ class Policy:
         return sample_rows(rng, np.exp(self.log_probs_at(x)))
 
     def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
-        """ln pi_params(.|x_i) as a differentiable function of ``params``, shape [N, Y]."""
+        """ln pi_params(.|x_i) as a differentiable function of ``params``, shape [N, Y] ([S, N, Y] for
+        a stack: params with a leading axis S, x [S, N])."""
         raise NotImplementedError
 
     def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
-        """ln pi_params(y_i|x_i), shape [N]."""
-        return self.torch_log_probs(params, x).gather(1, torch.as_tensor(y)[:, None])[:, 0]
+        """ln pi_params(y_i|x_i), shape [N] ([S, N] for a stack)."""
+        return self.torch_log_probs(params, x).gather(-1, torch.as_tensor(y)[..., None])[..., 0]
 
     def with_params(self, params: np.ndarray) -> Policy:
         raise NotImplementedError
 
 
-def take_contexts(a: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """a[x] for one policy; for a stack (x [S, N], a [S, X, ...]) the rows a[s, x[s]] of each member."""
-    return a[x] if x.ndim == 1 else a[np.arange(len(x))[:, None], x]
+def take_contexts(a, x):
+    """a[x] for one policy; for a stack (x [S, N], a [S, X, ...]) the rows a[s, x[s]] of each member.
+    numpy arrays or torch tensors."""
+    if x.ndim == 1:
+        return a[x]
+    rows = np.arange(len(x))[:, None]
+    return a[rows if isinstance(a, np.ndarray) else torch.as_tensor(rows), x]
 
 
 def member(policy: Policy, s: int) -> Policy:
@@ -97,7 +102,7 @@ class TabularSoftmax(Policy):
         return self.params  # kept normalised by construction
 
     def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
-        return torch.log_softmax(params[torch.as_tensor(x)], dim=-1)
+        return torch.log_softmax(take_contexts(params, torch.as_tensor(x)), dim=-1)
 
     def with_params(self, params: np.ndarray) -> TabularSoftmax:
         return TabularSoftmax(params)
@@ -134,7 +139,9 @@ class LogLinear(_FeaturePolicy):
         return log_softmax(linear_logits(take_contexts(self.features, x), self.params), axis=-1)
 
     def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
-        return torch.log_softmax(self._torch_features()[torch.as_tensor(x)] @ params, dim=-1)
+        # phi·theta as a product and a sum over d (not a matmul), so a stack is exact per member
+        phi = take_contexts(self._torch_features(), torch.as_tensor(x))
+        return torch.log_softmax(torch.sum(phi * params[..., None, None, :], dim=-1), dim=-1)
 
     def with_params(self, params: np.ndarray) -> LogLinear:
         return self._copy_with(LogLinear(self.features, params))

@@ -1,21 +1,37 @@
 """Print cost ratios measured side by side in one run (interleaved, median of repeats).
 
-    python tests/benchmarks/ratios.py
+    python tests/benchmarks/ratios.py [--quick] [--skip-reproduce]
 
-Target (issue: bandit foundation): one exact tabular REBEL iteration at |X| = |Y| = 1000 costs at
-most 3x a bare numpy ``logits + eta*r`` followed by a log-softmax over the same array.
-Exits 1 if a target is missed.
+Targets (issues: bandit foundation, performance):
+  1. one exact tabular REBEL / NPG iteration at |X| = |Y| = 1000 costs at most 2x a bare numpy
+     ``logits + eta*r`` followed by a log-softmax over the same array;
+  2. 1000 seeds x 1000 iterations of exact tabular REBEL on a 10 x 10 instance run at least 20x faster
+     batched (one stack) than as a loop of per-seed runs (same rows, checked here too);
+  3. sampled REBEL / PPO / online DPO iteration cost on the MLP policy with equal samples (reported
+     as ratios to REBEL; no target);
+  4. ``testbed reproduce`` (every bandit figure, default --jobs = one per core) in under 2 minutes.
+Exits 1 if a target is missed. ``--quick`` shrinks workload 2 to 100 seeds x 200 iterations.
 """
 
+import argparse
+import os
 import platform
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import SIZE, bare_numpy_step, exact_workload, rebel_step  # noqa: E402
+from common import SAMPLED, SIZE, bare_numpy_step, exact_step, exact_workload, sampled_workload, seed_plans  # noqa: E402
+
+from testbed.experiments.runner import run_batch, run_one  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def interleaved(fns: dict, repeats: int = 30) -> dict[str, float]:
@@ -28,20 +44,90 @@ def interleaved(fns: dict, repeats: int = 30) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+def exact_vs_bare() -> bool:
+    ok = True
+    problem, policy, rebel = exact_workload(algorithm="rebel")
+    _, _, npg = exact_workload(algorithm="npg")
+    fns = {"bare": lambda: bare_numpy_step(policy.params, problem.rewards),
+           "rebel": lambda: exact_step(policy, rebel), "npg": lambda: exact_step(policy, npg)}
+    for f in fns.values():  # warm-up
+        f()
+    t = interleaved(fns)
+    for name in ("rebel", "npg"):
+        ratio = t[name] / t["bare"]
+        ok &= ratio <= 2.0
+        print(f"1. exact tabular {name.upper()} iteration, |X| = |Y| = {SIZE}: {t[name] * 1e3:.2f} ms; bare numpy "
+              f"logits + eta*r + log-softmax: {t['bare'] * 1e3:.2f} ms; ratio {ratio:.2f}x (target <= 2x) {verdict(ratio <= 2)}")
+    return ok
+
+
+def batched_vs_loop(seeds: int, iterations: int) -> bool:
+    plans, problems = seed_plans(seeds, iterations)
+    t0 = time.perf_counter()
+    batched = run_batch(plans, problems)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alone = [run_one(p, q) for p, q in zip(plans, problems)]
+    t_loop = time.perf_counter() - t0
+    same = all(a[0] == b[0] and np.array_equal(a[1].params, b[1].params) for a, b in zip(batched, alone))
+    speedup = t_loop / t_batch
+    ok = speedup >= 20 and same
+    print(f"2. {seeds} seeds x {iterations} iterations of exact tabular REBEL, 10 x 10 (metrics every 100): "
+          f"per-seed loop {t_loop:.2f} s, batched {t_batch:.3f} s; batched {speedup:.1f}x faster (target >= 20x) "
+          f"{verdict(ok)}; identical rows and policies: {same}")
+    return ok
+
+
+def sampled_costs() -> None:
+    work = {name: sampled_workload(name) for name in SAMPLED}
+    state = {name: w[0] for name, w in work.items()}
+
+    def step(name):
+        policy, algo, rng = work[name]
+        state[name] = algo.update(state[name], rng).policy
+
+    for name in work:
+        step(name)  # warm-up (Adam's first step imports torch's compiler stack)
+    t = interleaved({name: (lambda n=name: step(n)) for name in work}, repeats=15)
+    print("3. sampled iteration on the MLP policy (hidden 32), default 20 x 10 problem, 500 responses, 4 epochs "
+          "of minibatch-64 Adam:")
+    for name in work:
+        print(f"   {name:6s} {t[name] * 1e3:8.1f} ms/iteration   ratio to REBEL {t[name] / t['rebel']:.2f}x")
+
+
+def reproduce_time() -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "testbed.cli", "reproduce", "--quiet", "--runs", f"{tmp}/runs",
+                              "--figures", f"{tmp}/figures"], cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        print(f"4. testbed reproduce failed: {out.stderr.strip()}")
+        return False
+    specs = re.findall(r"^(\w+): \d+ runs in ([\d.]+)s", out.stderr, flags=re.M)
+    ok = wall < 120
+    print(f"4. testbed reproduce (all bandit figures, --jobs {os.cpu_count()}): {wall:.1f} s (target < 120 s) "
+          f"{verdict(ok)}; per spec: " + ", ".join(f"{n} {float(s):.1f} s" for n, s in specs))
+    return ok
+
+
 def main() -> int:
-    problem, policy, algo = exact_workload()
-    for _ in range(3):  # warm-up
-        bare_numpy_step(policy.params, problem.rewards)
-        rebel_step(policy, algo)
-    t = interleaved({"bare": lambda: bare_numpy_step(policy.params, problem.rewards),
-                     "rebel": lambda: rebel_step(policy, algo)})
-    ratio = t["rebel"] / t["bare"]
-    ok = ratio <= 3.0
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}, "
-          f"numpy {np.__version__}")
-    print(f"exact tabular REBEL iteration, |X| = |Y| = {SIZE}: {t['rebel'] * 1e3:.2f} ms; "
-          f"bare numpy logits + eta*r + log-softmax: {t['bare'] * 1e3:.2f} ms; "
-          f"ratio {ratio:.2f}x (target <= 3x) {'OK' if ok else 'MISSED'}")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="workload 2 at 100 seeds x 200 iterations")
+    ap.add_argument("--skip-reproduce", action="store_true", help="leave out workload 4 (minutes)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+          f"numpy {np.__version__}, torch {torch.__version__}")
+    ok = exact_vs_bare()
+    ok &= batched_vs_loop(100, 200) if args.quick else batched_vs_loop(1000, 1000)
+    sampled_costs()
+    if not args.skip_reproduce:
+        ok &= reproduce_time()
     return 0 if ok else 1
 
 
