@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import multiprocessing
 import os
 import pickle
 import platform
@@ -22,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +31,7 @@ from tqdm import tqdm
 
 from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError
+from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.io import atomic_write, atomic_write_text, replace_dir, save_npz, sha256
 from testbed.metrics import COLUMNS, EXTRAS, hedge_regret_bound, mirror_descent_bound, problem_metrics
@@ -260,6 +259,8 @@ def _worker(plan: RunPlan, problem: TabularBandit, partial: str | None = None, i
     """Run (or finish, or load) one grid point. With ``partial``, a finished run is stored as
     <index>.done and an unfinished one checkpointed as <index>.ckpt every ``every`` iterations."""
     torch.set_num_threads(1)
+    if partial and not Path(partial).is_dir():  # a Ray node that does not share the driver's disk: no checkpoints
+        partial = None
     done = Path(partial) / f"{index}.done" if partial else None
     if done is not None and done.is_file():
         with open(done, "rb") as f:
@@ -274,34 +275,22 @@ def _worker(plan: RunPlan, problem: TabularBandit, partial: str | None = None, i
     return result
 
 
-def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | None = None, every: int = 0) -> list[tuple]:
-    """Run every grid point, in order; with ``jobs`` > 1 in that many processes. Each run draws only from
-    its own seed and torch uses one thread either way, so the results do not depend on ``jobs``."""
+def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | None = None, every: int = 0,
+            backend: str = "local", ray_address: str | None = None) -> list[tuple]:
+    """Run every grid point, in order, on ``backend`` (``testbed.experiments.backends``: serial, ``jobs``
+    processes, or Ray). Each run draws only from its own seed and torch uses one thread either way, so
+    the results do not depend on ``jobs`` or ``backend``."""
     total = sum(p.iterations for p in spec.runs)
-    threads = torch.get_num_threads()
     args = [(plan, spec.problems[plan.problem], str(partial) if partial else None, i, every)
             for i, plan in enumerate(spec.runs)]
     with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
               mininterval=0.5, leave=False) as bar:
-        if jobs <= 1:
-            out = []
-            try:
-                for a in args:
-                    out.append(_worker(*a))
-                    bar.update(a[0].iterations)
-            finally:
-                torch.set_num_threads(threads)
-            return out
-        ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, *a) for a in args]
-            for fut, plan in zip(futures, spec.runs):
-                fut.add_done_callback(lambda _f, n=plan.iterations: bar.update(n))
-            return [f.result() for f in futures]
+        return map_tasks(_worker, args, backend, jobs, lambda i: bar.update(spec.runs[i].iterations), ray_address)
 
 
 def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True, jobs: int = 1,
-             resume: bool = False, checkpoint_every: int = 50) -> Path:
+             resume: bool = False, checkpoint_every: int = 50, backend: str = "local",
+             ray_address: str | None = None) -> Path:
     """Run every grid point of ``spec`` and write the run folder ``out`` atomically.
 
     While it runs, <out>.partial holds each finished run and a checkpoint of each unfinished one
@@ -339,7 +328,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
 
     rows, policies, timings, walls, trajectory = [], {}, {}, {}, []
     for plan, (run_rows, params, probs, extra, seconds) in zip(
-            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every)):
+            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every, backend, ray_address)):
         timings[plan.run_id] = seconds
         walls[plan.run_id] = extra["wall"]
         rows += run_rows
