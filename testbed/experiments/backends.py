@@ -50,14 +50,14 @@ def _root_message(e: BaseException) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
-def _reachable(address: str, timeout: float = 5.0) -> None:
+def _reachable(address: str, name: str, timeout: float = 5.0) -> None:
     """Fail fast when nothing listens at ``address``: Ray itself retries such an address for many minutes."""
     m = _ADDRESS.fullmatch(address)
     host = m["host"].strip("[]")
     try:
         socket.create_connection((host, int(m["port"])), timeout=timeout).close()
     except OSError as e:
-        raise InputError(f"--ray-address {address!r}: no Ray head node answers there ({e.strerror or e})") from None
+        raise InputError(f"{name} {address!r}: no Ray head node answers there ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager
@@ -75,10 +75,12 @@ def backend_session(backend: str, jobs: int = 1, address: str | None = None) -> 
             raise InputError("--ray-address needs --backend ray")
         yield
         return
+    name = "--ray-address"
     if address:
         check_ray_address(address)
     elif os.environ.get("RAY_ADDRESS"):
-        address = check_ray_address(os.environ["RAY_ADDRESS"], "the RAY_ADDRESS environment variable")
+        name = "the RAY_ADDRESS environment variable"
+        address = check_ray_address(os.environ["RAY_ADDRESS"], name)
     try:
         import ray
     except ImportError:
@@ -91,15 +93,17 @@ def backend_session(backend: str, jobs: int = 1, address: str | None = None) -> 
     try:
         if address:
             if not address.startswith("ray://"):
-                _reachable(address)
+                _reachable(address, name)
             ray.init(address=address, **quiet)
         else:  # "local": a private instance, never a cluster that happens to run on this machine
             ray.init(address="local", num_cpus=jobs, include_dashboard=False, **quiet)
     except InputError:
         raise
     except Exception as e:  # ConnectionError, RuntimeError, AuthenticationError, ValueError, ...
-        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-        raise InputError(f"--backend ray: cannot connect to {where}: {_root_message(e)}") from None
+        ray.shutdown()  # whatever a failed start left behind
+        what = f"{name} {address!r}: cannot join the Ray cluster there" if address else \
+            "--backend ray: cannot start a local Ray instance"
+        raise InputError(f"{what}: {_root_message(e)}") from None
     try:
         yield
     finally:
