@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,11 +68,17 @@ def assert_no_new_ray_processes(before: set[int], timeout: float = 20.0) -> None
 
 @pytest.fixture(scope="module")
 def ray_env():
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in RAY_ENV.items():
-            mp.setenv(k, v)
-        mp.delenv("RAY_ADDRESS", raising=False)
-        yield
+    """Ray's environment for this module: offline, no auth token in ~/.ray, and its session folders (logs,
+    sockets) in a short private temp dir that is removed afterwards instead of piling up in /tmp/ray."""
+    tmp = tempfile.mkdtemp(prefix="rt-")  # short: Ray's socket paths must fit in 107 characters
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in {**RAY_ENV, "RAY_TMPDIR": tmp}.items():
+                mp.setenv(k, v)
+            mp.delenv("RAY_ADDRESS", raising=False)
+            yield
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +92,7 @@ def cluster(ray_env, tmp_path_factory):
            "--include-dashboard", "false", "--disable-usage-stats"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **RAY_ENV})
+                                env=os.environ.copy())
     try:
         deadline = time.monotonic() + 60
         while "Ray runtime started" not in log.read_text():
