@@ -23,12 +23,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_run(args) -> None:
     from testbed.experiments import load_spec, run_spec
+    from testbed.experiments.backends import backend_session
     from testbed.experiments.runner import prepare_out
 
     prepare_out(Path(args.out), args.overwrite)  # refuse before any work
     spec = load_spec(args.spec)
-    out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs,
-                   resume=args.resume, checkpoint_every=args.checkpoint_every, batch=not args.no_batch)
+    with backend_session(args.backend, args.jobs, args.ray_address):  # Ray missing or unreachable: before any output
+        out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs,
+                       resume=args.resume, checkpoint_every=args.checkpoint_every, backend=args.backend,
+                       batch=not args.no_batch)
     print(f"{len(spec.runs)} runs -> {out}")
 
 
@@ -81,7 +84,8 @@ def _cmd_reproduce(args) -> int:
     from testbed.experiments.reproduce import reproduce
 
     result = reproduce(args.experiments, args.figures, args.runs, args.only, progress=not args.quiet,
-                       jobs=args.jobs, check=args.check, update_golden=args.update_golden, fast=args.fast)
+                       jobs=args.jobs, check=args.check, update_golden=args.update_golden, fast=args.fast,
+                       backend=args.backend, ray_address=args.ray_address)
     if isinstance(result, bool):
         return 0 if result else 1
     for fig in result:
@@ -114,6 +118,24 @@ def _jobs(value: str) -> int:
     return int(value)
 
 
+def _ray_address(value: str) -> str:
+    from testbed.experiments.backends import check_ray_address
+
+    try:
+        return check_ray_address(value, "")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e).strip()) from None
+
+
+def _add_backend(parser: argparse.ArgumentParser, jobs: str) -> None:
+    parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help=f"local: {jobs}; ray: one Ray task per grid point (pip install \"rebel-testbed[ray]\"), "
+                             "results identical")
+    parser.add_argument("--ray-address", type=_ray_address, metavar="HOST:PORT",
+                        help="with --backend ray: join this Ray cluster (default: $RAY_ADDRESS, else a local Ray "
+                             "instance of --jobs CPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="testbed", description="REBEL / NPG testbed on contextual bandits with exact ground truth")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -129,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint each unfinished run every K iterations (default 50)")
     r.add_argument("--no-batch", action="store_true",
                    help="run seeds one by one instead of as stacked arrays (same results; for timing)")
+    _add_backend(r, "serial, or --jobs processes")
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="list problems and algorithms")
     ls.set_defaults(func=_cmd_list)
@@ -156,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--fast", action="store_true", help="only the fast subset listed in experiments/golden/tolerances.yaml")
     rp.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
                     help="processes per spec (default: one per core; results do not depend on it)")
+    _add_backend(rp, "--jobs processes")
     rp.set_defaults(func=_cmd_reproduce)
     lm = sub.add_parser("llm", help="the language-model track")
     lsub = lm.add_subparsers(dest="llm_command", required=True, parser_class=_Parser)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from testbed.errors import InputError
 from testbed.experiments import golden
+from testbed.experiments.backends import backend_session
 from testbed.experiments.runner import run_spec
 from testbed.experiments.spec import load_spec
 from testbed.plotting import draw
@@ -29,10 +30,13 @@ def outputs(spec_name: str, plots: list[dict]) -> list[tuple[dict, str]]:
 
 def reproduce(experiments: str | Path = "experiments", figures: str | Path = "figures",
               runs: str | Path = "runs", only: list[str] | None = None, progress: bool = True,
-              jobs: int = 1, check: bool = False, update_golden: bool = False, fast: bool = False) -> list[Path] | bool:
+              jobs: int = 1, check: bool = False, update_golden: bool = False, fast: bool = False,
+              backend: str = "local", ray_address: str | None = None) -> list[Path] | bool:
     """Run the specs. Default: draw the figures and return their paths. ``check``: compare with the
     golden summaries, print a diff of what moved, return True if nothing did. ``update_golden``: write
-    the summaries. ``fast``: only the specs listed under ``fast`` in experiments/golden/tolerances.yaml."""
+    the summaries. ``fast``: only the specs listed under ``fast`` in experiments/golden/tolerances.yaml.
+    ``backend``/``ray_address``: where the grid points run (``testbed.experiments.backends``; one Ray
+    session serves every spec)."""
     experiments, figures, runs = Path(experiments), Path(figures), Path(runs)
     if not experiments.is_dir():
         raise InputError(f"--experiments {str(experiments)!r} is not a folder of spec files (run from the repository root)")
@@ -45,13 +49,18 @@ def reproduce(experiments: str | Path = "experiments", figures: str | Path = "fi
         specs = [s for s in specs if s.name in only]
     if not specs:
         raise InputError(f"no spec files (*.yaml) in {str(experiments)!r}")
-    if check or update_golden:
-        return _golden(specs, experiments / "golden", runs, progress, jobs, check, fast)
+    with backend_session(backend, jobs, ray_address):
+        if check or update_golden:
+            return _golden(specs, experiments / "golden", runs, progress, jobs, check, fast, backend)
+        return _figures(specs, figures, runs, progress, jobs, backend)
+
+
+def _figures(specs, figures: Path, runs: Path, progress: bool, jobs: int, backend: str) -> list[Path]:
     names = {spec.name: outputs(spec.name, spec.plot) for spec in specs}
     written = []
     for spec in specs:
         t0 = time.perf_counter()
-        run_dir = run_spec(spec, runs / spec.name, overwrite=True, progress=progress, jobs=jobs)
+        run_dir = run_spec(spec, runs / spec.name, overwrite=True, progress=progress, jobs=jobs, backend=backend)
         figs = [draw(run_dir, entry, figures / name) for entry, name in names[spec.name]]
         print(f"{spec.name}: {len(spec.runs)} runs in {time.perf_counter() - t0:.1f}s -> "
               + ", ".join(str(f) for f in figs), file=sys.stderr)
@@ -59,7 +68,8 @@ def reproduce(experiments: str | Path = "experiments", figures: str | Path = "fi
     return written
 
 
-def _golden(specs, golden_dir: Path, runs: Path, progress: bool, jobs: int, check: bool, fast: bool) -> bool:
+def _golden(specs, golden_dir: Path, runs: Path, progress: bool, jobs: int, check: bool, fast: bool,
+            backend: str = "local") -> bool:
     settings = golden.load_settings(golden_dir) if (check or fast) else {}
     if fast:
         specs = [s for s in specs if s.name in set(settings.get("fast", []))]
@@ -71,7 +81,8 @@ def _golden(specs, golden_dir: Path, runs: Path, progress: bool, jobs: int, chec
         if check and not path.is_file():
             raise InputError(f"no golden summary {str(path)!r} for spec {spec.name!r} (run --update-golden)")
         t0 = time.perf_counter()
-        now = golden.summarise(run_spec(spec, runs / spec.name, overwrite=True, progress=progress, jobs=jobs))
+        now = golden.summarise(run_spec(spec, runs / spec.name, overwrite=True, progress=progress, jobs=jobs,
+                                        backend=backend))
         if not check:
             golden.write(now, path)
             print(f"{spec.name}: wrote {len(now)} summary rows to {path}", file=sys.stderr)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import multiprocessing
 import os
 import pickle
 import platform
@@ -22,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +31,7 @@ from tqdm import tqdm
 
 from testbed.algorithms import ALGORITHMS, build_config, check_pairing
 from testbed.errors import InputError
+from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.io import atomic_write, atomic_write_text, replace_dir, save_npz, sha256
 from testbed.metrics import (
@@ -381,6 +380,8 @@ def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, ke
     """Run (or finish, or load) a group of grid points (one, or a stack). With ``partial``, a finished
     group is stored as <key>.done and an unfinished one checkpointed as <key>.ckpt every ``every`` iterations."""
     torch.set_num_threads(1)
+    if partial and not Path(partial).is_dir():  # a Ray node that does not share the driver's disk: no checkpoints
+        partial = None
     done = Path(partial) / f"{key}.done" if partial else None
     if done is not None and done.is_file():
         with open(done, "rb") as f:
@@ -397,33 +398,19 @@ def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, ke
 
 
 def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | None = None, every: int = 0,
-            batch: bool = True) -> list[tuple]:
-    """Run every grid point, in groups (:func:`batch_groups`); with ``jobs`` > 1 in that many processes.
-    Each run draws only from its own seed, torch uses one thread and a stacked run gives each member
-    what it gives alone, so the results depend neither on ``jobs`` nor on ``batch``."""
+            batch: bool = True, backend: str = "local", ray_address: str | None = None) -> list[tuple]:
+    """Run every grid point, in groups (:func:`batch_groups`), on ``backend``
+    (:mod:`testbed.experiments.backends`: serial, ``jobs`` processes, or Ray). Each run draws only from
+    its own seed, torch uses one thread and a stacked run gives each member what it gives alone, so the
+    results depend neither on ``jobs`` nor on ``batch`` nor on ``backend``."""
     groups = batch_groups(spec, jobs, batch)
     total = sum(p.iterations for p in spec.runs)
-    threads = torch.get_num_threads()
     args = [([spec.runs[i] for i in g], [spec.problems[spec.runs[i].problem] for i in g],
              str(partial) if partial else None, f"{g[0]}-{len(g)}", every) for g in groups]
+    sizes = [sum(spec.runs[i].iterations for i in g) for g in groups]
     with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
               mininterval=0.5, leave=False) as bar:
-        if jobs <= 1:
-            results = []
-            try:
-                for a in args:
-                    results.append(_worker(*a))
-                    bar.update(sum(p.iterations for p in a[0]))
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            ctx = multiprocessing.get_context("spawn")  # no fork after torch has started threads
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                futures = [pool.submit(_worker, *a) for a in args]
-                sizes = [sum(p.iterations for p in a[0]) for a in args]
-                for fut, n in zip(futures, sizes):
-                    fut.add_done_callback(lambda _f, n=n: bar.update(n))
-                results = [f.result() for f in futures]
+        results = map_tasks(_worker, args, backend, jobs, lambda k: bar.update(sizes[k]), ray_address)
     out: list = [None] * len(spec.runs)
     for g, res in zip(groups, results):
         for i, r in zip(g, res):
@@ -432,7 +419,8 @@ def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | No
 
 
 def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True, jobs: int = 1,
-             resume: bool = False, checkpoint_every: int = 50, batch: bool = True) -> Path:
+             resume: bool = False, checkpoint_every: int = 50, batch: bool = True, backend: str = "local",
+             ray_address: str | None = None) -> Path:
     """Run every grid point of ``spec`` and write the run folder ``out`` atomically.
 
     While it runs, <out>.partial holds each finished run and a checkpoint of each unfinished one
@@ -470,7 +458,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
 
     rows, policies, timings, walls, trajectory = [], {}, {}, {}, []
     for plan, (run_rows, params, probs, extra, seconds) in zip(
-            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every, batch)):
+            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every, batch, backend, ray_address)):
         timings[plan.run_id] = seconds
         walls[plan.run_id] = extra["wall"]
         rows += run_rows
