@@ -66,9 +66,10 @@ def forward_logits(model, query: torch.Tensor, query_mask: torch.Tensor, respons
     ids = torch.cat([query, response], dim=1)
     mask = torch.cat([query_mask, resp_mask.to(query_mask.dtype)], dim=1)
     pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    Q = query.shape[1]
-    return out.logits[:, Q - 1:-1]
+    # only the L + 1 last positions go through the LM head (logits_to_keep): the rest are never read
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                logits_to_keep=response.shape[1] + 1)
+    return out.logits[:, :-1]
 
 
 def token_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: float,
