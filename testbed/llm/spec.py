@@ -219,12 +219,17 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         for k in ("dataset",):
             if isinstance(a.get(k), str) and a[k] and a[k] != PREFERENCES and not Path(a[k]).is_absolute():
                 a[k] = str(base / a[k])
-        cfg = build_config(LM_ALGORITHMS[aname].Config, a, where)
-        if getattr(cfg, "dataset", "") == PREFERENCES:
+        if a.get("dataset") == PREFERENCES:  # the pairs the pipeline builds in the run folder, before the runs
             bt = isinstance(raw.get("reward"), dict) and raw["reward"].get("kind") == "bradley_terry"
-            if not bt or aname != "dpo":
-                raise InputError(f"{where}.dataset: 'preferences' (the pairs the pipeline labels) needs DPO and a "
-                                 "reward of kind bradley_terry")
+            if not bt or aname != "dpo" or a.get("mode", "offline") != "offline":
+                raise InputError(f"{where}.dataset: 'preferences' (the pairs the pipeline labels) needs offline DPO "
+                                 "and a reward of kind bradley_terry")
+            cfg = dataclasses.replace(build_config(LM_ALGORITHMS[aname].Config, {**a, "mode": "online", "dataset": ""},
+                                                   where), mode="offline", dataset=PREFERENCES)
+        else:
+            cfg = build_config(LM_ALGORITHMS[aname].Config, a, where)
+        if getattr(cfg, "dataset", "") == PREFERENCES:
+            pass
         elif getattr(cfg, "dataset", ""):
             from testbed.llm.data import read_jsonl
             read_jsonl(cfg.dataset, ("prompt", "completion") if aname == "sft" else ("prompt", "chosen", "rejected"))

@@ -269,7 +269,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             r.update(final)
             r["eval/scores"] = final["eval/rm_score"]
             generations.extend({"iteration": "heldout", **g} for g in held)
-        elif eval_prompts and (t % tr.eval_every == 0 or t == tr.iterations):
+        elif eval_prompts and study is None and (t % tr.eval_every == 0 or t == tr.iterations):
             r["eval/scores"], gens = evaluate(ctx, eval_prompts, seed, t)
             generations.extend(gens)
         return r
