@@ -18,7 +18,7 @@ from llm_helpers import toy_spec  # noqa: E402
 from testbed.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_SPECS = sorted((ROOT / "experiments" / "llm").glob("*.yaml"))
+PAPER_SPECS = sorted((ROOT / "experiments" / "llm").glob("tldr_pythia_*.yaml"))
 
 
 def write(tmp_path, raw, name="spec.yaml"):
