@@ -248,8 +248,9 @@ class Study:
                 q, qm = policy.encode(prompts[s:s + batch], max_prompt_length)
                 q_all.append(q)
                 qm_all.append(qm)
-                y1_all.append(policy.generate(q, qm))
-                y2_all.append(policy.generate(q, qm))
+                y = policy.generate(torch.cat([q, q]), torch.cat([qm, qm]))  # both samples in one call
+                y1_all.append(y[:len(q)])
+                y2_all.append(y[len(q):])
         posts = [post_of(p) for p in prompts]
         t1 = [t for y in y1_all for t in response_texts(tok, y, policy.eos_id)]
         t2 = [t for y in y2_all for t in response_texts(tok, y, policy.eos_id)]
