@@ -142,7 +142,7 @@ def run_floor(folder: Path, iters: int) -> dict:
     base = rss_mb()
     tok = AutoTokenizer.from_pretrained(folder / "tokenizer")
     model = AutoModelForCausalLM.from_pretrained(folder / "model").eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)  # as ours and TRL (adamw_torch_fused)
     prompts = [json.loads(x)["prompt"] for x in open(folder / "prompts.jsonl")] * 2
     enc = tok(prompts, return_tensors="pt")
     parts = {"generate": [], "forward_nograd": [], "forward_backward_adamw": []}
