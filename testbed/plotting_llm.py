@@ -58,11 +58,11 @@ def plot_llm_reward_kl(run_dir: str | Path, out: str | Path) -> Path:
         col = f"C{c % 10}"
         path = [(r["objective/kl"], r["objective/scores"]) for r in rows if r["objective/kl"] is not None]
         if path:
-            ax.plot(*zip(*path), ".-", color=col, lw=0.8, ms=3, alpha=0.5, label=f"{_label(run_id)}: training batches")
+            ax.plot(*zip(*path), ".-", color=col, lw=0.8, ms=3, alpha=0.5, label=f"{_label(run_id)}: training batches (score − missing-EOS penalty)")
         last = rows[-1]
         if last.get("eval/kl") is not None:
             ax.plot(last["eval/kl"], last["eval/rm_score"], "o", color=col, ms=8, mec="k",
-                    label=f"{_label(run_id)}: held-out, final")
+                    label=f"{_label(run_id)}: held-out, final (RM score)")
     ax.axvline(0, color="k", lw=0.5)
     ax.set_xlabel("KL(π ‖ π_ref) (sequence log-ratio of the policy's samples)")
     ax.set_ylabel("reward-model score")
