@@ -58,7 +58,8 @@ def plot_llm_reward_kl(run_dir: str | Path, out: str | Path) -> Path:
         col = f"C{c % 10}"
         path = [(r["objective/kl"], r["objective/scores"]) for r in rows if r["objective/kl"] is not None]
         if path:
-            ax.plot(*zip(*path), ".-", color=col, lw=0.8, ms=3, alpha=0.5, label=f"{_label(run_id)}: training batches (score − missing-EOS penalty)")
+            ax.plot(*zip(*path), ".-", color=col, lw=0.8, ms=3, alpha=0.5,
+                    label=f"{_label(run_id)}: training batches (score − missing-EOS penalty)")
         last = rows[-1]
         if last.get("eval/kl") is not None:
             ax.plot(last["eval/kl"], last["eval/rm_score"], "o", color=col, ms=8, mec="k",
