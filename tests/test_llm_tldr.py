@@ -137,3 +137,38 @@ def test_quick_needs_llm(capsys):
 
 def test_wilson_interval_is_nan_without_prompts():
     assert all(math.isnan(v) for v in tldr.wilson_interval(0, 0))
+
+
+def test_llm_table_and_figures_from_a_run_folder(tmp_path):
+    """The table's s/iteration, peak-memory ratio to PPO and win-rate cells come from metrics.csv as defined."""
+    import csv
+    import json
+
+    from testbed.llm.train import LM_COLUMNS
+    from testbed.plotting_llm import llm_table, plot_llm_reward_kl, plot_llm_winrate
+
+    rows = []
+    for run, peak, walls in (("rebel-0-s0", 600.0, [0.0, 10.0, 22.0, 31.0]), ("ppo-1-s0", 1000.0, [0.0, 5.0, 9.0, 13.0])):
+        for t, w in enumerate(walls):
+            r = {c: "" for c in LM_COLUMNS}
+            r.update(run_id=run, problem="p", algorithm=run.split("-")[0], seed=0, iteration=t, wall_time=w,
+                     peak_memory_mb=peak * (t + 1) / len(walls))
+            if t:
+                r.update({"objective/kl": 0.1 * t, "objective/scores": 0.2 * t})
+            if t == len(walls) - 1:
+                r.update({"eval/win_rate": 0.75, "eval/win_rate_lo": 0.6, "eval/win_rate_hi": 0.85, "eval/kl": 0.5,
+                          "eval/rm_score": 0.4, "eval/words": 12.0})
+            rows.append(r)
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LM_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    (tmp_path / "config.yaml").write_text("name: demo\n")
+    (tmp_path / "meta.json").write_text(json.dumps({"seconds": {"rebel-0-s0": 40.0}}))
+    text = llm_table(tmp_path, tmp_path / "t.md", wall_seconds=120).read_text()
+    rebel = next(ln for ln in text.splitlines() if ln.startswith("| REBEL"))
+    ppo = next(ln for ln in text.splitlines() if ln.startswith("| PPO"))
+    assert "75.0% [60.0%, 85.0%]" in rebel and "| 600 | 0.60 | 10.5 | 40 |" in rebel  # (31 - 10)/2 s/iteration
+    assert "| 1000 | 1.00 | 4.0 |" in ppo and "2.0 min" in text
+    assert plot_llm_reward_kl(tmp_path, tmp_path / "a.png").stat().st_size > 0
+    assert plot_llm_winrate(tmp_path, tmp_path / "b.png").stat().st_size > 0
