@@ -81,7 +81,16 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from testbed.experiments.reproduce import reproduce
+    from testbed.experiments.reproduce import reproduce, reproduce_llm
+
+    if args.quick and not args.llm:
+        raise InputError("--quick goes with --llm (the quick variant of the LM study)")
+    if args.llm:
+        if args.check or args.update_golden or args.fast or args.only:
+            raise InputError("--llm runs the LM study only; it takes no --check, --update-golden, --fast or --only")
+        for fig in reproduce_llm(args.experiments, args.figures, args.runs, quick=args.quick, progress=not args.quiet):
+            print(fig)
+        return 0
 
     result = reproduce(args.experiments, args.figures, args.runs, args.only, progress=not args.quiet,
                        jobs=args.jobs, check=args.check, update_golden=args.update_golden, fast=args.fast,
@@ -177,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", action="store_true", help="compare with experiments/golden/ (exit 1 if a value moved)")
     mode.add_argument("--update-golden", action="store_true", help="rewrite experiments/golden/<spec>.csv")
     rp.add_argument("--fast", action="store_true", help="only the fast subset listed in experiments/golden/tolerances.yaml")
+    rp.add_argument("--llm", action="store_true", help="run the LM study (experiments/llm/tldr_smollm2.yaml; needs the "
+                    "smollm extra) and write figures/llm_reward_kl.png, llm_winrate.png, llm-table.md")
+    rp.add_argument("--quick", action="store_true", help="with --llm: the quick variant (minutes; files end in -quick)")
     rp.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
                     help="processes per spec (default: one per core; results do not depend on it)")
     _add_backend(rp, "--jobs processes")

@@ -18,7 +18,7 @@ from llm_helpers import toy_spec  # noqa: E402
 from testbed.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_SPECS = sorted((ROOT / "experiments" / "llm").glob("*.yaml"))
+PAPER_SPECS = sorted((ROOT / "experiments" / "llm").glob("tldr_pythia_*.yaml"))
 
 
 def write(tmp_path, raw, name="spec.yaml"):
@@ -141,3 +141,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
             x, y = float(ra[col]), float(rb[col])
             assert abs(x - y) <= 1e-3 * max(1.0, abs(x)), (ra["iteration"], col, x, y)
     shutil.rmtree(tmp_path / "one")
+
+
+def test_dry_run_of_the_cpu_study_spec_needs_no_package(capsys, monkeypatch):
+    """The study's model is counted from SmolLM2-135M's config written in the code: the same 134,515,008
+    parameters the GGUF file loads to (tests/test_llm_gguf.py), without the package installed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["llm", "run", str(ROOT / "experiments" / "llm" / "tldr_smollm2.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m: 134,515,008 parameters, full fine-tune" in out
+    ppo = next(ln for ln in out.splitlines() if ln.strip().startswith("ppo: models held"))
+    assert "critic (134.5M" in ppo

@@ -91,3 +91,30 @@ def test_bradley_terry_reward_model_learns_the_preference():
     with torch.no_grad():
         acc = float((rm.score(q[64:], qm[64:], c[64:]) > rm.score(q[64:], qm[64:], r[64:])).float().mean())
     assert acc >= 0.9  # held-out pairs
+
+
+def test_single_step_rebel_equals_the_two_pass_update(monkeypatch):
+    """One epoch in one minibatch: REBEL takes ln pi_t from the step's own forward instead of a separate no-grad
+    pass; the update (same samples, same seed) must be the one the two-pass path makes."""
+    from testbed.llm.algorithms import LMREBEL
+    from testbed.llm.train import build
+
+    def one_update(single: bool):
+        monkeypatch.setattr(LMREBEL, "single_step", lambda self, n, epochs: single)
+        spec = parse_lm_spec(toy_spec({"name": "rebel", "epochs": 1}, batch=16, minibatch=16, lr=1e-2))
+        name, cfg, _ = spec.algorithms[0]
+        ctx, alg = build(spec, name, cfg, 0)
+        before = [p.detach().clone() for p in ctx.policy.model.parameters()]
+        torch.manual_seed(5)
+        q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
+        step = alg.update(q, qm)
+        after = [p.detach().clone() for p in ctx.policy.model.parameters()]
+        assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 1e-4  # the step moved the policy
+        return after, step
+
+    p1, s1 = one_update(True)
+    p2, s2 = one_update(False)
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(s1.stats["objective/kl"], s2.stats["objective/kl"], atol=1e-5, rtol=1e-5)
+    assert s1.loss == pytest.approx(s2.loss, rel=1e-5)

@@ -180,14 +180,24 @@ class LMAlgorithm:
         return pol.generate(q, qm)
 
     @torch.no_grad()
-    def rollout_stats(self, q, qm, resp):
-        """Per-response: penalised score, raw score, ln pi_t (token-level), ln pi_ref, mask, entropy."""
+    def rollout_stats(self, q, qm, resp, policy_logprobs: bool = True):
+        """Per-response: penalised score, raw score, ln pi_t and ln pi_ref (token-level, [B, L]), mask.
+        ``policy_logprobs`` False: no ln pi_t (the caller takes it from its only optimiser step)."""
         ctx, pol = self.ctx, self.ctx.policy
-        lp, mask, ent = pol.logprobs(q, qm, resp, with_entropy=True)
+        if policy_logprobs:
+            lp, mask = pol.logprobs(q, qm, resp)
+        else:
+            lp, mask = None, response_mask(resp, pol.eos_id)
         ref = pol.ref_logprobs(q, qm, resp)
         raw, score = score_responses(ctx.reward, q, qm, resp, pol.eos_id, ctx.train.missing_eos_penalty,
                                      ctx.train.missing_eos_mode)
-        return {"score": score, "raw": raw, "lp": lp, "ref": ref, "mask": mask, "ent": ent}
+        return {"score": score, "raw": raw, "lp": lp, "ref": ref, "mask": mask}
+
+    def single_step(self, n: int, epochs: int) -> bool:
+        """True when the batch of ``n`` items makes exactly one optimiser step (one epoch, one minibatch, one
+        process, no accumulation): its forward pass runs at theta_t, so it gives ln pi_t itself."""
+        tr = self.ctx.train
+        return epochs == 1 and n <= tr.minibatch and self.ctx.world == 1 and tr.grad_accum == 1
 
     def trl_stats(self, ro: dict, beta: float) -> dict:
         """TRL-style objective/* statistics of a rollout (means over this process's responses)."""
@@ -212,18 +222,38 @@ class LMREBEL(LMAlgorithm):
     def update(self, q, qm) -> LMStep:
         cfg, pol = self.config, self.ctx.policy
         B = len(q)
-        y1 = self.sample(q, qm)
-        y2 = self.sample(q, qm, ref=cfg.y_prime == "ref")
-        ro = self.rollout_stats(_cat(q, q), _cat(qm, qm), _cat(y1, y2))
-        ro["resp"] = _cat(y1, y2)
-        lp_t = ro["lp"].sum(1)  # ln pi_t, once per batch
-        r = kl_shaped_reward(ro["score"], lp_t, ro["ref"].sum(1), cfg.beta)
-        lp1, lp2, r1, r2 = lp_t[:B], lp_t[B:], r[:B], r[B:]
+        q2, qm2 = _cat(q, q), _cat(qm, qm)
+        if cfg.y_prime == "policy":  # both samples of every prompt in one generate call
+            y = self.sample(q2, qm2)
+        else:
+            y = _cat(self.sample(q, qm), self.sample(q, qm, ref=True))
+        y1, y2 = y[:B], y[B:]
+        single = self.single_step(B, cfg.epochs)
+        ro = self.rollout_stats(q2, qm2, y, policy_logprobs=not single)
+        ro["resp"] = y
+        ref = ro["ref"].sum(1)
         loss_f = rebel_loss_official if cfg.form == "official" else rebel_loss
+        if single:
+            # one optimiser step: ln pi_t = the detached log-probs of its own forward (saves a forward pass)
+            ro["lp"] = torch.zeros_like(ro["ref"])
 
-        def loss_fn(i):
-            new = pol.seq_logprob(_cat(q[i], q[i]), _cat(qm[i], qm[i]), _cat(y1[i], y2[i]))
-            return loss_f(new[:len(i)] - lp1[i], new[len(i):] - lp2[i], r1[i], r2[i], cfg.eta)
+            def loss_fn(i):
+                j = _cat(i, i + B)
+                lp, _ = pol.logprobs(q2[j], qm2[j], y[j])
+                new = lp.sum(1)
+                ro["lp"][j] = lp.detach()
+                lp_t = new.detach()
+                r = kl_shaped_reward(ro["score"][j], lp_t, ref[j], cfg.beta)
+                n = len(i)
+                return loss_f(new[:n] - lp_t[:n], new[n:] - lp_t[n:], r[:n], r[n:], cfg.eta)
+        else:
+            lp_t = ro["lp"].sum(1)  # ln pi_t, once per batch
+            r = kl_shaped_reward(ro["score"], lp_t, ref, cfg.beta)
+            lp1, lp2, r1, r2 = lp_t[:B], lp_t[B:], r[:B], r[B:]
+
+            def loss_fn(i):
+                new = pol.seq_logprob(_cat(q[i], q[i]), _cat(qm[i], qm[i]), _cat(y1[i], y2[i]))
+                return loss_f(new[:len(i)] - lp1[i], new[len(i):] - lp2[i], r1[i], r2[i], cfg.eta)
 
         loss = self.optimise(B, cfg.epochs, loss_fn)
         return LMStep(loss, 2 * B, 2 * B, self.trl_stats(ro, cfg.beta))
@@ -416,7 +446,8 @@ class LMDPO(LMAlgorithm):
             stats, samples = {}, 0
         else:
             B = len(q)
-            y1, y2 = self.sample(q, qm), self.sample(q, qm)
+            y = self.sample(_cat(q, q), _cat(qm, qm))  # both samples of every prompt in one generate call
+            y1, y2 = y[:B], y[B:]
             ro = self.rollout_stats(_cat(q, q), _cat(qm, qm), _cat(y1, y2))
             ro["resp"] = _cat(y1, y2)
             s1, s2 = ro["score"][:B], ro["score"][B:]

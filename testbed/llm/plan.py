@@ -51,7 +51,9 @@ def plan(spec: LMSpec) -> dict:
         if name == "ppo":
             held.append(("critic", critic_full + (trainable if lora else 0), trainable if lora else critic_full))
         online = name in ("rebel", "ppo", "rloo") or (name == "dpo" and cfg.mode == "online")
-        if online and R:
+        if online and rm.get("kind") == "bradley_terry":  # its size is the installed embedder's, not counted here
+            held.append(("reward model (frozen MiniLM embedder + Bradley–Terry head, not counted)", 0, 0))
+        elif online and R:
             held.append(("reward model", R, 0))
         elif online:
             held.append(("reward function (no model)", 0, 0))

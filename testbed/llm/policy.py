@@ -21,7 +21,6 @@ import contextlib
 import copy
 
 import torch
-import torch.nn.functional as F
 
 
 def left_pad(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,9 +65,10 @@ def forward_logits(model, query: torch.Tensor, query_mask: torch.Tensor, respons
     ids = torch.cat([query, response], dim=1)
     mask = torch.cat([query_mask, resp_mask.to(query_mask.dtype)], dim=1)
     pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    Q = query.shape[1]
-    return out.logits[:, Q - 1:-1]
+    # only the L + 1 last positions go through the LM head (logits_to_keep): the rest are never read
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                logits_to_keep=response.shape[1] + 1)
+    return out.logits[:, :-1]
 
 
 def token_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: float,
@@ -82,12 +82,6 @@ def token_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: fl
     lg = _suppressed(logits.float() / temperature, suppress)
     lp = torch.gather(lg, 2, response[..., None])[..., 0] - torch.logsumexp(lg, dim=-1)
     return lp if mask is None else torch.where(mask.bool(), lp, torch.zeros_like(lp))
-
-
-def token_entropy(logits: torch.Tensor, temperature: float, suppress: int | None = None) -> torch.Tensor:
-    """Entropy of softmax(logits/temperature) at each position, [B, L]."""
-    lp = F.log_softmax(_suppressed(logits.float() / temperature, suppress), dim=-1)
-    return -(lp.exp() * torch.nan_to_num(lp, neginf=0.0)).sum(-1)
 
 
 def _suppressed(lg: torch.Tensor, token: int | None) -> torch.Tensor:
@@ -163,19 +157,15 @@ class LMPolicy:
                                                device=resp.device)], dim=1)
         return truncate_after_eos(resp, self.eos_id, self.pad_id)
 
-    def logprobs(self, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, model=None,
-                 with_entropy: bool = False):
+    def logprobs(self, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, model=None):
         """Per-token log-probs [B, L] of ``response`` (masked to 0 after the first EOS) and the mask.
 
-        Differentiable through ``model`` (default: the policy). With ``with_entropy`` also returns the
-        per-token entropy [B, L].
+        Differentiable through ``model`` (default: the policy).
         """
         query, query_mask = left_pad(query, query_mask, self.pad_id)
         mask = response_mask(response, self.eos_id)
         logits = forward_logits(model if model is not None else self.model, query, query_mask, response, mask)
         lp = token_logprobs(logits, response, self.temperature, self.suppress, mask)
-        if with_entropy:
-            return lp, mask, token_entropy(logits, self.temperature, self.suppress) * mask
         return lp, mask
 
     def seq_logprob(self, query, query_mask, response, model=None) -> torch.Tensor:

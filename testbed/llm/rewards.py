@@ -140,7 +140,7 @@ def train_bradley_terry(rm: RewardModel, query, query_mask, chosen, rejected, *,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss) * len(i)
+            tot += float(loss.detach()) * len(i)
         losses.append(tot / N)
     model.eval()
     return losses

@@ -8,6 +8,8 @@
     prompts: {kind: toy, count: 64, seed: 0}   # or {file: prompts.jsonl} or {hf_dataset: NAME, split, field}
     eval_prompts: {kind: toy, count: 16, seed: 1}
     reward: {kind: function, name: count_token, token: good}   # or {kind: model, name/path: ...}
+    # or {kind: bradley_terry, pairs, epochs, lr, seed, holdout, target_words, length_penalty, temperature}:
+    # the TL;DR-style pipeline of testbed.llm.tldr (prompts: {kind: tldr}; DPO's dataset: preferences)
     algorithms:
       - {name: rebel, eta: 1, beta: 0.05}
     seeds: [0, 1, 2]
@@ -34,6 +36,9 @@ from testbed.llm.models import check_model
 TOP_KEYS = {"name", "description", "kind", "model", "lora", "prompts", "eval_prompts", "reward", "algorithms", "seeds",
             "train", "accelerate", "reference"}
 REWARD_KEYS = {"kind", "name", "path", "token", "hidden", "layers", "heads", "seed", "module"}
+BT_KEYS = {"kind", "pairs", "epochs", "lr", "seed", "holdout", "target_words", "length_penalty", "temperature"}
+PREFERENCES = "preferences"
+"""DPO's ``dataset: preferences``: the oracle-labelled pairs a bradley_terry reward builds in the run folder."""
 PROMPT_KEYS = {"kind", "count", "seed", "file", "hf_dataset", "split", "field", "min_len", "max_len"}
 
 
@@ -116,8 +121,8 @@ def _check_prompts(entry, where: str, base: Path) -> dict:
         if not isinstance(entry["hf_dataset"], str):
             raise InputError(f"{where}.hf_dataset must be a dataset name")
     else:
-        if entry.get("kind", "toy") != "toy":
-            raise InputError(f"{where}: give kind: toy, file: PATH.jsonl or hf_dataset: NAME")
+        if entry.get("kind", "toy") not in ("toy", "tldr"):
+            raise InputError(f"{where}: give kind: toy, kind: tldr, file: PATH.jsonl or hf_dataset: NAME")
         positive_int(f"{where}.count", entry.get("count", 64))
     return entry
 
@@ -125,10 +130,12 @@ def _check_prompts(entry, where: str, base: Path) -> dict:
 def _check_reward(entry, where: str, base: Path) -> dict:
     from testbed.llm.rewards import REWARD_FUNCTIONS
     entry = dict(_mapping(entry, where))
+    kind = entry.get("kind")
+    if kind == "bradley_terry":
+        return _check_bt(entry, where)
     unknown = sorted(set(entry) - REWARD_KEYS)
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(REWARD_KEYS)}")
-    kind = entry.get("kind")
     if kind == "function":
         if entry.get("name") not in REWARD_FUNCTIONS and not entry.get("module"):
             raise InputError(f"{where}.name must be one of {', '.join(REWARD_FUNCTIONS)} (or give module: pkg.mod:fn)")
@@ -138,7 +145,29 @@ def _check_reward(entry, where: str, base: Path) -> dict:
             model["path"] = str(base / model["path"])
         check_model(model, where)
     else:
-        raise InputError(f"{where}.kind must be function or model (got {kind!r})")
+        raise InputError(f"{where}.kind must be function, model or bradley_terry (got {kind!r})")
+    return entry
+
+
+def _check_bt(entry: dict, where: str) -> dict:
+    from testbed.errors import nonneg_int, positive_number
+    unknown = sorted(set(entry) - BT_KEYS)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(BT_KEYS)}")
+    for k in ("pairs", "epochs", "target_words"):
+        if k in entry:
+            positive_int(f"{where}.{k}", entry[k])
+    for k in ("lr", "temperature"):
+        if k in entry:
+            positive_number(f"{where}.{k}", entry[k])
+    if "length_penalty" in entry:
+        from testbed.errors import nonneg_number
+        nonneg_number(f"{where}.length_penalty", entry["length_penalty"])
+    if "seed" in entry:
+        nonneg_int(f"{where}.seed", entry["seed"])
+    h = entry.get("holdout", 0.25)
+    if isinstance(h, bool) or not isinstance(h, int | float) or not 0 <= h < 1:
+        raise InputError(f"{where}.holdout must be a fraction in [0, 1) (got {h!r})")
     return entry
 
 
@@ -188,10 +217,20 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
             raise InputError(f"algorithms[{i}].name must be one of {', '.join(LM_ALGORITHMS)} (got {aname!r})")
         where = f"algorithms[{i}] ({aname})"
         for k in ("dataset",):
-            if isinstance(a.get(k), str) and a[k] and not Path(a[k]).is_absolute():
+            if isinstance(a.get(k), str) and a[k] and a[k] != PREFERENCES and not Path(a[k]).is_absolute():
                 a[k] = str(base / a[k])
-        cfg = build_config(LM_ALGORITHMS[aname].Config, a, where)
-        if getattr(cfg, "dataset", ""):
+        if a.get("dataset") == PREFERENCES:  # the pairs the pipeline builds in the run folder, before the runs
+            bt = isinstance(raw.get("reward"), dict) and raw["reward"].get("kind") == "bradley_terry"
+            if not bt or aname != "dpo" or a.get("mode", "offline") != "offline":
+                raise InputError(f"{where}.dataset: 'preferences' (the pairs the pipeline labels) needs offline DPO "
+                                 "and a reward of kind bradley_terry")
+            cfg = dataclasses.replace(build_config(LM_ALGORITHMS[aname].Config, {**a, "mode": "online", "dataset": ""},
+                                                   where), mode="offline", dataset=PREFERENCES)
+        else:
+            cfg = build_config(LM_ALGORITHMS[aname].Config, a, where)
+        if getattr(cfg, "dataset", "") == PREFERENCES:
+            pass
+        elif getattr(cfg, "dataset", ""):
             from testbed.llm.data import read_jsonl
             read_jsonl(cfg.dataset, ("prompt", "completion") if aname == "sft" else ("prompt", "chosen", "rejected"))
         per_item = {"rebel": 1, "dpo": 1, "ppo": 1, "rloo": getattr(cfg, "k", 1), "sft": 1}[aname]

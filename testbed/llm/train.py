@@ -7,11 +7,21 @@ decay the LR linearly, and log a row of the shared metrics schema plus the TRL-s
 
 Run folder (written by process 0, built under a temporary name and renamed when complete):
 ``config.yaml``, ``metrics.csv``, ``samples/<run_id>/iter_<t>.jsonl`` (generations on the eval
-prompts at each evaluation), ``checkpoints/<run_id>/`` (``save_pretrained``), ``meta.json``.
+prompts at each evaluation), ``checkpoints/<run_id>/`` (``save_pretrained``), ``meta.json``. A spec
+whose reward is ``bradley_terry`` (the TL;DR-style study of :mod:`testbed.llm.tldr`) also gets
+``preferences.jsonl`` and ``reward_model.pt`` (built once, before the runs) and
+``samples/<run_id>/heldout.jsonl`` (the final held-out generations beside the reference's, judged
+by the oracle); its final metric row holds the ``eval/*`` columns (win rate with a 95% interval).
+
+``peak_memory_mb`` is the peak resident set (CPU; on a GPU the peak allocated memory) since the run
+started, above the process's memory at that moment: every model, optimiser state and activation the
+run holds, measured the same way for every algorithm (Linux ``/proc/self/clear_refs`` resets the peak).
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -39,7 +49,8 @@ from testbed.metrics import COLUMNS
 
 TRL_COLUMNS = ("objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward",
                "objective/rlhf_reward", "val/num_eos_tokens", "loss/policy", "eps", "tokens_per_s", "peak_memory_mb",
-               "eval/scores", "lr")
+               "eval/scores", "lr", "eval/win_rate", "eval/win_rate_lo", "eval/win_rate_hi", "eval/kl", "eval/rm_score",
+               "eval/oracle_score", "eval/ref_oracle_score", "eval/words")
 LM_COLUMNS = COLUMNS + TRL_COLUMNS
 
 
@@ -74,10 +85,12 @@ def get_accelerator(spec: LMSpec):
     return _ACCELERATOR
 
 
-def make_reward(spec: LMSpec, tokenizer, device):
+def make_reward(spec: LMSpec, tokenizer, device, study=None):
     r = spec.reward
     if not r:
         return None
+    if r["kind"] == "bradley_terry":
+        return study.reward(tokenizer)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     if r["kind"] == "function":
         if r.get("module"):
@@ -94,6 +107,9 @@ def make_reward(spec: LMSpec, tokenizer, device):
 
 def make_prompts(entry: dict) -> list[str]:
     from testbed.llm.toy import toy_prompts
+    if entry.get("kind") == "tldr":
+        from testbed.llm.tldr import make_prompts as tldr_prompts
+        return tldr_prompts(entry.get("count", 64), entry.get("seed", 0))
     if "file" in entry:
         from testbed.llm.data import load_prompts
         return load_prompts(entry["file"])
@@ -104,13 +120,44 @@ def make_prompts(entry: dict) -> list[str]:
     return toy_prompts(entry.get("count", 64), entry.get("seed", 0), entry.get("min_len", 2), entry.get("max_len", 4))
 
 
-def peak_memory_mb() -> float:
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory() -> float:
+    """Start a new peak-memory window (freed memory returned to the OS first); return the baseline in MB."""
+    gc.collect()
     if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
+    except OSError:
+        pass
+    return _status_mb("VmRSS") or 0.0
 
 
-def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int):
+def peak_memory_mb(base: float = 0.0) -> float:
+    """Peak memory in MB since :func:`reset_peak_memory` (or process start), minus ``base``."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20 - base
+    hwm = _status_mb("VmHWM")
+    return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base
+
+
+def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int, study=None):
     """The policy, reward, critic and algorithm of one run, prepared by accelerate."""
     acc = get_accelerator(spec)
     tr = spec.train
@@ -126,12 +173,13 @@ def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int):
                       max_new_tokens=tr.max_new_tokens, ref=ref)
     if critic is not None:
         critic = critic.to(acc.device)
-    reward = make_reward(spec, tokenizer, acc.device)
+    reward = make_reward(spec, tokenizer, acc.device, study)
     ctx = Context(policy, reward, critic, acc, tr, np.random.default_rng(seed), acc.num_processes, acc.process_index)
     algo = LM_ALGORITHMS[algo_name](algo_cfg, ctx)
     module = algo.trainable()
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tr.lr, eps=tr.adam_eps, weight_decay=tr.weight_decay)
+    # the fused kernel (CPU and CUDA): one pass over all parameters instead of a Python loop per tensor
+    opt = torch.optim.AdamW(params, lr=tr.lr, eps=tr.adam_eps, weight_decay=tr.weight_decay, fused=True)
     prepared, opt = acc.prepare(module, opt)
     ctx.prepared, ctx.optimizer, ctx.params = prepared, opt, params
     if module is policy.model:
@@ -180,12 +228,13 @@ def _save_checkpoint(path: Path, ctx: Context, algo, loop: dict) -> None:
 
 
 def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None,
-            checkpoint: Path | None = None, every: int = 0):
+            checkpoint: Path | None = None, every: int = 0, study=None):
     """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer.
 
     With ``checkpoint`` (process 0 writes it) the state is saved every ``every`` iterations, and a run
     whose checkpoint exists continues from it (single process: each process would need its own)."""
-    ctx, algo = build(spec, algo_name, algo_cfg, seed)
+    mem_base = reset_peak_memory()
+    ctx, algo = build(spec, algo_name, algo_cfg, seed, study)
     tr, acc = spec.train, ctx.accelerator
     replicated = tr.rollouts == "replicated" or ctx.world == 1
     # generation RNG: the same on every process for replicated rollouts, one stream per process otherwise
@@ -200,7 +249,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         lr = ctx.scheduler.get_last_lr()[0]
         r = {c: None for c in LM_COLUMNS}
         r.update(run_id=run_id, problem=spec.name, algorithm=algo_name, seed=seed, iteration=t, samples=samples,
-                 queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(), lr=lr)
+                 queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(mem_base), lr=lr)
         if step is not None:
             st = step.stats
             for k in ("objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward",
@@ -216,7 +265,12 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             r["loss"] = r["loss/policy"] = _gather_mean(acc, torch.tensor([step.loss]), False)
             r["reward"], r["kl_ref"] = r["objective/scores"], r["objective/kl"]
             r["eps"] = (step.samples * (1 if replicated else ctx.world)) / secs
-        if eval_prompts and (t % tr.eval_every == 0 or t == tr.iterations):
+        if study is not None and t == tr.iterations:
+            final, held = study.final_eval(algo, eval_prompts, seed, tr.max_prompt_length)
+            r.update(final)
+            r["eval/scores"] = final["eval/rm_score"]
+            generations.extend({"iteration": "heldout", **g} for g in held)
+        elif eval_prompts and study is None and (t % tr.eval_every == 0 or t == tr.iterations):
             r["eval/scores"], gens = evaluate(ctx, eval_prompts, seed, t)
             generations.extend(gens)
         return r
@@ -270,7 +324,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     return rows, generations, model, ctx.policy.tokenizer
 
 
-LM_RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "samples", "checkpoints"}
+LM_RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "samples", "checkpoints", "preferences.jsonl", "reward_model.pt"}
 
 
 def prepare_lm_out(out: Path, overwrite: bool) -> None:
@@ -323,7 +377,12 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "samples").mkdir(parents=True)
+    study, study_summary = None, None
     try:
+        if spec.reward.get("kind") == "bradley_terry":
+            if acc.num_processes > 1:
+                raise InputError("reward kind bradley_terry (the TL;DR-style pipeline) runs in one process for now")
+            study, study_summary, runs = _prepare_study(spec, tmp, runs)
         with tqdm(total=total, desc=spec.name, unit="it", disable=not (progress and main), file=sys.stderr,
                   mininterval=0.5) as bar:
             for name, cfg, seed, run_id in runs:
@@ -339,7 +398,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                     bar.update(spec.train.iterations)
                     continue
                 ckpt = partial / f"{run_id}.ckpt" if use_partial else None
-                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1)
+                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1, study)
                 if use_partial:
                     if spec.train.save:
                         model.save_pretrained(partial / "checkpoints" / run_id)
@@ -364,6 +423,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
         meta = {"spec": spec.name, "source": spec.source, "started": started, "finished": datetime.now(UTC).isoformat(),
                 "git_commit": git_commit(), "versions": lm_versions(), "seeds": spec.seeds, "runs": len(runs),
                 "processes": acc.num_processes, "device": str(acc.device), "seconds": timings,
+                **({"study": study_summary} if study_summary else {}),
                 "sha256": {n: sha256(tmp / n) for n in files}}
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
         replace_dir(tmp, out)
@@ -375,11 +435,36 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     return out
 
 
+def _prepare_study(spec: LMSpec, tmp: Path, runs: list) -> tuple:
+    """Build the TL;DR-style pipeline's preference pairs and reward model in ``tmp``; point DPO at the pairs."""
+    import dataclasses
+
+    from testbed.llm.spec import PREFERENCES
+    from testbed.llm.tldr import Study
+
+    t0 = time.perf_counter()
+    study = Study(spec.reward)
+    tokenizer = load_tokenizer(spec.model)
+    policy = LMPolicy(load_causal_lm(spec.model), tokenizer, temperature=spec.train.temperature, top_k=spec.train.top_k,
+                      top_p=spec.train.top_p, max_new_tokens=spec.train.max_new_tokens, ref=None)
+    summary = study.prepare(policy, make_prompts(spec.prompts), tmp, spec.train.batch, spec.train.max_prompt_length)
+    del policy
+    gc.collect()
+    pairs = str(tmp / "preferences.jsonl")
+    runs = [(n, dataclasses.replace(c, dataset=pairs) if getattr(c, "dataset", "") == PREFERENCES else c, s, r)
+            for n, c, s, r in runs]
+    print(f"{spec.name}: {summary['pairs']} oracle-labelled pairs, reward model agrees with the oracle on "
+          f"{summary['rm_heldout_agreement']:.1%} of {summary['heldout_pairs']} held-out pairs "
+          f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
+    return study, summary, runs
+
+
 def _write_run(tmp: Path, spec: LMSpec, run_id: str, gens: list[dict], model, tok, partial: Path) -> None:
     """Sample generations per evaluation, and the final model (saved now, or copied from <out>.partial)."""
     from testbed.llm.data import write_jsonl
-    for t in sorted({g["iteration"] for g in gens}):
-        write_jsonl(tmp / "samples" / run_id / f"iter_{t:06d}.jsonl", [g for g in gens if g["iteration"] == t])
+    for t in sorted({g["iteration"] for g in gens}, key=str):
+        name = f"iter_{t:06d}.jsonl" if isinstance(t, int) else f"{t}.jsonl"
+        write_jsonl(tmp / "samples" / run_id / name, [g for g in gens if g["iteration"] == t])
     if spec.train.save:
         if model is not None:
             model.save_pretrained(tmp / "checkpoints" / run_id)

@@ -1,0 +1,148 @@
+"""Figures and the table of an LM study run folder (``testbed reproduce --llm``): reward vs KL, oracle
+win rate per algorithm, and peak memory / seconds per iteration. Reads config.yaml, metrics.csv and
+meta.json, never live objects."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from testbed.errors import InputError  # noqa: E402
+from testbed.io import atomic_write  # noqa: E402
+from testbed.plotting import save_figure  # noqa: E402
+
+TEXT = {"run_id", "problem", "algorithm"}
+
+
+def read_lm_metrics(run_dir: str | Path) -> dict[str, list[dict]]:
+    """metrics.csv of an LM run folder: each run's rows (numbers parsed, empty cells None), by run id."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise InputError(f"{str(run_dir)!r} is not an LM run folder (no metrics.csv)")
+    runs: dict[str, list[dict]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            runs[r["run_id"]].append({k: (v if k in TEXT else None if v == "" else float(v)) for k, v in r.items()})
+    return dict(runs)
+
+
+def _label(run_id: str) -> str:
+    return run_id.split("-")[0].upper()
+
+
+def _seconds_per_iteration(rows: list[dict]) -> float | None:
+    """Training seconds per iteration: wall time from the end of iteration 1 to the end of the last, per
+    iteration (each row's wall time is taken before any evaluation), or iteration 1's own when alone."""
+    it = [r for r in rows if r["iteration"] and r["wall_time"] is not None]
+    if len(it) >= 2:
+        return (it[-1]["wall_time"] - it[0]["wall_time"]) / (len(it) - 1)
+    if it and rows[0]["wall_time"] is not None:
+        return it[0]["wall_time"] - rows[0]["wall_time"]
+    return None
+
+
+def plot_llm_reward_kl(run_dir: str | Path, out: str | Path) -> Path:
+    """Reward-model score vs KL(pi || pi_ref): each algorithm's path over training (the batch statistics
+    objective/scores and objective/kl, where it samples) and its held-out point at the end."""
+    runs = read_lm_metrics(run_dir)
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for c, (run_id, rows) in enumerate(sorted(runs.items())):
+        col = f"C{c % 10}"
+        path = [(r["objective/kl"], r["objective/scores"]) for r in rows if r["objective/kl"] is not None]
+        if path:
+            ax.plot(*zip(*path), ".-", color=col, lw=0.8, ms=3, alpha=0.5,
+                    label=f"{_label(run_id)}: training batches (score − missing-EOS penalty)")
+        last = rows[-1]
+        if last.get("eval/kl") is not None:
+            ax.plot(last["eval/kl"], last["eval/rm_score"], "o", color=col, ms=8, mec="k",
+                    label=f"{_label(run_id)}: held-out, final (RM score)")
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("KL(π ‖ π_ref) (sequence log-ratio of the policy's samples)")
+    ax.set_ylabel("reward-model score")
+    ax.grid(alpha=0.3, lw=0.4)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(f"{_name(run_dir)}: reward vs KL", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, Path(out))
+
+
+def plot_llm_winrate(run_dir: str | Path, out: str | Path) -> Path:
+    """The held-out oracle's win rate of each algorithm's final policy against the reference policy,
+    with the 95% Wilson interval; 50% = no better than the reference."""
+    runs = read_lm_metrics(run_dir)
+    finals = [(run_id, rows[-1]) for run_id, rows in sorted(runs.items()) if rows[-1].get("eval/win_rate") is not None]
+    if not finals:
+        raise InputError(f"{str(run_dir)!r} has no eval/win_rate (not a bradley_terry study run)")
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    x = np.arange(len(finals))
+    wr = np.array([r["eval/win_rate"] for _, r in finals])
+    lo = np.array([r["eval/win_rate_lo"] for _, r in finals])
+    hi = np.array([r["eval/win_rate_hi"] for _, r in finals])
+    ax.bar(x, wr, color=[f"C{i % 10}" for i in range(len(finals))], alpha=0.8)
+    ax.errorbar(x, wr, yerr=np.array([wr - lo, hi - wr]), fmt="none", color="k", capsize=4)
+    ax.axhline(0.5, color="k", ls=":", lw=1)
+    ax.set_xticks(x, [_label(i) for i, _ in finals])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("win rate vs reference (oracle)")
+    ax.set_title(f"{_name(run_dir)}: held-out win rate, 95% Wilson interval", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, Path(out))
+
+
+def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None = None) -> Path:
+    """Markdown: per algorithm, win rate [95% CI], held-out RM score and KL, peak memory (and its ratio to
+    PPO's) and seconds per iteration; the pipeline's reward-model numbers and the wall time."""
+    run_dir = Path(run_dir)
+    runs = read_lm_metrics(run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
+    peak = {i: max((r["peak_memory_mb"] or 0) for r in rows) for i, rows in runs.items()}
+    ppo = next((v for i, v in peak.items() if i.startswith("ppo-")), None)
+    lines = [f"# {_name(run_dir)}: held-out evaluation, memory and time", "",
+             "Win rate: the held-out oracle (MiniLM similarity to the post, minus a length penalty) judging one sample per "
+             "held-out prompt from the final policy against one from the reference policy (ties ½), 95% Wilson interval. "
+             "KL: mean ln π(y|x) − ln π_ref(y|x) over the policy's held-out samples. Peak memory: peak resident set of the "
+             "run above the process's memory when the run started (all models, optimiser state, activations). "
+             "s/iteration: training iterations only (no set-up or evaluation).", "",
+             "| algorithm | win rate [95% CI] | RM score | KL(π‖π_ref) | words | peak memory MB | × PPO | s/iteration | run s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run_id, rows in sorted(runs.items()):
+        last = rows[-1]
+        wr = last.get("eval/win_rate")
+        win = "" if wr is None else f"{wr:.1%} [{last['eval/win_rate_lo']:.1%}, {last['eval/win_rate_hi']:.1%}]"
+        spi = _seconds_per_iteration(rows)
+        secs = meta.get("seconds", {}).get(run_id)
+        lines.append(f"| {_label(run_id)} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
+                     f"{_fmt(last.get('eval/words'), '.1f')} | {peak[run_id]:.0f} | "
+                     f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | {_fmt(spi, '.1f')} | {_fmt(secs, '.0f')} |")
+    st = meta.get("study")
+    if st:
+        lines += ["", f"Reward model: Bradley–Terry head on frozen MiniLM features, fitted on {st['pairs_fit']} "
+                  f"oracle-labelled pairs of reference summaries; agrees with the oracle's labels on "
+                  f"{st['rm_heldout_agreement']:.1%} of {st['heldout_pairs']} held-out pairs. Pipeline set-up "
+                  f"{st['seconds']:.0f} s."]
+    if wall_seconds is not None:
+        lines += ["", f"Wall time of the whole study (one process, {meta.get('device', 'cpu')}): {wall_seconds / 60:.1f} min."]
+    lines.append("")
+    out = Path(out)
+    atomic_write(out, lambda p: p.write_text("\n".join(lines)))
+    return out
+
+
+def _fmt(v, f: str = ".3g") -> str:
+    return "" if v is None else format(v, f)
+
+
+def _name(run_dir) -> str:
+    p = Path(run_dir) / "config.yaml"
+    if p.is_file():
+        import yaml
+        return yaml.safe_load(p.read_text()).get("name", Path(run_dir).name)
+    return Path(run_dir).name
