@@ -150,3 +150,23 @@ def test_what_is_batchable():
     ppo, dpo = ALGORITHMS["ppo"], ALGORITHMS["dpo"]
     assert ppo.batchable(cfg(ppo), "loglinear") and not ppo.batchable(cfg(ppo, critic="mlp"), "tabular")
     assert dpo.batchable(cfg(dpo, mode="offline"), "tabular") and not dpo.batchable(cfg(dpo, mode="population"), "tabular")
+
+
+def test_a_nan_in_one_member_of_a_stack_names_that_run(spec, monkeypatch):
+    from testbed.algorithms import REBEL
+    from testbed.experiments.runner import NumericalError
+
+    g = next(g for g in batch_groups(spec) if spec.runs[g[0]].label == "rebel-sampled")
+    plans = [spec.runs[i] for i in g]
+    real = REBEL.update
+
+    def broken(self, policy, rng):
+        step = real(self, policy, rng)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == 3:
+            step.policy.params[4] = np.nan  # member 4 only
+        return step
+
+    monkeypatch.setattr(REBEL, "update", broken)
+    with pytest.raises(NumericalError, match=f"run {plans[4].run_id}: non-finite policy parameters at iteration 3"):
+        run_batch(plans, [spec.problems[p.problem] for p in plans])

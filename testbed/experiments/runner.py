@@ -217,8 +217,8 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
     while st.t < first.iterations:
         t = st.t + 1
         step = st.algo.update(st.policy, st.rngs)
-        finite = np.isfinite(step.policy.params).reshape(len(plans), -1).all(axis=1)
-        if not finite.all():
+        if not np.isfinite(step.policy.params).all():  # one pass; which member only when one failed
+            finite = np.isfinite(step.policy.params).reshape(len(plans), -1).all(axis=1)
             bad = plans[int(np.argmin(finite))].run_id
             raise NumericalError(f"run {bad}: non-finite policy parameters at iteration {t}"
                                  + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
