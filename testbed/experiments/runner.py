@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from testbed.algorithms import ALGORITHMS, build_config, check_pairing
+from testbed.algorithms import ALGORITHMS, Step, build_config, check_pairing
 from testbed.errors import InputError
 from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
@@ -128,20 +128,26 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
         if not np.all(np.isfinite(step.policy.params)):
             raise NumericalError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}"
                                  + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
-        st.policy, st.loss, st.step_extras, st.t = step.policy, step.loss, step.extras, t
-        st.samples += step.samples or 0
-        st.queries += step.queries or 0
-        if t % plan.eval_every == 0 or t == plan.iterations:
-            record(t)
-        if checkpoint is not None and every and (t % every == 0 or t == plan.iterations):
-            st.elapsed = time.perf_counter() - start
-            atomic_write(checkpoint, lambda tmp: tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)))
+        _advance(st, step, t, plan, record, checkpoint, every, start)
     out: dict = {"wall": st.wall}
     if averaged:
         out["avg_probs"] = st.prob_sum / plan.iterations
     if st.trajectory is not None:
         out["trajectory"] = st.trajectory
     return st.rows, st.policy, out
+
+
+def _advance(st, step: Step, t: int, plan: RunPlan, record, checkpoint: Path | None, every: int, start: float) -> None:
+    """After update t (of one run or a stack): keep the step, count samples and queries, record the
+    evaluated iterations and checkpoint the whole state every ``every`` iterations (atomically)."""
+    st.policy, st.loss, st.step_extras, st.t = step.policy, step.loss, step.extras, t
+    st.samples += step.samples or 0
+    st.queries += step.queries or 0
+    if t % plan.eval_every == 0 or t == plan.iterations:
+        record(t)
+    if checkpoint is not None and every and (t % every == 0 or t == plan.iterations):
+        st.elapsed = time.perf_counter() - start
+        atomic_write(checkpoint, lambda tmp: tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)))
 
 
 def _row(plan: RunPlan, t: int, samples, queries, metrics: dict, loss, extras: dict) -> dict:
@@ -222,14 +228,7 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
             bad = plans[int(np.argmin(finite))].run_id
             raise NumericalError(f"run {bad}: non-finite policy parameters at iteration {t}"
                                  + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
-        st.policy, st.loss, st.step_extras, st.t = step.policy, step.loss, step.extras, t
-        st.samples += step.samples or 0
-        st.queries += step.queries or 0
-        if t % first.eval_every == 0 or t == first.iterations:
-            record(t)
-        if checkpoint is not None and every and (t % every == 0 or t == first.iterations):
-            st.elapsed = time.perf_counter() - start
-            atomic_write(checkpoint, lambda tmp: tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)))
+        _advance(st, step, t, first, record, checkpoint, every, start)
     return [(rows, member(st.policy, s), {"wall": st.wall}) for s, rows in enumerate(st.rows)]
 
 

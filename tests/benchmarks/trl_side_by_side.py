@@ -44,14 +44,7 @@ WORDS = [f"w{i}" for i in range(VOCAB - 3)]  # ids 3..4095; [PAD]=0, [EOS]=1, [B
 OURS = ("rebel", "rebel4", "rloo", "dpo", "floor")
 TRL116 = ("trl_rloo", "trl_dpo")
 TRL112 = ("trl_ppo",)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from llm_memory import rss_mb  # noqa: E402  (stdlib only: the TRL children's venvs lack the testbed)
 
 
 def peak_mb(base: float) -> float:
