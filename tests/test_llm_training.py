@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 from llm_helpers import toy_spec  # noqa: E402
 
+from testbed.errors import InputError  # noqa: E402
 from testbed.llm.spec import parse_lm_spec  # noqa: E402
 from testbed.llm.train import run_one  # noqa: E402
 
@@ -118,3 +119,40 @@ def test_single_step_rebel_equals_the_two_pass_update(monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(s1.stats["objective/kl"], s2.stats["objective/kl"], atol=1e-5, rtol=1e-5)
     assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_rebel_micro_batches_give_the_update_of_the_whole_minibatch(epochs):
+    """An algorithm's own ``grad_accum`` splits each minibatch into micro-batches (fewer sequences per backward,
+    less activation memory) and must make the same optimiser steps: the gradient of the mean over the minibatch.
+    epochs = 1 is the single-step path (ln pi_t from the micro-batches' own forwards), 2 the two-pass one."""
+    from testbed.llm.train import build
+
+    def one_update(grad_accum: int):
+        # adam_eps >> |gradient|: the AdamW step is lr·g/eps, linear in the gradient, so a wrongly scaled
+        # accumulated gradient shows (with a small eps Adam would normalise the scale away); no clipping
+        spec = parse_lm_spec(toy_spec({"name": "rebel", "epochs": epochs, "grad_accum": grad_accum}, batch=16,
+                                      minibatch=16, lr=10.0, adam_eps=1e3, max_grad_norm=0))
+        name, cfg, _ = spec.algorithms[0]
+        ctx, alg = build(spec, name, cfg, 0)
+        assert alg.grad_accum == grad_accum
+        before = [p.detach().clone() for p in ctx.policy.model.parameters()]
+        torch.manual_seed(5)
+        q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
+        step = alg.update(q, qm)
+        after = [p.detach().clone() for p in ctx.policy.model.parameters()]
+        assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 1e-4  # the step moved the policy
+        return after, step
+
+    p1, s1 = one_update(1)
+    p4, s4 = one_update(4)  # micro-batches of 4 pairs = 8 sequences per backward instead of 32
+    for a, b in zip(p1, p4):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(s1.stats["objective/kl"], s4.stats["objective/kl"], atol=1e-5, rtol=1e-5)
+
+
+def test_an_algorithms_grad_accum_must_divide_the_minibatch():
+    with pytest.raises(InputError, match=r"algorithms\[0\] \(rebel\)\.grad_accum"):
+        parse_lm_spec(toy_spec({"name": "rebel", "grad_accum": 3}, batch=16, minibatch=16))
+    with pytest.raises(InputError, match="non-negative integer"):
+        parse_lm_spec(toy_spec({"name": "ppo", "grad_accum": -1}, batch=16, minibatch=16))

@@ -14,6 +14,7 @@ AdamW with linear LR decay (in :mod:`testbed.llm.train`).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +51,16 @@ class LMStep:
 
 # ----- configs ---------------------------------------------------------------------------------
 @dataclass
-class REBELConfig:
+class Microbatched:
+    """Per algorithm: how many micro-batches each minibatch's gradient is accumulated over."""
+
+    grad_accum: int = dataclasses.field(default=0, metadata={
+        "doc": "micro-batches per minibatch for this algorithm (0: train.grad_accum): the same optimiser steps on "
+               "fewer sequences per backward pass, e.g. to compare memory at equal sequences per backward"})
+
+
+@dataclass
+class REBELConfig(Microbatched):
     eta: float = positive(1.0, "step size eta > 0 (official: 1)")
     beta: float = nonneg(0.05, "KL coefficient in the reward r - beta·(ln pi_t - ln pi_ref) (official: 0.05)")
     epochs: int = count(4, "passes over each batch, reshuffled (official: 4)")
@@ -59,7 +69,7 @@ class REBELConfig:
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(Microbatched):
     beta: float = nonneg(0.05, "per-token KL penalty coefficient in the reward")
     epochs: int = count(4, "passes over each batch, reshuffled")
     clip_eps: float = unit_open(0.2, "policy clip range")
@@ -73,7 +83,7 @@ class PPOConfig:
 
 
 @dataclass
-class RLOOConfig:
+class RLOOConfig(Microbatched):
     k: int = count(2, "samples per prompt (>= 2)")
     beta: float = nonneg(0.05, "KL coefficient in the sequence reward")
     epochs: int = count(1, "passes over each batch (1: plain REINFORCE with the leave-one-out baseline)")
@@ -86,7 +96,7 @@ class RLOOConfig:
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(Microbatched):
     beta: float = positive(0.1, "KL strength beta > 0")
     mode: str = one_of("offline", ("offline", "online"), "a prompt/chosen/rejected dataset, or pairs from pi_t")
     dataset: str = path("offline: JSONL with prompt, chosen, rejected (text)")
@@ -98,7 +108,7 @@ class DPOConfig:
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(Microbatched):
     dataset: str = path("JSONL with prompt, completion (text)")
     epochs: int = count(1, "passes over each batch")
 
@@ -128,6 +138,11 @@ class LMAlgorithm:
         """The module whose parameters the optimiser updates (what accelerate prepares)."""
         return self.ctx.policy.model
 
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per minibatch: the algorithm's own ``grad_accum``, else ``train.grad_accum``."""
+        return getattr(self.config, "grad_accum", 0) or self.ctx.train.grad_accum
+
     # -- optimisation loop: epochs x minibatches x micro-batches (gradient accumulation) --
     def minibatches(self, n: int):
         """Index arrays of this process's part of each minibatch, reshuffled per epoch (numpy RNG shared
@@ -149,7 +164,9 @@ class LMAlgorithm:
         """``epochs`` passes of minibatch AdamW on ``loss_fn(idx) -> scalar`` (mean over idx)."""
         ctx = self.ctx
         acc, opt = ctx.accelerator, ctx.optimizer
-        G = ctx.train.grad_accum
+        G = self.grad_accum
+        # every minibatch is G whole micro-batches: count them from 0 (another run may have used another G)
+        acc.gradient_accumulation_steps, acc.step = G, 0
         losses = []
         for _ in range(epochs):
             for mb in self.minibatches(n):
@@ -195,9 +212,9 @@ class LMAlgorithm:
 
     def single_step(self, n: int, epochs: int) -> bool:
         """True when the batch of ``n`` items makes exactly one optimiser step (one epoch, one minibatch, one
-        process, no accumulation): its forward pass runs at theta_t, so it gives ln pi_t itself."""
+        process): every forward pass of it, micro-batches included, runs at theta_t, so it gives ln pi_t itself."""
         tr = self.ctx.train
-        return epochs == 1 and n <= tr.minibatch and self.ctx.world == 1 and tr.grad_accum == 1
+        return epochs == 1 and n <= tr.minibatch and self.ctx.world == 1
 
     def trl_stats(self, ro: dict, beta: float) -> dict:
         """TRL-style objective/* statistics of a rollout (means over this process's responses)."""

@@ -237,9 +237,14 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         items = train.batch * per_item
         if items % train.minibatch:
             raise InputError(f"{where}: the batch holds {items} items, not divisible into minibatches of {train.minibatch}")
-        if train.minibatch % (W * train.grad_accum):
+        own = cfg.grad_accum
+        if isinstance(own, bool) or not isinstance(own, int) or own < 0:
+            raise InputError(f"{where}.grad_accum must be a non-negative integer (0: train.grad_accum; got {own!r})")
+        G = own or train.grad_accum
+        if train.minibatch % (W * G):
+            field = f"{where}.grad_accum" if own else "train.grad_accum"
             raise InputError(f"train.minibatch = {train.minibatch} is not divisible by processes × grad_accum = "
-                             f"{W} × {train.grad_accum}")
+                             f"{W} × {G} ({field})")
         parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
     needs_reward = any(n in ("rebel", "ppo", "rloo") or (n == "dpo" and c.mode == "online") for n, c, _ in parsed)
     reward = raw.get("reward")
