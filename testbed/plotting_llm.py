@@ -111,8 +111,13 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
              "KL: mean ln π(y|x) − ln π_ref(y|x) over the policy's held-out samples. Peak memory: peak resident set of the "
              "run above the process's memory when the run started (all models, optimiser state, activations). "
              "s/iteration: training iterations only (no set-up or evaluation).", "",
-             "| algorithm | win rate [95% CI] | RM score | KL(π‖π_ref) | words | peak memory MB | × PPO | s/iteration | run s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "Sequences/backward: responses (prompt + response) in each forward-backward pass, which set the activation "
+             "memory (a REBEL or DPO item is a pair, two sequences; ``grad_accum`` splits a minibatch into micro-batches).",
+             "",
+             "| algorithm | win rate [95% CI] | RM score | KL(π‖π_ref) | words | peak memory MB | × PPO | "
+             "sequences/backward | s/iteration | run s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    config = _config(run_dir)
     for run_id, rows in sorted(runs.items()):
         last = rows[-1]
         wr = last.get("eval/win_rate")
@@ -121,7 +126,8 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
         secs = meta.get("seconds", {}).get(run_id)
         lines.append(f"| {_label(run_id)} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
                      f"{_fmt(last.get('eval/words'), '.1f')} | {peak[run_id]:.0f} | "
-                     f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | {_fmt(spi, '.1f')} | {_fmt(secs, '.0f')} |")
+                     f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | {_fmt(_sequences_per_backward(config, run_id))} | "
+                     f"{_fmt(spi, '.1f')} | {_fmt(secs, '.0f')} |")
     st = meta.get("study")
     if st:
         lines += ["", f"Reward model: Bradley–Terry head on frozen MiniLM features, fitted on {st['pairs_fit']} "
@@ -136,13 +142,30 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
     return out
 
 
+def _config(run_dir) -> dict:
+    p = Path(run_dir) / "config.yaml"
+    if not p.is_file():
+        return {}
+    import yaml
+    return yaml.safe_load(p.read_text()) or {}
+
+
+def _sequences_per_backward(config: dict, run_id: str) -> int | None:
+    """Sequences in one forward-backward pass of run ``<name>-<index>-s<seed>``: the minibatch's items (pairs
+    for REBEL, online and offline DPO; responses for PPO, RLOO) times sequences per item, over micro-batches."""
+    try:
+        algo = config["algorithms"][int(run_id.split("-")[1])]
+        train = config["train"]
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+    per_item = 2 if algo.get("name") in ("rebel", "dpo") else 1
+    micro = algo.get("grad_accum") or train.get("grad_accum", 1)
+    return train["minibatch"] * per_item // (micro * config.get("processes", 1))
+
+
 def _fmt(v, f: str = ".3g") -> str:
     return "" if v is None else format(v, f)
 
 
 def _name(run_dir) -> str:
-    p = Path(run_dir) / "config.yaml"
-    if p.is_file():
-        import yaml
-        return yaml.safe_load(p.read_text()).get("name", Path(run_dir).name)
-    return Path(run_dir).name
+    return _config(run_dir).get("name", Path(run_dir).name)
