@@ -366,7 +366,7 @@ class LMPPO(LMAlgorithm):
 
         def loss_fn(i):
             pg, vf = self.batch_loss(q[i], qm[i], y[i], mask[i], lp_old[i], adv[i], v_old[i], ret[i])
-            self.last_vf.append(float(vf))
+            self.last_vf.append(float(vf.detach()))
             return pg + cfg.vf_coef * vf
 
         loss = self.optimise(len(y), cfg.epochs, loss_fn)

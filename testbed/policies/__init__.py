@@ -14,10 +14,37 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.special import log_softmax
+from scipy.special import log_softmax as scipy_log_softmax
 
 from testbed.errors import InputError
 from testbed.problems import LinearBandit, TabularBandit
+
+
+SHORT_AXIS = 64
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """ln softmax over the last axis, in float64 (``scipy.special.log_softmax(z, axis=-1)`` to rounding).
+
+    A short last axis (a few responses; many contexts or stacked seeds) is reduced as the leading axis of a
+    transposed copy: numpy reduces a contiguous axis of length 10 almost element by element, a leading axis
+    in whole-array operations (about 10x faster at 1000 x 10 x 10). The sum runs y = 0, 1, ... in that order
+    for every slice, so a stack of seeds gives each member's own result bit for bit.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim < 2 or z.shape[-1] > SHORT_AXIS:
+        return scipy_log_softmax(z, axis=-1)
+    t = np.moveaxis(z, -1, 0).copy()
+    m = t.max(axis=0)
+    m[~np.isfinite(m)] = 0.0  # as scipy: a row of -inf stays -inf
+    t -= m
+    e = np.exp(t)
+    total = e[0].copy()
+    for row in e[1:]:
+        total += row
+    with np.errstate(divide="ignore"):
+        t -= np.log(total)
+    return np.ascontiguousarray(np.moveaxis(t, 0, -1))
 
 
 class Policy:
@@ -96,7 +123,7 @@ class TabularSoftmax(Policy):
     """pi(y|x) = softmax(theta[x, :])_y with one logit per (x, y); params shape [X, Y]."""
 
     def __init__(self, logits: np.ndarray):
-        self.params = log_softmax(np.asarray(logits, dtype=np.float64), axis=-1)
+        self.params = log_softmax(logits)
 
     def log_probs(self) -> np.ndarray:
         return self.params  # kept normalised by construction
@@ -133,10 +160,10 @@ class LogLinear(_FeaturePolicy):
         self.params = np.zeros(self.features.shape[2]) if theta is None else np.asarray(theta, dtype=np.float64)
 
     def log_probs(self) -> np.ndarray:
-        return log_softmax(linear_logits(self.features, self.params), axis=-1)
+        return log_softmax(linear_logits(self.features, self.params))
 
     def log_probs_at(self, x: np.ndarray) -> np.ndarray:
-        return log_softmax(linear_logits(take_contexts(self.features, x), self.params), axis=-1)
+        return log_softmax(linear_logits(take_contexts(self.features, x), self.params))
 
     def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
         # phi·theta as a product and a sum over d (not a matmul), so a stack is exact per member
