@@ -160,7 +160,7 @@ def _sequences_per_backward(config: dict, run_id: str) -> int | None:
         return None
     per_item = 2 if algo.get("name") in ("rebel", "dpo") else 1
     micro = algo.get("grad_accum") or train.get("grad_accum", 1)
-    return train["minibatch"] * per_item // (micro * config.get("processes", 1))
+    return (algo.get("minibatch") or train["minibatch"]) * per_item // (micro * config.get("processes", 1))
 
 
 def _fmt(v, f: str = ".3g") -> str:

@@ -164,12 +164,12 @@ def test_llm_table_and_figures_from_a_run_folder(tmp_path):
         w.writeheader()
         w.writerows(rows)
     (tmp_path / "config.yaml").write_text("name: demo\nprocesses: 1\ntrain: {minibatch: 8, grad_accum: 1}\n"
-                                          "algorithms: [{name: rebel, grad_accum: 4}, {name: ppo, grad_accum: 0}]\n")
+                                          "algorithms: [{name: rebel, minibatch: 4, grad_accum: 2}, {name: ppo, grad_accum: 0}]\n")
     (tmp_path / "meta.json").write_text(json.dumps({"seconds": {"rebel-0-s0": 40.0}}))
     text = llm_table(tmp_path, tmp_path / "t.md", wall_seconds=120).read_text()
     rebel = next(ln for ln in text.splitlines() if ln.startswith("| REBEL"))
     ppo = next(ln for ln in text.splitlines() if ln.startswith("| PPO"))
-    # (31 - 10)/2 s/iteration; 8 pairs in 4 micro-batches = 4 sequences per backward, PPO's 8 responses in one
+    # (31 - 10)/2 s/iteration; minibatches of 4 pairs in 2 micro-batches = 4 sequences per backward; PPO's 8 in one
     assert "75.0% [60.0%, 85.0%]" in rebel and "| 600 | 0.60 | 4 | 10.5 | 40 |" in rebel
     assert "| 1000 | 1.00 | 8 | 4.0 |" in ppo and "2.0 min" in text
     assert plot_llm_reward_kl(tmp_path, tmp_path / "a.png").stat().st_size > 0

@@ -151,8 +151,46 @@ def test_rebel_micro_batches_give_the_update_of_the_whole_minibatch(epochs):
     torch.testing.assert_close(s1.stats["objective/kl"], s4.stats["objective/kl"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm, steps", [({"name": "rebel", "epochs": 2, "minibatch": 4}, 2 * 16 // 4),
+                                              ({"name": "rloo", "k": 2, "minibatch": 8}, 32 // 8),
+                                              ({"name": "rebel", "epochs": 1, "minibatch": 8, "grad_accum": 2}, 16 // 8)])
+def test_an_algorithms_own_minibatch_sets_its_optimiser_steps(algorithm, steps):
+    """Per-algorithm minibatch / grad_accum override train's: optimiser steps per iteration = epochs × items / minibatch
+    (batch 16 prompts, train.minibatch 16: REBEL items are pairs, RLOO's k·16 responses), and forward-backward passes
+    = steps × grad_accum, each on minibatch / grad_accum items."""
+    from testbed.llm.train import build
+
+    spec = parse_lm_spec(toy_spec(algorithm, batch=16, minibatch=16))
+    name, cfg, _ = spec.algorithms[0]
+    ctx, alg = build(spec, name, cfg, 0)
+    calls, sizes = [], []
+    step = ctx.optimizer.optimizer.step
+
+    def counting_step(*a, **k):
+        calls.append(1)
+        return step(*a, **k)
+
+    ctx.optimizer.optimizer.step = counting_step
+    orig = ctx.policy.logprobs
+
+    def sized(q, qm, y, model=None):
+        if torch.is_grad_enabled():
+            sizes.append(len(y))
+        return orig(q, qm, y, model)
+
+    ctx.policy.logprobs = sized
+    q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
+    alg.update(q, qm)
+    G = algorithm.get("grad_accum", 1)
+    per_item = 2 if name == "rebel" else 1
+    assert len(calls) == steps
+    assert sizes == [algorithm["minibatch"] * per_item // G] * (steps * G)
+
+
 def test_an_algorithms_grad_accum_must_divide_the_minibatch():
     with pytest.raises(InputError, match=r"algorithms\[0\] \(rebel\)\.grad_accum"):
         parse_lm_spec(toy_spec({"name": "rebel", "grad_accum": 3}, batch=16, minibatch=16))
     with pytest.raises(InputError, match="non-negative integer"):
         parse_lm_spec(toy_spec({"name": "ppo", "grad_accum": -1}, batch=16, minibatch=16))
+    with pytest.raises(InputError, match=r"minibatches of 5 \(algorithms\[0\] \(rebel\)\.minibatch\)"):
+        parse_lm_spec(toy_spec({"name": "rebel", "minibatch": 5}, batch=16, minibatch=16))

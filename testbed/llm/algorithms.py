@@ -52,11 +52,14 @@ class LMStep:
 # ----- configs ---------------------------------------------------------------------------------
 @dataclass
 class Microbatched:
-    """Per algorithm: how many micro-batches each minibatch's gradient is accumulated over."""
+    """Per algorithm: its minibatch (items per optimiser step) and micro-batches (gradient accumulation),
+    overriding the ``train`` block's, e.g. so that every algorithm of a study steps on as many sequences."""
 
+    minibatch: int = dataclasses.field(default=0, metadata={
+        "doc": "items per optimiser step for this algorithm (0: train.minibatch); items as in train.minibatch"})
     grad_accum: int = dataclasses.field(default=0, metadata={
         "doc": "micro-batches per minibatch for this algorithm (0: train.grad_accum): the same optimiser steps on "
-               "fewer sequences per backward pass, e.g. to compare memory at equal sequences per backward"})
+               "fewer sequences per backward pass"})
 
 
 @dataclass
@@ -139,6 +142,11 @@ class LMAlgorithm:
         return self.ctx.policy.model
 
     @property
+    def minibatch(self) -> int:
+        """Items per optimiser step: the algorithm's own ``minibatch``, else ``train.minibatch``."""
+        return getattr(self.config, "minibatch", 0) or self.ctx.train.minibatch
+
+    @property
     def grad_accum(self) -> int:
         """Micro-batches per minibatch: the algorithm's own ``grad_accum``, else ``train.grad_accum``."""
         return getattr(self.config, "grad_accum", 0) or self.ctx.train.grad_accum
@@ -150,7 +158,7 @@ class LMAlgorithm:
         slice of each global minibatch; ``sharded``: each process permutes its own shard."""
         ctx = self.ctx
         W, r = ctx.world, ctx.rank
-        M = ctx.train.minibatch
+        M = self.minibatch
         perm = ctx.rng.permutation(n)
         if ctx.train.rollouts == "replicated":
             for s in range(0, n, M):
@@ -214,7 +222,7 @@ class LMAlgorithm:
         """True when the batch of ``n`` items makes exactly one optimiser step (one epoch, one minibatch, one
         process): every forward pass of it, micro-batches included, runs at theta_t, so it gives ln pi_t itself."""
         tr = self.ctx.train
-        return epochs == 1 and n <= tr.minibatch and self.ctx.world == 1
+        return epochs == 1 and n <= self.minibatch and self.ctx.world == 1
 
     def trl_stats(self, ro: dict, beta: float) -> dict:
         """TRL-style objective/* statistics of a rollout (means over this process's responses)."""

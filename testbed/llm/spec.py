@@ -235,16 +235,17 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
             read_jsonl(cfg.dataset, ("prompt", "completion") if aname == "sft" else ("prompt", "chosen", "rejected"))
         per_item = {"rebel": 1, "dpo": 1, "ppo": 1, "rloo": getattr(cfg, "k", 1), "sft": 1}[aname]
         items = train.batch * per_item
-        if items % train.minibatch:
-            raise InputError(f"{where}: the batch holds {items} items, not divisible into minibatches of {train.minibatch}")
-        own = cfg.grad_accum
-        if isinstance(own, bool) or not isinstance(own, int) or own < 0:
-            raise InputError(f"{where}.grad_accum must be a non-negative integer (0: train.grad_accum; got {own!r})")
-        G = own or train.grad_accum
-        if train.minibatch % (W * G):
-            field = f"{where}.grad_accum" if own else "train.grad_accum"
-            raise InputError(f"train.minibatch = {train.minibatch} is not divisible by processes × grad_accum = "
-                             f"{W} × {G} ({field})")
+        for key in ("minibatch", "grad_accum"):
+            own = getattr(cfg, key)
+            if isinstance(own, bool) or not isinstance(own, int) or own < 0:
+                raise InputError(f"{where}.{key} must be a non-negative integer (0: train.{key}; got {own!r})")
+        M, G = cfg.minibatch or train.minibatch, cfg.grad_accum or train.grad_accum
+        m_field = f"{where}.minibatch" if cfg.minibatch else "train.minibatch"
+        if items % M:
+            raise InputError(f"{where}: the batch holds {items} items, not divisible into minibatches of {M} ({m_field})")
+        if M % (W * G):
+            g_field = f"{where}.grad_accum" if cfg.grad_accum else "train.grad_accum"
+            raise InputError(f"{m_field} = {M} is not divisible by processes × grad_accum = {W} × {G} ({g_field})")
         parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
     needs_reward = any(n in ("rebel", "ppo", "rloo") or (n == "dpo" and c.mode == "online") for n, c, _ in parsed)
     reward = raw.get("reward")
