@@ -126,7 +126,8 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
         secs = meta.get("seconds", {}).get(run_id)
         lines.append(f"| {_label(run_id)} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
                      f"{_fmt(last.get('eval/words'), '.1f')} | {peak[run_id]:.0f} | "
-                     f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | {_fmt(_sequences_per_backward(config, run_id))} | "
+                     f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | "
+                     f"{_fmt(_sequences_per_backward(config, run_id))} | "
                      f"{_fmt(spi, '.1f')} | {_fmt(secs, '.0f')} |")
     st = meta.get("study")
     if st:

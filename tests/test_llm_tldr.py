@@ -163,8 +163,8 @@ def test_llm_table_and_figures_from_a_run_folder(tmp_path):
         w = csv.DictWriter(f, fieldnames=LM_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    (tmp_path / "config.yaml").write_text("name: demo\nprocesses: 1\ntrain: {minibatch: 8, grad_accum: 1}\n"
-                                          "algorithms: [{name: rebel, minibatch: 4, grad_accum: 2}, {name: ppo, grad_accum: 0}]\n")
+    (tmp_path / "config.yaml").write_text("name: demo\nprocesses: 1\ntrain: {minibatch: 8, grad_accum: 1}\nalgorithms: "
+                                          "[{name: rebel, minibatch: 4, grad_accum: 2}, {name: ppo, grad_accum: 0}]\n")
     (tmp_path / "meta.json").write_text(json.dumps({"seconds": {"rebel-0-s0": 40.0}}))
     text = llm_table(tmp_path, tmp_path / "t.md", wall_seconds=120).read_text()
     rebel = next(ln for ln in text.splitlines() if ln.startswith("| REBEL"))

@@ -94,24 +94,30 @@ def test_bradley_terry_reward_model_learns_the_preference():
     assert acc >= 0.9  # held-out pairs
 
 
+def one_rebel_update(algorithm: dict, **train):
+    """One REBEL update from a fixed seed on a fixed batch of 16 prompts: (parameters after, the LMStep)."""
+    from testbed.llm.train import build
+
+    spec = parse_lm_spec(toy_spec({"name": "rebel", **algorithm}, batch=16, minibatch=16, **train))
+    name, cfg, _ = spec.algorithms[0]
+    ctx, alg = build(spec, name, cfg, 0)
+    before = [p.detach().clone() for p in ctx.policy.model.parameters()]
+    torch.manual_seed(5)
+    q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
+    step = alg.update(q, qm)
+    after = [p.detach().clone() for p in ctx.policy.model.parameters()]
+    assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 1e-4  # the step moved the policy
+    return after, step
+
+
 def test_single_step_rebel_equals_the_two_pass_update(monkeypatch):
     """One epoch in one minibatch: REBEL takes ln pi_t from the step's own forward instead of a separate no-grad
     pass; the update (same samples, same seed) must be the one the two-pass path makes."""
     from testbed.llm.algorithms import LMREBEL
-    from testbed.llm.train import build
 
     def one_update(single: bool):
         monkeypatch.setattr(LMREBEL, "single_step", lambda self, n, epochs: single)
-        spec = parse_lm_spec(toy_spec({"name": "rebel", "epochs": 1}, batch=16, minibatch=16, lr=1e-2))
-        name, cfg, _ = spec.algorithms[0]
-        ctx, alg = build(spec, name, cfg, 0)
-        before = [p.detach().clone() for p in ctx.policy.model.parameters()]
-        torch.manual_seed(5)
-        q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
-        step = alg.update(q, qm)
-        after = [p.detach().clone() for p in ctx.policy.model.parameters()]
-        assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 1e-4  # the step moved the policy
-        return after, step
+        return one_rebel_update({"epochs": 1}, lr=1e-2)
 
     p1, s1 = one_update(True)
     p2, s2 = one_update(False)
@@ -126,23 +132,11 @@ def test_rebel_micro_batches_give_the_update_of_the_whole_minibatch(epochs):
     """An algorithm's own ``grad_accum`` splits each minibatch into micro-batches (fewer sequences per backward,
     less activation memory) and must make the same optimiser steps: the gradient of the mean over the minibatch.
     epochs = 1 is the single-step path (ln pi_t from the micro-batches' own forwards), 2 the two-pass one."""
-    from testbed.llm.train import build
 
     def one_update(grad_accum: int):
         # adam_eps >> |gradient|: the AdamW step is lr·g/eps, linear in the gradient, so a wrongly scaled
         # accumulated gradient shows (with a small eps Adam would normalise the scale away); no clipping
-        spec = parse_lm_spec(toy_spec({"name": "rebel", "epochs": epochs, "grad_accum": grad_accum}, batch=16,
-                                      minibatch=16, lr=10.0, adam_eps=1e3, max_grad_norm=0))
-        name, cfg, _ = spec.algorithms[0]
-        ctx, alg = build(spec, name, cfg, 0)
-        assert alg.grad_accum == grad_accum
-        before = [p.detach().clone() for p in ctx.policy.model.parameters()]
-        torch.manual_seed(5)
-        q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
-        step = alg.update(q, qm)
-        after = [p.detach().clone() for p in ctx.policy.model.parameters()]
-        assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 1e-4  # the step moved the policy
-        return after, step
+        return one_rebel_update({"epochs": epochs, "grad_accum": grad_accum}, lr=10.0, adam_eps=1e3, max_grad_norm=0)
 
     p1, s1 = one_update(1)
     p4, s4 = one_update(4)  # micro-batches of 4 pairs = 8 sequences per backward instead of 32

@@ -221,7 +221,6 @@ class LMAlgorithm:
     def single_step(self, n: int, epochs: int) -> bool:
         """True when the batch of ``n`` items makes exactly one optimiser step (one epoch, one minibatch, one
         process): every forward pass of it, micro-batches included, runs at theta_t, so it gives ln pi_t itself."""
-        tr = self.ctx.train
         return epochs == 1 and n <= self.minibatch and self.ctx.world == 1
 
     def trl_stats(self, ro: dict, beta: float) -> dict:

@@ -19,7 +19,6 @@ from scipy.special import log_softmax as scipy_log_softmax
 from testbed.errors import InputError
 from testbed.problems import LinearBandit, TabularBandit
 
-
 SHORT_AXIS = 64
 
 

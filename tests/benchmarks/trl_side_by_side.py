@@ -287,12 +287,13 @@ def main() -> int:
         res[system] = json.loads(line[-1][7:])
         print(f"  {system}: {res[system]['s_per_step']:.2f} s/step, {res[system]['peak_mb']:.0f} MB "
               f"({time.perf_counter() - t0:.0f}s wall)", flush=True)
-    label = {"rebel": "ours REBEL (1 epoch)", "rebel_mb8": "ours REBEL (1 epoch, 2 micro-batches)", "rebel4": "ours REBEL (4 epochs, official)", "rloo": "ours RLOO (k=2)",
+    label = {"rebel": "ours REBEL (1 epoch)", "rebel_mb8": "ours REBEL (1 epoch, 2 micro-batches)",
+             "rebel4": "ours REBEL (4 epochs, official)", "rloo": "ours RLOO (k=2)",
              "dpo": "ours DPO (offline)", "floor": "plain PyTorch floor (REBEL's work)", "trl_rloo": "TRL 1.16 RLOO (2 gen.)",
              "trl_dpo": "TRL 1.16 DPO", "trl_ppo": "TRL 1.12 PPO (4 epochs)"}
-    print(f"\n{'system':<36}{'s/step':>9}{'peak MB':>10}")
+    print(f"\n{'system':<40}{'s/step':>9}{'peak MB':>10}")
     for s, r in res.items():
-        print(f"{label[s]:<36}{r['s_per_step']:>9.2f}{r['peak_mb']:>10.0f}")
+        print(f"{label[s]:<40}{r['s_per_step']:>9.2f}{r['peak_mb']:>10.0f}")
     if "floor" in res:
         f = res["floor"]
         print(f"  floor parts: generate {f['generate']:.2f} s, no-grad forward {f['forward_nograd']:.2f} s, "
