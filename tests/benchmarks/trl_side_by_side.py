@@ -257,6 +257,10 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", help="rows to run (default: all)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model instead (checks the harness in seconds)")
+    ap.add_argument("--live-memory", action="store_true",
+                    help="run every row with glibc's MALLOC_MMAP_THRESHOLD_=1 MiB: each block of 1 MiB or more is returned "
+                         "to the OS when freed, so the peak resident set is the peak of live memory rather than of what "
+                         "the allocator keeps (slower: fresh pages fault in; take the times from a default run)")
     args = ap.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, Path(args.folder), args.iters)))
@@ -271,15 +275,17 @@ def main() -> int:
     params = int((folder / "params.txt").read_text())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; Qwen2 config "
           f"{params / 1e6:.1f}M parameters, {B} prompts x {PROMPT} tokens, {NEW} new tokens, full fine-tune; "
-          f"{args.iters} timed steps after 1 warm-up", flush=True)
+          f"{args.iters} timed steps after 1 warm-up" + ("; live memory (MALLOC_MMAP_THRESHOLD_ = 1 MiB in every row)"
+                                                         if args.live_memory else ""), flush=True)
     plan = [(s, sys.executable) for s in OURS] + [(s, args.trl116) for s in TRL116] + [(s, args.trl112) for s in TRL112]
     if args.only:
         plan = [(s, py) for s, py in plan if s in args.only]
     res = {}
     for system, py in plan:
         t0 = time.perf_counter()
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if args.live_memory else None
         p = subprocess.run([py, __file__, "--child", system, "--folder", str(folder), "--iters", str(args.iters)],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=env)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
         if p.returncode or not line:
             print(f"{system}: failed (exit {p.returncode})\n{p.stderr[-3000:]}", flush=True)
