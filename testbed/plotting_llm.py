@@ -105,7 +105,8 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
     peak = {i: max((r["peak_memory_mb"] or 0) for r in rows) for i, rows in runs.items()}
     ppo = next((v for i, v in peak.items() if i.startswith("ppo-")), None)
-    lines = [f"# {_name(run_dir)}: held-out evaluation, memory and time", "",
+    config = _config(run_dir)
+    lines = [f"# {config.get('name', run_dir.name)}: held-out evaluation, memory and time", "",
              "Win rate: the held-out oracle (MiniLM similarity to the post, minus a length penalty) judging one sample per "
              "held-out prompt from the final policy against one from the reference policy (ties ½), 95% Wilson interval. "
              "KL: mean ln π(y|x) − ln π_ref(y|x) over the policy's held-out samples. Peak memory: peak resident set of the "
@@ -117,7 +118,6 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
              "| algorithm | win rate [95% CI] | RM score | KL(π‖π_ref) | words | peak memory MB | × PPO | "
              "sequences/backward | s/iteration | run s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    config = _config(run_dir)
     for run_id, rows in sorted(runs.items()):
         last = rows[-1]
         wr = last.get("eval/win_rate")
@@ -154,12 +154,13 @@ def _config(run_dir) -> dict:
 def _sequences_per_backward(config: dict, run_id: str) -> int | None:
     """Sequences in one forward-backward pass of run ``<name>-<index>-s<seed>``: the minibatch's items (pairs
     for REBEL, online and offline DPO; responses for PPO, RLOO) times sequences per item, over micro-batches."""
+    from testbed.llm.spec import SEQUENCES_PER_ITEM
     try:
         algo = config["algorithms"][int(run_id.split("-")[1])]
         train = config["train"]
+        per_item = SEQUENCES_PER_ITEM[algo["name"]]
     except (KeyError, IndexError, ValueError, TypeError):
         return None
-    per_item = 2 if algo.get("name") in ("rebel", "dpo") else 1
     micro = algo.get("grad_accum") or train.get("grad_accum", 1)
     return (algo.get("minibatch") or train["minibatch"]) * per_item // (micro * config.get("processes", 1))
 

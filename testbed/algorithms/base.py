@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from testbed.errors import InputError, choice, nonneg_number, positive_int, positive_number
+from testbed.errors import InputError, choice, nonneg_int, nonneg_number, positive_int, positive_number
 from testbed.policies import Policy, member
 from testbed.problems import TabularBandit
 
@@ -100,6 +100,8 @@ def build_config(cls: type, params: dict, where: str):
             setattr(cfg, f.name, nonneg_number(field, v))
         elif meta.get("check") == "positive_int":
             positive_int(field, v)
+        elif meta.get("check") == "nonneg_int":
+            nonneg_int(field, v)
         elif meta.get("check") == "bool" and not isinstance(v, bool):
             raise InputError(f"{field} must be true or false (got {v!r})")
         elif meta.get("check") == "unit_open":
@@ -126,6 +128,10 @@ def nonneg(default, doc: str):
 
 def count(default, doc: str):
     return dataclasses.field(default=default, metadata={"check": "positive_int", "doc": doc})
+
+
+def nonneg_count(default, doc: str):
+    return dataclasses.field(default=default, metadata={"check": "nonneg_int", "doc": doc})
 
 
 def one_of(default, choices: tuple[str, ...], doc: str):

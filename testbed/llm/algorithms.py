@@ -14,14 +14,13 @@ AdamW with linear LR decay (in :mod:`testbed.llm.train`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from testbed.algorithms.base import count, flag, nonneg, one_of, path, positive, unit_open
+from testbed.algorithms.base import count, flag, nonneg, nonneg_count, one_of, path, positive, unit_open
 from testbed.errors import InputError
 from testbed.llm.policy import forward_logits, left_pad, response_mask, token_logprobs, unwrap
 from testbed.llm.rewards import last_token_index, score_responses
@@ -55,11 +54,10 @@ class Microbatched:
     """Per algorithm: its minibatch (items per optimiser step) and micro-batches (gradient accumulation),
     overriding the ``train`` block's, e.g. so that every algorithm of a study steps on as many sequences."""
 
-    minibatch: int = dataclasses.field(default=0, metadata={
-        "doc": "items per optimiser step for this algorithm (0: train.minibatch); items as in train.minibatch"})
-    grad_accum: int = dataclasses.field(default=0, metadata={
-        "doc": "micro-batches per minibatch for this algorithm (0: train.grad_accum): the same optimiser steps on "
-               "fewer sequences per backward pass"})
+    minibatch: int = nonneg_count(0, "items per optimiser step for this algorithm (0: train.minibatch); items as in "
+                                     "train.minibatch")
+    grad_accum: int = nonneg_count(0, "micro-batches per minibatch for this algorithm (0: train.grad_accum): the same "
+                                      "optimiser steps on fewer sequences per backward pass")
 
 
 @dataclass
@@ -144,12 +142,12 @@ class LMAlgorithm:
     @property
     def minibatch(self) -> int:
         """Items per optimiser step: the algorithm's own ``minibatch``, else ``train.minibatch``."""
-        return getattr(self.config, "minibatch", 0) or self.ctx.train.minibatch
+        return self.config.minibatch or self.ctx.train.minibatch
 
     @property
     def grad_accum(self) -> int:
         """Micro-batches per minibatch: the algorithm's own ``grad_accum``, else ``train.grad_accum``."""
-        return getattr(self.config, "grad_accum", 0) or self.ctx.train.grad_accum
+        return self.config.grad_accum or self.ctx.train.grad_accum
 
     # -- optimisation loop: epochs x minibatches x micro-batches (gradient accumulation) --
     def minibatches(self, n: int):

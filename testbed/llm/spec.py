@@ -39,6 +39,8 @@ REWARD_KEYS = {"kind", "name", "path", "token", "hidden", "layers", "heads", "se
 BT_KEYS = {"kind", "pairs", "epochs", "lr", "seed", "holdout", "target_words", "length_penalty", "temperature"}
 PREFERENCES = "preferences"
 """DPO's ``dataset: preferences``: the oracle-labelled pairs a bradley_terry reward builds in the run folder."""
+SEQUENCES_PER_ITEM = {"rebel": 2, "dpo": 2, "ppo": 1, "rloo": 1, "sft": 1}
+"""Sequences (prompt + response) in one minibatch item: a pair for REBEL and DPO, a response or a row otherwise."""
 PROMPT_KEYS = {"kind", "count", "seed", "file", "hf_dataset", "split", "field", "min_len", "max_len"}
 
 
@@ -235,10 +237,6 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
             read_jsonl(cfg.dataset, ("prompt", "completion") if aname == "sft" else ("prompt", "chosen", "rejected"))
         per_item = {"rebel": 1, "dpo": 1, "ppo": 1, "rloo": getattr(cfg, "k", 1), "sft": 1}[aname]
         items = train.batch * per_item
-        for key in ("minibatch", "grad_accum"):
-            own = getattr(cfg, key)
-            if isinstance(own, bool) or not isinstance(own, int) or own < 0:
-                raise InputError(f"{where}.{key} must be a non-negative integer (0: train.{key}; got {own!r})")
         M, G = cfg.minibatch or train.minibatch, cfg.grad_accum or train.grad_accum
         m_field = f"{where}.minibatch" if cfg.minibatch else "train.minibatch"
         if items % M:

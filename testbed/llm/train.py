@@ -74,14 +74,14 @@ _ACCELERATOR = None
 
 
 def get_accelerator(spec: LMSpec):
-    """One Accelerator per process (accelerate keeps global state): CPU unless a GPU is present."""
+    """One Accelerator per process (accelerate keeps global state): CPU unless a GPU is present. Each
+    algorithm's ``optimise`` sets its own gradient-accumulation steps."""
     global _ACCELERATOR
     from accelerate import Accelerator
     if _ACCELERATOR is None:
         cpu = not torch.cuda.is_available()
         _ACCELERATOR = Accelerator(cpu=cpu, gradient_accumulation_steps=spec.train.grad_accum,
                                    mixed_precision=spec.accelerate.mixed_precision)
-    _ACCELERATOR.gradient_accumulation_steps = spec.train.grad_accum
     return _ACCELERATOR
 
 

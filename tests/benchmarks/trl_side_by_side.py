@@ -281,9 +281,9 @@ def main() -> int:
     if args.only:
         plan = [(s, py) for s, py in plan if s in args.only]
     res = {}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if args.live_memory else None
     for system, py in plan:
         t0 = time.perf_counter()
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if args.live_memory else None
         p = subprocess.run([py, __file__, "--child", system, "--folder", str(folder), "--iters", str(args.iters)],
                            capture_output=True, text=True, env=env)
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
