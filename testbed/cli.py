@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from testbed.errors import InputError
-from testbed.experiments.runner import NumericalError
+from testbed.training import NumericalError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,7 +68,7 @@ def _cmd_plot(args) -> None:
 
 
 def _cmd_check(args) -> int:
-    from testbed.conformance import BUILTINS, format_table, load_rule, run_checks
+    from testbed.experiments.conformance import BUILTINS, format_table, load_rule, run_checks
 
     targets = [f"builtin:{n}" for n in BUILTINS] if args.target == "builtins" else [args.target]
     factories = [load_rule(t) for t in targets]  # every target is valid before any check runs
@@ -81,7 +81,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_reproduce(args) -> int:
-    from testbed.experiments.reproduce import reproduce, reproduce_llm
+    from testbed.experiments.reproduce import reproduce
+    from testbed.llm.study import reproduce_llm
 
     if args.quick and not args.llm:
         raise InputError("--quick goes with --llm (the quick variant of the LM study)")

@@ -18,13 +18,7 @@ from scipy.special import rel_entr
 
 from testbed.policies import Policy
 from testbed.problems import PreferenceBandit, TabularBandit
-
-COLUMNS = ("run_id", "problem", "algorithm", "seed", "iteration", "samples", "queries", "reward", "suboptimality",
-           "kl_ref", "kl_reg_gap", "exploitability", "exploitability_avg", "loss", "wall_time",
-           "clipfrac", "approx_kl", "ratio_max", "value_loss")
-"""``samples``: responses drawn so far; ``queries``: reward or preference oracle calls so far (both empty
-in exact/population mode); the last four are PPO's diagnostics (empty for other algorithms)."""
-EXTRAS = ("clipfrac", "approx_kl", "ratio_max", "value_loss")
+from testbed.results import COLUMNS, EXTRAS  # noqa: F401  (the schema lives with the run folder)
 
 
 def problem_metrics(problem, policy: Policy, beta: float = 0.0,

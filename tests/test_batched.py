@@ -154,7 +154,7 @@ def test_what_is_batchable():
 
 def test_a_nan_in_one_member_of_a_stack_names_that_run(spec, monkeypatch):
     from testbed.algorithms import REBEL
-    from testbed.experiments.runner import NumericalError
+    from testbed.training import NumericalError
 
     g = next(g for g in batch_groups(spec) if spec.runs[g[0]].label == "rebel-sampled")
     plans = [spec.runs[i] for i in g]

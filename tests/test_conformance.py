@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from testbed.cli import main
-from testbed.conformance import BUILTINS, load_rule, run_checks
+from testbed.experiments.conformance import BUILTINS, load_rule, run_checks
 
 BUGS = str(Path(__file__).with_name("conformance_bugs.py"))
 

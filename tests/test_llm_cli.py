@@ -1,6 +1,5 @@
 """`testbed llm run`: outputs, dry runs of the paper-scale specs, bad specs, and 2-process data parallelism."""
 
-import csv
 import json
 import os
 import shutil
@@ -28,8 +27,8 @@ def write(tmp_path, raw, name="spec.yaml"):
 
 
 def read_rows(d):
-    with open(Path(d) / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    from testbed.results import read_metrics
+    return read_metrics(d)
 
 
 def test_run_writes_metrics_samples_checkpoint_and_meta(tmp_path, capsys):
@@ -38,13 +37,13 @@ def test_run_writes_metrics_samples_checkpoint_and_meta(tmp_path, capsys):
     assert main(["llm", "run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     out = tmp_path / "run"
     rows = read_rows(out)
-    assert [r["iteration"] for r in rows] == ["0", "1", "2"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
     for col in ("run_id", "reward", "kl_ref", "loss", "samples", "objective/scores", "objective/kl", "objective/entropy",
                 "objective/rlhf_reward", "val/num_eos_tokens", "loss/policy", "eps", "tokens_per_s", "peak_memory_mb"):
         assert col in rows[0]
-    assert rows[0]["objective/scores"] == "" and rows[0]["loss"] == ""  # missing values stay empty
-    assert rows[2]["samples"] == str(2 * 2 * 32)
-    assert float(rows[2]["peak_memory_mb"]) > 0 and float(rows[2]["tokens_per_s"]) > 0
+    assert rows[0]["objective/scores"] is None and rows[0]["loss"] is None  # missing values stay empty
+    assert rows[2]["samples"] == 2 * 2 * 32
+    assert rows[2]["peak_memory_mb"] > 0 and rows[2]["tokens_per_s"] > 0  # measured: from timings.json
     samples = sorted((out / "samples").rglob("*.jsonl"))
     assert [p.name for p in samples] == ["iter_000000.jsonl", "iter_000001.jsonl", "iter_000002.jsonl"]
     first = json.loads(samples[0].read_text().splitlines()[0])
@@ -55,6 +54,20 @@ def test_run_writes_metrics_samples_checkpoint_and_meta(tmp_path, capsys):
     assert meta["processes"] == 1 and "transformers" in meta["versions"]
     assert main(["llm", "run", str(spec), "--out", str(out), "--quiet"]) == 2  # refuses an existing folder
     assert "already exists" in capsys.readouterr().err
+
+
+def test_same_lm_spec_and_seed_give_byte_identical_run_files(tmp_path):
+    """The determinism rule of every run folder: config.yaml, metrics.csv and meta.json are the same bytes;
+    what is measured (wall time, throughput, memory) lives in timings.json only."""
+    spec = write(tmp_path, toy_spec({"name": "rebel"}, iterations=2, eval_every=1))
+    for name in ("a", "b"):
+        assert main(["llm", "run", str(spec), "--out", str(tmp_path / name), "--quiet"]) == 0
+    for f in ("config.yaml", "metrics.csv", "meta.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    header = (tmp_path / "a" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert not {"wall_time", "tokens_per_s", "eps", "peak_memory_mb"} & set(header)
+    timings = json.loads((tmp_path / "a" / "timings.json").read_text())
+    assert len(timings["peak_memory_mb"]["rebel-0-s0"]) == 3 and timings["seconds"]["rebel-0-s0"] > 0
 
 
 @pytest.mark.parametrize("spec", PAPER_SPECS, ids=[p.stem for p in PAPER_SPECS])
@@ -135,8 +148,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert len(a) == len(b) == 4
     for ra, rb in zip(a, b):
         for col in ("objective/scores", "objective/kl", "objective/entropy", "loss/policy", "eval/scores", "samples"):
-            if ra[col] == "":
-                assert rb[col] == ""
+            if ra[col] is None:
+                assert rb[col] is None
                 continue
             x, y = float(ra[col]), float(rb[col])
             assert abs(x - y) <= 1e-3 * max(1.0, abs(x)), (ra["iteration"], col, x, y)

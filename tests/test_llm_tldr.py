@@ -145,7 +145,7 @@ def test_llm_table_and_figures_from_a_run_folder(tmp_path):
     import json
 
     from testbed.llm.train import LM_COLUMNS
-    from testbed.plotting_llm import llm_table, plot_llm_reward_kl, plot_llm_winrate
+    from testbed.plotting.llm import llm_table, plot_llm_reward_kl, plot_llm_winrate
 
     rows = []
     for run, peak, walls in (("rebel-0-s0", 600.0, [0.0, 10.0, 22.0, 31.0]), ("ppo-1-s0", 1000.0, [0.0, 5.0, 9.0, 13.0])):
@@ -164,7 +164,8 @@ def test_llm_table_and_figures_from_a_run_folder(tmp_path):
         w.writeheader()
         w.writerows(rows)
     (tmp_path / "config.yaml").write_text("name: demo\nprocesses: 1\ntrain: {minibatch: 8, grad_accum: 1}\nalgorithms: "
-                                          "[{name: rebel, minibatch: 4, grad_accum: 2}, {name: ppo, grad_accum: 0}]\n")
+                                          "[{name: rebel, minibatch: 4, grad_accum: 2, sequences_per_item: 2},"
+                                          " {name: ppo, grad_accum: 0, sequences_per_item: 1}]\n")
     (tmp_path / "meta.json").write_text(json.dumps({"seconds": {"rebel-0-s0": 40.0}}))
     text = llm_table(tmp_path, tmp_path / "t.md", wall_seconds=120).read_text()
     rebel = next(ln for ln in text.splitlines() if ln.startswith("| REBEL"))

@@ -39,7 +39,7 @@ def test_ppo_ratio_can_exceed_the_clip_range_and_clipped_samples_have_zero_gradi
     rng = np.random.default_rng(0)
     batch = algo.collect(pol, rng)
     step = algo.optimise(pol, batch, rng)
-    assert step.extras["ratio_max"] > 1.2
+    assert step.extras["policy/ratio_max"] > 1.2
     theta = torch.tensor(step.policy.params, requires_grad=True)
     logratio = pol.torch_log_prob(theta, batch["x"], batch["y"]) - batch["lp_old"]
     ratio = logratio.detach().exp()
@@ -55,8 +55,8 @@ def test_ppo_ratio_can_exceed_the_clip_range_and_clipped_samples_have_zero_gradi
     ppo_clip_loss(logratio[rest], batch["adv"][rest], 0.2).backward()
     assert theta.grad.abs().max() > 1e-6
     # logged extras are what they say
-    assert step.extras["clipfrac"] == pytest.approx(float(((ratio - 1).abs() > 0.2).double().mean()))
-    assert step.extras["approx_kl"] >= 0
+    assert step.extras["policy/clipfrac"] == pytest.approx(float(((ratio - 1).abs() > 0.2).double().mean()))
+    assert step.extras["policy/approx_kl"] >= 0
 
 
 @pytest.mark.parametrize("critic", ["table", "linear", "mlp"])

@@ -9,7 +9,7 @@ import yaml
 from testbed.cli import main
 from testbed.experiments import read_metrics
 from testbed.metrics import COLUMNS, hedge_regret_bound
-from testbed.plotting_preference import read_trajectory
+from testbed.plotting.preference import read_trajectory
 from testbed.policies import initial_policy
 from testbed.problems import make_preference
 from tests.conftest import make_algo

@@ -70,8 +70,8 @@ def test_budget_columns(runs):
     off = [r for r in rows if r["algorithm"] == "dpo-offline" and r["seed"] == 0]
     assert [r["iteration"] for r in off] == [0, 2, 3] and all((r["samples"], r["queries"]) == (400, 200) for r in off)
     ppo = [r for r in rows if r["algorithm"].startswith("ppo") and r["iteration"] > 0]
-    assert all(r["clipfrac"] is not None and r["ratio_max"] > 0 and r["approx_kl"] >= 0 for r in ppo)
-    assert all(r["clipfrac"] is None for r in rows if not r["algorithm"].startswith("ppo"))
+    assert all(r["policy/clipfrac"] is not None and r["policy/ratio_max"] > 0 and r["policy/approx_kl"] >= 0 for r in ppo)
+    assert all(r["policy/clipfrac"] is None for r in rows if not r["algorithm"].startswith("ppo"))
 
 
 def test_every_policy_lies_below_the_exact_kl_frontier(runs):

@@ -10,8 +10,8 @@ The critic is a value table per context (``table``), linear in context features 
 the flattened phi(x, ., .) of a linear problem, one-hot x otherwise) or a one-hidden-layer tanh
 MLP on them (``mlp``). One step is one-step GAE (gamma = 1), so the return is r. Adam's moments
 persist across iterations, as in CleanRL. Logged extras, measured on the whole batch after the
-update: ``clipfrac`` (share with |rho - 1| > eps), ``approx_kl`` (mean of (rho - 1) - ln rho, the
-k3 estimator), ``ratio_max``, ``value_loss``.
+update: ``policy/clipfrac`` (share with |rho - 1| > eps), ``policy/approx_kl`` (mean of (rho - 1) - ln rho,
+the k3 estimator), ``policy/ratio_max``, ``loss/value``.
 """
 
 from __future__ import annotations
@@ -149,10 +149,10 @@ class PPO(Algorithm):
         with torch.no_grad():
             logratio = policy.torch_log_prob(theta, x, y) - lp_old
             ratio = logratio.exp()
-            extras = {"clipfrac": ((ratio - 1).abs() > cfg.clip_eps).double().mean(dim=-1),
-                      "approx_kl": ((ratio - 1) - logratio).mean(dim=-1),
-                      "ratio_max": ratio.max(dim=-1).values,
-                      "value_loss": value_loss(self.value(self.w, x), v_old, r)}
+            extras = {"policy/clipfrac": ((ratio - 1).abs() > cfg.clip_eps).double().mean(dim=-1),
+                      "policy/approx_kl": ((ratio - 1) - logratio).mean(dim=-1),
+                      "policy/ratio_max": ratio.max(dim=-1).values,
+                      "loss/value": value_loss(self.value(self.w, x), v_old, r)}
             final = ppo_clip_loss(logratio, adv, cfg.clip_eps)
         extras = {k: float(v) if v.ndim == 0 else v.numpy() for k, v in extras.items()}
         return Step(policy.with_params(theta.detach().numpy().copy()), float(final) if final.ndim == 0 else final.numpy(),

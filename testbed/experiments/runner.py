@@ -11,32 +11,23 @@ folder is built under a temporary name and renamed when complete, so it is never
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 import pickle
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from testbed import results
 from testbed.algorithms import ALGORITHMS, Step, build_config, check_pairing
-from testbed.errors import InputError
 from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
-from testbed.io import atomic_write, atomic_write_text, replace_dir, save_npz, sha256
+from testbed.io import atomic_write, atomic_write_text, save_npz
 from testbed.metrics import (
-    COLUMNS,
-    EXTRAS,
     bandit_metric_arrays,
     hedge_regret_bound,
     mirror_descent_bound,
@@ -44,10 +35,8 @@ from testbed.metrics import (
 )
 from testbed.policies import Policy, TabularSoftmax, default_kind, initial_policy, member, stack
 from testbed.problems import PreferenceBandit, ProblemBatch, TabularBandit, bradley_terry_fit
-
-
-class NumericalError(RuntimeError):
-    """A run produced NaN/inf; the last good checkpoint is kept."""
+from testbed.results import COLUMNS, EXTRAS
+from testbed.training import NumericalError, train
 
 
 @dataclass
@@ -118,17 +107,16 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
                             problem_metrics(problem, st.policy, beta, avg), st.loss, st.step_extras))
         st.wall.append(time.perf_counter() - start)
 
-    if st.t == 0 and not st.rows:
-        record(0)
-    while st.t < plan.iterations:
-        t = st.t + 1
+    def step(t: int) -> None:
         if averaged:
             st.prob_sum += st.policy.probs()  # pi_{t-1}, the iterate this update plays
-        step = st.algo.update(st.policy, st.rng)
-        if not np.all(np.isfinite(step.policy.params)):
+        result = st.algo.update(st.policy, st.rng)
+        if not np.all(np.isfinite(result.policy.params)):
             raise NumericalError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}"
                                  + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
-        _advance(st, step, t, plan, record, checkpoint, every, start)
+        _keep(st, result)
+
+    train(st, plan.iterations, step, record, plan.eval_every, _saver(st, checkpoint, start), every)
     out: dict = {"wall": st.wall}
     if averaged:
         out["avg_probs"] = st.prob_sum / plan.iterations
@@ -137,17 +125,22 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
     return st.rows, st.policy, out
 
 
-def _advance(st, step: Step, t: int, plan: RunPlan, record, checkpoint: Path | None, every: int, start: float) -> None:
-    """After update t (of one run or a stack): keep the step, count samples and queries, record the
-    evaluated iterations and checkpoint the whole state every ``every`` iterations (atomically)."""
-    st.policy, st.loss, st.step_extras, st.t = step.policy, step.loss, step.extras, t
+def _keep(st, step: Step) -> None:
+    """After an update (of one run or a stack): keep the step, count samples and queries."""
+    st.policy, st.loss, st.step_extras = step.policy, step.loss, step.extras
     st.samples += step.samples or 0
     st.queries += step.queries or 0
-    if t % plan.eval_every == 0 or t == plan.iterations:
-        record(t)
-    if checkpoint is not None and every and (t % every == 0 or t == plan.iterations):
+
+
+def _saver(st, checkpoint: Path | None, start: float):
+    """The loop's checkpoint callback: the whole state, pickled atomically (None without a checkpoint)."""
+    if checkpoint is None:
+        return None
+
+    def save() -> None:
         st.elapsed = time.perf_counter() - start
         atomic_write(checkpoint, lambda tmp: tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)))
+    return save
 
 
 def _row(plan: RunPlan, t: int, samples, queries, metrics: dict, loss, extras: dict) -> dict:
@@ -218,17 +211,16 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
                                    {k: float(v[s]) for k, v in st.step_extras.items()}))
         st.wall.append(time.perf_counter() - start)
 
-    if st.t == 0 and not st.rows[0]:
-        record(0)
-    while st.t < first.iterations:
-        t = st.t + 1
-        step = st.algo.update(st.policy, st.rngs)
-        if not np.isfinite(step.policy.params).all():  # one pass; which member only when one failed
-            finite = np.isfinite(step.policy.params).reshape(len(plans), -1).all(axis=1)
+    def step(t: int) -> None:
+        result = st.algo.update(st.policy, st.rngs)
+        if not np.isfinite(result.policy.params).all():  # one pass; which member only when one failed
+            finite = np.isfinite(result.policy.params).reshape(len(plans), -1).all(axis=1)
             bad = plans[int(np.argmin(finite))].run_id
             raise NumericalError(f"run {bad}: non-finite policy parameters at iteration {t}"
                                  + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
-        _advance(st, step, t, first, record, checkpoint, every, start)
+        _keep(st, result)
+
+    train(st, first.iterations, step, record, first.eval_every, _saver(st, checkpoint, start), every)
     return [(rows, member(st.policy, s), {"wall": st.wall}) for s, rows in enumerate(st.rows)]
 
 
@@ -286,67 +278,12 @@ def problem_theory(problem) -> dict | None:
 TRAJECTORY_COLUMNS = ("run_id", "iteration", "context", "action", "prob", "avg_prob")
 
 
-def format_value(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, (float, np.floating)):
-        return repr(float(v))
-    return str(v)
-
-
-def metrics_csv(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([format_value(r[c]) for c in columns])
-    return buf.getvalue()
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def versions() -> dict[str, str]:
-    import gymnasium
-    import scipy
-    import torch
-
-    import testbed
-    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "torch": torch.__version__, "gymnasium": gymnasium.__version__, "testbed": testbed.__version__}
-
-
 RUN_FILES = {"config.yaml", "metrics.csv", "policies.npz", "meta.json", "timings.json", "trajectory.csv"}
-METRICS_FILE_COLUMNS = tuple(c for c in COLUMNS if c != "wall_time")
-"""metrics.csv holds every schema column but ``wall_time``, which lives in timings.json (and is merged
-back by :func:`read_metrics`), so that metrics.csv is bit-identical across runs, --jobs and resumes."""
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse an existing --out unless --overwrite, and even then unless it is a run folder."""
-    parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise InputError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
-    if not out.exists():
-        return
-    if not overwrite:
-        raise InputError(f"--out {str(out)!r} already exists; pass --overwrite to replace it")
-    if not out.is_dir():
-        raise InputError(f"--out {str(out)!r} exists and is not a folder")
-    names = {p.name for p in out.iterdir()}
-    if "meta.json" not in names or not names <= RUN_FILES | {n for n in names if n.endswith((".png", ".md"))}:
-        raise InputError(f"--out {str(out)!r} is not a run folder (it holds other files); --overwrite only replaces run folders")
-
-
-def partial_dir(out: Path) -> Path:
-    """Where an unfinished run keeps its checkpoints: <out>.partial next to <out>."""
-    return out.parent / f"{out.name}.partial"
+    results.prepare_out(out, overwrite, RUN_FILES)
 
 
 def batch_groups(spec: Spec, jobs: int = 1, batch: bool = True) -> list[list[int]]:
@@ -428,7 +365,6 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
     """
     out = Path(out)
     prepare_out(out, overwrite)
-    partial = partial_dir(out)
     resolved = spec.resolved()
     for rec, plan in zip(resolved["runs"], spec.runs):
         rec["theory"] = theory(plan, spec.problems[plan.problem])
@@ -440,75 +376,30 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
         else:
             entry["frontier"] = kl_frontier(problem)
     config_text = dump_yaml(resolved)
-    if resume:
-        if not (partial / "config.yaml").is_file():
-            raise InputError(f"--resume: nothing to resume at {str(partial)!r}")
-        if (partial / "config.yaml").read_text() != config_text:
-            raise InputError(f"--resume: the spec changed since the interrupted run in {str(partial)!r}; "
-                             "rerun with --overwrite to start over")
-    elif partial.exists():
-        if not overwrite:
-            raise InputError(f"an interrupted run of --out {str(out)!r} is in {str(partial)!r}; pass --resume to "
-                             "continue it or --overwrite to start over")
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(partial / "config.yaml", config_text)
-    started = datetime.now(UTC).isoformat()
+    partial = results.open_partial(out, config_text, resume, overwrite)
 
-    rows, policies, timings, walls, trajectory = [], {}, {}, {}, []
+    rows, policies, timings, trajectory = [], {}, {}, []
     for plan, (run_rows, params, probs, extra, seconds) in zip(
             spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every, batch, backend, ray_address)):
         timings[plan.run_id] = seconds
-        walls[plan.run_id] = extra["wall"]
-        rows += run_rows
+        rows += [r | {"wall_time": w} for r, w in zip(run_rows, extra["wall"])]
         policies[f"{plan.run_id}/params"] = params
         policies[f"{plan.run_id}/probs"] = probs
         if "avg_probs" in extra:
             policies[f"{plan.run_id}/avg_probs"] = extra["avg_probs"]
         trajectory += extra.get("trajectory", [])
 
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        atomic_write_text(tmp / "config.yaml", config_text)
-        atomic_write_text(tmp / "metrics.csv", metrics_csv(rows, METRICS_FILE_COLUMNS))
-        save_npz(tmp / "policies.npz", policies)
-        files = ["config.yaml", "metrics.csv", "policies.npz"]
+    with results.RunFolder(out) as folder:
+        save_npz(folder.tmp / "policies.npz", policies)
+        files = ("policies.npz",)
         if trajectory:
-            atomic_write_text(tmp / "trajectory.csv", metrics_csv(trajectory, TRAJECTORY_COLUMNS))
-            files.append("trajectory.csv")
-        meta = {"spec": spec.name, "source": spec.source, "git_commit": git_commit(), "versions": versions(),
-                "seeds": sorted({p.seed for p in spec.runs}), "runs": len(spec.runs),
-                "sha256": {n: sha256(tmp / n) for n in files},
-                "note": "timings.json (wall times) is the one output that differs between identical runs"}
-        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
-        atomic_write_text(tmp / "timings.json", json.dumps(
-            {"started": started, "finished": datetime.now(UTC).isoformat(), "seconds": timings,
-             "wall_time": walls}, indent=1) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            atomic_write_text(folder.tmp / "trajectory.csv", results.csv_text(trajectory, TRAJECTORY_COLUMNS))
+            files += ("trajectory.csv",)
+        meta = {"spec": spec.name, "source": spec.source, "git_commit": results.git_commit(),
+                "versions": results.versions(), "seeds": sorted({p.seed for p in spec.runs}), "runs": len(spec.runs)}
+        folder.finish(config_text, rows, COLUMNS, meta, files, {"seconds": timings})
     shutil.rmtree(partial, ignore_errors=True)
     return out
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """metrics.csv as a list of dicts with numbers parsed (empty cells become None)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise InputError(f"{str(run_dir)!r} is not a run folder (no metrics.csv)")
-    ints = {"seed", "iteration", "samples", "queries"}
-    text = {"run_id", "problem", "algorithm"}
-    with open(path, newline="") as f:
-        rows = [{k: (v if k in text else None if v == "" else int(v) if k in ints else float(v))
-                 for k, v in r.items()} for r in csv.DictReader(f)]
-    timings = Path(run_dir) / "timings.json"
-    walls = json.loads(timings.read_text()).get("wall_time", {}) if timings.is_file() else {}
-    seen: dict[str, int] = {}
-    for r in rows:  # wall_time back in, in schema order (rows of a run are in iteration order)
-        i = seen[r["run_id"]] = seen.get(r["run_id"], -1) + 1
-        w = walls.get(r["run_id"], [])
-        r["wall_time"] = w[i] if i < len(w) else None
-    return [{c: r.get(c) for c in COLUMNS} for r in rows]
+read_metrics = results.read_metrics

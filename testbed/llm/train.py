@@ -22,36 +22,28 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
-import os
 import resource
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from testbed import results
 from testbed.errors import InputError
-from testbed.experiments.runner import git_commit, metrics_csv, versions
 from testbed.experiments.spec import dump_yaml
-from testbed.io import atomic_write_text, replace_dir, sha256
 from testbed.llm.algorithms import LM_ALGORITHMS, make_critic
 from testbed.llm.models import load_causal_lm, load_reward_model, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
 from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward, score_responses
-from testbed.llm.spec import LMSpec
-from testbed.metrics import COLUMNS
-
-TRL_COLUMNS = ("objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward",
-               "objective/rlhf_reward", "val/num_eos_tokens", "loss/policy", "eps", "tokens_per_s", "peak_memory_mb",
-               "eval/scores", "lr", "eval/win_rate", "eval/win_rate_lo", "eval/win_rate_hi", "eval/kl", "eval/rm_score",
-               "eval/oracle_score", "eval/ref_oracle_score", "eval/words")
-LM_COLUMNS = COLUMNS + TRL_COLUMNS
+from testbed.llm.spec import SEQUENCES_PER_ITEM, LMSpec
+from testbed.results import LM_COLUMNS
+from testbed.training import NumericalError, train
 
 
 @dataclass
@@ -261,7 +253,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             if "tokens" in st:
                 r["tokens_per_s"] = _gather_mean(acc, st["tokens"], replicated, total=True) / secs
             if "value_loss" in st:
-                r["value_loss"] = _gather_mean(acc, st["value_loss"], False)
+                r["loss/value"] = _gather_mean(acc, st["value_loss"], False)
             r["loss"] = r["loss/policy"] = _gather_mean(acc, torch.tensor([step.loss]), False)
             r["reward"], r["kl_ref"] = r["objective/scores"], r["objective/kl"]
             r["eps"] = (step.samples * (1 if replicated else ctx.world)) / secs
@@ -275,7 +267,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             generations.extend(gens)
         return r
 
-    first = 1
+    st = SimpleNamespace(t=0, step=None, secs=None)
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
         ctx.accelerator.unwrap_model(ctx.prepared).load_state_dict(state["model"])
@@ -286,13 +278,13 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         for k, v in state["algo"].items():
             setattr(algo, k, v)
         order, cursor, rows, generations = state["order"], state["cursor"], state["rows"], state["generations"]
-        samples, queries, first = state["samples"], state["queries"], state["t"] + 1
+        samples, queries, st.t = state["samples"], state["queries"], state["t"]
         start = time.perf_counter() - state["elapsed"]
         if bar is not None:
             bar.update(state["t"])
-    else:
-        rows.append(row(0))
-    for t in range(first, tr.iterations + 1):
+
+    def step(t: int) -> None:
+        nonlocal order, cursor, samples, queries
         t0 = time.perf_counter()
         q = qm = None
         if prompts:
@@ -306,35 +298,41 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             if not replicated:
                 idx = np.array_split(np.asarray(idx), ctx.world)[ctx.rank].tolist()
             q, qm = ctx.policy.encode([prompts[i] for i in idx], tr.max_prompt_length)
-        step = algo.update(q, qm)
+        result = algo.update(q, qm)
+        if not np.isfinite(result.loss):
+            raise NumericalError(f"run {run_id}: non-finite loss at iteration {t}"
+                                 + (f"; its last good checkpoint is {checkpoint}" if checkpoint is not None
+                                    and checkpoint.is_file() else ""))
         ctx.scheduler.step()
-        samples += step.samples * (1 if replicated else ctx.world)
-        queries += step.queries * (1 if replicated else ctx.world)
-        if not np.isfinite(step.loss):
-            raise FloatingPointError(f"run {run_id}: non-finite loss at iteration {t}")
-        rows.append(row(t, step, time.perf_counter() - t0))
-        if checkpoint is not None and every and t % every == 0 and t < tr.iterations and acc.is_main_process:
-            _save_checkpoint(checkpoint, ctx, algo, {"t": t, "order": order, "cursor": cursor, "rows": rows,
+        samples += result.samples * (1 if replicated else ctx.world)
+        queries += result.queries * (1 if replicated else ctx.world)
+        st.step, st.secs = result, time.perf_counter() - t0
+
+    def record(t: int) -> None:
+        rows.append(row(t, st.step, st.secs) if t else row(0))
+
+    def save() -> None:
+        if acc.is_main_process:
+            _save_checkpoint(checkpoint, ctx, algo, {"t": st.t, "order": order, "cursor": cursor, "rows": rows,
                                                      "generations": generations, "samples": samples,
                                                      "queries": queries, "elapsed": time.perf_counter() - start})
+
+    def after(t: int) -> None:
         if bar is not None:
             bar.update(1)
             bar.set_postfix({"score": f"{rows[-1]['objective/scores'] or 0:.3f}"}, refresh=False)
+
+    train(st, tr.iterations, step, record, 1, save if checkpoint is not None else None, every, after)
     model = unwrap(ctx.policy.model)
     return rows, generations, model, ctx.policy.tokenizer
 
 
-LM_RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "samples", "checkpoints", "preferences.jsonl", "reward_model.pt"}
+LM_RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "timings.json", "samples", "checkpoints",
+                "preferences.jsonl", "reward_model.pt"}
 
 
 def prepare_lm_out(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not overwrite:
-        raise InputError(f"--out {str(out)!r} already exists; pass --overwrite to replace it")
-    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    if "meta.json" not in names or not names <= LM_RUN_FILES:
-        raise InputError(f"--out {str(out)!r} is not an LM run folder; --overwrite only replaces run folders")
+    results.prepare_out(out, overwrite, LM_RUN_FILES)
 
 
 def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress: bool = True,
@@ -351,32 +349,18 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     main = acc.is_main_process
     if main:
         prepare_lm_out(out, overwrite)
-    partial = out.parent / f"{out.name}.partial"
     if (resume or checkpoint_every) and acc.num_processes > 1:
         raise InputError("--resume/--checkpoint-every: LM checkpoints are single-process only for now")
     spec_text = dump_yaml(spec.raw)
-    if resume:
-        if not (partial / "spec.yaml").is_file():
-            raise InputError(f"--resume: nothing to resume at {str(partial)!r}")
-        if (partial / "spec.yaml").read_text() != spec_text:
-            raise InputError(f"--resume: the spec changed since the interrupted run in {str(partial)!r}")
-    elif partial.exists():
-        if not overwrite:
-            raise InputError(f"an interrupted run of --out {str(out)!r} is in {str(partial)!r}; pass --resume to "
-                             "continue it or --overwrite to start over")
-        shutil.rmtree(partial)
-    if checkpoint_every or resume:
-        partial.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(partial / "spec.yaml", spec_text)
+    partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume))
     use_partial = partial.is_dir() and (checkpoint_every or resume)
-    started = datetime.now(UTC).isoformat()
     runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
     total = spec.train.iterations * len(runs)
     all_rows, timings = [], {}
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    folder = results.RunFolder(out).__enter__() if main else None
+    tmp = folder.tmp if main else None
     if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "samples").mkdir(parents=True)
+        (tmp / "samples").mkdir()
     study, study_summary = None, None
     try:
         if spec.reward.get("kind") == "bradley_terry":
@@ -414,22 +398,22 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
         acc.wait_for_everyone()
         if not main:
             return None
-        resolved = {**spec.raw, "algorithms": [a for _, _, a in spec.algorithms], "seeds": spec.seeds,
+        resolved = {**spec.raw, "algorithms": [{**a, "sequences_per_item": SEQUENCES_PER_ITEM[n]} for n, _, a in spec.algorithms],
+                    "seeds": spec.seeds,
                     "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__},
                     "processes": acc.num_processes}
-        atomic_write_text(tmp / "config.yaml", dump_yaml(resolved))
-        atomic_write_text(tmp / "metrics.csv", metrics_csv(all_rows, LM_COLUMNS))
-        files = ["config.yaml", "metrics.csv"]
-        meta = {"spec": spec.name, "source": spec.source, "started": started, "finished": datetime.now(UTC).isoformat(),
-                "git_commit": git_commit(), "versions": lm_versions(), "seeds": spec.seeds, "runs": len(runs),
-                "processes": acc.num_processes, "device": str(acc.device), "seconds": timings,
-                **({"study": study_summary} if study_summary else {}),
-                "sha256": {n: sha256(tmp / n) for n in files}}
-        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2) + "\n")
-        replace_dir(tmp, out)
+        measured_times = {"seconds": timings}
+        if study_summary:
+            study_summary = dict(study_summary)
+            measured_times["study_seconds"] = study_summary.pop("seconds", None)
+        meta = {"spec": spec.name, "source": spec.source, "git_commit": results.git_commit(),
+                "versions": results.versions(("transformers", "peft", "accelerate")), "seeds": spec.seeds,
+                "runs": len(runs), "processes": acc.num_processes, "device": str(acc.device),
+                **({"study": study_summary} if study_summary else {})}
+        folder.finish(dump_yaml(resolved), all_rows, LM_COLUMNS, meta, timings=measured_times)
     except BaseException:
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            folder.__exit__(*sys.exc_info())
         raise
     shutil.rmtree(partial, ignore_errors=True)
     return out
@@ -471,11 +455,3 @@ def _write_run(tmp: Path, spec: LMSpec, run_id: str, gens: list[dict], model, to
             tok.save_pretrained(tmp / "checkpoints" / run_id)
         else:
             shutil.copytree(partial / "checkpoints" / run_id, tmp / "checkpoints" / run_id)
-
-
-def lm_versions() -> dict:
-    import accelerate
-    import peft
-    import transformers
-    return {**versions(), "transformers": transformers.__version__, "peft": peft.__version__,
-            "accelerate": accelerate.__version__}

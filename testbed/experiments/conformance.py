@@ -38,12 +38,14 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from scipy.special import log_softmax, softmax
 
 from testbed.errors import InputError
 from testbed.problems import PreferenceBandit, TabularBandit, make_preference, make_tabular
+from testbed.training import train
 
 FAMILIES = ("mirror_descent", "equilibrium", "dpo", "sampled")
 
@@ -140,14 +142,21 @@ def load_rule(target: str):
 
 
 def _run(factory, api: BanditAPI, logits: np.ndarray, T: int, rng: np.random.Generator, callback=None):
+    """T updates of a fresh rule through the one training loop; ``callback(t, logits)`` after each."""
     rule = factory()
-    for t in range(1, T + 1):
-        logits = log_softmax(np.asarray(rule.update(api, logits, rng), dtype=np.float64), axis=1)
-        if not np.all(np.isfinite(logits)):
+    st = SimpleNamespace(t=0, logits=logits)
+
+    def step(t: int) -> None:
+        st.logits = log_softmax(np.asarray(rule.update(api, st.logits, rng), dtype=np.float64), axis=1)
+        if not np.all(np.isfinite(st.logits)):
             raise FloatingPointError(f"update {t} returned non-finite logits")
-        if callback:
-            callback(t, logits)
-    return logits
+
+    def record(t: int) -> None:
+        if callback and t:
+            callback(t, st.logits)
+
+    train(st, T, step, record)
+    return st.logits
 
 
 def check_mirror_descent(factory) -> list[Result]:

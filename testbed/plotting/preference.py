@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from testbed.errors import InputError  # noqa: E402
-from testbed.experiments.runner import read_metrics  # noqa: E402
-from testbed.plotting import FLOOR, legend_entries, save_figure, seed_band  # noqa: E402
+from testbed.plotting.common import FLOOR, legend_entries, save_figure, seed_band  # noqa: E402
+from testbed.results import read_metrics  # noqa: E402
 
 VERTICES = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
 ACTION_NAMES = {"rps": ("rock", "paper", "scissors"), "dice": ("{2,4,9}", "{1,6,8}", "{3,5,7}")}

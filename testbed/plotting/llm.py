@@ -4,7 +4,6 @@ meta.json, never live objects."""
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -17,20 +16,15 @@ import numpy as np  # noqa: E402
 
 from testbed.errors import InputError  # noqa: E402
 from testbed.io import atomic_write  # noqa: E402
-from testbed.plotting import save_figure  # noqa: E402
-
-TEXT = {"run_id", "problem", "algorithm"}
+from testbed.plotting.common import save_figure  # noqa: E402
+from testbed.results import LM_COLUMNS, read_metrics  # noqa: E402
 
 
 def read_lm_metrics(run_dir: str | Path) -> dict[str, list[dict]]:
-    """metrics.csv of an LM run folder: each run's rows (numbers parsed, empty cells None), by run id."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise InputError(f"{str(run_dir)!r} is not an LM run folder (no metrics.csv)")
+    """An LM run folder's rows (numbers parsed, empty cells None, measured columns from timings.json), by run id."""
     runs: dict[str, list[dict]] = defaultdict(list)
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            runs[r["run_id"]].append({k: (v if k in TEXT else None if v == "" else float(v)) for k, v in r.items()})
+    for r in read_metrics(run_dir, LM_COLUMNS):
+        runs[r["run_id"]].append(r)
     return dict(runs)
 
 
@@ -103,6 +97,7 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
     run_dir = Path(run_dir)
     runs = read_lm_metrics(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").is_file() else {}
+    timings = json.loads((run_dir / "timings.json").read_text()) if (run_dir / "timings.json").is_file() else {}
     peak = {i: max((r["peak_memory_mb"] or 0) for r in rows) for i, rows in runs.items()}
     ppo = next((v for i, v in peak.items() if i.startswith("ppo-")), None)
     config = _config(run_dir)
@@ -123,7 +118,7 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
         wr = last.get("eval/win_rate")
         win = "" if wr is None else f"{wr:.1%} [{last['eval/win_rate_lo']:.1%}, {last['eval/win_rate_hi']:.1%}]"
         spi = _seconds_per_iteration(rows)
-        secs = meta.get("seconds", {}).get(run_id)
+        secs = {**meta.get("seconds", {}), **timings.get("seconds", {})}.get(run_id)
         lines.append(f"| {_label(run_id)} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
                      f"{_fmt(last.get('eval/words'), '.1f')} | {peak[run_id]:.0f} | "
                      f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | "
@@ -134,7 +129,7 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
         lines += ["", f"Reward model: Bradley–Terry head on frozen MiniLM features, fitted on {st['pairs_fit']} "
                   f"oracle-labelled pairs of reference summaries; agrees with the oracle's labels on "
                   f"{st['rm_heldout_agreement']:.1%} of {st['heldout_pairs']} held-out pairs. Pipeline set-up "
-                  f"{st['seconds']:.0f} s."]
+                  f"{st.get('seconds', timings.get('study_seconds')) or 0:.0f} s."]
     if wall_seconds is not None:
         lines += ["", f"Wall time of the whole study (one process, {meta.get('device', 'cpu')}): {wall_seconds / 60:.1f} min."]
     lines.append("")
@@ -154,11 +149,10 @@ def _config(run_dir) -> dict:
 def _sequences_per_backward(config: dict, run_id: str) -> int | None:
     """Sequences in one forward-backward pass of run ``<name>-<index>-s<seed>``: the minibatch's items (pairs
     for REBEL, online and offline DPO; responses for PPO, RLOO) times sequences per item, over micro-batches."""
-    from testbed.llm.spec import SEQUENCES_PER_ITEM
     try:
         algo = config["algorithms"][int(run_id.split("-")[1])]
         train = config["train"]
-        per_item = SEQUENCES_PER_ITEM[algo["name"]]
+        per_item = algo["sequences_per_item"]  # the algorithm's declaration, written into config.yaml by the run
     except (KeyError, IndexError, ValueError, TypeError):
         return None
     micro = algo.get("grad_accum") or train.get("grad_accum", 1)

@@ -14,28 +14,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from scipy.stats import bootstrap  # noqa: E402
 
 from testbed.errors import InputError, choice  # noqa: E402
-from testbed.experiments.runner import read_metrics  # noqa: E402
 from testbed.io import atomic_write  # noqa: E402
-
-FLOOR = 1e-16  # log-axis floor: exact updates reach J* to machine precision
-LOG_Y = {"suboptimality", "kl_reg_gap", "loss", "exploitability", "exploitability_avg"}
-
-
-def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over seeds (axis 0) with a 95% percentile-bootstrap interval per column."""
-    mean = values.mean(axis=0)
-    lo, hi = mean.copy(), mean.copy()
-    vary = np.all(np.isfinite(values), axis=0) & np.any(values != values[:1], axis=0)
-    if values.shape[0] < 2 or not vary.any():
-        return mean, lo, hi
-    res = bootstrap((values[:, vary],), np.mean, axis=0, vectorized=True, confidence_level=0.95, n_resamples=2000,
-                    method="percentile", rng=np.random.default_rng(seed))
-    lo[vary], hi[vary] = res.confidence_interval.low, res.confidence_interval.high
-    return mean, lo, hi
+from testbed.plotting.common import (  # noqa: E402
+    FLOOR,
+    LOG_Y,
+    _final,
+    _legend_below,
+    _load,
+    read_config,
+    save_figure,
+    seed_band,
+)
+from testbed.results import read_metrics  # noqa: E402
 
 
 def _line_name(run: dict, panel_by: str | None) -> str:
@@ -43,28 +35,6 @@ def _line_name(run: dict, panel_by: str | None) -> str:
     rest = [f"{k}={v}" for k, v in run["swept"].items() if k != panel_by]
     return run["base_label"] + (f" ({', '.join(rest)})" if rest else "")
 
-
-def draw(run_dir: str | Path, entry: dict, out: str | Path) -> Path:
-    """Draw one ``plot:`` entry of a spec to ``out``: kind curve, frontier, sensitivity, table, or one of
-    the preference figures of :mod:`testbed.plotting_preference` (simplex, exploitability, eps_sweep)."""
-    kind = entry.get("kind", "curve")
-    if kind == "curve":
-        return plot_run(run_dir, out, entry.get("panel_by"), entry.get("x"), entry.get("y"))
-    if kind in ("simplex", "exploitability", "eps_sweep"):
-        from testbed import plotting_preference
-
-        config = read_config(Path(run_dir))
-        fn = getattr(plotting_preference, f"plot_{kind}")
-        extra = {"context": entry.get("context", 0)} if kind != "exploitability" else {}
-        return fn(Path(run_dir), config, out, **extra)
-    return {"frontier": plot_frontier, "sensitivity": plot_sensitivity, "table": results_table}[kind](run_dir, out)
-
-
-def read_config(run_dir: Path) -> dict:
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
-    return yaml.safe_load(cfg_path.read_text())
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str | None = None,
@@ -144,42 +114,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
     fig.suptitle(f"{config['name']}: mean over seeds, 95% bootstrap band", fontsize=10)
     _legend_below(fig, axes, shape[1])
     return save_figure(fig, Path(out) if out else run_dir / f"{y}.png")
-
-
-def legend_entries(axes) -> tuple[list, list[str]]:
-    """Each labelled artist of the axes once, in order of first appearance (one legend per figure)."""
-    handles: dict = {}
-    for ax in np.ravel(axes):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    return list(handles.values()), list(handles)
-
-
-def _legend_below(fig, axes, columns: int) -> None:
-    handles, labels = legend_entries(axes)
-    fig.tight_layout()
-    fig.legend(handles, labels, loc="upper center", ncol=max(1, min(3, columns)),
-               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
-
-
-def save_figure(fig, out: Path, tight: bool = True) -> Path:
-    """Write the PNG atomically (110 dpi; cropped to its content unless ``tight`` is False) and close it."""
-    atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png", bbox_inches="tight" if tight else None))
-    plt.close(fig)
-    return out
-
-
-def _load(run_dir: Path) -> tuple[dict, dict, dict]:
-    """config, runs by id, and each run's metric rows."""
-    config = read_config(run_dir)
-    per_run = defaultdict(list)
-    for r in read_metrics(run_dir):
-        per_run[r["run_id"]].append(r)
-    return config, {r["run_id"]: r for r in config["runs"]}, per_run
-
-
-def _final(per_run: dict, run_ids: list[str], key: str) -> np.ndarray:
-    return np.array([per_run[i][-1][key] for i in run_ids], dtype=float)
 
 
 def plot_frontier(run_dir: str | Path, out: str | Path) -> Path:
