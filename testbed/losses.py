@@ -229,3 +229,20 @@ def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"token_logp and mask must share a shape (got {tuple(token_logp.shape)}, {tuple(mask.shape)})")
     m = mask.to(token_logp.dtype)
     return -(token_logp * m).sum() / m.sum().clamp(min=1)
+
+
+def group_normalised_advantage(reward: torch.Tensor, eps: float = 1e-4, scale: bool = True) -> torch.Tensor:
+    """GRPO's advantage: A_ij = (r_ij - mean_l r_il) / (std_l r_il + eps), std unbiased (k - 1).
+
+    Shao et al., "DeepSeekMath", 2024, https://arxiv.org/abs/2402.03300, §4.1.2 (outcome supervision);
+    eps = 1e-4 and the unbiased std as TRL's GRPOTrainer computes them. ``scale=False`` only centres
+    (Liu et al. 2025, "Understanding R1-Zero-like training", Dr. GRPO).
+
+    Args:
+      reward: shape [N, k], k >= 2 samples of prompt i in row i.
+    Returns: shape [N, k].
+    """
+    if reward.ndim != 2 or reward.shape[1] < 2:
+        raise ValueError(f"reward must have shape [N, k] with k >= 2 (got {tuple(reward.shape)})")
+    centred = reward - reward.mean(dim=1, keepdim=True)
+    return centred / (reward.std(dim=1, keepdim=True) + eps) if scale else centred

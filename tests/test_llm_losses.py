@@ -14,18 +14,9 @@ pytest.importorskip("transformers")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from testbed.llm.algorithms import (  # noqa: E402
-    LMDPO,
-    LMPPO,
-    LMREBEL,
-    LMRLOO,
-    DPOConfig,
-    PolicyAndValue,
-    PPOConfig,
-    REBELConfig,
-    RLOOConfig,
-    make_critic,
-)
+from testbed.algorithms import DPO, PPO, REBEL, DPOConfig, PPOConfig, REBELConfig  # noqa: E402
+from testbed.llm.backend import LMBackend  # noqa: E402
+from testbed.llm.critic import PolicyAndValue, make_critic  # noqa: E402
 from testbed.llm.policy import LMPolicy, response_mask  # noqa: E402
 from testbed.llm.toy import tiny_causal_lm, toy_tokenizer  # noqa: E402
 from testbed.losses import dpo_loss, gae, leave_one_out_advantage, ppo_clip_loss, rebel_loss, rebel_loss_official, value_loss  # noqa: E402
@@ -33,6 +24,11 @@ from testbed.policies import TabularSoftmax  # noqa: E402
 
 T = 0.7
 PAD = 0
+
+
+def backend(pol, **kw):
+    """The LM back-end around a policy, without accelerator or optimiser (losses only)."""
+    return LMBackend(pol, None, kw.pop("critic", None), None, None, np.random.default_rng(0), 1, 0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +63,7 @@ def test_one_token_sequence_log_prob_is_the_tabular_log_prob(setup):
 @pytest.mark.parametrize("form,eta", [("official", 1.0), ("paper", 1.0), ("official", 3.0), ("paper", 0.5)])
 def test_lm_rebel_loss_equals_the_bandit_rebel_loss(setup, form, eta):
     s = setup
-    algo = LMREBEL(REBELConfig(eta=eta, form=form), SimpleNamespace(policy=s.pol))
+    algo = REBEL(REBELConfig(eta=eta, form=form), backend(s.pol), None)
     g = torch.Generator().manual_seed(1)
     lp1, lp2 = torch.randn(s.N, generator=g) - 3, torch.randn(s.N, generator=g) - 3  # ln pi_t, any numbers
     r1, r2 = torch.rand(s.N, generator=g), torch.rand(s.N, generator=g)
@@ -80,8 +76,8 @@ def test_lm_rebel_loss_equals_the_bandit_rebel_loss(setup, form, eta):
 def test_lm_ppo_losses_equal_the_bandit_ppo_losses(setup):
     s = setup
     critic = make_critic(tiny_causal_lm(seed=5), None)
-    ctx = SimpleNamespace(policy=s.pol, critic=critic, prepared=PolicyAndValue(s.pol.model, critic))
-    algo = LMPPO(PPOConfig(clip_eps=0.2, value_clip=0.2), ctx)
+    ctx = backend(s.pol, critic=critic, prepared=PolicyAndValue(s.pol.model, critic))
+    algo = PPO(PPOConfig(clip_eps=0.2, value_clip=0.2), ctx, None)
     g = torch.Generator().manual_seed(2)
     mask = response_mask(s.y1, 1)
     assert mask.tolist() == [[1]] * s.N
@@ -118,7 +114,7 @@ def test_gae_matches_a_direct_sum():
 
 def test_lm_dpo_loss_equals_the_bandit_dpo_loss(setup):
     s = setup
-    algo = LMDPO(DPOConfig(beta=0.1, mode="online"), SimpleNamespace(policy=s.pol))
+    algo = DPO(DPOConfig(beta=0.1, mode="online"), backend(s.pol), None)
     g = torch.Generator().manual_seed(3)
     ref_c, ref_r = torch.randn(s.N, generator=g) - 3, torch.randn(s.N, generator=g) - 3
     lm = algo.batch_loss(s.q, s.qm, s.y1, s.y2, ref_c, ref_r)
@@ -137,4 +133,3 @@ def test_rloo_advantage_is_leave_one_out_and_one_epoch_is_reinforce(setup):
     (g1,) = torch.autograd.grad(ppo_clip_loss(lp - lp.detach(), adv, 0.2), theta)
     (g2,) = torch.autograd.grad(-(adv * s.tab.torch_log_prob(theta, s.x, s.a1)).mean(), theta)
     assert torch.allclose(g1, g2, atol=1e-12)
-    assert LMRLOO.Config is RLOOConfig

@@ -60,12 +60,12 @@ def test_llm_run_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, algor
     assert not (tmp_path / "out").exists()
     import torch
 
-    from testbed.llm.algorithms import LM_ALGORITHMS
+    from testbed.algorithms import ALGORITHMS
     ckpt_t = torch.load(next(p for p in partial.iterdir() if p.suffix == ".ckpt"), weights_only=False)["t"]
     calls = []
-    cls = LM_ALGORITHMS[algorithm["name"]]
-    real = cls.update
-    monkeypatch.setattr(cls, "update", lambda self, *a: calls.append(1) or real(self, *a))
+    cls = ALGORITHMS[algorithm["name"]]
+    real = cls.lm_update
+    monkeypatch.setattr(cls, "lm_update", lambda self, *a: calls.append(1) or real(self, *a))
     assert main(["llm", "run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume",
                  "--checkpoint-every", "2"]) == 0
     assert len(calls) == 6 - ckpt_t  # the finished run was loaded, the other continued from its checkpoint

@@ -95,7 +95,7 @@ def test_bradley_terry_reward_model_learns_the_preference():
 
 
 def one_rebel_update(algorithm: dict, **train):
-    """One REBEL update from a fixed seed on a fixed batch of 16 prompts: (parameters after, the LMStep)."""
+    """One REBEL update from a fixed seed on a fixed batch of 16 prompts: (parameters after, the Step)."""
     from testbed.llm.train import build
 
     spec = parse_lm_spec(toy_spec({"name": "rebel", **algorithm}, batch=16, minibatch=16, **train))
@@ -104,7 +104,7 @@ def one_rebel_update(algorithm: dict, **train):
     before = [p.detach().clone() for p in ctx.policy.model.parameters()]
     torch.manual_seed(5)
     q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
-    step = alg.update(q, qm)
+    step = alg.lm_update(q, qm)
     after = [p.detach().clone() for p in ctx.policy.model.parameters()]
     assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 1e-4  # the step moved the policy
     return after, step
@@ -113,17 +113,17 @@ def one_rebel_update(algorithm: dict, **train):
 def test_single_step_rebel_equals_the_two_pass_update(monkeypatch):
     """One epoch in one minibatch: REBEL takes ln pi_t from the step's own forward instead of a separate no-grad
     pass; the update (same samples, same seed) must be the one the two-pass path makes."""
-    from testbed.llm.algorithms import LMREBEL
+    from testbed.llm.backend import LMBackend
 
     def one_update(single: bool):
-        monkeypatch.setattr(LMREBEL, "single_step", lambda self, n, epochs: single)
+        monkeypatch.setattr(LMBackend, "single_step", lambda self, config, n, epochs: single)
         return one_rebel_update({"epochs": 1}, lr=1e-2)
 
     p1, s1 = one_update(True)
     p2, s2 = one_update(False)
     for a, b in zip(p1, p2):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(s1.stats["objective/kl"], s2.stats["objective/kl"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s1.extras["objective/kl"], s2.extras["objective/kl"], atol=1e-5, rtol=1e-5)
     assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
 
 
@@ -142,7 +142,7 @@ def test_rebel_micro_batches_give_the_update_of_the_whole_minibatch(epochs):
     p4, s4 = one_update(4)  # micro-batches of 4 pairs = 8 sequences per backward instead of 32
     for a, b in zip(p1, p4):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(s1.stats["objective/kl"], s4.stats["objective/kl"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s1.extras["objective/kl"], s4.extras["objective/kl"], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("algorithm, steps", [({"name": "rebel", "epochs": 2, "minibatch": 4}, 2 * 16 // 4),
@@ -174,7 +174,7 @@ def test_an_algorithms_own_minibatch_sets_its_optimiser_steps(algorithm, steps):
 
     ctx.policy.logprobs = sized
     q, qm = ctx.policy.encode(["good cat", "red dog sun", "one", "blue moon up down"] * 4)
-    alg.update(q, qm)
+    alg.lm_update(q, qm)
     G = algorithm.get("grad_accum", 1)
     per_item = 2 if name == "rebel" else 1
     assert len(calls) == steps

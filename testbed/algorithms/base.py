@@ -27,7 +27,20 @@ class Step:
 
 
 class Algorithm:
-    """An update rule. ``update(policy, rng)`` returns a :class:`Step`; state lives on the object.
+    """One method, on every policy back-end it declares in ``tracks``.
+
+    Bandit back-end: ``Algorithm(config, problem, rng)``; ``update(policy, rng)`` returns a :class:`Step`.
+    LM back-end: ``Algorithm(config, backend, backend.rng)`` with an :class:`~testbed.llm.backend.LMBackend`
+    (``backend.track == "lm"``); ``lm_update(query, query_mask)`` returns a :class:`Step` whose ``policy``
+    is None (the model is updated in place) and whose ``extras`` are per-response statistics. Either way
+    the update is collect → a pure loss of :mod:`testbed.losses` → the solver the back-end offers
+    (exact / least squares / Adam for bandit policies; AdamW through accelerate for LMs). State lives on
+    the object.
+
+    Everything outside ``algorithms/`` learns about an algorithm from these declarations, never from
+    its name: ``tracks``, ``problem_kind``, ``report_iterate``, ``maturity`` and ``tests`` (the README
+    table), and the static methods below (KL coefficient of its target, models held, whether it needs
+    a reward, sequences per item, responses per prompt, bound).
 
     ``initial_samples`` / ``initial_queries``: responses drawn and oracle queries made before the
     first update (an offline dataset's), counted from iteration 0.
@@ -35,16 +48,81 @@ class Algorithm:
 
     name = ""
     Config: type = object
+    summary = ""  # one line for the algorithm table (testbed list --markdown)
+    tracks: tuple[str, ...] = ("bandit",)  # policy back-ends it runs on: "bandit", "lm"
+    maturity = "tested"  # "verified against theory" | "tested" | "experimental"
+    tests: tuple[str, ...] = ()  # the named tests behind the maturity
     initial_samples = 0
     initial_queries = 0
     problem_kind = "reward"  # the problems it runs on: "reward" (tabular/linear) or "preference"
     report_iterate = "last"  # the iterate its theory is about ("last" or "avg"); plots of final policies use it
 
-    def __init__(self, config, problem: TabularBandit, rng: np.random.Generator):
+    def __init__(self, config, problem, rng):
         self.config, self.problem = config, problem
+        self.ctx = problem if getattr(problem, "track", "bandit") == "lm" else None
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         raise NotImplementedError
+
+    def lm_update(self, q, qm) -> Step:
+        raise NotImplementedError(f"{self.name} has no LM back-end")
+
+    # ----- declarations ---------------------------------------------------------------------
+    @staticmethod
+    def kl_coefficient(config) -> float:
+        """beta of the KL-regularised objective J - beta·KL(pi || pi_ref) whose optimum pi*_beta this
+        configuration targets (0: unregularised); ``kl_reg_gap`` measures the gap to it."""
+        return float(getattr(config, "beta", 0.0))
+
+    @staticmethod
+    def counts_samples(config) -> bool:
+        """Whether it draws responses and queries an oracle (False for exact/population updates)."""
+        return getattr(config, "mode", "sampled") not in ("exact", "population")
+
+    @staticmethod
+    def needs_reward(config) -> bool:
+        """Whether it queries a reward (LM: needs a reward function or model)."""
+        return True
+
+    @staticmethod
+    def needs_critic(config) -> bool:
+        """Whether the LM back-end must build a critic (a value model) for it."""
+        return False
+
+    @staticmethod
+    def needs_prompts(config) -> bool:
+        """Whether each iteration draws a batch of prompts (False: it reads rows of a dataset)."""
+        return True
+
+    @staticmethod
+    def uses_reference(config) -> bool:
+        """Whether it needs pi_ref (a frozen copy or the disabled adapter) during training."""
+        return True
+
+    @staticmethod
+    def models_held(config) -> tuple[str, ...]:
+        """The models it holds in memory during training, besides the frozen reference."""
+        return ("policy", "reward model")
+
+    @staticmethod
+    def sequences_per_item(config) -> int:
+        """Sequences (prompt + response) in one minibatch item: 2 for a pair, 1 for a response or a row."""
+        return 1
+
+    @staticmethod
+    def items_per_prompt(config) -> int:
+        """Minibatch items each prompt of a batch gives (k for k samples scored one by one)."""
+        return 1
+
+    @staticmethod
+    def bound(config, problem_kind: str) -> str | None:
+        """The theory bound its curves are drawn against (see runner.theory), or None."""
+        return None
+
+    @staticmethod
+    def check_track(config, track: str) -> str | None:
+        """None if this configuration runs on ``track``; else what is needed instead."""
+        return None
 
     @staticmethod
     def batchable(config, kind: str) -> bool:
@@ -81,34 +159,46 @@ def check_pairing(cls: type[Algorithm], problem, where: str) -> None:
                          f"but problem {problem.name!r} is a {kind} problem")
 
 
-def build_config(cls: type, params: dict, where: str):
-    """Build and validate a config dataclass from a dict, naming the bad field on error."""
+def build_config(cls: type, params: dict, where: str, track: str | None = None):
+    """Build and validate a config dataclass from a dict, naming the bad field on error.
+
+    ``track`` ("bandit" or "lm"): fields declared for one track only (metadata ``tracks``) are refused on
+    the other, and a field's per-track default (metadata ``lm``: the LM back-end's default, e.g. the
+    official REBEL code's beta = 0.05) replaces the dataclass default when the field is not given."""
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - fields)
     if unknown:
         raise InputError(f"{where}: unknown parameter(s) {unknown}; expected some of {sorted(fields)}")
+    params = dict(params)
+    for f in dataclasses.fields(cls):
+        only = f.metadata.get("tracks")
+        if track and only and track not in only and f.name in params:
+            raise InputError(f"{where}.{f.name} applies to {' and '.join(only)} runs only, not to {track} runs")
+        if track == "lm" and "lm" in f.metadata and f.name not in params:
+            params[f.name] = f.metadata["lm"]
     cfg = cls(**params)
     for f in dataclasses.fields(cls):
         v = getattr(cfg, f.name)
         meta = f.metadata
         field = f"{where}.{f.name}"
+        check = meta.get("lm_check", meta.get("check")) if track == "lm" else meta.get("check")
         if "choices" in meta:
             choice(field, v, meta["choices"])
-        elif meta.get("check") == "positive":
+        elif check == "positive":
             setattr(cfg, f.name, positive_number(field, v))
-        elif meta.get("check") == "nonneg":
+        elif check == "nonneg":
             setattr(cfg, f.name, nonneg_number(field, v))
-        elif meta.get("check") == "positive_int":
+        elif check == "positive_int":
             positive_int(field, v)
-        elif meta.get("check") == "nonneg_int":
+        elif check == "nonneg_int":
             nonneg_int(field, v)
-        elif meta.get("check") == "bool" and not isinstance(v, bool):
+        elif check == "bool" and not isinstance(v, bool):
             raise InputError(f"{field} must be true or false (got {v!r})")
-        elif meta.get("check") == "unit_open":
+        elif check == "unit_open":
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
                 raise InputError(f"{field} must be a number in (0, 1) (got {v!r})")
             setattr(cfg, f.name, float(v))
-        elif meta.get("check") == "path":
+        elif check == "path":
             if not isinstance(v, str):
                 raise InputError(f"{field} must be a file path (got {v!r})")
             if v and not Path(v).is_file():
@@ -118,37 +208,67 @@ def build_config(cls: type, params: dict, where: str):
     return cfg
 
 
-def positive(default, doc: str):
-    return dataclasses.field(default=default, metadata={"check": "positive", "doc": doc})
+_UNSET = object()
 
 
-def nonneg(default, doc: str):
-    return dataclasses.field(default=default, metadata={"check": "nonneg", "doc": doc})
+def _field(default, meta: dict, lm=_UNSET, tracks: tuple[str, ...] | None = None, lm_check: str | None = None):
+    """A config field; ``lm``: its default on the LM back-end (``lm_check``: its check there, e.g. 0 allowed);
+    ``tracks``: the back-ends it applies to."""
+    if lm is not _UNSET:
+        meta["lm"] = lm
+    if lm_check:
+        meta["lm_check"] = lm_check
+    if tracks:
+        meta["tracks"] = tracks
+    return dataclasses.field(default=default, metadata=meta)
 
 
-def count(default, doc: str):
-    return dataclasses.field(default=default, metadata={"check": "positive_int", "doc": doc})
+def positive(default, doc: str, **kw):
+    return _field(default, {"check": "positive", "doc": doc}, **kw)
 
 
-def nonneg_count(default, doc: str):
-    return dataclasses.field(default=default, metadata={"check": "nonneg_int", "doc": doc})
+def nonneg(default, doc: str, **kw):
+    return _field(default, {"check": "nonneg", "doc": doc}, **kw)
 
 
-def one_of(default, choices: tuple[str, ...], doc: str):
-    return dataclasses.field(default=default, metadata={"choices": choices, "doc": doc})
+def count(default, doc: str, **kw):
+    return _field(default, {"check": "positive_int", "doc": doc}, **kw)
 
 
-def flag(default: bool, doc: str):
-    return dataclasses.field(default=default, metadata={"check": "bool", "doc": doc})
+def nonneg_count(default, doc: str, **kw):
+    return _field(default, {"check": "nonneg_int", "doc": doc}, **kw)
 
 
-def unit_open(default: float, doc: str):
-    return dataclasses.field(default=default, metadata={"check": "unit_open", "doc": doc})
+def one_of(default, choices: tuple[str, ...], doc: str, **kw):
+    return _field(default, {"choices": choices, "doc": doc}, **kw)
 
 
-def path(doc: str):
+def flag(default: bool, doc: str, **kw):
+    return _field(default, {"check": "bool", "doc": doc}, **kw)
+
+
+def unit_open(default: float, doc: str, **kw):
+    return _field(default, {"check": "unit_open", "doc": doc}, **kw)
+
+
+def path(doc: str, **kw):
     """A file path ('' = none); relative paths in a spec are taken relative to the spec file."""
-    return dataclasses.field(default="", metadata={"check": "path", "doc": doc})
+    return _field("", {"check": "path", "doc": doc}, **kw)
+
+
+LM = ("lm",)
+BANDIT = ("bandit",)
+
+
+def minibatch_field(default: int, doc: str):
+    """Items per optimiser step; on the LM back-end 0 (its default) means ``train.minibatch``."""
+    return count(default, doc + "; LM: 0 = train.minibatch (items as in train.minibatch)", lm=0, lm_check="nonneg_int")
+
+
+def grad_accum_field():
+    """LM: micro-batches per minibatch for this algorithm (0: train.grad_accum), overriding the train block's."""
+    return nonneg_count(0, "LM: micro-batches per minibatch (0: train.grad_accum): the same optimiser steps on fewer "
+                           "sequences per backward pass", tracks=LM)
 
 
 def permutations(rng, n: int) -> np.ndarray:

@@ -29,7 +29,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.algorithms.base import Algorithm, Step, adam_fit, count, one_of, path, per_seed, positive, take
+from testbed.algorithms.base import (
+    BANDIT,
+    Algorithm,
+    Step,
+    adam_fit,
+    count,
+    grad_accum_field,
+    minibatch_field,
+    one_of,
+    path,
+    per_seed,
+    positive,
+    take,
+)
 from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
@@ -41,17 +54,22 @@ from testbed.problems import TabularBandit
 class DPOConfig:
     beta: float = positive(0.1, "KL strength beta > 0 (IPO: tau)")
     loss: str = one_of("dpo", ("dpo", "ipo"), "DPO (logistic) or IPO (squared) loss")
-    mode: str = one_of("online", ("offline", "online", "population"), "fixed dataset, fresh pairs from pi_t, or infinite data")
-    pairs: int = count(250, "online: pairs per round; offline: dataset size")
-    mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs")
-    labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), or a tensor")
-    temperature: float = positive(1.0, "bt: p(y ≻ y') = sigma((r(y) - r(y'))/temperature)")
-    preferences: str = path("labels=tensor: .npz with array 'preferences' [X, Y, Y]")
-    dataset: str = path("offline/population: a .npz/.jsonl dataset (prompt, chosen, rejected) to train on")
-    optimizer: str = one_of("newton", ("newton", "adam"), "population: damped Newton step, or full-batch Adam (lr)")
-    lr: float = positive(0.05, "Adam learning rate")
+    mode: str = one_of("online", ("offline", "online", "population"), "fixed dataset, fresh pairs from pi_t, or "
+                       "infinite data (LM default: offline; LM: offline or online)", lm="offline")
+    pairs: int = count(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT)
+    mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs", tracks=BANDIT)
+    labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), or a tensor",
+                         tracks=BANDIT)
+    temperature: float = positive(1.0, "bt: p(y ≻ y') = sigma((r(y) - r(y'))/temperature)", tracks=BANDIT)
+    preferences: str = path("labels=tensor: .npz with array 'preferences' [X, Y, Y]", tracks=BANDIT)
+    dataset: str = path("offline/population: a .npz/.jsonl dataset (prompt, chosen, rejected) to train on; LM: "
+                        "a JSONL of texts (required offline)")
+    optimizer: str = one_of("newton", ("newton", "adam"), "population: damped Newton step, or full-batch Adam (lr)",
+                            tracks=BANDIT)
+    lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT)
     epochs: int = count(1, "passes over the pairs per iteration (offline/online)")
-    minibatch: int = count(64, "Adam minibatch size")
+    minibatch: int = minibatch_field(64, "pairs per optimiser step")
+    grad_accum: int = grad_accum_field()
 
     def validate(self, where: str) -> None:
         if self.labels == "tensor" and not self.preferences:
@@ -76,6 +94,36 @@ def ref_log_prob(log_ref: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.T
 class DPO(Algorithm):
     name = "dpo"
     Config = DPOConfig
+    summary = "DPO / IPO (Rafailov et al. 2023; Azar et al. 2024): offline, online, or population"
+    tracks = ("bandit", "lm")
+    maturity = "verified against theory"
+    tests = ("test_population_dpo_reaches_pi_star_beta", "test_dpo_with_deterministic_preferences_drives_the_loser_to_zero",
+             "test_ipo_with_deterministic_preferences_stays_regularised", "test_dpo_on_a_symmetric_three_cycle_stays_at_pi_ref",
+             "test_one_token_lm_update_equals_the_tabular_update[dpo]")
+
+    @staticmethod
+    def sequences_per_item(config) -> int:
+        return 2
+
+    @staticmethod
+    def needs_reward(config) -> bool:
+        return config.mode == "online"
+
+    @staticmethod
+    def needs_prompts(config) -> bool:
+        return config.mode == "online"
+
+    @staticmethod
+    def models_held(config) -> tuple[str, ...]:
+        return ("policy", "reward model") if config.mode == "online" else ("policy",)
+
+    @staticmethod
+    def check_track(config, track: str) -> str | None:
+        if track == "lm" and config.mode == "population":
+            return "DPO on an LM is offline (a dataset) or online (pairs from pi_t); population is for bandits"
+        if track == "lm" and config.mode == "offline" and not config.dataset:
+            return "offline DPO needs a JSONL file with prompt, chosen, rejected (dataset)"
+        return None
 
     @staticmethod
     def check_problem(config: DPOConfig, problem: TabularBandit) -> None:
@@ -91,6 +139,11 @@ class DPO(Algorithm):
 
     def __init__(self, config: DPOConfig, problem: TabularBandit, rng):
         super().__init__(config, problem, rng)
+        if self.ctx is not None:  # LM: an offline dataset, tokenised, its reference log-probs precomputed
+            if config.mode == "offline":
+                self.data = self.ctx.load_pairs(config.dataset)
+                self.cursor, self.order = 0, self.ctx.rng.permutation(len(self.data["query"]))
+            return
         P = _load_preferences(config.preferences) if config.labels == "tensor" else None
         members = getattr(problem, "members", [problem])  # a stack of problems: one oracle each
         self.oracles = [PreferenceOracle(m, config.labels, config.temperature, P) for m in members]
@@ -192,3 +245,55 @@ class DPO(Algorithm):
             new = theta + t * d if t > 1e-12 else theta
             loss = float(f(new))
         return Step(policy.with_params(new.reshape(shape).numpy().copy()), loss, None, None)
+
+    # ----- LM back-end ------------------------------------------------------------------------
+    def lm_update(self, q, qm) -> Step:
+        """Offline: the next rows of the dataset; online: two samples of every prompt from pi_t (one generate
+        call) ranked by the reward (ties carry no preference). Then the DPO/IPO loss by AdamW."""
+        cfg, ctx = self.config, self.ctx
+        if cfg.mode == "offline":
+            rows = ctx.next_rows(self, ctx.train.batch)
+            d = self.data
+            q, qm, yc, yr = d["query"][rows], d["query_mask"][rows], d["chosen"][rows], d["rejected"][rows]
+            ref_c, ref_r = d["ref_chosen"][rows], d["ref_rejected"][rows]
+            weight = torch.ones(len(rows))
+            stats, samples, queries = {}, 0, 0
+        else:
+            B = len(q)
+            q2, qm2 = torch.cat([q, q]), torch.cat([qm, qm])
+            y = ctx.sample(q2, qm2)
+            ro = ctx.rollout_stats(q2, qm2, y)
+            s1, s2 = ro["score"][:B], ro["score"][B:]
+            first = (s1 >= s2)[:, None]
+            yc, yr = torch.where(first, y[:B], y[B:]), torch.where(first, y[B:], y[:B])
+            ref = ro["ref"].sum(1)
+            ref_c, ref_r = torch.where(first[:, 0], ref[:B], ref[B:]), torch.where(first[:, 0], ref[B:], ref[:B])
+            weight = (s1 != s2).float()
+            stats, samples, queries = ctx.trl_stats(ro, 0.0), 2 * B, 2 * B
+        margins = []
+
+        def loss_fn(i):
+            loss, hw, hl = self._lm_loss(q[i], qm[i], yc[i], yr[i], ref_c[i], ref_r[i], weight[i])
+            margins.append((hw.detach(), hl.detach()))
+            return loss
+
+        loss = ctx.optimise(cfg, len(q), cfg.epochs, loss_fn)
+        hw, hl = (torch.cat(a) for a in zip(*margins))  # TRL's rewards/*: beta·log-ratios over the epoch's minibatches
+        stats |= {"rewards/chosen": cfg.beta * hw, "rewards/rejected": cfg.beta * hl,
+                  "rewards/margins": cfg.beta * (hw - hl), "rewards/accuracies": (hw > hl).float()}
+        return Step(None, loss, samples, queries, stats)
+
+    def _lm_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):
+        """The loss of one LM minibatch and the log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no
+        preference)."""
+        pol, n = self.ctx.policy, len(q)
+        new = pol.seq_logprob(torch.cat([q, q]), torch.cat([qm, qm]), torch.cat([yc, yr]))
+        hw, hl = new[:n] - ref_c, new[n:] - ref_r
+        if weight is not None and float(weight.sum()) == 0:
+            return new.sum() * 0.0, hw, hl
+        fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
+        return fn(hw, hl, self.config.beta, weight), hw, hl
+
+    def batch_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):
+        """The LM DPO loss of one minibatch (for tests)."""
+        return self._lm_loss(q, qm, yc, yr, ref_c, ref_r, weight)[0]

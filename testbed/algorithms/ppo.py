@@ -22,10 +22,14 @@ import numpy as np
 import torch
 
 from testbed.algorithms.base import (
+    BANDIT,
+    LM,
     Algorithm,
     Step,
     count,
     flag,
+    grad_accum_field,
+    minibatch_field,
     nonneg,
     one_of,
     per_seed,
@@ -34,7 +38,7 @@ from testbed.algorithms.base import (
     take,
     unit_open,
 )
-from testbed.losses import kl_shaped_reward, ppo_clip_loss, value_loss
+from testbed.losses import gae, kl_shaped_reward, ppo_clip_loss, value_loss, whiten
 from testbed.policies import Policy, take_contexts
 from testbed.problems import LinearBandit, TabularBandit
 
@@ -43,22 +47,48 @@ CRITIC_HIDDEN = 32
 
 @dataclass
 class PPOConfig:
-    lr: float = positive(0.05, "policy Adam learning rate")
-    batch: int = count(500, "responses per iteration (one reward query each)")
+    lr: float = positive(0.05, "policy Adam learning rate (LM: train.lr)", tracks=BANDIT)
+    batch: int = count(500, "responses per iteration (one reward query each); LM: train.batch prompts", tracks=BANDIT)
     epochs: int = count(4, "passes over the batch per iteration, reshuffled")
-    minibatch: int = count(64, "Adam minibatch size")
+    minibatch: int = minibatch_field(64, "responses per optimiser step")
+    grad_accum: int = grad_accum_field()
     clip_eps: float = unit_open(0.2, "clip range eps in (0, 1)")
-    beta: float = nonneg(0.0, "KL coefficient: reward shaping r - beta·(ln pi_t - ln pi_ref)")
-    critic: str = one_of("table", ("table", "linear", "mlp"), "baseline: value table, linear or MLP critic")
-    critic_lr: float = positive(0.1, "critic Adam learning rate")
-    value_clip: float = nonneg(0.0, "value clipping range (0: off)")
-    normalize_advantage: bool = flag(True, "standardise advantages within each batch")
-    ent_coef: float = nonneg(0.0, "entropy bonus coefficient")
+    beta: float = nonneg(0.0, "KL coefficient: reward shaping r - beta·(ln pi_t - ln pi_ref); LM: per token", lm=0.05)
+    critic: str = one_of("table", ("table", "linear", "mlp", "backbone"), "baseline: value table, linear or MLP "
+                         "critic; LM: a value head on its own copy of the policy backbone (LoRA-adapted when the "
+                         "policy is)", lm="backbone")
+    critic_lr: float = positive(0.1, "critic Adam learning rate", tracks=BANDIT)
+    value_clip: float = nonneg(0.0, "value clipping range (0: off)", lm=0.2)
+    vf_coef: float = positive(1.0, "value-loss coefficient", lm=0.1)
+    normalize_advantage: bool = flag(True, "standardise advantages within each batch (LM: whitened over valid tokens)")
+    ent_coef: float = nonneg(0.0, "entropy bonus coefficient", tracks=BANDIT)
+    gamma: float = positive(1.0, "GAE discount", tracks=LM)
+    lam: float = positive(0.95, "GAE lambda", tracks=LM)
+    whiten_rewards: bool = flag(False, "whiten the per-token rewards before GAE", tracks=LM)
 
 
 class PPO(Algorithm):
     name = "ppo"
     Config = PPOConfig
+    summary = "clipped surrogate with a learned baseline (Schulman et al. 2017); LM: per-token KL, GAE"
+    tracks = ("bandit", "lm")
+    tests = ("test_ppo_ratio_can_exceed_the_clip_range_and_clipped_samples_have_zero_gradient",
+             "test_ppo_critic_learns_the_context_value", "test_four_algorithms_reach_the_threshold_on_8_of_10_seeds[ppo]",
+             "test_one_token_lm_update_equals_the_tabular_update[ppo]")
+
+    @staticmethod
+    def needs_critic(config) -> bool:
+        return True
+
+    @staticmethod
+    def models_held(config) -> tuple[str, ...]:
+        return ("policy", "critic", "reward model")
+
+    @staticmethod
+    def check_track(config, track: str) -> str | None:
+        if (track == "lm") != (config.critic == "backbone"):
+            return "critic: backbone is the LM critic; bandits take table, linear or mlp"
+        return None
 
     @staticmethod
     def batchable(config: PPOConfig, kind: str) -> bool:
@@ -66,6 +96,8 @@ class PPO(Algorithm):
 
     def __init__(self, config: PPOConfig, problem: TabularBandit, rng):
         super().__init__(config, problem, rng)
+        if self.ctx is not None:
+            return
         X = problem.num_contexts
         members = getattr(problem, "members", None)  # a stack of problems: one critic each
         if config.critic == "table" or not isinstance((members or [problem])[0], LinearBandit):
@@ -140,7 +172,7 @@ class PPO(Algorithm):
                 loss = ppo_clip_loss(lp - take(lp_old, i), take(adv, i), cfg.clip_eps)
                 if cfg.ent_coef:
                     loss = loss + cfg.ent_coef * torch.sum(lp_all.exp() * lp_all, dim=-1).mean(dim=-1)
-                loss = loss + value_loss(self.value(w, xi), take(v_old, i), take(r, i), vclip)
+                loss = loss + cfg.vf_coef * value_loss(self.value(w, xi), take(v_old, i), take(r, i), vclip)
                 opt.zero_grad()
                 loss.sum().backward()
                 opt.step()
@@ -157,3 +189,45 @@ class PPO(Algorithm):
         extras = {k: float(v) if v.ndim == 0 else v.numpy() for k, v in extras.items()}
         return Step(policy.with_params(theta.detach().numpy().copy()), float(final) if final.ndim == 0 else final.numpy(),
                     N, N, extras)
+
+    # ----- LM back-end ------------------------------------------------------------------------
+    def lm_update(self, q, qm) -> Step:
+        """One response per prompt; per-token reward -beta·(ln pi_t - ln pi_ref) with the score at the last
+        token, GAE on the critic's values, whitened advantages, then clipped policy + value losses by the
+        back-end's AdamW solver (policy and critic in one module, as TRL does)."""
+        cfg, ctx = self.config, self.ctx
+        q, qm = ctx.left_pad(q, qm)
+        y = ctx.sample(q, qm)
+        ro = ctx.rollout_stats(q, qm, y)
+        mask = ro["mask"]
+        with torch.no_grad():
+            _, v_old = ctx.prepared(q, qm, y, mask)
+            v_old = v_old * mask
+            rew = -cfg.beta * (ro["lp"] - ro["ref"]) * mask
+            rew[torch.arange(len(y)), ctx.last_token_index(mask)] += ro["score"]
+            if cfg.whiten_rewards:
+                rew = whiten(rew, mask, shift_mean=False)
+            adv, ret = gae(rew, v_old, mask, cfg.gamma, cfg.lam)
+            if cfg.normalize_advantage:
+                adv = whiten(adv, mask)
+        lp_old = ro["lp"]
+        vfs = []
+
+        def loss_fn(i):
+            pg, vf = self.batch_loss(q[i], qm[i], y[i], mask[i], lp_old[i], adv[i], v_old[i], ret[i])
+            vfs.append(float(vf.detach()))
+            return pg + cfg.vf_coef * vf
+
+        loss = ctx.optimise(cfg, len(y), cfg.epochs, loss_fn)
+        stats = ctx.trl_stats(ro, cfg.beta)
+        stats["value_loss"] = torch.tensor([float(np.mean(vfs))])
+        return Step(None, loss, len(y), len(y), stats)
+
+    def batch_loss(self, q, qm, y, mask, lp_old, adv, v_old, ret):
+        """(clipped policy loss, value loss) of one LM minibatch over its valid tokens (token-level PPO)."""
+        cfg, ctx = self.config, self.ctx
+        m = mask.bool()
+        logits, v = ctx.prepared(q, qm, y, mask)
+        lp = ctx.token_logprobs(logits, y, mask)
+        pg = ppo_clip_loss((lp - lp_old)[m], adv[m], cfg.clip_eps)
+        return pg, value_loss(v[m], v_old[m], ret[m], cfg.value_clip or None)

@@ -24,9 +24,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.algorithms.base import Algorithm, Step, adam_fit, count, nonneg, one_of, per_seed, positive, take
+from testbed.algorithms.base import (
+    BANDIT,
+    Algorithm,
+    Step,
+    adam_fit,
+    count,
+    grad_accum_field,
+    minibatch_field,
+    nonneg,
+    one_of,
+    per_seed,
+    positive,
+    take,
+)
 from testbed.errors import InputError
-from testbed.losses import kl_shaped_reward, rebel_loss
+from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
 from testbed.policies import LogLinear, Policy, TabularSoftmax, linear_logits, lstsq_step, score_features
 from testbed.problems import TabularBandit
 
@@ -35,16 +48,24 @@ Y_PRIME = ("policy", "uniform", "ref", "offline")
 
 @dataclass
 class REBELConfig:
-    eta: float = positive(1.0, "step size eta > 0 (the regression target is eta·Δr)")
-    beta: float = nonneg(0.0, "KL coefficient: reward shaping r - beta·(ln pi_t - ln pi_ref)")
-    mode: str = one_of("exact", ("exact", "sampled"), "exact population update or sampled pairs")
-    pairs: int = count(1000, "sampled: (y, y') pairs per iteration (2 responses each)")
-    y_prime: str = one_of("policy", Y_PRIME, "where y' comes from: pi_t, uniform, pi_ref, or a fixed offline set")
-    offline_size: int = count(4, "y_prime=offline: responses per context, drawn once from pi_ref")
-    solver: str = one_of("lstsq", ("lstsq", "adam"), "sampled: exact least squares, or Adam on the loss")
+    eta: float = positive(1.0, "step size eta > 0 (the regression target is eta·Δr; official: 1)")
+    beta: float = nonneg(0.0, "KL coefficient: reward shaping r - beta·(ln pi_t - ln pi_ref) (LM default: the "
+                              "official 0.05)", lm=0.05)
+    mode: str = one_of("exact", ("exact", "sampled"), "exact population update or sampled pairs (LM: sampled)",
+                       lm="sampled")
+    pairs: int = count(1000, "sampled: (y, y') pairs per iteration (2 responses each); LM: train.batch prompts",
+                       tracks=BANDIT)
+    y_prime: str = one_of("policy", Y_PRIME, "where y' comes from: pi_t (official), uniform, pi_ref, or a fixed "
+                                             "offline set (LM: policy or ref)")
+    offline_size: int = count(4, "y_prime=offline: responses per context, drawn once from pi_ref", tracks=BANDIT)
+    solver: str = one_of("lstsq", ("lstsq", "adam"), "sampled: exact least squares, or Adam on the loss (LM: "
+                                                     "AdamW through accelerate)", lm="adam")
     epochs: int = count(4, "adam: epochs per batch (reshuffled), as in the official code")
-    minibatch: int = count(64, "adam: minibatch size")
-    lr: float = positive(0.05, "adam: learning rate")
+    minibatch: int = minibatch_field(64, "adam: pairs per optimiser step")
+    grad_accum: int = grad_accum_field()
+    lr: float = positive(0.05, "adam: learning rate (LM: train.lr)", tracks=BANDIT)
+    form: str = one_of("paper", ("paper", "official"), "loss form: the paper's ((1/eta)Δlogratio - Δr)² or the "
+                       "official code's (Δlogratio - eta·Δr)² (LM default)", lm="official")
 
     def validate(self, where: str) -> None:
         if self.beta > 0 and self.eta * self.beta > 1:
@@ -54,9 +75,36 @@ class REBELConfig:
 class REBEL(Algorithm):
     name = "rebel"
     Config = REBELConfig
+    summary = "regress Δ ln(pi_theta/pi_t) of two responses onto eta·Δr (Gao et al. 2024)"
+    tracks = ("bandit", "lm")
+    maturity = "verified against theory"
+    tests = ("test_tabular_rebel_is_mirror_descent", "test_loglinear_rebel_with_y_prime_from_pi_t_is_npg",
+             "test_monotone_improvement_and_mirror_descent_bound", "test_kl_regularised_contraction",
+             "test_sampled_rebel_error_shrinks_like_inverse_sqrt_n_tabular",
+             "test_one_token_lm_update_equals_the_tabular_update[rebel]")
+
+    @staticmethod
+    def sequences_per_item(config) -> int:
+        return 2
+
+    @staticmethod
+    def models_held(config) -> tuple[str, ...]:
+        return ("policy", "reward model")
+
+    @staticmethod
+    def bound(config, problem_kind: str) -> str | None:
+        return "mirror_descent" if config.mode == "exact" and not config.beta else None
+
+    @staticmethod
+    def check_track(config, track: str) -> str | None:
+        if track == "lm" and (config.mode != "sampled" or config.solver != "adam" or config.y_prime not in ("policy", "ref")):
+            return "REBEL on an LM is sampled pairs with the AdamW solver (mode: sampled, solver: adam; y_prime: policy or ref)"
+        return None
 
     def __init__(self, config: REBELConfig, problem: TabularBandit, rng: np.random.Generator):
         super().__init__(config, problem, rng)
+        if self.ctx is not None:
+            return
         X = problem.num_contexts
         self.offline = None
         if config.y_prime == "offline":  # a fixed set of responses per context, drawn once from pi_ref
@@ -151,10 +199,61 @@ class REBEL(Algorithm):
             xi = take(x, idx)
             ratio = policy.torch_log_prob(theta, xi, take(y, idx)) - take(t["lp"], idx)
             ratio2 = policy.torch_log_prob(theta, xi, take(y2, idx)) - take(t["lp2"], idx)
-            return rebel_loss(ratio, ratio2, take(t["r"], idx), take(t["r2"], idx), cfg.eta)
+            return self.loss_fn(ratio, ratio2, take(t["r"], idx), take(t["r2"], idx), cfg.eta)
 
         new, loss = adam_fit(policy, loss_fn, cfg.pairs, cfg.epochs, cfg.minibatch, cfg.lr, rng, self._adam)
         return Step(new, loss, 2 * cfg.pairs, 2 * cfg.pairs)
+
+
+    # ----- LM back-end ------------------------------------------------------------------------
+    @property
+    def loss_fn(self):
+        return rebel_loss_official if self.config.form == "official" else rebel_loss
+
+    def lm_update(self, q, qm) -> Step:
+        """Two responses per prompt (both from pi_t in one generate call, or y' from pi_ref), the KL-shaped
+        score, and the regression of Δ ln(pi_theta/pi_t) onto eta·Δr by the back-end's AdamW solver."""
+        cfg, ctx = self.config, self.ctx
+        pol, B = ctx.policy, len(q)
+        q2, qm2 = torch.cat([q, q]), torch.cat([qm, qm])
+        if cfg.y_prime == "policy":
+            y = ctx.sample(q2, qm2)
+        else:
+            y = torch.cat([ctx.sample(q, qm), ctx.sample(q, qm, ref=True)])
+        y1, y2 = y[:B], y[B:]
+        single = ctx.single_step(cfg, B, cfg.epochs)
+        ro = ctx.rollout_stats(q2, qm2, y, policy_logprobs=not single)
+        ref = ro["ref"].sum(1)
+        loss_f = self.loss_fn
+        if single:
+            # one optimiser step: ln pi_t = the detached log-probs of its own forward (saves a forward pass)
+            ro["lp"] = torch.zeros_like(ro["ref"])
+
+            def loss_fn(i):
+                j = torch.cat([i, i + B])
+                lp, _ = pol.logprobs(q2[j], qm2[j], y[j])
+                new = lp.sum(1)
+                ro["lp"][j] = lp.detach()
+                lp_t = new.detach()
+                r = kl_shaped_reward(ro["score"][j], lp_t, ref[j], cfg.beta)
+                n = len(i)
+                return loss_f(new[:n] - lp_t[:n], new[n:] - lp_t[n:], r[:n], r[n:], cfg.eta)
+        else:
+            lp_t = ro["lp"].sum(1)  # ln pi_t, once per batch
+            r = kl_shaped_reward(ro["score"], lp_t, ref, cfg.beta)
+            lp1, lp2, r1, r2 = lp_t[:B], lp_t[B:], r[:B], r[B:]
+
+            def loss_fn(i):
+                new = pol.seq_logprob(torch.cat([q[i], q[i]]), torch.cat([qm[i], qm[i]]), torch.cat([y1[i], y2[i]]))
+                return loss_f(new[:len(i)] - lp1[i], new[len(i):] - lp2[i], r1[i], r2[i], cfg.eta)
+
+        loss = ctx.optimise(cfg, B, cfg.epochs, loss_fn)
+        return Step(None, loss, 2 * B, 2 * B, ctx.trl_stats(ro, cfg.beta))
+
+    def batch_loss(self, q, qm, y1, y2, lp1, lp2, r1, r2) -> torch.Tensor:
+        """The LM loss of one minibatch at the current parameters (for tests)."""
+        pol = self.ctx.policy
+        return self.loss_fn(pol.seq_logprob(q, qm, y1) - lp1, pol.seq_logprob(q, qm, y2) - lp2, r1, r2, self.config.eta)
 
 
 def linear_population_regression(rho, phi, pi, mu, r, eta):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import yaml
 
-from testbed.algorithms import ALGORITHMS, build_config, check_pairing
+from testbed.algorithms import build_config, check_pairing, on_track
 from testbed.errors import InputError, choice, positive_int
 from testbed.policies import POLICIES, default_kind, initial_policy
 from testbed.problems import PreferenceBandit, TabularBandit, load_problem, make_linear, make_preference, make_tabular
@@ -246,6 +246,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     if any(p["kind"] == "simplex" for p in plot) and not trajectories:
         raise InputError("plot.kind simplex needs 'trajectories: true' (it draws the saved trajectories)")
 
+    ALGORITHMS = on_track("bandit")
     configs = []
     for i, entry in enumerate(algos):
         where = f"algorithms[{i}]"
@@ -266,7 +267,10 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
                 v = params.get(f.name)
                 if f.metadata.get("check") == "path" and isinstance(v, str) and v and not Path(v).is_absolute():
                     params[f.name] = str(base / v)
-            cfg = build_config(cls.Config, params, where)
+            cfg = build_config(cls.Config, params, where, "bandit")
+            why = cls.check_track(cfg, "bandit")
+            if why:
+                raise InputError(f"{where}: {why}")
             policy = _policy(point.get("policy"), f"{where}.policy")
             label, base_label = _label(point["name"], cfg, swept, point, entry.get("label"))
             configs.append((point["name"], (label, base_label), cfg, {k: point[k] for k in swept}, policy, where, its))

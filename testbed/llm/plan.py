@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from testbed.algorithms import ALGORITHMS
 from testbed.llm.models import count_parameters, lora_parameters
 from testbed.llm.spec import LMSpec
 
@@ -45,12 +46,13 @@ def plan(spec: LMSpec) -> dict:
     out = {"spec": spec.name, "processes": N, "zero_stage": zero_stage(spec), "policy_parameters": P,
            "trainable_policy_parameters": trainable, "reward_model_parameters": R, "algorithms": []}
     for name, cfg, _ in spec.algorithms:
+        cls = ALGORITHMS[name]
         held = [("policy", P + (trainable if lora else 0), trainable)]  # LoRA weights are extra
-        if ref_copy and not (name == "sft"):
+        if ref_copy and cls.uses_reference(cfg):
             held.append(("reference (frozen copy)", P, 0))
-        if name == "ppo":
+        if cls.needs_critic(cfg):
             held.append(("critic", critic_full + (trainable if lora else 0), trainable if lora else critic_full))
-        online = name in ("rebel", "ppo", "rloo") or (name == "dpo" and cfg.mode == "online")
+        online = cls.needs_reward(cfg)
         if online and rm.get("kind") == "bradley_terry":  # its size is the installed embedder's, not counted here
             held.append(("reward model (frozen MiniLM embedder + Bradley–Terry head, not counted)", 0, 0))
         elif online and R:

@@ -39,8 +39,6 @@ REWARD_KEYS = {"kind", "name", "path", "token", "hidden", "layers", "heads", "se
 BT_KEYS = {"kind", "pairs", "epochs", "lr", "seed", "holdout", "target_words", "length_penalty", "temperature"}
 PREFERENCES = "preferences"
 """DPO's ``dataset: preferences``: the oracle-labelled pairs a bradley_terry reward builds in the run folder."""
-SEQUENCES_PER_ITEM = {"rebel": 2, "dpo": 2, "ppo": 1, "rloo": 1, "sft": 1}
-"""Sequences (prompt + response) in one minibatch item: a pair for REBEL and DPO, a response or a row otherwise."""
 PROMPT_KEYS = {"kind", "count", "seed", "file", "hf_dataset", "split", "field", "min_len", "max_len"}
 
 
@@ -175,8 +173,9 @@ def _check_bt(entry: dict, where: str) -> dict:
 
 def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -> LMSpec:
     """Validate a spec mapping. ``world``: the number of processes it will run on (default: the spec's)."""
-    from testbed.llm.algorithms import LM_ALGORITHMS
+    from testbed.algorithms import on_track
 
+    LM_ALGORITHMS = on_track("lm")
     raw = _mapping(raw, "spec")
     base = Path(source).parent if source != "<spec>" else Path(".")
     unknown = sorted(set(raw) - TOP_KEYS)
@@ -218,25 +217,30 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         if aname not in LM_ALGORITHMS:
             raise InputError(f"algorithms[{i}].name must be one of {', '.join(LM_ALGORITHMS)} (got {aname!r})")
         where = f"algorithms[{i}] ({aname})"
+        cls = LM_ALGORITHMS[aname]
         for k in ("dataset",):
             if isinstance(a.get(k), str) and a[k] and a[k] != PREFERENCES and not Path(a[k]).is_absolute():
                 a[k] = str(base / a[k])
         if a.get("dataset") == PREFERENCES:  # the pairs the pipeline builds in the run folder, before the runs
             bt = isinstance(raw.get("reward"), dict) and raw["reward"].get("kind") == "bradley_terry"
-            if not bt or aname != "dpo" or a.get("mode", "offline") != "offline":
+            pairs = {f.name for f in dataclasses.fields(cls.Config)} >= {"mode", "dataset"}
+            if not bt or not pairs or a.get("mode", "offline") != "offline" or cls.sequences_per_item(None) != 2:
                 raise InputError(f"{where}.dataset: 'preferences' (the pairs the pipeline labels) needs offline DPO "
                                  "and a reward of kind bradley_terry")
-            cfg = dataclasses.replace(build_config(LM_ALGORITHMS[aname].Config, {**a, "mode": "online", "dataset": ""},
-                                                   where), mode="offline", dataset=PREFERENCES)
+            cfg = dataclasses.replace(build_config(cls.Config, {**a, "mode": "online", "dataset": ""}, where, "lm"),
+                                      mode="offline", dataset=PREFERENCES)
         else:
-            cfg = build_config(LM_ALGORITHMS[aname].Config, a, where)
+            cfg = build_config(cls.Config, a, where, "lm")
+        why = cls.check_track(cfg, "lm")
+        if why:
+            raise InputError(f"{where}: {why}")
         if getattr(cfg, "dataset", "") == PREFERENCES:
             pass
         elif getattr(cfg, "dataset", ""):
             from testbed.llm.data import read_jsonl
-            read_jsonl(cfg.dataset, ("prompt", "completion") if aname == "sft" else ("prompt", "chosen", "rejected"))
-        per_item = {"rebel": 1, "dpo": 1, "ppo": 1, "rloo": getattr(cfg, "k", 1), "sft": 1}[aname]
-        items = train.batch * per_item
+            read_jsonl(cfg.dataset, ("prompt", "chosen", "rejected") if cls.sequences_per_item(cfg) == 2
+                       else ("prompt", "completion"))
+        items = train.batch * cls.items_per_prompt(cfg)
         M, G = cfg.minibatch or train.minibatch, cfg.grad_accum or train.grad_accum
         m_field = f"{where}.minibatch" if cfg.minibatch else "train.minibatch"
         if items % M:
@@ -245,7 +249,7 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
             g_field = f"{where}.grad_accum" if cfg.grad_accum else "train.grad_accum"
             raise InputError(f"{m_field} = {M} is not divisible by processes × grad_accum = {W} × {G} ({g_field})")
         parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
-    needs_reward = any(n in ("rebel", "ppo", "rloo") or (n == "dpo" and c.mode == "online") for n, c, _ in parsed)
+    needs_reward = any(LM_ALGORITHMS[n].needs_reward(c) for n, c, _ in parsed)
     reward = raw.get("reward")
     if reward is None and needs_reward:
         raise InputError("reward: online algorithms need a reward ({kind: function, name: ...} or {kind: model, ...})")

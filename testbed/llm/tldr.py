@@ -306,7 +306,7 @@ class Study:
                 torch.manual_seed(30_000_001 * (seed + 1))
                 for s in range(0, len(prompts), batch):
                     q, qm = pol.encode(prompts[s:s + batch], max_prompt_length)
-                    yrefs += response_texts(pol.tokenizer, algo.sample(q, qm, ref=True), pol.eos_id)
+                    yrefs += response_texts(pol.tokenizer, algo.ctx.sample(q, qm, ref=True), pol.eos_id)
             self._ref_cache[key] = yrefs
         yrefs = self._ref_cache[key]
         posts = [post_of(p) for p in prompts]

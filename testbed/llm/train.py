@@ -26,7 +26,6 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,32 +34,17 @@ import torch
 from tqdm import tqdm
 
 from testbed import results
+from testbed.algorithms import ALGORITHMS
 from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
-from testbed.llm.algorithms import LM_ALGORITHMS, make_critic
+from testbed.llm.backend import LMBackend
+from testbed.llm.critic import PolicyAndValue, make_critic
 from testbed.llm.models import load_causal_lm, load_reward_model, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
 from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward, score_responses
-from testbed.llm.spec import SEQUENCES_PER_ITEM, LMSpec
+from testbed.llm.spec import LMSpec
 from testbed.results import LM_COLUMNS
 from testbed.training import NumericalError, train
-
-
-@dataclass
-class Context:
-    policy: LMPolicy
-    reward: object
-    critic: object
-    accelerator: object
-    train: object
-    rng: np.random.Generator
-    world: int
-    rank: int
-    prepared: object = None
-    optimizer: object = None
-    scheduler: object = None
-    params: list | None = None
-
 
 _ACCELERATOR = None
 
@@ -156,7 +140,8 @@ def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int, study=None):
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(spec.model)
     base = load_causal_lm(spec.model)
-    critic = make_critic(base, spec.lora) if algo_name == "ppo" else None
+    cls = ALGORITHMS[algo_name]
+    critic = make_critic(base, spec.lora) if cls.needs_critic(algo_cfg) else None
     model = apply_lora(base, spec.lora["r"], spec.lora["alpha"], spec.lora["dropout"], spec.lora["target_modules"]) \
         if spec.lora else base
     model = model.to(acc.device)
@@ -166,9 +151,10 @@ def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int, study=None):
     if critic is not None:
         critic = critic.to(acc.device)
     reward = make_reward(spec, tokenizer, acc.device, study)
-    ctx = Context(policy, reward, critic, acc, tr, np.random.default_rng(seed), acc.num_processes, acc.process_index)
-    algo = LM_ALGORITHMS[algo_name](algo_cfg, ctx)
-    module = algo.trainable()
+    ctx = LMBackend(policy, reward, critic, acc, tr, np.random.default_rng(seed), acc.num_processes, acc.process_index)
+    algo = cls(algo_cfg, ctx, ctx.rng)
+    # the module the optimiser updates (what accelerate prepares): the policy, or policy and critic in one
+    module = PolicyAndValue(unwrap(policy.model), critic) if critic is not None else policy.model
     params = [p for p in module.parameters() if p.requires_grad]
     # the fused kernel (CPU and CUDA): one pass over all parameters instead of a Python loop per tensor
     opt = torch.optim.AdamW(params, lr=tr.lr, eps=tr.adam_eps, weight_decay=tr.weight_decay, fused=True)
@@ -190,7 +176,7 @@ def _gather_mean(acc, t: torch.Tensor, replicated: bool, total: bool = False) ->
 
 
 @torch.no_grad()
-def evaluate(ctx: Context, prompts: list[str], seed: int, t: int) -> tuple[float, list[dict]]:
+def evaluate(ctx: LMBackend, prompts: list[str], seed: int, t: int) -> tuple[float, list[dict]]:
     """Mean (penalised) score of one sample per eval prompt, and the generations; own RNG stream."""
     pol = ctx.policy
     with torch.random.fork_rng(devices=[]):
@@ -208,7 +194,7 @@ def evaluate(ctx: Context, prompts: list[str], seed: int, t: int) -> tuple[float
 CHECKPOINTED_ALGO_FIELDS = ("cursor", "order")  # data position of the offline algorithms (DPO, SFT)
 
 
-def _save_checkpoint(path: Path, ctx: Context, algo, loop: dict) -> None:
+def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
     """Everything the loop needs to continue: trainable weights (policy, critic), optimiser and
     scheduler state, numpy and torch RNG states, the prompt order and cursor, rows and generations."""
     state = {"model": ctx.accelerator.unwrap_model(ctx.prepared).state_dict(),
@@ -231,7 +217,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     replicated = tr.rollouts == "replicated" or ctx.world == 1
     # generation RNG: the same on every process for replicated rollouts, one stream per process otherwise
     torch.manual_seed(seed if replicated else seed * 1000 + ctx.rank)
-    prompts = make_prompts(spec.prompts) if algo.needs_prompts else []
+    prompts = make_prompts(spec.prompts) if algo.needs_prompts(algo.config) else []
     eval_prompts = make_prompts(spec.eval_prompts) if ctx.reward is not None else []
     order, cursor = ctx.rng.permutation(len(prompts)) if prompts else None, 0
     start, samples, queries = time.perf_counter(), 0, 0
@@ -243,9 +229,10 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         r.update(run_id=run_id, problem=spec.name, algorithm=algo_name, seed=seed, iteration=t, samples=samples,
                  queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(mem_base), lr=lr)
         if step is not None:
-            st = step.stats
+            st = step.extras
             for k in ("objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward",
-                      "objective/rlhf_reward"):
+                      "objective/rlhf_reward", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                      "rewards/accuracies"):
                 if k in st:
                     r[k] = _gather_mean(acc, st[k], replicated)
             if "val/num_eos_tokens" in st:
@@ -298,7 +285,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             if not replicated:
                 idx = np.array_split(np.asarray(idx), ctx.world)[ctx.rank].tolist()
             q, qm = ctx.policy.encode([prompts[i] for i in idx], tr.max_prompt_length)
-        result = algo.update(q, qm)
+        result = algo.lm_update(q, qm)
         if not np.isfinite(result.loss):
             raise NumericalError(f"run {run_id}: non-finite loss at iteration {t}"
                                  + (f"; its last good checkpoint is {checkpoint}" if checkpoint is not None
@@ -398,7 +385,8 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
         acc.wait_for_everyone()
         if not main:
             return None
-        resolved = {**spec.raw, "algorithms": [{**a, "sequences_per_item": SEQUENCES_PER_ITEM[n]} for n, _, a in spec.algorithms],
+        resolved = {**spec.raw, "algorithms": [{**a, "sequences_per_item": ALGORITHMS[n].sequences_per_item(c)}
+                                                   for n, c, a in spec.algorithms],
                     "seeds": spec.seeds,
                     "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__},
                     "processes": acc.num_processes}
