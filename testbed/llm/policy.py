@@ -79,7 +79,8 @@ def token_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: fl
     logit is -inf here and in ``generate``, so the two use one distribution. ``mask``: positions
     with mask 0 (after the first EOS) are set to exactly 0.
     """
-    lg = _suppressed(logits.float() / temperature, suppress)
+    lg = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # bf16/fp16 up to float32
+    lg = _suppressed(lg / temperature, suppress)
     lp = torch.gather(lg, 2, response[..., None])[..., 0] - torch.logsumexp(lg, dim=-1)
     return lp if mask is None else torch.where(mask.bool(), lp, torch.zeros_like(lp))
 

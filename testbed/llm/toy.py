@@ -67,3 +67,33 @@ def toy_prompts(n: int, seed: int = 0, min_len: int = 2, max_len: int = 4, words
     """``n`` prompts of ``min_len``..``max_len`` random words (seeded), of varying length so batches need padding."""
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(words, size=rng.integers(min_len, max_len + 1))) for _ in range(n)]
+
+
+class TableLM(torch.nn.Module):
+    """A causal LM whose parameters are a logit table: the next-token logits after token i are ``table[i]``.
+
+    With one-token prompts and one-token responses it *is* a tabular softmax policy (context = the prompt
+    token, action = the response token), so an update on it can be compared with the same algorithm's
+    update on the equivalent tabular bandit (tests/test_cross_track.py)."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.as_tensor(table, dtype=torch.float64).clone())
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, logits_to_keep=0, **kw):
+        from transformers.modeling_outputs import CausalLMOutput
+
+        logits = self.table[input_ids]
+        return CausalLMOutput(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+
+
+class TableCritic(torch.nn.Module):
+    """A value table over tokens (zero at init): V at each position is ``values[token]`` — the bandit PPO's
+    value table for one-token prompts."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.values = torch.nn.Parameter(torch.zeros(vocab, dtype=torch.float64))
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        return self.values[input_ids]

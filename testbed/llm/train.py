@@ -133,24 +133,27 @@ def peak_memory_mb(base: float = 0.0) -> float:
     return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base
 
 
-def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int, study=None):
-    """The policy, reward, critic and algorithm of one run, prepared by accelerate."""
+def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int, study=None, model=None, critic=None, reward=None):
+    """The policy, reward, critic and algorithm of one run, prepared by accelerate. ``model``, ``critic`` and
+    ``reward`` replace the spec's (tests: an LM that is a logit table, tests/test_cross_track.py)."""
     acc = get_accelerator(spec)
     tr = spec.train
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(spec.model)
-    base = load_causal_lm(spec.model)
     cls = ALGORITHMS[algo_name]
-    critic = make_critic(base, spec.lora) if cls.needs_critic(algo_cfg) else None
-    model = apply_lora(base, spec.lora["r"], spec.lora["alpha"], spec.lora["dropout"], spec.lora["target_modules"]) \
-        if spec.lora else base
+    if model is None:
+        base = load_causal_lm(spec.model)
+        if critic is None and cls.needs_critic(algo_cfg):
+            critic = make_critic(base, spec.lora)
+        model = apply_lora(base, spec.lora["r"], spec.lora["alpha"], spec.lora["dropout"], spec.lora["target_modules"]) \
+            if spec.lora else base
     model = model.to(acc.device)
     ref = spec.reference if spec.reference != "auto" else "auto"
     policy = LMPolicy(model, tokenizer, temperature=tr.temperature, top_k=tr.top_k, top_p=tr.top_p,
                       max_new_tokens=tr.max_new_tokens, ref=ref)
     if critic is not None:
         critic = critic.to(acc.device)
-    reward = make_reward(spec, tokenizer, acc.device, study)
+    reward = reward if reward is not None else make_reward(spec, tokenizer, acc.device, study)
     ctx = LMBackend(policy, reward, critic, acc, tr, np.random.default_rng(seed), acc.num_processes, acc.process_index)
     algo = cls(algo_cfg, ctx, ctx.rng)
     # the module the optimiser updates (what accelerate prepares): the policy, or policy and critic in one
