@@ -59,6 +59,12 @@ class Algorithm:
         return None
 
     @staticmethod
+    def counted(config) -> bool:
+        """Whether its runs report ``samples``/``queries`` (the counts its Steps and ``initial_*``
+        give); False leaves both columns empty. Default: every mode but exact/population."""
+        return getattr(config, "mode", "sampled") not in ("exact", "population")
+
+    @staticmethod
     def check_problem(config, problem: TabularBandit) -> None:
         """Validate inputs that depend on the problem (e.g. a dataset's indices); raise InputError."""
 

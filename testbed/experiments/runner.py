@@ -104,7 +104,7 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
         st = _new_state(plan, problem)
     cfg = st.algo.config
     beta = getattr(cfg, "beta", 0.0)
-    counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
+    counted = type(st.algo).counted(cfg)
     averaged = st.prob_sum is not None
     start = time.perf_counter() - st.elapsed
 
@@ -204,7 +204,7 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
         st = _new_batch_state(plans, problems)
     cfg, first = st.algo.config, plans[0]
     beta = getattr(cfg, "beta", 0.0)
-    counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
+    counted = type(st.algo).counted(cfg)
     start = time.perf_counter() - st.elapsed
 
     def record(t: int) -> None:
