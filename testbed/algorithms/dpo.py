@@ -7,8 +7,10 @@
 - ``offline``: a fixed dataset of ``pairs`` rows drawn once from mu (pi_ref or uniform) and labelled
   by the preference oracle (or loaded from a .npz/.jsonl file); each iteration is ``epochs``
   passes of minibatch Adam over it.
-- ``population``: the expected loss over every ordered pair (y, y') ~ mu x mu with y' != y,
-  weighted by rho and p*(y ≻ y') — or, given ``dataset``, over that dataset's empirical
+- ``population``: the expected loss under the law of the offline sampler (its infinite-data limit):
+  x ~ rho, y ~ mu, y' ~ mu conditioned on y' != y (``distinct_pair_probs``), labelled with
+  p*(y ≻ y'), so the chosen/rejected row (y, y') has weight rho·(P(y, y') + P(y', y))·p*(y ≻ y')
+  — or, given ``dataset``, over that dataset's empirical
   distribution; each iteration is one Newton step with the exact Hessian (|eigenvalues|,
   pseudo-inverse) and Armijo backtracking, since the loss is deterministic: quadratic convergence
   to pi*_beta, no drift at a stationary point (Adam's scale-free steps amplify rounding-level
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from testbed.algorithms.base import Algorithm, Step, adam_fit, count, one_of, path, per_seed, positive, take
-from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, sample_distinct
+from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, distinct_pair_probs, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
 from testbed.policies import Policy, take_contexts
@@ -112,11 +114,12 @@ class DPO(Algorithm):
         if config.mode == "population" and config.dataset:  # the empirical distribution of a dataset
             self.data = PreferenceDataset.load(config.dataset, X, Y)
             self.weight = torch.ones(len(self.data), dtype=torch.float64)
-        elif config.mode == "population":  # every ordered pair y != y', weight rho·mu·mu·p*(y ≻ y')
+        elif config.mode == "population":  # every ordered (chosen y, rejected y'), y != y', with its probability
             x, y, y2 = (a.ravel() for a in np.meshgrid(np.arange(X), np.arange(Y), np.arange(Y), indexing="ij"))
             keep = y != y2
             x, y, y2 = x[keep], y[keep], y2[keep]
-            w = problem.rho[x] * self.mu[x, y] * self.mu[x, y2] * self.oracle.prob(x, y, y2)
+            pair = distinct_pair_probs(self.mu)  # the offline sampler's pair law: y ~ mu, y' ~ mu(.|y' != y)
+            w = problem.rho[x] * (pair[x, y, y2] + pair[x, y2, y]) * self.oracle.prob(x, y, y2)
             self.data = PreferenceDataset(x, y, y2)
             self.weight = torch.as_tensor(w)
 
