@@ -91,6 +91,30 @@ class DPO(Algorithm):
     def batchable(config: DPOConfig, kind: str) -> bool:
         return kind in ("tabular", "loglinear") and config.mode != "population"
 
+    @staticmethod
+    def kl_target(config: DPOConfig, problem) -> tuple[float, np.ndarray] | None:
+        """DPO with Bradley–Terry labels of temperature s: (beta·s, ln pi*_{beta·s}), its minimiser with
+        full coverage (beta·(h(y) - h(y')) = (r(y) - r(y'))/s). IPO: (tau, ln pi_IPO), pi_IPO the exact
+        minimiser of its population loss under its pair law (:func:`ipo_target_log`). None for DPO with
+        other labels or on a given data set (no closed-form target)."""
+        members = getattr(problem, "members", None)
+        if members is not None:
+            parts = [DPO.kl_target(config, m) for m in members]
+            return None if any(p is None for p in parts) else (parts[0][0], np.stack([p[1] for p in parts]))
+        if config.dataset:
+            return None
+        if config.loss == "dpo":
+            if config.labels != "bt":
+                return None
+            c = config.beta * config.temperature
+            return c, problem.regularised_optimum_log(c)
+        P = _load_preferences(config.preferences) if config.labels == "tensor" else None
+        pref = PreferenceOracle(problem, config.labels, config.temperature, P).P
+        X, Y = problem.num_contexts, problem.num_actions
+        mu = None if config.mode == "online" else (problem.pi_ref if config.mu == "ref" else np.full((X, Y), 1.0 / Y))
+        log_target = ipo_target_log(problem.log_pi_ref, pref, config.beta, mu)
+        return None if log_target is None else (config.beta, log_target)
+
     def __init__(self, config: DPOConfig, problem: TabularBandit, rng):
         super().__init__(config, problem, rng)
         P = _load_preferences(config.preferences) if config.labels == "tensor" else None
@@ -195,3 +219,30 @@ class DPO(Algorithm):
             new = theta + t * d if t > 1e-12 else theta
             loss = float(f(new))
         return Step(policy.with_params(new.reshape(shape).numpy().copy()), loss, None, None)
+
+
+def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.ndarray | None,
+                   tol: float = 1e-13, iterations: int = 10_000) -> np.ndarray | None:
+    """ln of IPO's exact target. Per ordered pair with y winning w.p. p, the expected IPO loss is
+    (h(y) - h(y') - (2p - 1)/(2 tau))² + const, so the population minimiser solves the weighted least
+    squares over the pair law P(y, y') (y ~ mu, y' ~ mu given y' != y), pi ∝ pi_ref·exp(h).
+    ``mu`` None (online: pairs from pi_t itself): the fixed point pi = pi_ref·exp(h(pi)), by damped
+    iteration from pi_ref; None if it does not converge."""
+    from testbed.algorithms.preference import population_pair_regression
+    from testbed.policies import log_softmax
+
+    t = (2 * pref - 1) / (2 * tau)
+
+    def solve(m: np.ndarray) -> np.ndarray:
+        h, _ = population_pair_regression(distinct_pair_probs(m), t)
+        return log_softmax(log_ref + h)
+
+    if mu is not None:
+        return solve(mu)
+    log_pi = np.asarray(log_ref, dtype=np.float64)
+    for _ in range(iterations):
+        new = log_softmax(0.5 * log_pi + 0.5 * solve(np.exp(log_pi)))
+        if np.max(np.abs(np.exp(new) - np.exp(log_pi))) < tol:
+            return new
+        log_pi = new
+    return None
