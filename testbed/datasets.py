@@ -63,6 +63,18 @@ def sample_distinct(rng: np.random.Generator, probs: np.ndarray, y: np.ndarray) 
     return sample_rows(rng, q)
 
 
+def distinct_pair_probs(mu: np.ndarray) -> np.ndarray:
+    """P(y, y' | x) [X, Y, Y] of the pairs the samplers draw: y ~ mu(.|x), then y' ~ mu(.|x)
+    conditioned on y' != y (uniform over the others where mu puts all mass on y), as
+    :func:`sample_distinct` does; zero on the diagonal, each context's table sums to 1."""
+    mu = np.asarray(mu, dtype=np.float64)
+    off = 1.0 - np.eye(mu.shape[-1])
+    q = mu[:, None, :] * off
+    empty = q.sum(axis=-1, keepdims=True) <= 0
+    q = np.where(empty, off, q)
+    return mu[:, :, None] * q / q.sum(axis=-1, keepdims=True)
+
+
 @dataclass
 class PreferenceDataset:
     prompt: np.ndarray

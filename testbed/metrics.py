@@ -22,11 +22,12 @@ from testbed.results import COLUMNS, EXTRAS  # noqa: F401  (the schema lives wit
 
 
 def problem_metrics(problem, policy: Policy, beta: float = 0.0,
-                    avg_probs: np.ndarray | None = None) -> dict[str, float | None]:
-    """The exact metrics of ``policy`` on ``problem``: dispatches on reward vs preference problems."""
+                    avg_probs: np.ndarray | None = None, target=None) -> dict[str, float | None]:
+    """The exact metrics of ``policy`` on ``problem``: dispatches on reward vs preference problems.
+    ``target``: the algorithm's ``kl_target`` declaration (used instead of ``beta`` when given)."""
     if isinstance(problem, PreferenceBandit):
         return preference_metrics(problem, policy, avg_probs)
-    return bandit_metrics(problem, policy, beta) | {"exploitability": None, "exploitability_avg": None}
+    return bandit_metrics(problem, policy, beta, target) | {"exploitability": None, "exploitability_avg": None}
 
 
 def preference_metrics(problem: PreferenceBandit, policy: Policy,
@@ -50,15 +51,30 @@ def hedge_regret_bound(problem: PreferenceBandit, pi0: Policy, eta: float, T):
     return (L / eta + eta * T / 8) / T
 
 
-def bandit_metrics(problem: TabularBandit, policy: Policy, beta: float = 0.0) -> dict[str, float | None]:
-    """Exact J(pi_t), J* - J(pi_t), E_x KL(pi_t || pi_ref) and, for beta > 0, J_beta(pi*_beta) - J_beta(pi_t)."""
-    return {k: None if v is None else float(v) for k, v in bandit_metric_arrays(problem, policy.log_probs(), beta).items()}
+def bandit_metrics(problem: TabularBandit, policy: Policy, beta: float = 0.0, target=None) -> dict[str, float | None]:
+    """Exact J(pi_t), J* - J(pi_t), E_x KL(pi_t || pi_ref) and ``kl_reg_gap``.
+
+    ``kl_reg_gap`` is c·E_x KL(pi_t || pi_target) for the algorithm's declared target
+    ``target`` = (c, ln pi_target) (:meth:`testbed.algorithms.Algorithm.kl_target`), 0 at its exact optimum:
+    - reward algorithms with KL shaping (REBEL, NPG, PPO with beta > 0): c = beta, pi_target = pi*_beta,
+      so it is J_beta(pi*_beta) - J_beta(pi_t);
+    - DPO with Bradley–Terry labels of temperature s: c = beta·s, pi_target = pi*_{beta·s} (the KL
+      coefficient its loss implies), i.e. J_{beta·s}(pi*_{beta·s}) - J_{beta·s}(pi_t);
+    - IPO: c = tau, pi_target = the exact minimiser of its population loss under its pair law;
+    - empty where there is no such target (beta = 0, DPO with deterministic or tensor labels, DPO
+      on a given data set).
+    Without ``target``: c = ``beta`` > 0 and pi*_beta, as for the reward algorithms."""
+    return {k: None if v is None else float(v)
+            for k, v in bandit_metric_arrays(problem, policy.log_probs(), beta, target).items()}
 
 
-def bandit_metric_arrays(problem: TabularBandit, log_pi: np.ndarray, beta: float = 0.0) -> dict[str, np.ndarray | None]:
+def bandit_metric_arrays(problem: TabularBandit, log_pi: np.ndarray, beta: float = 0.0,
+                         target=None) -> dict[str, np.ndarray | None]:
     """:func:`bandit_metrics` over the last axes: for a :class:`~testbed.problems.ProblemBatch` and a
     stack of policies (log_pi [S, X, Y]) one value per member. Every sum runs over the last axis of a
     contiguous array, so member s gets bit-for-bit the value of the unstacked call."""
+    if target is None and beta > 0:
+        target = (beta, problem.regularised_optimum_log(beta))
     pi = np.exp(log_pi)
 
     def expect(per_context: np.ndarray) -> np.ndarray:  # E_x under rho
@@ -70,7 +86,7 @@ def bandit_metric_arrays(problem: TabularBandit, log_pi: np.ndarray, beta: float
     reward = expect(np.sum(pi * problem.rewards, axis=-1))
     return {"reward": reward, "suboptimality": expect(problem.rewards.max(axis=-1)) - reward,
             "kl_ref": kl(problem.log_pi_ref),
-            "kl_reg_gap": beta * kl(problem.regularised_optimum_log(beta)) if beta > 0 else None}
+            "kl_reg_gap": target[0] * kl(target[1]) if target is not None else None}
 
 
 def mirror_descent_bound(problem: TabularBandit, pi0: Policy, eta: float, T):

@@ -6,7 +6,8 @@ The LM is :class:`~testbed.llm.toy.TableLM`: its parameters are a logit table, s
 context) and one-token responses (the action; the pad token is never sampled) it is the tabular softmax
 policy with logits ``table[x, 1:]``. Both back-ends get the same draws (the responses of one batch, drawn once
 from pi_t) and the same shuffling generator; everything else is each back-end's own code path. The new logit
-policies (log-probabilities) must agree to 1e-8 (PPO: its whitening divides by sqrt(var + 1e-8), the bandit by std + 1e-8: 1e-10 apart) (both in float64: the LM back-end keeps float64 logits).
+policies (log-probabilities) must agree to 1e-8, both in float64 (PPO: its LM whitening divides by
+sqrt(var + 1e-8), the bandit normalisation by std + 1e-8: 1e-10 apart).
 """
 
 import functools

@@ -69,17 +69,6 @@ class Algorithm:
 
     # ----- declarations ---------------------------------------------------------------------
     @staticmethod
-    def kl_coefficient(config) -> float:
-        """beta of the KL-regularised objective J - beta·KL(pi || pi_ref) whose optimum pi*_beta this
-        configuration targets (0: unregularised); ``kl_reg_gap`` measures the gap to it."""
-        return float(getattr(config, "beta", 0.0))
-
-    @staticmethod
-    def counts_samples(config) -> bool:
-        """Whether it draws responses and queries an oracle (False for exact/population updates)."""
-        return getattr(config, "mode", "sampled") not in ("exact", "population")
-
-    @staticmethod
     def needs_reward(config) -> bool:
         """Whether it queries a reward (LM: needs a reward function or model)."""
         return True
@@ -135,6 +124,23 @@ class Algorithm:
     def check_policy(config, kind: str) -> str | None:
         """None if this configuration can update a policy of ``kind``; else what is needed instead."""
         return None
+
+    @staticmethod
+    def kl_target(config, problem) -> tuple[float, np.ndarray] | None:
+        """The exact target that ``kl_reg_gap`` measures against: (c, ln pi_target) with
+        kl_reg_gap = c·E_x KL(pi || pi_target), 0 at the algorithm's exact optimum; None: no such target
+        (the column stays empty). On a stack of problems ln pi_target is [S, X, Y].
+
+        Default (reward algorithms with KL shaping, J - beta·KL): c = beta = ``config.beta`` and
+        pi_target = pi*_beta, so kl_reg_gap = J_beta(pi*_beta) - J_beta(pi); None for beta = 0."""
+        beta = getattr(config, "beta", 0.0) or 0.0
+        return (beta, problem.regularised_optimum_log(beta)) if beta > 0 else None
+
+    @staticmethod
+    def counted(config) -> bool:
+        """Whether its runs report ``samples``/``queries`` (the counts its Steps and ``initial_*``
+        give); False leaves both columns empty. Default: every mode but exact/population."""
+        return getattr(config, "mode", "sampled") not in ("exact", "population")
 
     @staticmethod
     def check_problem(config, problem: TabularBandit) -> None:

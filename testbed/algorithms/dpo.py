@@ -7,8 +7,10 @@
 - ``offline``: a fixed dataset of ``pairs`` rows drawn once from mu (pi_ref or uniform) and labelled
   by the preference oracle (or loaded from a .npz/.jsonl file); each iteration is ``epochs``
   passes of minibatch Adam over it.
-- ``population``: the expected loss over every ordered pair (y, y') ~ mu x mu with y' != y,
-  weighted by rho and p*(y ≻ y') — or, given ``dataset``, over that dataset's empirical
+- ``population``: the expected loss under the law of the offline sampler (its infinite-data limit):
+  x ~ rho, y ~ mu, y' ~ mu conditioned on y' != y (``distinct_pair_probs``), labelled with
+  p*(y ≻ y'), so the chosen/rejected row (y, y') has weight rho·(P(y, y') + P(y', y))·p*(y ≻ y')
+  — or, given ``dataset``, over that dataset's empirical
   distribution; each iteration is one Newton step with the exact Hessian (|eigenvalues|,
   pseudo-inverse) and Armijo backtracking, since the loss is deterministic: quadratic convergence
   to pi*_beta, no drift at a stationary point (Adam's scale-free steps amplify rounding-level
@@ -43,7 +45,7 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
-from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, sample_distinct
+from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, distinct_pair_probs, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
 from testbed.policies import Policy, take_contexts
@@ -137,6 +139,30 @@ class DPO(Algorithm):
     def batchable(config: DPOConfig, kind: str) -> bool:
         return kind in ("tabular", "loglinear") and config.mode != "population"
 
+    @staticmethod
+    def kl_target(config: DPOConfig, problem) -> tuple[float, np.ndarray] | None:
+        """DPO with Bradley–Terry labels of temperature s: (beta·s, ln pi*_{beta·s}), its minimiser with
+        full coverage (beta·(h(y) - h(y')) = (r(y) - r(y'))/s). IPO: (tau, ln pi_IPO), pi_IPO the exact
+        minimiser of its population loss under its pair law (:func:`ipo_target_log`). None for DPO with
+        other labels or on a given data set (no closed-form target)."""
+        members = getattr(problem, "members", None)
+        if members is not None:
+            parts = [DPO.kl_target(config, m) for m in members]
+            return None if any(p is None for p in parts) else (parts[0][0], np.stack([p[1] for p in parts]))
+        if config.dataset:
+            return None
+        if config.loss == "dpo":
+            if config.labels != "bt":
+                return None
+            c = config.beta * config.temperature
+            return c, problem.regularised_optimum_log(c)
+        P = _load_preferences(config.preferences) if config.labels == "tensor" else None
+        pref = PreferenceOracle(problem, config.labels, config.temperature, P).P
+        X, Y = problem.num_contexts, problem.num_actions
+        mu = None if config.mode == "online" else (problem.pi_ref if config.mu == "ref" else np.full((X, Y), 1.0 / Y))
+        log_target = ipo_target_log(problem.log_pi_ref, pref, config.beta, mu)
+        return None if log_target is None else (config.beta, log_target)
+
     def __init__(self, config: DPOConfig, problem: TabularBandit, rng):
         super().__init__(config, problem, rng)
         if self.ctx is not None:  # LM: an offline dataset, tokenised, its reference log-probs precomputed
@@ -165,11 +191,12 @@ class DPO(Algorithm):
         if config.mode == "population" and config.dataset:  # the empirical distribution of a dataset
             self.data = PreferenceDataset.load(config.dataset, X, Y)
             self.weight = torch.ones(len(self.data), dtype=torch.float64)
-        elif config.mode == "population":  # every ordered pair y != y', weight rho·mu·mu·p*(y ≻ y')
+        elif config.mode == "population":  # every ordered (chosen y, rejected y'), y != y', with its probability
             x, y, y2 = (a.ravel() for a in np.meshgrid(np.arange(X), np.arange(Y), np.arange(Y), indexing="ij"))
             keep = y != y2
             x, y, y2 = x[keep], y[keep], y2[keep]
-            w = problem.rho[x] * self.mu[x, y] * self.mu[x, y2] * self.oracle.prob(x, y, y2)
+            pair = distinct_pair_probs(self.mu)  # the offline sampler's pair law: y ~ mu, y' ~ mu(.|y' != y)
+            w = problem.rho[x] * (pair[x, y, y2] + pair[x, y2, y]) * self.oracle.prob(x, y, y2)
             self.data = PreferenceDataset(x, y, y2)
             self.weight = torch.as_tensor(w)
 
@@ -297,3 +324,29 @@ class DPO(Algorithm):
     def batch_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):
         """The LM DPO loss of one minibatch (for tests)."""
         return self._lm_loss(q, qm, yc, yr, ref_c, ref_r, weight)[0]
+
+def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.ndarray | None,
+                   tol: float = 1e-13, iterations: int = 10_000) -> np.ndarray | None:
+    """ln of IPO's exact target. Per ordered pair with y winning w.p. p, the expected IPO loss is
+    (h(y) - h(y') - (2p - 1)/(2 tau))² + const, so the population minimiser solves the weighted least
+    squares over the pair law P(y, y') (y ~ mu, y' ~ mu given y' != y), pi ∝ pi_ref·exp(h).
+    ``mu`` None (online: pairs from pi_t itself): the fixed point pi = pi_ref·exp(h(pi)), by damped
+    iteration from pi_ref; None if it does not converge."""
+    from testbed.algorithms.preference import population_pair_regression
+    from testbed.policies import log_softmax
+
+    t = (2 * pref - 1) / (2 * tau)
+
+    def solve(m: np.ndarray) -> np.ndarray:
+        h, _ = population_pair_regression(distinct_pair_probs(m), t)
+        return log_softmax(log_ref + h)
+
+    if mu is not None:
+        return solve(mu)
+    log_pi = np.asarray(log_ref, dtype=np.float64)
+    for _ in range(iterations):
+        new = log_softmax(0.5 * log_pi + 0.5 * solve(np.exp(log_pi)))
+        if np.max(np.abs(np.exp(new) - np.exp(log_pi))) < tol:
+            return new
+        log_pi = new
+    return None

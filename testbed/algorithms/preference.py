@@ -134,14 +134,16 @@ class REBELPreference(_PreferenceAlgorithm):
         if cfg.target == "pair":
             o = p.sample_preferences(rng, x, y, y2) if cfg.oracle == "bernoulli" else p.preferences[x, y, y2]
             t = o - 0.5
+            queries = N  # one comparison of y with y' per pair
         else:
             k = cfg.opponents
             t = (self.estimate_win_rates(policy, rng, x, y, k, cfg.oracle)
                  - self.estimate_win_rates(policy, rng, x, y2, k, cfg.oracle))
             drawn += 2 * N * k
+            queries = 2 * N * k  # k comparisons of each of y and y' with fresh opponents
         eye = np.eye(Y)
         new, fitted = lstsq_step(policy, x, eye[y] - eye[y2], cfg.eta * t)
-        return Step(new, float(np.mean((fitted / cfg.eta - t) ** 2)), drawn)
+        return Step(new, float(np.mean((fitted / cfg.eta - t) ** 2)), drawn, queries)
 
 
 # ----- Hedge / optimistic Hedge ---------------------------------------------------------------------
@@ -274,7 +276,7 @@ class SPPO(_PreferenceAlgorithm):
             return sppo_loss(policy.torch_log_prob(theta, x[idx], y[idx]) - lp_t[i], target[i])
 
         new, loss = adam_fit(policy, loss_fn, cfg.samples, cfg.epochs, cfg.minibatch, cfg.lr, rng)
-        return Step(new, loss, cfg.samples * (1 + cfg.opponents))
+        return Step(new, loss, cfg.samples * (1 + cfg.opponents), cfg.samples * cfg.opponents)
 
 
 def sppo_loss(logratio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -318,7 +320,7 @@ class BTREBEL(_PreferenceAlgorithm):
         pair_w = p.pi_ref[:, :, None] * p.pi_ref[:, None, :]
         if config.reward_model == "population":
             self.rewards = bradley_terry_fit(p.preferences, pair_weights=pair_w)
-            self._pending = 0
+            self._pending = self._pending_queries = 0
         else:
             n = config.dataset
             x = p.sample_contexts(rng, n)
@@ -334,6 +336,7 @@ class BTREBEL(_PreferenceAlgorithm):
             P_hat = np.where(counts > 0, wins / np.maximum(counts, 1), 0.5)
             self.rewards = bradley_terry_fit(P_hat, pair_weights=counts / (2 * n), l2=config.l2)
             self._pending = 2 * n  # responses drawn for the data set, reported at the first step
+            self._pending_queries = n  # one preference query per comparison of the data set
         self.reward_problem = TabularBandit(self.rewards, p.rho, p.pi_ref, name=f"{p.name}-bt-rewards")
         rc = REBELConfig(eta=config.eta, beta=config.beta, mode=config.mode, pairs=config.pairs)
         self.rebel = REBEL(rc, self.reward_problem, rng)
@@ -343,7 +346,14 @@ class BTREBEL(_PreferenceAlgorithm):
         step = self.rebel.update(policy, rng)
         if self._pending:
             step.samples, self._pending = (step.samples or 0) + self._pending, 0
+        if self._pending_queries:
+            step.queries, self._pending_queries = (step.queries or 0) + self._pending_queries, 0
         return step
+
+    @staticmethod
+    def counted(config: BTREBELConfig) -> bool:
+        """Counted when REBEL samples or the reward model is fitted to a sampled data set."""
+        return config.mode == "sampled" or config.reward_model == "sampled"
 
 
 # ----- DPO on preference pairs -----------------------------------------------------------------------
@@ -385,6 +395,7 @@ class DPOPreference(_PreferenceAlgorithm):
             self.data = (x, np.where(won, y, y2), np.where(won, y2, y))
             self.weight = None
             self._pending = 2 * n
+        self._pending_queries = self._pending // 2  # one preference query per labelled pair
 
     def _loss(self, theta: torch.Tensor, idx: np.ndarray | None = None) -> torch.Tensor:
         x, yw, yl = self.data
@@ -407,8 +418,8 @@ class DPOPreference(_PreferenceAlgorithm):
             return Step(policy.with_params(new), float(loss.detach()), None)
         n = len(self.data[0])
         new, loss = adam_fit(policy, lambda th, idx: self._loss(th, idx), n, cfg.epochs, cfg.minibatch, cfg.lr, rng)
-        samples, self._pending = self._pending, 0
-        return Step(new, loss, samples)
+        samples, queries, self._pending, self._pending_queries = self._pending, self._pending_queries, 0, 0
+        return Step(new, loss, samples, queries)
 
 
 PREFERENCE_ALGORITHMS: dict[str, type[Algorithm]] = {

@@ -102,7 +102,8 @@ def _golden(specs, golden_dir: Path, runs: Path, progress: bool, jobs: int, chec
             golden.write(now, path)
             print(f"{spec.name}: wrote {len(now)} summary rows to {path}", file=sys.stderr)
             continue
-        diffs = golden.compare(golden.read(path), now, settings["columns"])
+        diffs = golden.compare(golden.read(path), now, settings["columns"], golden.chaotic_algorithms(settings, spec.name),
+                               float((settings.get("chaotic") or {}).get("confidence", 0.999)))
         compared += len(now)
         if diffs:
             ok = False

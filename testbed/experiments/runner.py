@@ -92,8 +92,8 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
     else:
         st = _new_state(plan, problem)
     cfg = st.algo.config
-    beta = getattr(cfg, "beta", 0.0)
-    counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
+    target = None if isinstance(problem, PreferenceBandit) else type(st.algo).kl_target(cfg, problem)
+    counted = type(st.algo).counted(cfg)
     averaged = st.prob_sum is not None
     start = time.perf_counter() - st.elapsed
 
@@ -104,7 +104,7 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
                 st.trajectory.append({"run_id": plan.run_id, "iteration": t, "context": x, "action": y,
                                       "prob": float(v), "avg_prob": None if avg is None else float(avg[x, y])})
         st.rows.append(_row(plan, t, st.samples if counted else None, st.queries if counted else None,
-                            problem_metrics(problem, st.policy, beta, avg), st.loss, st.step_extras))
+                            problem_metrics(problem, st.policy, 0.0, avg, target), st.loss, st.step_extras))
         st.wall.append(time.perf_counter() - start)
 
     def step(t: int) -> None:
@@ -196,12 +196,12 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
     else:
         st = _new_batch_state(plans, problems)
     cfg, first = st.algo.config, plans[0]
-    beta = getattr(cfg, "beta", 0.0)
-    counted = getattr(cfg, "mode", "sampled") not in ("exact", "population")
+    target = type(st.algo).kl_target(cfg, st.algo.problem)
+    counted = type(st.algo).counted(cfg)
     start = time.perf_counter() - st.elapsed
 
     def record(t: int) -> None:
-        metrics = bandit_metric_arrays(st.algo.problem, st.policy.log_probs(), beta)
+        metrics = bandit_metric_arrays(st.algo.problem, st.policy.log_probs(), 0.0, target)
         loss = None if st.loss is None else np.broadcast_to(st.loss, (len(plans),))
         for s, plan in enumerate(plans):
             m = {k: None if v is None else float(v[s]) for k, v in metrics.items()}

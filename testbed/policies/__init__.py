@@ -12,6 +12,8 @@ s of a stacked computation is the same floating-point computation as the unstack
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from scipy.special import log_softmax as scipy_log_softmax
@@ -245,18 +247,46 @@ def default_kind(problem: TabularBandit) -> str:
     return "loglinear" if isinstance(problem, LinearBandit) else "tabular"
 
 
+PERTURB_ULP = "TESTBED_PERTURB_ULP"
+"""Test-only hook: with this environment variable set to k != 0, :func:`initial_policy` moves every
+initial parameter by k ulps (see :func:`perturb_ulp`); tests/test_golden_robust.py uses it to show
+that the golden check does not hinge on the last bit of a run."""
+
+
+def perturb_ulp(params: np.ndarray, k: int) -> np.ndarray:
+    """params moved by k ulps of max(|p|, 1) each (so zeros move too), with alternating signs along
+    the flattened array (+, −, +, …), so a softmax row is not merely shifted by a constant."""
+    params = np.asarray(params, dtype=np.float64)
+    if k == 0:
+        return params
+    sign = np.where(np.arange(params.size) % 2 == 0, 1.0, -1.0).reshape(params.shape)
+    return params + sign * k * np.spacing(np.maximum(np.abs(params), 1.0))
+
+
+def _perturbation() -> int:
+    value = os.environ.get(PERTURB_ULP, "").strip()
+    try:
+        return int(value) if value else 0
+    except ValueError:
+        raise InputError(f"{PERTURB_ULP} must be an integer number of ulps (got {value!r})") from None
+
+
 def initial_policy(problem: TabularBandit, kind: str | None = None, rng: np.random.Generator | None = None,
                    hidden: tuple[int, ...] = (32,)) -> Policy:
-    """pi_0: tabular starts at pi_ref; log-linear at theta = 0 and the MLP with a zero last layer (uniform)."""
+    """pi_0: tabular starts at pi_ref; log-linear at theta = 0 and the MLP with a zero last layer (uniform).
+    With ``TESTBED_PERTURB_ULP`` = k set (a test-only hook) every initial parameter moves by k ulps."""
     kind = kind or default_kind(problem)
+    k = _perturbation()
     if kind == "tabular":
-        return TabularSoftmax(problem.log_pi_ref)
+        return TabularSoftmax(perturb_ulp(problem.log_pi_ref, k))
     if kind == "loglinear":
         if not isinstance(problem, LinearBandit):
             raise InputError(f"policy 'loglinear' needs a linear problem with features (problem {problem.name!r} has none)")
-        return LogLinear(problem.features)
+        policy = LogLinear(problem.features)
+        return policy.with_params(perturb_ulp(policy.params, k)) if k else policy
     if kind == "mlp":
-        return MLPPolicy(mlp_features(problem), hidden, rng=rng)
+        policy = MLPPolicy(mlp_features(problem), hidden, rng=rng)
+        return policy.with_params(perturb_ulp(policy.params, k)) if k else policy
     raise InputError(f"policy must be one of {', '.join(POLICIES)} (got {kind!r})")
 
 
