@@ -213,7 +213,7 @@ class LMAlgorithm:
             lp, mask = None, response_mask(resp, pol.eos_id)
         ref = pol.ref_logprobs(q, qm, resp)
         raw, score = score_responses(ctx.reward, q, qm, resp, pol.eos_id, ctx.train.missing_eos_penalty,
-                                     ctx.train.missing_eos_mode)
+                                     ctx.train.missing_eos_mode, ctx.train.missing_eos_test, pol.pad_id)
         return {"score": score, "raw": raw, "lp": lp, "ref": ref, "mask": mask}
 
     def single_step(self, n: int, epochs: int) -> bool:

@@ -1,0 +1,59 @@
+"""Issue 14 (items 9-15): where the LM track follows or differs from the official REBEL TL;DR code."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+
+from testbed.llm.models import lora_parameters  # noqa: E402
+from testbed.llm.policy import token_logprobs  # noqa: E402
+from testbed.llm.rewards import FunctionReward, count_token_reward, score_responses  # noqa: E402
+from testbed.llm.spec import load_lm_spec  # noqa: E402
+
+PAD, EOS, GOOD = 0, 1, 3
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = sorted((ROOT / "experiments" / "llm").glob("tldr_pythia_*.yaml"))
+
+
+def test_official_missing_eos_test_penalises_a_response_whose_eos_is_its_last_token():
+    fn = FunctionReward(count_token_reward(GOOD, 4), PAD, EOS)
+    q, qm = torch.tensor([[5], [5], [5]]), torch.ones(3, 1, dtype=torch.long)
+    resp = torch.tensor([[GOOD, GOOD, GOOD, EOS],   # EOS last: no pad follows it
+                         [GOOD, EOS, PAD, PAD],     # EOS then padding
+                         [GOOD, GOOD, GOOD, GOOD]])  # no EOS
+    _, ours = score_responses(fn, q, qm, resp, EOS, 1.0, "replace", "eos", PAD)
+    _, official = score_responses(fn, q, qm, resp, EOS, 1.0, "replace", "pad", PAD)
+    assert ours.tolist() == pytest.approx([0.75, 0.25, -1.0])
+    assert official.tolist() == pytest.approx([-1.0, 0.25, -1.0])
+
+
+def test_float64_logits_keep_their_dtype():
+    lg = torch.randn(2, 3, 5, dtype=torch.float64)
+    y = torch.tensor([[1, 2, 3], [0, 4, 1]])
+    lp = token_logprobs(lg, y, 0.7)
+    assert lp.dtype == torch.float64
+    want = torch.log_softmax(lg / 0.7, -1).gather(2, y[..., None])[..., 0]
+    assert torch.allclose(lp, want, atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("spec", PAPER, ids=lambda p: p.stem)
+def test_paper_specs_use_the_official_settings_and_the_dry_run_prints_them(spec, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    s = load_lm_spec(spec)
+    assert (s.train.weight_decay, s.train.max_grad_norm, s.train.missing_eos_test) == (0.01, 0.0, "pad")
+    assert s.lora["target_modules"] == ["query_key_value"]
+    from testbed.cli import main
+    assert main(["llm", "run", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "weight_decay 0.01" in out and "max_grad_norm 0 (clipping off)" in out
+    assert "test pad" in out and "target_modules ['query_key_value']" in out
+
+
+def test_lora_on_query_key_value_is_a_quarter_of_all_linear_for_pythia_1_4b():
+    entry = {"name": "EleutherAI/pythia-1.4b-deduped"}
+    qkv, every = lora_parameters(entry, 1024, ["query_key_value"]), lora_parameters(entry, 1024)
+    assert qkv == 24 * 1024 * (2048 + 3 * 2048)  # ~201M
+    assert every > 4 * qkv - 1  # ~805M
