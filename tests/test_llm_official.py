@@ -57,3 +57,39 @@ def test_lora_on_query_key_value_is_a_quarter_of_all_linear_for_pythia_1_4b():
     qkv, every = lora_parameters(entry, 1024, ["query_key_value"]), lora_parameters(entry, 1024)
     assert qkv == 24 * 1024 * (2048 + 3 * 2048)  # ~201M
     assert every > 4 * qkv - 1  # ~805M
+
+
+def _toy_ctx(**train):
+    from llm_helpers import toy_spec
+
+    from testbed.llm.spec import parse_lm_spec
+    from testbed.llm.train import build
+    spec = parse_lm_spec(toy_spec({"name": "rebel", "epochs": 1}, **train))
+    return build(spec, "rebel", spec.algorithms[0][1], 0)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_weight_decay_reaches_the_optimiser(wd):
+    ctx, _ = _toy_ctx(weight_decay=wd)
+    assert [g["weight_decay"] for g in ctx.optimizer.param_groups] == [wd]
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_gradient_norm_is_unchanged_with_clipping_off(clip):
+    ctx, algo = _toy_ctx(max_grad_norm=clip, lr=1e-9, minibatch=32)
+    pol = ctx.policy
+    q, qm = pol.encode(["good cat", "red blue dog"])
+    y = torch.tensor([[GOOD, GOOD, EOS, PAD, PAD, PAD], [5, 6, 7, 8, 9, 10]])
+
+    def loss_fn(i):
+        return -100.0 * pol.seq_logprob(q, qm, y).sum()
+
+    loss_fn(None).backward()
+    want = float(torch.sqrt(sum((p.grad ** 2).sum() for p in ctx.params)))
+    ctx.optimizer.zero_grad()
+    seen, step = [], ctx.optimizer.step
+    ctx.optimizer.step = lambda *a, **k: (seen.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in ctx.params)))),
+                                          step(*a, **k))[1]
+    algo.optimise(1, 1, loss_fn)
+    assert want > 10
+    assert seen[0] == pytest.approx(want if clip == 0 else 1.0, rel=1e-4)
