@@ -93,3 +93,34 @@ def test_gradient_norm_is_unchanged_with_clipping_off(clip):
     algo.optimise(1, 1, loss_fn)
     assert want > 10
     assert seen[0] == pytest.approx(want if clip == 0 else 1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("temp", [0.0, 1.0])
+def test_dpo_loss_at_logprob_temperature_equals_a_hand_computation(temp):
+    import torch.nn.functional as F
+    from llm_helpers import toy_spec
+
+    from testbed.llm.spec import parse_lm_spec
+    from testbed.llm.train import build
+    spec = parse_lm_spec(toy_spec({"name": "dpo", "mode": "online", "beta": 0.1, "logprob_temperature": temp},
+                                  temperature=0.7))
+    ctx, algo = build(spec, "dpo", spec.algorithms[0][1], 0)
+    pol = ctx.policy
+    q, qm = pol.encode(["good cat", "red blue dog"])
+    yc = torch.tensor([[GOOD, EOS, PAD, PAD, PAD, PAD], [5, 6, 7, 8, 9, 10]])
+    yr = torch.tensor([[6, 6, EOS, PAD, PAD, PAD], [GOOD, EOS, PAD, PAD, PAD, PAD]])
+    ref_c, ref_r = torch.tensor([-3.0, -9.0]), torch.tensor([-4.0, -2.0])
+    T = temp or 0.7
+
+    def seq(b, y):
+        ids = torch.cat([q[b][qm[b].bool()], y[b]])[None]
+        lg = pol.model(input_ids=ids).logits[0].double() / T
+        lg[:, PAD] = float("-inf")
+        Q, n = int(qm[b].sum()), int((y[b] != PAD).sum())
+        return sum(torch.log_softmax(lg[Q - 1 + j], -1)[y[b, j]] for j in range(n))
+
+    want = torch.stack([-F.logsigmoid(0.1 * ((seq(b, yc) - ref_c[b]) - (seq(b, yr) - ref_r[b]))) for b in range(2)]).mean()
+    with torch.no_grad():
+        got = algo.batch_loss(q, qm, yc, yr, ref_c, ref_r)
+    assert float(got) == pytest.approx(float(want), abs=1e-5)
+    assert pol.temperature == 0.7

@@ -22,7 +22,7 @@ from torch import nn
 
 from testbed.algorithms.base import count, flag, nonneg, nonneg_count, one_of, path, positive, unit_open
 from testbed.errors import InputError
-from testbed.llm.policy import forward_logits, left_pad, response_mask, token_logprobs, unwrap
+from testbed.llm.policy import forward_logits, left_pad, logprob_temperature, response_mask, token_logprobs, unwrap
 from testbed.llm.rewards import last_token_index, score_responses
 from testbed.losses import (
     dpo_loss,
@@ -102,6 +102,7 @@ class DPOConfig(Microbatched):
     mode: str = one_of("offline", ("offline", "online"), "a prompt/chosen/rejected dataset, or pairs from pi_t")
     dataset: str = path("offline: JSONL with prompt, chosen, rejected (text)")
     epochs: int = count(1, "passes over each batch")
+    logprob_temperature: float = nonneg(0.0, "temperature of DPO's log-probs (0: the sampling temperature; TRL: 1)")
 
     def validate(self, where: str) -> None:
         if self.mode == "offline" and not self.dataset:
@@ -433,7 +434,7 @@ class LMDPO(LMAlgorithm):
         if config.mode == "offline":
             from testbed.llm.data import load_pairs
             self.data = load_pairs(config.dataset, ctx.policy, ctx.train.max_prompt_length)
-            with torch.no_grad():  # precomputed reference log-probs
+            with torch.no_grad(), logprob_temperature(ctx.policy, config.logprob_temperature):  # reference log-probs
                 self.ref_c = self._ref_seq(self.data["query"], self.data["query_mask"], self.data["chosen"])
                 self.ref_r = self._ref_seq(self.data["query"], self.data["query_mask"], self.data["rejected"])
             self.cursor, self.order = 0, ctx.rng.permutation(len(self.data["query"]))
@@ -470,7 +471,8 @@ class LMDPO(LMAlgorithm):
             B = len(q)
             y = self.sample(_cat(q, q), _cat(qm, qm))  # both samples of every prompt in one generate call
             y1, y2 = y[:B], y[B:]
-            ro = self.rollout_stats(_cat(q, q), _cat(qm, qm), _cat(y1, y2))
+            with logprob_temperature(self.ctx.policy, cfg.logprob_temperature):
+                ro = self.rollout_stats(_cat(q, q), _cat(qm, qm), _cat(y1, y2))
             ro["resp"] = _cat(y1, y2)
             s1, s2 = ro["score"][:B], ro["score"][B:]
             first = (s1 >= s2)[:, None]
@@ -489,7 +491,8 @@ class LMDPO(LMAlgorithm):
     def batch_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):
         """The DPO loss of one minibatch (pairs with weight 0, ties, carry no preference)."""
         pol, n = self.ctx.policy, len(q)
-        new = pol.seq_logprob(_cat(q, q), _cat(qm, qm), _cat(yc, yr))
+        with logprob_temperature(pol, self.config.logprob_temperature):
+            new = pol.seq_logprob(_cat(q, q), _cat(qm, qm), _cat(yc, yr))
         if weight is not None and float(weight.sum()) == 0:
             return new.sum() * 0.0
         return dpo_loss(new[:n] - ref_c, new[n:] - ref_r, self.config.beta, weight)

@@ -202,6 +202,17 @@ def apply_lora(model, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, tar
 
 
 @contextlib.contextmanager
+def logprob_temperature(policy: LMPolicy, temperature: float):
+    """Log-probs of ``policy`` at ``temperature`` inside the block (0: its sampling temperature)."""
+    old = policy.temperature
+    policy.temperature = temperature or old
+    try:
+        yield
+    finally:
+        policy.temperature = old
+
+
+@contextlib.contextmanager
 def eval_mode(model):
     m = unwrap(model)
     was = m.training
