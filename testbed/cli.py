@@ -36,7 +36,11 @@ def _cmd_run(args) -> None:
 
 
 def _cmd_list(args) -> None:
-    from testbed.algorithms import ALGORITHMS
+    from testbed.algorithms import ALGORITHMS, algorithm_table
+
+    if args.markdown:
+        print(algorithm_table(), end="")
+        return
     from testbed.problems import ENV_IDS, FAMILIES, PREFERENCE_FAMILIES
 
     print("problems (spec `problems:` entries):")
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(r, "serial, or --jobs processes")
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="list problems and algorithms")
+    ls.add_argument("--markdown", action="store_true", help="the algorithm table of the README, from the registry")
     ls.set_defaults(func=_cmd_list)
     pl = sub.add_parser("plot", help="draw a run folder's metric vs iteration")
     pl.add_argument("dir")

@@ -32,6 +32,22 @@ def on_track(track: str) -> dict[str, type[Algorithm]]:
     return {n: c for n, c in ALGORITHMS.items() if track in c.tracks}
 
 
-__all__ = ["ALGORITHMS", "DPO", "DPOConfig", "GRPO", "GRPOConfig", "NPG", "NPGConfig", "PPO", "PPOConfig",
+def algorithm_table() -> str:
+    """The README's algorithm table, from the registry: one row per method, a column per policy back-end,
+    the maturity and the named tests behind it (``testbed list --markdown``; tests/test_readme.py checks the
+    README's copy)."""
+    import sys
+
+    lines = ["| algorithm | what it does | bandit | LM | maturity | tests |", "|---|---|---|---|---|---|"]
+    for name, cls in ALGORITHMS.items():
+        doc = cls.summary or (cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else
+                              sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        tests = ", ".join(f"`{t}`" for t in cls.tests) or "—"
+        lines.append(f"| `{name}` | {doc} | {'✓' if 'bandit' in cls.tracks else '—'} | "
+                     f"{'✓' if 'lm' in cls.tracks else '—'} | {cls.maturity} | {tests} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["algorithm_table", "ALGORITHMS", "DPO", "DPOConfig", "GRPO", "GRPOConfig", "NPG", "NPGConfig", "PPO", "PPOConfig",
            "PREFERENCE_ALGORITHMS", "REBEL", "REBELConfig", "RLOO", "RLOOConfig", "SFT", "SFTConfig", "Algorithm",
            "Step", "build_config", "check_pairing", "on_track"]

@@ -33,12 +33,14 @@ import torch
 
 from testbed.algorithms.base import (
     BANDIT,
+    LM,
     Algorithm,
     Step,
     adam_fit,
     count,
     grad_accum_field,
     minibatch_field,
+    nonneg,
     one_of,
     path,
     per_seed,
@@ -72,6 +74,8 @@ class DPOConfig:
     epochs: int = count(1, "passes over the pairs per iteration (offline/online)")
     minibatch: int = minibatch_field(64, "pairs per optimiser step")
     grad_accum: int = grad_accum_field()
+    logprob_temperature: float = nonneg(0.0, "LM: temperature of DPO's log-probs (0: the sampling temperature; TRL "
+                                             "and the DPO paper: 1)", tracks=LM)
 
     def validate(self, where: str) -> None:
         if self.labels == "tensor" and not self.preferences:
@@ -167,7 +171,7 @@ class DPO(Algorithm):
         super().__init__(config, problem, rng)
         if self.ctx is not None:  # LM: an offline dataset, tokenised, its reference log-probs precomputed
             if config.mode == "offline":
-                self.data = self.ctx.load_pairs(config.dataset)
+                self.data = self.ctx.load_pairs(config.dataset, config.logprob_temperature)
                 self.cursor, self.order = 0, self.ctx.rng.permutation(len(self.data["query"]))
             return
         P = _load_preferences(config.preferences) if config.labels == "tensor" else None
@@ -289,7 +293,8 @@ class DPO(Algorithm):
             B = len(q)
             q2, qm2 = torch.cat([q, q]), torch.cat([qm, qm])
             y = ctx.sample(q2, qm2)
-            ro = ctx.rollout_stats(q2, qm2, y)
+            with ctx.logprob_temperature(cfg.logprob_temperature):
+                ro = ctx.rollout_stats(q2, qm2, y)
             s1, s2 = ro["score"][:B], ro["score"][B:]
             first = (s1 >= s2)[:, None]
             yc, yr = torch.where(first, y[:B], y[B:]), torch.where(first, y[B:], y[:B])
@@ -314,7 +319,8 @@ class DPO(Algorithm):
         """The loss of one LM minibatch and the log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no
         preference)."""
         pol, n = self.ctx.policy, len(q)
-        new = pol.seq_logprob(torch.cat([q, q]), torch.cat([qm, qm]), torch.cat([yc, yr]))
+        with self.ctx.logprob_temperature(self.config.logprob_temperature):
+            new = pol.seq_logprob(torch.cat([q, q]), torch.cat([qm, qm]), torch.cat([yc, yr]))
         hw, hl = new[:n] - ref_c, new[n:] - ref_r
         if weight is not None and float(weight.sum()) == 0:
             return new.sum() * 0.0, hw, hl

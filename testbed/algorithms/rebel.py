@@ -80,7 +80,7 @@ class REBEL(Algorithm):
     maturity = "verified against theory"
     tests = ("test_tabular_rebel_is_mirror_descent", "test_loglinear_rebel_with_y_prime_from_pi_t_is_npg",
              "test_monotone_improvement_and_mirror_descent_bound", "test_kl_regularised_contraction",
-             "test_sampled_rebel_error_shrinks_like_inverse_sqrt_n_tabular",
+             "test_sampled_rebel_error_shrinks_like_inverse_sqrt_n_linear",
              "test_one_token_lm_update_equals_the_tabular_update[rebel]")
 
     @staticmethod

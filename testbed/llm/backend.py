@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.llm.policy import LMPolicy, forward_logits, left_pad, response_mask, token_logprobs, unwrap
+from testbed.llm.policy import LMPolicy, forward_logits, left_pad, logprob_temperature, response_mask, token_logprobs, unwrap
 from testbed.llm.rewards import last_token_index, score_responses
 
 
@@ -101,6 +101,10 @@ class LMBackend:
         pol = self.policy
         return token_logprobs(logits, y, pol.temperature if temperature is None else temperature, pol.suppress, mask)
 
+    def logprob_temperature(self, temperature: float):
+        """A context in which the policy's log-probs use ``temperature`` (0: the sampling temperature)."""
+        return logprob_temperature(self.policy, temperature)
+
     def response_mask(self, y):
         return response_mask(y, self.policy.eos_id)
 
@@ -133,15 +137,15 @@ class LMBackend:
             lp, mask = None, response_mask(resp, pol.eos_id)
         ref = pol.ref_logprobs(q, qm, resp)
         raw, score = score_responses(self.reward, q, qm, resp, pol.eos_id, self.train.missing_eos_penalty,
-                                     self.train.missing_eos_mode)
+                                     self.train.missing_eos_mode, self.train.missing_eos_test, pol.pad_id)
         return {"score": score, "raw": raw, "lp": lp, "ref": ref, "mask": mask, "resp": resp}
 
-    def load_pairs(self, path: str) -> dict:
+    def load_pairs(self, path: str, temperature: float = 0.0) -> dict:
         """An offline DPO dataset (prompt/chosen/rejected JSONL) tokenised, with the reference log-probs of
         every chosen and rejected response precomputed once (``ref_chosen``, ``ref_rejected``)."""
         from testbed.llm.data import load_pairs
         d = load_pairs(path, self.policy, self.train.max_prompt_length)
-        with torch.no_grad():
+        with torch.no_grad(), self.logprob_temperature(temperature):
             d["ref_chosen"] = self._ref_seq(d["query"], d["query_mask"], d["chosen"])
             d["ref_rejected"] = self._ref_seq(d["query"], d["query_mask"], d["rejected"])
         return d

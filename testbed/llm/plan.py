@@ -78,7 +78,12 @@ def plan_text(spec: LMSpec) -> str:
              + (f", {p['reward_model_parameters']:,} parameters)" if p["reward_model_parameters"] else ")"),
              f"train: {spec.train.iterations} iterations x batch {spec.train.batch}, minibatch {spec.train.minibatch}, "
              f"grad_accum {spec.train.grad_accum}, lr {spec.train.lr:g}, temperature {spec.train.temperature:g}, "
-             f"{spec.train.max_new_tokens} new tokens"]
+             f"{spec.train.max_new_tokens} new tokens",
+             f"optimiser: AdamW eps {spec.train.adam_eps:g}, weight_decay {spec.train.weight_decay:g}, max_grad_norm "
+             f"{spec.train.max_grad_norm:g}" + (" (clipping off)" if not spec.train.max_grad_norm else ""),
+             f"missing EOS: penalty {spec.train.missing_eos_penalty}, mode {spec.train.missing_eos_mode}, "
+             f"test {spec.train.missing_eos_test}"
+             + (f"; LoRA target_modules {spec.lora.get('target_modules') or 'all-linear'}" if spec.lora else "")]
     for a in p["algorithms"]:
         models = ", ".join(f"{m['model']} ({m['parameters'] / 1e6:,.1f}M" + (f", {m['trainable'] / 1e6:,.1f}M trainable)"
                                                                              if m["trainable"] else ")") for m in a["models"])

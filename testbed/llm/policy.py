@@ -79,8 +79,7 @@ def token_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: fl
     logit is -inf here and in ``generate``, so the two use one distribution. ``mask``: positions
     with mask 0 (after the first EOS) are set to exactly 0.
     """
-    lg = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()  # bf16/fp16 up to float32
-    lg = _suppressed(lg / temperature, suppress)
+    lg = _suppressed(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, suppress)
     lp = torch.gather(lg, 2, response[..., None])[..., 0] - torch.logsumexp(lg, dim=-1)
     return lp if mask is None else torch.where(mask.bool(), lp, torch.zeros_like(lp))
 
@@ -193,12 +192,24 @@ def is_peft(model) -> bool:
 
 
 def apply_lora(model, r: int = 8, alpha: float = 16.0, dropout: float = 0.0, target_modules=None):
-    """Wrap ``model`` with a LoRA adapter (peft); ``target_modules`` default: peft's per-architecture choice."""
+    """Wrap ``model`` with a LoRA adapter (peft); ``target_modules`` default: ``"all-linear"`` (the official REBEL
+    code uses peft's per-architecture default, e.g. GPT-NeoX ``[query_key_value]``: give it as a list)."""
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules or "all-linear",
                      bias="none")
     return get_peft_model(model, cfg)
+
+
+@contextlib.contextmanager
+def logprob_temperature(policy: LMPolicy, temperature: float):
+    """Log-probs of ``policy`` at ``temperature`` inside the block (0: its sampling temperature)."""
+    old = policy.temperature
+    policy.temperature = temperature or old
+    try:
+        yield
+    finally:
+        policy.temperature = old
 
 
 @contextlib.contextmanager

@@ -109,10 +109,18 @@ def apply_missing_eos_penalty(scores: torch.Tensor, eos_found: torch.Tensor, pen
 
 
 def score_responses(reward, query, query_mask, response, eos_id: int, penalty: float | None,
-                    mode: str = "replace") -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw scores from ``reward`` (a RewardModel or FunctionReward) and the penalised scores."""
+                    mode: str = "replace", test: str = "eos", pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw scores from ``reward`` (a RewardModel or FunctionReward) and the penalised scores.
+
+    ``test``: what counts as finished. ``eos``: the response holds an EOS. ``pad`` (the official REBEL
+    code's ``contain_pad_token``): it holds a pad token, so a response whose only EOS is its last
+    token is penalised too (nothing follows it to become padding)."""
     raw = reward(query, query_mask, response)
-    return raw, apply_missing_eos_penalty(raw, (response == eos_id).any(1), penalty, mode)
+    if test == "pad" and pad_id is not None and pad_id != eos_id:
+        found = (response == pad_id).any(1)
+    else:
+        found = (response == eos_id).any(1)
+    return raw, apply_missing_eos_penalty(raw, found, penalty, mode)
 
 
 def train_bradley_terry(rm: RewardModel, query, query_mask, chosen, rejected, *, epochs: int = 10, lr: float = 1e-3,

@@ -61,6 +61,8 @@ class TrainConfig:
     missing_eos_penalty: float | None = dataclasses.field(default=1.0, metadata={
         "doc": "a response with no EOS: score -penalty (replace) or score - penalty (subtract); null: off"})
     missing_eos_mode: str = one_of("replace", ("replace", "subtract"), "official REBEL (replace with -penalty) or TRL (subtract)")
+    missing_eos_test: str = one_of("eos", ("eos", "pad"), "finished = holds an EOS (ours), or holds a pad token "
+                                   "(official: an EOS as the last token counts as missing)")
     eval_every: int = count(5, "evaluate (and write sample generations) every k iterations")
     rollouts: str = one_of("sharded", ("sharded", "replicated"), "each process samples its share of the batch, or every "
                            "process samples the whole batch with the same seed (bit-for-bit the 1-process run)")

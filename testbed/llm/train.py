@@ -186,8 +186,9 @@ def evaluate(ctx: LMBackend, prompts: list[str], seed: int, t: int) -> tuple[flo
         torch.manual_seed(10_000_019 * (seed + 1) + t)
         q, qm = pol.encode(prompts, ctx.train.max_prompt_length)
         y = pol.generate(q, qm)
-        raw, score = score_responses(ctx.reward, q, qm, y, pol.eos_id, ctx.train.missing_eos_penalty,
-                                     ctx.train.missing_eos_mode) if ctx.reward is not None else (None, None)
+        raw, score = (score_responses(ctx.reward, q, qm, y, pol.eos_id, ctx.train.missing_eos_penalty,
+                                      ctx.train.missing_eos_mode, ctx.train.missing_eos_test, pol.pad_id)
+                      if ctx.reward is not None else (None, None))
     texts = pol.decode(y)
     rows = [{"iteration": t, "prompt": p, "response": r, **({"score": float(s)} if score is not None else {})}
             for p, r, s in zip(prompts, texts, score if score is not None else [None] * len(prompts))]

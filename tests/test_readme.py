@@ -1,0 +1,34 @@
+"""The README's generated parts match what generates them."""
+
+import re
+from pathlib import Path
+
+from testbed.algorithms import ALGORITHMS, algorithm_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_algorithm_table_is_the_registry_table():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- algorithms:start -->\n(.*?)<!-- algorithms:end -->", text, re.S)
+    assert m, "README.md lost its generated algorithm table"
+    assert m.group(1) == algorithm_table(), "README's algorithm table drifted: paste `testbed list --markdown`"
+
+
+def test_every_named_test_exists():
+    """The maturity column names tests: each must be a test function of the suite."""
+    source = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for name, cls in ALGORITHMS.items():
+        for t in cls.tests:
+            assert re.search(rf"def {re.escape(t.split('[')[0])}\(", source), f"{name}: no test {t}"
+
+
+def test_readme_package_map_matches_the_tree():
+    text = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(testbed/[\w./]+)` \|", text, re.M))
+    pkg = ROOT / "testbed"
+    actual = {f"testbed/{p.name}" for p in pkg.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    actual |= {f"testbed/{p.name}" for p in pkg.glob("*.py") if p.name not in ("__init__.py", "cli.py", "errors.py",
+                                                                              "io.py", "datasets.py")}
+    assert actual <= listed, f"README package map lacks {sorted(actual - listed)}"
+    assert all((ROOT / p).exists() for p in listed), f"README names {sorted(p for p in listed if not (ROOT / p).exists())}"
