@@ -92,7 +92,7 @@ def test_bradley_terry_reward_model_recovers_a_linear_preference():
 
 
 def test_peak_memory_window_sees_a_known_allocation():
-    from testbed.llm.train import peak_memory_mb, reset_peak_memory
+    from testbed.llm.task import peak_memory_mb, reset_peak_memory
 
     base = reset_peak_memory()
     x = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB, touched

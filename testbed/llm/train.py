@@ -20,9 +20,7 @@ run holds, measured the same way for every algorithm (Linux ``/proc/self/clear_r
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import resource
 import shutil
 import sys
 import time
@@ -39,10 +37,11 @@ from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend
 from testbed.llm.critic import PolicyAndValue, make_critic
-from testbed.llm.models import load_causal_lm, load_reward_model, load_tokenizer
+from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
-from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward, score_responses
+from testbed.llm.rewards import score_responses
 from testbed.llm.spec import LMSpec
+from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory  # noqa: F401
 from testbed.results import LM_COLUMNS
 from testbed.training import NumericalError, train
 
@@ -59,78 +58,6 @@ def get_accelerator(spec: LMSpec):
         _ACCELERATOR = Accelerator(cpu=cpu, gradient_accumulation_steps=spec.train.grad_accum,
                                    mixed_precision=spec.accelerate.mixed_precision)
     return _ACCELERATOR
-
-
-def make_reward(spec: LMSpec, tokenizer, device, study=None):
-    r = spec.reward
-    if not r:
-        return None
-    if r["kind"] == "bradley_terry":
-        return study.reward(tokenizer)
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    if r["kind"] == "function":
-        if r.get("module"):
-            import importlib
-            mod, _, fn = r["module"].partition(":")
-            return FunctionReward(getattr(importlib.import_module(mod), fn), pad, eos)
-        if r["name"] == "count_token":
-            tid = tokenizer.convert_tokens_to_ids(r.get("token", "good"))
-            return FunctionReward(count_token_reward(tid, spec.train.max_new_tokens), pad, eos)
-        return FunctionReward(copy_prompt_reward, pad, eos)
-    model = load_reward_model({k: r[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in r})
-    return RewardModel(model.to(device).requires_grad_(False), pad, eos)
-
-
-def make_prompts(entry: dict) -> list[str]:
-    from testbed.llm.toy import toy_prompts
-    if entry.get("kind") == "tldr":
-        from testbed.llm.tldr import make_prompts as tldr_prompts
-        return tldr_prompts(entry.get("count", 64), entry.get("seed", 0))
-    if "file" in entry:
-        from testbed.llm.data import load_prompts
-        return load_prompts(entry["file"])
-    if "hf_dataset" in entry:
-        import datasets  # GPU users with internet; not a dependency of the test install
-        ds = datasets.load_dataset(entry["hf_dataset"], split=entry.get("split", "train"))
-        return list(ds[entry.get("field", "prompt")])
-    return toy_prompts(entry.get("count", 64), entry.get("seed", 0), entry.get("min_len", 2), entry.get("max_len", 4))
-
-
-def _status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak_memory() -> float:
-    """Start a new peak-memory window (freed memory returned to the OS first); return the baseline in MB."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
-    except OSError:
-        pass
-    return _status_mb("VmRSS") or 0.0
-
-
-def peak_memory_mb(base: float = 0.0) -> float:
-    """Peak memory in MB since :func:`reset_peak_memory` (or process start), minus ``base``."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20 - base
-    hwm = _status_mb("VmHWM")
-    return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base
 
 
 def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int, study=None, model=None, critic=None, reward=None):
