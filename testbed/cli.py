@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--x", help="iteration | samples")
     pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss | exploitability | exploitability_avg")
     pl.set_defaults(func=_cmd_plot)
-    ck = sub.add_parser("check", help="run the conformance battery of THEORY.md on an update rule")
+    ck = sub.add_parser("check", help="run the conformance battery of testbed/THEORY.md on an update rule")
     ck.add_argument("target", help="MODULE:OBJECT, path/to/file.py:OBJECT, builtin:NAME, or 'builtins' for all of ours")
     ck.set_defaults(func=_cmd_check)
     rp = sub.add_parser("reproduce", help="run every spec in experiments/ and write figures/*.png")

@@ -44,7 +44,7 @@ def hedge_regret_bound(problem: PreferenceBandit, pi0: Policy, eta: float, T):
 
     Hedge with gains in [0, 1] has Regret_T ≤ ln(1/pi_0(y*))/eta + eta·T/8 against any fixed y*
     (Freund & Schapire 1999; Hoeffding's lemma), and expl(pi_bar_T) = Regret_T/T in self-play
-    (THEORY.md E), per context; averaging over x ~ rho gives the bound. ``T`` may be an array.
+    (testbed/THEORY.md §E), per context; averaging over x ~ rho gives the bound. ``T`` may be an array.
     """
     L = float(problem.rho @ np.max(-pi0.log_probs(), axis=1))
     T = np.asarray(T, dtype=np.float64)

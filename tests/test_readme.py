@@ -32,3 +32,14 @@ def test_readme_package_map_matches_the_tree():
                                                                               "io.py", "datasets.py")}
     assert actual <= listed, f"README package map lacks {sorted(actual - listed)}"
     assert all((ROOT / p).exists() for p in listed), f"README names {sorted(p for p in listed if not (ROOT / p).exists())}"
+
+
+def test_theory_citations_point_at_sections_that_exist():
+    """The project ships its own statement of the theorems it tests; every citation names one of its sections."""
+    theory = (ROOT / "testbed" / "THEORY.md").read_text()
+    sections = set(re.findall(r"^## ([A-Z])\.", theory, re.M))
+    assert sections >= set("ABCDE")
+    files = [ROOT / "README.md", *(ROOT / "testbed").rglob("*.py")]
+    cited = {m for f in files for m in re.findall(r"testbed/THEORY\.md §([A-Z])", f.read_text())}
+    assert cited and cited <= sections, f"citations of missing sections: {sorted(cited - sections)}"
+    assert not any(re.search(r"(?<!testbed/)THEORY\.md", f.read_text()) for f in files if f.suffix == ".py")

@@ -17,7 +17,7 @@
   gradients there), and steady progress where DPO's loss saturates under deterministic
   preferences (first-order steps and L-BFGS stall as the gradient decays like exp(-beta·margin)).
   ``optimizer: adam`` takes ``epochs`` full-batch Adam steps instead. Under Bradley–Terry with
-  full coverage the minimiser is pi*_beta (THEORY.md D); with deterministic preferences DPO has
+  full coverage the minimiser is pi*_beta (testbed/THEORY.md §D); with deterministic preferences DPO has
   no finite minimiser.
 - ``online``: each round draws ``pairs`` pairs from pi_t (y' != y), queries the oracle once per
   pair and takes ``epochs`` passes of minibatch Adam (the iterative/online DPO of Guo et al. 2024).

@@ -1,7 +1,7 @@
 """Algorithms for general (possibly intransitive) preferences on a :class:`PreferenceBandit`.
 
 All act on a tabular softmax policy; r_t(x, y) = P(y ≻ pi_t | x) is the self-play "reward"
-(THEORY.md E). Every run reports the exploitability of the last iterate pi_t and of the average
+(testbed/THEORY.md §E). Every run reports the exploitability of the last iterate pi_t and of the average
 iterate (the runner averages pi_0 … pi_{t−1} in probability space, see ``testbed.metrics``).
 
 - ``rebel_pref``: REBEL with a preference target (Gao et al. 2024, §6; self-play as in SPO,
@@ -185,7 +185,7 @@ class OptimisticHedge(_PreferenceAlgorithm):
 class NashMDConfig:
     tau: float = positive(0.1, "KL regularisation tau > 0 towards mu = pi_ref")
     eta: float = positive(1.0, "schedule constant: step size, eta·tau <= 1")
-    schedule: str = one_of("decreasing", ("decreasing", "constant"), "eta_t = 2/(tau(t+2)) (THEORY.md E), or eta")
+    schedule: str = one_of("decreasing", ("decreasing", "constant"), "eta_t = 2/(tau(t+2)) (testbed/THEORY.md §E), or eta")
     mu: str = one_of("ref", ("ref", "uniform"), "the mixture's anchor mu: pi_ref, or uniform")
     mode: str = one_of("exact", ("exact",), "exact update")
 

@@ -9,7 +9,7 @@ with KL regularisation folded into the reward, r <- r - beta·(ln pi_t - ln pi_r
 official code. Modes:
 
 - ``exact``: the population problem. Tabular: its minimiser over all logit tables (any
-  full-support mu) is pi_{t+1} ∝ pi_t·exp(eta·r) — mirror descent (THEORY.md C). Log-linear:
+  full-support mu) is pi_{t+1} ∝ pi_t·exp(eta·r) — mirror descent (testbed/THEORY.md §C). Log-linear:
   the weighted normal equations E[ΔφΔφᵀ]·delta = eta·E[Δφ·Δr] solved with a pseudo-inverse;
   with mu = pi_t this is exactly NPG.
 - ``sampled``: N pairs per iteration, the regression solved by least squares (tabular/log-linear,

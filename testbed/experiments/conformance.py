@@ -15,7 +15,7 @@ one fresh rule is made per instance and seed, so a rule may keep state between u
 population methods (``reward_table``, ``preference_table``); sampled oracles (``sample_contexts``,
 ``rewards``, ``preferences``) that count their queries.
 
-The batteries encode THEORY.md:
+The batteries encode testbed/THEORY.md:
 - ``mirror_descent`` (exact, reward problems; pi_0 uniform, rewards in [0, 1]): monotone improvement,
   the bound J* - J(pi_T) <= log|Y|/(eta·T) + 1/T for every T <= 200 (Agarwal et al. 2021, Thm 16),
   and invariance of the update to a per-context constant added to the rewards.

@@ -16,7 +16,7 @@ def theory(plan: RunPlan, problem: TabularBandit | PreferenceBandit) -> dict | N
 
     Reward problems: the mirror-descent bound holds for exact tabular updates, beta = 0.
     Preference problems: the Hedge regret bound on expl(pi_bar_T) holds for exact Hedge and for
-    exact REBEL-preference with y' ~ pi_t (the same update, THEORY.md E); Nash-MD with the
+    exact REBEL-preference with y' ~ pi_t (the same update, testbed/THEORY.md §E); Nash-MD with the
     decreasing schedule has KL(pi*_tau || pi_T) ≤ 8/(tau²(T+1)).
     """
     pi0 = initial_policy(problem, **(plan.policy or {}))

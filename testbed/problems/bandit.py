@@ -3,7 +3,7 @@
 A problem is a reward table r[x, y], a context distribution rho[x] and a reference policy
 pi_ref[x, y]. Everything the theory talks about (J(pi), J*, the optimal policy, the
 KL-regularised optimum pi*_beta) is computed exactly from these arrays, so every run on a
-bandit can be scored without estimation error (THEORY.md A).
+bandit can be scored without estimation error (testbed/THEORY.md §A).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class TabularBandit:
             r = r + self.noise_std * rng.standard_normal(r.shape)
         return r
 
-    # ----- exact quantities (THEORY.md A) ---------------------------------------------------
+    # ----- exact quantities (testbed/THEORY.md §A) ---------------------------------------------------
     def value(self, pi: np.ndarray) -> float:
         """J(pi) = E_x E_{y~pi} r(x, y)."""
         return float(self.rho @ np.sum(pi * self.rewards, axis=1))

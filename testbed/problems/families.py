@@ -1,6 +1,6 @@
 """Seeded generators of named instance families.
 
-Families (rewards in [0, 1], so the bound of THEORY.md B applies):
+Families (rewards in [0, 1], so the bound of testbed/THEORY.md §B applies):
   - ``random``: r ~ U[0, 1] i.i.d.
   - ``needle``: one good action per context (r = 1), all others r = 0.
   - ``gap``: the best action has r = 1, the runner-up exactly 1 - gap, the rest U[0, 1 - gap].

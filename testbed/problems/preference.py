@@ -1,7 +1,7 @@
 """Preference bandits: a preference tensor P[x, y, y'] = P(y ≻ y' | x), possibly intransitive.
 
 A :class:`PreferenceBandit` holds P with P + Pᵀ = 1 (so ½ on the diagonal), a context
-distribution rho and a reference policy pi_ref. Its exact tools (THEORY.md E):
+distribution rho and a reference policy pi_ref. Its exact tools (testbed/THEORY.md §E):
 
 - :meth:`PreferenceBandit.minimax_winner`: the von Neumann / minimax winner per context, i.e. the
   symmetric Nash equilibrium of the zero-sum game with payoff P − ½ (Swamy et al. 2024, SPO;
@@ -102,7 +102,7 @@ class PreferenceBandit:
         """One Bernoulli(P(y ≻ y' | x)) outcome per triple: 1.0 if y wins, else 0.0 (a preference oracle)."""
         return (rng.random(len(x)) < self.preferences[x, y, y2]).astype(np.float64)
 
-    # ----- exact quantities (THEORY.md E) ---------------------------------------------------
+    # ----- exact quantities (testbed/THEORY.md §E) ---------------------------------------------------
     def win_rates(self, pi: np.ndarray) -> np.ndarray:
         """P(y ≻ pi | x) = sum_y' P[x, y, y']·pi(y'|x), shape [X, Y] (r_t of self-play when pi = pi_t)."""
         return np.einsum("xab,xb->xa", self.preferences, pi)
@@ -284,7 +284,7 @@ def dice_preferences(dice=DICE) -> np.ndarray:
     """P(die i ≻ die j) = P(roll_i > roll_j) + ½·P(roll_i = roll_j), from the faces (fair dice). Shape [1, K, K].
 
     For the default intransitive dice {2,4,9}, {1,6,8}, {3,5,7} each beats the next with probability
-    5/9 and the last beats the first (THEORY.md E).
+    5/9 and the last beats the first (testbed/THEORY.md §E).
     """
     faces = [np.asarray(d, dtype=np.float64) for d in dice]
     K = len(faces)
@@ -317,7 +317,7 @@ def nlhf_example(eps: float) -> np.ndarray:
 
     Three rater types: fraction f1 = 1/3 − ε prefers y2 ≻ y1, f2 = 1/3 + ε/2 prefers y1 ≻ y3,
     f3 = 1/3 + ε/2 prefers y3 ≻ y2; each is indifferent (½) on the other pairs. The minimax winner
-    is (1/3 + ε/2, 1/3 + ε/2, 1/3 − ε) (THEORY.md E); needs −2/3 < ε < 1/3.
+    is (1/3 + ε/2, 1/3 + ε/2, 1/3 − ε) (testbed/THEORY.md §E); needs −2/3 < ε < 1/3.
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not -2 / 3 < eps < 1 / 3:
         raise InputError(f"problem.eps must be in (-2/3, 1/3) so every rater fraction is positive (got {eps!r})")
