@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from testbed.errors import InputError
 from testbed.io import atomic_write_text, replace_dir, sha256
 
@@ -65,7 +67,7 @@ def file_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
 def format_value(v) -> str:
     if v is None:
         return ""
-    if isinstance(v, float) or type(v).__name__ in ("float64", "float32"):
+    if isinstance(v, (float, np.floating)):
         return repr(float(v))
     return str(v)
 

@@ -22,7 +22,7 @@ from llm_helpers import toy_spec  # noqa: E402
 
 from testbed.algorithms import ALGORITHMS, build_config  # noqa: E402
 from testbed.llm.spec import parse_lm_spec  # noqa: E402
-from testbed.llm.toy import WORDS, TableCritic, TableLM, toy_tokenizer  # noqa: E402
+from testbed.llm.toy import WORDS, TableCritic, TableLM  # noqa: E402
 from testbed.policies import TabularSoftmax  # noqa: E402
 from testbed.problems import TabularBandit  # noqa: E402
 
@@ -130,16 +130,12 @@ def lm_update(name: str, monkeypatch) -> tuple[np.ndarray, object]:
     ctx.rng = np.random.default_rng(SEED)
     if name == "dpo":  # the bandit's preference oracle draws one uniform per pair (its labels are deterministic here)
         ctx.rng.random(B)
-    draws = Draws(torch.as_tensor(a + 1)[:, None] for a in ys)
-    if name == "rebel":  # one generate call for both samples of every prompt
-        draws = Draws([torch.cat(list(draws.arrays))])
-    elif name == "dpo":
-        draws = Draws([torch.cat(list(draws.arrays))])
+    tokens = [torch.as_tensor(a + 1)[:, None] for a in ys]
+    # REBEL and DPO draw both responses of every prompt in one generate call
+    draws = Draws([torch.cat(tokens)] if name in ("rebel", "dpo") else tokens)
     monkeypatch.setattr(LMBackend, "sample", lambda self, q, qm, ref=False: draws.next())
-    tok = toy_tokenizer()
     q = torch.as_tensor([[PROMPTS[i]] for i in x])
     qm = torch.ones_like(q)
-    assert tok.convert_ids_to_tokens(PROMPTS[0]) == WORDS[0]
     step = algo.lm_update(q, qm)
     monkeypatch.undo()
     table = ctx.accelerator.unwrap_model(ctx.prepared)

@@ -39,8 +39,8 @@ class Algorithm:
 
     Everything outside ``algorithms/`` learns about an algorithm from these declarations, never from
     its name: ``tracks``, ``problem_kind``, ``report_iterate``, ``maturity`` and ``tests`` (the README
-    table), and the static methods below (KL coefficient of its target, models held, whether it needs
-    a reward, sequences per item, responses per prompt, bound).
+    table), and the static methods below (the target kl_reg_gap measures, whether it needs a reward, a
+    critic, prompts or pi_ref, sequences per item, responses per prompt, its theory bound).
 
     ``initial_samples`` / ``initial_queries``: responses drawn and oracle queries made before the
     first update (an offline dataset's), counted from iteration 0.
@@ -89,11 +89,6 @@ class Algorithm:
         return True
 
     @staticmethod
-    def models_held(config) -> tuple[str, ...]:
-        """The models it holds in memory during training, besides the frozen reference."""
-        return ("policy", "reward model")
-
-    @staticmethod
     def sequences_per_item(config) -> int:
         """Sequences (prompt + response) in one minibatch item: 2 for a pair, 1 for a response or a row."""
         return 1
@@ -104,8 +99,9 @@ class Algorithm:
         return 1
 
     @staticmethod
-    def bound(config, problem_kind: str) -> str | None:
-        """The theory bound its curves are drawn against (see runner.theory), or None."""
+    def bound(config) -> str | None:
+        """The theory bound its curves are drawn against (experiments/theory.py: "mirror_descent",
+        "hedge_regret", "nash_md_kl"), or None."""
         return None
 
     @staticmethod

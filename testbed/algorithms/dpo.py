@@ -120,10 +120,6 @@ class DPO(Algorithm):
         return config.mode == "online"
 
     @staticmethod
-    def models_held(config) -> tuple[str, ...]:
-        return ("policy", "reward model") if config.mode == "online" else ("policy",)
-
-    @staticmethod
     def check_track(config, track: str) -> str | None:
         if track == "lm" and config.mode == "population":
             return "DPO on an LM is offline (a dataset) or online (pairs from pi_t); population is for bandits"

@@ -44,6 +44,10 @@ class NPGConfig:
 
 class NPG(Algorithm):
     name = "npg"
+
+    @staticmethod
+    def bound(config) -> str | None:
+        return "mirror_descent" if config.mode == "exact" and not config.beta else None
     summary = "natural policy gradient: theta + eta·F⁺∇J (Kakade 2001); exact or with a sampled Fisher"
     maturity = "verified against theory"
     tests = ("test_tabular_npg_closed_form_equals_fisher_pseudo_inverse", "test_loglinear_rebel_with_y_prime_from_pi_t_is_npg",

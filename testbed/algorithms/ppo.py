@@ -81,10 +81,6 @@ class PPO(Algorithm):
         return True
 
     @staticmethod
-    def models_held(config) -> tuple[str, ...]:
-        return ("policy", "critic", "reward model")
-
-    @staticmethod
     def check_track(config, track: str) -> str | None:
         if (track == "lm") != (config.critic == "backbone"):
             return "critic: backbone is the LM critic; bandits take table, linear or mlp"

@@ -100,6 +100,10 @@ class REBELPreference(_PreferenceAlgorithm):
     name = "rebel_pref"
     Config = REBELPrefConfig
 
+    @staticmethod
+    def bound(config) -> str | None:  # exact with y' ~ pi_t is exact Hedge (testbed/THEORY.md §E)
+        return "hedge_regret" if config.mode == "exact" and config.y_prime == "policy" else None
+
     def _mu(self, policy: Policy) -> np.ndarray:
         X, Y = self.problem.num_contexts, self.problem.num_actions
         return policy.probs() if self.config.y_prime == "policy" else np.full((X, Y), 1.0 / Y)
@@ -156,6 +160,10 @@ class Hedge(_PreferenceAlgorithm):
     name = "hedge"
     Config = HedgeConfig
 
+    @staticmethod
+    def bound(config) -> str | None:
+        return "hedge_regret"
+
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         _tabular(policy, "hedge")
         return Step(policy.with_params(policy.log_probs() + self.config.eta * self.win_rates(policy)), None, None)
@@ -199,6 +207,10 @@ class NashMD(_PreferenceAlgorithm):
 
     name = "nash_md"
     Config = NashMDConfig
+
+    @staticmethod
+    def bound(config) -> str | None:
+        return "nash_md_kl" if config.schedule == "decreasing" else None
     report_iterate = "last"
 
     def __init__(self, config, problem, rng):

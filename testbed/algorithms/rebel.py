@@ -88,11 +88,7 @@ class REBEL(Algorithm):
         return 2
 
     @staticmethod
-    def models_held(config) -> tuple[str, ...]:
-        return ("policy", "reward model")
-
-    @staticmethod
-    def bound(config, problem_kind: str) -> str | None:
+    def bound(config) -> str | None:
         return "mirror_descent" if config.mode == "exact" and not config.beta else None
 
     @staticmethod

@@ -88,8 +88,6 @@ class RLOO(Algorithm):
         return x, y, lp, r
 
     def update(self, policy, rng) -> Step:
-        if isinstance(rng, list):
-            raise InputError(f"{self.name} updates one seed at a time (run with batching off)")
         cfg = self.config
         x, y, lp_t, r = per_seed(self._draw, policy, rng, self.problem)
         lp_t = torch.as_tensor(lp_t)

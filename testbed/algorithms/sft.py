@@ -42,10 +42,6 @@ class SFT(Algorithm):
     def needs_prompts(config) -> bool:
         return False
 
-    @staticmethod
-    def models_held(config) -> tuple[str, ...]:
-        return ("policy",)
-
     def __init__(self, config, problem, rng):
         super().__init__(config, problem, rng)
         if self.ctx is not None:

@@ -26,7 +26,7 @@ from testbed import results
 from testbed.algorithms import ALGORITHMS, Step, build_config, check_pairing
 from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
-from testbed.experiments.theory import kl_frontier, problem_theory, theory  # noqa: F401
+from testbed.experiments.theory import kl_frontier, problem_theory, theory
 from testbed.io import atomic_write, atomic_write_text, save_npz
 from testbed.metrics import (
     bandit_metric_arrays,

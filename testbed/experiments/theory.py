@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from testbed.algorithms import ALGORITHMS, build_config
 from testbed.experiments.spec import RunPlan
 from testbed.metrics import hedge_regret_bound, mirror_descent_bound
 from testbed.policies import TabularSoftmax, initial_policy
@@ -20,19 +21,17 @@ def theory(plan: RunPlan, problem: TabularBandit | PreferenceBandit) -> dict | N
     decreasing schedule has KL(pi*_tau || pi_T) ≤ 8/(tau²(T+1)).
     """
     pi0 = initial_policy(problem, **(plan.policy or {}))
-    cfg = plan.config
-    if isinstance(problem, PreferenceBandit):
-        hedge_like = plan.algorithm == "hedge" or (plan.algorithm == "rebel_pref" and cfg.get("mode") == "exact"
-                                                   and cfg.get("y_prime") == "policy")
-        if hedge_like:
-            L = float(hedge_regret_bound(problem, pi0, 1.0, 1.0)) - 1 / 8
-            return {"bound": "hedge_regret", "eta": cfg["eta"], "log_inv_pi0": L}
-        if plan.algorithm == "nash_md" and cfg.get("schedule") == "decreasing":
-            return {"bound": "nash_md_kl", "tau": cfg["tau"]}
+    cls = ALGORITHMS[plan.algorithm]
+    cfg = build_config(cls.Config, plan.config, plan.label)
+    kind = cls.bound(cfg)  # the algorithm's declaration, never its name
+    if kind == "hedge_regret" and isinstance(problem, PreferenceBandit):
+        L = float(hedge_regret_bound(problem, pi0, 1.0, 1.0)) - 1 / 8
+        return {"bound": "hedge_regret", "eta": cfg.eta, "log_inv_pi0": L}
+    if kind == "nash_md_kl" and isinstance(problem, PreferenceBandit):
+        return {"bound": "nash_md_kl", "tau": cfg.tau}
+    if kind != "mirror_descent" or isinstance(problem, PreferenceBandit) or not isinstance(pi0, TabularSoftmax):
         return None
-    if not isinstance(pi0, TabularSoftmax) or cfg.get("beta", 0) or cfg.get("mode") != "exact":
-        return None
-    eta = cfg["eta"]
+    eta = cfg.eta
     b1 = float(mirror_descent_bound(problem, pi0, eta, 1.0))
     gap0 = problem.optimal_value() - problem.value(pi0.probs())
     return {"bound": "mirror_descent", "eta": eta, "kl_star_init_over_eta": b1 - gap0, "gap0": gap0}

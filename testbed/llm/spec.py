@@ -226,11 +226,13 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         if a.get("dataset") == PREFERENCES:  # the pairs the pipeline builds in the run folder, before the runs
             bt = isinstance(raw.get("reward"), dict) and raw["reward"].get("kind") == "bradley_terry"
             pairs = {f.name for f in dataclasses.fields(cls.Config)} >= {"mode", "dataset"}
-            if not bt or not pairs or a.get("mode", "offline") != "offline" or cls.sequences_per_item(None) != 2:
+            if not bt or not pairs or a.get("mode", "offline") != "offline":
                 raise InputError(f"{where}.dataset: 'preferences' (the pairs the pipeline labels) needs offline DPO "
                                  "and a reward of kind bradley_terry")
             cfg = dataclasses.replace(build_config(cls.Config, {**a, "mode": "online", "dataset": ""}, where, "lm"),
                                       mode="offline", dataset=PREFERENCES)
+            if cls.sequences_per_item(cfg) != 2:
+                raise InputError(f"{where}.dataset: 'preferences' holds pairs; {aname} does not train on pairs")
         else:
             cfg = build_config(cls.Config, a, where, "lm")
         why = cls.check_track(cfg, "lm")

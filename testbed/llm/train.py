@@ -41,7 +41,7 @@ from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
 from testbed.llm.rewards import score_responses
 from testbed.llm.spec import LMSpec
-from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory  # noqa: F401
+from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
 from testbed.training import NumericalError, train
 
