@@ -14,10 +14,10 @@ obeys the regret bound (ln K/eta + eta·t/8)/t of :func:`hedge_regret_bound`; it
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import rel_entr
 
 from testbed.policies import Policy
 from testbed.problems import PreferenceBandit, TabularBandit
+from testbed.problems.exact import kl_per_context
 from testbed.results import COLUMNS, EXTRAS  # noqa: F401  (the schema lives with the run folder)
 
 
@@ -80,8 +80,8 @@ def bandit_metric_arrays(problem: TabularBandit, log_pi: np.ndarray, beta: float
     def expect(per_context: np.ndarray) -> np.ndarray:  # E_x under rho
         return np.sum(problem.rho * per_context, axis=-1)
 
-    def kl(log_q: np.ndarray) -> np.ndarray:  # log-space: exact for near-deterministic policies
-        return expect(np.sum(pi * np.where(pi > 0, log_pi - log_q, 0.0), axis=-1))
+    def kl(log_q: np.ndarray) -> np.ndarray:  # log-space: exact for near-deterministic policies; >= 0
+        return expect(kl_per_context(pi, log_pi, log_q))
 
     reward = expect(np.sum(pi * problem.rewards, axis=-1))
     return {"reward": reward, "suboptimality": expect(problem.rewards.max(axis=-1)) - reward,
@@ -97,7 +97,7 @@ def mirror_descent_bound(problem: TabularBandit, pi0: Policy, eta: float, T):
     which is at most log|Y|/(eta·T) + 1/T for rewards in [0, 1] and uniform pi_0. Holds for the
     exact tabular REBEL/NPG update without KL regularisation. ``T`` may be an array (T >= 1).
     """
-    kl = float(problem.rho @ rel_entr(problem.optimal_policy(), pi0.probs()).sum(axis=1))
+    kl = float(problem.rho @ kl_per_context(problem.optimal_policy(), None, pi0.log_probs()))
     gap0 = problem.optimal_value() - problem.value(pi0.probs())
     T = np.asarray(T, dtype=np.float64)
     return kl / (eta * T) + gap0 / T

@@ -58,3 +58,23 @@ def test_chaotic_rows_pass_within_the_interval_and_fail_beyond_it():
     # deterministic across seeds (sd 0: counts, iteration 0) stays exact even for a chaotic run
     counts = dict(row, samples=100.0)
     assert len(golden.compare([counts], [dict(counts, samples=101.0, _n=5, _sd={"samples": 0.0})], tol, {"npg"})) == 1
+
+
+def test_drifting_rows_get_their_relative_tolerance_and_no_more():
+    """An exact run on a neutral cycle (tolerances.yaml ``drifting``): 3e-5 relative (the measured drift)
+    passes at its rtol 1e-3; 2e-3 fails, with the widened tolerance in the diff; other rows keep theirs."""
+    tol = {c: {"rtol": 1e-5, "atol": 1e-9} for c in golden.VALUES}
+    row = {"problem": "rps", "algorithm": "rebel_pref-exact", "iteration": 1500,
+           **{c: None for c in golden.VALUES}, "exploitability_avg": 0.00855496}
+    drift = golden.drifting_algorithms({"drifting": {"rows": [
+        {"spec": "pref_simplex", "algorithm": "rebel_pref-exact", "rtol": 1e-3}]}}, "pref_simplex")
+    assert drift == {"rebel_pref-exact": 1e-3}
+    near = dict(row, exploitability_avg=0.00855496 * (1 + 3e-5))
+    far = dict(row, exploitability_avg=0.00855496 * (1 + 2e-3))
+    assert golden.compare([row], [near], tol, drifting=drift) == []
+    assert len(golden.compare([row], [near], tol)) == 1
+    d = golden.compare([row], [far], tol, drifting=drift)
+    assert len(d) == 1 and "0.001·|golden|" in d[0]["tolerance"]
+    other = dict(row, algorithm="sppo-exact")
+    assert len(golden.compare([other], [dict(other, exploitability_avg=near["exploitability_avg"])], tol,
+                              drifting=drift)) == 1

@@ -6,7 +6,9 @@ reward q = r - beta·(ln pi_t - ln pi_ref) (Cen et al. 2021's regularised NPG).
 
 - ``exact``: tabular softmax has F⁺∇J = q - mean_y q per context with rho(x) > 0 (derived; the
   test checks it against an explicit Fisher pseudo-inverse), so pi_{t+1} ∝ pi_t·exp(eta·q);
-  log-linear solves the d×d Fisher system with a pseudo-inverse.
+  log-linear solves F·delta = eta·∇J (∇J with the per-context mean reward as baseline) by
+  :func:`testbed.policies.natural.natural_step`: exact in the realisable case however
+  deterministic pi_t is, else on the centred square-root-weighted rows (documented cut-off).
 - ``sampled``: N responses; rows g_i = ∇ln pi(y_i|x_i). The sample Fisher F̂ and gradient ĝ are
   the within-context sample covariances of g with itself and with q (a per-context baseline;
   E g = 0, so both are consistent), and F̂⁺ĝ is the min-norm least-squares fit of q on the
@@ -27,6 +29,7 @@ from testbed.algorithms.base import Algorithm, Step, count, nonneg, one_of, per_
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward
 from testbed.policies import LogLinear, Policy, TabularSoftmax, lstsq_step, mean_score_features, score_features
+from testbed.policies.natural import natural_step
 
 
 @dataclass
@@ -82,8 +85,7 @@ class NPG(Algorithm):
                 new = np.where(p.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), None, None)
         if isinstance(policy, LogLinear):
-            F, g = linear_fisher_and_gradient(p.rho, policy.features, np.exp(log_pi), q)
-            delta = eta * np.matmul(np.linalg.pinv(F, rtol=1e-12, hermitian=True), g[..., None])[..., 0]
+            delta = natural_step(p.rho, policy.features, q, np.exp(log_pi), None, eta)
             return Step(policy.with_params(policy.params + delta), None, None)
         raise InputError(f"NPG mode 'exact' needs a tabular or log-linear policy (got {type(policy).__name__})")
 
@@ -102,12 +104,3 @@ class NPG(Algorithm):
                             ridge=self.config.damping)
         return Step(new, None, self.config.samples, self.config.samples)
 
-
-def linear_fisher_and_gradient(rho, phi, pi, q):
-    """Exact F = E_x Cov_{pi(.|x)}(φ) and ∇J = E_x Cov_{pi(.|x)}(φ, q) for a log-linear policy
-    (leading axes: a stack of problems and policies)."""
-    m = np.einsum("...xy,...xyd->...xd", pi, phi)
-    centred = phi - m[..., None, :]
-    F = np.einsum("...x,...xy,...xyi,...xyj->...ij", rho, pi, centred, centred)
-    g = np.einsum("...x,...xy,...xyi,...xy->...i", rho, pi, centred, q)
-    return F, g

@@ -10,8 +10,9 @@ official code. Modes:
 
 - ``exact``: the population problem. Tabular: its minimiser over all logit tables (any
   full-support mu) is pi_{t+1} ∝ pi_t·exp(eta·r) — mirror descent (testbed/THEORY.md §C). Log-linear:
-  the weighted normal equations E[ΔφΔφᵀ]·delta = eta·E[Δφ·Δr] solved with a pseudo-inverse;
-  with mu = pi_t this is exactly NPG.
+  the weighted normal equations E[ΔφΔφᵀ]·delta = eta·E[Δφ·Δr], solved (min-norm) by
+  :func:`testbed.policies.natural.natural_step` from centred quantities; with mu = pi_t this is
+  exactly NPG (the same system, the same arithmetic).
 - ``sampled``: N pairs per iteration, the regression solved by least squares (tabular/log-linear,
   min-norm) or by K epochs of minibatch Adam on :func:`testbed.losses.rebel_loss` (any
   differentiable policy).
@@ -41,6 +42,7 @@ from testbed.algorithms.base import (
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
 from testbed.policies import LogLinear, Policy, TabularSoftmax, linear_logits, lstsq_step, score_features
+from testbed.policies.natural import natural_step
 from testbed.problems import TabularBandit
 
 Y_PRIME = ("policy", "uniform", "ref", "offline")
@@ -152,8 +154,10 @@ class REBEL(Algorithm):
                 new = np.where(self.problem.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), 0.0, None)
         if isinstance(policy, LogLinear):
-            delta, loss = linear_population_regression(self.problem.rho, policy.features, policy.probs(),
-                                                       self.mu(policy), self.shaped_rewards(policy.log_probs()), eta)
+            pi = policy.probs()
+            mu = pi if self.config.y_prime == "policy" else self.mu(policy)
+            delta, loss = linear_population_regression(self.problem.rho, policy.features, pi, mu,
+                                                       self.shaped_rewards(policy.log_probs()), eta)
             return Step(policy.with_params(policy.params + delta), loss, None)
         raise InputError(f"REBEL mode 'exact' needs a tabular or log-linear policy (got {type(policy).__name__})")
 
@@ -253,26 +257,16 @@ class REBEL(Algorithm):
 
 
 def linear_population_regression(rho, phi, pi, mu, r, eta):
-    """Solve min_delta E_{x~rho, y~pi, y'~mu}((1/eta)·deltaᵀΔφ - Δr)² by its normal equations.
+    """Solve min_delta E_{x~rho, y~pi, y'~mu}((1/eta)·deltaᵀΔφ - Δr)² (minimum norm).
 
-    A = E[ΔφΔφᵀ], b = E[Δφ·Δr], computed from first and second moments under pi and mu (y, y'
-    independent given x); delta = eta·A⁺b (minimum norm). Returns delta and the loss at delta,
-    computed from the residual e = deltaᵀφ/eta - r as E[(e(y) - e(y'))²] (no cancellation).
-    Leading axes (a stack of problems and policies) are carried through: one delta and loss each.
+    The normal equations A·delta = eta·b, A = E[ΔφΔφᵀ], b = E[Δφ·Δr], are solved by
+    :func:`testbed.policies.natural.natural_step` (weight-free when the fit is exact, else on the
+    centred square-root-weighted rows: no cancellation near determinism). Pass ``mu is pi`` for
+    y' ~ pi_t (the NPG system). Returns delta and the loss at delta, computed from the residual
+    e = deltaᵀφ/eta - r as E[(e(y) - e(y'))²] (no cancellation). Leading axes (a stack of problems
+    and policies) are carried through: one delta and loss each.
     """
-    def moments(q):
-        m = np.einsum("...xy,...xyd->...xd", q, phi)                  # E_q φ
-        s = np.einsum("...x,...xy,...xyi,...xyj->...ij", rho, q, phi, phi)  # E_x E_q φφᵀ
-        mr = np.einsum("...xy,...xyd,...xy->...xd", q, phi, r)         # E_q φ r
-        er = np.sum(q * r, axis=-1)                                    # E_q r
-        return m, s, mr, er
-
-    m1, s1, mr1, e1 = moments(pi)
-    m2, s2, mr2, e2 = moments(mu)
-    cross = np.einsum("...x,...xi,...xj->...ij", rho, m1, m2)
-    A = s1 + s2 - cross - np.swapaxes(cross, -1, -2)
-    b = np.einsum("...x,...xd->...d", rho, mr1 + mr2 - m1 * e2[..., None] - m2 * e1[..., None])
-    delta = eta * np.matmul(np.linalg.pinv(A, rtol=1e-12, hermitian=True), b[..., None])[..., 0]
+    delta = natural_step(rho, phi, r, pi, pi if mu is pi else mu, eta)
     e = linear_logits(phi, delta) / eta - r
     ep, ep2 = np.sum(pi * e, -1), np.sum(pi * e * e, -1)
     em, em2 = np.sum(mu * e, -1), np.sum(mu * e * e, -1)

@@ -103,7 +103,8 @@ def _golden(specs, golden_dir: Path, runs: Path, progress: bool, jobs: int, chec
             print(f"{spec.name}: wrote {len(now)} summary rows to {path}", file=sys.stderr)
             continue
         diffs = golden.compare(golden.read(path), now, settings["columns"], golden.chaotic_algorithms(settings, spec.name),
-                               float((settings.get("chaotic") or {}).get("confidence", 0.999)))
+                               float((settings.get("chaotic") or {}).get("confidence", 0.999)),
+                               golden.drifting_algorithms(settings, spec.name))
         compared += len(now)
         if diffs:
             ok = False

@@ -12,10 +12,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy.special import log_softmax, rel_entr
+from scipy.special import log_softmax
 
 from testbed.errors import InputError, check_finite, check_shape, context_and_reference, nonneg_number
 from testbed.io import atomic_write
+from testbed.problems.exact import kl_per_context
 from testbed.problems.preference import PreferenceBandit
 
 
@@ -96,11 +97,7 @@ class TabularBandit:
         return beta * self._kl(pi, log_pi, self.regularised_optimum_log(beta))
 
     def _kl(self, pi, log_pi, log_q) -> float:
-        if log_pi is None:
-            per = rel_entr(pi, np.exp(log_q)).sum(axis=1)
-        else:  # log-space: exact for near-deterministic policies
-            per = np.sum(pi * np.where(pi > 0, log_pi - log_q, 0.0), axis=1)
-        return float(self.rho @ per)
+        return float(self.rho @ kl_per_context(pi, log_pi, log_q))
 
     # ----- files ----------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

@@ -1,0 +1,93 @@
+"""The exact (population) step of a log-linear policy: the minimum-norm solution of a weighted
+least-squares fit of the reward by the features, solved so that it stays exact near determinism.
+
+Exact NPG solves F·delta = eta·∇J with F = E_x Cov_{pi(.|x)}(φ), ∇J = E_x Cov_{pi(.|x)}(φ, q); exact
+REBEL solves the normal equations A·delta = eta·b of its population regression, A = E[ΔφΔφᵀ],
+b = E[Δφ·Δq] with y ~ pi_t, y' ~ mu (testbed/THEORY.md §C). Both are the min-norm solution of
+
+    min_delta  sum_rows w_k·(delta·u_k - eta·v_k)²
+
+and both are solved here the same way (:func:`natural_step`), in two stages:
+
+1. **Realisable case, weight-free.** The fit is exact (zero residual) iff some delta satisfies
+   delta·(φ(x, y) - φ(x, 0)) = q(x, y) - q(x, 0) for every context with rho(x) > 0 (pi_t and mu
+   have full support, so every difference is observed). That set — and its minimum-norm element —
+   does not depend on the weights rho·pi_t·mu at all, so it is solved on the unweighted
+   feature-difference system: nothing is lost when pi_t is near-deterministic (weights 1e-40 or
+   subnormal), and with one-hot features the step is the tabular closed form exactly. The system is
+   accepted as realisable when its residual is below ``FIT_RTOL`` = 1e-10 of the largest reward
+   difference (rounding puts a realisable system's residual near 1e-15 of it).
+2. **Otherwise, weighted.** The fit is solved on the square-root-weighted, *centred* rows (per
+   context φ - E_pi φ with targets q - E_pi q, for REBEL also φ - E_mu φ and the mean difference),
+   whose Gram matrix is F (or A) and whose right-hand side is ∇J (or b): no raw second moments
+   minus products of means, so nothing cancels; a rescale by the largest entry keeps subnormal
+   weights representable. The matrix is never squared, so the singular values seen are square
+   roots of the Fisher eigenvalues.
+
+The cut-off (``RTOL``): singular values below 1e-12 of the largest are treated as zero. A kept
+direction with singular value s carries relative error ≈ eps·s_max/s ≤ 1e-4; rounding-level null
+directions of a rank-deficient design sit near sqrt(rows)·eps·s_max ≈ 1e-14 — two orders below the
+cut. In Fisher terms the old cut (eigenvalues of F below 1e-12 of the largest) is now 1e-24. The
+regime that remains: a non-realisable problem whose Fisher eigenvalues span more than 24 orders of
+magnitude (responses with pi_t ≲ 1e-24 that alone pin a direction) — there float64 cannot identify
+that direction, and its step is taken as zero (the minimum-norm choice).
+
+Leading axes (a stack of problems and policies) are carried through; each member is the
+unstacked computation bit for bit (one SVD per member).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RTOL = 1e-12
+FIT_RTOL = 1e-10
+
+
+def min_norm_solve(M: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """M⁺t for M [..., R, d], t [..., R] (rescaled by the largest |M|; singular values below RTOL
+    of the largest dropped)."""
+    s = np.max(np.abs(M), axis=(-2, -1), keepdims=True)
+    s = np.where(s > 0, s, 1.0)
+    return np.matmul(np.linalg.pinv(M / s, rtol=RTOL), (t / s[..., 0])[..., None])[..., 0]
+
+
+def _realisable(rho, phi, q):
+    """The weight-free stage: min-norm z with z·(φ(x,y) - φ(x,0)) = q(x,y) - q(x,0), and whether it fits."""
+    seen = (rho > 0)[..., None]
+    D = np.where(seen[..., None], phi[..., 1:, :] - phi[..., :1, :], 0.0)
+    a = np.where(seen, q[..., 1:] - q[..., :1], 0.0)
+    lead = np.broadcast_shapes(D.shape[:-3], a.shape[:-2])
+    D = np.broadcast_to(D, lead + D.shape[-3:]).reshape(lead + (-1, D.shape[-1]))
+    a = np.broadcast_to(a, lead + a.shape[-2:]).reshape(lead + (-1,))
+    z = min_norm_solve(D, a)
+    if a.shape[-1] == 0:  # one response per context: nothing to fit
+        return z, np.ones(lead, dtype=bool)
+    res = np.max(np.abs(np.matmul(D, z[..., None])[..., 0] - a), axis=-1)
+    return z, res <= FIT_RTOL * np.max(np.abs(a), axis=-1)
+
+
+def _centred_rows(rho, phi, q, p):
+    """sqrt(rho·p)-weighted rows φ - E_p φ and targets q - E_p q, flattened over (x, y)."""
+    m = np.einsum("...xy,...xyd->...xd", p, phi)
+    e = np.sum(p * q, axis=-1)
+    w = np.sqrt(rho[..., None] * p)
+    rows = w[..., None] * (phi - m[..., None, :])
+    targets = w * (q - e[..., None])
+    return rows.reshape(rows.shape[:-3] + (-1, rows.shape[-1])), targets.reshape(targets.shape[:-2] + (-1,)), m, e
+
+
+def natural_step(rho, phi, q, pi, mu=None, eta: float = 1.0) -> np.ndarray:
+    """delta of exact NPG (``mu`` None: F⁺∇J) or of exact REBEL's population regression (y' ~ mu,
+    A⁺b), times eta. ``mu is pi`` is NPG's system (A = 2F, b = 2∇J: the same solution)."""
+    z, fits = _realisable(rho, phi, q)
+    if np.all(fits):
+        return eta * z
+    rows, targets, m1, e1 = _centred_rows(rho, phi, q, pi)
+    if mu is not None and mu is not pi:
+        r2, t2, m2, e2 = _centred_rows(rho, phi, q, mu)
+        w = np.sqrt(rho)[..., None]
+        rows = np.concatenate([rows, r2, w * (m1 - m2)], axis=-2)
+        targets = np.concatenate([targets, t2, w[..., 0] * (e1 - e2)], axis=-1)
+    weighted = min_norm_solve(rows, targets)
+    return eta * np.where(fits[..., None], z, weighted)
