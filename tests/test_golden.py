@@ -1,6 +1,7 @@
 """Golden results: the fast subset matches the stored summaries; a changed default shows up as a diff."""
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,13 @@ def test_fast_subset_matches_its_golden_summaries(tmp_path, capsys):
 
 
 @dataclasses.dataclass
-class ChangedREBELConfig(REBELConfig):  # module level, so run checkpoints can pickle it
+class ChangedREBELConfig(REBELConfig):
     y_prime: str = one_of("uniform", Y_PRIME, "changed default")
+
+
+# checkpoints store testbed classes only (testbed/training/checkpoint.py): the fixture lives, for the
+# duration of the test, in REBEL's module
+ChangedREBELConfig.__module__ = "testbed.algorithms.rebel"
 
 
 def test_a_changed_default_hyper_parameter_fails_with_a_readable_diff(tmp_path, capsys, monkeypatch):
@@ -35,6 +41,7 @@ def test_a_changed_default_hyper_parameter_fails_with_a_readable_diff(tmp_path, 
     of the fast subset move, and the diff names them."""
 
     monkeypatch.setattr(REBEL, "Config", ChangedREBELConfig)
+    monkeypatch.setattr(sys.modules[REBEL.__module__], "ChangedREBELConfig", ChangedREBELConfig, raising=False)
     assert check(tmp_path, "--jobs", "1") == 1
     captured = capsys.readouterr()
     out = captured.out

@@ -58,10 +58,9 @@ def test_llm_run_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, algor
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out").exists()
-    import torch
-
     from testbed.algorithms import ALGORITHMS
-    ckpt_t = torch.load(next(p for p in partial.iterdir() if p.suffix == ".ckpt"), weights_only=False)["t"]
+    from testbed.training.checkpoint import load_state
+    ckpt_t = load_state(next(p for p in partial.iterdir() if p.suffix == ".ckpt"))["t"]
     calls = []
     cls = ALGORITHMS[algorithm["name"]]
     real = cls.lm_update

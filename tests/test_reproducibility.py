@@ -96,7 +96,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_identical_outputs(reference
 def test_resume_loads_finished_runs_instead_of_recomputing_them(reference, tmp_path):
     """Tamper with a finished run stored in the partial folder: the resumed output carries the tampered
     value, so the run was loaded, not recomputed."""
-    import pickle
+    from testbed.training.checkpoint import save_state
 
     tmp, _ = reference
     spec = tmp / "spec.yaml"
@@ -112,7 +112,7 @@ def test_resume_loads_finished_runs_instead_of_recomputing_them(reference, tmp_p
     done = _worker(plans, [s.problems[p.problem] for p in plans])
     rows = done[0][0]
     rows[-1]["reward"] = 12345.0
-    (partial / f"{group[0]}-{len(group)}.done").write_bytes(pickle.dumps(done))
+    save_state(partial / f"{group[0]}-{len(group)}.done", done)
     assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume"]) == 0
     from testbed.experiments import read_metrics
     assert read_metrics(tmp_path / "out")[len(rows) - 1]["reward"] == 12345.0
@@ -148,8 +148,7 @@ def test_a_nan_stops_the_run_with_a_clear_message_and_keeps_the_last_good_checkp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and err[0].startswith("testbed: numerical error:") and "iteration 9" in err[0]
     assert not (tmp_path / "o").exists()
-    import pickle
+    from testbed.training.checkpoint import load_state
     [ckpt] = (tmp_path / "o.partial").glob("*.ckpt")
-    with open(ckpt, "rb") as f:
-        state = pickle.load(f)
+    state = load_state(ckpt)
     assert state.t == 8 and np.all(np.isfinite(state.policy.params))  # the last good checkpoint

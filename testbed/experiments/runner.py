@@ -11,7 +11,6 @@ folder is built under a temporary name and renamed when complete, so it is never
 
 from __future__ import annotations
 
-import pickle
 import shutil
 import sys
 import time
@@ -27,7 +26,7 @@ from testbed.algorithms import ALGORITHMS, Step, build_config, check_pairing
 from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.experiments.theory import kl_frontier, problem_theory, theory
-from testbed.io import atomic_write, atomic_write_text, save_npz
+from testbed.io import atomic_write_text, save_npz
 from testbed.metrics import (
     bandit_metric_arrays,
     problem_metrics,
@@ -36,11 +35,13 @@ from testbed.policies import Policy, default_kind, initial_policy, member, stack
 from testbed.problems import PreferenceBandit, ProblemBatch, TabularBandit
 from testbed.results import COLUMNS, EXTRAS
 from testbed.training import NumericalError, train
+from testbed.training.checkpoint import load_state, save_state
 
 
 @dataclass
 class RunState:
-    """Everything a run needs to continue: pickled whole at each checkpoint, so a resumed run draws the
+    """Everything a run needs to continue: saved whole at each checkpoint (data only:
+    :mod:`testbed.training.checkpoint`), so a resumed run draws the
     same random numbers and holds the same optimiser state as one that never stopped."""
 
     t: int
@@ -82,12 +83,11 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
     ``trajectory``: rows (iteration, context, action, prob, avg_prob) at every evaluated iteration.
     ``wall``: the wall time of each row (kept out of the rows so metrics.csv is deterministic).
 
-    With ``checkpoint`` the whole state is pickled there every ``every`` iterations (atomically), and a
+    With ``checkpoint`` the whole state is saved there (data only) every ``every`` iterations (atomically), and a
     run whose checkpoint exists continues from it.
     """
     if checkpoint is not None and checkpoint.is_file():
-        with open(checkpoint, "rb") as f:
-            st: RunState = pickle.load(f)
+        st: RunState = load_state(checkpoint)
     else:
         st = _new_state(plan, problem)
     cfg = st.algo.config
@@ -132,13 +132,13 @@ def _keep(st, step: Step) -> None:
 
 
 def _saver(st, checkpoint: Path | None, start: float):
-    """The loop's checkpoint callback: the whole state, pickled atomically (None without a checkpoint)."""
+    """The loop's checkpoint callback: the whole state, saved atomically as data (None without a checkpoint)."""
     if checkpoint is None:
         return None
 
     def save() -> None:
         st.elapsed = time.perf_counter() - start
-        atomic_write(checkpoint, lambda tmp: tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)))
+        save_state(checkpoint, st)
     return save
 
 
@@ -190,8 +190,7 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
     (``tests/test_batched.py`` checks bit-for-bit equality). Checkpoints as in :func:`run_one`.
     """
     if checkpoint is not None and checkpoint.is_file():
-        with open(checkpoint, "rb") as f:
-            st: BatchState = pickle.load(f)
+        st: BatchState = load_state(checkpoint)
     else:
         st = _new_batch_state(plans, problems)
     cfg, first = st.algo.config, plans[0]
@@ -268,15 +267,14 @@ def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, ke
         partial = None
     done = Path(partial) / f"{key}.done" if partial else None
     if done is not None and done.is_file():
-        with open(done, "rb") as f:
-            return pickle.load(f)
+        return load_state(done)
     ckpt = Path(partial) / f"{key}.ckpt" if partial else None
     t0 = time.perf_counter()
     runs = run_batch(plans, problems, ckpt, every) if len(plans) > 1 else [run_one(plans[0], problems[0], ckpt, every)]
     result = [(rows, policy.params, policy.probs(), extra,
                extra["wall"][-1] if extra["wall"] else time.perf_counter() - t0) for rows, policy, extra in runs]
     if done is not None:
-        atomic_write(done, lambda tmp: tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)))
+        save_state(done, result)
         ckpt.unlink(missing_ok=True)
     return result
 

@@ -44,6 +44,7 @@ from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
 from testbed.training import NumericalError, train
+from testbed.training.checkpoint import load_state, save_state
 
 _ACCELERATOR = None
 
@@ -132,8 +133,7 @@ def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
              "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
              "np_rng": ctx.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
              "algo": {k: getattr(algo, k) for k in CHECKPOINTED_ALGO_FIELDS if hasattr(algo, k)}, **loop}
-    from testbed.io import atomic_write
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    save_state(path, state)
 
 
 def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None,
@@ -187,7 +187,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
 
     st = SimpleNamespace(t=0, step=None, secs=None)
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = load_state(checkpoint)
         ctx.accelerator.unwrap_model(ctx.prepared).load_state_dict(state["model"])
         ctx.optimizer.load_state_dict(state["optimizer"])
         ctx.scheduler.load_state_dict(state["scheduler"])
@@ -260,8 +260,6 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     With ``checkpoint_every`` K > 0 (single process), <out>.partial holds each finished run (rows,
     generations, saved model) and a checkpoint of the unfinished one every K iterations; ``resume``
     continues from there."""
-    import pickle
-
     out = Path(out)
     acc = get_accelerator(spec)
     main = acc.is_main_process
@@ -291,8 +289,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                 t0 = time.perf_counter()
                 done = partial / f"{run_id}.done"
                 if use_partial and done.is_file():
-                    with open(done, "rb") as f:
-                        rows, gens = pickle.load(f)
+                    rows, gens = load_state(done)
                     timings[run_id] = time.perf_counter() - t0
                     all_rows += rows
                     if main:
@@ -305,8 +302,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                     if spec.train.save:
                         model.save_pretrained(partial / "checkpoints" / run_id)
                         tok.save_pretrained(partial / "checkpoints" / run_id)
-                    from testbed.io import atomic_write
-                    atomic_write(done, lambda p, rows=rows, gens=gens: p.write_bytes(pickle.dumps((rows, gens))))
+                    save_state(done, (rows, gens))
                     ckpt.unlink(missing_ok=True)
                     model = None  # saved above; copied from the partial folder
                 timings[run_id] = time.perf_counter() - t0
