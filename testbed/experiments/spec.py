@@ -221,6 +221,9 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
                 suffix = ",".join(f"{k}={point[k]}" for k in swept if k != "name")
                 problem.name = resolved["name"] = f"{problem.name}({suffix})"
         for _, problem, resolved in built:
+            if ":" in problem.name:  # run ids are problem:label:sN
+                raise InputError(f"{where}.name: {problem.name!r} contains ':', which separates the parts of a run id; "
+                                 "set 'name' to one without it")
             if problem.name in problems:
                 raise InputError(f"{where}: problem name {problem.name!r} is used twice; set 'name' to tell them apart")
             problems[problem.name], entries[problem.name] = problem, resolved
@@ -275,6 +278,10 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             label, base_label = _label(point["name"], cfg, swept, point, entry.get("label"))
             configs.append((point["name"], (label, base_label), cfg, {k: point[k] for k in swept}, policy, where, its))
     labels = [c[1][0] for c in configs]
+    for (_, (label, _), _, _, _, where, _) in configs:
+        if ":" in label:  # run ids are problem:label:sN
+            raise InputError(f"{where}.label: {label!r} contains ':', which separates the parts of a run id; "
+                             "set 'label' to one without it")
     dup = sorted({lab for lab in labels if labels.count(lab) > 1})
     if dup:
         raise InputError(f"algorithms: label(s) {dup} name more than one configuration; add 'label' to tell them apart")
@@ -299,6 +306,9 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
                 raise InputError(f"{where} on problem {pname!r}: {e}") from None
         runs.append(RunPlan(f"{pname}:{label}:s{seed}", pname, aname, label, base_label, dataclasses.asdict(cfg), swept,
                             policy, seed, its, eval_every, trajectories))
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) < len(ids):  # cannot happen after the checks above; refuse rather than overwrite a run
+        raise InputError(f"run ids {sorted({i for i in ids if ids.count(i) > 1})} are not unique")
     name = str(data.get("name", Path(source).stem))
     return Spec(name, runs, problems, entries, plot, source)
 
