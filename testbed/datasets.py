@@ -16,21 +16,27 @@ from scipy.special import expit
 
 from testbed.errors import InputError, check_finite
 from testbed.io import atomic_write, atomic_write_text, read_jsonl
-from testbed.policies import sample_rows
+from testbed.policies import TabularSoftmax, sample_rows
 from testbed.problems import TabularBandit
 
-LABELS = ("bt", "deterministic", "tensor")
+LABELS = ("bt", "deterministic", "tensor", "preference")
+PAIR_LAWS = ("distinct", "independent")
 COLUMNS = ("prompt", "chosen", "rejected")
 
 
 class PreferenceOracle:
     """p*(y ≻ y' | x): Bradley–Terry on the true reward with a temperature, deterministic (the better
-    response always wins, ties at ½), or a given tensor P[x, y, y'] (P + Pᵀ = 1)."""
+    response always wins, ties at ½), a given tensor P[x, y, y'] (P + Pᵀ = 1), or ``preference``: the
+    preference problem's own P."""
 
     def __init__(self, problem: TabularBandit, labels: str = "bt", temperature: float = 1.0,
                  preferences: np.ndarray | None = None):
         self.problem, self.labels, self.temperature = problem, labels, temperature
-        if labels == "tensor":
+        if labels == "preference":
+            if getattr(problem, "kind", "") != "preference":
+                raise InputError(f"labels: preference needs a preference problem (got {problem.name!r})")
+            self.P = problem.preferences
+        elif labels == "tensor":
             X, Y = problem.rewards.shape
             P = np.asarray(preferences, dtype=np.float64)
             if P.shape != (X, Y, Y):
@@ -51,6 +57,17 @@ class PreferenceOracle:
         """(chosen, rejected): y wins with probability p*(y ≻ y' | x)."""
         win = rng.random(len(x)) < self.prob(x, y, y2)
         return np.where(win, y, y2), np.where(win, y2, y)
+
+
+def load_preferences(path: str) -> np.ndarray:
+    """The array ``preferences`` [X, Y, Y] of an .npz file (``labels: tensor``)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "preferences" not in z.files:
+                raise InputError(f"preferences file {path!r}: missing array 'preferences' [X, Y, Y]")
+            return z["preferences"]
+    except (OSError, ValueError) as e:
+        raise InputError(f"preferences file {path!r} is not a readable .npz ({e})") from None
 
 
 def sample_distinct(rng: np.random.Generator, probs: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -75,6 +92,23 @@ def distinct_pair_probs(mu: np.ndarray) -> np.ndarray:
     return mu[:, :, None] * q / q.sum(axis=-1, keepdims=True)
 
 
+def pair_probs(mu: np.ndarray, law: str = "distinct") -> np.ndarray:
+    """P(y, y' | x) [X, Y, Y] of a pair law: ``distinct`` (:func:`distinct_pair_probs`) or ``independent``
+    (mu(y|x)·mu(y'|x), ties y = y' included: they carry no preference)."""
+    mu = np.asarray(mu, dtype=np.float64)
+    return distinct_pair_probs(mu) if law == "distinct" else mu[:, :, None] * mu[:, None, :]
+
+
+def sample_pairs(rng: np.random.Generator, mu: np.ndarray, x: np.ndarray, law: str = "distinct") -> tuple:
+    """(y, y') for contexts x: y ~ mu(.|x), then y' ~ mu(.|x) given y' != y (``distinct``), or y, y' drawn
+    independently from the tabular policy with probabilities mu (``independent``, ties allowed)."""
+    if law == "independent":
+        mu_policy = TabularSoftmax(np.log(mu))
+        return mu_policy.sample(rng, x), mu_policy.sample(rng, x)
+    y = sample_rows(rng, mu[x])
+    return y, sample_distinct(rng, mu[x], y)
+
+
 @dataclass
 class PreferenceDataset:
     prompt: np.ndarray
@@ -86,11 +120,10 @@ class PreferenceDataset:
 
     @classmethod
     def generate(cls, rng: np.random.Generator, problem: TabularBandit, mu: np.ndarray, n: int,
-                 oracle: PreferenceOracle) -> PreferenceDataset:
-        """n pairs: x ~ rho, y ~ mu(.|x), y' ~ mu(.|x) with y' != y, labelled by the oracle."""
+                 oracle: PreferenceOracle, law: str = "distinct") -> PreferenceDataset:
+        """n pairs: x ~ rho, (y, y') ~ the pair law of mu (:func:`sample_pairs`), labelled by the oracle."""
         x = problem.sample_contexts(rng, n)
-        y = sample_rows(rng, mu[x])
-        y2 = sample_distinct(rng, mu[x], y)
+        y, y2 = sample_pairs(rng, mu, x, law)
         chosen, rejected = oracle.label(rng, x, y, y2)
         return cls(x, chosen, rejected)
 

@@ -22,8 +22,10 @@ CASES = {
                              "opponents": K}, "pref", lambda t: (2 * N + 2 * N * K) * t, lambda t: 2 * N * K * t),
     "sppo-sampled": ({"name": "sppo", "mode": "sampled", "samples": N, "opponents": K, "minibatch": 4}, "pref",
                      lambda t: N * (1 + K) * t, lambda t: N * K * t),
-    "dpo-pref-sampled": ({"name": "dpo_pref", "mode": "sampled", "dataset": M, "minibatch": 8}, "pref",
-                         lambda t: 2 * M, lambda t: M),
+    "dpo-pref-sampled": ({"name": "dpo", "labels": "preference", "mode": "offline", "pair_law": "independent",
+                          "pairs": M, "minibatch": 8}, "pref", lambda t: 2 * M, lambda t: M),
+    "dpo-pref-online": ({"name": "dpo", "labels": "preference", "mode": "online", "pairs": N, "minibatch": 4}, "pref",
+                        lambda t: 2 * N * t, lambda t: N * t),
     "bt-rebel-rm-sampled": ({"name": "bt_rebel", "reward_model": "sampled", "dataset": M}, "pref",
                             lambda t: 2 * M, lambda t: M),
     "bt-rebel-all-sampled": ({"name": "bt_rebel", "reward_model": "sampled", "dataset": M, "mode": "sampled",
@@ -68,7 +70,8 @@ def test_each_sampled_algorithm_counts_its_queries_and_samples(rows, label):
 def test_exact_modes_leave_the_counts_empty(tmp_path):
     spec = {"name": "exact", "problems": [{"kind": "preference", "family": "rps", "pi_ref": [0.6, 0.3, 0.1]}],
             "algorithms": [{"name": "rebel_pref", "mode": "exact"}, {"name": "sppo", "mode": "exact"},
-                           {"name": "dpo_pref", "mode": "exact"}, {"name": "bt_rebel"}],
+                           {"name": "dpo", "labels": "preference", "mode": "population", "optimizer": "gd",
+                            "pair_law": "independent"}, {"name": "bt_rebel"}],
             "seeds": 1, "iterations": 2}
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--quiet"]) == 0

@@ -28,7 +28,7 @@ algorithms:
   - {name: optimistic_hedge, eta: 0.5}
   - {name: sppo, eta: 0.5}
   - {name: bt_rebel, eta: 1}
-  - {name: dpo_pref, beta: 0.1}
+  - {name: dpo, labels: preference, mode: population, pair_law: independent, optimizer: gd, lr: 1.0, beta: 0.1}
 seeds: 2
 iterations: 25
 eval_every: 5

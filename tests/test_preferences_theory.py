@@ -276,9 +276,12 @@ def test_bt_reward_pipeline_jumps_and_rebel_pref_follows_the_winner():
     np.testing.assert_allclose(probs[-1], rps.pi_ref, atol=1e-9)
 
 
+DPO_PREF = {"labels": "preference", "mode": "population", "pair_law": "independent", "optimizer": "gd"}  # was dpo_pref
+
+
 def test_population_dpo_is_stationary_on_rps_with_symmetric_data():
     p = make_preference("rps")
-    probs, _ = run(make_algo("dpo_pref", p, beta=0.1, lr=1.0), p, 20)
+    probs, _ = run(make_algo("dpo", p, beta=0.1, lr=1.0, **DPO_PREF), p, 20)
     np.testing.assert_allclose(probs[-1], p.pi_ref, atol=1e-12)  # THEORY.md D (derived)
 
 
@@ -289,7 +292,8 @@ def test_sampled_bt_fit_and_dpo_agree_with_their_population_versions():
     population = make_algo("bt_rebel", p).rewards
     np.testing.assert_allclose(sampled, population, atol=0.05)  # 20000 labels: sd ~ 0.015
     rng = np.random.default_rng(2)
-    probs_s, _ = run(make_algo("dpo_pref", p, rng, mode="sampled", dataset=4000, lr=0.1, epochs=2), p, 40, rng)
+    probs_s, _ = run(make_algo("dpo", p, rng, labels="preference", mode="offline", pair_law="independent", pairs=4000,
+                               minibatch=256, lr=0.1, epochs=2), p, 40, rng)
     assert probs_s[-1, 0].argmax() == 0  # DPO follows the BT-like majority: y1 for eps > 0
 
 

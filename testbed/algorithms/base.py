@@ -68,6 +68,16 @@ class Algorithm:
         raise NotImplementedError(f"{self.name} has no LM back-end")
 
     # ----- declarations ---------------------------------------------------------------------
+    @classmethod
+    def runs_on(cls, config) -> str:
+        """The problems this configuration runs on, "reward" or "preference" (default: ``problem_kind``)."""
+        return cls.problem_kind
+
+    @staticmethod
+    def pairing_hint(kind: str) -> str:
+        """What to add to the pairing error when it is given a problem of ``kind`` (e.g. an option that runs it there)."""
+        return ""
+
     @staticmethod
     def needs_reward(config) -> bool:
         """Whether it queries a reward (LM: needs a reward function or model)."""
@@ -153,12 +163,14 @@ def per_seed(draw, policy: Policy, rng, problem) -> tuple[np.ndarray, ...]:
     return tuple(np.stack(a) for a in zip(*parts))
 
 
-def check_pairing(cls: type[Algorithm], problem, where: str) -> None:
-    """A preference algorithm needs a preference problem, a reward algorithm a reward problem."""
+def check_pairing(cls: type[Algorithm], problem, where: str, config=None) -> None:
+    """A preference algorithm (configuration, :meth:`Algorithm.runs_on`) needs a preference problem, a reward
+    algorithm a reward problem."""
     kind = "preference" if getattr(problem, "kind", "") == "preference" else "reward"
-    if cls.problem_kind != kind:
-        raise InputError(f"{where}: algorithm {cls.name!r} runs on {cls.problem_kind} problems, "
-                         f"but problem {problem.name!r} is a {kind} problem")
+    wants = cls.problem_kind if config is None else cls.runs_on(config)
+    if wants != kind:
+        raise InputError(f"{where}: algorithm {cls.name!r} runs on {wants} problems, "
+                         f"but problem {problem.name!r} is a {kind} problem" + cls.pairing_hint(kind))
 
 
 def build_config(cls: type, params: dict, where: str, track: str | None = None):

@@ -22,6 +22,13 @@
 - ``online``: each round draws ``pairs`` pairs from pi_t (y' != y), queries the oracle once per
   pair and takes ``epochs`` passes of minibatch Adam (the iterative/online DPO of Guo et al. 2024).
 Adam's moments persist across iterations.
+
+Pairs (``pair_law``): y' ~ mu given y' != y (``distinct``), or y, y' ~ mu independently (``independent``: a tie
+carries no preference; the population loss is then over the law of (x, y, y') given y' != y). ``labels:
+preference`` is DPO on a preference problem (what was ``dpo_pref``): the oracle is the problem's own
+P[x, y, y'], with the preference family's conventions — a tabular policy, log-probs of the whole table, a
+fresh Adam each iteration, and an offline data set counted at update 1 (as ``bt_rebel``'s). ``optimizer:
+gd`` (population) takes one gradient step of size ``lr`` per iteration.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
-from testbed.datasets import LABELS, PreferenceDataset, PreferenceOracle, distinct_pair_probs, sample_distinct
+from testbed.datasets import LABELS, PAIR_LAWS, PreferenceDataset, PreferenceOracle, load_preferences, pair_probs, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
 from testbed.policies import Policy, take_contexts
@@ -62,14 +69,16 @@ class DPOConfig:
                        "infinite data (LM default: offline; LM: offline or online)", lm="offline")
     pairs: int = count(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT)
     mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs", tracks=BANDIT)
-    labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), or a tensor",
-                         tracks=BANDIT)
+    labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), a tensor, or "
+                         "preference (a preference problem's own P)", tracks=BANDIT)
+    pair_law: str = one_of("distinct", PAIR_LAWS, "pairs from mu (online: pi_t): y' given y' != y, or y, y' "
+                           "independently (ties carry no preference)", tracks=BANDIT)
     temperature: float = positive(1.0, "bt: p(y ≻ y') = sigma((r(y) - r(y'))/temperature)", tracks=BANDIT)
     preferences: str = path("labels=tensor: .npz with array 'preferences' [X, Y, Y]", tracks=BANDIT)
     dataset: str = path("offline/population: a .npz/.jsonl dataset (prompt, chosen, rejected) to train on; LM: "
                         "a JSONL of texts (required offline)")
-    optimizer: str = one_of("newton", ("newton", "adam"), "population: damped Newton step, or full-batch Adam (lr)",
-                            tracks=BANDIT)
+    optimizer: str = one_of("newton", ("newton", "adam", "gd"), "population: damped Newton step, full-batch Adam "
+                            "(lr), or one gradient step of size lr", tracks=BANDIT)
     lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT)
     epochs: int = count(1, "passes over the pairs per iteration (offline/online)")
     minibatch: int = minibatch_field(64, "pairs per optimiser step")
@@ -82,16 +91,6 @@ class DPOConfig:
             raise InputError(f"{where}.preferences: labels: tensor needs a .npz file with array 'preferences'")
 
 
-def _load_preferences(path: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "preferences" not in z.files:
-                raise InputError(f"preferences file {path!r}: missing array 'preferences' [X, Y, Y]")
-            return z["preferences"]
-    except (OSError, ValueError) as e:
-        raise InputError(f"preferences file {path!r} is not a readable .npz ({e})") from None
-
-
 def ref_log_prob(log_ref: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
     """ln pi_ref(y_i|x_i) from the table [X, Y] (or a stack's, [S, X, Y] with x, y [S, N])."""
     return take_contexts(log_ref, torch.as_tensor(x)).gather(-1, torch.as_tensor(y)[..., None])[..., 0]
@@ -100,12 +99,22 @@ def ref_log_prob(log_ref: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.T
 class DPO(Algorithm):
     name = "dpo"
     Config = DPOConfig
-    summary = "DPO / IPO (Rafailov et al. 2023; Azar et al. 2024): offline, online, or population"
+    summary = ("DPO / IPO (Rafailov et al. 2023; Azar et al. 2024): offline, online, or population; reward or "
+               "preference problems")
     tracks = ("bandit", "lm")
     maturity = "verified against theory"
     tests = ("test_population_dpo_reaches_pi_star_beta", "test_dpo_with_deterministic_preferences_drives_the_loser_to_zero",
              "test_ipo_with_deterministic_preferences_stays_regularised", "test_dpo_on_a_symmetric_three_cycle_stays_at_pi_ref",
-             "test_one_token_lm_update_equals_the_tabular_update[dpo]")
+             "test_one_token_lm_update_equals_the_tabular_update[dpo]",
+             "test_preference_labels_on_a_bradley_terry_problem_reach_pi_star_like_bt_labels_on_its_rewards")
+
+    @classmethod
+    def runs_on(cls, config) -> str:
+        return "preference" if config.labels == "preference" else "reward"
+
+    @staticmethod
+    def pairing_hint(kind: str) -> str:
+        return " (labels: preference runs DPO on a preference problem)" if kind == "preference" else ""
 
     @staticmethod
     def sequences_per_item(config) -> int:
@@ -128,16 +137,20 @@ class DPO(Algorithm):
         return None
 
     @staticmethod
+    def check_policy(config: DPOConfig, kind: str) -> str | None:
+        return "labels: preference updates a tabular policy" if config.labels == "preference" and kind != "tabular" else None
+
+    @staticmethod
     def check_problem(config: DPOConfig, problem: TabularBandit) -> None:
-        X, Y = problem.rewards.shape
+        X, Y = problem.num_contexts, problem.num_actions
         if config.dataset:
             PreferenceDataset.load(config.dataset, X, Y)
         if config.labels == "tensor":
-            PreferenceOracle(problem, "tensor", preferences=_load_preferences(config.preferences))
+            PreferenceOracle(problem, "tensor", preferences=load_preferences(config.preferences))
 
     @staticmethod
     def batchable(config: DPOConfig, kind: str) -> bool:
-        return kind in ("tabular", "loglinear") and config.mode != "population"
+        return kind in ("tabular", "loglinear") and config.mode != "population" and config.labels != "preference"
 
     @staticmethod
     def kl_target(config: DPOConfig, problem) -> tuple[float, np.ndarray] | None:
@@ -149,18 +162,18 @@ class DPO(Algorithm):
         if members is not None:
             parts = [DPO.kl_target(config, m) for m in members]
             return None if any(p is None for p in parts) else (parts[0][0], np.stack([p[1] for p in parts]))
-        if config.dataset:
+        if config.dataset or config.labels == "preference":
             return None
         if config.loss == "dpo":
             if config.labels != "bt":
                 return None
             c = config.beta * config.temperature
             return c, problem.regularised_optimum_log(c)
-        P = _load_preferences(config.preferences) if config.labels == "tensor" else None
+        P = load_preferences(config.preferences) if config.labels == "tensor" else None
         pref = PreferenceOracle(problem, config.labels, config.temperature, P).P
         X, Y = problem.num_contexts, problem.num_actions
         mu = None if config.mode == "online" else (problem.pi_ref if config.mu == "ref" else np.full((X, Y), 1.0 / Y))
-        log_target = ipo_target_log(problem.log_pi_ref, pref, config.beta, mu)
+        log_target = ipo_target_log(problem.log_pi_ref, pref, config.beta, mu, config.pair_law)
         return None if log_target is None else (config.beta, log_target)
 
     def __init__(self, config: DPOConfig, problem: TabularBandit, rng):
@@ -170,13 +183,13 @@ class DPO(Algorithm):
                 self.data = self.ctx.load_pairs(config.dataset, config.logprob_temperature)
                 self.cursor, self.order = 0, self.ctx.rng.permutation(len(self.data["query"]))
             return
-        P = _load_preferences(config.preferences) if config.labels == "tensor" else None
+        P = load_preferences(config.preferences) if config.labels == "tensor" else None
         members = getattr(problem, "members", [problem])  # a stack of problems: one oracle each
         self.oracles = [PreferenceOracle(m, config.labels, config.temperature, P) for m in members]
         self.oracle = self.oracles[0]
         X, Y = problem.num_contexts, problem.num_actions
-        self._adam: dict = {}
-        self.data = None
+        self._adam: dict | None = None if config.labels == "preference" else {}  # None: a fresh Adam each iteration
+        self.data, self._pending = None, (0, 0)
         if config.mode == "offline":
             if config.dataset:
                 data = PreferenceDataset.load(config.dataset, X, Y)
@@ -186,7 +199,10 @@ class DPO(Algorithm):
                 data = PreferenceDataset(*per_seed(self._generate, None, rng, problem))
             self.data = data
             n = data.prompt.shape[-1]
-            self.initial_samples, self.initial_queries = 2 * n, n
+            if config.labels == "preference":  # counted at update 1
+                self._pending = (2 * n, n)
+            else:
+                self.initial_samples, self.initial_queries = 2 * n, n
         self.mu = self._mu(problem) if config.mode == "population" else None
         if config.mode == "population" and config.dataset:  # the empirical distribution of a dataset
             self.data = PreferenceDataset.load(config.dataset, X, Y)
@@ -195,13 +211,17 @@ class DPO(Algorithm):
             x, y, y2 = (a.ravel() for a in np.meshgrid(np.arange(X), np.arange(Y), np.arange(Y), indexing="ij"))
             keep = y != y2
             x, y, y2 = x[keep], y[keep], y2[keep]
-            pair = distinct_pair_probs(self.mu)  # the offline sampler's pair law: y ~ mu, y' ~ mu(.|y' != y)
-            w = problem.rho[x] * (pair[x, y, y2] + pair[x, y2, y]) * self.oracle.prob(x, y, y2)
+            if config.pair_law == "independent":  # y, y' ~ mu independently, given y' != y
+                w = problem.rho[x] * self.mu[x, y] * self.mu[x, y2] * self.oracle.prob(x, y, y2)
+                w = w / w.sum()
+            else:  # the offline sampler's pair law: y ~ mu, y' ~ mu(.|y' != y)
+                pair = pair_probs(self.mu)
+                w = problem.rho[x] * (pair[x, y, y2] + pair[x, y2, y]) * self.oracle.prob(x, y, y2)
             self.data = PreferenceDataset(x, y, y2)
             self.weight = torch.as_tensor(w)
 
     def _mu(self, problem: TabularBandit) -> np.ndarray:
-        X, Y = problem.rewards.shape
+        X, Y = problem.num_contexts, problem.num_actions
         return problem.pi_ref if self.config.mu == "ref" else np.full((X, Y), 1.0 / Y)
 
     def _member_oracle(self, problem: TabularBandit) -> PreferenceOracle:
@@ -210,22 +230,30 @@ class DPO(Algorithm):
 
     def _generate(self, _policy, rng: np.random.Generator, problem: TabularBandit) -> tuple[np.ndarray, ...]:
         """The offline dataset of one seed: pairs from mu labelled by the oracle."""
-        d = PreferenceDataset.generate(rng, problem, self._mu(problem), self.config.pairs, self._member_oracle(problem))
+        d = PreferenceDataset.generate(rng, problem, self._mu(problem), self.config.pairs, self._member_oracle(problem),
+                                       self.config.pair_law)
         return d.prompt, d.chosen, d.rejected
 
     def _pairs(self, policy: Policy, rng: np.random.Generator, problem: TabularBandit) -> tuple[np.ndarray, ...]:
-        """One online round of one seed: y, y' ~ pi_t (y' != y), labelled by the oracle."""
+        """One online round of one seed: y, y' ~ pi_t (y' != y, or independent), labelled by the oracle."""
         x = problem.sample_contexts(rng, self.config.pairs)
-        probs = np.exp(policy.log_probs_at(x))
-        y = policy.sample(rng, x)
-        y2 = sample_distinct(rng, probs, y)
+        if self.config.pair_law == "independent":
+            y, y2 = policy.sample(rng, x), policy.sample(rng, x)
+        else:
+            probs = np.exp(policy.log_probs_at(x))
+            y = policy.sample(rng, x)
+            y2 = sample_distinct(rng, probs, y)
         return (x, *self._member_oracle(problem).label(rng, x, y, y2))
 
     def _loss(self, policy: Policy, theta: torch.Tensor, d: PreferenceDataset, idx, weight=None):
         log_ref = torch.as_tensor(self.problem.log_pi_ref)
         x, yw, yl = take(d.prompt, idx), take(d.chosen, idx), take(d.rejected, idx)
-        hw = policy.torch_log_prob(theta, x, yw) - ref_log_prob(log_ref, x, yw)
-        hl = policy.torch_log_prob(theta, x, yl) - ref_log_prob(log_ref, x, yl)
+        if self.config.labels == "preference":  # the preference family's tabular form: one log_softmax of the table
+            h, tx = torch.log_softmax(theta, dim=-1) - log_ref, torch.as_tensor(x)
+            hw, hl = h[tx, torch.as_tensor(yw)], h[tx, torch.as_tensor(yl)]
+        else:
+            hw = policy.torch_log_prob(theta, x, yw) - ref_log_prob(log_ref, x, yw)
+            hl = policy.torch_log_prob(theta, x, yl) - ref_log_prob(log_ref, x, yl)
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
         return fn(hw, hl, self.config.beta, weight)
 
@@ -233,13 +261,20 @@ class DPO(Algorithm):
         cfg = self.config
         if cfg.mode == "population" and cfg.optimizer == "newton":
             return self._population(policy)
+        if cfg.mode == "population" and cfg.optimizer == "gd":
+            theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
+            loss = self._loss(policy, theta, self.data, np.arange(len(self.data)), self.weight)
+            loss.backward()
+            with torch.no_grad():
+                new = (theta - cfg.lr * theta.grad).numpy().copy()
+            return Step(policy.with_params(new), float(loss.detach()), None, None)
         if cfg.mode == "population":
             n = len(self.data)
             new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, self.data, idx, self.weight[idx]), n,
                                  cfg.epochs, n, cfg.lr, rng, self._adam)
             return Step(new, loss, None, None)
         if cfg.mode == "offline":
-            d, samples, queries = self.data, 0, 0
+            d, (samples, queries), self._pending = self.data, self._pending, (0, 0)
         else:
             d = PreferenceDataset(*per_seed(self._pairs, policy, rng, self.problem))
             samples, queries = 2 * cfg.pairs, cfg.pairs
@@ -327,11 +362,11 @@ class DPO(Algorithm):
         """The LM DPO loss of one minibatch (for tests)."""
         return self._lm_loss(q, qm, yc, yr, ref_c, ref_r, weight)[0]
 
-def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.ndarray | None,
+def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.ndarray | None, law: str = "distinct",
                    tol: float = 1e-13, iterations: int = 10_000) -> np.ndarray | None:
     """ln of IPO's exact target. Per ordered pair with y winning w.p. p, the expected IPO loss is
     (h(y) - h(y') - (2p - 1)/(2 tau))² + const, so the population minimiser solves the weighted least
-    squares over the pair law P(y, y') (y ~ mu, y' ~ mu given y' != y), pi ∝ pi_ref·exp(h).
+    squares over the pair law P(y, y') (:func:`~testbed.datasets.pair_probs` of mu), pi ∝ pi_ref·exp(h).
     ``mu`` None (online: pairs from pi_t itself): the fixed point pi = pi_ref·exp(h(pi)), by damped
     iteration from pi_ref; None if it does not converge."""
     from testbed.algorithms.preference import population_pair_regression
@@ -340,7 +375,7 @@ def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.nda
     t = (2 * pref - 1) / (2 * tau)
 
     def solve(m: np.ndarray) -> np.ndarray:
-        h, _ = population_pair_regression(distinct_pair_probs(m), t)
+        h, _ = population_pair_regression(pair_probs(m, law), t)
         return log_softmax(log_ref + h)
 
     if mu is not None:

@@ -17,9 +17,8 @@ iterate (the runner averages pi_0 … pi_{t−1} in probability space, see ``tes
   onto eta·(P(y ≻ pi_t) − ½) with y ~ pi_t (no normaliser: the square loss pins ln Z).
 - ``bt_rebel``: the reward-model pipeline: fit Bradley–Terry rewards to comparisons of pi_ref
   pairs (the population MLE, or from a sampled data set), then reward REBEL on them.
-- ``dpo_pref``: DPO (Rafailov et al. 2023) on preference pairs drawn from pi_ref ⊗ pi_ref and
-  labelled by the preference oracle; exact (population loss, gradient descent) or sampled
-  (a fixed data set, minibatch Adam). Self-contained here for preference bandits.
+- DPO on preference pairs drawn from pi_ref ⊗ pi_ref and labelled by the preference oracle is the one DPO
+  (:mod:`testbed.algorithms.dpo`) with ``labels: preference``.
 """
 
 from __future__ import annotations
@@ -300,8 +299,8 @@ def sppo_loss(logratio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ----- the reward-model pipeline: Bradley–Terry fit, then REBEL -------------------------------------
-from testbed.algorithms.preference_rm import BTREBEL, DPOPreference  # noqa: E402  (they build on the above)
+from testbed.algorithms.preference_rm import BTREBEL  # noqa: E402  (it builds on the above)
 
 PREFERENCE_ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (REBELPreference, Hedge, OptimisticHedge, NashMD, SPPO, BTREBEL, DPOPreference)
+    cls.name: cls for cls in (REBELPreference, Hedge, OptimisticHedge, NashMD, SPPO, BTREBEL)
 }

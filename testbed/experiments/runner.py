@@ -62,8 +62,8 @@ class RunState:
 def _new_state(plan: RunPlan, problem) -> RunState:
     rng = np.random.default_rng(plan.seed)
     cls = ALGORITHMS[plan.algorithm]
-    check_pairing(cls, problem, plan.label)
     cfg = build_config(cls.Config, plan.config, plan.label)
+    check_pairing(cls, problem, plan.label, cfg)
     init_rng = np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0])  # policy init only
     policy = initial_policy(problem, **(plan.policy or {}), rng=init_rng)
     algo = cls(cfg, problem, rng)
@@ -167,9 +167,9 @@ class BatchState:
 
 def _new_batch_state(plans: list[RunPlan], problems: list[TabularBandit]) -> BatchState:
     cls = ALGORITHMS[plans[0].algorithm]
-    for plan, problem in zip(plans, problems):
-        check_pairing(cls, problem, plan.label)
     cfg = build_config(cls.Config, plans[0].config, plans[0].label)
+    for plan, problem in zip(plans, problems):
+        check_pairing(cls, problem, plan.label, cfg)
     policies = [initial_policy(problem, **(plan.policy or {}),
                                rng=np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0]))
                 for plan, problem in zip(plans, problems)]

@@ -291,7 +291,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             problems, configs, seeds):
         problem = problems[pname]
         kind = (policy or {}).get("kind") or default_kind(problem)
-        check_pairing(ALGORITHMS[aname], problem, f"{where} ({label})")
+        check_pairing(ALGORITHMS[aname], problem, f"{where} ({label})", cfg)
         try:  # the policy/problem/algorithm pairing, checked before any work
             initial_policy(problem, **(policy or {}))
         except InputError as e:

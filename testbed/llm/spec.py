@@ -14,6 +14,8 @@
       - {name: rebel, eta: 1, beta: 0.05}
     seeds: [0, 1, 2]
     train: {iterations: 20, batch: 32, minibatch: 16, lr: 1e-3, max_new_tokens: 6}
+    # or Hugging Face's names: learning_rate, adam_epsilon, gradient_accumulation_steps, per_device_train_batch_size,
+    # num_train_epochs (HF_TRAIN_NAMES: what each becomes)
     accelerate: {num_processes: 1, mixed_precision: "no", deepspeed: ds_zero2.json}
 
 Every bad field raises :class:`InputError` with a one-line message before any model is built.
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
@@ -40,6 +44,13 @@ BT_KEYS = {"kind", "pairs", "epochs", "lr", "seed", "holdout", "target_words", "
 PREFERENCES = "preferences"
 """DPO's ``dataset: preferences``: the oracle-labelled pairs a bradley_terry reward builds in the run folder."""
 PROMPT_KEYS = {"kind", "count", "seed", "file", "hf_dataset", "split", "field", "min_len", "max_len"}
+HF_TRAIN_NAMES = {"learning_rate": "lr", "adam_epsilon": "adam_eps", "gradient_accumulation_steps": "grad_accum",
+                  "per_device_train_batch_size": "minibatch", "num_train_epochs": "iterations"}
+"""The Hugging Face ``TrainingArguments`` names the ``train`` block also accepts, and the field each sets. The first
+three are renamings; ``per_device_train_batch_size`` (items per micro-batch on each process) becomes
+minibatch = per_device_train_batch_size × grad_accum × processes, and ``num_train_epochs`` (passes over the prompts,
+or an offline algorithm's rows; fractions allowed) becomes iterations = ⌈num_train_epochs × rows / batch⌉ (each
+iteration reads the next ``batch`` of them, reshuffled at the end of each pass)."""
 
 
 @dataclass
@@ -173,6 +184,59 @@ def _check_bt(entry: dict, where: str) -> dict:
     return entry
 
 
+def _hf_train_names(train: dict) -> tuple[dict, dict]:
+    """The ``train`` block with the Hugging Face names of :data:`HF_TRAIN_NAMES` renamed to ours (each value
+    checked under the name it was given), and the two that need the processes or the data size to convert."""
+    from testbed.errors import positive_number
+    train = dict(train)
+    for hf, ours in HF_TRAIN_NAMES.items():
+        if hf in train and ours in train:
+            raise InputError(f"train: {hf} (the Hugging Face name) and {ours} set the same thing; give one of them")
+    later = {}
+    for hf, ours in HF_TRAIN_NAMES.items():
+        if hf not in train:
+            continue
+        v = train.pop(hf)
+        v = positive_number(f"train.{hf}", v) if hf in ("learning_rate", "adam_epsilon", "num_train_epochs") \
+            else positive_int(f"train.{hf}", v)
+        if hf in ("per_device_train_batch_size", "num_train_epochs"):
+            later[hf] = v
+        else:
+            train[ours] = v
+    return train, later
+
+
+def _rows_per_epoch(entry: dict) -> int | None:
+    """The number of prompts a prompts entry gives, where it is known before the run (None: a hub dataset)."""
+    if "file" in entry:
+        from testbed.io import read_jsonl
+        return len(read_jsonl(entry["file"], ("prompt",)))
+    return None if "hf_dataset" in entry else entry.get("count", 64)
+
+
+def _epochs_to_iterations(epochs: float, train: TrainConfig, prompts: dict, parsed: list, algorithms: dict) -> int:
+    """iterations = ⌈num_train_epochs × rows / batch⌉ with rows the prompts (algorithms that draw prompts) or an
+    offline dataset's rows; every algorithm of the spec must pass over data of one size known now."""
+    sizes = {}
+    for i, (name, cfg, _) in enumerate(parsed):
+        if algorithms[name].needs_prompts(cfg):
+            sizes["prompts"] = _rows_per_epoch(prompts)
+            if sizes["prompts"] is None:
+                raise InputError("train.num_train_epochs needs a prompt set whose size is known before the run "
+                                 "(kind: toy/tldr with count, or file); give train.iterations instead")
+        elif getattr(cfg, "dataset", "") == PREFERENCES:
+            raise InputError(f"train.num_train_epochs: algorithms[{i}] trains on the pairs the pipeline builds during "
+                             "the run (dataset: preferences); give train.iterations instead")
+        else:
+            from testbed.io import read_jsonl
+            sizes[f"algorithms[{i}].dataset"] = len(read_jsonl(cfg.dataset, ()))
+    if len(set(sizes.values())) > 1:
+        raise InputError(f"train.num_train_epochs: the algorithms pass over data of different sizes "
+                         f"({', '.join(f'{k}: {v} rows' for k, v in sizes.items())}); give train.iterations instead")
+    rows = next(iter(sizes.values()))
+    return max(1, math.ceil(Fraction(repr(epochs)) * rows / train.batch))
+
+
 def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -> LMSpec:
     """Validate a spec mapping. ``world``: the number of processes it will run on (default: the spec's)."""
     from testbed.algorithms import on_track
@@ -195,7 +259,8 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
             raise InputError(f"lora: unknown key(s) {bad}; expected r, alpha, dropout, target_modules")
         lora = {"r": positive_int("lora.r", lora.get("r", 8)), "alpha": float(lora.get("alpha", 2 * lora.get("r", 8))),
                 "dropout": float(lora.get("dropout", 0.0)), "target_modules": lora.get("target_modules")}
-    train = build_config(TrainConfig, _mapping(raw.get("train", {}), "train"), "train")
+    train_raw, hf_later = _hf_train_names(_mapping(raw.get("train", {}), "train"))
+    train = build_config(TrainConfig, train_raw, "train")
     acc = build_config(AccelerateConfig, _mapping(raw.get("accelerate", {}), "accelerate"), "accelerate")
     if acc.deepspeed:
         p = Path(acc.deepspeed)
@@ -207,6 +272,11 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     W = world or int(os.environ.get("WORLD_SIZE", 0)) or acc.num_processes
     if train.batch % W:
         raise InputError(f"train.batch = {train.batch} is not divisible across {W} processes")
+    train_minibatch = "train.minibatch"
+    if "per_device_train_batch_size" in hf_later:
+        train.minibatch = hf_later["per_device_train_batch_size"] * train.grad_accum * W
+        train_minibatch = (f"train.minibatch = per_device_train_batch_size × grad_accum × processes = "
+                           f"{hf_later['per_device_train_batch_size']} × {train.grad_accum} × {W}")
     prompts = _check_prompts(raw.get("prompts", {"kind": "toy"}), "prompts", base)
     eval_prompts = _check_prompts(raw.get("eval_prompts", {"kind": "toy", "count": 16, "seed": 1}), "eval_prompts", base)
     algos = raw.get("algorithms")
@@ -246,13 +316,15 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
                        else ("prompt", "completion"))
         items = train.batch * cls.items_per_prompt(cfg)
         M, G = cfg.minibatch or train.minibatch, cfg.grad_accum or train.grad_accum
-        m_field = f"{where}.minibatch" if cfg.minibatch else "train.minibatch"
+        m_field = f"{where}.minibatch" if cfg.minibatch else train_minibatch
         if items % M:
             raise InputError(f"{where}: the batch holds {items} items, not divisible into minibatches of {M} ({m_field})")
         if M % (W * G):
             g_field = f"{where}.grad_accum" if cfg.grad_accum else "train.grad_accum"
             raise InputError(f"{m_field} = {M} is not divisible by processes × grad_accum = {W} × {G} ({g_field})")
         parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
+    if "num_train_epochs" in hf_later:
+        train.iterations = _epochs_to_iterations(hf_later["num_train_epochs"], train, prompts, parsed, LM_ALGORITHMS)
     needs_reward = any(LM_ALGORITHMS[n].needs_reward(c) for n, c, _ in parsed)
     reward = raw.get("reward")
     if reward is None and needs_reward:
