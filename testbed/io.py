@@ -92,3 +92,61 @@ def read_jsonl(path: str | os.PathLike, columns: tuple[str, ...], kind: type = s
     if not rows:
         raise InputError(f"{where} is empty")
     return rows
+
+
+def _yaml_loader():
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """The spec reader: YAML 1.1 reads ``1e-3`` as a string, so the usual scientific notation is
+        made a float; a mapping key given twice is an error (PyYAML keeps the last value silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is None:
+                    seen[key] = key_node.start_mark.line
+                else:
+                    mark = key_node.start_mark
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1} "
+                        f"(first at line {first + 1})", None)
+            return super().construct_mapping(node, deep)
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
+def read_yaml(path: str | os.PathLike, what: str = "spec"):
+    """A YAML (or JSON) file, read strictly: scientific-notation floats, duplicate keys refused, and any
+    error one line naming the file, the problem, its line and column."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} file {str(path)!r} does not exist")
+    try:
+        return yaml.load(path.read_text(), Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InputError(f"{what} {str(path)!r} is not valid YAML: {e.problem}{where}") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import yaml
 
 from testbed.algorithms import build_config, check_pairing, on_track
 from testbed.errors import InputError, choice, positive_int
+from testbed.io import read_yaml
 from testbed.policies import POLICIES, default_kind, initial_policy
 from testbed.problems import PreferenceBandit, TabularBandit, load_problem, make_linear, make_preference, make_tabular
 
@@ -313,31 +313,11 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     return Spec(name, runs, problems, entries, plot, source)
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` as a string; accept the usual scientific notation as a float."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec file {str(path)!r} does not exist")
-    try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"spec {str(path)!r} is not valid YAML/JSON ({first})") from None
-    return parse_spec(data, str(path), path.parent)
+    return parse_spec(read_yaml(path, "spec"), str(path), path.parent)
 
 
 def dump_yaml(obj: dict) -> str:

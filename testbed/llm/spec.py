@@ -31,10 +31,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import yaml
-
 from testbed.algorithms.base import build_config, count, flag, nonneg, one_of, positive
 from testbed.errors import InputError, positive_int
+from testbed.io import read_yaml
 from testbed.llm.models import check_model
 
 TOP_KEYS = {"name", "description", "kind", "model", "lora", "prompts", "eval_prompts", "reward", "algorithms", "seeds",
@@ -347,9 +346,4 @@ def load_lm_spec(path: str | Path, world: int | None = None) -> LMSpec:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0]
-        raise InputError(f"spec {str(path)!r} is not valid YAML: {first}") from None
-    return parse_lm_spec(raw, str(path), world)
+    return parse_lm_spec(read_yaml(path, "spec"), str(path), world)
