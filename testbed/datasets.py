@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from testbed.errors import InputError, check_finite
+from testbed.errors import InputError
 from testbed.io import atomic_write, atomic_write_text, read_jsonl
 from testbed.policies import TabularSoftmax, sample_rows
 from testbed.problems import TabularBandit
+from testbed.problems.preference import check_preferences
 
 LABELS = ("bt", "deterministic", "tensor", "preference")
 PAIR_LAWS = ("distinct", "independent")
@@ -41,10 +42,7 @@ class PreferenceOracle:
             P = np.asarray(preferences, dtype=np.float64)
             if P.shape != (X, Y, Y):
                 raise InputError(f"preferences must have shape [X, Y, Y] = {(X, Y, Y)} (got {P.shape})")
-            check_finite("preferences", P)
-            if np.any(P < 0) or np.any(P > 1) or not np.allclose(P + P.transpose(0, 2, 1), 1.0, atol=1e-9):
-                raise InputError("preferences must lie in [0, 1] with P[x, y, y'] + P[x, y', y] = 1")
-            self.P = P
+            self.P = check_preferences(P, "preferences")  # the preference problems' check and tolerance
         else:
             r = problem.rewards
             diff = r[:, :, None] - r[:, None, :]

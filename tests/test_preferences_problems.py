@@ -118,3 +118,25 @@ def test_dueling_env_passes_check_env_and_samples_the_preference():
         wins.append(r)
     # 4000 Bernoulli(5/9) draws: sd 0.0079; 4 sd
     assert abs(np.mean(wins) - 5 / 9) < 0.032
+
+
+def test_rounding_outside_0_1_is_clipped_and_a_real_violation_names_its_entry():
+    """Issue 17 item 9: a rater mixture summing to 1 + 2e-16 was refused as "got values in [0, 1]".
+    Entries within the one tolerance ATOL = 1e-9 of [0, 1] are clipped into it (every preference-tensor
+    check, DPO's tensor labels included); beyond it the message names the entry and its exact value."""
+    import numpy as np
+
+    from testbed.datasets import PreferenceOracle
+    from testbed.problems import TabularBandit
+    from testbed.problems.preference import check_preferences
+
+    p = make_preference("raters", contexts=3, actions=4, seed=1)
+    assert 0.0 <= p.preferences.min() and p.preferences.max() <= 1.0
+    P = np.full((1, 2, 2), 0.5)
+    P[0, 0, 1], P[0, 1, 0] = 1.0 + 2e-16, -2e-16
+    assert check_preferences(P).max() == 1.0
+    P[0, 0, 1], P[0, 1, 0] = 1.0 + 1e-6, -1e-7
+    with pytest.raises(InputError, match=r"P\[0, 0, 1\] = 1\.000001"):
+        check_preferences(P)
+    with pytest.raises(InputError, match=r"preferences must be probabilities in \[0, 1\] \(got P\[0, 0, 1\]"):
+        PreferenceOracle(TabularBandit(np.zeros((1, 2))), labels="tensor", preferences=P)

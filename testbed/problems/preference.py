@@ -44,7 +44,8 @@ from testbed.errors import (
 from testbed.io import atomic_write
 from testbed.problems.exact import bradley_terry_fit, kl_per_context, minimax_winner, regularised_minimax  # noqa: F401
 
-ATOL = 1e-9  # tolerance of the P + Pᵀ = 1 check (files written with float64 round-trip exactly)
+ATOL = 1e-9  # the one tolerance of every preference-tensor check: entries within it of [0, 1] are clipped
+# into it, and P + Pᵀ = 1, P(y ≻ y) = ½ hold to it (files written with float64 round-trip exactly)
 
 
 def check_preferences(P: np.ndarray, name: str = "preferences") -> np.ndarray:
@@ -53,8 +54,11 @@ def check_preferences(P: np.ndarray, name: str = "preferences") -> np.ndarray:
     if P.ndim != 3 or P.shape[1] != P.shape[2] or min(P.shape) < 1:
         raise InputError(f"{name} must be a 3-d array P[x, y, y'] of shape [X, Y, Y] (got shape {P.shape})")
     check_finite(name, P)
-    if np.any(P < 0) or np.any(P > 1):
-        raise InputError(f"{name} must be probabilities in [0, 1] (got values in [{P.min():.6g}, {P.max():.6g}])")
+    out = np.maximum(P - 1.0, -P)  # how far each entry lies outside [0, 1]
+    if np.any(out > ATOL):
+        x, y, y2 = np.unravel_index(np.argmax(out), P.shape)
+        raise InputError(f"{name} must be probabilities in [0, 1] (got P[{x}, {y}, {y2}] = {float(P[x, y, y2])!r})")
+    P = np.clip(P, 0.0, 1.0)  # rounding (a mixture summing to 1 + 2e-16) is within ATOL: clipped
     diag = np.diagonal(P, axis1=1, axis2=2)
     if not np.allclose(diag, 0.5, rtol=0.0, atol=ATOL):
         bad = float(diag.ravel()[np.argmax(np.abs(diag.ravel() - 0.5))])
