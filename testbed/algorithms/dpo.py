@@ -26,8 +26,8 @@ Adam's moments persist across iterations.
 Pairs (``pair_law``): y' ~ mu given y' != y (``distinct``), or y, y' ~ mu independently (``independent``: a tie
 carries no preference; the population loss is then over the law of (x, y, y') given y' != y). ``labels:
 preference`` is DPO on a preference problem (what was ``dpo_pref``): the oracle is the problem's own
-P[x, y, y'], with the preference family's conventions — a tabular policy, log-probs of the whole table, a
-fresh Adam each iteration, and an offline data set counted at update 1 (as ``bt_rebel``'s). ``optimizer:
+P[x, y, y'], with the preference family's conventions — a tabular policy, a fresh Adam each iteration,
+and an offline data set counted at update 1 (as ``bt_rebel``'s). ``optimizer:
 gd`` (population) takes one gradient step of size ``lr`` per iteration.
 """
 
@@ -248,12 +248,8 @@ class DPO(Algorithm):
     def _loss(self, policy: Policy, theta: torch.Tensor, d: PreferenceDataset, idx, weight=None):
         log_ref = torch.as_tensor(self.problem.log_pi_ref)
         x, yw, yl = take(d.prompt, idx), take(d.chosen, idx), take(d.rejected, idx)
-        if self.config.labels == "preference":  # the preference family's tabular form: one log_softmax of the table
-            h, tx = torch.log_softmax(theta, dim=-1) - log_ref, torch.as_tensor(x)
-            hw, hl = h[tx, torch.as_tensor(yw)], h[tx, torch.as_tensor(yl)]
-        else:
-            hw = policy.torch_log_prob(theta, x, yw) - ref_log_prob(log_ref, x, yw)
-            hl = policy.torch_log_prob(theta, x, yl) - ref_log_prob(log_ref, x, yl)
+        hw = policy.torch_log_prob(theta, x, yw) - ref_log_prob(log_ref, x, yw)
+        hl = policy.torch_log_prob(theta, x, yl) - ref_log_prob(log_ref, x, yl)
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
         return fn(hw, hl, self.config.beta, weight)
 

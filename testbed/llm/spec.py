@@ -43,6 +43,7 @@ BT_KEYS = {"kind", "pairs", "epochs", "lr", "seed", "holdout", "target_words", "
 PREFERENCES = "preferences"
 """DPO's ``dataset: preferences``: the oracle-labelled pairs a bradley_terry reward builds in the run folder."""
 PROMPT_KEYS = {"kind", "count", "seed", "file", "hf_dataset", "split", "field", "min_len", "max_len"}
+PROMPT_COUNT = 64  # prompts of a toy/tldr set without a count
 HF_TRAIN_NAMES = {"learning_rate": "lr", "adam_epsilon": "adam_eps", "gradient_accumulation_steps": "grad_accum",
                   "per_device_train_batch_size": "minibatch", "num_train_epochs": "iterations"}
 """The Hugging Face ``TrainingArguments`` names the ``train`` block also accepts, and the field each sets. The first
@@ -135,7 +136,7 @@ def _check_prompts(entry, where: str, base: Path) -> dict:
     else:
         if entry.get("kind", "toy") not in ("toy", "tldr"):
             raise InputError(f"{where}: give kind: toy, kind: tldr, file: PATH.jsonl or hf_dataset: NAME")
-        positive_int(f"{where}.count", entry.get("count", 64))
+        positive_int(f"{where}.count", entry.get("count", PROMPT_COUNT))
     return entry
 
 
@@ -210,7 +211,7 @@ def _rows_per_epoch(entry: dict) -> int | None:
     if "file" in entry:
         from testbed.io import read_jsonl
         return len(read_jsonl(entry["file"], ("prompt",)))
-    return None if "hf_dataset" in entry else entry.get("count", 64)
+    return None if "hf_dataset" in entry else entry.get("count", PROMPT_COUNT)
 
 
 def _epochs_to_iterations(epochs: float, train: TrainConfig, prompts: dict, parsed: list, algorithms: dict) -> int:

@@ -11,7 +11,7 @@ import torch
 
 from testbed.llm.models import load_reward_model
 from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward
-from testbed.llm.spec import LMSpec
+from testbed.llm.spec import PROMPT_COUNT, LMSpec
 
 
 def make_reward(spec: LMSpec, tokenizer, device, study=None):
@@ -38,7 +38,7 @@ def make_prompts(entry: dict) -> list[str]:
     from testbed.llm.toy import toy_prompts
     if entry.get("kind") == "tldr":
         from testbed.llm.tldr import make_prompts as tldr_prompts
-        return tldr_prompts(entry.get("count", 64), entry.get("seed", 0))
+        return tldr_prompts(entry.get("count", PROMPT_COUNT), entry.get("seed", 0))
     if "file" in entry:
         from testbed.llm.data import load_prompts
         return load_prompts(entry["file"])
@@ -46,7 +46,7 @@ def make_prompts(entry: dict) -> list[str]:
         import datasets  # GPU users with internet; not a dependency of the test install
         ds = datasets.load_dataset(entry["hf_dataset"], split=entry.get("split", "train"))
         return list(ds[entry.get("field", "prompt")])
-    return toy_prompts(entry.get("count", 64), entry.get("seed", 0), entry.get("min_len", 2), entry.get("max_len", 4))
+    return toy_prompts(entry.get("count", PROMPT_COUNT), entry.get("seed", 0), entry.get("min_len", 2), entry.get("max_len", 4))
 
 
 def _status_mb(field: str) -> float | None:

@@ -21,7 +21,6 @@ holds the same aliasing as one that never stopped.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import os
 import zipfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.errors import InputError
-from testbed.io import atomic_write
+from testbed.io import save_npz
 
 TREE = "__tree__"
 FORMAT = "testbed-checkpoint/1"
@@ -117,14 +116,7 @@ def save_state(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as a data-only checkpoint (atomically)."""
     w = _Writer()
     tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"))
-
-    def write(tmp: Path) -> None:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-            for name, value in {**w.arrays, TREE: np.frombuffer(tree.encode(), dtype=np.uint8)}.items():
-                buf = io.BytesIO()
-                np.lib.format.write_array(buf, value, allow_pickle=False)
-                z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
-    atomic_write(path, write)
+    save_npz(path, {**w.arrays, TREE: np.frombuffer(tree.encode(), dtype=np.uint8)})
 
 
 def _class(name: str):
