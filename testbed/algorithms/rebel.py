@@ -266,7 +266,7 @@ def linear_population_regression(rho, phi, pi, mu, r, eta):
     e = deltaᵀφ/eta - r as E[(e(y) - e(y'))²] (no cancellation). Leading axes (a stack of problems
     and policies) are carried through: one delta and loss each.
     """
-    delta = natural_step(rho, phi, r, pi, pi if mu is pi else mu, eta)
+    delta = natural_step(rho, phi, r, pi, mu, eta)
     e = linear_logits(phi, delta) / eta - r
     ep, ep2 = np.sum(pi * e, -1), np.sum(pi * e * e, -1)
     em, em2 = np.sum(mu * e, -1), np.sum(mu * e * e, -1)
