@@ -77,3 +77,27 @@ def context_and_reference(rho, pi_ref, X: int, Y: int) -> tuple[np.ndarray, np.n
     if np.any(pi_ref <= 0):
         raise InputError("pi_ref must be strictly positive (full support), as KL(pi || pi_ref) needs")
     return rho, pi_ref
+
+
+GIB = 2.0 ** 30
+ROW_BYTES = 2048
+"""A metrics row held in memory until the run folder is written (a dict of ~20 numbers): an upper estimate."""
+
+
+def memory_bytes() -> float | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(where: str, what: str, nbytes: float) -> None:
+    """Refuse up front (before anything is allocated) a size that cannot fit in this machine's memory:
+    ``what`` says what the estimate ``nbytes`` counts."""
+    total = memory_bytes()
+    if total is not None and nbytes > total:
+        raise InputError(f"{where}: {what} need at least ~{nbytes / GIB:.4g} GiB of memory; this machine has "
+                         f"{total / GIB:.1f} GiB")

@@ -277,7 +277,7 @@ def test_run_out_is_a_file(tmp_path, monkeypatch, capsys):
 # ----- `testbed plot` on something that is not a run folder ------------------------------------------
 @pytest.mark.parametrize(("setup", "expect"), [
     pytest.param({}, ("run1", "config.yaml"), id="empty-folder"),
-    pytest.param(None, ("run1", "config.yaml"), id="missing-folder"),
+    pytest.param(None, ("run1", "does not exist"), id="missing-folder"),
     pytest.param({"config.yaml": "runs: []\n"}, ("run1", "metrics.csv"), id="no-metrics-csv"),
 ])
 def test_plot_not_a_run_folder(tmp_path, monkeypatch, capsys, setup, expect):

@@ -5,7 +5,7 @@ THE registry: :data:`ALGORITHMS` (name → class). Adding a method is one file h
 (``testbed list --markdown``) and the run folder learn about it from its declarations.
 """
 
-from testbed.algorithms.base import Algorithm, Step, build_config, check_pairing
+from testbed.algorithms.base import ITEM_BYTES, Algorithm, Step, build_config, check_pairing
 from testbed.algorithms.dpo import DPO, DPOConfig
 from testbed.algorithms.grpo import GRPO, GRPOConfig
 from testbed.algorithms.npg import NPG, NPGConfig
@@ -48,6 +48,7 @@ def algorithm_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["algorithm_table", "ALGORITHMS", "DPO", "DPOConfig", "GRPO", "GRPOConfig", "NPG", "NPGConfig", "PPO", "PPOConfig",
+__all__ = ["ITEM_BYTES",
+           "algorithm_table", "ALGORITHMS", "DPO", "DPOConfig", "GRPO", "GRPOConfig", "NPG", "NPGConfig", "PPO", "PPOConfig",
            "PREFERENCE_ALGORITHMS", "REBEL", "REBELConfig", "RLOO", "RLOOConfig", "SFT", "SFTConfig", "Algorithm",
            "Step", "build_config", "check_pairing", "on_track"]

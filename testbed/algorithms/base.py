@@ -149,6 +149,19 @@ class Algorithm:
         return getattr(config, "mode", "sampled") not in ("exact", "population")
 
     @staticmethod
+    def items_per_iteration(config) -> list[tuple[str, int]]:
+        """(field, count) of the items one iteration draws and holds at once (fields declared with
+        :func:`items`, times the per-item multipliers declared with ``per_item=True``): the spec refuses a
+        count whose arrays (:data:`ITEM_BYTES` each, times the feature dimension) cannot fit in memory."""
+        fields = dataclasses.fields(config)
+        mult = 1
+        for f in fields:
+            if f.metadata.get("per_item"):
+                mult *= getattr(config, f.name)
+        return [(f.name, getattr(config, f.name) * mult) for f in fields
+                if f.metadata.get("items") and isinstance(getattr(config, f.name), int)]
+
+    @staticmethod
     def check_problem(config, problem: TabularBandit) -> None:
         """Validate inputs that depend on the problem (e.g. a dataset's indices); raise InputError."""
 
@@ -247,6 +260,17 @@ def nonneg(default, doc: str, **kw):
 
 def count(default, doc: str, **kw):
     return _field(default, {"check": "positive_int", "doc": doc}, **kw)
+
+
+ITEM_BYTES = 64
+"""Bytes one drawn item (a response or a pair) holds per feature dimension in a sampled step — indices,
+log-probabilities, rewards, the regression's rows — a lower estimate (8 float64 values)."""
+
+
+def items(default, doc: str, per_item: bool = False, **kw):
+    """A count of items drawn per iteration (``per_item``: a multiplier of each item, e.g. opponents per
+    response): :meth:`Algorithm.items_per_iteration` checks their memory up front."""
+    return _field(default, {"check": "positive_int", "doc": doc, "per_item" if per_item else "items": True}, **kw)
 
 
 def nonneg_count(default, doc: str, **kw):

@@ -46,6 +46,7 @@ from testbed.algorithms.base import (
     adam_fit,
     count,
     grad_accum_field,
+    items,
     minibatch_field,
     nonneg,
     one_of,
@@ -67,7 +68,7 @@ class DPOConfig:
     loss: str = one_of("dpo", ("dpo", "ipo"), "DPO (logistic) or IPO (squared) loss")
     mode: str = one_of("online", ("offline", "online", "population"), "fixed dataset, fresh pairs from pi_t, or "
                        "infinite data (LM default: offline; LM: offline or online)", lm="offline")
-    pairs: int = count(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT)
+    pairs: int = items(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT)
     mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs", tracks=BANDIT)
     labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), a tensor, or "
                          "preference (a preference problem's own P)", tracks=BANDIT)

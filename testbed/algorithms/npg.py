@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.algorithms.base import Algorithm, Step, count, nonneg, one_of, per_seed, positive
+from testbed.algorithms.base import Algorithm, Step, items, nonneg, one_of, per_seed, positive
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward
 from testbed.policies import LogLinear, Policy, TabularSoftmax, lstsq_step, mean_score_features, score_features
@@ -37,7 +37,7 @@ class NPGConfig:
     eta: float = positive(1.0, "step size eta > 0")
     beta: float = nonneg(0.0, "KL coefficient of J_beta = J - beta·KL(pi || pi_ref)")
     mode: str = one_of("exact", ("exact", "sampled"), "exact Fisher, or sample Fisher and gradient")
-    samples: int = count(1000, "sampled: responses per iteration")
+    samples: int = items(1000, "sampled: responses per iteration")
     damping: float = nonneg(0.0, "sampled: damping lam, solves (F̂ + lam·s·I)·delta = ĝ, s = mean eigenvalue (0: pinv)")
 
     def validate(self, where: str) -> None:

@@ -29,6 +29,7 @@ from testbed.algorithms.base import (
     count,
     flag,
     grad_accum_field,
+    items,
     minibatch_field,
     nonneg,
     one_of,
@@ -48,7 +49,7 @@ CRITIC_HIDDEN = 32
 @dataclass
 class PPOConfig:
     lr: float = positive(0.05, "policy Adam learning rate (LM: train.lr)", tracks=BANDIT)
-    batch: int = count(500, "responses per iteration (one reward query each); LM: train.batch prompts", tracks=BANDIT)
+    batch: int = items(500, "responses per iteration (one reward query each); LM: train.batch prompts", tracks=BANDIT)
     epochs: int = count(4, "passes over the batch per iteration, reshuffled")
     minibatch: int = minibatch_field(64, "responses per optimiser step")
     grad_accum: int = grad_accum_field()

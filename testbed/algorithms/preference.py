@@ -30,7 +30,7 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from testbed.algorithms.base import Algorithm, Step, adam_fit, count, one_of, positive
+from testbed.algorithms.base import Algorithm, Step, adam_fit, count, items, one_of, positive
 from testbed.errors import InputError
 from testbed.policies import Policy, TabularSoftmax, lstsq_step
 from testbed.problems.preference import PreferenceBandit
@@ -88,9 +88,10 @@ class REBELPrefConfig:
     target: str = one_of("pair", ("pair", "self_play"), "P(y ≻ y') − ½, or r_t(y) − r_t(y') with r_t(y) = P(y ≻ pi_t)")
     mode: str = one_of("exact", ("exact", "sampled"), "exact population regression, or sampled pairs")
     y_prime: str = one_of("policy", ("policy", "uniform"), "where y' comes from: pi_t (self-play) or uniform")
-    pairs: int = count(1000, "sampled: (y, y') pairs per iteration")
+    pairs: int = items(1000, "sampled: (y, y') pairs per iteration")
     oracle: str = one_of("bernoulli", ("bernoulli", "probability"), "sampled: a 0/1 preference label, or P itself")
-    opponents: int = count(1, "sampled, target self_play: comparisons y vs y'' ~ pi_t per response to estimate r_t")
+    opponents: int = items(1, per_item=True,
+                           doc="sampled, target self_play: comparisons y vs y'' ~ pi_t per response to estimate r_t")
 
 
 class REBELPreference(_PreferenceAlgorithm):
@@ -238,8 +239,8 @@ class NashMD(_PreferenceAlgorithm):
 class SPPOConfig:
     eta: float = positive(1.0, "step size eta > 0 (target eta·(P(y ≻ pi_t) − ½))")
     mode: str = one_of("exact", ("exact", "sampled"), "exact population square loss, or sampled responses")
-    samples: int = count(500, "sampled: responses y ~ pi_t per iteration")
-    opponents: int = count(4, "sampled: comparisons against y'' ~ pi_t per response to estimate P(y ≻ pi_t)")
+    samples: int = items(500, "sampled: responses y ~ pi_t per iteration")
+    opponents: int = items(4, per_item=True, doc="sampled: comparisons against y'' ~ pi_t per response to estimate P(y ≻ pi_t)")
     oracle: str = one_of("bernoulli", ("bernoulli", "probability"), "sampled: a 0/1 preference label, or P itself")
     epochs: int = count(4, "sampled: Adam epochs per batch")
     minibatch: int = count(64, "sampled: minibatch size")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.algorithms.base import Step, count, nonneg, one_of, positive
+from testbed.algorithms.base import Step, items, nonneg, one_of, positive
 from testbed.algorithms.preference import _PreferenceAlgorithm, _tabular
 from testbed.algorithms.rebel import REBEL, REBELConfig
 from testbed.errors import InputError
@@ -22,10 +22,10 @@ class BTREBELConfig:
     eta: float = positive(1.0, "REBEL step size on the fitted rewards")
     beta: float = nonneg(0.0, "REBEL KL coefficient towards pi_ref")
     mode: str = one_of("exact", ("exact", "sampled"), "REBEL: exact update or sampled pairs")
-    pairs: int = count(1000, "sampled REBEL: pairs per iteration")
+    pairs: int = items(1000, "sampled REBEL: pairs per iteration")
     reward_model: str = one_of("population", ("population", "sampled"),
                                "BT fit to the exact P over pi_ref pairs, or to a sampled data set")
-    dataset: int = count(2000, "reward_model sampled: labelled comparisons (x ~ rho, y, y' ~ pi_ref)")
+    dataset: int = items(2000, "reward_model sampled: labelled comparisons (x ~ rho, y, y' ~ pi_ref)")
     l2: float = nonneg(1e-4, "reward_model sampled: ridge on the BT rewards (finite MLE for unanimous pairs)")
 
     def validate(self, where: str) -> None:

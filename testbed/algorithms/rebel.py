@@ -32,6 +32,7 @@ from testbed.algorithms.base import (
     adam_fit,
     count,
     grad_accum_field,
+    items,
     minibatch_field,
     nonneg,
     one_of,
@@ -55,7 +56,7 @@ class REBELConfig:
                               "official 0.05)", lm=0.05)
     mode: str = one_of("exact", ("exact", "sampled"), "exact population update or sampled pairs (LM: sampled)",
                        lm="sampled")
-    pairs: int = count(1000, "sampled: (y, y') pairs per iteration (2 responses each); LM: train.batch prompts",
+    pairs: int = items(1000, "sampled: (y, y') pairs per iteration (2 responses each); LM: train.batch prompts",
                        tracks=BANDIT)
     y_prime: str = one_of("policy", Y_PRIME, "where y' comes from: pi_t (official), uniform, pi_ref, or a fixed "
                                              "offline set (LM: policy or ref)")

@@ -24,6 +24,7 @@ from testbed.algorithms.base import (
     count,
     flag,
     grad_accum_field,
+    items,
     minibatch_field,
     nonneg,
     per_seed,
@@ -37,12 +38,12 @@ from testbed.losses import kl_shaped_reward, leave_one_out_advantage, ppo_clip_l
 
 @dataclass
 class RLOOConfig:
-    k: int = count(2, "samples per prompt (>= 2)")
+    k: int = items(2, per_item=True, doc="samples per prompt (>= 2)")
     beta: float = nonneg(0.0, "KL coefficient in the sequence reward r - beta·(ln pi_t - ln pi_ref)", lm=0.05)
     epochs: int = count(1, "passes over each batch (1: plain REINFORCE with the baseline)")
     clip_eps: float = unit_open(0.2, "clip range when epochs > 1")
     normalize_advantage: bool = flag(False, "standardise advantages within each batch")
-    contexts: int = count(250, "prompts per iteration (k responses each); LM: train.batch", tracks=BANDIT)
+    contexts: int = items(250, "prompts per iteration (k responses each); LM: train.batch", tracks=BANDIT)
     minibatch: int = minibatch_field(64, "responses per optimiser step")
     grad_accum: int = grad_accum_field()
     lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT)

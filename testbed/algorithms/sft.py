@@ -33,6 +33,7 @@ from testbed.algorithms.base import (
     adam_fit,
     count,
     grad_accum_field,
+    items,
     minibatch_field,
     one_of,
     path,
@@ -51,8 +52,8 @@ class SFTConfig:
                        "cross-entropy to the demonstrator", tracks=BANDIT)
     demonstrator: str = one_of("optimal", ("optimal", "best_of_n"), "argmax_y r(x, y), or the best of n samples of "
                                "pi_ref by reward", tracks=BANDIT)
-    n: int = count(4, "best_of_n: samples of pi_ref per demonstration", tracks=BANDIT)
-    demonstrations: int = count(250, "sampled: contexts x ~ rho per iteration, one demonstration each", tracks=BANDIT)
+    n: int = items(4, per_item=True, doc="best_of_n: samples of pi_ref per demonstration", tracks=BANDIT)
+    demonstrations: int = items(250, "sampled: contexts x ~ rho per iteration, one demonstration each", tracks=BANDIT)
     solver: str = one_of("adam", ("adam", "exact"), "Adam on the NLL, or (population, tabular) its minimiser pi = d",
                          tracks=BANDIT)
     lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT)

@@ -34,10 +34,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from testbed.algorithms import build_config, check_pairing, on_track
-from testbed.errors import InputError, choice, positive_int
+from testbed.algorithms import ITEM_BYTES, build_config, check_pairing, on_track
+from testbed.errors import ROW_BYTES, InputError, check_memory, choice, positive_int
 from testbed.io import read_yaml
 from testbed.policies import POLICIES, default_kind, initial_policy
 from testbed.problems import PreferenceBandit, TabularBandit, load_problem, make_linear, make_preference, make_tabular
@@ -115,6 +116,8 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
     unknown = sorted(set(entry) - PROBLEM_KEYS[kind])
     if unknown:
         raise InputError(f"{where}: unknown field(s) {unknown}; a {kind} problem takes {sorted(PROBLEM_KEYS[kind])}")
+    if kind == "file" and not isinstance(entry["file"], str | Path):
+        raise InputError(f"{where}.file must be a path to an .npz instance file (got {entry['file']!r})")
     try:
         if kind == "file":
             path = Path(entry["file"])
@@ -127,12 +130,33 @@ def _problem(entry: dict, where: str, base: Path) -> tuple[TabularBandit, dict]:
         for k in ("contexts", "actions", "dim", "seed", "raters"):
             if k in params and (isinstance(params[k], bool) or not isinstance(params[k], int)):
                 raise InputError(f"problem.{k} must be an integer (got {params[k]!r})")
+        _check_problem_size(kind, params)
         problem = {"tabular": make_tabular, "linear": make_linear, "preference": make_preference}[kind](**params)
     except InputError as e:
         msg = str(e)
+        if kind == "file":
+            raise InputError(f"{where}.file: {msg}") from None
         raise InputError(f"{where}.{msg.removeprefix('problem.')}" if msg.startswith("problem.") else f"{where}: {msg}") from None
     resolved = {"kind": kind, **params, "name": problem.name}
     return problem, resolved
+
+
+PROBLEM_ARRAYS = 6
+"""Tables of one problem's size a run holds at once (rewards or features, pi_ref, the policy's logits,
+probabilities and log-probabilities, the exact metrics' temporaries): the factor of the memory estimate."""
+
+
+def _check_problem_size(kind: str, params: dict) -> None:
+    """A generated problem's tables must fit in memory: refused before numpy allocates them."""
+    X, Y = params.get("contexts", 1), params.get("actions", 1)
+    if not all(isinstance(v, int) and v > 0 for v in (X, Y)):
+        return  # the generator names the bad field
+    per = {"tabular": 1, "linear": params.get("dim", 1), "preference": Y}[kind]
+    if not isinstance(per, int) or per <= 0:
+        return
+    entries = X * Y * per
+    check_memory("problem.contexts × actions", f"{kind} problem of {X} contexts × {Y} actions"
+                 + (f" × {per}" if per > 1 else "") + f" = {entries:.3g} entries", 8.0 * PROBLEM_ARRAYS * entries)
 
 
 def _plots(value) -> list[dict]:
@@ -174,6 +198,8 @@ def _policy(value, where: str) -> dict | None:
             raise InputError(f"{where}.hidden applies to kind: mlp only")
         if not isinstance(h, list) or not h or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in h):
             raise InputError(f"{where}.hidden must be a non-empty list of positive layer widths (got {h!r})")
+        weights = sum(a * b for a, b in zip(h, h[1:]))  # the hidden-to-hidden layers; parameters, gradients, Adam's two moments
+        check_memory(where, f"an MLP with {weights:.3g} hidden-layer weights", 4 * 8.0 * weights)
     return dict(value)
 
 
@@ -233,6 +259,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         raise InputError("algorithms must be a non-empty list like [{name: rebel, eta: 1}]")
     seeds = data.get("seeds", 1)
     if isinstance(seeds, int) and not isinstance(seeds, bool):
+        check_memory("seeds", f"{seeds:.3g} runs", seeds * ROW_BYTES)  # before the list of seeds is built
         seeds = list(range(positive_int("seeds", seeds)))
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise InputError(f"seeds must be a positive count or a list of non-negative integers (got {data.get('seeds')!r})")
@@ -242,6 +269,8 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
         raise InputError("missing field 'iterations' (a positive integer)")
     iterations = positive_int("iterations", data["iterations"])
     eval_every = positive_int("eval_every", data.get("eval_every", 1))
+    check_memory("iterations", f"{iterations // eval_every + 1:.3g} metric rows per run (iterations / eval_every)",
+                 ROW_BYTES * (iterations // eval_every + 1))
     plot = _plots(data.get("plot"))
     trajectories = data.get("trajectories", False)
     if not isinstance(trajectories, bool):
@@ -271,6 +300,9 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
                 if f.metadata.get("check") == "path" and isinstance(v, str) and v and not Path(v).is_absolute():
                     params[f.name] = str(base / v)
             cfg = build_config(cls.Config, params, where, "bandit")
+            dim = max(getattr(p, "features", np.empty((1, 1, 1))).shape[-1] for p in problems.values())
+            for fname, items in cls.items_per_iteration(cfg):
+                check_memory(f"{where}.{fname}", f"{items:.3g} drawn items per iteration", items * ITEM_BYTES * dim)
             why = cls.check_track(cfg, "bandit")
             if why:
                 raise InputError(f"{where}: {why}")
@@ -309,7 +341,9 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     ids = [r.run_id for r in runs]
     if len(set(ids)) < len(ids):  # cannot happen after the checks above; refuse rather than overwrite a run
         raise InputError(f"run ids {sorted({i for i in ids if ids.count(i) > 1})} are not unique")
-    name = str(data.get("name", Path(source).stem))
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str) or not name:
+        raise InputError(f"name must be a non-empty string (got {name!r})")
     return Spec(name, runs, problems, entries, plot, source)
 
 

@@ -38,6 +38,10 @@ def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 
 def read_config(run_dir: Path) -> dict:
     cfg_path = run_dir / "config.yaml"
+    if run_dir.is_file():
+        raise InputError(f"{str(run_dir)!r} is a file, not a run folder")
+    if not run_dir.exists():
+        raise InputError(f"run folder {str(run_dir)!r} does not exist")
     if not cfg_path.is_file():
         raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
     return yaml.safe_load(cfg_path.read_text())

@@ -51,6 +51,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
                                                             "exploitability", "exploitability_avg"))
     runs = {r["run_id"]: r for r in config["runs"]}
     rows = read_metrics(run_dir)
+    known = sorted({k for r in runs.values() for k in (*r["swept"], *r["config"])})
+    if panel_by and panel_by not in known:
+        raise InputError(f"panel_by (--panel-by) {panel_by!r} is not a hyper-parameter of these runs; expected one of "
+                         f"{', '.join(known)}")
 
     def panel_value(run):
         if not panel_by:

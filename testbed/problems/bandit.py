@@ -202,6 +202,8 @@ def load_problem(path: str | os.PathLike) -> TabularBandit | PreferenceBandit:
     :class:`~testbed.problems.preference.PreferenceBandit` (P + Pᵀ = 1 checked).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"instance file {str(path)!r} is a folder, not an .npz file")
     if not path.is_file():
         raise InputError(f"instance file {str(path)!r} does not exist")
     with open(path, "rb") as f:
@@ -209,7 +211,17 @@ def load_problem(path: str | os.PathLike) -> TabularBandit | PreferenceBandit:
             raise InputError(f"instance file {str(path)!r} is not an .npz archive (expected a zip of named arrays)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            data = {}
+            for k in z.files:
+                try:
+                    data[k] = z[k]
+                except ValueError as e:
+                    if "allow_pickle" not in str(e):
+                        raise
+                    raise InputError(f"instance file {str(path)!r}: array {k!r} holds Python objects (dtype object); "
+                                     "expected numbers") from None
+    except InputError:
+        raise
     except Exception as e:  # corrupt / not an npz
         raise InputError(f"instance file {str(path)!r} is not a readable .npz archive ({e})") from None
     known = {"kind", "name", "rewards", "rho", "pi_ref", "noise_std", "features", "theta_star", "preferences"}
@@ -221,6 +233,8 @@ def load_problem(path: str | os.PathLike) -> TabularBandit | PreferenceBandit:
     for k, v in data.items():
         if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
             raise InputError(f"instance file {str(path)!r}: array {k!r} must be numeric (got dtype {v.dtype})")
+        if np.iscomplexobj(v):  # numpy would drop the imaginary part with only a warning
+            raise InputError(f"instance file {str(path)!r}: array {k!r} must be real (got dtype {v.dtype})")
     noise = data.pop("noise_std", np.float64(0.0))
     if noise.shape != ():
         raise InputError(f"instance file {str(path)!r}: 'noise_std' must be a scalar (got shape {noise.shape})")
