@@ -72,7 +72,11 @@ def read_jsonl(path: str | os.PathLike, columns: tuple[str, ...], kind: type = s
     if not path.is_file():
         raise InputError(f"{where} does not exist")
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: line {i} is not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
         if not line.strip():
             continue
         try:

@@ -184,7 +184,7 @@ CASES: dict[str, Case] = {
                                 track="lm", item="7", out="afile/run"),
     "lm-reward-token-misspelt": Case({"spec.yaml": lm_spec(reward="{kind: function, name: count_token, token: goood}")},
                                      lm_case(), ("reward.token", "goood"), track="lm", item="7"),
-    "lm-reward-token-missing": Case({"spec.yaml": lm_spec(reward="{kind: function, name: count_token}")},
+    "lm-reward-token-not-a-word": Case({"spec.yaml": lm_spec(reward="{kind: function, name: count_token, token: 3}")},
                                     lm_case(), ("reward.token",), track="lm", item="7"),
     "lm-seeds-2-to-70": Case({"spec.yaml": lm_spec(extra="seeds: 1180591620717411303424\n")}, lm_case(), ("seeds",),
                              track="lm", item="8"),

@@ -92,6 +92,9 @@ def check_model(entry, where: str) -> dict:
     unknown = sorted(set(entry) - MODEL_KEYS)
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(MODEL_KEYS)}")
+    from testbed.llm.checks import check_model_fields
+
+    check_model_fields(entry, where)
     name, path = entry.get("name"), entry.get("path")
     if path is not None and not (Path(path) / "config.json").is_file():
         if name not in KNOWN:

@@ -32,8 +32,9 @@ from fractions import Fraction
 from pathlib import Path
 
 from testbed.algorithms.base import build_config, count, flag, nonneg, one_of, positive
-from testbed.errors import InputError, positive_int
+from testbed.errors import ROW_BYTES, InputError, check_memory, positive_int
 from testbed.io import read_yaml
+from testbed.llm.checks import PROMPT_BYTES, check_lora, check_prompt_lengths, check_reward_module
 from testbed.llm.models import check_model
 
 TOP_KEYS = {"name", "description", "kind", "model", "lora", "prompts", "eval_prompts", "reward", "algorithms", "seeds",
@@ -136,7 +137,9 @@ def _check_prompts(entry, where: str, base: Path) -> dict:
     else:
         if entry.get("kind", "toy") not in ("toy", "tldr"):
             raise InputError(f"{where}: give kind: toy, kind: tldr, file: PATH.jsonl or hf_dataset: NAME")
-        positive_int(f"{where}.count", entry.get("count", PROMPT_COUNT))
+        n = positive_int(f"{where}.count", entry.get("count", PROMPT_COUNT))
+        check_memory(f"{where}.count", f"{n:.3g} prompts", n * PROMPT_BYTES)
+        check_prompt_lengths(entry, where)
     return entry
 
 
@@ -150,8 +153,12 @@ def _check_reward(entry, where: str, base: Path) -> dict:
     if unknown:
         raise InputError(f"{where}: unknown key(s) {unknown}; expected some of {sorted(REWARD_KEYS)}")
     if kind == "function":
-        if entry.get("name") not in REWARD_FUNCTIONS and not entry.get("module"):
+        if entry.get("module") is not None:
+            check_reward_module(entry["module"], f"{where}.module")
+        elif entry.get("name") not in REWARD_FUNCTIONS:
             raise InputError(f"{where}.name must be one of {', '.join(REWARD_FUNCTIONS)} (or give module: pkg.mod:fn)")
+        if "token" in entry and (not isinstance(entry["token"], str) or not entry["token"]):
+            raise InputError(f"{where}.token must be a word (a token of the tokenizer) (got {entry['token']!r})")
     elif kind == "model":
         model = {k: entry[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in entry}
         if "path" in model and not Path(model["path"]).is_absolute():
@@ -257,8 +264,7 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         bad = sorted(set(lora) - {"r", "alpha", "dropout", "target_modules"})
         if bad:
             raise InputError(f"lora: unknown key(s) {bad}; expected r, alpha, dropout, target_modules")
-        lora = {"r": positive_int("lora.r", lora.get("r", 8)), "alpha": float(lora.get("alpha", 2 * lora.get("r", 8))),
-                "dropout": float(lora.get("dropout", 0.0)), "target_modules": lora.get("target_modules")}
+        lora = check_lora(lora, model)
     train_raw, hf_later = _hf_train_names(_mapping(raw.get("train", {}), "train"))
     train = build_config(TrainConfig, train_raw, "train")
     acc = build_config(AccelerateConfig, _mapping(raw.get("accelerate", {}), "accelerate"), "accelerate")
@@ -332,6 +338,7 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     reward = _check_reward(reward, "reward", base) if reward is not None else {}
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
+        check_memory("seeds", f"{seeds:.3g} runs", seeds * ROW_BYTES * train.iterations)  # before the list is built
         seeds = list(range(positive_int("seeds", seeds)))
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise InputError(f"seeds must be a positive count or a list of non-negative integers (got {seeds!r})")

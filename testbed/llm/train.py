@@ -36,6 +36,7 @@ from testbed.algorithms import ALGORITHMS
 from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend
+from testbed.llm.checks import check_before_build
 from testbed.llm.critic import PolicyAndValue, make_critic
 from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
@@ -261,6 +262,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     generations, saved model) and a checkpoint of the unfinished one every K iterations; ``resume``
     continues from there."""
     out = Path(out)
+    check_before_build(spec)
     acc = get_accelerator(spec)
     main = acc.is_main_process
     if main:
