@@ -12,7 +12,8 @@ Protocol (what ``testbed reproduce`` runs for ``experiments/compare_tuned.yaml``
 3. The picked settings run on the reporting ``seeds`` (disjoint from the tuning seeds, checked when
    the spec is read) → ``<out>/``, a run folder like any other, labelled by method.
 
-``<out>-tuning/selection.yaml`` records every point's tuning score and the pick.
+``<out>-tuning/selection.yaml`` records every point's tuning score and the pick
+(:func:`testbed.plotting.aggregate.read_selection`).
 """
 
 from __future__ import annotations
@@ -103,12 +104,13 @@ def _point_label(method: str, point: dict, swept: list[str]) -> str:
     return method + ("(" + ",".join(f"{k}={point[k]}" for k in keys) + ")" if keys else "")
 
 
-def run_tuned(spec: Spec, out: str | Path, progress: bool = True, jobs: int = 1, backend: str = "local") -> Path:
+def run_tuned(spec: Spec, out: str | Path, overwrite: bool = True, progress: bool = True, jobs: int = 1,
+              backend: str = "local") -> Path:
     """Tune on ``spec.tune['seeds']`` (run folder ``<out>-tuning``), then run the picks on ``spec``'s seeds
     (run folder ``out``, returned). ``<out>-tuning/selection.yaml`` holds the scores and picks."""
     out = Path(out)
     entries = _entries(spec)
-    tune_dir = run_spec(tuning_spec(spec), out.parent / f"{out.name}-tuning", overwrite=True, progress=progress,
+    tune_dir = run_spec(tuning_spec(spec), out.parent / f"{out.name}-tuning", overwrite=overwrite, progress=progress,
                         jobs=jobs, backend=backend)
     grids = {m: [_point_label(m, p, swept) for p in points] for m, _, points, swept in entries}
     picks = select(read_metrics(tune_dir), grids, spec.tune["seeds"])
@@ -122,10 +124,5 @@ def run_tuned(spec: Spec, out: str | Path, progress: bool = True, jobs: int = 1,
          "tuning_seeds": spec.tune["seeds"], "reporting_seeds": sorted({r.seed for r in spec.runs}),
          "methods": picks}, sort_keys=False))
     report = _sub_spec(spec, algorithms=chosen)
-    return run_spec(report, out, overwrite=True, progress=progress, jobs=jobs, backend=backend)
+    return run_spec(report, out, overwrite=overwrite, progress=progress, jobs=jobs, backend=backend)
 
-
-def read_selection(run_dir: str | Path) -> dict:
-    """selection.yaml of the tuning folder next to a tuned run folder ``run_dir`` (empty if none)."""
-    path = Path(run_dir).parent / f"{Path(run_dir).name}-tuning" / "selection.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}

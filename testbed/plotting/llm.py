@@ -32,7 +32,7 @@ def _label(run_id: str) -> str:
     return run_id.split("-")[0].upper()
 
 
-def _seconds_per_iteration(rows: list[dict]) -> float | None:
+def seconds_per_iteration(rows: list[dict]) -> float | None:
     """Training seconds per iteration: wall time from the end of iteration 1 to the end of the last, per
     iteration (each row's wall time is taken before any evaluation), or iteration 1's own when alone."""
     it = [r for r in rows if r["iteration"] and r["wall_time"] is not None]
@@ -117,7 +117,7 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
         last = rows[-1]
         wr = last.get("eval/win_rate")
         win = "" if wr is None else f"{wr:.1%} [{last['eval/win_rate_lo']:.1%}, {last['eval/win_rate_hi']:.1%}]"
-        spi = _seconds_per_iteration(rows)
+        spi = seconds_per_iteration(rows)
         secs = {**meta.get("seconds", {}), **timings.get("seconds", {})}.get(run_id)
         lines.append(f"| {_label(run_id)} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
                      f"{_fmt(last.get('eval/words'), '.1f')} | {peak[run_id]:.0f} | "
