@@ -100,7 +100,7 @@ def rebel_is_npg(runs: Path) -> Claim:
     m = float(max(diffs))
     u = float(max(unif))
     c.value = (m, m, m)
-    c.note = f"exact runs; y′ ~ uniform: {u:.3g}" + (" (the problem is realisable, so it is the same update)" if u <= 1e-8 else "")
+    c.note = f"exact runs; y′ ~ uniform: {u:.3g}" + (" (a realisable problem: the same update)" if u <= 1e-8 else "")
     return c
 
 
@@ -138,7 +138,7 @@ def inexact_regression(runs: Path) -> Claim:
     exact = next(v for (p, lab), v in finals.items() if lab == "rebel-exact")
     ref = float(np.mean(list(exact.values())))
     by_n = {}
-    for (p, lab), v in finals.items():
+    for (_, lab), v in finals.items():
         if lab.startswith("rebel-sampled(pairs="):
             by_n[int(lab.split("=")[1].rstrip(")"))] = np.array(list(v.values())) - ref
     ns = sorted(by_n)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from testbed.errors import InputError
 from testbed.experiments import golden
-from testbed.experiments.claims import write_claims
 from testbed.experiments.backends import backend_session
+from testbed.experiments.claims import write_claims
 from testbed.experiments.runner import run_spec
 from testbed.experiments.spec import load_spec
 from testbed.experiments.tuning import run_tuned

@@ -115,7 +115,7 @@ def run_tuned(spec: Spec, out: str | Path, overwrite: bool = True, progress: boo
     grids = {m: [_point_label(m, p, swept) for p in points] for m, _, points, swept in entries}
     picks = select(read_metrics(tune_dir), grids, spec.tune["seeds"])
     chosen = []
-    for method, entry, points, swept in entries:
+    for method, _, points, swept in entries:
         point = points[grids[method].index(picks[method]["label"])]
         picks[method]["setting"] = {k: point[k] for k in swept if k not in ("name", "label")}
         chosen.append(dict(point, label=method))
