@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
     (-3.0, -1.0, (-claims.INF, -0.4), claims.SUPPORTED),
     (-0.3, 0.2, (-claims.INF, -0.4), claims.NOT_SUPPORTED),
     (float("nan"), float("nan"), (0.0, 1.0), claims.INCONCLUSIVE),  # one seed: no interval
+    (0.3, 0.49999999999999994, (0.5, 1.0), claims.INCONCLUSIVE),  # touches ½ up to rounding: not wholly outside
+    (0.3, 0.4999999, (0.5, 1.0), claims.NOT_SUPPORTED),
 ])
 def test_verdict_rule(lo, hi, region, expected):
     assert claims.verdict(lo, hi, region) == expected

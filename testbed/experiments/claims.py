@@ -33,15 +33,22 @@ INF = math.inf
 REPS = 2000
 
 
+ROUNDING = 1e-12
+"""Relative tolerance at the region's boundaries: a bootstrap quantile of 0.49999999999999994 is ½
+(floating-point rounding of a rational mean), so it touches the boundary ½ rather than falling short of it."""
+
+
 def verdict(low: float, high: float, region: tuple[float, float]) -> str:
     """The rule: *supported* if [low, high] ⊆ region, *not supported* if the two do not meet,
-    *inconclusive* otherwise (or if the interval is not finite-valued: no data)."""
+    *inconclusive* otherwise (or if the interval is not finite-valued: no data). Boundaries are compared
+    up to :data:`ROUNDING` (relative)."""
     a, b = region
     if any(v is None or math.isnan(v) for v in (low, high)) or low > high:
         return INCONCLUSIVE
-    if a <= low and high <= b:
+    ta, tb = ROUNDING * max(1.0, abs(a)) if math.isfinite(a) else 0.0, ROUNDING * max(1.0, abs(b)) if math.isfinite(b) else 0.0
+    if a - ta <= low and high <= b + tb:
         return SUPPORTED
-    if high < a or low > b:
+    if high < a - ta or low > b + tb:
         return NOT_SUPPORTED
     return INCONCLUSIVE
 
@@ -330,7 +337,7 @@ def collect(runs: str | Path) -> list[Claim]:
 
 
 def _fmt(v: float) -> str:
-    return "—" if v is None or math.isnan(v) else f"{v:.3g}"
+    return "—" if v is None or math.isnan(v) else f"{v:.4g}"
 
 
 def claims_markdown(claims: list[Claim]) -> str:
@@ -344,8 +351,9 @@ def claims_markdown(claims: list[Claim]) -> str:
         lines.append(f"| {i} | {c.claim} | {exp} | {c.statistic} | {_region(c.region)} | {val} | "
                      f"**{c.verdict}** | {c.note} |")
     rule = ("Verdict rule (testbed/experiments/claims.py): *supported* if the whole 95% interval lies in the claimed "
-            "region, *not supported* if it lies wholly outside, *inconclusive* if it straddles a boundary or there is "
-            "no data. Exact experiments have a one-point interval.")
+            "region, *not supported* if it lies wholly outside, *inconclusive* if it straddles or touches a boundary, "
+            "or there is no data (boundaries compared up to 1e-12, relative: rounding). Exact experiments have a "
+            "one-point interval.")
     return "\n".join(["# The paper's claims, checked", "", rule, "", *lines, ""])
 
 

@@ -96,7 +96,7 @@ def plot_llm_winrate(run_dir: str | Path, out: str | Path) -> Path:
     if not methods:
         raise InputError(f"{str(run_dir)!r} has no eval/win_rate (not a bradley_terry study run)")
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    for i, (m, by_seed) in enumerate(sorted(methods.items())):
+    for i, (_, by_seed) in enumerate(sorted(methods.items())):
         col = f"C{i % 10}"
         rows = [by_seed[s] for s in sorted(by_seed)]
         mean, lo, hi = over_seeds([r["eval/win_rate"] for r in rows])
@@ -164,7 +164,8 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
         win = "" if wr is None else f"{wr:.1%} [{last['eval/win_rate_lo']:.1%}, {last['eval/win_rate_hi']:.1%}]"
         spi = seconds_per_iteration(rows)
         secs = {**meta.get("seconds", {}), **timings.get("seconds", {})}.get(run_id)
-        lines.append(f"| {_label(run_id)} s{run_id.rsplit('-s', 1)[1]} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
+        name = f"{_label(run_id)} s{run_id.rsplit('-s', 1)[1]}"
+        lines.append(f"| {name} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
                      f"{_fmt(last.get('eval/words'), '.1f')} | {peak[run_id]:.0f} | "
                      f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | "
                      f"{_fmt(_sequences_per_backward(config, run_id))} | "
