@@ -181,3 +181,38 @@ def test_readme_claims_table_is_figures_claims_md():
     assert m.group(1) == (ROOT / "figures" / "claims.md").read_text(), \
         "README's claims table drifted from figures/claims.md (testbed reproduce writes it): paste it"
     assert text.index("<!-- claims:start -->") < text.index("## Figures"), "the claims table must lead the results"
+
+
+def _lm_folder(d: Path, wins: dict[str, list[float]]) -> Path:
+    import csv
+
+    from testbed.results import LM_COLUMNS
+    d.mkdir(parents=True)
+    rows = []
+    for i, (method, ws) in enumerate(wins.items()):
+        for seed, w in enumerate(ws):
+            for t in (0, 1, 2):
+                r = {c: "" for c in LM_COLUMNS}
+                r.update(run_id=f"{method}-{i}-s{seed}", problem="p", algorithm=method, seed=seed, iteration=t)
+                if t == 2:
+                    r.update({"eval/win_rate": w, "eval/win_rate_lo": 0, "eval/win_rate_hi": 1, "eval/kl": 1.0})
+                rows.append(r)
+    with open(d / "metrics.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=LM_COLUMNS)
+        wr.writeheader()
+        wr.writerows(rows)
+    return d
+
+
+def test_lm_claims_use_a_t_interval_over_seeds_and_one_seed_is_inconclusive(tmp_path):
+    from scipy import stats
+
+    rebel, ppo = [0.7, 0.75, 0.8], [0.5, 0.52, 0.6]
+    _lm_folder(tmp_path / "a" / "tldr_smollm2_quick", {"rebel": rebel, "ppo": ppo})
+    c = claims.LM_CLAIMS[0](tmp_path / "a")
+    d = np.subtract(rebel, ppo)
+    lo, hi = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
+    assert c.value == pytest.approx((d.mean(), lo, hi)) and c.verdict == claims.SUPPORTED
+    _lm_folder(tmp_path / "b" / "tldr_smollm2_quick", {"rebel": [0.9], "ppo": [0.1]})
+    one = claims.LM_CLAIMS[0](tmp_path / "b")
+    assert one.verdict == claims.INCONCLUSIVE and "one seed" in one.note
