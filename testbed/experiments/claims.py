@@ -191,22 +191,22 @@ def bt_misses_winner(runs: Path) -> Claim:
     return c
 
 
-def _tuned(runs: Path):
-    d = runs / "compare_tuned"
+def _tuned(runs: Path, study: str = "compare_tuned"):
+    d = runs / study
     return d if (d / "metrics.csv").is_file() else None
 
 
-def bandit_vs(other: str):
+def bandit_vs(other: str, study: str = "compare_tuned", rebel: str = "rebel-sampled", where: str = "bandits"):
     def claim(runs: Path) -> Claim:
-        c = Claim(f"REBEL ≥ {other.split('-')[0].upper()} at a matched budget of responses (bandits, tuned)",
-                  "compare_tuned", f"probability that a REBEL run ends with a lower normalised sub-optimality than a "
-                  f"{other} run (4 problems, 10 fresh seeds)", (0.5, 1.0))
-        d = _tuned(runs)
+        c = Claim(f"REBEL ≥ {other.split('-')[0].upper()} at a matched budget of responses ({where}, tuned)",
+                  study, f"probability that a {rebel} run ends with a lower normalised sub-optimality than a "
+                  f"{other} run (fresh seeds, every problem of the study)", (0.5, 1.0))
+        d = _tuned(runs, study)
         if d:
-            scores, _ = score_matrices(d)
-            c.value = poi_interval(scores["rebel-sampled"], scores[other])
-            if other.startswith("dpo"):
-                c.note = "online DPO makes half the oracle queries (one preference per pair)"
+            scores, problems = score_matrices(d)
+            c.value = poi_interval(scores[rebel], scores[other])
+            c.note = f"{len(problems)} problem(s) × {scores[rebel].shape[0]} seeds" + (
+                "; online DPO makes half the oracle queries (one preference per pair)" if other.startswith("dpo") else "")
         return c
     return claim
 
@@ -326,7 +326,10 @@ LM_CLAIMS = (
 )
 
 BANDIT_CLAIMS = (rebel_is_npg, mirror_descent_bound, inexact_regression, minimax_average_iterate, bt_misses_winner,
-                 bandit_vs("ppo"), bandit_vs("dpo-online"), kl_vs_ppo_bandit, models_held, step_cost_bandit)
+                 bandit_vs("ppo"), bandit_vs("dpo-online"),
+                 bandit_vs("ppo-mlp", "compare_tuned_mlp", "rebel-mlp", "MLP policy"),
+                 bandit_vs("dpo-online-mlp", "compare_tuned_mlp", "rebel-mlp", "MLP policy"),
+                 kl_vs_ppo_bandit, models_held, step_cost_bandit)
 
 
 def collect(runs: str | Path) -> list[Claim]:
