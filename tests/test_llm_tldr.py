@@ -119,6 +119,22 @@ def test_preferences_dataset_needs_the_bradley_terry_pipeline(tmp_path, capsys):
          "dataset: 'preferences' (the pairs the pipeline labels) needs offline DPO and a reward of kind bradley_terry")
 
 
+def test_sft_demonstrations_need_the_bradley_terry_pipeline(tmp_path, capsys):
+    """SFT's ``dataset: preferences`` is the pipeline's oracle-chosen responses: without the pipeline, one line."""
+    _bad(tmp_path, capsys, toy_spec({"name": "sft", "dataset": "preferences"}),
+         "dataset: 'preferences' (the pipeline's oracle-chosen demonstrations) needs a reward of kind bradley_terry")
+
+
+def test_sft_on_the_pipeline_reads_the_demonstrations():
+    """With the pipeline, SFT keeps ``dataset: preferences`` (resolved to demonstrations.jsonl in the run folder)."""
+    from testbed.llm.spec import PREFERENCES, parse_lm_spec
+
+    raw = toy_spec({"name": "sft", "dataset": "preferences", "minibatch": 4})
+    raw["reward"] = {"kind": "bradley_terry"}
+    spec = parse_lm_spec(raw)
+    assert [getattr(cfg, "dataset", None) for _, cfg, _ in spec.algorithms] == [PREFERENCES]
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("holdout", 1.0, "reward.holdout must be a fraction in [0, 1)"),
     ("pairs", 0, "reward.pairs"),
