@@ -128,6 +128,8 @@ def test_a_tuned_run_picks_on_tuning_seeds_and_reports_on_fresh_ones(tmp_path):
     assert {r["label"] for r in yaml.safe_load((out / "config.yaml").read_text())["runs"]} == {"rebel-exact", "npg-exact"}
     table = aggregate.tuned_table(out, tmp_path / "t.md").read_text()
     assert "| rebel-exact | eta = 10.0 |" in table
+    again = tuning.run_tuned(spec, tmp_path / "tiny", progress=False)  # reproduce twice into one --runs folder
+    assert (again / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
 
 
 @pytest.mark.parametrize("change,match", [

@@ -12,7 +12,8 @@ Protocol (what ``testbed reproduce`` runs for ``experiments/compare_tuned.yaml``
 3. The picked settings run on the reporting ``seeds`` (disjoint from the tuning seeds, checked when
    the spec is read) → ``<out>/``, a run folder like any other, labelled by method.
 
-``<out>-tuning/selection.yaml`` records every point's tuning score and the pick
+``<out>-selection.yaml`` (next to both run folders, so that each stays a plain run folder that
+``--overwrite`` may replace) records every point's tuning score and the pick
 (:func:`testbed.plotting.aggregate.read_selection`).
 """
 
@@ -28,6 +29,7 @@ from testbed.errors import InputError
 from testbed.experiments.runner import run_spec
 from testbed.experiments.spec import Spec, _grid, parse_spec
 from testbed.io import atomic_write_text
+from testbed.plotting.aggregate import selection_path
 from testbed.results import read_metrics
 
 
@@ -107,7 +109,7 @@ def _point_label(method: str, point: dict, swept: list[str]) -> str:
 def run_tuned(spec: Spec, out: str | Path, overwrite: bool = True, progress: bool = True, jobs: int = 1,
               backend: str = "local") -> Path:
     """Tune on ``spec.tune['seeds']`` (run folder ``<out>-tuning``), then run the picks on ``spec``'s seeds
-    (run folder ``out``, returned). ``<out>-tuning/selection.yaml`` holds the scores and picks."""
+    (run folder ``out``, returned). ``<out>-selection.yaml`` holds the scores and picks."""
     out = Path(out)
     entries = _entries(spec)
     tune_dir = run_spec(tuning_spec(spec), out.parent / f"{out.name}-tuning", overwrite=overwrite, progress=progress,
@@ -119,7 +121,7 @@ def run_tuned(spec: Spec, out: str | Path, overwrite: bool = True, progress: boo
         point = points[grids[method].index(picks[method]["label"])]
         picks[method]["setting"] = {k: point[k] for k in swept if k not in ("name", "label")}
         chosen.append(dict(point, label=method))
-    atomic_write_text(tune_dir / "selection.yaml", yaml.safe_dump(
+    atomic_write_text(selection_path(out), yaml.safe_dump(
         {"rule": "least mean over problems of the mean over tuning seeds of the normalised final sub-optimality",
          "tuning_seeds": spec.tune["seeds"], "reporting_seeds": sorted({r.seed for r in spec.runs}),
          "methods": picks}, sort_keys=False))

@@ -177,9 +177,14 @@ def plot_aggregate(run_dir: str | Path, out: str | Path) -> Path:
     return save_figure(fig, Path(out))
 
 
+def selection_path(run_dir: str | Path) -> Path:
+    """Where a tuned run folder's selection lives: ``<run_dir>-selection.yaml``, next to it."""
+    return Path(run_dir).parent / f"{Path(run_dir).name}-selection.yaml"
+
+
 def read_selection(run_dir: str | Path) -> dict:
-    """selection.yaml of the tuning folder next to a tuned run folder (``<run_dir>-tuning``); empty if none."""
-    path = Path(run_dir).parent / f"{Path(run_dir).name}-tuning" / "selection.yaml"
+    """The tuning scores and picks of a tuned run folder (``<run_dir>-selection.yaml``); empty if none."""
+    path = selection_path(run_dir)
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
@@ -190,7 +195,7 @@ def tuned_table(run_dir: str | Path, out: str | Path) -> Path:
 
     sel = read_selection(run_dir)
     if not sel:
-        raise InputError(f"{str(run_dir)!r} has no tuning folder {Path(run_dir).name}-tuning/selection.yaml "
+        raise InputError(f"{str(run_dir)!r} has no {selection_path(run_dir).name} next to it "
                          "(it was not run with a tune: block)")
     out = Path(out)
     results_table(run_dir, out)
