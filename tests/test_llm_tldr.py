@@ -119,6 +119,22 @@ def test_preferences_dataset_needs_the_bradley_terry_pipeline(tmp_path, capsys):
          "dataset: 'preferences' (the pairs the pipeline labels) needs offline DPO and a reward of kind bradley_terry")
 
 
+def test_sft_demonstrations_need_the_bradley_terry_pipeline(tmp_path, capsys):
+    """SFT's ``dataset: preferences`` is the pipeline's oracle-chosen responses: without the pipeline, one line."""
+    _bad(tmp_path, capsys, toy_spec({"name": "sft", "dataset": "preferences"}),
+         "dataset: 'preferences' (the pipeline's oracle-chosen demonstrations) needs a reward of kind bradley_terry")
+
+
+def test_sft_on_the_pipeline_reads_the_demonstrations():
+    """With the pipeline, SFT keeps ``dataset: preferences`` (resolved to demonstrations.jsonl in the run folder)."""
+    from testbed.llm.spec import PREFERENCES, parse_lm_spec
+
+    raw = toy_spec({"name": "sft", "dataset": "preferences", "minibatch": 4})
+    raw["reward"] = {"kind": "bradley_terry"}
+    spec = parse_lm_spec(raw)
+    assert [getattr(cfg, "dataset", None) for _, cfg, _ in spec.algorithms] == [PREFERENCES]
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("holdout", 1.0, "reward.holdout must be a fraction in [0, 1)"),
     ("pairs", 0, "reward.pairs"),
@@ -168,10 +184,44 @@ def test_llm_table_and_figures_from_a_run_folder(tmp_path):
                                           " {name: ppo, grad_accum: 0, sequences_per_item: 1}]\n")
     (tmp_path / "meta.json").write_text(json.dumps({"seconds": {"rebel-0-s0": 40.0}}))
     text = llm_table(tmp_path, tmp_path / "t.md", wall_seconds=120).read_text()
-    rebel = next(ln for ln in text.splitlines() if ln.startswith("| REBEL"))
-    ppo = next(ln for ln in text.splitlines() if ln.startswith("| PPO"))
+    rebel = next(ln for ln in text.splitlines() if ln.startswith("| REBEL s0"))
+    ppo = next(ln for ln in text.splitlines() if ln.startswith("| PPO s0"))
+    assert "| REBEL | 1 (single seed: no interval) | 75.0% | 0.4 | 0.5 |" in text  # the table over seeds
     # (31 - 10)/2 s/iteration; minibatches of 4 pairs in 2 micro-batches = 4 sequences per backward; PPO's 8 in one
     assert "75.0% [60.0%, 85.0%]" in rebel and "| 600 | 0.60 | 4 | 10.5 | 40 |" in rebel
     assert "| 1000 | 1.00 | 8 | 4.0 |" in ppo and "2.0 min" in text
     assert plot_llm_reward_kl(tmp_path, tmp_path / "a.png").stat().st_size > 0
+    assert plot_llm_winrate(tmp_path, tmp_path / "b.png").stat().st_size > 0
+
+
+def test_llm_table_over_seeds_is_the_mean_with_a_t_interval(tmp_path):
+    """Three seeds of one method: the mean and the 95% Student-t interval over seeds (scipy's t.interval)."""
+    import csv
+
+    from scipy import stats
+
+    from testbed.llm.train import LM_COLUMNS
+    from testbed.plotting.llm import llm_table, plot_llm_winrate
+
+    wins, scores = [0.5, 0.625, 0.8125], [0.1, 0.4, 0.25]
+    rows = []
+    for seed, (w, sc) in enumerate(zip(wins, scores)):
+        for t in (0, 1):
+            r = {c: "" for c in LM_COLUMNS}
+            r.update(run_id=f"rebel-0-s{seed}", problem="p", algorithm="rebel", seed=seed, iteration=t, wall_time=t,
+                     peak_memory_mb=100.0)
+            if t:
+                r.update({"eval/win_rate": w, "eval/win_rate_lo": w - 0.1, "eval/win_rate_hi": w + 0.1, "eval/kl": 1.0,
+                          "eval/rm_score": sc})
+            rows.append(r)
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=LM_COLUMNS)
+        wr.writeheader()
+        wr.writerows(rows)
+    (tmp_path / "config.yaml").write_text("name: demo\n")
+    text = llm_table(tmp_path, tmp_path / "t.md").read_text()
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(wins), scale=stats.sem(wins))
+    slo, shi = stats.t.interval(0.95, 2, loc=np.mean(scores), scale=stats.sem(scores))
+    assert (f"| REBEL | 3 | {np.mean(wins):.1%} [{lo:.1%}, {hi:.1%}] | {np.mean(scores):.3g} [{slo:.3g}, {shi:.3g}] |"
+            in text), text
     assert plot_llm_winrate(tmp_path, tmp_path / "b.png").stat().st_size > 0

@@ -17,6 +17,8 @@ A spec is a YAML (or JSON) file::
       - {kind: curve, panel_by: eta, x: iteration, y: suboptimality}   # simplex, exploitability, eps_sweep
       - {kind: table}
     trajectories: false             # write trajectory.csv (policy + average iterate per evaluated iteration)
+    tune: {seeds: 3}                # equal-budget tuning: the algorithms' lists are each method's grid, chosen
+                                    # on these tuning seeds (here 3 seeds after `seeds`), reported on `seeds`
 
 Preference problems: ``{kind: preference, family: rps | dice | nlhf | cyclic_raters | raters | skew | bt}``
 (``eps`` for nlhf, ``strength`` for rps, ``raters`` for raters, ``temperature`` for bt; ``pi_ref``: one
@@ -44,7 +46,7 @@ from testbed.policies import POLICIES, default_kind, initial_policy
 from testbed.problems import PreferenceBandit, TabularBandit, load_problem, make_linear, make_preference, make_tabular
 
 TOP_KEYS = {"name", "description", "problem", "problems", "algorithms", "seeds", "iterations", "eval_every", "plot",
-            "trajectories"}
+            "trajectories", "tune"}
 PROBLEM_KEYS = {
     "tabular": {"kind", "family", "contexts", "actions", "seed", "gap", "noise_std", "name"},
     "linear": {"kind", "family", "contexts", "actions", "dim", "seed", "gap", "misspecification", "noise_std", "name"},
@@ -52,7 +54,8 @@ PROBLEM_KEYS = {
                    "name"},
     "file": {"file", "name"},
 }
-PLOT_KINDS = ("curve", "frontier", "sensitivity", "table", "simplex", "exploitability", "eps_sweep")
+PLOT_KINDS = ("curve", "frontier", "sensitivity", "table", "simplex", "exploitability", "eps_sweep", "tuned_table",
+              "aggregate")
 PLOT_KEYS = {"kind", "name", "panel_by", "x", "y", "context"}
 PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss", "exploitability", "exploitability_avg")
 
@@ -83,6 +86,8 @@ class Spec:
     problem_entries: dict[str, dict]
     plot: list[dict] = field(default_factory=list)
     source: str | None = None
+    tune: dict | None = None  # equal-budget tuning (testbed/experiments/tuning.py): {seeds: [...]}
+    data: dict | None = None  # the spec as written (tuning builds its tuning and report specs from it)
 
     def resolved(self) -> dict:
         """The fully resolved config (every default filled in), as written to the run folder."""
@@ -176,7 +181,7 @@ def _plots(value) -> list[dict]:
         if "context" in p and (isinstance(p["context"], bool) or not isinstance(p["context"], int) or p["context"] < 0):
             raise InputError(f"{where}.context must be a non-negative integer (got {p['context']!r})")
         if "x" in p:
-            choice(f"{where}.x", p["x"], ("iteration", "samples"))
+            choice(f"{where}.x", p["x"], ("iteration", "samples", "queries"))
         if "y" in p:
             choice(f"{where}.y", p["y"], PLOT_Y)
         out.append(p)
@@ -344,7 +349,26 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
         raise InputError(f"name must be a non-empty string (got {name!r})")
-    return Spec(name, runs, problems, entries, plot, source)
+    return Spec(name, runs, problems, entries, plot, source, _tune(data.get("tune"), seeds), data)
+
+
+def _tune(value, seeds: list[int]) -> dict | None:
+    """``tune: {seeds: N | [s, ...]}``: the tuning seeds, disjoint from the reporting ``seeds`` (a count N
+    takes the N seeds after the largest reporting seed)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"seeds"} or "seeds" not in value:
+        raise InputError(f"tune must be a mapping {{seeds: 3}} or {{seeds: [100, 101, 102]}} (got {value!r})")
+    t = value["seeds"]
+    if isinstance(t, int) and not isinstance(t, bool):
+        t = list(range(max(seeds) + 1, max(seeds) + 1 + positive_int("tune.seeds", t)))
+    if not isinstance(t, list) or not t or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in t) \
+            or len(set(t)) != len(t):
+        raise InputError(f"tune.seeds must be a positive count or a list of distinct non-negative integers (got {t!r})")
+    if set(t) & set(seeds):
+        raise InputError(f"tune.seeds {sorted(set(t) & set(seeds))} are also reporting seeds; the tuning seeds must be "
+                         "fresh (disjoint from 'seeds')")
+    return {"seeds": t}
 
 
 def load_spec(path: str | Path) -> Spec:

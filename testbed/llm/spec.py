@@ -299,7 +299,10 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         for k in ("dataset",):
             if isinstance(a.get(k), str) and a[k] and a[k] != PREFERENCES and not Path(a[k]).is_absolute():
                 a[k] = str(base / a[k])
-        if a.get("dataset") == PREFERENCES:  # the pairs the pipeline builds in the run folder, before the runs
+        demos = _demonstrations_config(cls, a, where, raw) if a.get("dataset") == PREFERENCES else None
+        if demos is not None:  # an SFT-like method: the chosen side of the pipeline's pairs are its demonstrations
+            cfg = demos
+        elif a.get("dataset") == PREFERENCES:  # the pairs the pipeline builds in the run folder, before the runs
             bt = isinstance(raw.get("reward"), dict) and raw["reward"].get("kind") == "bradley_terry"
             pairs = {f.name for f in dataclasses.fields(cls.Config)} >= {"mode", "dataset"}
             if not bt or not pairs or a.get("mode", "offline") != "offline":
@@ -355,3 +358,19 @@ def load_lm_spec(path: str | Path, world: int | None = None) -> LMSpec:
     if not path.is_file():
         raise InputError(f"spec {str(path)!r} does not exist")
     return parse_lm_spec(read_yaml(path, "spec"), str(path), world)
+
+
+def _demonstrations_config(cls, a: dict, where: str, raw: dict):
+    """``dataset: preferences`` for a method that trains on single responses read from a data set (SFT: it
+    draws no prompts, one sequence per item): the pipeline's demonstrations, the oracle-chosen response of
+    each labelled pair. Its config, or None when the method is not of that kind (then the pairs apply)."""
+    try:
+        probe = build_config(cls.Config, {**a, "dataset": ""}, where, "lm")
+    except InputError:
+        return None
+    if cls.needs_prompts(probe) or cls.sequences_per_item(probe) != 1:
+        return None
+    if not (isinstance(raw.get("reward"), dict) and raw["reward"].get("kind") == "bradley_terry"):
+        raise InputError(f"{where}.dataset: 'preferences' (the pipeline's oracle-chosen demonstrations) needs a reward "
+                         "of kind bradley_terry")
+    return dataclasses.replace(probe, dataset=PREFERENCES)

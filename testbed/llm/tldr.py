@@ -259,6 +259,8 @@ class Study:
         rejected = [b if f else a for a, b, f in zip(t1, t2, first)]
         path = Path(out_dir) / "preferences.jsonl"
         write_jsonl(path, [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, chosen, rejected)])
+        # SFT's demonstrations: the oracle-chosen summary of each pair (best of two reference samples)
+        write_jsonl(Path(out_dir) / "demonstrations.jsonl", [{"prompt": p, "completion": c} for p, c in zip(prompts, chosen)])
         # the reward model: fitted on the first pairs, checked against the oracle's labels on the rest
         pad = tok.pad_token_id
         L = max(y.shape[1] for y in y1_all)

@@ -311,6 +311,12 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                 all_rows += rows
                 if main:
                     _write_run(tmp, spec, run_id, gens, model, tok, partial)
+                model = tok = None
+                # the one Accelerator keeps every prepared model and optimiser: drop this run's (15 runs of
+                # the 3-seed study grew past 24 GB without it), keeping its step count as it was
+                step = acc.step
+                acc.free_memory()
+                acc.step = step
         acc.wait_for_everyone()
         if not main:
             return None
@@ -337,7 +343,8 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
 
 
 def _prepare_study(spec: LMSpec, tmp: Path, runs: list) -> tuple:
-    """Build the TL;DR-style pipeline's preference pairs and reward model in ``tmp``; point DPO at the pairs."""
+    """Build the TL;DR-style pipeline's preference pairs and reward model in ``tmp``; point DPO at the pairs and
+    SFT at the demonstrations (the chosen response of each pair)."""
     import dataclasses
 
     from testbed.llm.spec import PREFERENCES
@@ -351,9 +358,9 @@ def _prepare_study(spec: LMSpec, tmp: Path, runs: list) -> tuple:
     summary = study.prepare(policy, make_prompts(spec.prompts), tmp, spec.train.batch, spec.train.max_prompt_length)
     del policy
     gc.collect()
-    pairs = str(tmp / "preferences.jsonl")
-    runs = [(n, dataclasses.replace(c, dataset=pairs) if getattr(c, "dataset", "") == PREFERENCES else c, s, r)
-            for n, c, s, r in runs]
+    data = {2: str(tmp / "preferences.jsonl"), 1: str(tmp / "demonstrations.jsonl")}  # by sequences per item
+    runs = [(n, dataclasses.replace(c, dataset=data[ALGORITHMS[n].sequences_per_item(c)])
+             if getattr(c, "dataset", "") == PREFERENCES else c, s, r) for n, c, s, r in runs]
     print(f"{spec.name}: {summary['pairs']} oracle-labelled pairs, reward model agrees with the oracle on "
           f"{summary['rm_heldout_agreement']:.1%} of {summary['heldout_pairs']} held-out pairs "
           f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)

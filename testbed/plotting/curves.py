@@ -46,7 +46,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
     config = read_config(run_dir)
     opts = next((p for p in config.get("plot") or [] if p.get("kind", "curve") == "curve"), {})
     panel_by = panel_by or opts.get("panel_by")
-    x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples"))
+    x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples", "queries"))
     y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss",
                                                             "exploitability", "exploitability_avg"))
     runs = {r["run_id"]: r for r in config["runs"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.plotting import curves, preference
+from testbed.plotting import aggregate, curves, preference
 from testbed.plotting.common import read_config
 
 
@@ -24,10 +24,12 @@ KINDS = {
     "simplex": _preference(preference.plot_simplex, True),
     "exploitability": _preference(preference.plot_exploitability, False),
     "eps_sweep": _preference(preference.plot_eps_sweep, True),
+    "tuned_table": lambda run_dir, entry, out: aggregate.tuned_table(run_dir, out),
+    "aggregate": lambda run_dir, entry, out: aggregate.plot_aggregate(run_dir, out),
 }
 
 
 def draw(run_dir: str | Path, entry: dict, out: str | Path) -> Path:
     """Draw one ``plot:`` entry of a spec to ``out`` (kind: curve, frontier, sensitivity, table, simplex,
-    exploitability, eps_sweep)."""
+    exploitability, eps_sweep, tuned_table, aggregate)."""
     return KINDS[entry.get("kind", "curve")](run_dir, entry, out)

@@ -32,7 +32,7 @@ def _label(run_id: str) -> str:
     return run_id.split("-")[0].upper()
 
 
-def _seconds_per_iteration(rows: list[dict]) -> float | None:
+def seconds_per_iteration(rows: list[dict]) -> float | None:
     """Training seconds per iteration: wall time from the end of iteration 1 to the end of the last, per
     iteration (each row's wall time is taken before any evaluation), or iteration 1's own when alone."""
     it = [r for r in rows if r["iteration"] and r["wall_time"] is not None]
@@ -68,27 +68,72 @@ def plot_llm_reward_kl(run_dir: str | Path, out: str | Path) -> Path:
     return save_figure(fig, Path(out))
 
 
+def _by_method(runs: dict) -> dict[str, dict[int, dict]]:
+    """method label → seed → final row, for the runs with a held-out win rate."""
+    out: dict = defaultdict(dict)
+    for run_id, rows in sorted(runs.items()):
+        if rows[-1].get("eval/win_rate") is not None:
+            out[_label(run_id)][int(run_id.rsplit("-s", 1)[1])] = rows[-1]
+    return dict(out)
+
+
+def over_seeds(values) -> tuple[float, float | None, float | None]:
+    """Mean over seeds and its 95% Student-t interval (None, None for a single seed)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), None, None
+    h = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return float(v.mean()), float(v.mean()) - h, float(v.mean()) + h
+
+
 def plot_llm_winrate(run_dir: str | Path, out: str | Path) -> Path:
-    """The held-out oracle's win rate of each algorithm's final policy against the reference policy,
-    with the 95% Wilson interval; 50% = no better than the reference."""
-    runs = read_lm_metrics(run_dir)
-    finals = [(run_id, rows[-1]) for run_id, rows in sorted(runs.items()) if rows[-1].get("eval/win_rate") is not None]
-    if not finals:
+    """The held-out oracle's win rate of each algorithm's final policy against the reference policy: one
+    dot per seed (its 95% Wilson interval as a thin bar), the bar at the mean over seeds with a 95%
+    Student-t interval over seeds when there are two or more; 50% = no better than the reference."""
+    methods = _by_method(read_lm_metrics(run_dir))
+    if not methods:
         raise InputError(f"{str(run_dir)!r} has no eval/win_rate (not a bradley_terry study run)")
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    x = np.arange(len(finals))
-    wr = np.array([r["eval/win_rate"] for _, r in finals])
-    lo = np.array([r["eval/win_rate_lo"] for _, r in finals])
-    hi = np.array([r["eval/win_rate_hi"] for _, r in finals])
-    ax.bar(x, wr, color=[f"C{i % 10}" for i in range(len(finals))], alpha=0.8)
-    ax.errorbar(x, wr, yerr=np.array([wr - lo, hi - wr]), fmt="none", color="k", capsize=4)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for i, (_, by_seed) in enumerate(sorted(methods.items())):
+        col = f"C{i % 10}"
+        rows = [by_seed[s] for s in sorted(by_seed)]
+        mean, lo, hi = over_seeds([r["eval/win_rate"] for r in rows])
+        ax.bar(i, mean, color=col, alpha=0.45, width=0.7)
+        if lo is not None:
+            ax.errorbar(i, mean, yerr=[[mean - lo], [hi - mean]], fmt="none", color="k", capsize=6, lw=1.6)
+        offsets = np.linspace(-0.2, 0.2, len(rows)) if len(rows) > 1 else [0.0]
+        for dx, r in zip(offsets, rows):
+            ax.errorbar(i + dx, r["eval/win_rate"], yerr=[[r["eval/win_rate"] - r["eval/win_rate_lo"]],
+                                                          [r["eval/win_rate_hi"] - r["eval/win_rate"]]],
+                        fmt="o", color=col, mec="k", ms=5, lw=0.6, capsize=2)
     ax.axhline(0.5, color="k", ls=":", lw=1)
-    ax.set_xticks(x, [_label(i) for i, _ in finals])
+    names = sorted(methods)
+    ax.set_xticks(range(len(names)), [f"{m}\n({len(methods[m])} seed{'s' if len(methods[m]) > 1 else ''})" for m in names])
     ax.set_ylim(0, 1)
     ax.set_ylabel("win rate vs reference (oracle)")
-    ax.set_title(f"{_name(run_dir)}: held-out win rate, 95% Wilson interval", fontsize=9)
+    ax.set_title(f"{_name(run_dir)}: held-out win rate; dots: seeds (95% Wilson),\nbar: mean over seeds "
+                 "(95% t-interval over seeds)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, Path(out))
+
+
+def _seed_summary(runs: dict) -> list[str]:
+    """The table over seeds: win rate and RM score as mean [95% t-interval over seeds]; a single seed is labelled."""
+    def cell(values, fmt):
+        m, lo, hi = over_seeds(values)
+        return format(m, fmt) + ("" if lo is None else f" [{format(lo, fmt)}, {format(hi, fmt)}]")
+
+    lines = ["| algorithm | seeds | win rate, mean [95% CI over seeds] | RM score, mean [95% CI over seeds] | "
+             "KL(π‖π_ref), mean |", "|---|---|---|---|---:|"]
+    for m, by_seed in sorted(_by_method(runs).items()):
+        rows = [by_seed[s] for s in sorted(by_seed)]
+        seeds = f"{len(rows)}" if len(rows) > 1 else "1 (single seed: no interval)"
+        kl = [r["eval/kl"] for r in rows if r.get("eval/kl") is not None]
+        lines.append(f"| {m} | {seeds} | {cell([r['eval/win_rate'] for r in rows], '.1%')} | "
+                     f"{cell([r['eval/rm_score'] for r in rows], '.3g')} | {_fmt(float(np.mean(kl)) if kl else None)} |")
+    return lines
 
 
 def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None = None) -> Path:
@@ -109,7 +154,7 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
              "s/iteration: training iterations only (no set-up or evaluation).", "",
              "Sequences/backward: responses (prompt + response) in each forward-backward pass, which set the activation "
              "memory (a REBEL or DPO item is a pair, two sequences; ``grad_accum`` splits a minibatch into micro-batches).",
-             "",
+             "", "Over seeds:", "", *_seed_summary(runs), "", "Per run (seed):", "",
              "| algorithm | win rate [95% CI] | RM score | KL(π‖π_ref) | words | peak memory MB | × PPO | "
              "sequences/backward | s/iteration | run s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -117,9 +162,10 @@ def llm_table(run_dir: str | Path, out: str | Path, wall_seconds: float | None =
         last = rows[-1]
         wr = last.get("eval/win_rate")
         win = "" if wr is None else f"{wr:.1%} [{last['eval/win_rate_lo']:.1%}, {last['eval/win_rate_hi']:.1%}]"
-        spi = _seconds_per_iteration(rows)
+        spi = seconds_per_iteration(rows)
         secs = {**meta.get("seconds", {}), **timings.get("seconds", {})}.get(run_id)
-        lines.append(f"| {_label(run_id)} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
+        name = f"{_label(run_id)} s{run_id.rsplit('-s', 1)[1]}"
+        lines.append(f"| {name} | {win} | {_fmt(last.get('eval/rm_score'))} | {_fmt(last.get('eval/kl'))} | "
                      f"{_fmt(last.get('eval/words'), '.1f')} | {peak[run_id]:.0f} | "
                      f"{'' if not ppo else format(peak[run_id] / ppo, '.2f')} | "
                      f"{_fmt(_sequences_per_backward(config, run_id))} | "

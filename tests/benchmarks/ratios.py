@@ -1,6 +1,6 @@
 """Print cost ratios measured side by side in one run (interleaved, median of repeats).
 
-    python tests/benchmarks/ratios.py [--quick] [--skip-reproduce]
+    python tests/benchmarks/ratios.py [--quick] [--skip-reproduce] [--claims-overhead]
 
 Targets (issues: bandit foundation, performance):
   1. one exact tabular REBEL / NPG iteration at |X| = |Y| = 1000 costs at most 2x a bare numpy
@@ -9,7 +9,9 @@ Targets (issues: bandit foundation, performance):
      batched (one stack) than as a loop of per-seed runs (same rows, checked here too);
   3. sampled REBEL / PPO / online DPO iteration cost on the MLP policy with equal samples (reported
      as ratios to REBEL; no target);
-  4. ``testbed reproduce`` (every bandit figure, default --jobs = one per core) in under 2 minutes.
+  4. ``testbed reproduce`` (every bandit figure, default --jobs = one per core) in under 2 minutes;
+  5. (``--claims-overhead``) ``testbed reproduce`` with the claims studies of issue 16 at most 2x the
+     same command without them.
 Exits 1 if a target is missed. ``--quick`` shrinks workload 2 to 100 seeds x 200 iterations.
 """
 
@@ -115,10 +117,39 @@ def reproduce_time() -> bool:
     return ok
 
 
+CLAIMS_SPECS = ("compare_tuned.yaml", "compare_tuned_mlp.yaml", "rebel_error_vs_n.yaml")  # issue 16's studies
+
+
+def claims_overhead() -> bool:
+    """``testbed reproduce`` with the claims studies (tuned comparisons, error vs N, figures/claims.md)
+    against the same command on a copy of experiments/ without them: target ≤ 2×."""
+    import shutil
+
+    walls = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        without = Path(tmp) / "experiments"
+        shutil.copytree(ROOT / "experiments", without, ignore=shutil.ignore_patterns(*CLAIMS_SPECS))
+        for name, exp in (("without", without), ("with", ROOT / "experiments")):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "testbed.cli", "reproduce", "--quiet", "--experiments", str(exp),
+                                  "--runs", f"{tmp}/runs-{name}", "--figures", f"{tmp}/figures-{name}"], cwd=ROOT,
+                                 capture_output=True, text=True)
+            walls[name] = time.perf_counter() - t0
+            if out.returncode != 0:
+                print(f"5. testbed reproduce ({name} the claims studies) failed: {out.stderr.strip()}")
+                return False
+    ratio = walls["with"] / walls["without"]
+    print(f"5. testbed reproduce with the claims studies {walls['with']:.1f} s vs without {walls['without']:.1f} s: "
+          f"{ratio:.2f}x (target <= 2x) {verdict(ratio <= 2)}")
+    return ratio <= 2
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="workload 2 at 100 seeds x 200 iterations")
     ap.add_argument("--skip-reproduce", action="store_true", help="leave out workload 4 (minutes)")
+    ap.add_argument("--claims-overhead", action="store_true", help="also workload 5: reproduce with vs without the "
+                    "claims studies (two reproduce runs, minutes)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
@@ -128,6 +159,8 @@ def main() -> int:
     sampled_costs()
     if not args.skip_reproduce:
         ok &= reproduce_time()
+    if args.claims_overhead:
+        ok &= claims_overhead()
     return 0 if ok else 1
 
 

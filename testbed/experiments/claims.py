@@ -1,0 +1,377 @@
+"""The paper's claims, checked: ``testbed reproduce`` writes ``figures/claims.md`` from the run folders.
+
+Each claim names the experiment that tests it, a statistic, its 95% interval and the region of values
+that the claim asserts. The verdict is computed, never typed, by one rule (:func:`verdict`):
+
+- **supported** — the whole 95% interval lies inside the claimed region;
+- **not supported** — the whole interval lies outside it;
+- **inconclusive** — the interval straddles a boundary of the region, or there is no data (e.g. the
+  LM study was not run, or ran with one seed so there is no interval over seeds).
+
+Exact experiments (no sampling) have a degenerate interval [x, x]. Intervals: a stratified bootstrap
+over seeds (:mod:`testbed.plotting.aggregate`) for the bandit comparison; a percentile bootstrap over
+seeds for slopes and ratios; Student's t over seeds for the LM study (few seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from testbed.algorithms import ALGORITHMS, build_config
+from testbed.io import atomic_write
+from testbed.plotting.aggregate import poi_interval, score_matrices
+from testbed.plotting.common import _load
+from testbed.plotting.llm import read_lm_metrics, seconds_per_iteration
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+INF = math.inf
+REPS = 2000
+
+
+ROUNDING = 1e-12
+"""Relative tolerance at the region's boundaries: a bootstrap quantile of 0.49999999999999994 is ½
+(floating-point rounding of a rational mean), so it touches the boundary ½ rather than falling short of it."""
+
+
+def verdict(low: float, high: float, region: tuple[float, float]) -> str:
+    """The rule: *supported* if [low, high] ⊆ region, *not supported* if the two do not meet,
+    *inconclusive* otherwise (or if the interval is not finite-valued: no data). Boundaries are compared
+    up to :data:`ROUNDING` (relative)."""
+    a, b = region
+    if any(v is None or math.isnan(v) for v in (low, high)) or low > high:
+        return INCONCLUSIVE
+    ta, tb = ROUNDING * max(1.0, abs(a)) if math.isfinite(a) else 0.0, ROUNDING * max(1.0, abs(b)) if math.isfinite(b) else 0.0
+    if a - ta <= low and high <= b + tb:
+        return SUPPORTED
+    if high < a - ta or low > b + tb:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+@dataclass
+class Claim:
+    claim: str
+    experiment: str
+    statistic: str
+    region: tuple[float, float]
+    value: tuple[float, float, float] | None = None  # (point, low, high)
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return INCONCLUSIVE if self.value is None else verdict(self.value[1], self.value[2], self.region)
+
+
+def _region(r: tuple[float, float]) -> str:
+    a, b = r
+    return f"≤ {b:g}" if a == -INF else f"≥ {a:g}" if b == INF else f"[{a:g}, {b:g}]"
+
+
+def _boot(samples: list[np.ndarray], stat, seed: int = 0) -> tuple[float, float, float]:
+    """stat(*samples) with a 95% percentile bootstrap resampling each sample independently."""
+    rng = np.random.default_rng(seed)
+    boot = [stat(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(REPS)]
+    return float(stat(*samples)), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
+def _finals(run_dir: Path, column: str) -> dict[tuple[str, str], dict[int, float]]:
+    """(problem, label) → seed → the column at the last evaluated iteration."""
+    _, runs, per_run = _load(run_dir)
+    out: dict = {}
+    for run_id, rows in per_run.items():
+        run = runs[run_id]
+        out.setdefault((run["problem"], run["label"]), {})[run["seed"]] = rows[-1][column]
+    return out
+
+
+# ----- the claims ------------------------------------------------------------------------------
+def rebel_is_npg(runs: Path) -> Claim:
+    c = Claim("REBEL ≡ NPG when y′ ~ π_t (exact, log-linear policy)", "linear_rebel_vs_npg",
+              "max over η ∈ {0.1, 1, 10} and t ≤ 200 of the absolute difference J(π_t^REBEL) − J(π_t^NPG)", (0.0, 1e-8))
+    d = runs / "linear_rebel_vs_npg"
+    if not (d / "metrics.csv").is_file():
+        return c
+    _, runs_, per_run = _load(d)
+    curves = {(r["problem"], r["label"]): [x["reward"] for x in per_run[i]] for i, r in runs_.items() if r["seed"] == 0}
+    diffs, unif = [], []
+    for (p, label), ys in curves.items():
+        if label.startswith("npg-exact"):
+            eta = label[len("npg-exact"):]
+            diffs.append(np.max(np.abs(np.array(curves[(p, "rebel-exact-ypi" + eta)]) - ys)))
+            unif.append(np.max(np.abs(np.array(curves[(p, "rebel-exact-yunif" + eta)]) - ys)))
+    m = float(max(diffs))
+    u = float(max(unif))
+    c.value = (m, m, m)
+    c.note = f"exact runs; y′ ~ uniform: {u:.3g}" + (" (a realisable problem: the same update)" if u <= 1e-8 else "")
+    return c
+
+
+def mirror_descent_bound(runs: Path) -> Claim:
+    c = Claim("Exact REBEL obeys the mirror-descent rate J* − J(π_T) ≤ KL(π*‖π₀)/(ηT) + (J* − J(π₀))/T",
+              "tabular_rebel_vs_npg", "max over η ∈ {0.1, 1, 10} and 1 ≤ T ≤ 200 of (J* − J(π_T)) / bound(T)",
+              (0.0, 1.0))
+    d = runs / "tabular_rebel_vs_npg"
+    if not (d / "metrics.csv").is_file():
+        return c
+    _, runs_, per_run = _load(d)
+    ratios = []
+    for run_id, run in runs_.items():
+        th = run.get("theory")
+        if run["seed"] != 0 or not th or run["algorithm"] != "rebel" or run["config"].get("mode") != "exact":
+            continue
+        for r in per_run[run_id]:
+            if r["iteration"] >= 1:
+                ratios.append(r["suboptimality"] / ((th["kl_star_init_over_eta"] + th["gap0"]) / r["iteration"]))
+    if ratios:
+        m = float(max(ratios))
+        c.value = (m, m, m)
+    return c
+
+
+def inexact_regression(runs: Path) -> Claim:
+    c = Claim("REBEL keeps the guarantee with an inexact regression: the excess sub-optimality over the exact update "
+              "shrinks at least like N^-1/2 in the pairs N per iteration", "rebel_error_vs_n",
+              "slope of log abs(J_exact(π_T) − J_sampled(π_T)) (mean over seeds) against log N, N = 100…6400, T = 20",
+              (-INF, -0.4))
+    d = runs / "rebel_error_vs_n"
+    if not (d / "metrics.csv").is_file():
+        return c
+    finals = _finals(d, "suboptimality")
+    exact = next(v for (p, lab), v in finals.items() if lab == "rebel-exact")
+    ref = float(np.mean(list(exact.values())))
+    by_n = {}
+    for (_, lab), v in finals.items():
+        if lab.startswith("rebel-sampled(pairs="):
+            by_n[int(lab.split("=")[1].rstrip(")"))] = np.array(list(v.values())) - ref
+    ns = sorted(by_n)
+
+    def slope(*samples):
+        y = [math.log(max(abs(float(np.mean(s))), 1e-300)) for s in samples]
+        return float(np.polyfit(np.log(ns), y, 1)[0])
+
+    c.value = _boot([by_n[n] for n in ns], slope)
+    return c
+
+
+def _pref(runs: Path):
+    d = runs / "pref_nlhf_eps"
+    if not (d / "metrics.csv").is_file():
+        return None
+    _, runs_, per_run = _load(d)
+    out = {}
+    for run_id, run in runs_.items():
+        col = "exploitability_avg" if run.get("report_iterate") == "avg" else "exploitability"
+        out.setdefault(run["label"], {})[run["problem"]] = per_run[run_id][-1][col]
+    return out
+
+
+def minimax_average_iterate(runs: Path) -> Claim:
+    c = Claim("REBEL-preference's average iterate reaches the minimax winner under intransitive preferences",
+              "pref_nlhf_eps", "max over the 11 values of ε of the exploitability of π̄_T at T = 1000 (exact)", (0.0, 0.01))
+    expl = _pref(runs)
+    if expl and "rebel_pref-exact" in expl:
+        m = float(max(expl["rebel_pref-exact"].values()))
+        c.value = (m, m, m)
+    return c
+
+
+def bt_misses_winner(runs: Path) -> Claim:
+    c = Claim("…where the Bradley–Terry-reward method does not", "pref_nlhf_eps",
+              "min over ε ≠ 0 of the exploitability of BT-reward REBEL's π_T at T = 1000 (exact)", (0.01, INF))
+    expl = _pref(runs)
+    if expl and "bt-reward-rebel" in expl:
+        vals = [v for p, v in expl["bt-reward-rebel"].items() if not p.endswith("+0")]
+        m = float(min(vals))
+        c.value, c.note = (m, m, m), "at ε = 0 the preferences are transitive and BT finds the winner"
+    return c
+
+
+def _tuned(runs: Path, study: str = "compare_tuned"):
+    d = runs / study
+    return d if (d / "metrics.csv").is_file() else None
+
+
+def bandit_vs(other: str, study: str = "compare_tuned", rebel: str = "rebel-sampled", where: str = "bandits"):
+    def claim(runs: Path) -> Claim:
+        c = Claim(f"REBEL ≥ {other.split('-')[0].upper()} at a matched budget of responses ({where}, tuned)",
+                  study, f"probability that a {rebel} run ends with a lower normalised sub-optimality than a "
+                  f"{other} run (fresh seeds, every problem of the study)", (0.5, 1.0))
+        d = _tuned(runs, study)
+        if d:
+            scores, problems = score_matrices(d)
+            c.value = poi_interval(scores[rebel], scores[other])
+            c.note = f"{len(problems)} problem(s) × {scores[rebel].shape[0]} seeds" + (
+                "; online DPO makes half the oracle queries (one preference per pair)" if other.startswith("dpo") else "")
+        return c
+    return claim
+
+
+def _pooled(d: Path, label: str, column: str) -> list[np.ndarray]:
+    return [np.array(list(v.values())) for (p, lab), v in sorted(_finals(d, column).items()) if lab == label]
+
+
+def kl_vs_ppo_bandit(runs: Path) -> Claim:
+    c = Claim("REBEL's KL(π‖π_ref) is slightly larger than PPO's (bandits, tuned)", "compare_tuned",
+              "ratio of mean final KL(π_T‖π_ref), REBEL / PPO, over 4 problems × 10 seeds", (1.0, 2.0))
+    d = _tuned(runs)
+    if d:
+        rebel, ppo = _pooled(d, "rebel-sampled", "kl_ref"), _pooled(d, "ppo", "kl_ref")
+        k = len(rebel)
+        c.value = _boot(rebel + ppo, lambda *s: float(np.mean(np.concatenate(s[:k])) / np.mean(np.concatenate(s[k:]))))
+        c.note = "'slightly larger' read as a ratio in [1, 2]; the bandit runs have β = 0"
+    return c
+
+
+def models_held(runs: Path) -> Claim:
+    c = Claim("REBEL holds fewer models than PPO (LM track)", "the algorithms' declarations",
+              "models held by REBEL − by PPO (policy, π_ref, critic, reward model)", (-INF, -1.0))
+
+    def count(name):
+        cls = ALGORITHMS[name]
+        cfg = build_config(cls.Config, {}, name, "lm")
+        return 1 + cls.uses_reference(cfg) + cls.needs_critic(cfg) + cls.needs_reward(cfg)
+
+    n = float(count("rebel") - count("ppo"))
+    c.value, c.note = (n, n, n), f"REBEL {count('rebel')}, PPO {count('ppo')}"
+    return c
+
+
+def step_cost_bandit(runs: Path) -> Claim:
+    c = Claim("REBEL's update is cheaper than PPO's (bandits, tuned, same 500 responses)", "compare_tuned",
+              "ratio of wall seconds per iteration, REBEL / PPO (stacks of seeds; resampled over evaluation intervals)",
+              (0.0, 1.0))
+    d = _tuned(runs)
+    if d:
+        _, runs_, per_run = _load(d)
+        per = {}
+        for run_id, run in runs_.items():
+            rows = per_run[run_id]
+            w = np.array([r["wall_time"] for r in rows], dtype=float)
+            its = np.diff([r["iteration"] for r in rows])
+            if run["seed"] == min(s["seed"] for s in runs_.values()) and np.all(np.isfinite(w)):
+                per.setdefault(run["label"], []).append(np.diff(w) / its)
+        if "rebel-sampled" in per and "ppo" in per:
+            c.value = _boot([np.concatenate(per["rebel-sampled"]), np.concatenate(per["ppo"])],
+                            lambda a, b: float(np.mean(a) / np.mean(b)))
+            c.note = "machine-dependent (wall time)"
+    return c
+
+
+# ----- the LM study (testbed reproduce --llm: runs/tldr_smollm2, else its quick variant) ----------------
+LM_STUDIES = ("tldr_smollm2", "tldr_smollm2_quick")
+
+
+def _lm(runs: Path):
+    """(study name, method → seed → final row, method → seed → rows) of the LM study folder, or None."""
+    d = next((runs / n for n in LM_STUDIES if (runs / n / "metrics.csv").is_file()), None)
+    if d is None:
+        return None
+    finals, all_rows = {}, {}
+    for run_id, rows in read_lm_metrics(d).items():
+        method, seed = run_id.split("-")[0], int(run_id.rsplit("-s", 1)[1])
+        finals.setdefault(method, {})[seed] = rows[-1]
+        all_rows.setdefault(method, {})[seed] = rows
+    return d.name, finals, all_rows
+
+
+def _lm_claim(claim: str, statistic: str, region, per_seed) -> Claim:
+    """A claim on the LM study: ``per_seed(finals, rows, seed)`` gives one value per seed that both methods ran;
+    the interval is Student's t over seeds (none for one seed: inconclusive)."""
+    def fn(runs: Path) -> Claim:
+        c = Claim(claim, "LM study (`testbed reproduce --llm`)", statistic, region)
+        lm = _lm(runs)
+        if lm is None:
+            c.note = "not run: testbed reproduce --llm [--quick]"
+            return c
+        name, finals, rows = lm
+        c.experiment = name
+        try:
+            vals = [per_seed(finals, rows, s) for s in sorted(finals.get("rebel", {}))]
+            vals = [v for v in vals if v is not None and math.isfinite(v)]
+        except KeyError as e:
+            c.note = f"no {e} run in {name}"
+            return c
+        c.value = interval_over_seeds(vals)
+        c.note = f"{len(vals)} seed(s)" + ("; one seed: no interval over seeds" if len(vals) < 2 else "")
+        if len(vals) == 1:
+            c.value = (vals[0], math.nan, math.nan)
+        return c
+    return fn
+
+
+def _diff(column, other):
+    return lambda f, r, s: f["rebel"][s][column] - f[other][s][column]
+
+
+def _ratio(value):
+    return lambda f, r, s: value(f, r, s, "rebel") / value(f, r, s, "ppo")
+
+
+LM_CLAIMS = (
+    _lm_claim("REBEL ≥ PPO on the LM task (oracle win rate vs π_ref)", "win rate REBEL − PPO per seed, mean over seeds",
+              (0.0, INF), _diff("eval/win_rate", "ppo")),
+    _lm_claim("REBEL ≥ DPO on the LM task (oracle win rate vs π_ref)", "win rate REBEL − DPO per seed, mean over seeds",
+              (0.0, INF), _diff("eval/win_rate", "dpo")),
+    _lm_claim("REBEL's KL is slightly larger than PPO's (LM)", "held-out KL ratio REBEL / PPO per seed", (1.0, 2.0),
+              _ratio(lambda f, r, s, m: f[m][s]["eval/kl"])),
+    _lm_claim("REBEL uses less memory than PPO (LM)", "peak memory ratio REBEL / PPO per seed", (0.0, 1.0),
+              _ratio(lambda f, r, s, m: max(x["peak_memory_mb"] or 0 for x in r[m][s]))),
+    _lm_claim("REBEL's step is cheaper than PPO's (LM)", "training seconds per iteration, REBEL / PPO per seed",
+              (0.0, 1.0), _ratio(lambda f, r, s, m: seconds_per_iteration(r[m][s]))),
+)
+
+BANDIT_CLAIMS = (rebel_is_npg, mirror_descent_bound, inexact_regression, minimax_average_iterate, bt_misses_winner,
+                 bandit_vs("ppo"), bandit_vs("dpo-online"),
+                 bandit_vs("ppo-mlp", "compare_tuned_mlp", "rebel-mlp", "MLP policy"),
+                 bandit_vs("dpo-online-mlp", "compare_tuned_mlp", "rebel-mlp", "MLP policy"),
+                 kl_vs_ppo_bandit, models_held, step_cost_bandit)
+
+
+def collect(runs: str | Path) -> list[Claim]:
+    """Every claim from the run folders under ``runs`` (a claim whose experiment is missing stays without
+    a value: inconclusive)."""
+    runs = Path(runs)
+    return [f(runs) for f in (*BANDIT_CLAIMS, *LM_CLAIMS)]
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or math.isnan(v) else f"{v:.4g}"
+
+
+def claims_markdown(claims: list[Claim]) -> str:
+    lines = ["| # | claim | experiment | statistic | claimed region | value [95% CI] | verdict | note |",
+             "|---:|---|---|---|---|---|---|---|"]
+    for i, c in enumerate(claims, 1):
+        val = "no data" if c.value is None else (
+            _fmt(c.value[0]) if c.value[1] == c.value[2] == c.value[0] else
+            f"{_fmt(c.value[0])} [{_fmt(c.value[1])}, {_fmt(c.value[2])}]")
+        exp = c.experiment if " " in c.experiment else f"`{c.experiment}`"
+        lines.append(f"| {i} | {c.claim} | {exp} | {c.statistic} | {_region(c.region)} | {val} | "
+                     f"**{c.verdict}** | {c.note} |")
+    rule = ("Verdict rule (testbed/experiments/claims.py): *supported* if the whole 95% interval lies in the claimed "
+            "region, *not supported* if it lies wholly outside, *inconclusive* if it straddles or touches a boundary, "
+            "or there is no data (boundaries compared up to 1e-12, relative: rounding). Exact experiments have a "
+            "one-point interval.")
+    return "\n".join(["# The paper's claims, checked", "", rule, "", *lines, ""])
+
+
+def write_claims(runs: str | Path, out: str | Path) -> Path:
+    """figures/claims.md: the claims table from the run folders under ``runs``."""
+    text = claims_markdown(collect(runs))
+    out = Path(out)
+    atomic_write(out, lambda p: p.write_text(text))
+    return out
+
+
+def interval_over_seeds(values) -> tuple[float, float, float] | None:
+    """Mean and 95% Student-t interval over seeds; None for fewer than two seeds (no interval)."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    h = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - h), float(v.mean() + h)

@@ -1,0 +1,220 @@
+"""The claims table (testbed/experiments/claims.py), the tuning protocol (testbed/experiments/tuning.py)
+and the aggregate estimators (testbed/plotting/aggregate.py)."""
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from testbed.errors import InputError
+from testbed.experiments import claims, tuning
+from testbed.experiments.spec import parse_spec
+from testbed.plotting import aggregate
+from testbed.results import COLUMNS, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----- the verdict rule -----------------------------------------------------------------------------
+@pytest.mark.parametrize("lo,hi,region,expected", [
+    (0.6, 0.7, (0.5, 1.0), claims.SUPPORTED),
+    (0.5, 0.5, (0.5, 1.0), claims.SUPPORTED),  # closed region: the boundary belongs to it
+    (0.2, 0.4, (0.5, 1.0), claims.NOT_SUPPORTED),
+    (0.4, 0.6, (0.5, 1.0), claims.INCONCLUSIVE),
+    (-3.0, -1.0, (-claims.INF, -0.4), claims.SUPPORTED),
+    (-0.3, 0.2, (-claims.INF, -0.4), claims.NOT_SUPPORTED),
+    (float("nan"), float("nan"), (0.0, 1.0), claims.INCONCLUSIVE),  # one seed: no interval
+    (0.3, 0.49999999999999994, (0.5, 1.0), claims.INCONCLUSIVE),  # touches ½ up to rounding: not wholly outside
+    (0.3, 0.4999999, (0.5, 1.0), claims.NOT_SUPPORTED),
+])
+def test_verdict_rule(lo, hi, region, expected):
+    assert claims.verdict(lo, hi, region) == expected
+
+
+def _write_run_folder(d: Path, finals: dict[str, dict[str, list[float]]], seeds: list[int], gap0: float = 1.0,
+                      kl: dict[str, float] | None = None) -> Path:
+    """A synthetic run folder: label → problem → final sub-optimality per seed (start gap0, two rows a run)."""
+    d.mkdir(parents=True)
+    runs, lines = [], [",".join(COLUMNS)]
+    for label, by_problem in finals.items():
+        for problem, values in by_problem.items():
+            for seed, v in zip(seeds, values):
+                run_id = f"{problem}:{label}:s{seed}"
+                runs.append({"run_id": run_id, "problem": problem, "algorithm": label.split("-")[0], "label": label,
+                             "base_label": label, "seed": seed, "swept": {}, "config": {}})
+                for it, sub in ((0, gap0), (10, v)):
+                    row = {"run_id": run_id, "problem": problem, "algorithm": label.split("-")[0], "seed": seed,
+                           "iteration": it, "suboptimality": sub, "kl_ref": (kl or {}).get(label, 1.0) * it / 10}
+                    lines.append(",".join("" if row.get(c) is None else str(row[c]) for c in COLUMNS))
+    (d / "config.yaml").write_text(yaml.safe_dump({"name": d.name, "problems": {}, "plot": [], "runs": runs}))
+    (d / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+@pytest.mark.parametrize("rebel,ppo,expected", [
+    (0.01, 0.02, claims.SUPPORTED),     # REBEL's runs all end lower than PPO's
+    (0.03, 0.02, claims.NOT_SUPPORTED),  # all higher
+    (None, None, claims.INCONCLUSIVE),   # the same law for both: P(improvement) = ½ inside the interval
+])
+def test_the_rule_on_synthetic_results_sets(tmp_path, rebel, ppo, expected):
+    rng = np.random.default_rng(0)
+    problems = ["p1", "p2", "p3"]
+    if rebel is None:  # both draw from one distribution
+        draws = {m: {p: list(rng.uniform(0.01, 0.02, 10)) for p in problems} for m in ("rebel-sampled", "ppo")}
+    else:
+        draws = {m: {p: list(c * (1 + 0.1 * rng.uniform(size=10))) for p in problems}
+                 for m, c in (("rebel-sampled", rebel), ("ppo", ppo))}
+    _write_run_folder(tmp_path / "compare_tuned", draws, list(range(10)))
+    c = claims.bandit_vs("ppo")(tmp_path)
+    assert c.verdict == expected, c.value
+
+
+def test_kl_claim_reads_the_ratio_of_final_kl(tmp_path):
+    finals = {m: {"p": [0.1] * 5} for m in ("rebel-sampled", "ppo")}
+    _write_run_folder(tmp_path / "compare_tuned", finals, list(range(5)), kl={"rebel-sampled": 1.5, "ppo": 1.0})
+    c = claims.kl_vs_ppo_bandit(tmp_path)
+    assert c.value == pytest.approx((1.5, 1.5, 1.5)) and c.verdict == claims.SUPPORTED
+
+
+def test_a_missing_experiment_is_inconclusive_not_supported(tmp_path):
+    table = claims.collect(tmp_path)
+    assert len(table) >= 15
+    by_models = [c for c in table if c.experiment == "the algorithms' declarations"]
+    assert all(c.verdict == claims.INCONCLUSIVE for c in table if c not in by_models)
+
+
+# ----- tuning -------------------------------------------------------------------------------------------
+def test_selection_reads_only_the_tuning_seeds():
+    """Tuning seeds favour eta=1; the reporting seeds (planted in the same rows) favour eta=10 by far: the
+    pick is eta=1 and its scores do not change whatever the reporting seeds hold."""
+    def rows(report_value):
+        out = []
+        for label, seed in itertools.product(("m(eta=1)", "m(eta=10)"), range(6)):
+            tuning_seed = seed >= 3
+            final = (0.1 if label == "m(eta=1)" else 0.2) if tuning_seed else report_value[label]
+            out += [{"run_id": f"p:{label}:s{seed}", "problem": "p", "seed": seed, "suboptimality": s}
+                    for s in (1.0, final)]
+        return out
+    grids = {"m": ["m(eta=1)", "m(eta=10)"]}
+    a = tuning.select(rows({"m(eta=1)": 0.9, "m(eta=10)": 1e-9}), grids, [3, 4, 5])
+    b = tuning.select(rows({"m(eta=1)": 1e-9, "m(eta=10)": 0.5}), grids, [3, 4, 5])
+    assert a["m"]["label"] == "m(eta=1)" and a == b
+    assert a["m"]["scores"] == pytest.approx({"m(eta=1)": 0.1, "m(eta=10)": 0.2})
+
+
+TINY = {"name": "tiny_tuned", "problems": [{"kind": "tabular", "family": "random", "contexts": 4, "actions": 3, "seed": 0},
+                                           {"kind": "tabular", "family": "gap", "contexts": 4, "actions": 3, "seed": 1}],
+        "algorithms": [{"name": "rebel", "mode": "exact", "eta": [0.1, 10.0]},
+                       {"name": "npg", "mode": "exact", "eta": [0.01, 0.1]}],
+        "seeds": 2, "tune": {"seeds": 2}, "iterations": 3}
+
+
+def test_a_tuned_run_picks_on_tuning_seeds_and_reports_on_fresh_ones(tmp_path):
+    """End to end: the tuning folder holds only the tuning seeds, the report only the reporting seeds,
+    and the pick is the grid point with the least tuning score (exact updates: the larger eta)."""
+    spec = parse_spec(TINY, "tiny.yaml", tmp_path)
+    assert spec.tune == {"seeds": [2, 3]}
+    out = tuning.run_tuned(spec, tmp_path / "tiny", progress=False)
+    assert {r["seed"] for r in read_metrics(tmp_path / "tiny-tuning")} == {2, 3}
+    assert {r["seed"] for r in read_metrics(out)} == {0, 1}
+    sel = aggregate.read_selection(out)
+    assert sel["methods"]["rebel-exact"]["setting"] == {"eta": 10.0}
+    assert sel["methods"]["npg-exact"]["setting"] == {"eta": 0.1}
+    for m in sel["methods"].values():
+        assert m["scores"][m["label"]] == min(m["scores"].values())
+    assert {r["label"] for r in yaml.safe_load((out / "config.yaml").read_text())["runs"]} == {"rebel-exact", "npg-exact"}
+    table = aggregate.tuned_table(out, tmp_path / "t.md").read_text()
+    assert "| rebel-exact | eta = 10.0 |" in table
+    again = tuning.run_tuned(spec, tmp_path / "tiny", progress=False)  # reproduce twice into one --runs folder
+    assert (again / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"tune": {"seeds": [1, 5]}}, "tune.seeds \\[1\\] are also reporting seeds"),
+    ({"tune": {"seeds": 0}}, "tune.seeds"),
+    ({"tune": {"seed": 2}}, "tune must be a mapping"),
+])
+def test_bad_tune_blocks_are_refused(tmp_path, change, match):
+    with pytest.raises(InputError, match=match):
+        parse_spec(TINY | change, "tiny.yaml", tmp_path)
+
+
+def test_unequal_grids_are_refused(tmp_path):
+    data = TINY | {"algorithms": [{"name": "rebel", "mode": "exact", "eta": [0.1, 1.0, 10.0]},
+                                  {"name": "npg", "mode": "exact", "eta": [0.1, 1.0]}]}
+    with pytest.raises(InputError, match="grids of the same size"):
+        tuning.tuning_spec(parse_spec(data, "tiny.yaml", tmp_path))
+
+
+# ----- aggregate estimators against direct computations ---------------------------------------------
+def test_iqm_is_the_mean_of_the_middle_half():
+    x = np.arange(1.0, 41.0).reshape(10, 4)  # 40 values: the middle half is 11..30
+    assert aggregate.iqm(x) == pytest.approx(np.mean(np.arange(11.0, 31.0)))
+
+
+def test_probability_of_improvement_against_pair_enumeration():
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 4, (5, 3)).astype(float), rng.integers(0, 4, (7, 3)).astype(float)
+    direct = np.mean([np.mean([1.0 if a < b else 0.5 if a == b else 0.0 for a in x[:, j] for b in y[:, j]])
+                      for j in range(3)])
+    assert aggregate.probability_of_improvement(x, y) == pytest.approx(direct, abs=1e-15)
+    assert aggregate.probability_of_improvement(x, y) + aggregate.probability_of_improvement(y, x) == pytest.approx(1)
+
+
+def test_bootstrap_is_stratified_by_problem():
+    """Runs identical within each problem but different across problems: resampling within problems
+    changes nothing (a one-point interval); a pooled bootstrap would mix the problems and vary."""
+    scores = np.tile(np.array([[0.01, 0.1, 0.5, 0.9]]), (8, 1))
+    p, lo, hi = aggregate.stratified_interval(scores, aggregate.iqm)
+    assert lo == hi == p
+    y, ylo, yhi = aggregate.profile_band(scores)
+    assert np.array_equal(ylo, y) and np.array_equal(yhi, y)
+    assert aggregate.profile(scores, np.array([0.05, 0.2, 1.0])) == pytest.approx([0.25, 0.5, 1.0])
+
+
+# ----- the README leads its results with the generated table ------------------------------------------
+def test_readme_claims_table_is_figures_claims_md():
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"<!-- claims:start -->\n(.*?)<!-- claims:end -->", text, re.S)
+    assert m, "README.md lost its claims table"
+    assert m.group(1) == (ROOT / "figures" / "claims.md").read_text(), \
+        "README's claims table drifted from figures/claims.md (testbed reproduce writes it): paste it"
+    assert text.index("<!-- claims:start -->") < text.index("## Figures"), "the claims table must lead the results"
+
+
+def _lm_folder(d: Path, wins: dict[str, list[float]]) -> Path:
+    import csv
+
+    from testbed.results import LM_COLUMNS
+    d.mkdir(parents=True)
+    rows = []
+    for i, (method, ws) in enumerate(wins.items()):
+        for seed, w in enumerate(ws):
+            for t in (0, 1, 2):
+                r = {c: "" for c in LM_COLUMNS}
+                r.update(run_id=f"{method}-{i}-s{seed}", problem="p", algorithm=method, seed=seed, iteration=t)
+                if t == 2:
+                    r.update({"eval/win_rate": w, "eval/win_rate_lo": 0, "eval/win_rate_hi": 1, "eval/kl": 1.0})
+                rows.append(r)
+    with open(d / "metrics.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=LM_COLUMNS)
+        wr.writeheader()
+        wr.writerows(rows)
+    return d
+
+
+def test_lm_claims_use_a_t_interval_over_seeds_and_one_seed_is_inconclusive(tmp_path):
+    from scipy import stats
+
+    rebel, ppo = [0.7, 0.75, 0.8], [0.5, 0.52, 0.6]
+    _lm_folder(tmp_path / "a" / "tldr_smollm2_quick", {"rebel": rebel, "ppo": ppo})
+    c = claims.LM_CLAIMS[0](tmp_path / "a")
+    d = np.subtract(rebel, ppo)
+    lo, hi = stats.t.interval(0.95, 2, loc=d.mean(), scale=stats.sem(d))
+    assert c.value == pytest.approx((d.mean(), lo, hi)) and c.verdict == claims.SUPPORTED
+    _lm_folder(tmp_path / "b" / "tldr_smollm2_quick", {"rebel": [0.9], "ppo": [0.1]})
+    one = claims.LM_CLAIMS[0](tmp_path / "b")
+    assert one.verdict == claims.INCONCLUSIVE and "one seed" in one.note
