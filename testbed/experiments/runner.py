@@ -338,6 +338,7 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
     out = Path(out)
     prepare_out(out, overwrite)
     with results.out_lock(out):
+        prepare_out(out, overwrite)  # again, holding the lock: a run that just finished there is not replaced
         return _run_spec(spec, out, overwrite, progress, jobs, resume or reuse, checkpoint_every, batch, backend,
                          ray_address, reuse)
 

@@ -269,6 +269,8 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     if (resume or reuse or checkpoint_every) and acc.num_processes > 1:
         raise InputError("--resume/--checkpoint-every: LM checkpoints are single-process only for now")
     with results.out_lock(out) if acc.is_main_process else contextlib.nullcontext():
+        if acc.is_main_process:
+            prepare_lm_out(out, overwrite)  # again, holding the lock: a run that just finished there is kept
         return _run_lm_spec(spec, out, acc, overwrite, progress, resume or reuse, checkpoint_every, reuse)
 
 
