@@ -8,3 +8,11 @@ them to the ``testbed`` command. Importing the package registers the gymnasium e
 __version__ = "0.1.0"
 
 from testbed import problems  # noqa: E402,F401  (registers the gymnasium environments)
+
+
+def load(path):
+    """A run folder (bandit or LM) as a pandas DataFrame: metrics.csv joined with runs.csv (each run's
+    hyper-parameters as columns). See :func:`testbed.results_load.load`."""
+    from testbed.results_load import load as _load
+
+    return _load(path)

@@ -66,7 +66,10 @@ def _cmd_plot(args) -> None:
     kind = {"curves": "curve"}.get(args.kind, args.kind) or entries[0].get("kind", "curve")
     entry = next((e for e in entries if e.get("kind") == kind), {"kind": kind})
     entry = {**entry, **{k: v for k, v in (("panel_by", args.panel_by), ("x", args.x), ("y", args.y)) if v}}
-    out = args.out or str(Path(args.dir) / (f"{args.y or 'suboptimality'}.png" if kind == "curve" else
+    from testbed.plotting.llm import is_lm_folder
+
+    y_name = (args.y or ("reward" if is_lm_folder(args.dir) else "suboptimality")).replace("/", "_")
+    out = args.out or str(Path(args.dir) / (f"{y_name}.png" if kind == "curve" else
                                            f"{kind}.md" if kind == "table" else f"{kind}.png"))
     print(draw(args.dir, entry, out))
 

@@ -16,6 +16,7 @@ from testbed.errors import InputError
 from testbed.results import LM_COLUMNS, read_metrics
 from testbed.run_table import runs_csv_text
 
+
 def _parse(v: str):
     if v == "":
         return None

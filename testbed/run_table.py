@@ -15,7 +15,6 @@ import io
 
 import yaml
 
-
 KEYS = ("run_id", "problem", "algorithm", "name", "seed", "iterations")
 
 

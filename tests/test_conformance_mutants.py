@@ -15,7 +15,8 @@ MUTANTS = str(__import__("pathlib").Path(m.__file__))
 
 TABLE = {
     # mutant: (property that must fail, {setting in the check name: predicted step ratio}, property that must pass)
-    "ForgotInvEta": ("step: mirror descent", {"eta = 0.3, beta = 0:": 1 / 0.3, "eta = 3, beta = 0:": 1 / 3}, "eta = 1, beta = 0:"),
+    "ForgotInvEta": ("step: mirror descent", {"eta = 0.3, beta = 0:": 1 / 0.3, "eta = 3, beta = 0:": 1 / 3},
+                     "eta = 1, beta = 0:"),
     "EtaSquared": ("step: mirror descent", {"eta = 0.3, beta = 0:": 0.3, "eta = 3, beta = 0:": 3.0}, "eta = 1, beta = 0:"),
     "DoubledStep": ("step: mirror descent", {"eta = 1, beta = 0:": 2.0, "eta = 3, beta = 0:": 2.0}, None),
     "UniformYPrime": ("log-linear step", {}, "step: mirror descent"),

@@ -161,6 +161,9 @@ class UserConfig:
             raise InputError(f"{where}: a user rule's parameters must be a mapping (got {self.params!r})")
         rule = factory()
         for k, v in self.params.items():
+            if not hasattr(rule, k):
+                known = sorted(a for a in dir(rule) if not a.startswith("_") and not callable(getattr(rule, a)))
+                raise InputError(f"{where}.{k}: the rule {self.module!r} has no attribute {k!r} (it has {known})")
             try:
                 setattr(rule, k, v)
             except AttributeError:
@@ -181,6 +184,7 @@ class UserRule(Algorithm):
     Config = UserConfig
     summary = "your own update rule: {module: mypkg.mod:MyRule, ...} (the testbed check interface)"
     maturity = "experimental"
+    tests = ("test_a_user_rule_from_a_module_runs_plots_and_tabulates_beside_the_builtins",)
 
     def __init__(self, config: UserConfig, problem, rng):
         super().__init__(config, problem, rng)
@@ -216,3 +220,24 @@ class UserRule(Algorithm):
                              f"expected {np.shape(policy.params)}")
         counted = self.counted(self.config)
         return Step(policy.with_params(new), None, None, self.api.queries - before if counted else None)
+
+
+def spec_entry(entry):
+    """A spec's ``{module: M:O, ...}`` algorithm entry is the ``user`` algorithm."""
+    return {"name": "user", **entry} if isinstance(entry, dict) and "module" in entry and "name" not in entry else entry
+
+
+def spec_params(params: dict, base: Path) -> tuple[dict, str]:
+    """A ``user`` grid point's fields → (its config: module, params; the curve's name). A ``.py`` path is
+    relative to the spec file."""
+    params = dict(params)
+    module = params.pop("module", None)
+    if isinstance(module, str) and module.count(":") == 1 and module.split(":")[0].endswith(".py"):
+        path, obj = module.split(":")
+        module = f"{path if Path(path).is_absolute() else (base / path).as_posix()}:{obj}"
+    if isinstance(module, str) and module.count(":") == 1:
+        try:
+            return {"module": module, "params": params}, rule_name(module)
+        except InputError:
+            pass  # named by build_config's validation, with the entry's position
+    return {"module": module, "params": params}, "user"

@@ -44,6 +44,7 @@ from testbed.experiments.conformance_exact import check_steps, fresh
 from testbed.problems import PreferenceBandit, TabularBandit, make_preference, make_tabular
 from testbed.training import train
 
+
 def load_rule(target: str):
     """MODULE:OBJECT (a dotted module, or a path to a .py file), or builtin:NAME → a factory of rules."""
     if target.startswith("builtin:"):
