@@ -149,3 +149,67 @@ def test_an_lm_run_folder_loads_with_its_hyper_parameters(lm_folder):
                for r in runs.values())
     rows = load_rows(lm_folder)
     assert rows and all(r["name"] == "rebel" and r["mode"] == "sampled" for r in rows)
+
+
+def _event_scalars(logdir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_equal_metrics_csv(tmp_path):
+    pytest.importorskip("tensorboard")
+    spec = _spec(tmp_path, [{"name": "rebel", "mode": "sampled", "pairs": 30, "eta": [0.5, 2]},
+                            {"module": "my_rules.py:PopulationREBEL"}])
+    assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--log", "tensorboard"]) == 0
+    scalars = _event_scalars(tmp_path / "out.logs")
+    with open(tmp_path / "out" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    compared = 0
+    for r in rows:
+        for k, v in r.items():
+            if k in ("run_id", "problem", "algorithm", "seed", "iteration") or v == "":
+                continue
+            got = scalars[f"{r['run_id']}/{k}"][int(r["iteration"])]
+            assert got == pytest.approx(float(v), rel=1e-6, abs=1e-30), (r["run_id"], k)  # float32 events
+            compared += 1
+    n_tags = sum(1 for t in scalars if not t.endswith("/wall_time"))
+    assert compared == sum(len(v) for t, v in scalars.items() if not t.endswith("/wall_time")) and n_tags > 0
+    # the run folder is the same with or without logging
+    assert main(["run", str(spec), "--out", str(tmp_path / "plain"), "--quiet"]) == 0
+    assert (tmp_path / "plain" / "metrics.csv").read_bytes() == (tmp_path / "out" / "metrics.csv").read_bytes()
+
+
+def test_key_value_overrides_are_validated_like_the_spec(tmp_path, capsys):
+    spec = _spec(tmp_path, [{"name": "rebel", "mode": "exact", "eta": 1}])
+    out = tmp_path / "out"
+    assert main(["run", str(spec), "--out", str(out), "--quiet", "iterations=3", "algorithms.0.eta=[0.5,2]", "seeds=1"]) == 0
+    runs = read_runs(out)
+    assert sorted(r["eta"] for r in runs) == [0.5, 2.0] and {r["iterations"] for r in runs} == {3}
+    capsys.readouterr()
+    for bad, expect in [("iteratons=3", "unknown key 'iteratons'"), ("algorithms.3.eta=1", "algorithms has 1 entries"),
+                        ("algorithms.0.etaa=1", "unknown parameter(s) ['etaa']"), ("algorithms.0.eta=0", "eta must be"),
+                        ("=1", "must look like key=value")]:
+        assert main(["run", str(spec), bad, "--out", str(tmp_path / "bad"), "--quiet"]) == 2, bad
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expect in err[0], (bad, err)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_the_python_api_runs_a_spec_dict_and_loads_it(tmp_path):
+    import testbed
+    from testbed.errors import InputError
+
+    spec = {"problems": [{"kind": "tabular", "contexts": 4, "actions": 3}], "algorithms": [{"name": "npg", "eta": [0.5, 1]}],
+            "iterations": 4, "seeds": 1}
+    path = testbed.run(spec, tmp_path / "api", overrides=["iterations=2"])
+    rows = load_rows(path)
+    assert {r["iteration"] for r in rows} == {0, 1, 2} and {r["eta"] for r in rows} == {0.5, 1.0}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "cli"), "--quiet", "iterations=2"]) == 0
+    assert (tmp_path / "cli" / "metrics.csv").read_bytes() == (path / "metrics.csv").read_bytes()  # one code path
+    with pytest.raises(InputError, match="algorithms"):
+        testbed.run({**spec, "algorithms": [{"name": "trpo"}]}, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

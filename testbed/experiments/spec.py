@@ -375,11 +375,15 @@ def _tune(value, seeds: list[int]) -> dict | None:
     return {"seeds": t}
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path, overrides=()) -> Spec:
+    """A spec file, with ``key=value`` overrides applied (:mod:`testbed.experiments.overrides`)."""
+    from testbed.experiments.overrides import apply_overrides
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec file {str(path)!r} does not exist")
-    return parse_spec(read_yaml(path, "spec"), str(path), path.parent)
+    data = read_yaml(path, "spec")
+    return parse_spec(apply_overrides(data, overrides, TOP_KEYS) if overrides else data, str(path), path.parent)
 
 
 def dump_yaml(obj: dict) -> str:
