@@ -3,6 +3,7 @@ bug in it (tests/conformance_mutants.py) fails the exact step checks, in the pro
 the step ratio the bug predicts."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from testbed.cli import main
 from testbed.experiments.conformance import Result, format_table, load_rule
 from testbed.experiments.conformance_exact import check_steps
 
-MUTANTS = str(__import__("pathlib").Path(m.__file__))
+MUTANTS = str(Path(m.__file__))
 
 TABLE = {
     # mutant: (property that must fail, {setting in the check name: predicted step ratio}, property that must pass)
@@ -63,3 +64,24 @@ def test_the_correct_rule_passes_every_check_of_its_battery_on_three_policy_kind
     assert "25/25 checks passed: PASS" in out and " FAIL" not in out
     assert "log-linear step" in out and "MLP step" in out and "monotone improvement" in out
     assert out.count("  step: mirror descent") == 4  # eta in {1, 0.3, 3} and beta = 0.2
+
+
+def test_the_readme_rule_passes_the_exact_step_checks_and_runs_beside_npg(tmp_path):
+    """The README's 'write, check, compare' rule, extracted verbatim: exact on three policy kinds, and on a
+    misspecified linear bandit its iterates are NPG's (exact REBEL with y' ~ pi_t is NPG)."""
+    import numpy as np
+
+    import testbed
+    from testbed.results import read_metrics
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (tmp_path / "my_rules.py").write_text(re.search(r"```python\n(# my_rules.py.*?)```", readme, re.S).group(1))
+    results = check_steps(load_rule(f"{tmp_path / 'my_rules.py'}:MyRebel"), Result)
+    assert len(results) == 12 and all(r.passed for r in results), format_table("MyRebel", results)
+    spec = {"problems": [{"kind": "linear", "contexts": 6, "actions": 4, "misspecification": 0.5}], "iterations": 5,
+            "algorithms": [{"name": "npg", "eta": 0.7}, {"module": f"{tmp_path / 'my_rules.py'}:MyRebel", "eta": 0.7}]}
+    rows = read_metrics(testbed.run(spec, tmp_path / "out"))
+    ours = [r["suboptimality"] for r in rows if r["algorithm"] == "my-rebel"]
+    npg = [r["suboptimality"] for r in rows if r["algorithm"] == "npg-exact"]
+    assert len(ours) == 6 and ours[-1] < ours[0]
+    np.testing.assert_allclose(ours, npg, rtol=0, atol=1e-10)
