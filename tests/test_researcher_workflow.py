@@ -213,3 +213,40 @@ def test_the_python_api_runs_a_spec_dict_and_loads_it(tmp_path):
     with pytest.raises(InputError, match="algorithms"):
         testbed.run({**spec, "algorithms": [{"name": "trpo"}]}, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+DECAYING = '''
+import os
+
+class Decaying:
+    """Mirror descent with step eta/t: its counter t is state kept on the rule between updates."""
+    family, eta, t = "mirror_descent", 1.0, 0
+
+    def update(self, api, logits, rng):
+        self.t += 1
+        if os.environ.get("STOP_AT") == str(self.t):
+            raise KeyboardInterrupt
+        return logits + self.eta / self.t * api.reward_table()
+'''
+
+
+def test_a_user_rule_with_state_is_checkpointed_and_resumes_exactly(tmp_path, monkeypatch, capsys):
+    (tmp_path / "decaying.py").write_text(DECAYING)
+    spec = {"problems": [{"kind": "tabular", "contexts": 4, "actions": 3}], "algorithms": [{"module": "decaying.py:Decaying"}],
+            "iterations": 12, "seeds": 1}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    args = [str(tmp_path / "spec.yaml"), "--quiet", "--checkpoint-every", "3"]
+    assert main(["run", *args, "--out", str(tmp_path / "whole")]) == 0
+    monkeypatch.setenv("STOP_AT", "8")
+    assert main(["run", *args, "--out", str(tmp_path / "cut")]) == 130
+    assert (tmp_path / "cut.partial").is_dir() and not (tmp_path / "cut").exists()
+    monkeypatch.delenv("STOP_AT")
+    assert main(["run", *args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert (tmp_path / "cut" / "metrics.csv").read_bytes() == (tmp_path / "whole" / "metrics.csv").read_bytes()
+    from scipy.special import softmax
+
+    from testbed.problems import make_tabular
+
+    p = make_tabular("random", contexts=4, actions=3)  # the closed form: ln pi_T = (sum_t eta/t)·r + c(x)
+    want = p.value(softmax(sum(1 / t for t in range(1, 13)) * p.rewards, axis=1))
+    assert read_metrics(tmp_path / "whole")[-1]["reward"] == pytest.approx(want, abs=1e-12)

@@ -6,7 +6,8 @@ is the same object: a class (called with no arguments), a zero-argument factory,
 (``eta``, ``beta``, anything the rule reads) are set as attributes on each fresh rule, so one rule
 sweeps like a built-in (``eta: [0.1, 1]``). Optional attributes: ``name`` (the curve's label),
 ``family`` (which ``testbed check`` battery applies; ``equilibrium`` rules run on preference
-problems), ``kinds`` (the policy kinds it updates, default ``("tabular",)``).
+problems), ``kinds`` (the policy kinds it updates, default ``("tabular",)``). State a rule keeps on itself
+between updates must be data (numbers, arrays, tensors, lists, dicts) for ``testbed run`` to checkpoint it.
 
 ``params`` are the policy's parameters: the logits [X, Y] of a tabular softmax policy, theta [d] of a
 log-linear one, the flat weight vector of an MLP. :class:`BanditAPI` is all a rule may see of the
@@ -153,10 +154,11 @@ def rule_name(target: str) -> str:
 @dataclass
 class UserConfig:
     module: str = field(default="", metadata={"doc": "MODULE:OBJECT or path/to/file.py:OBJECT of the rule"})
-    params: dict = field(default_factory=dict, metadata={"doc": "attributes set on each fresh rule (eta, beta, ...)"})
+    params: dict | None = field(default=None, metadata={"doc": "attributes set on each fresh rule (eta, beta, ...)"})
 
     def validate(self, where: str) -> None:
         factory = load_factory(self.module, f"{where}.module")
+        self.params = {} if self.params is None else self.params
         if not isinstance(self.params, dict):
             raise InputError(f"{where}: a user rule's parameters must be a mapping (got {self.params!r})")
         rule = factory()
@@ -172,7 +174,7 @@ class UserConfig:
 
 def make_rule(config: UserConfig):
     rule = load_factory(config.module)()
-    for k, v in config.params.items():
+    for k, v in (config.params or {}).items():
         setattr(rule, k, v)
     return rule
 
@@ -188,8 +190,7 @@ class UserRule(Algorithm):
 
     def __init__(self, config: UserConfig, problem, rng):
         super().__init__(config, problem, rng)
-        self.rule = make_rule(config)
-        self._rng = rng
+        self.rule_state = dict(vars(make_rule(config)))  # the rule's own attributes: data, so runs checkpoint
         self.api = None
 
     @classmethod
@@ -207,14 +208,17 @@ class UserRule(Algorithm):
 
     @staticmethod
     def kl_target(config, problem):
-        beta = float(config.params.get("beta", 0.0) or 0.0)
+        beta = float((config.params or {}).get("beta", 0.0) or 0.0)
         return (beta, problem.regularised_optimum_log(beta)) if beta > 0 else None
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         if self.api is None:
             self.api = BanditAPI(self.problem, rng, policy=policy)
         before = self.api.queries
-        new = np.asarray(self.rule.update(self.api, policy.params, rng), dtype=np.float64)
+        rule = make_rule(self.config)
+        vars(rule).update(self.rule_state)
+        new = np.asarray(rule.update(self.api, policy.params, rng), dtype=np.float64)
+        self.rule_state = dict(vars(rule))
         if new.shape != np.shape(policy.params):
             raise InputError(f"user rule {self.config.module!r}: update returned shape {new.shape}, "
                              f"expected {np.shape(policy.params)}")
