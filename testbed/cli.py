@@ -31,7 +31,7 @@ def _cmd_run(args) -> None:
     with backend_session(args.backend, args.jobs, args.ray_address), _logging(args):  # before any output
         out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs,
                        resume=args.resume, checkpoint_every=args.checkpoint_every, backend=args.backend,
-                       batch=not args.no_batch)
+                       batch=not args.no_batch, reuse=args.reuse)
     print(f"{len(spec.runs)} runs -> {out}")
 
 
@@ -139,7 +139,7 @@ def _cmd_llm_run(args) -> None:
     prepare_lm_out(Path(args.out), args.overwrite)
     with _logging(args):
         out = run_lm_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-                          checkpoint_every=args.checkpoint_every or 0)
+                          checkpoint_every=args.checkpoint_every or 0, reuse=args.reuse)
     if out is not None:
         print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--jobs", type=_jobs, default=1, help="grid points run in this many processes (same results)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
+    r.add_argument("--reuse", action="store_true", help="like --resume for a changed spec: keep the finished work of "
+                   "the runs whose settings and input files did not change, recompute the rest")
     r.add_argument("--checkpoint-every", type=_jobs, default=50, metavar="K",
                    help="checkpoint each unfinished run every K iterations (default 50)")
     r.add_argument("--no-batch", action="store_true",
@@ -229,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     lr.add_argument("--quiet", action="store_true", help="no progress bar")
     lr.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
+    lr.add_argument("--reuse", action="store_true", help="like --resume for a changed spec: keep the finished runs "
+                    "whose settings and input files did not change, recompute the rest")
     lr.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
                     help="checkpoint every K iterations into <out>.partial (single process)")
     _add_log(lr)
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"testbed: error: {e}", file=sys.stderr)
         return 2
-    except NumericalError as e:
+    except (NumericalError, FloatingPointError) as e:
         if debug:
             raise
         print(f"testbed: numerical error: {e}", file=sys.stderr)

@@ -17,11 +17,14 @@ This module imports neither torch nor any algorithm: plotting reads run folders 
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime
@@ -33,6 +36,11 @@ import numpy as np
 from testbed.errors import InputError
 from testbed.io import atomic_write_text, replace_dir, sha256
 from testbed.run_table import runs_csv_text
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no output-folder lock
+    fcntl = None
 
 COLUMNS = ("run_id", "problem", "algorithm", "seed", "iteration", "samples", "queries", "reward", "suboptimality",
            "kl_ref", "kl_reg_gap", "exploitability", "exploitability_avg", "loss", "wall_time",
@@ -139,19 +147,73 @@ def partial_dir(out: Path) -> Path:
     return out.parent / f"{out.name}.partial"
 
 
-def open_partial(out: Path, config_text: str, resume: bool, overwrite: bool, create: bool = True) -> Path:
+def input_hashes(paths) -> dict[str, str]:
+    """The sha256 of every input file (a folder: of its files' names and hashes), by resolved path, so that a
+    resume can tell an edited dataset or instance file from the one the interrupted run read."""
+    out = {}
+    for p in sorted({str(Path(p).resolve()) for p in paths}):
+        path = Path(p)
+        if path.is_dir():
+            h = hashlib.sha256()
+            for f in sorted(q for q in path.rglob("*") if q.is_file()):
+                h.update(f"{f.relative_to(path).as_posix()}\0{sha256(f)}\n".encode())
+            out[p] = h.hexdigest()
+        elif path.is_file():
+            out[p] = sha256(path)
+    return out
+
+
+IGNORED = ("source",)
+"""Config fields a resume does not compare: where the spec was read from (an absolute path, another folder)."""
+
+
+def content_key(obj) -> str:
+    """A short hash of a JSON-able description of a run (its resolved settings and the hashes of its inputs):
+    the name of its files in ``<out>.partial``, so that a resume finds a run's work by what it is."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_difference(old: str, new: str) -> str | None:
+    """Why the resolved config ``new`` is not the one an interrupted run stored (``old``), in one phrase, or
+    None when they agree on everything but :data:`IGNORED`."""
+    import yaml
+
+    a, b = yaml.safe_load(old) or {}, yaml.safe_load(new) or {}
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return None if a == b else "the spec changed"
+    ia, ib = a.pop("inputs", {}) or {}, b.pop("inputs", {}) or {}
+    for path in sorted(set(ia) | set(ib)):
+        if path not in ib:
+            return f"input file {path!r} is no longer read"
+        if path not in ia:
+            return f"input file {path!r} is new"
+        if ia[path] != ib[path]:
+            return f"input file {path!r} changed (sha256 {ia[path][:12]}… then, {ib[path][:12]}… now)"
+    for k in IGNORED:
+        a.pop(k, None), b.pop(k, None)
+    changed = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return f"the spec changed (field {changed[0]!r})" if changed else None
+
+
+def open_partial(out: Path, config_text: str, resume: bool, overwrite: bool, create: bool = True,
+                 reuse: bool = False) -> Path:
     """The ``<out>.partial`` folder of a run whose resolved config is ``config_text``.
 
-    ``resume``: it must exist and hold the same config (else a one-line error); otherwise an existing one
-    is refused unless ``overwrite`` (then removed). With ``create`` it is made and the config stored in it."""
+    ``resume``: it must exist and hold the same config up to :data:`IGNORED` and with the same input hashes
+    (else a one-line error naming what changed), unless ``reuse`` (then the stored work of runs whose
+    settings and inputs are unchanged is kept, found by :func:`content_key`, and the rest recomputed);
+    otherwise an existing one is refused unless ``overwrite`` (then removed). With ``create`` it is made and
+    the config stored in it."""
     partial = partial_dir(out)
     stored = partial / "config.yaml"
-    if resume:
+    if resume or reuse:
         if not stored.is_file():
             raise InputError(f"--resume: nothing to resume at {str(partial)!r}")
-        if stored.read_text() != config_text:
-            raise InputError(f"--resume: the spec changed since the interrupted run in {str(partial)!r}; "
-                             "rerun with --overwrite to start over")
+        why = None if reuse else config_difference(stored.read_text(), config_text)
+        if why:
+            raise InputError(f"--resume: {why} since the interrupted run in {str(partial)!r}; pass --reuse to keep "
+                             "the finished work of the runs that did not change (the rest is recomputed), or "
+                             "--overwrite to start over")
     elif partial.exists():
         if not overwrite:
             raise InputError(f"an interrupted run of --out {str(out)!r} is in {str(partial)!r}; pass --resume to "
@@ -161,6 +223,76 @@ def open_partial(out: Path, config_text: str, resume: bool, overwrite: bool, cre
         partial.mkdir(parents=True, exist_ok=True)
         atomic_write_text(stored, config_text)
     return partial
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale(out: Path) -> list[Path]:
+    """Remove what a killed run left beside ``out``: the ``.<out>.tmp-PID`` folder it was building and the
+    ``.<out>.old-PID`` one it was replacing, when process PID no longer runs."""
+    out = Path(out)
+    removed = []
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)")
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def out_lock(out: Path):
+    """Hold ``.<out>.lock`` beside ``out`` (an exclusive ``flock``) while a run writes ``out`` and its
+    ``.partial``: a second run into the same folder is refused naming the PID that holds it. On entry, the
+    leftovers of killed runs are removed (:func:`remove_stale`). Folders made for the lock and left empty are
+    removed on exit."""
+    out = Path(out)
+    made = [p for p in [out.absolute().parent, *out.absolute().parent.parents] if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f".{out.name}.lock"
+    fd = None
+    try:
+        while fcntl is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                fd = None
+                raise InputError(f"--out {str(out)!r}: another run (PID {holder}) is writing it (it holds "
+                                 f"{str(path)!r}); wait for it to finish or stop it") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # not a lock file its last holder removed after we opened it
+                break
+            os.close(fd)
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        remove_stale(out)
+        yield
+    finally:
+        if fd is not None:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+        for d in made:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
 class RunFolder:

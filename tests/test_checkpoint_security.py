@@ -45,11 +45,14 @@ def test_a_planted_pickle_payload_in_a_run_folder_is_refused_and_not_run(tmp_pat
     partial.mkdir()
     (partial / "config.yaml").write_bytes((tmp_path / "full" / "config.yaml").read_bytes())
     marker = tmp_path / "pwned"
-    (partial / f"0-1{suffix}").write_bytes(pickle.dumps(Payload(marker)))
+    from testbed.experiments import load_spec
+    from testbed.experiments.runner import group_key
+    key = group_key(load_spec(spec), [0], {})  # the one run's name in the partial folder
+    (partial / f"{key}{suffix}").write_bytes(pickle.dumps(Payload(marker)))
     torch.save({"t": Payload(marker)}, tmp_path / "lm.ckpt")  # what the LM track wrote and read before
     rc = main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume", "--checkpoint-every", "2"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "not a data-only testbed checkpoint" in err[0] and f"0-1{suffix}" in err[0]
+    assert rc == 2 and len(err) == 1 and "not a data-only testbed checkpoint" in err[0] and f"{key}{suffix}" in err[0]
     with pytest.raises(CheckpointError, match="not a data-only"):
         load_state(tmp_path / "lm.ckpt")
     assert not marker.exists()  # the payload never ran

@@ -218,3 +218,27 @@ def test_lm_claims_use_a_t_interval_over_seeds_and_one_seed_is_inconclusive(tmp_
     _lm_folder(tmp_path / "b" / "tldr_smollm2_quick", {"rebel": [0.9], "ppo": [0.1]})
     one = claims.LM_CLAIMS[0](tmp_path / "b")
     assert one.verdict == claims.INCONCLUSIVE and "one seed" in one.note
+
+
+def test_a_bandit_only_reproduce_keeps_the_lm_studys_claims(tmp_path):
+    """write_claims stores the LM study's claims beside claims.md when its folder is under --runs, and reads
+    them back when it is not (a bandit-only `testbed reproduce` on a fresh machine): the LM rows survive."""
+    rebel, ppo = [0.7, 0.75, 0.8], [0.5, 0.52, 0.6]
+    _lm_folder(tmp_path / "with" / "tldr_smollm2_quick", {"rebel": rebel, "ppo": ppo})
+    a = claims.write_claims(tmp_path / "with", tmp_path / "figs" / "claims.md").read_text().splitlines()
+    (tmp_path / "without").mkdir()
+    b = claims.write_claims(tmp_path / "without", tmp_path / "figs" / "claims.md").read_text().splitlines()
+    n = len(claims.LM_CLAIMS)
+    assert a[-n:] == b[-n:]  # the LM rows, values and verdicts included
+    assert "**supported**" in a[-n] and "no data" not in a[-n]  # REBEL vs PPO: a value from the LM folder
+    (tmp_path / "figs" / "claims-llm.json").unlink()
+    c = claims.write_claims(tmp_path / "without", tmp_path / "figs" / "claims.md").read_text().splitlines()
+    assert all("no data" in row for row in c[-n:])
+
+
+def test_the_committed_lm_claims_are_the_rows_of_figures_claims_md():
+    root = Path(__file__).resolve().parents[1]
+    kept = claims.collect(root / "no-such-runs-folder", root / "figures" / "claims-llm.json")
+    n = len(claims.LM_CLAIMS)
+    rows = claims.claims_markdown(kept).splitlines()[-n:]
+    assert rows == (root / "figures" / "claims.md").read_text().splitlines()[-n:]

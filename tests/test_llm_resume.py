@@ -76,3 +76,4 @@ def test_llm_run_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, algor
     for p in sorted((tmp_path / "ref" / "samples").rglob("*.jsonl")):
         assert (tmp_path / "out" / p.relative_to(tmp_path / "ref")).read_text() == p.read_text()
     assert not partial.exists()
+    assert not list(tmp_path.glob(".out.*"))  # the killed run's .out.tmp-PID folder was removed on the resume

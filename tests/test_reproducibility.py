@@ -105,14 +105,14 @@ def test_resume_loads_finished_runs_instead_of_recomputing_them(reference, tmp_p
     partial.mkdir()
     (partial / "config.yaml").write_bytes((tmp_path / "full" / "config.yaml").read_bytes())
     from testbed.experiments import load_spec
-    from testbed.experiments.runner import _worker, batch_groups
+    from testbed.experiments.runner import _worker, batch_groups, group_key
     s = load_spec(spec)
     group = batch_groups(s)[0]  # the stack of seeds that holds run 0
     plans = [s.runs[i] for i in group]
     done = _worker(plans, [s.problems[p.problem] for p in plans])
     rows = done[0][0]
     rows[-1]["reward"] = 12345.0
-    save_state(partial / f"{group[0]}-{len(group)}.done", done)
+    save_state(partial / f"{group_key(s, group, {})}.done", done)
     assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume"]) == 0
     from testbed.experiments import read_metrics
     assert read_metrics(tmp_path / "out")[len(rows) - 1]["reward"] == 12345.0

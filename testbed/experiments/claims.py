@@ -15,8 +15,9 @@ seeds for slopes and ratios; Student's t over seeds for the LM study (few seeds)
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -296,6 +297,9 @@ def _lm_claim(claim: str, statistic: str, region, per_seed) -> Claim:
         except KeyError as e:
             c.note = f"no {e} run in {name}"
             return c
+        if not vals:
+            c.note = f"not measured in {name}"
+            return c
         c.value = interval_over_seeds(vals)
         c.note = f"{len(vals)} seed(s)" + ("; one seed: no interval over seeds" if len(vals) < 2 else "")
         if len(vals) == 1:
@@ -309,7 +313,10 @@ def _diff(column, other):
 
 
 def _ratio(value):
-    return lambda f, r, s: value(f, r, s, "rebel") / value(f, r, s, "ppo")
+    def ratio(f, r, s):
+        den = value(f, r, s, "ppo")
+        return value(f, r, s, "rebel") / den if den else math.nan  # nothing measured: no value for this seed
+    return ratio
 
 
 LM_CLAIMS = (
@@ -332,11 +339,18 @@ BANDIT_CLAIMS = (rebel_is_npg, mirror_descent_bound, inexact_regression, minimax
                  kl_vs_ppo_bandit, models_held, step_cost_bandit)
 
 
-def collect(runs: str | Path) -> list[Claim]:
+def collect(runs: str | Path, kept: str | Path | None = None) -> list[Claim]:
     """Every claim from the run folders under ``runs`` (a claim whose experiment is missing stays without
-    a value: inconclusive)."""
+    a value: inconclusive). ``kept``: the JSON file of the LM study's claims (:func:`write_claims` writes it
+    whenever the LM study's folder is under ``runs``), read when it is not — so a bandit-only
+    ``testbed reproduce`` keeps the rows of the last ``testbed reproduce --llm``."""
     runs = Path(runs)
-    return [f(runs) for f in (*BANDIT_CLAIMS, *LM_CLAIMS)]
+    lm = [f(runs) for f in LM_CLAIMS]
+    if _lm(runs) is None and kept is not None and Path(kept).is_file():
+        stored = json.loads(Path(kept).read_text())
+        lm = [Claim(**{**c, "region": tuple(c["region"]), "value": None if c["value"] is None else
+                       tuple(math.nan if v is None else v for v in c["value"])}) for c in stored["claims"]]
+    return [*(f(runs) for f in BANDIT_CLAIMS), *lm]
 
 
 def _fmt(v: float) -> str:
@@ -361,9 +375,18 @@ def claims_markdown(claims: list[Claim]) -> str:
 
 
 def write_claims(runs: str | Path, out: str | Path) -> Path:
-    """figures/claims.md: the claims table from the run folders under ``runs``."""
-    text = claims_markdown(collect(runs))
+    """figures/claims.md: the claims table from the run folders under ``runs``; beside it, ``claims-llm.json``
+    holds the LM study's claims (rewritten when that study's folder is under ``runs``, read otherwise)."""
     out = Path(out)
+    kept = out.parent / "claims-llm.json"
+    claims = collect(runs, kept)
+    if _lm(Path(runs)) is not None:
+        lm = [{**asdict(c), "value": c.value and [None if math.isnan(v) else v for v in c.value]}
+              for c in claims[len(BANDIT_CLAIMS):]]
+        text = json.dumps({"note": "the LM study's claims, from the last testbed reproduce --llm", "claims": lm},
+                          indent=1, ensure_ascii=False) + "\n"
+        atomic_write(kept, lambda p: p.write_text(text))
+    text = claims_markdown(claims)
     atomic_write(out, lambda p: p.write_text(text))
     return out
 

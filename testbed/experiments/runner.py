@@ -11,6 +11,8 @@ folder is built under a temporary name and renamed when complete, so it is never
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import sys
 import time
@@ -34,7 +36,7 @@ from testbed.metrics import (
 from testbed.policies import Policy, default_kind, initial_policy, member, stack
 from testbed.problems import PreferenceBandit, ProblemBatch, TabularBandit
 from testbed.results import COLUMNS, EXTRAS
-from testbed.training import NumericalError, loggers, train
+from testbed.training import NumericalError, check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
 
 
@@ -102,17 +104,18 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
             for (x, y), v in np.ndenumerate(st.policy.probs()):
                 st.trajectory.append({"run_id": plan.run_id, "iteration": t, "context": x, "action": y,
                                       "prob": float(v), "avg_prob": None if avg is None else float(avg[x, y])})
+        metrics = problem_metrics(problem, st.policy, 0.0, avg, target)
+        check_finite(plan.run_id, t, metrics, checkpoint)
         st.rows.append(_row(plan, t, st.samples if counted else None, st.queries if counted else None,
-                            problem_metrics(problem, st.policy, 0.0, avg, target), st.loss, st.step_extras))
+                            metrics, st.loss, st.step_extras))
         st.wall.append(time.perf_counter() - start)
 
     def step(t: int) -> None:
         if averaged:
             st.prob_sum += st.policy.probs()  # pi_{t-1}, the iterate this update plays
         result = st.algo.update(st.policy, st.rng)
-        if not np.all(np.isfinite(result.policy.params)):
-            raise NumericalError(f"run {plan.run_id}: non-finite policy parameters at iteration {t}"
-                                 + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
+        check_finite(plan.run_id, t, {"the policy parameters": result.policy.params, "the loss": result.loss,
+                                      **result.extras}, checkpoint)
         _keep(st, result)
 
     train(st, plan.iterations, step, record, plan.eval_every, _saver(st, checkpoint, start), every)
@@ -202,6 +205,7 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
 
     def record(t: int) -> None:
         metrics = bandit_metric_arrays(st.algo.problem, st.policy.log_probs(), 0.0, target)
+        check_finite([p.run_id for p in plans], t, metrics, checkpoint)
         loss = None if st.loss is None else np.broadcast_to(st.loss, (len(plans),))
         for s, plan in enumerate(plans):
             m = {k: None if v is None else float(v[s]) for k, v in metrics.items()}
@@ -213,11 +217,9 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
 
     def step(t: int) -> None:
         result = st.algo.update(st.policy, st.rngs)
-        if not np.isfinite(result.policy.params).all():  # one pass; which member only when one failed
-            finite = np.isfinite(result.policy.params).reshape(len(plans), -1).all(axis=1)
-            bad = plans[int(np.argmin(finite))].run_id
-            raise NumericalError(f"run {bad}: non-finite policy parameters at iteration {t}"
-                                 + (f"; its last good checkpoint is {checkpoint}" if checkpoint else ""))
+        loss = None if result.loss is None else np.broadcast_to(result.loss, (len(plans),))
+        check_finite([p.run_id for p in plans], t, {"the policy parameters": result.policy.params, "the loss": loss,
+                                                    **result.extras}, checkpoint)
         _keep(st, result)
 
     train(st, first.iterations, step, record, first.eval_every, _saver(st, checkpoint, start), every)
@@ -272,7 +274,8 @@ def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, ke
         return load_state(done)
     ckpt = Path(partial) / f"{key}.ckpt" if partial else None
     t0 = time.perf_counter()
-    runs = run_batch(plans, problems, ckpt, every) if len(plans) > 1 else [run_one(plans[0], problems[0], ckpt, every)]
+    with np.errstate(all="ignore"):  # a non-finite result is reported in one line by check_finite
+        runs = run_batch(plans, problems, ckpt, every) if len(plans) > 1 else [run_one(plans[0], problems[0], ckpt, every)]
     result = [(rows, policy.params, policy.probs(), extra,
                extra["wall"][-1] if extra["wall"] else time.perf_counter() - t0) for rows, policy, extra in runs]
     if done is not None:
@@ -281,22 +284,42 @@ def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, ke
     return result
 
 
+def input_files(spec: Spec) -> list[str]:
+    """The files a spec reads: instance files of its problems and the path fields of its algorithms."""
+    files = [e["file"] for e in spec.problem_entries.values() if "file" in e]
+    for plan in spec.runs:
+        files += [plan.config[f.name] for f in dataclasses.fields(ALGORITHMS[plan.algorithm].Config)
+                  if f.metadata.get("check") == "path" and plan.config.get(f.name)]
+    return files
+
+
+def group_key(spec: Spec, group: list[int], inputs: dict[str, str]) -> str:
+    """The name of a group's files in <out>.partial: a hash of what it computes (its runs' settings, their
+    problems and the hashes of the input files they name), so a resume finds work by content."""
+    plans = [dataclasses.asdict(spec.runs[i]) for i in group]
+    problems = {p["problem"]: spec.problem_entries.get(p["problem"]) for p in plans}
+    text = json.dumps([plans, problems], sort_keys=True, default=str)
+    return results.content_key([plans, problems, {k: v for k, v in inputs.items() if k in text}])
+
+
 def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | None = None, every: int = 0,
-            batch: bool = True, backend: str = "local", ray_address: str | None = None) -> list[tuple]:
+            batch: bool = True, backend: str = "local", ray_address: str | None = None,
+            inputs: dict[str, str] | None = None) -> list[tuple]:
     """Run every grid point, in groups (:func:`batch_groups`), on ``backend``
     (:mod:`testbed.experiments.backends`: serial, ``jobs`` processes, or Ray). Each run draws only from
     its own seed, torch uses one thread and a stacked run gives each member what it gives alone, so the
     results depend neither on ``jobs`` nor on ``batch`` nor on ``backend``."""
     groups = batch_groups(spec, jobs, batch)
     total = sum(p.iterations for p in spec.runs)
+    inputs = results.input_hashes(input_files(spec)) if inputs is None else inputs
     args = [([spec.runs[i] for i in g], [spec.problems[spec.runs[i].problem] for i in g],
-             str(partial) if partial else None, f"{g[0]}-{len(g)}", every) for g in groups]
+             str(partial) if partial else None, group_key(spec, g, inputs), every) for g in groups]
     sizes = [sum(spec.runs[i].iterations for i in g) for g in groups]
     with tqdm(total=total, desc=spec.name, unit="it", disable=not progress, file=sys.stderr,
               mininterval=0.5, leave=False) as bar:
-        results = map_tasks(_worker, args, backend, jobs, lambda k: bar.update(sizes[k]), ray_address)
+        finished = map_tasks(_worker, args, backend, jobs, lambda k: bar.update(sizes[k]), ray_address)
     out: list = [None] * len(spec.runs)
-    for g, res in zip(groups, results):
+    for g, res in zip(groups, finished):
         for i, r in zip(g, res):
             out[i] = r
     return out
@@ -304,15 +327,26 @@ def run_all(spec: Spec, jobs: int = 1, progress: bool = True, partial: Path | No
 
 def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: bool = True, jobs: int = 1,
              resume: bool = False, checkpoint_every: int = 50, batch: bool = True, backend: str = "local",
-             ray_address: str | None = None) -> Path:
+             ray_address: str | None = None, reuse: bool = False) -> Path:
     """Run every grid point of ``spec`` and write the run folder ``out`` atomically.
 
     While it runs, <out>.partial holds each finished run and a checkpoint of each unfinished one
-    (every ``checkpoint_every`` iterations); after an interruption (even SIGKILL) ``resume=True``
-    continues from there and gives the same files as an uninterrupted run (all but timings.json).
+    (every ``checkpoint_every`` iterations), named by what they compute (:func:`group_key`); after an
+    interruption (even SIGKILL) ``resume=True`` continues from there and gives the same files as an
+    uninterrupted run (all but timings.json), provided the resolved spec and the input files are unchanged;
+    ``reuse=True`` resumes a changed spec, keeping the work of the runs that did not change. A lock on
+    ``out`` refuses a second run into the same folder.
     """
     out = Path(out)
     prepare_out(out, overwrite)
+    with results.out_lock(out):
+        prepare_out(out, overwrite)  # again, holding the lock: a run that just finished there is not replaced
+        return _run_spec(spec, out, overwrite, progress, jobs, resume or reuse, checkpoint_every, batch, backend,
+                         ray_address, reuse)
+
+
+def _run_spec(spec: Spec, out: Path, overwrite: bool, progress: bool, jobs: int, resume: bool,
+              checkpoint_every: int, batch: bool, backend: str, ray_address: str | None, reuse: bool) -> Path:
     resolved = spec.resolved()
     for rec, plan in zip(resolved["runs"], spec.runs):
         rec["theory"] = theory(plan, spec.problems[plan.problem])
@@ -323,12 +357,19 @@ def run_spec(spec: Spec, out: str | Path, overwrite: bool = False, progress: boo
             entry["theory"] = problem_theory(problem)
         else:
             entry["frontier"] = kl_frontier(problem)
+    inputs = results.input_hashes(input_files(spec))
+    if inputs:
+        resolved["inputs"] = inputs
     config_text = dump_yaml(resolved)
-    partial = results.open_partial(out, config_text, resume, overwrite)
-
+    partial = results.open_partial(out, config_text, resume, overwrite, reuse=reuse)
+    try:
+        finished = run_all(spec, jobs, progress, partial, checkpoint_every, batch, backend, ray_address, inputs)
+    except NumericalError:
+        if not any(p.suffix in (".ckpt", ".done") for p in partial.iterdir()):
+            shutil.rmtree(partial)  # nothing to keep
+        raise
     rows, policies, timings, trajectory = [], {}, {}, []
-    for plan, (run_rows, params, probs, extra, seconds) in zip(
-            spec.runs, run_all(spec, jobs, progress, partial, checkpoint_every, batch, backend, ray_address)):
+    for plan, (run_rows, params, probs, extra, seconds) in zip(spec.runs, finished):
         timings[plan.run_id] = seconds
         rows += [r | {"wall_time": w} for r, w in zip(run_rows, extra["wall"])]
         policies[f"{plan.run_id}/params"] = params

@@ -96,7 +96,7 @@ class Spec:
         return {
             "name": self.name,
             "source": self.source,
-            "problems": self.problem_entries,
+            "problems": {k: dict(v) for k, v in self.problem_entries.items()},  # the runner adds theory to these
             "plot": self.plot,
             "runs": [dataclasses.asdict(r) for r in self.runs],
         }
@@ -307,7 +307,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             for f in dataclasses.fields(cls.Config):  # file fields are relative to the spec file
                 v = params.get(f.name)
                 if f.metadata.get("check") == "path" and isinstance(v, str) and v and not Path(v).is_absolute():
-                    params[f.name] = str(base / v)
+                    params[f.name] = str((base / v).resolve())
             cfg = build_config(cls.Config, params, where, "bandit")
             dim = max(getattr(p, "features", np.empty((1, 1, 1))).shape[-1] for p in problems.values())
             for fname, items in cls.items_per_iteration(cfg):

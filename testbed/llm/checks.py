@@ -142,3 +142,25 @@ def check_before_build(spec) -> None:
         if tid is None or tid == tok.unk_token_id or tid in (tok.pad_token_id, tok.eos_token_id):
             raise InputError(f"reward.token {token!r} is not a token of the model's tokenizer (it would count "
                              "padding); give one of its words")
+
+
+def lm_input_files(spec) -> list[str]:
+    """The files (and model folders) an LM spec reads: prompt files, algorithm datasets, local models — whose
+    hashes go into the run's config, so a resume notices an edited one."""
+    from testbed.llm.spec import PREFERENCES
+
+    base = Path(spec.source).parent if spec.source != "<spec>" else Path(".")
+    paths = [e["file"] for e in (spec.prompts, spec.eval_prompts) if "file" in e]
+    paths += [c.dataset for _, c, _ in spec.algorithms if getattr(c, "dataset", "") and c.dataset != PREFERENCES]
+    paths += [m["path"] if Path(m["path"]).is_absolute() else str(base / m["path"])
+              for m in (spec.model, spec.reward) if m.get("path")]
+    return paths
+
+
+def run_key(spec, entry: dict, seed: int, inputs: dict[str, str]) -> str:
+    """A run's name in <out>.partial: a hash of everything it depends on (the spec but its other algorithms and
+    seeds, its own algorithm entry and seed, the input hashes)."""
+    from testbed.results import content_key
+
+    common = {k: v for k, v in spec.raw.items() if k not in ("algorithms", "seeds", "name")}
+    return content_key([common, entry, seed, inputs])

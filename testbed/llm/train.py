@@ -20,6 +20,7 @@ run holds, measured the same way for every algorithm (Linux ``/proc/self/clear_r
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import shutil
 import sys
@@ -36,7 +37,7 @@ from testbed.algorithms import ALGORITHMS
 from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend
-from testbed.llm.checks import check_before_build
+from testbed.llm.checks import check_before_build, lm_input_files, run_key
 from testbed.llm.critic import PolicyAndValue, make_critic
 from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
@@ -44,7 +45,7 @@ from testbed.llm.rewards import score_responses
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
-from testbed.training import NumericalError, loggers, train
+from testbed.training import check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
 
 _ACCELERATOR = None
@@ -219,10 +220,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
                 idx = np.array_split(np.asarray(idx), ctx.world)[ctx.rank].tolist()
             q, qm = ctx.policy.encode([prompts[i] for i in idx], tr.max_prompt_length)
         result = algo.lm_update(q, qm)
-        if not np.isfinite(result.loss):
-            raise NumericalError(f"run {run_id}: non-finite loss at iteration {t}"
-                                 + (f"; its last good checkpoint is {checkpoint}" if checkpoint is not None
-                                    and checkpoint.is_file() else ""))
+        check_finite(run_id, t, {"the loss": result.loss}, checkpoint)
         ctx.scheduler.step()
         samples += result.samples * (1 if replicated else ctx.world)
         queries += result.queries * (1 if replicated else ctx.world)
@@ -230,6 +228,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
 
     def record(t: int) -> None:
         rows.append(row(t, st.step, st.secs) if t else row(0))
+        check_finite(run_id, t, {k: v for k, v in rows[-1].items() if isinstance(v, float)}, checkpoint)
 
     def save() -> None:
         if acc.is_main_process:
@@ -256,24 +255,36 @@ def prepare_lm_out(out: Path, overwrite: bool) -> None:
 
 
 def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress: bool = True,
-                resume: bool = False, checkpoint_every: int = 0) -> Path | None:
+                resume: bool = False, checkpoint_every: int = 0, reuse: bool = False) -> Path | None:
     """Run every (algorithm, seed) of ``spec``; process 0 writes the run folder atomically.
 
     With ``checkpoint_every`` K > 0 (single process), <out>.partial holds each finished run (rows,
-    generations, saved model) and a checkpoint of the unfinished one every K iterations; ``resume``
-    continues from there."""
+    generations, saved model) and a checkpoint of the unfinished one every K iterations, named by what the
+    run computes (:func:`run_key`); ``resume`` continues from there if the spec and its input files are
+    unchanged, ``reuse`` keeps the finished runs that did not change. Process 0 holds a lock on ``out``."""
     out = Path(out)
     check_before_build(spec)
     acc = get_accelerator(spec)
-    main = acc.is_main_process
-    if main:
+    if acc.is_main_process:
         prepare_lm_out(out, overwrite)
-    if (resume or checkpoint_every) and acc.num_processes > 1:
+    if (resume or reuse or checkpoint_every) and acc.num_processes > 1:
         raise InputError("--resume/--checkpoint-every: LM checkpoints are single-process only for now")
-    spec_text = dump_yaml(spec.raw)
-    partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume))
+    with results.out_lock(out) if acc.is_main_process else contextlib.nullcontext():
+        if acc.is_main_process:
+            prepare_lm_out(out, overwrite)  # again, holding the lock: a run that just finished there is kept
+        return _run_lm_spec(spec, out, acc, overwrite, progress, resume or reuse, checkpoint_every, reuse)
+
+
+def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, resume: bool,
+                 checkpoint_every: int, reuse: bool) -> Path | None:
+    main = acc.is_main_process
+    inputs = results.input_hashes(lm_input_files(spec))
+    spec_text = dump_yaml({**spec.raw, **({"inputs": inputs} if inputs else {})})
+    partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume),
+                                   reuse=reuse)
     use_partial = partial.is_dir() and (checkpoint_every or resume)
     runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
+    keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
     total = spec.train.iterations * len(runs)
     all_rows, timings = [], {}
     folder = results.RunFolder(out).__enter__() if main else None
@@ -290,28 +301,28 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                   mininterval=0.5) as bar:
             for name, cfg, seed, run_id in runs:
                 t0 = time.perf_counter()
-                done = partial / f"{run_id}.done"
+                done = partial / f"{keys[run_id]}.done"
                 if use_partial and done.is_file():
                     rows, gens = load_state(done)
                     timings[run_id] = time.perf_counter() - t0
                     all_rows += rows
                     if main:
-                        _write_run(tmp, spec, run_id, gens, None, None, partial)
+                        _write_run(tmp, spec, run_id, gens, None, None, partial, keys[run_id])
                     bar.update(spec.train.iterations)
                     continue
-                ckpt = partial / f"{run_id}.ckpt" if use_partial else None
+                ckpt = partial / f"{keys[run_id]}.ckpt" if use_partial else None
                 rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1, study)
                 if use_partial:
                     if spec.train.save:
-                        model.save_pretrained(partial / "checkpoints" / run_id)
-                        tok.save_pretrained(partial / "checkpoints" / run_id)
+                        model.save_pretrained(partial / "checkpoints" / keys[run_id])
+                        tok.save_pretrained(partial / "checkpoints" / keys[run_id])
                     save_state(done, (rows, gens))
                     ckpt.unlink(missing_ok=True)
                     model = None  # saved above; copied from the partial folder
                 timings[run_id] = time.perf_counter() - t0
                 all_rows += rows
                 if main:
-                    _write_run(tmp, spec, run_id, gens, model, tok, partial)
+                    _write_run(tmp, spec, run_id, gens, model, tok, partial, keys[run_id])
                 model = tok = None
                 # the one Accelerator keeps every prepared model and optimiser: drop this run's (15 runs of
                 # the 3-seed study grew past 24 GB without it), keeping its step count as it was
@@ -368,7 +379,7 @@ def _prepare_study(spec: LMSpec, tmp: Path, runs: list) -> tuple:
     return study, summary, runs
 
 
-def _write_run(tmp: Path, spec: LMSpec, run_id: str, gens: list[dict], model, tok, partial: Path) -> None:
+def _write_run(tmp: Path, spec: LMSpec, run_id: str, gens: list[dict], model, tok, partial: Path, key: str) -> None:
     """Sample generations per evaluation, and the final model (saved now, or copied from <out>.partial)."""
     from testbed.llm.data import write_jsonl
     for t in sorted({g["iteration"] for g in gens}, key=str):
@@ -379,4 +390,4 @@ def _write_run(tmp: Path, spec: LMSpec, run_id: str, gens: list[dict], model, to
             model.save_pretrained(tmp / "checkpoints" / run_id)
             tok.save_pretrained(tmp / "checkpoints" / run_id)
         else:
-            shutil.copytree(partial / "checkpoints" / run_id, tmp / "checkpoints" / run_id)
+            shutil.copytree(partial / "checkpoints" / key, tmp / "checkpoints" / run_id)

@@ -1,5 +1,5 @@
 """Training: the one loop every track and the conformance harness run (collect → update → row → checkpoint)."""
 
-from testbed.training.loop import NumericalError, train
+from testbed.training.loop import NumericalError, check_finite, train
 
-__all__ = ["NumericalError", "train"]
+__all__ = ["NumericalError", "check_finite", "train"]

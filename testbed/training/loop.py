@@ -11,10 +11,31 @@ integer attribute ``t`` (iterations done), so a checkpointed state resumes where
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 
 
 class NumericalError(RuntimeError):
-    """A run produced NaN/inf (in its parameters or its loss); the last good checkpoint is kept."""
+    """A run produced NaN/inf (in its parameters, its loss or a metric); the last good checkpoint is kept."""
+
+
+def check_finite(run_ids, t: int, values: dict, checkpoint: Path | None = None) -> None:
+    """Raise :class:`NumericalError` (one line: the run, the quantity, its value, the iteration, and the last
+    good checkpoint when one exists) if a value is NaN or infinite. ``run_ids``: one id, or the ids of a stack
+    whose values have the stack as leading axis."""
+    ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+    for name, v in values.items():
+        if v is None:
+            continue
+        a = np.asarray(v, dtype=float)
+        if np.isfinite(a).all():
+            continue
+        member = 0 if len(ids) == 1 or a.ndim == 0 else int(np.argmin(np.isfinite(a.reshape(len(ids), -1)).all(axis=1)))
+        bad = a.reshape(-1)[int(np.argmin(np.isfinite(a.reshape(-1))))]
+        where = (f"; its last good checkpoint is {checkpoint}" if checkpoint is not None and Path(checkpoint).is_file()
+                 else "; no checkpoint was written before it")
+        raise NumericalError(f"run {ids[member]}: {name} became {bad} at iteration {t}{where}")
 
 
 def train(state, iterations: int, step: Callable[[int], None], record: Callable[[int], None],
@@ -27,6 +48,11 @@ def train(state, iterations: int, step: Callable[[int], None], record: Callable[
     ``every``-th update but the last (a finished run is stored whole by its caller); ``after(t)`` runs
     last in each iteration (progress bars).
     """
+    with np.errstate(all="ignore"):  # a non-finite result is reported by the callers' check_finite, in one line
+        _train(state, iterations, step, record, eval_every, save, every, after)
+
+
+def _train(state, iterations, step, record, eval_every, save, every, after) -> None:
     if state.t == 0:
         record(0)
     while state.t < iterations:
