@@ -4,19 +4,23 @@ The interface (duck-typed; see ``examples`` at the bottom and the README):
 
     class MyRule:
         family = "mirror_descent"   # which battery applies: mirror_descent | equilibrium | dpo | sampled
-        eta = 1.0                   # the step size the rule claims (mirror_descent bound checks)
-        beta = 0.5                  # dpo only: the KL strength it claims
-        def update(self, api: BanditAPI, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            ...                     # return the new logits [X, Y] of a tabular softmax policy
+        eta = 1.0                   # the step size the rule claims (mirror_descent: the harness sets it)
+        beta = 0.5                  # dpo: the KL strength it claims; mirror_descent: optional, set too
+        kinds = ("tabular",)        # the policies it updates (mirror_descent: also "loglinear", "mlp")
+        def update(self, api: BanditAPI, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            ...                     # return the new parameters (tabular: the logits [X, Y])
 
 ``OBJECT`` is a class (called with no arguments), a zero-argument factory, or an instance (deep-copied);
 one fresh rule is made per instance and seed, so a rule may keep state between updates. The
 :class:`BanditAPI` is the problem's batch interface: sizes, rho and pi_ref; exact tables for
-population methods (``reward_table``, ``preference_table``); sampled oracles (``sample_contexts``,
-``rewards``, ``preferences``) that count their queries.
+population methods (``reward_table``, ``preference_table``); the policy's ``log_probs(params)`` as a torch
+function; sampled oracles (``sample_contexts``, ``sample``, ``rewards``, ``preferences``) that count their
+queries (:mod:`testbed.algorithms.user`, the same plug-in point as a spec's ``{module: ...}`` entry).
 
 The batteries encode testbed/THEORY.md:
-- ``mirror_descent`` (exact, reward problems; pi_0 uniform, rewards in [0, 1]): monotone improvement,
+- ``mirror_descent`` (exact, reward problems): first the step itself, exactly, at several eta (and beta)
+  on tabular, log-linear and MLP policies (:mod:`testbed.experiments.conformance_exact`); then, from pi_0
+  uniform with rewards in [0, 1] (beta set to 0 where the rule has one): monotone improvement,
   the bound J* - J(pi_T) <= log|Y|/(eta·T) + 1/T for every T <= 200 (Agarwal et al. 2021, Thm 16),
   and invariance of the update to a per-context constant added to the rewards.
 - ``equilibrium`` (exact preference games): the minimax winner is a fixed point, and the average
