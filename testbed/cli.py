@@ -27,12 +27,26 @@ def _cmd_run(args) -> None:
     from testbed.experiments.runner import prepare_out
 
     prepare_out(Path(args.out), args.overwrite)  # refuse before any work
-    spec = load_spec(args.spec)
-    with backend_session(args.backend, args.jobs, args.ray_address):  # Ray missing or unreachable: before any output
+    spec = load_spec(args.spec, args.overrides)
+    with backend_session(args.backend, args.jobs, args.ray_address), _logging(args):  # before any output
         out = run_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, jobs=args.jobs,
                        resume=args.resume, checkpoint_every=args.checkpoint_every, backend=args.backend,
                        batch=not args.no_batch, reuse=args.reuse)
     print(f"{len(spec.runs)} runs -> {out}")
+
+
+def _logging(args):
+    """--log tensorboard|wandb: rows logged live into --log-dir (default <out>.logs) by the one process."""
+    from testbed.training.loggers import logging_to
+
+    if args.log and (getattr(args, "jobs", 1) > 1 or getattr(args, "backend", "local") != "local"):
+        raise InputError("--log needs --jobs 1 and the local backend (the rows are logged by the one process)")
+    return logging_to(args.log, args.log_dir or f"{args.out}.logs")
+
+
+def _add_log(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log", choices=["tensorboard", "wandb"], help="also log every metric row live (offline)")
+    parser.add_argument("--log-dir", help="where --log writes (default <out>.logs)")
 
 
 def _cmd_list(args) -> None:
@@ -66,7 +80,10 @@ def _cmd_plot(args) -> None:
     kind = {"curves": "curve"}.get(args.kind, args.kind) or entries[0].get("kind", "curve")
     entry = next((e for e in entries if e.get("kind") == kind), {"kind": kind})
     entry = {**entry, **{k: v for k, v in (("panel_by", args.panel_by), ("x", args.x), ("y", args.y)) if v}}
-    out = args.out or str(Path(args.dir) / (f"{args.y or 'suboptimality'}.png" if kind == "curve" else
+    from testbed.plotting.llm import is_lm_folder
+
+    y_name = (args.y or ("reward" if is_lm_folder(args.dir) else "suboptimality")).replace("/", "_")
+    out = args.out or str(Path(args.dir) / (f"{y_name}.png" if kind == "curve" else
                                            f"{kind}.md" if kind == "table" else f"{kind}.png"))
     print(draw(args.dir, entry, out))
 
@@ -120,8 +137,9 @@ def _cmd_llm_run(args) -> None:
         raise InputError("--out is required (or pass --dry-run)")
     from testbed.llm.train import prepare_lm_out, run_lm_spec
     prepare_lm_out(Path(args.out), args.overwrite)
-    out = run_lm_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-                      checkpoint_every=args.checkpoint_every or 0, reuse=args.reuse)
+    with _logging(args):
+        out = run_lm_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                          checkpoint_every=args.checkpoint_every or 0, reuse=args.reuse)
     if out is not None:
         print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
@@ -156,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run a spec file into a run folder")
     r.add_argument("spec")
+    r.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override spec fields, e.g. iterations=50 algorithms.0.eta=0.5 (validated like the spec)")
     r.add_argument("--out", required=True, help="run folder to create")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -168,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-batch", action="store_true",
                    help="run seeds one by one instead of as stacked arrays (same results; for timing)")
     _add_backend(r, "serial, or --jobs processes")
+    _add_log(r)
     r.set_defaults(func=_cmd_run)
     ls = sub.add_parser("list", help="list problems and algorithms")
     ls.add_argument("--markdown", action="store_true", help="the algorithm table of the README, from the registry")
@@ -214,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "whose settings and input files did not change, recompute the rest")
     lr.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
                     help="checkpoint every K iterations into <out>.partial (single process)")
+    _add_log(lr)
     lr.set_defaults(func=_cmd_llm_run)
     return p
 
@@ -222,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = False  # usage errors never show a traceback; --debug counts once the command line parses
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra  # key=value overrides after the options
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         debug = args.debug
         return args.func(args) or 0
     except InputError as e:

@@ -35,6 +35,7 @@ import numpy as np
 
 from testbed.errors import InputError
 from testbed.io import atomic_write_text, replace_dir, sha256
+from testbed.run_table import runs_csv_text
 
 try:
     import fcntl
@@ -136,7 +137,7 @@ def prepare_out(out: Path, overwrite: bool, allowed: set[str]) -> None:
     if not out.is_dir():
         raise InputError(f"--out {str(out)!r} exists and is not a folder")
     names = {p.name for p in out.iterdir()}
-    if "meta.json" not in names or not names <= allowed | {n for n in names if n.endswith((".png", ".md"))}:
+    if "meta.json" not in names or not names <= allowed | {"runs.csv"} | {n for n in names if n.endswith((".png", ".md"))}:
         raise InputError(f"--out {str(out)!r} is not a run folder (it holds other files); --overwrite only replaces run folders")
 
 
@@ -321,6 +322,10 @@ class RunFolder:
         atomic_write_text(self.tmp / "config.yaml", config_text)
         atomic_write_text(self.tmp / "metrics.csv", csv_text(rows, file_columns(columns)))
         names = ["config.yaml", "metrics.csv", *files]
+        runs_csv = runs_csv_text(config_text, LM_COLUMNS)  # the runs' hyper-parameters, keyed by run_id
+        if runs_csv is not None:
+            atomic_write_text(self.tmp / "runs.csv", runs_csv)
+            names.insert(2, "runs.csv")
         meta = {**meta, "sha256": {n: sha256(self.tmp / n) for n in names},
                 "note": "timings.json (wall times, throughput, memory) is the one output that differs between identical runs"}
         atomic_write_text(self.tmp / "meta.json", json.dumps(meta, indent=2) + "\n")

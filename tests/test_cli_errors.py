@@ -244,7 +244,8 @@ def test_run_refuses_existing_out_then_overwrites(tmp_path, monkeypatch, capsys)
     first = (tmp_path / "run" / "timings.json").read_text()
     rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "run", "--overwrite", "--quiet")
     assert rc == 0, err
-    assert set(listing(tmp_path / "run")) == {"config.yaml", "metrics.csv", "policies.npz", "meta.json", "timings.json"}
+    assert set(listing(tmp_path / "run")) == {"config.yaml", "metrics.csv", "policies.npz", "meta.json", "runs.csv",
+                                                      "timings.json"}
     assert (tmp_path / "run" / "timings.json").read_text() != first  # new timestamps: really rewritten
     assert [n for n in listing(tmp_path) if n.startswith(".")] == []
 

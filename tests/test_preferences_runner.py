@@ -53,7 +53,7 @@ def test_schema_has_exploitability_avg_right_after_exploitability():
 
 def test_preference_run_folder(run_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "meta.json", "metrics.csv", "policies.npz",
-                                                         "timings.json", "trajectory.csv"]
+                                                         "runs.csv", "timings.json", "trajectory.csv"]
     rows = read_metrics(run_dir)
     for r in rows:
         assert r["reward"] is None and r["suboptimality"] is None and r["kl_reg_gap"] is None

@@ -39,7 +39,7 @@ def run_dir(tmp_path):
 
 def test_run_folder_contents_and_schema(run_dir):
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "meta.json", "metrics.csv", "policies.npz",
-                                                         "timings.json"]
+                                                         "runs.csv", "timings.json"]
     header = (run_dir / "metrics.csv").read_text().splitlines()[0]
     assert tuple(header.split(",")) == tuple(c for c in COLUMNS if c != "wall_time")  # wall_time: timings.json
     rows = read_metrics(run_dir)

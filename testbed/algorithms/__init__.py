@@ -14,6 +14,7 @@ from testbed.algorithms.preference import PREFERENCE_ALGORITHMS
 from testbed.algorithms.rebel import REBEL, REBELConfig
 from testbed.algorithms.rloo import RLOO, RLOOConfig
 from testbed.algorithms.sft import SFT, SFTConfig
+from testbed.algorithms.user import UserRule
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "rebel": REBEL,
@@ -24,6 +25,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "grpo": GRPO,
     "sft": SFT,
     **PREFERENCE_ALGORITHMS,
+    "user": UserRule,
 }
 
 

@@ -4,19 +4,23 @@ The interface (duck-typed; see ``examples`` at the bottom and the README):
 
     class MyRule:
         family = "mirror_descent"   # which battery applies: mirror_descent | equilibrium | dpo | sampled
-        eta = 1.0                   # the step size the rule claims (mirror_descent bound checks)
-        beta = 0.5                  # dpo only: the KL strength it claims
-        def update(self, api: BanditAPI, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            ...                     # return the new logits [X, Y] of a tabular softmax policy
+        eta = 1.0                   # the step size the rule claims (mirror_descent: the harness sets it)
+        beta = 0.5                  # dpo: the KL strength it claims; mirror_descent: optional, set too
+        kinds = ("tabular",)        # the policies it updates (mirror_descent: also "loglinear", "mlp")
+        def update(self, api: BanditAPI, params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            ...                     # return the new parameters (tabular: the logits [X, Y])
 
 ``OBJECT`` is a class (called with no arguments), a zero-argument factory, or an instance (deep-copied);
 one fresh rule is made per instance and seed, so a rule may keep state between updates. The
 :class:`BanditAPI` is the problem's batch interface: sizes, rho and pi_ref; exact tables for
-population methods (``reward_table``, ``preference_table``); sampled oracles (``sample_contexts``,
-``rewards``, ``preferences``) that count their queries.
+population methods (``reward_table``, ``preference_table``); the policy's ``log_probs(params)`` as a torch
+function; sampled oracles (``sample_contexts``, ``sample``, ``rewards``, ``preferences``) that count their
+queries (:mod:`testbed.algorithms.user`, the same plug-in point as a spec's ``{module: ...}`` entry).
 
 The batteries encode testbed/THEORY.md:
-- ``mirror_descent`` (exact, reward problems; pi_0 uniform, rewards in [0, 1]): monotone improvement,
+- ``mirror_descent`` (exact, reward problems): first the step itself, exactly, at several eta (and beta)
+  on tabular, log-linear and MLP policies (:mod:`testbed.experiments.conformance_exact`); then, from pi_0
+  uniform with rewards in [0, 1] (beta set to 0 where the rule has one): monotone improvement,
   the bound J* - J(pi_T) <= log|Y|/(eta·T) + 1/T for every T <= 200 (Agarwal et al. 2021, Thm 16),
   and invariance of the update to a per-context constant added to the rewards.
 - ``equilibrium`` (exact preference games): the minimax winner is a fixed point, and the average
@@ -32,74 +36,17 @@ The batteries encode testbed/THEORY.md:
 
 from __future__ import annotations
 
-import copy
-import importlib
-import importlib.util
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 from scipy.special import log_softmax, softmax
 
+from testbed.algorithms.user import FAMILIES, BanditAPI, BudgetExceeded, load_factory
 from testbed.errors import InputError
+from testbed.experiments.conformance_exact import check_steps, fresh
 from testbed.problems import PreferenceBandit, TabularBandit, make_preference, make_tabular
 from testbed.training import train
-
-FAMILIES = ("mirror_descent", "equilibrium", "dpo", "sampled")
-
-
-class BudgetExceeded(RuntimeError):
-    pass
-
-
-class BanditAPI:
-    """What an update rule may see of a problem: sizes, rho, pi_ref, exact tables, sampled oracles."""
-
-    def __init__(self, problem: TabularBandit | PreferenceBandit, rng: np.random.Generator,
-                 preferences: np.ndarray | None = None, budget: int | None = None):
-        self._p, self._rng, self._budget = problem, rng, budget
-        self._P = problem.preferences if isinstance(problem, PreferenceBandit) else preferences
-        self.num_contexts, self.num_actions = problem.num_contexts, problem.num_actions
-        self.rho, self.pi_ref = problem.rho.copy(), problem.pi_ref.copy()
-        self.queries = 0
-
-    def reward_table(self) -> np.ndarray:
-        if isinstance(self._p, PreferenceBandit):
-            raise RuntimeError("a preference problem has no reward table")
-        return self._p.rewards.copy()
-
-    def preference_table(self) -> np.ndarray:
-        if self._P is None:
-            raise RuntimeError("this problem offers no preference table")
-        return self._P.copy()
-
-    def sample_contexts(self, n: int) -> np.ndarray:
-        return self._p.sample_contexts(self._rng, n)
-
-    def _count(self, n: int) -> None:
-        self.queries += n
-        if self._budget is not None and self.queries > self._budget:
-            raise BudgetExceeded(f"more than {self._budget} oracle queries in one update")
-
-    def rewards(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        self._count(len(x))
-        return self._p.sample_rewards(self._rng, x, y)
-
-    def preferences(self, x: np.ndarray, y: np.ndarray, y2: np.ndarray) -> np.ndarray:
-        """1 where y ≻ y' was observed, else 0 (one Bernoulli(P(y ≻ y'|x)) draw per pair)."""
-        self._count(len(x))
-        return (self._rng.random(len(x)) < self.preference_table()[x, y, y2]).astype(float)
-
-
-@dataclass
-class Result:
-    check: str
-    instance: str
-    measured: float
-    threshold: str
-    passed: bool
 
 
 def load_rule(target: str):
@@ -109,36 +56,16 @@ def load_rule(target: str):
         if name not in BUILTINS:
             raise InputError(f"check target: unknown built-in {name!r}; known: {', '.join(BUILTINS)}")
         return BUILTINS[name]
-    if target.count(":") != 1:
-        raise InputError(f"check target must look like MODULE:OBJECT or path/to/file.py:OBJECT (got {target!r})")
-    mod_name, obj_name = target.split(":")
-    try:
-        if mod_name.endswith(".py"):
-            path = Path(mod_name)
-            if not path.is_file():
-                raise InputError(f"check target: file {mod_name!r} does not exist")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(mod_name)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"check target: cannot import {mod_name!r} ({type(e).__name__}: {e})") from None
-    if not hasattr(module, obj_name):
-        raise InputError(f"check target: {mod_name!r} has no object {obj_name!r}")
-    obj = getattr(module, obj_name)
-    is_factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "update"))
-    factory = obj if is_factory else (lambda: copy.deepcopy(obj))
-    rule = factory()
-    if not callable(getattr(rule, "update", None)):
-        raise InputError(f"check target {target!r}: the rule needs a method update(api, logits, rng)")
-    if getattr(rule, "family", None) not in FAMILIES:
-        raise InputError(f"check target {target!r}: family must be one of {', '.join(FAMILIES)} "
-                         f"(got {getattr(rule, 'family', None)!r})")
-    return factory
+    return load_factory(target, "check target", FAMILIES)
+
+
+@dataclass
+class Result:
+    check: str
+    instance: str
+    measured: float
+    threshold: str
+    passed: bool
 
 
 def _run(factory, api: BanditAPI, logits: np.ndarray, T: int, rng: np.random.Generator, callback=None):
@@ -160,8 +87,10 @@ def _run(factory, api: BanditAPI, logits: np.ndarray, T: int, rng: np.random.Gen
 
 
 def check_mirror_descent(factory) -> list[Result]:
+    out = check_steps(factory, Result)
+    if hasattr(factory(), "beta"):  # the bound and monotonicity are about J: the unregularised rule
+        factory = (lambda f: lambda: fresh(f, beta=0.0))(factory)
     eta = float(factory().eta)
-    out = []
     for fam in ("random", "needle", "gap"):
         for seed in (0, 1):
             p = make_tabular(fam, contexts=8, actions=6, seed=seed)
@@ -279,19 +208,21 @@ def format_table(target: str, results: list[Result]) -> str:
 class _Builtin:
     """Wrap a testbed algorithm as a conformance rule (tabular softmax policy)."""
 
-    def __init__(self, name: str, family: str, **params):
-        self.name, self.family, self.params = name, family, params
-        self.eta, self.beta = params.get("eta", 1.0), params.get("beta", 0.0)
+    def __init__(self, name: str, family: str, kinds: tuple[str, ...] = ("tabular",), **params):
+        self.name, self.family, self.params, self.kinds = name, family, params, kinds
         self._algo = None
+
+    eta = property(lambda self: self.params.get("eta", 1.0), lambda self, v: self.params.__setitem__("eta", v))
+    beta = property(lambda self: self.params.get("beta", 0.0), lambda self, v: self.params.__setitem__("beta", v))
 
     def update(self, api: BanditAPI, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from testbed.algorithms import ALGORITHMS, build_config
-        from testbed.policies import TabularSoftmax
 
         if self._algo is None:
             cls = ALGORITHMS[self.name]
-            self._algo = cls(build_config(cls.Config, self.params, self.name), _problem_view(api), rng)
-        return self._algo.update(TabularSoftmax(logits), rng).policy.params
+            view = _problem_view(api) if api.kind == "tabular" else api._p
+            self._algo = cls(build_config(cls.Config, self.params, self.name), view, rng)
+        return self._algo.update(api.policy.with_params(logits), rng).policy.params
 
 
 def _problem_view(api: BanditAPI):
@@ -338,8 +269,8 @@ def _dpo_view(beta: float):
 
 
 BUILTINS = {
-    "rebel": lambda: _Builtin("rebel", "mirror_descent", eta=1.0),
-    "npg": lambda: _Builtin("npg", "mirror_descent", eta=1.0),
+    "rebel": lambda: _Builtin("rebel", "mirror_descent", ("tabular", "loglinear"), eta=1.0),
+    "npg": lambda: _Builtin("npg", "mirror_descent", ("tabular", "loglinear"), eta=1.0),
     "hedge": lambda: _Builtin("hedge", "equilibrium", eta=0.1),
     "rebel_pref": lambda: _Builtin("rebel_pref", "equilibrium", eta=0.1),
     "optimistic_hedge": lambda: _Builtin("optimistic_hedge", "equilibrium", eta=0.1),

@@ -36,7 +36,7 @@ from testbed.metrics import (
 from testbed.policies import Policy, default_kind, initial_policy, member, stack
 from testbed.problems import PreferenceBandit, ProblemBatch, TabularBandit
 from testbed.results import COLUMNS, EXTRAS
-from testbed.training import NumericalError, check_finite, train
+from testbed.training import NumericalError, check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
 
 
@@ -146,9 +146,11 @@ def _saver(st, checkpoint: Path | None, start: float):
 
 
 def _row(plan: RunPlan, t: int, samples, queries, metrics: dict, loss, extras: dict) -> dict:
-    return {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
-            "iteration": t, "samples": samples, "queries": queries, **metrics, "loss": loss,
-            **{k: extras.get(k) for k in EXTRAS}}
+    row = {"run_id": plan.run_id, "problem": plan.problem, "algorithm": plan.label, "seed": plan.seed,
+           "iteration": t, "samples": samples, "queries": queries, **metrics, "loss": loss,
+           **{k: extras.get(k) for k in EXTRAS}}
+    loggers.emit(row)  # --log tensorboard|wandb: live, the same names
+    return row
 
 
 @dataclass

@@ -8,6 +8,7 @@ A spec is a YAML (or JSON) file::
       - {file: my_instance.npz}     # a user's own instance (path relative to the spec)
     algorithms:
       - {name: rebel, mode: exact, eta: [0.1, 1, 10]}      # lists expand to a grid
+      - {module: my_rules.py:MyRule, eta: [0.5, 1]}        # your own rule (the testbed check interface)
       - {name: npg, mode: sampled, eta: 1, samples: 1000}
       - {name: dpo, mode: offline, pairs: 25000, iterations: 20}   # per-entry iterations
     seeds: 5                        # or a list [0, 3, 7]
@@ -40,6 +41,7 @@ import numpy as np
 import yaml
 
 from testbed.algorithms import ITEM_BYTES, build_config, check_pairing, on_track
+from testbed.algorithms.user import spec_entry, spec_params
 from testbed.errors import ROW_BYTES, InputError, check_memory, choice, positive_int
 from testbed.io import read_yaml
 from testbed.policies import POLICIES, default_kind, initial_policy
@@ -287,6 +289,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
     configs = []
     for i, entry in enumerate(algos):
         where = f"algorithms[{i}]"
+        entry = spec_entry(entry)  # {module: mypkg.mod:MyRule, ...}: a user's rule
         if not isinstance(entry, dict) or "name" not in entry:
             raise InputError(f"{where} must be a mapping with a 'name' (one of {', '.join(ALGORITHMS)})")
         choice(f"{where}.name", entry["name"], tuple(ALGORITHMS))
@@ -298,6 +301,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             raise InputError(f"{where}.{e}") from None
         for point in points:
             params = {k: v for k, v in point.items() if k not in ("name", "label", "policy", "iterations")}
+            params, shown = spec_params(params, base) if point["name"] == "user" else (params, point["name"])
             its = positive_int(f"{where}.iterations", point["iterations"]) if "iterations" in point else iterations
             cls = ALGORITHMS[point["name"]]
             for f in dataclasses.fields(cls.Config):  # file fields are relative to the spec file
@@ -312,7 +316,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             if why:
                 raise InputError(f"{where}: {why}")
             policy = _policy(point.get("policy"), f"{where}.policy")
-            label, base_label = _label(point["name"], cfg, swept, point, entry.get("label"))
+            label, base_label = _label(shown, cfg, swept, point, entry.get("label"))
             configs.append((point["name"], (label, base_label), cfg, {k: point[k] for k in swept}, policy, where, its))
     labels = [c[1][0] for c in configs]
     for (_, (label, _), _, _, _, where, _) in configs:
@@ -371,11 +375,15 @@ def _tune(value, seeds: list[int]) -> dict | None:
     return {"seeds": t}
 
 
-def load_spec(path: str | Path) -> Spec:
+def load_spec(path: str | Path, overrides=()) -> Spec:
+    """A spec file, with ``key=value`` overrides applied (:mod:`testbed.experiments.overrides`)."""
+    from testbed.experiments.overrides import apply_overrides
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec file {str(path)!r} does not exist")
-    return parse_spec(read_yaml(path, "spec"), str(path), path.parent)
+    data = read_yaml(path, "spec")
+    return parse_spec(apply_overrides(data, overrides, TOP_KEYS) if overrides else data, str(path), path.parent)
 
 
 def dump_yaml(obj: dict) -> str:

@@ -45,7 +45,7 @@ from testbed.llm.rewards import score_responses
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
-from testbed.training import check_finite, train
+from testbed.training import check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
 
 _ACCELERATOR = None
@@ -185,6 +185,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         elif eval_prompts and study is None and (t % tr.eval_every == 0 or t == tr.iterations):
             r["eval/scores"], gens = evaluate(ctx, eval_prompts, seed, t)
             generations.extend(gens)
+        loggers.emit(r)  # --log tensorboard|wandb: live, the same names
         return r
 
     st = SimpleNamespace(t=0, step=None, secs=None)

@@ -44,6 +44,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
     come from the spec's first ``kind: curve`` plot entry."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
+    if "runs" not in config and "model" in config:  # an LM run folder
+        from testbed.plotting.llm import plot_lm_curves
+        return plot_lm_curves(run_dir, out or run_dir / f"{(y or 'reward').replace('/', '_')}.png", x, y)
     opts = next((p for p in config.get("plot") or [] if p.get("kind", "curve") == "curve"), {})
     panel_by = panel_by or opts.get("panel_by")
     x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples", "queries"))

@@ -211,3 +211,46 @@ def _fmt(v, f: str = ".3g") -> str:
 
 def _name(run_dir) -> str:
     return _config(run_dir).get("name", Path(run_dir).name)
+
+
+LM_Y = ("reward", "kl_ref", "loss", "objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward",
+        "objective/rlhf_reward", "val/num_eos_tokens", "loss/policy", "loss/value", "eval/scores", "rewards/margins",
+        "rewards/accuracies", "lr")
+
+
+def plot_lm_curves(run_dir: str | Path, out: str | Path, x: str | None = None, y: str | None = None) -> Path:
+    """A metric of an LM run folder (``y``, default ``reward``: the mean score of the training batch) against
+    ``iteration`` or ``samples``: one line per algorithm configuration, the mean over its seeds, each seed faint."""
+    from testbed.errors import choice
+
+    x = choice("--x", x or "iteration", ("iteration", "samples", "queries"))
+    y = choice("--y", y or "reward", LM_Y)
+    groups: dict[str, dict[str, list]] = defaultdict(dict)
+    for run_id, rows in read_lm_metrics(run_dir).items():
+        pts = [(r[x], r[y]) for r in rows if r[x] is not None and r[y] is not None]
+        if pts:
+            groups[run_id.rsplit("-s", 1)[0]][run_id] = pts
+    if not groups:
+        raise InputError(f"{str(run_dir)!r}: no run has values of {y!r} against {x!r}")
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for c, (config, seeds) in enumerate(sorted(groups.items())):
+        col = f"C{c % 10}"
+        for pts in seeds.values():
+            if len(seeds) > 1:
+                ax.plot(*zip(*pts), "-", color=col, lw=0.6, alpha=0.3)
+        xs = sorted(set.intersection(*(set(p for p, _ in pts) for pts in seeds.values())))
+        mean = [np.mean([dict(pts)[v] for pts in seeds.values()]) for v in xs]
+        ax.plot(xs, mean, ".-", color=col, lw=1.4, ms=3, label=f"{config} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3, lw=0.4)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(f"{_name(run_dir)}: {y}", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, Path(out))
+
+
+def is_lm_folder(run_dir: str | Path) -> bool:
+    """An LM run folder's config.yaml has a model and algorithms × seeds, no grid of runs."""
+    config = _config(run_dir)
+    return "runs" not in config and "model" in config

@@ -1,0 +1,247 @@
+"""A user's own update rule as an algorithm: ``algorithms: [{module: mypkg.mod:MyRule, eta: 0.5}]``.
+
+The plug-in point of ``testbed check`` (:mod:`testbed.experiments.conformance`) and of ``testbed run``
+is the same object: a class (called with no arguments), a zero-argument factory, or an instance
+(deep-copied), with ``update(api, params, rng) -> new params``. The other fields of the spec entry
+(``eta``, ``beta``, anything the rule reads) are set as attributes on each fresh rule, so one rule
+sweeps like a built-in (``eta: [0.1, 1]``). Optional attributes: ``name`` (the curve's label),
+``family`` (which ``testbed check`` battery applies; ``equilibrium`` rules run on preference
+problems), ``kinds`` (the policy kinds it updates, default ``("tabular",)``). State a rule keeps on itself
+between updates must be data (numbers, arrays, tensors, lists, dicts) for ``testbed run`` to checkpoint it.
+
+``params`` are the policy's parameters: the logits [X, Y] of a tabular softmax policy, theta [d] of a
+log-linear one, the flat weight vector of an MLP. :class:`BanditAPI` is all a rule may see of the
+problem: sizes, rho, pi_ref, the policy's log-probabilities as a differentiable function of its
+parameters, exact tables (population methods) and sampled oracles that count their queries.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from testbed.algorithms.base import Algorithm, Step
+from testbed.errors import InputError
+from testbed.policies import LogLinear, MLPPolicy, Policy, TabularSoftmax
+from testbed.problems import PreferenceBandit, TabularBandit
+
+FAMILIES = ("mirror_descent", "equilibrium", "dpo", "sampled")
+
+
+class BudgetExceeded(RuntimeError):
+    pass
+
+
+class BanditAPI:
+    """What an update rule may see of a problem: sizes, rho, pi_ref, the policy's log-probabilities,
+    exact tables, sampled oracles (``queries`` counts every reward or preference query)."""
+
+    def __init__(self, problem: TabularBandit | PreferenceBandit, rng: np.random.Generator,
+                 preferences: np.ndarray | None = None, budget: int | None = None, policy: Policy | None = None):
+        self._p, self._rng, self._budget = problem, rng, budget
+        self._P = problem.preferences if isinstance(problem, PreferenceBandit) else preferences
+        self.num_contexts, self.num_actions = problem.num_contexts, problem.num_actions
+        self.rho, self.pi_ref = problem.rho.copy(), problem.pi_ref.copy()
+        self.policy = policy or TabularSoftmax(np.zeros((self.num_contexts, self.num_actions)))
+        self.kind = {TabularSoftmax: "tabular", LogLinear: "loglinear", MLPPolicy: "mlp"}[type(self.policy)]
+        self.queries = 0
+
+    def features(self) -> np.ndarray:
+        """phi[x, y, d] of a log-linear or MLP policy."""
+        return np.array(self.policy.features)
+
+    def log_probs(self, params) -> torch.Tensor:
+        """ln pi_params(y|x) [X, Y] as a torch function of the parameters (differentiable if they are)."""
+        params = params if isinstance(params, torch.Tensor) else torch.as_tensor(np.asarray(params, dtype=np.float64))
+        return self.policy.torch_log_probs(params, np.arange(self.num_contexts))
+
+    def probs(self, params) -> np.ndarray:
+        with torch.no_grad():
+            return torch.exp(self.log_probs(params)).numpy()
+
+    def reward_table(self) -> np.ndarray:
+        if isinstance(self._p, PreferenceBandit):
+            raise RuntimeError("a preference problem has no reward table")
+        return self._p.rewards.copy()
+
+    def preference_table(self) -> np.ndarray:
+        if self._P is None:
+            raise RuntimeError("this problem offers no preference table")
+        return self._P.copy()
+
+    def sample_contexts(self, n: int) -> np.ndarray:
+        return self._p.sample_contexts(self._rng, n)
+
+    def sample(self, params, x: np.ndarray) -> np.ndarray:
+        """Responses y ~ pi_params(.|x), one per context in ``x``."""
+        return self.policy.with_params(np.asarray(params, dtype=np.float64)).sample(self._rng, np.asarray(x))
+
+    def _count(self, n: int) -> None:
+        self.queries += n
+        if self._budget is not None and self.queries > self._budget:
+            raise BudgetExceeded(f"more than {self._budget} oracle queries in one update")
+
+    def rewards(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        self._count(len(x))
+        return self._p.sample_rewards(self._rng, x, y)
+
+    def preferences(self, x: np.ndarray, y: np.ndarray, y2: np.ndarray) -> np.ndarray:
+        """1 where y ≻ y' was observed, else 0 (one Bernoulli(P(y ≻ y'|x)) draw per pair)."""
+        self._count(len(x))
+        return (self._rng.random(len(x)) < self.preference_table()[x, y, y2]).astype(float)
+
+
+def _import(mod_name: str, where: str):
+    if mod_name.endswith(".py"):
+        path = Path(mod_name)
+        if not path.is_file():
+            raise InputError(f"{where}: file {mod_name!r} does not exist")
+        name = f"testbed_user_{path.resolve().as_posix().replace('/', '_').replace('.', '_')}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    return importlib.import_module(mod_name)
+
+
+def load_factory(target: str, where: str = "module", families: tuple[str, ...] | None = None):
+    """MODULE:OBJECT (a dotted module, or a path to a .py file) → a zero-argument factory of rules.
+    ``families``: the rule's ``family`` must be one of them (``testbed check``)."""
+    if not isinstance(target, str) or target.count(":") != 1:
+        raise InputError(f"{where} must look like MODULE:OBJECT or path/to/file.py:OBJECT (got {target!r})")
+    mod_name, obj_name = target.split(":")
+    try:
+        module = _import(mod_name, where)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{where}: cannot import {mod_name!r} ({type(e).__name__}: {e})") from None
+    if not hasattr(module, obj_name):
+        raise InputError(f"{where}: {mod_name!r} has no object {obj_name!r}")
+    obj = getattr(module, obj_name)
+    is_factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "update"))
+    factory = obj if is_factory else (lambda: copy.deepcopy(obj))
+    rule = factory()
+    if not callable(getattr(rule, "update", None)):
+        raise InputError(f"{where} {target!r}: the rule needs a method update(api, logits, rng)")
+    if families is not None and getattr(rule, "family", None) not in families:
+        raise InputError(f"{where} {target!r}: family must be one of {', '.join(families)} "
+                         f"(got {getattr(rule, 'family', None)!r})")
+    return factory
+
+
+def rule_name(target: str) -> str:
+    """The label of a user rule: its ``name`` attribute, else the object's name."""
+    return str(getattr(load_factory(target)(), "name", None) or target.rsplit(":", 1)[1])
+
+
+@dataclass
+class UserConfig:
+    module: str = field(default="", metadata={"doc": "MODULE:OBJECT or path/to/file.py:OBJECT of the rule"})
+    params: dict | None = field(default=None, metadata={"doc": "attributes set on each fresh rule (eta, beta, ...)"})
+
+    def validate(self, where: str) -> None:
+        factory = load_factory(self.module, f"{where}.module")
+        self.params = {} if self.params is None else self.params
+        if not isinstance(self.params, dict):
+            raise InputError(f"{where}: a user rule's parameters must be a mapping (got {self.params!r})")
+        rule = factory()
+        for k, v in self.params.items():
+            if not hasattr(rule, k):
+                known = sorted(a for a in dir(rule) if not a.startswith("_") and not callable(getattr(rule, a)))
+                raise InputError(f"{where}.{k}: the rule {self.module!r} has no attribute {k!r} (it has {known})")
+            try:
+                setattr(rule, k, v)
+            except AttributeError:
+                raise InputError(f"{where}.{k}: the rule {self.module!r} does not take {k!r}") from None
+
+
+def make_rule(config: UserConfig):
+    rule = load_factory(config.module)()
+    for k, v in (config.params or {}).items():
+        setattr(rule, k, v)
+    return rule
+
+
+class UserRule(Algorithm):
+    """A user's update rule from a module (``algorithms: [{module: mypkg.mod:MyRule}]``)."""
+
+    name = "user"
+    Config = UserConfig
+    summary = "your own update rule: {module: mypkg.mod:MyRule, ...} (the testbed check interface)"
+    maturity = "experimental"
+    tests = ("test_a_user_rule_from_a_module_runs_plots_and_tabulates_beside_the_builtins",)
+
+    def __init__(self, config: UserConfig, problem, rng):
+        super().__init__(config, problem, rng)
+        self.rule_state = dict(vars(make_rule(config)))  # the rule's own attributes: data, so runs checkpoint
+        self.api = None
+
+    @classmethod
+    def runs_on(cls, config) -> str:
+        return "preference" if getattr(make_rule(config), "family", None) == "equilibrium" else "reward"
+
+    @staticmethod
+    def check_policy(config, kind: str) -> str | None:
+        kinds = tuple(getattr(make_rule(config), "kinds", ("tabular",)))
+        return None if kind in kinds else f"the rule updates {', '.join(kinds)} policies (its 'kinds')"
+
+    @staticmethod
+    def counted(config) -> bool:
+        return getattr(make_rule(config), "family", None) == "sampled"
+
+    @staticmethod
+    def kl_target(config, problem):
+        beta = float((config.params or {}).get("beta", 0.0) or 0.0)
+        return (beta, problem.regularised_optimum_log(beta)) if beta > 0 else None
+
+    def update(self, policy: Policy, rng: np.random.Generator) -> Step:
+        if self.api is None:
+            self.api = BanditAPI(self.problem, rng, policy=policy)
+        before = self.api.queries
+        rule = make_rule(self.config)
+        vars(rule).update(self.rule_state)
+        new = np.asarray(rule.update(self.api, policy.params, rng), dtype=np.float64)
+        self.rule_state = dict(vars(rule))
+        if new.shape != np.shape(policy.params):
+            raise InputError(f"user rule {self.config.module!r}: update returned shape {new.shape}, "
+                             f"expected {np.shape(policy.params)}")
+        counted = self.counted(self.config)
+        return Step(policy.with_params(new), None, None, self.api.queries - before if counted else None)
+
+
+def spec_entry(entry):
+    """A spec's ``{module: M:O, ...}`` algorithm entry is the ``user`` algorithm."""
+    return {"name": "user", **entry} if isinstance(entry, dict) and "module" in entry and "name" not in entry else entry
+
+
+def spec_params(params: dict, base: Path) -> tuple[dict, str]:
+    """A ``user`` grid point's fields → (its config: module, params; the curve's name). A ``.py`` path is
+    relative to the spec file."""
+    params = dict(params)
+    module = params.pop("module", None)
+    if isinstance(module, str) and module.count(":") == 1 and module.split(":")[0].endswith(".py"):
+        path, obj = module.split(":")
+        module = f"{path if Path(path).is_absolute() else (base / path).as_posix()}:{obj}"
+    if isinstance(module, str) and module.count(":") == 1:
+        try:
+            return {"module": module, "params": params}, rule_name(module)
+        except InputError:
+            pass  # named by build_config's validation, with the entry's position
+    return {"module": module, "params": params}, "user"

@@ -1,0 +1,156 @@
+"""The exact part of the ``mirror_descent`` battery: checks that pin the step a rule claims.
+
+A rule that states ``eta`` (and, if it has the attribute, ``beta``) is set to several values and one
+update from a random policy is compared with the exact update at those values (testbed/THEORY.md §C):
+
+- ``tabular``: mirror descent, ln pi_t+1 = (1 - eta·beta)·ln pi_t + eta·beta·ln pi_ref + eta·r + c(x),
+  to 1e-8 in log-probabilities, at the claimed eta and at 0.3 and 3 (and beta = 0.2 when the rule has a
+  ``beta``). This catches a forgotten 1/eta, eta², a doubled step, y' = y, the anchor pi_ref instead of
+  pi_t, a sign flip, a missing stop-gradient on pi_t, a dropped KL term.
+- ``loglinear`` (rules whose ``kinds`` include it): NPG, theta + eta·F⁺∇J (exact REBEL with y' ~ pi_t
+  is the same step), on a misspecified linear bandit with non-uniform rho, where y' ~ uniform and an
+  unweighted mean over contexts give other steps.
+- ``mlp`` (rules whose ``kinds`` include it): the step linearised at theta_t — the change of ln pi
+  to first order, ∇_theta f·(theta_t+1 - theta_t) — is NPG's on the tangent features ∇_theta f(x, y)
+  (exact REBEL on the linearised policy; a Gauss-Newton step), to 1e-8 relative; y' ~ uniform and the
+  unweighted context mean differ there too (the tangent features do not fit the reward).
+
+Each failure names the property, the setting and the measured numbers: the error, and the step
+ratio <Δ ln pi, Δ_exact>/|Δ_exact|² on centred log-probabilities (1 for a correct step, 2 for a doubled
+one, 0 for no move, −1 for a sign flip).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.special import log_softmax
+
+from testbed.algorithms.user import BanditAPI
+from testbed.policies import LogLinear, MLPPolicy
+from testbed.policies.natural import natural_step
+from testbed.problems import LinearBandit, TabularBandit, make_linear, make_tabular
+
+STEP_ETAS = (0.3, 3.0)
+STEP_TOL = 1e-8
+
+
+def fresh(factory, **attrs):
+    rule = factory()
+    for k, v in attrs.items():
+        setattr(rule, k, v)
+    return rule
+
+
+def settings(rule) -> list[tuple[float, float]]:
+    """(eta, beta) pairs: the claimed ones, then other etas, then a KL strength if the rule takes one."""
+    eta, beta = float(rule.eta), float(getattr(rule, "beta", 0.0) or 0.0)
+    out = [(eta, beta)] + [(e, beta) for e in STEP_ETAS if e != eta and e * beta <= 1]
+    if hasattr(rule, "beta") and beta != 0.2:
+        out.append((1.0, 0.2))
+    return out
+
+
+def _centred(a: np.ndarray) -> np.ndarray:
+    return a - a.mean(axis=-1, keepdims=True)
+
+
+def _compare(new_log, old_log, want_log) -> tuple[float, float]:
+    """(max |ln pi_new - ln pi_want|, step ratio) on per-context centred log-probabilities."""
+    err = float(np.max(np.abs(_centred(new_log) - _centred(want_log))))
+    d, t = _centred(new_log - old_log), _centred(want_log - old_log)
+    ratio = float(np.sum(d * t) / np.sum(t * t)) if np.sum(t * t) > 0 else float("nan")
+    return err, ratio
+
+
+def _attrs(rule, eta, beta) -> dict:
+    return {"eta": eta, **({"beta": beta} if hasattr(rule, "beta") else {})}
+
+
+def check_step_tabular(factory, Result) -> list:
+    out = []
+    rule = factory()
+    for seed, (eta, beta) in enumerate(settings(rule)):
+        g = np.random.default_rng(100 + seed)
+        base = make_tabular("random", contexts=6, actions=5, seed=11 + seed)
+        p = TabularBandit(base.rewards, base.rho, g.dirichlet(np.ones(5) * 2, size=6))
+        logits = log_softmax(g.normal(size=(6, 5)), axis=1)
+        r = fresh(factory, **_attrs(rule, eta, beta))
+        new = log_softmax(np.asarray(r.update(BanditAPI(p, g), logits.copy(), g), dtype=np.float64), axis=1)
+        want = log_softmax((1 - eta * beta) * logits + eta * beta * p.log_pi_ref + eta * p.rewards, axis=1)
+        err, ratio = _compare(new, logits, want)
+        out.append(Result(f"step: mirror descent at eta = {eta:g}, beta = {beta:g}: max |ln pi - ln pi_md| "
+                          f"(step ratio {ratio:.6g})", f"random-6x5-s{11 + seed}", err, f"<= {STEP_TOL:g}",
+                          err <= STEP_TOL))
+    return out
+
+
+def loglinear_problem(seed: int = 5) -> LinearBandit:
+    """A misspecified linear bandit with non-uniform rho and pi_ref: y' ~ pi_t and y' ~ uniform differ."""
+    g = np.random.default_rng(seed)
+    base = make_linear("random", contexts=6, actions=5, dim=3, seed=seed, misspecification=0.6)
+    return LinearBandit(base.features, base.theta_star, base.rewards, rho=g.dirichlet(np.ones(6)),
+                        pi_ref=g.dirichlet(np.ones(5) * 2, size=6), name=f"linear-mis-6x5x3-s{seed}")
+
+
+def check_step_loglinear(factory, Result) -> list:
+    out = []
+    rule = factory()
+    p = loglinear_problem()
+    for seed, (eta, beta) in enumerate(settings(rule)):
+        g = np.random.default_rng(200 + seed)
+        pol = LogLinear(p.features, g.normal(size=3))
+        old = pol.log_probs()
+        r = fresh(factory, **_attrs(rule, eta, beta))
+        theta = np.asarray(r.update(BanditAPI(p, g, policy=pol), pol.params.copy(), g), dtype=np.float64)
+        q = p.rewards - beta * (old - p.log_pi_ref)
+        want = pol.with_params(pol.params + natural_step(p.rho, p.features, q, np.exp(old), None, eta)).log_probs()
+        err, ratio = _compare(pol.with_params(theta).log_probs(), old, want)
+        out.append(Result(f"log-linear step: NPG theta + eta·F⁺∇J at eta = {eta:g}, beta = {beta:g}: max |ln pi - "
+                          f"ln pi_npg| (step ratio {ratio:.6g})", p.name, err, f"<= {STEP_TOL:g}", err <= STEP_TOL))
+    return out
+
+
+def mlp_problem(seed: int = 7) -> tuple[LinearBandit, MLPPolicy]:
+    g = np.random.default_rng(seed)
+    base = make_linear("random", contexts=16, actions=5, dim=4, seed=seed, misspecification=0.6)
+    p = LinearBandit(base.features, base.theta_star, base.rewards, rho=g.dirichlet(np.ones(16)),
+                     pi_ref=g.dirichlet(np.ones(5) * 2, size=16), name=f"linear-mis-16x5x4-s{seed}")
+    pol = MLPPolicy(p.features, (4,), rng=g)
+    params = pol.params.copy()
+    params[-5:] = g.normal(size=5)  # a non-uniform pi_t with non-zero gradients in every layer
+    return p, pol.with_params(params)
+
+
+def check_step_mlp(factory, Result) -> list:
+    """Linearised at theta_t, the step is NPG on the tangent features ∇_theta f(x, y): the change of ln pi
+    to first order, tangent·(theta_t+1 - theta_t), equals eta·tangent·F⁺∇J (centred per context)."""
+    out, rule = [], factory()
+    p, pol = mlp_problem()
+    old = pol.log_probs()
+    theta = torch.tensor(pol.params, requires_grad=True)
+    f = pol._logits(theta, pol._torch_features()).reshape(-1)  # f_theta(x, y)
+    tangent = torch.stack([torch.autograd.grad(v, theta, retain_graph=True)[0] for v in f]).numpy()
+    tangent = tangent.reshape(*old.shape, -1)
+    for seed, (eta, beta) in enumerate(settings(rule)):
+        g = np.random.default_rng(300 + seed)
+        q = p.rewards - beta * (old - p.log_pi_ref)
+        want = _centred(np.einsum("xyd,d->xy", tangent, natural_step(p.rho, tangent, q, np.exp(old), None, eta)))
+        r = fresh(factory, **_attrs(rule, eta, beta))
+        new = np.asarray(r.update(BanditAPI(p, g, policy=pol), pol.params.copy(), g), dtype=np.float64)
+        got = _centred(np.einsum("xyd,d->xy", tangent, new - pol.params))
+        rel = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+        ratio = float(np.sum(got * want) / np.sum(want * want))
+        out.append(Result(f"MLP step (linearised): NPG on tangent features at eta = {eta:g}, beta = {beta:g}: "
+                          f"relative error (step ratio {ratio:.6g})", p.name, rel, f"<= {STEP_TOL:g}", rel <= STEP_TOL))
+    return out
+
+
+def check_steps(factory, Result) -> list:
+    kinds = tuple(getattr(factory(), "kinds", ("tabular",)))
+    out = check_step_tabular(factory, Result)
+    if "loglinear" in kinds:
+        out += check_step_loglinear(factory, Result)
+    if "mlp" in kinds:
+        out += check_step_mlp(factory, Result)
+    return out
