@@ -42,7 +42,7 @@ from testbed.algorithms.base import (
 )
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
-from testbed.policies import LogLinear, Policy, TabularSoftmax, linear_logits, lstsq_step, score_features
+from testbed.policies import LogLinear, PairRows, Policy, TabularSoftmax, linear_logits, lstsq_step, score_features
 from testbed.policies.natural import natural_step
 from testbed.problems import TabularBandit
 
@@ -190,7 +190,10 @@ class REBEL(Algorithm):
         cfg = self.config
         x, y, y2, lp, lp2, r, r2 = per_seed(self.sample_pairs, policy, rng, self.problem)
         if cfg.solver == "lstsq":
-            rows = score_features(policy, x, y) - score_features(policy, x, y2)
+            if isinstance(policy, TabularSoftmax):  # e_y - e_y': counted from the indices, no N x Y array
+                rows = PairRows(y, y2, policy.params.shape[-1])
+            else:
+                rows = score_features(policy, x, y) - score_features(policy, x, y2)
             new, fitted = lstsq_step(policy, x, rows, cfg.eta * (r - r2))
             loss = np.mean((fitted / cfg.eta - (r - r2)) ** 2, axis=-1)
             return Step(new, loss if loss.ndim else float(loss), 2 * cfg.pairs, 2 * cfg.pairs)
