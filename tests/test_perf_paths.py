@@ -116,3 +116,23 @@ def test_a_stack_with_a_badly_conditioned_member_gives_each_member_its_own_solut
         assert np.array_equal(whole[s], natural.min_norm_solve(M[s], t[s]))
     np.testing.assert_allclose(whole[1], np.linalg.lstsq(M[1], t[1], rcond=None)[0], rtol=1e-10)
     np.testing.assert_allclose(whole[0], np.linalg.lstsq(M[0], t[0], rcond=None)[0], rtol=1e-12)
+
+
+def test_lm_runs_set_torch_threads_like_the_bandit_workers_and_the_variable_overrides(monkeypatch):
+    pytest.importorskip("transformers")
+    import torch
+
+    from testbed.errors import InputError
+    from testbed.llm.task import THREADS_ENV, set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        assert set_torch_threads() == 1 == torch.get_num_threads()
+        monkeypatch.setenv(THREADS_ENV, "2")
+        assert set_torch_threads() == 2 == torch.get_num_threads()
+        monkeypatch.setenv(THREADS_ENV, "-3")
+        with pytest.raises(InputError, match=THREADS_ENV):
+            set_torch_threads()
+    finally:
+        torch.set_num_threads(before)
