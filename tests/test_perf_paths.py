@@ -1,7 +1,8 @@
 """The fast paths of the solvers (issue 19, issue 17 item 11) against the computations they replace.
 
 - sampled least squares: the Gram matrix counted from (context, y, y') pairs and the per-block sums
-  in index order give the dense ``np.add.at`` path's bits; the many-response path (Y > DUAL_Y,
+  in index order give the dense ``np.add.at`` path's bits, the Laplacian solve of pair rows its
+  solution to 1e-12; the many-response path (Y > DUAL_Y,
   through each block's n_b x n_b kernel) gives its solution to 1e-12 and runs a Y = 5000 step in
   O(N·Y) memory, where the dense path needs N·Y² (or X·Y²) floats;
 - the exact log-linear step: the normal-equations path with refinement gives the SVD's solution
@@ -38,11 +39,22 @@ def test_counted_and_ordered_grams_give_the_dense_paths_bits_and_the_kernel_path
     blocks = np.repeat(np.arange(S), N) * X + rng.integers(X, size=S * N)
     pairs = PairRows(rng.integers(Y, size=S * N), rng.integers(Y, size=S * N), Y)
     t = rng.normal(size=S * N)
-    ref = dense_reference(S * X, blocks, pairs.dense(), t, ridge, S)
-    assert np.array_equal(lstsq._block_lstsq(S * X, blocks, pairs, t, ridge, S), ref)
-    assert np.array_equal(lstsq._block_lstsq(S * X, blocks, pairs.dense(), t, ridge, S), ref)
+    dense = pairs.dense()
+    gram = np.zeros((S * X, Y, Y))
+    np.add.at(gram, blocks, dense[:, :, None] * dense[:, None, :])
+    rhs = np.zeros((S * X, Y))
+    np.add.at(rhs, blocks, dense * t[:, None])
+    counted = lstsq._pair_gram(S * X, blocks, pairs, t)
+    assert np.array_equal(counted[0], gram) and np.array_equal(counted[1], rhs)  # the same bits
+    ref = dense_reference(S * X, blocks, dense, t, ridge, S)
+    assert np.array_equal(lstsq._block_lstsq(S * X, blocks, dense, t, ridge, S), ref)
     scale = np.abs(ref).max()
-    for rows in (pairs, pairs.dense()):
+    # pairs without ridge: the Laplacian solve (L + P)⁻¹b; with ridge the same solve as the dense path
+    got = lstsq._block_lstsq(S * X, blocks, pairs, t, ridge, S)
+    if ridge:
+        assert np.array_equal(got, ref)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * scale)
+    for rows in (pairs, dense):
         np.testing.assert_allclose(lstsq._solve_dual(S * X, blocks, rows, t, ridge, S, Y), ref, rtol=0, atol=1e-12 * scale)
     # dense rows of sampled NPG's kind (e_y minus the context's frequencies): the kernel path to 1e-12
     probs = rng.dirichlet(np.ones(Y), size=S * X)

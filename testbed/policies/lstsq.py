@@ -88,6 +88,28 @@ def _solve_gram(gram, rhs, ridge, groups, Y):
     return np.matmul(v, (inv * proj)[..., None])[..., 0]
 
 
+def _solve_laplacian(gram, rhs, rows: PairRows, blocks):
+    """L⁺b for the Gram matrices of pair rows: each block's L is the Laplacian of the multigraph with an
+    edge (y, y') per pair, whose null space is spanned by the indicators 1_c of its connected components
+    (a response in no pair is a component of its own) and b ⟂ every 1_c. So L⁺b = (L + P)⁻¹b with
+    P = sum_c 1_c1_cᵀ/|c| the projector onto that null space, L + P positive definite: one LU solve
+    per block instead of an eigen-decomposition (about 9x cheaper at 10 x 10). The eigen-solver's
+    cut-off (1e-9 of the largest eigenvalue) drops only rounding-level eigenvalues here: a connected
+    Laplacian's smallest non-zero eigenvalue is >= 4/k² for k <= Y responses, its largest <= 2·pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    B, Y = rhs.shape
+    y, y2 = rows.y.ravel(), rows.y2.ravel()
+    u, v = blocks * Y + y, blocks * Y + y2
+    graph = coo_matrix((np.ones(len(u)), (u, v)), shape=(B * Y, B * Y))
+    labels = connected_components(graph, directed=False)[1]
+    size = np.bincount(labels)[labels].reshape(B, Y)
+    lab = labels.reshape(B, Y)
+    proj = (lab[:, :, None] == lab[:, None, :]) / size[:, :, None]
+    return np.linalg.solve(gram + proj, rhs[..., None])[..., 0]
+
+
 def _solve_dual(num_blocks, blocks, rows, targets, ridge, groups, Y):
     """The same solution through each block's n_b x n_b kernel K_b = G_b·G_bᵀ: delta_b = G_bᵀ·K_b⁺·t_b
     (eigenvalues cut relative to the largest of the problem, as the Gram path), or with ``ridge``
@@ -155,6 +177,8 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows, targets: np.ndarray,
         return _solve_dual(num_blocks, blocks, rows, targets, ridge, groups, Y)
     if isinstance(rows, PairRows):
         gram, rhs = _pair_gram(num_blocks, blocks, rows, targets)
+        if ridge == 0:
+            return _solve_laplacian(gram, rhs, rows, blocks)
     else:
         gram = _block_sums(num_blocks, blocks, rows[:, :, None] * rows[:, None, :])
         rhs = _block_sums(num_blocks, blocks, rows * targets[:, None])
