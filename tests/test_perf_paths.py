@@ -16,7 +16,7 @@ import pytest
 
 from testbed.algorithms import ALGORITHMS, build_config
 from testbed.policies import PairRows, TabularSoftmax, initial_policy, lstsq, lstsq_step, member, natural, stack
-from testbed.problems import make_tabular
+from testbed.problems import TabularBandit, make_tabular
 
 
 def dense_reference(num_blocks, blocks, rows, targets, ridge=0.0, groups=1):
@@ -148,3 +148,14 @@ def test_lm_runs_set_torch_threads_like_the_bandit_workers_and_the_variable_over
             set_torch_threads()
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("rho", [None, [0.5, 0.0, 0.25, 0.25], [1e-12, 1 - 1e-12], [0.1] * 7 + [0.3]])
+def test_sampled_contexts_are_the_draws_of_rng_choice(rho):
+    X = 5 if rho is None else len(rho)
+    problem = TabularBandit(np.zeros((X, 3)), rho=rho)
+    for seed in range(5):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        for n in (1, 17, 1000):
+            assert np.array_equal(problem.sample_contexts(a, n), b.choice(X, size=n, p=problem.rho))
+        assert a.random() == b.random()  # the generators are left in the same state

@@ -115,9 +115,14 @@ def stack(policies: list[Policy]) -> Policy:
 
 def sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One index per row of ``probs`` [N, Y] by inverse CDF (rows need not be normalised)."""
-    cdf = np.cumsum(probs, axis=1)
-    u = rng.random(len(probs)) * cdf[:, -1]
-    return np.minimum((u[:, None] >= cdf).sum(axis=1), probs.shape[1] - 1)
+    return inverse_cdf(np.cumsum(probs, axis=-1), rng.random(probs.shape[:-1]))
+
+
+def inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The index of each row of ``cdf`` = cumsum(probs) [..., Y] that uniform ``u`` [...] selects (for a
+    stack of rows drawn member by member: each member's :func:`sample_rows` result, bit for bit)."""
+    u = u * cdf[..., -1]
+    return np.minimum((u[..., None] >= cdf).sum(axis=-1), cdf.shape[-1] - 1)
 
 
 class TabularSoftmax(Policy):
