@@ -32,7 +32,7 @@ from scipy.special import log_softmax
 
 from testbed.algorithms.base import Algorithm, Step, adam_fit, count, items, one_of, positive
 from testbed.errors import InputError
-from testbed.policies import Policy, TabularSoftmax, lstsq_step
+from testbed.policies import PairRows, Policy, TabularSoftmax, lstsq_step
 from testbed.problems.preference import PreferenceBandit
 
 
@@ -142,8 +142,7 @@ class REBELPreference(_PreferenceAlgorithm):
                  - self.estimate_win_rates(policy, rng, x, y2, k, cfg.oracle))
             drawn += 2 * N * k
             queries = 2 * N * k  # k comparisons of each of y and y' with fresh opponents
-        eye = np.eye(Y)
-        new, fitted = lstsq_step(policy, x, eye[y] - eye[y2], cfg.eta * t)
+        new, fitted = lstsq_step(policy, x, PairRows(y, y2, Y), cfg.eta * t)
         return Step(new, float(np.mean((fitted / cfg.eta - t) ** 2)), drawn, queries)
 
 

@@ -36,13 +36,22 @@ from testbed.algorithms.base import (
     minibatch_field,
     nonneg,
     one_of,
-    per_seed,
     positive,
     take,
 )
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
-from testbed.policies import LogLinear, Policy, TabularSoftmax, linear_logits, lstsq_step, score_features
+from testbed.policies import (
+    LogLinear,
+    PairRows,
+    Policy,
+    TabularSoftmax,
+    inverse_cdf,
+    linear_logits,
+    lstsq_step,
+    score_features,
+    take_contexts,
+)
 from testbed.policies.natural import natural_step
 from testbed.problems import TabularBandit
 
@@ -163,34 +172,58 @@ class REBEL(Algorithm):
         raise InputError(f"REBEL mode 'exact' needs a tabular or log-linear policy (got {type(policy).__name__})")
 
     # ----- sampled ---------------------------------------------------------------------------
-    def sample_pairs(self, policy: Policy, rng: np.random.Generator, problem: TabularBandit | None = None):
-        """x ~ rho, y ~ pi_t, y' ~ mu; rewards (KL-shaped); pi_t log-probs computed once (one seed)."""
+    def sample_pairs(self, policy: Policy, rng, problem: TabularBandit | None = None):
+        """x ~ rho, y ~ pi_t, y' ~ mu; rewards (KL-shaped); pi_t log-probs computed once. For a stack
+        (``rng`` a list of generators, ``problem`` a ProblemBatch) each member's random numbers come
+        from its own generator in the order one seed draws them, and the rest (inverse CDFs, log-probs,
+        rewards) runs on the whole stack: every member gets its own run's samples bit for bit."""
         p = problem or self.problem
-        N, Y = self.config.pairs, p.num_actions
-        x = p.sample_contexts(rng, N)
-        y = policy.sample(rng, x)
-        kind = self.config.y_prime
-        if kind == "policy":
-            y2 = policy.sample(rng, x)
-        elif kind == "uniform":
-            y2 = rng.integers(Y, size=N)
-        elif kind == "ref":
-            y2 = TabularSoftmax(p.log_pi_ref).sample(rng, x)
-        else:
-            y2 = self.offline[x, rng.integers(self.offline.shape[1], size=N)]
+        cfg, N, Y = self.config, self.config.pairs, p.num_actions
+        stacked = isinstance(rng, list)
+        gens, members = (rng, p.members) if stacked else ([rng], [p])
+        raw = [self._raw_draws(g, m, N, Y) for g, m in zip(gens, members)]
+        x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
         log_pi = policy.log_probs_at(x)
-        lp, lp2 = log_pi[np.arange(N), y], log_pi[np.arange(N), y2]
-        r, r2 = p.sample_rewards(rng, x, y), p.sample_rewards(rng, x, y2)
-        if self.config.beta > 0:
-            r = kl_shaped_reward(r, lp, p.log_pi_ref[x, y], self.config.beta)
-            r2 = kl_shaped_reward(r2, lp2, p.log_pi_ref[x, y2], self.config.beta)
+        cdf = np.cumsum(np.exp(log_pi), axis=-1)
+        y = inverse_cdf(cdf, u)
+        kind = cfg.y_prime
+        if kind == "policy":
+            y2 = inverse_cdf(cdf, v)
+        elif kind == "ref":
+            y2 = inverse_cdf(take_contexts(np.cumsum(np.exp(TabularSoftmax(p.log_pi_ref).params), axis=-1), x), v)
+        else:
+            y2 = v if kind == "uniform" else self.offline[x, v]
+        lp, lp2 = _pick(log_pi, y), _pick(log_pi, y2)
+        r, r2 = _at(p.rewards, x, y), _at(p.rewards, x, y2)
+        std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
+        noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0
+        r, r2 = np.where(noisy, r + std * e, r), np.where(noisy, r2 + std * e2, r2)
+        if cfg.beta > 0:
+            r = kl_shaped_reward(r, lp, _at(p.log_pi_ref, x, y), cfg.beta)
+            r2 = kl_shaped_reward(r2, lp2, _at(p.log_pi_ref, x, y2), cfg.beta)
         return x, y, y2, lp, lp2, r, r2
+
+    def _raw_draws(self, rng: np.random.Generator, p: TabularBandit, N: int, Y: int):
+        """One seed's random numbers, in the order of its draws: contexts, y, y' (a uniform, or an index),
+        the reward noise of y and of y' (zeros when the problem has none: nothing drawn)."""
+        x = p.sample_contexts(rng, N)
+        u = rng.random(N)
+        kind = self.config.y_prime
+        if kind in ("policy", "ref"):
+            v = rng.random(N)
+        else:
+            v = rng.integers(Y if kind == "uniform" else self.offline.shape[1], size=N)
+        noise = [rng.standard_normal(N) if p.noise_std > 0 else np.zeros(N) for _ in range(2)]
+        return x, u, v, noise[0], noise[1]
 
     def _sampled(self, policy: Policy, rng) -> Step:
         cfg = self.config
-        x, y, y2, lp, lp2, r, r2 = per_seed(self.sample_pairs, policy, rng, self.problem)
+        x, y, y2, lp, lp2, r, r2 = self.sample_pairs(policy, rng, self.problem)
         if cfg.solver == "lstsq":
-            rows = score_features(policy, x, y) - score_features(policy, x, y2)
+            if isinstance(policy, TabularSoftmax):  # e_y - e_y': counted from the indices, no N x Y array
+                rows = PairRows(y, y2, policy.params.shape[-1])
+            else:
+                rows = score_features(policy, x, y) - score_features(policy, x, y2)
             new, fitted = lstsq_step(policy, x, rows, cfg.eta * (r - r2))
             loss = np.mean((fitted / cfg.eta - (r - r2)) ** 2, axis=-1)
             return Step(new, loss if loss.ndim else float(loss), 2 * cfg.pairs, 2 * cfg.pairs)
@@ -255,6 +288,16 @@ class REBEL(Algorithm):
         """The LM loss of one minibatch at the current parameters (for tests)."""
         pol = self.ctx.policy
         return self.loss_fn(pol.seq_logprob(q, qm, y1) - lp1, pol.seq_logprob(q, qm, y2) - lp2, r1, r2, self.config.eta)
+
+
+def _pick(table: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """table[..., i, y_i]: one entry per row (rows [..., N, Y], indices [..., N])."""
+    return np.take_along_axis(table, y[..., None], axis=-1)[..., 0]
+
+
+def _at(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """table[x_i, y_i] for one problem; table[s, x_si, y_si] for a stack (table [S, X, Y], x, y [S, N])."""
+    return table[x, y] if x.ndim == 1 else table[np.arange(len(x))[:, None], x, y]
 
 
 def linear_population_regression(rho, phi, pi, mu, r, eta):

@@ -43,7 +43,7 @@ from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
 from testbed.llm.rewards import score_responses
 from testbed.llm.spec import LMSpec
-from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
+from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory, set_torch_threads
 from testbed.results import LM_COLUMNS
 from testbed.training import check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
@@ -264,6 +264,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     unchanged, ``reuse`` keeps the finished runs that did not change. Process 0 holds a lock on ``out``."""
     out = Path(out)
     check_before_build(spec)
+    set_torch_threads()
     acc = get_accelerator(spec)
     if acc.is_main_process:
         prepare_lm_out(out, overwrite)
@@ -363,6 +364,7 @@ def _prepare_study(spec: LMSpec, tmp: Path, runs: list) -> tuple:
     from testbed.llm.tldr import Study
 
     t0 = time.perf_counter()
+    print(f"{spec.name}: preparing the study (oracle-labelled pairs, reward model) ...", file=sys.stderr, flush=True)
     study = Study(spec.reward)
     tokenizer = load_tokenizer(spec.model)
     policy = LMPolicy(load_causal_lm(spec.model), tokenizer, temperature=spec.train.temperature, top_k=spec.train.top_k,

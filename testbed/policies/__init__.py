@@ -115,9 +115,14 @@ def stack(policies: list[Policy]) -> Policy:
 
 def sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One index per row of ``probs`` [N, Y] by inverse CDF (rows need not be normalised)."""
-    cdf = np.cumsum(probs, axis=1)
-    u = rng.random(len(probs)) * cdf[:, -1]
-    return np.minimum((u[:, None] >= cdf).sum(axis=1), probs.shape[1] - 1)
+    return inverse_cdf(np.cumsum(probs, axis=-1), rng.random(probs.shape[:-1]))
+
+
+def inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The index of each row of ``cdf`` = cumsum(probs) [..., Y] that uniform ``u`` [...] selects (for a
+    stack of rows drawn member by member: each member's :func:`sample_rows` result, bit for bit)."""
+    u = u * cdf[..., -1]
+    return np.minimum((u[..., None] >= cdf).sum(axis=-1), cdf.shape[-1] - 1)
 
 
 class TabularSoftmax(Policy):
@@ -290,103 +295,20 @@ def initial_policy(problem: TabularBandit, kind: str | None = None, rng: np.rand
     raise InputError(f"policy must be one of {', '.join(POLICIES)} (got {kind!r})")
 
 
-# ----- least-squares steps shared by the sampled solvers ---------------------------------------
-# They take one policy's samples (x [N]) or a stack's (x [S, N], rows [S, N, k], targets [S, N]); one
-# policy is solved as a stack of one, so member s of a stack gets bit-for-bit its unstacked solution.
-def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows: np.ndarray, targets: np.ndarray,
-                 ridge: float = 0.0, groups: int = 1) -> np.ndarray:
-    """Minimum-norm least squares with block-diagonal design.
-
-    Row i lives in block ``blocks[i]``; solves min_delta sum_i (rows[i]·delta[blocks[i]] - targets[i])²
-    block by block, delta_b = pinv(G_bᵀG_b)·G_bᵀt_b (= G_b⁺ t_b), batched over blocks. Eigenvalues
-    below 1e-9 x the largest of *all* blocks count as zero, so a block whose rows are rounding noise
-    (e.g. demeaned rows of a context where one response was always drawn) gets no step; a block
-    with no rows gets delta = 0. With ``ridge`` = lam > 0 it solves (GᵀG + lam·s·I)·delta = Gᵀt,
-    s = tr(GᵀG)/(blocks·Y) the mean eigenvalue, so lam is relative to the problem's scale.
-    ``groups`` independent problems of num_blocks/groups consecutive blocks each (a stack of
-    policies): "all blocks" and s are then per problem.
-    """
-    Y = rows.shape[1]
-    gram = np.zeros((num_blocks, Y, Y))
-    np.add.at(gram, blocks, rows[:, :, None] * rows[:, None, :])
-    rhs = np.zeros((num_blocks, Y))
-    np.add.at(rhs, blocks, rows * targets[:, None])
-    per_group = (groups, num_blocks // groups)
-    if ridge > 0:
-        scale = np.trace(gram, axis1=1, axis2=2).reshape(per_group).sum(axis=1) / (per_group[1] * Y)
-        scale = np.repeat(scale, per_group[1])[:, None, None]
-        delta = np.linalg.solve(gram + ridge * np.where(scale > 0, scale, 1.0) * np.eye(Y), rhs[..., None])[..., 0]
-        return np.where(scale[:, :, 0] > 0, delta, 0.0)  # a problem whose rows are all zero: no step
-    w, v = np.linalg.eigh(gram)
-    top = np.maximum(w.reshape(groups, -1).max(axis=1), 0.0)
-    keep = w > 1e-9 * np.repeat(top, per_group[1])[:, None]
-    inv = np.divide(1.0, w, out=np.zeros_like(w), where=keep)
-    proj = np.matmul(np.swapaxes(v, -1, -2), rhs[..., None])[..., 0]
-    return np.matmul(v, (inv * proj)[..., None])[..., 0]
-
-
-def _demean_by_context(x: np.ndarray, a: np.ndarray, num_contexts: int) -> np.ndarray:
-    """Subtract from each row the mean of the rows that share its context."""
-    n = np.bincount(x, minlength=num_contexts)
-    sums = np.zeros((num_contexts,) + a.shape[1:])
-    np.add.at(sums, x, a)
-    return a - (sums / np.maximum(n, 1).reshape((-1,) + (1,) * (a.ndim - 1)))[x]
-
-
-def lstsq_step(policy: Policy, x: np.ndarray, rows: np.ndarray, targets: np.ndarray,
-               context_intercept: bool = False, ridge: float = 0.0) -> tuple[Policy, np.ndarray]:
-    """theta + delta, delta the min-norm solution of min sum_i (rows_i·delta [+ b_{x_i}] - targets_i)².
-
-    ``rows`` are directions in score-feature space: for a tabular policy [N, Y] vectors inside the
-    block of context x_i; for a log-linear policy [N, d] feature vectors. With
-    ``context_intercept`` a free offset b_x per context is fitted too (by Frisch–Waugh: rows and
-    targets demeaned within each context), i.e. a per-context baseline. ``ridge`` = lam > 0 damps
-    the normal equations relative to their mean eigenvalue s: (GᵀG + lam·s·I)·delta = Gᵀt. Returns
-    the new policy and the fitted values rows_i·delta (+ b_{x_i}). A stacked policy takes x [S, N],
-    rows [S, N, k], targets [S, N] and solves each member's problem.
-    """
-    single = x.ndim == 1
-    if single:
-        x, rows, targets = x[None], rows[None], targets[None]
-    S, N = x.shape
-    X = policy.params.shape[-2] if isinstance(policy, TabularSoftmax) else policy.features.shape[-3]
-    flat = (np.arange(S)[:, None] * X + x).ravel()  # context x of member s is block s·X + x
-    rows, targets = rows.reshape(S * N, -1), targets.ravel()
-    offset = 0.0
-    if context_intercept:
-        offset = targets - _demean_by_context(flat, targets, S * X)
-        rows, targets = _demean_by_context(flat, rows, S * X), targets - offset
-    if isinstance(policy, TabularSoftmax):
-        delta = _block_lstsq(S * X, flat, rows, targets, ridge, groups=S)
-        fitted = np.sum(rows * delta[flat], axis=-1)
-        delta = delta.reshape(S, X, -1)
-    elif isinstance(policy, LogLinear):
-        G, t = rows.reshape(S, N, -1), targets.reshape(S, N, 1)
-        d = G.shape[-1]
-        if ridge > 0:
-            gram = np.matmul(np.swapaxes(G, -1, -2), G)
-            scale = np.trace(gram, axis1=-2, axis2=-1)[:, None, None] / d
-            damp = ridge * np.where(scale > 0, scale, 1.0) * np.eye(d)
-            delta = np.linalg.solve(gram + damp, np.matmul(np.swapaxes(G, -1, -2), t))[..., 0]
-            delta = np.where(scale[:, :, 0] > 0, delta, 0.0)  # every row is zero: no information, no step
-        else:  # G⁺t with numpy lstsq's cutoff (eps·max(N, d) relative to the largest singular value)
-            delta = np.matmul(np.linalg.pinv(G, rtol=np.finfo(float).eps * max(N, d)), t)[..., 0]
-        fitted = np.matmul(G, delta[..., None]).reshape(S * N)
-    else:
-        raise TypeError(f"least-squares steps need a tabular or log-linear policy (got {type(policy).__name__})")
-    fitted = (fitted + offset).reshape(S, N)
-    if single:
-        return policy.with_params(policy.params + delta[0]), fitted[0]
-    return policy.with_params(policy.params + delta), fitted
-
-
 def score_features(policy: Policy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """psi(x, y) with ln pi_theta(y|x) = theta·psi(x, y) - ln Z_theta(x): e_y in block x, or phi(x, y)."""
     if isinstance(policy, TabularSoftmax):
-        return np.eye(policy.params.shape[-1])[y]
+        return one_hot(y, policy.params.shape[-1])
     if isinstance(policy, LogLinear):
         return policy.features[x, y] if x.ndim == 1 else policy.features[np.arange(len(x))[:, None], x, y]
     raise TypeError(f"score features need a tabular or log-linear policy (got {type(policy).__name__})")
+
+
+def one_hot(y: np.ndarray, n: int) -> np.ndarray:
+    """e_y as rows [..., n] (np.eye(n)[y] without the n x n identity)."""
+    out = np.zeros(y.shape + (n,))
+    np.put_along_axis(out, np.asarray(y)[..., None], 1.0, axis=-1)
+    return out
 
 
 def mean_score_features(policy: Policy, x: np.ndarray) -> np.ndarray:
@@ -397,3 +319,7 @@ def mean_score_features(policy: Policy, x: np.ndarray) -> np.ndarray:
     if isinstance(policy, LogLinear):
         return np.einsum("...ny,...nyd->...nd", p, take_contexts(policy.features, x))
     raise TypeError(f"score features need a tabular or log-linear policy (got {type(policy).__name__})")
+
+
+# the least-squares steps of the sampled solvers (imported last: they need the classes above)
+from testbed.policies.lstsq import PairRows, lstsq_step  # noqa: E402, F401

@@ -11,8 +11,13 @@ Targets (issues: bandit foundation, performance):
      as ratios to REBEL; no target);
   4. ``testbed reproduce`` (every bandit figure, default --jobs = one per core) in under 2 minutes;
   5. (``--claims-overhead``) ``testbed reproduce`` with the claims studies of issue 16 at most 2x the
-     same command without them.
-Exits 1 if a target is missed. ``--quick`` shrinks workload 2 to 100 seeds x 200 iterations.
+     same command without them;
+  6.-8. issue 19's workloads (tests/benchmarks/issue19.py): stacked vs per-seed sampled modes,
+     the exact log-linear step vs its numpy floor with a scaling table, start-up without torch;
+  with ``--baseline DIR`` (a checkout of the code before a change) workload 4 runs for both trees,
+     interleaved, and reports after / before (issue 19's target: <= 0.7).
+Exits 1 if a target is missed. ``--quick`` shrinks workload 2 to 100 seeds x 200 iterations and
+takes one repeat of 6-7.
 """
 
 import argparse
@@ -30,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import SAMPLED, SIZE, bare_numpy_step, exact_step, exact_workload, sampled_workload, seed_plans  # noqa: E402
+from issue19 import batched_modes, exact_loglinear, startup  # noqa: E402
 
 from testbed.experiments.runner import run_batch, run_one  # noqa: E402
 
@@ -101,19 +107,35 @@ def sampled_costs() -> None:
         print(f"   {name:6s} {t[name] * 1e3:8.1f} ms/iteration   ratio to REBEL {t[name] / t['rebel']:.2f}x")
 
 
-def reproduce_time() -> bool:
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "testbed.cli", "reproduce", "--quiet", "--runs", f"{tmp}/runs",
-                              "--figures", f"{tmp}/figures"], cwd=ROOT, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        print(f"4. testbed reproduce failed: {out.stderr.strip()}")
-        return False
+def _reproduce(tmp: str, tree: Path) -> tuple[float, subprocess.CompletedProcess]:
+    env = dict(os.environ, PYTHONPATH=str(tree), MPLBACKEND="Agg")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "testbed.cli", "reproduce", "--quiet", "--runs", f"{tmp}/runs",
+                          "--figures", f"{tmp}/figures", "--experiments", str(tree / "experiments")], cwd=tree,
+                         capture_output=True, text=True, env=env)
+    return time.perf_counter() - t0, out
+
+
+def reproduce_time(baseline: Path | None = None) -> bool:
+    walls = {}
+    for name, tree in (("before", baseline), ("after", ROOT)):
+        if tree is None:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            walls[name], out = _reproduce(tmp, tree)
+        if out.returncode != 0:
+            print(f"4. testbed reproduce ({name}) failed: {out.stderr.strip()[-500:]}")
+            return False
+    wall = walls["after"]
     specs = re.findall(r"^(\w+): \d+ runs done at ([\d.]+)s", out.stderr, flags=re.M)
     ok = wall < 120
     print(f"4. testbed reproduce (all bandit figures, --jobs {os.cpu_count()}): {wall:.1f} s (target < 120 s) "
           f"{verdict(ok)}; specs (overlapped) finished at: " + ", ".join(f"{n} {float(s):.1f} s" for n, s in specs))
+    if baseline is not None:
+        ratio = wall / walls["before"]
+        ok &= ratio <= 0.7
+        print(f"   before ({baseline}): {walls['before']:.1f} s; after / before {ratio:.2f} (target <= 0.7) "
+              f"{verdict(ratio <= 0.7)}")
     return ok
 
 
@@ -150,15 +172,24 @@ def main() -> int:
     ap.add_argument("--skip-reproduce", action="store_true", help="leave out workload 4 (minutes)")
     ap.add_argument("--claims-overhead", action="store_true", help="also workload 5: reproduce with vs without the "
                     "claims studies (two reproduce runs, minutes)")
+    ap.add_argument("--baseline", type=Path, help="a checkout of the code before a change: workload 4 for both")
+    ap.add_argument("--only-issue19", action="store_true", help="workloads 6-8 only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"numpy {np.__version__}, torch {torch.__version__}")
+    repeats = 1 if args.quick else 3
+    if args.only_issue19:
+        ok = batched_modes(repeats=repeats) & exact_loglinear(repeats) & startup()
+        return 0 if ok else 1
     ok = exact_vs_bare()
     ok &= batched_vs_loop(100, 200) if args.quick else batched_vs_loop(1000, 1000)
     sampled_costs()
+    ok &= batched_modes(repeats=repeats)
+    ok &= exact_loglinear(repeats)
+    ok &= startup()
     if not args.skip_reproduce:
-        ok &= reproduce_time()
+        ok &= reproduce_time(args.baseline)
     if args.claims_overhead:
         ok &= claims_overhead()
     return 0 if ok else 1
