@@ -34,10 +34,18 @@ def make_scheduler(kind: str, train_timesteps: int = 1000, beta_schedule: str = 
     common = dict(num_train_timesteps=train_timesteps, beta_schedule=beta_schedule, beta_start=beta_start,
                   beta_end=beta_end, clip_sample=False)
     if kind == "ddim":
-        return DDIMScheduler(set_alpha_to_one=False, steps_offset=1, **common)
-    if kind == "ddpm":
-        return DDPMScheduler(variance_type="fixed_small", **common)
-    raise ValueError(f"scheduler must be one of {SCHEDULERS} (got {kind!r})")
+        s = DDIMScheduler(set_alpha_to_one=False, steps_offset=1, **common)
+    elif kind == "ddpm":
+        s = DDPMScheduler(variance_type="fixed_small", **common)
+    else:
+        raise ValueError(f"scheduler must be one of {SCHEDULERS} (got {kind!r})")
+    # alpha_bar in float64 (diffusers keeps float32): its step arithmetic is then exact to double precision for a
+    # float64 model, and a float32 model's tensors stay float32 (0-dim scalars do not promote them)
+    s.alphas_cumprod = s.alphas_cumprod.double()
+    for name in ("final_alpha_cumprod", "one"):
+        if hasattr(s, name):
+            setattr(s, name, torch.as_tensor(getattr(s, name)).double())
+    return s
 
 
 @dataclass
@@ -77,7 +85,7 @@ class Sampler:
         if self.kind == "ddim":
             return s.step(eps, t, x, eta=self.eta, variance_noise=torch.zeros_like(x)).prev_sample
         tp = self.prev(t)
-        # in the scheduler's own (float32) alpha_bar arithmetic, term by term as DDPMScheduler.step
+        # term by term as DDPMScheduler.step
         a = s.alphas_cumprod[t]
         a_prev = s.alphas_cumprod[tp] if tp >= 0 else s.one
         beta = 1 - a / a_prev
