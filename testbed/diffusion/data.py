@@ -84,7 +84,7 @@ def pretrained(model: dict, pre, sampler_cfg, seed: int, dtype=torch.float32):
         loss.backward()
         opt.step()
         lr.step()
-    net.eval()
+    net.eval().zero_grad(set_to_none=True)  # no pre-training gradient may reach the fine-tuning's first step
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: torch.save(net.state_dict(), p))
     return net.to(dtype), classes, (x, labels)

@@ -50,6 +50,8 @@ class PretrainConfig:
     steps: int = count(1500, "AdamW steps of the denoising (epsilon) loss")
     batch: int = count(64, "images per step")
     lr: float = positive(2e-3, "AdamW learning rate (cosine decay)")
+    seed: int | None = dataclasses.field(default=None, metadata={"doc": "pre-training seed (null: each run's seed, "
+                                                                         "one cached model per seed)"})
     uncond: float = nonneg(0.1, "share of labels replaced by the null class (classifier-free guidance)")
     cache: str = dataclasses.field(default="", metadata={"doc": "cache folder ('' = $TESTBED_CACHE or ~/.cache/rebel-testbed)"})
 
@@ -162,6 +164,9 @@ def parse_diffusion_spec(raw: dict, source: str = "<spec>") -> DiffusionSpec:
     if sampler.steps > sampler.train_timesteps:
         raise InputError(f"sampler.steps = {sampler.steps} exceeds sampler.train_timesteps = {sampler.train_timesteps}")
     pretrain = build_config(PretrainConfig, _mapping(raw.get("pretrain", {}), "pretrain"), "pretrain")
+    if pretrain.seed is not None and (isinstance(pretrain.seed, bool) or not isinstance(pretrain.seed, int)
+                                      or pretrain.seed < 0):
+        raise InputError(f"pretrain.seed must be null or a non-negative integer (got {pretrain.seed!r})")
     train = build_config(DiffusionTrainConfig, _mapping(raw.get("train", {}), "train"), "train")
     if isinstance(train.threads, bool) or not isinstance(train.threads, int) or train.threads < 0:
         raise InputError(f"train.threads must be a non-negative integer (got {train.threads!r})")

@@ -60,7 +60,8 @@ def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int):
     from testbed.diffusion.rewards import make_reward
 
     s = spec.sampler
-    net, classes, data = pretrained(spec.model, spec.pretrain, s, seed, DTYPES[spec.train.dtype])
+    pre_seed = seed if spec.pretrain.seed is None else spec.pretrain.seed
+    net, classes, data = pretrained(spec.model, spec.pretrain, s, pre_seed, DTYPES[spec.train.dtype])
     if spec.lora:
         from peft import LoraConfig, get_peft_model
         net = get_peft_model(net, LoraConfig(r=spec.lora["r"], lora_alpha=spec.lora.get("alpha", spec.lora["r"]),
