@@ -111,3 +111,23 @@ def test_paper_spec_dry_run_counts_stable_diffusion_offline(capsys, monkeypatch)
     # LoRA r = 4 on to_q/to_k/to_v/to_out.0 of the UNet's attention: r·(in + out) per projection
     assert "LoRA adapter (UNet attention): 0.80 M" in out
     assert out.count("models held") == 3
+
+
+def test_study_table_compares_at_equal_reward_queries(tmp_path):
+    """The table reads each algorithm at the smallest final query count (PPO asks one reward per prompt, REBEL
+    and DPO two): here PPO's 12 queries, which REBEL reached only at its iteration-0 evaluation."""
+    from testbed.plotting.diffusion import plot_reward, plot_samples, table
+
+    spec = tiny_spec(tmp_path)
+    assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    text = table(tmp_path / "a", tmp_path / "t.md").read_text()
+    assert "at 12 queries" in text
+    r = rows(tmp_path / "a")
+    start = float(next(x for x in r if x["algorithm"] == "rebel" and x["iteration"] == "0")["eval/scores"])
+    ppo_final = float(next(x for x in r if x["algorithm"] == "ppo" and x["iteration"] == "3")["eval/scores"])
+    rebel_row = next(line for line in text.splitlines() if line.startswith("| REBEL"))
+    ppo_row = next(line for line in text.splitlines() if line.startswith("| PPO"))
+    assert rebel_row.split("|")[3].strip().startswith(f"{start:.4g} ± 0")
+    assert ppo_row.split("|")[3].strip().startswith(f"{ppo_final:.4g} ± 0")
+    assert plot_reward(tmp_path / "a", tmp_path / "r.png").stat().st_size > 0
+    assert plot_samples(tmp_path / "a", tmp_path / "s.png").stat().st_size > 0

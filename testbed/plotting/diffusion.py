@@ -76,16 +76,22 @@ def table(run_dir: str | Path, out: str | Path, wall_seconds: float | None = Non
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "meta.json").read_text())
     held = meta.get("models_held", {})
-    lines = ["| algorithm | seeds | eval reward (95% CI) | start | KL to ref (exact) | peak memory MB | s/iteration | "
-             "models held |", "|---|---|---|---|---|---|---|---|"]
-    for algo, seeds in _by_algorithm(run_dir).items():
-        final = [rows[-1] for rows in seeds.values()]
+    algos = _by_algorithm(run_dir)
+    # equal reward queries: every algorithm at the last evaluation within the smallest final query count
+    budget = min(rows[-1]["queries"] for seeds in algos.values() for rows in seeds.values())
+    lines = [f"| algorithm | seeds | eval reward at {budget} queries (95% CI) | start | gain (95% CI) | KL to ref "
+             "(exact, nats) | peak memory MB | s/iteration | models held |", "|---|---|---|---|---|---|---|---|---|"]
+    for algo, seeds in algos.items():
+        final = [[r for r in rows if r["eval/scores"] is not None and r["queries"] <= budget][-1]
+                 for rows in seeds.values()]
         m, h = mean_ci([r["eval/scores"] for r in final])
+        g, gh = mean_ci([f["eval/scores"] - rows[0]["eval/scores"] for f, rows in zip(final, seeds.values())])
         start = np.mean([rows[0]["eval/scores"] for rows in seeds.values()])
         kl, klh = mean_ci([r["eval/kl"] for r in final])
         mem = max(r["peak_memory_mb"] or 0 for rows in seeds.values() for r in rows)
         spi = np.mean([seconds_per_iteration(rows) for rows in seeds.values()])
-        lines.append(f"| {algo.upper()} | {len(seeds)} | {m:.4g} ± {h:.2g} | {start:.4g} | {kl:.3g} ± {klh:.2g} | "
+        lines.append(f"| {algo.upper()} | {len(seeds)} | {m:.4g} ± {h:.2g} | {start:.4g} | {g:+.4f} ± {gh:.4f} | "
+                     f"{kl:.3g} ± {klh:.2g} | "
                      f"{mem:.0f} | {spi:.2f} | {held.get(algo, '')} |")
     if wall_seconds is not None:
         lines.append(f"\nStudy wall time: {wall_seconds / 60:.1f} min (pre-training included unless cached).")
