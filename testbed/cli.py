@@ -137,8 +137,9 @@ def _cmd_llm_run(args) -> None:
 
 def _cmd_diffusion_run(args) -> None:
     try:
-        from testbed.diffusion.spec import load_diffusion_spec
         import diffusers  # noqa: F401
+
+        from testbed.diffusion.spec import load_diffusion_spec
     except ImportError as e:  # the diffusion extra is missing
         raise InputError(f"the image track needs the diffusion extra (pip install -e '.[diffusion]'): {e}") from None
     if not args.dry_run and not args.out:

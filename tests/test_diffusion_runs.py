@@ -76,6 +76,7 @@ def test_same_spec_and_seed_give_the_same_metrics_bytes(tmp_path):
     assert all(float(x["eval/kl"]) > 0 for x in final), "every algorithm moved the policy off the reference"
     assert all(float(x["eval/kl"]) == 0 for x in r if x["iteration"] == "0")
     assert (tmp_path / "a" / "samples" / "rebel-0-s0.npz").is_file()
+    check_study_table(tmp_path)
 
 
 def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
@@ -113,13 +114,13 @@ def test_paper_spec_dry_run_counts_stable_diffusion_offline(capsys, monkeypatch)
     assert out.count("models held") == 3
 
 
-def test_study_table_compares_at_equal_reward_queries(tmp_path):
+
+
+def check_study_table(tmp_path):
     """The table reads each algorithm at the smallest final query count (PPO asks one reward per prompt, REBEL
     and DPO two): here PPO's 12 queries, which REBEL reached only at its iteration-0 evaluation."""
     from testbed.plotting.diffusion import plot_reward, plot_samples, table
 
-    spec = tiny_spec(tmp_path)
-    assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "a"), "--quiet"]) == 0
     text = table(tmp_path / "a", tmp_path / "t.md").read_text()
     assert "at 12 queries" in text
     r = rows(tmp_path / "a")

@@ -34,8 +34,8 @@ def unet():
 
 
 def scipy_logpdf(x, mean, std):
-    return np.array([multivariate_normal(mean=m.detach().reshape(-1).numpy(), cov=std ** 2 * np.eye(D)).logpdf(v.detach().reshape(-1).numpy())
-                     for v, m in zip(x, mean)])
+    return np.array([multivariate_normal(mean=m.detach().reshape(-1).numpy(), cov=std ** 2 * np.eye(D))
+                     .logpdf(v.detach().reshape(-1).numpy()) for v, m in zip(x, mean)])
 
 
 def state(seed=0, n=3):

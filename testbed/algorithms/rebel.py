@@ -97,7 +97,8 @@ class REBEL(Algorithm):
 
     @staticmethod
     def check_track(config, track: str) -> str | None:
-        if track in ("lm", "diffusion") and (config.mode != "sampled" or config.solver != "adam" or config.y_prime not in ("policy", "ref")):
+        if track in ("lm", "diffusion") and (config.mode != "sampled" or config.solver != "adam"
+                                             or config.y_prime not in ("policy", "ref")):
             return "REBEL on an LM is sampled pairs with the AdamW solver (mode: sampled, solver: adam; y_prime: policy or ref)"
         return None
 

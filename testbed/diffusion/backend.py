@@ -59,7 +59,7 @@ class DiffusionBackend(LMBackend):
 
     def trl_stats(self, ro: dict, beta: float) -> dict:
         """The LM back-end's objective/* statistics, per trajectory (the KL is the sample estimate
-        ln pi_t - ln pi_ref of the trajectory; ``kl_exact`` the sum of the exact per-step Gaussian KLs)."""
+        ln pi_t - ln pi_ref of the trajectory; the evaluation's ``eval/kl`` is the exact per-step one)."""
         kl = ((ro["lp"] - ro["ref"]) * ro["mask"]).sum(1).double()
         score = ro["score"].double()
         return {"objective/scores": score, "objective/kl": kl, "objective/entropy": -(ro["lp"] * ro["mask"]).sum(1),

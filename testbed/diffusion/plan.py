@@ -85,9 +85,10 @@ def plan_text(spec) -> str:
     weights_gb = frozen * half / 1e9
     opt_gb = trained * (4 + 4 + 8) / 1e9  # fp32 LoRA weights, gradients, AdamW moments
     unet_gb = models[0][1] * half / 1e9
-    for algo, cfg, _ in spec.algorithms:
-        copy = spec.reference == "copy"
-        lines.append(f"  {algo}: models held: policy UNet{' + a frozen reference UNet' if copy else ' (reference = adapter disabled)'}"
+    copy = spec.reference == "copy"
+    ref = " + a frozen reference UNet" if copy else " (reference = adapter disabled)"
+    for algo, _, _ in spec.algorithms:
+        lines.append(f"  {algo}: models held: policy UNet{ref}"
                      f" + VAE + text encoder + reward model; weights and optimiser "
                      f"{weights_gb + copy * unet_gb + opt_gb:.2f} GB per GPU (fp16 frozen weights "
                      f"{weights_gb + copy * unet_gb:.2f}, LoRA + AdamW {opt_gb:.3f}) plus the activations of {B} "

@@ -80,7 +80,7 @@ def table(run_dir: str | Path, out: str | Path, wall_seconds: float | None = Non
     # equal reward queries: every algorithm at the last evaluation within the smallest final query count
     budget = min(rows[-1]["queries"] for seeds in algos.values() for rows in seeds.values())
     lines = [f"| algorithm | seeds | eval reward at {budget} queries (95% CI) | start | gain (95% CI) | KL to ref "
-             "(exact, nats) | peak memory MB | s/iteration | models held |", "|---|---|---|---|---|---|---|---|---|"]
+             "(exact, nats) | peak memory MB (median run) | s/iteration | models held |", "|---|---|---|---|---|---|---|---|---|"]
     for algo, seeds in algos.items():
         final = [[r for r in rows if r["eval/scores"] is not None and r["queries"] <= budget][-1]
                  for rows in seeds.values()]
@@ -88,7 +88,7 @@ def table(run_dir: str | Path, out: str | Path, wall_seconds: float | None = Non
         g, gh = mean_ci([f["eval/scores"] - rows[0]["eval/scores"] for f, rows in zip(final, seeds.values())])
         start = np.mean([rows[0]["eval/scores"] for rows in seeds.values()])
         kl, klh = mean_ci([r["eval/kl"] for r in final])
-        mem = max(r["peak_memory_mb"] or 0 for rows in seeds.values() for r in rows)
+        mem = float(np.median([max(r["peak_memory_mb"] or 0 for r in rows) for rows in seeds.values()]))
         spi = np.mean([seconds_per_iteration(rows) for rows in seeds.values()])
         lines.append(f"| {algo.upper()} | {len(seeds)} | {m:.4g} ± {h:.2g} | {start:.4g} | {g:+.4f} ± {gh:.4f} | "
                      f"{kl:.3g} ± {klh:.2g} | "
