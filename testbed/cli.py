@@ -105,8 +105,17 @@ def _cmd_reproduce(args) -> int:
     from testbed.experiments.reproduce import reproduce
     from testbed.llm.study import reproduce_llm
 
-    if args.quick and not args.llm:
-        raise InputError("--quick goes with --llm (the quick variant of the LM study)")
+    if args.quick and not (args.llm or args.diffusion):
+        raise InputError("--quick goes with --llm or --diffusion (the quick variant of the LM or image study)")
+    if args.diffusion:
+        if args.llm or args.check or args.update_golden or args.fast or args.only:
+            raise InputError("--diffusion runs the image study only; it takes no --llm, --check, --update-golden, "
+                             "--fast or --only")
+        from testbed.diffusion.study import reproduce_diffusion
+        for fig in reproduce_diffusion(args.experiments, args.figures, args.runs, quick=args.quick,
+                                       progress=not args.quiet):
+            print(fig)
+        return 0
     if args.llm:
         if args.check or args.update_golden or args.fast or args.only:
             raise InputError("--llm runs the LM study only; it takes no --check, --update-golden, --fast or --only")
@@ -142,6 +151,33 @@ def _cmd_llm_run(args) -> None:
                           checkpoint_every=args.checkpoint_every or 0, reuse=args.reuse)
     if out is not None:
         print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
+
+
+def _cmd_diffusion_run(args) -> None:
+    try:
+        import diffusers  # noqa: F401
+
+        from testbed.diffusion.spec import load_diffusion_spec
+    except ImportError as e:  # the diffusion extra is missing
+        raise InputError(f"the image track needs the diffusion extra (pip install -e '.[diffusion]'): {e}") from None
+    if not args.dry_run and not args.out:
+        raise InputError("--out is required (or pass --dry-run)")
+    if args.out:
+        from testbed.diffusion.train import RUN_FILES
+        from testbed.results import prepare_out
+        prepare_out(Path(args.out), args.overwrite, RUN_FILES)  # refuse before any work
+    spec = load_diffusion_spec(args.spec)
+    if args.dry_run:
+        from testbed.diffusion.plan import plan_text
+        print(plan_text(spec))
+        return
+    from testbed.diffusion.train import run_diffusion_spec
+    if spec.model["kind"] != "tiny":
+        raise InputError("model.kind stable_diffusion runs on a GPU install with the weights in the Hugging Face "
+                         "cache; here it is validated with --dry-run only")
+    out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                             checkpoint_every=args.checkpoint_every or 0)
+    print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
 
 def _jobs(value: str) -> int:
@@ -217,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--fast", action="store_true", help="only the fast subset listed in experiments/golden/tolerances.yaml")
     rp.add_argument("--llm", action="store_true", help="run the LM study (experiments/llm/tldr_smollm2.yaml; needs the "
                     "smollm extra) and write figures/llm_reward_kl.png, llm_winrate.png, llm-table.md")
-    rp.add_argument("--quick", action="store_true", help="with --llm: the quick variant (minutes; files end in -quick)")
+    rp.add_argument("--diffusion", action="store_true", help="run the image study (experiments/diffusion/"
+                    "digits_compress.yaml; needs the diffusion extra) and write figures/diffusion_reward.png, "
+                    "diffusion_samples.png, diffusion-table.md")
+    rp.add_argument("--quick", action="store_true", help="with --llm or --diffusion: the quick variant (minutes; files "
+                    "end in -quick)")
     rp.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1,
                     help="processes per spec (default: one per core; results do not depend on it)")
     _add_backend(rp, "--jobs processes")
@@ -237,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint every K iterations into <out>.partial (single process)")
     _add_log(lr)
     lr.set_defaults(func=_cmd_llm_run)
+    df = sub.add_parser("diffusion", help="the image-generation track (a diffusion policy)")
+    dsub = df.add_subparsers(dest="diffusion_command", required=True, parser_class=_Parser)
+    dr = dsub.add_parser("run", help="run a diffusion spec")
+    dr.add_argument("spec")
+    dr.add_argument("--out", help="run folder to create")
+    dr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan (models held, "
+                    "parameter counts, memory estimate); no download, no training")
+    dr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    dr.add_argument("--quiet", action="store_true", help="no progress lines")
+    dr.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
+    dr.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
+                    help="checkpoint every K iterations into <out>.partial")
+    dr.set_defaults(func=_cmd_diffusion_run)
     return p
 
 

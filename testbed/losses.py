@@ -246,3 +246,26 @@ def group_normalised_advantage(reward: torch.Tensor, eps: float = 1e-4, scale: b
         raise ValueError(f"reward must have shape [N, k] with k >= 2 (got {tuple(reward.shape)})")
     centred = reward - reward.mean(dim=1, keepdim=True)
     return centred / (reward.std(dim=1, keepdim=True) + eps) if scale else centred
+
+
+def per_prompt_advantage(reward: torch.Tensor, prompt: torch.Tensor, eps: float = 1e-8, scale: bool = True) -> torch.Tensor:
+    """DDPO's per-prompt baseline: (r - mean_p)/(std_p + eps) over the samples of the same prompt, the
+    population std (numpy's default, as DDPO's ``PerPromptStatTracker``); a prompt with one sample in the batch
+    takes the whole batch's mean and std. ``scale`` False: r - mean_p only.
+
+    Black et al., "Training Diffusion Models with Reinforcement Learning", 2023, https://arxiv.org/abs/2305.13301,
+    §4.3 and App. B (within a batch; DDPO also keeps a buffer across iterations).
+
+    Args:
+      reward: [N]; prompt: [N] or [N, ...] (rows equal for the same prompt).
+    """
+    if reward.ndim != 1 or len(prompt) != len(reward):
+        raise ValueError(f"reward must be [N] and prompt [N, ...] (got {tuple(reward.shape)}, {tuple(prompt.shape)})")
+    _, group = torch.unique(prompt.reshape(len(prompt), -1), dim=0, return_inverse=True)
+    out = torch.empty_like(reward)
+    for g in torch.unique(group):
+        idx = group == g
+        pool = reward[idx] if int(idx.sum()) > 1 else reward
+        centred = reward[idx] - pool.mean()
+        out[idx] = centred / (pool.std(unbiased=False) + eps) if scale else centred
+    return out

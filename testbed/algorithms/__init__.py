@@ -30,7 +30,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
 
 
 def on_track(track: str) -> dict[str, type[Algorithm]]:
-    """The algorithms that run on a policy back-end ("bandit" or "lm")."""
+    """The algorithms that run on a policy back-end ("bandit", "lm" or "diffusion")."""
     return {n: c for n, c in ALGORITHMS.items() if track in c.tracks}
 
 
@@ -40,13 +40,14 @@ def algorithm_table() -> str:
     README's copy)."""
     import sys
 
-    lines = ["| algorithm | what it does | bandit | LM | maturity | tests |", "|---|---|---|---|---|---|"]
+    lines = ["| algorithm | what it does | bandit | LM | images | maturity | tests |", "|---|---|---|---|---|---|---|"]
     for name, cls in ALGORITHMS.items():
         doc = cls.summary or (cls.__doc__ if "__doc__" in vars(cls) and cls.__doc__ else
                               sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
         tests = ", ".join(f"`{t}`" for t in cls.tests) or "—"
         lines.append(f"| `{name}` | {doc} | {'✓' if 'bandit' in cls.tracks else '—'} | "
-                     f"{'✓' if 'lm' in cls.tracks else '—'} | {cls.maturity} | {tests} |")
+                     f"{'✓' if 'lm' in cls.tracks else '—'} | {'✓' if 'diffusion' in cls.tracks else '—'} | "
+                     f"{cls.maturity} | {tests} |")
     return "\n".join(lines) + "\n"
 
 

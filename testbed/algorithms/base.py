@@ -26,6 +26,12 @@ class Step:
     extras: dict = dataclasses.field(default_factory=dict)
 
 
+SEQUENCE_TRACKS = ("lm", "diffusion")
+"""The back-ends whose policies generate sequences (tokens; denoising steps) through a back-end object (``ctx``).
+The diffusion back-end takes the LM back-end's config conventions: its fields and defaults (metadata ``lm``),
+unless a field declares its own (metadata ``diffusion``)."""
+
+
 class Algorithm:
     """One method, on every policy back-end it declares in ``tracks``.
 
@@ -59,13 +65,18 @@ class Algorithm:
 
     def __init__(self, config, problem, rng):
         self.config, self.problem = config, problem
-        self.ctx = problem if getattr(problem, "track", "bandit") == "lm" else None
+        self.ctx = problem if getattr(problem, "track", "bandit") in SEQUENCE_TRACKS else None
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         raise NotImplementedError
 
     def lm_update(self, q, qm) -> Step:
         raise NotImplementedError(f"{self.name} has no LM back-end")
+
+    def diffusion_update(self, q, qm) -> Step:
+        """One update on the diffusion back-end (``testbed/diffusion``), which offers the LM back-end's interface
+        with a denoising trajectory for a response: by default the LM update itself."""
+        return self.lm_update(q, qm)
 
     # ----- declarations ---------------------------------------------------------------------
     @classmethod
@@ -193,22 +204,23 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None):
     the other, and a field's per-track default (metadata ``lm``: the LM back-end's default, e.g. the
     official REBEL code's beta = 0.05) replaces the dataclass default when the field is not given."""
     fields = {f.name for f in dataclasses.fields(cls)}
+    seq = track in SEQUENCE_TRACKS
     unknown = sorted(set(params) - fields)
     if unknown:
         raise InputError(f"{where}: unknown parameter(s) {unknown}; expected some of {sorted(fields)}")
     params = dict(params)
     for f in dataclasses.fields(cls):
         only = f.metadata.get("tracks")
-        if track and only and track not in only and f.name in params:
+        if track and only and track not in only and not (track == "diffusion" and "lm" in only) and f.name in params:
             raise InputError(f"{where}.{f.name} applies to {' and '.join(only)} runs only, not to {track} runs")
-        if track == "lm" and "lm" in f.metadata and f.name not in params:
-            params[f.name] = f.metadata["lm"]
+        if seq and f.name not in params and (track in f.metadata or "lm" in f.metadata):
+            params[f.name] = f.metadata.get(track, f.metadata.get("lm"))
     cfg = cls(**params)
     for f in dataclasses.fields(cls):
         v = getattr(cfg, f.name)
         meta = f.metadata
         field = f"{where}.{f.name}"
-        check = meta.get("lm_check", meta.get("check")) if track == "lm" else meta.get("check")
+        check = meta.get("lm_check", meta.get("check")) if seq else meta.get("check")
         if "choices" in meta:
             choice(field, v, meta["choices"])
         elif check == "positive":
@@ -238,11 +250,14 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None):
 _UNSET = object()
 
 
-def _field(default, meta: dict, lm=_UNSET, tracks: tuple[str, ...] | None = None, lm_check: str | None = None):
+def _field(default, meta: dict, lm=_UNSET, tracks: tuple[str, ...] | None = None, lm_check: str | None = None,
+           diffusion=_UNSET):
     """A config field; ``lm``: its default on the LM back-end (``lm_check``: its check there, e.g. 0 allowed);
-    ``tracks``: the back-ends it applies to."""
+    ``diffusion``: its default on the diffusion back-end (else the LM one); ``tracks``: the back-ends it applies to."""
     if lm is not _UNSET:
         meta["lm"] = lm
+    if diffusion is not _UNSET:
+        meta["diffusion"] = diffusion
     if lm_check:
         meta["lm_check"] = lm_check
     if tracks:

@@ -102,7 +102,7 @@ class DPO(Algorithm):
     Config = DPOConfig
     summary = ("DPO / IPO (Rafailov et al. 2023; Azar et al. 2024): offline, online, or population; reward or "
                "preference problems")
-    tracks = ("bandit", "lm")
+    tracks = ("bandit", "lm", "diffusion")
     maturity = "verified against theory"
     tests = ("test_population_dpo_reaches_pi_star_beta", "test_dpo_with_deterministic_preferences_drives_the_loser_to_zero",
              "test_ipo_with_deterministic_preferences_stays_regularised", "test_dpo_on_a_symmetric_three_cycle_stays_at_pi_ref",
@@ -131,6 +131,8 @@ class DPO(Algorithm):
 
     @staticmethod
     def check_track(config, track: str) -> str | None:
+        if track == "diffusion" and config.mode != "online":
+            return "DPO on a diffusion policy is online (pairs of trajectories from pi_t ranked by the reward)"
         if track == "lm" and config.mode == "population":
             return "DPO on an LM is offline (a dataset) or online (pairs from pi_t); population is for bandits"
         if track == "lm" and config.mode == "offline" and not config.dataset:

@@ -39,7 +39,7 @@ from testbed.algorithms.base import (
     take,
     unit_open,
 )
-from testbed.losses import gae, kl_shaped_reward, ppo_clip_loss, value_loss, whiten
+from testbed.losses import gae, kl_shaped_reward, per_prompt_advantage, ppo_clip_loss, value_loss, whiten
 from testbed.policies import Policy, take_contexts
 from testbed.problems import LinearBandit, TabularBandit
 
@@ -55,9 +55,10 @@ class PPOConfig:
     grad_accum: int = grad_accum_field()
     clip_eps: float = unit_open(0.2, "clip range eps in (0, 1)")
     beta: float = nonneg(0.0, "KL coefficient: reward shaping r - beta·(ln pi_t - ln pi_ref); LM: per token", lm=0.05)
-    critic: str = one_of("table", ("table", "linear", "mlp", "backbone"), "baseline: value table, linear or MLP "
-                         "critic; LM: a value head on its own copy of the policy backbone (LoRA-adapted when the "
-                         "policy is)", lm="backbone")
+    critic: str = one_of("table", ("table", "linear", "mlp", "backbone", "prompt"), "baseline: value table, linear or "
+                         "MLP critic; LM: a value head on its own copy of the policy backbone (LoRA-adapted when the "
+                         "policy is); diffusion: prompt (DDPO's per-prompt reward mean and std, no value model)",
+                         lm="backbone", diffusion="prompt")
     critic_lr: float = positive(0.1, "critic Adam learning rate", tracks=BANDIT)
     value_clip: float = nonneg(0.0, "value clipping range (0: off)", lm=0.2)
     vf_coef: float = positive(1.0, "value-loss coefficient", lm=0.1)
@@ -72,17 +73,21 @@ class PPO(Algorithm):
     name = "ppo"
     Config = PPOConfig
     summary = "clipped surrogate with a learned baseline (Schulman et al. 2017); LM: per-token KL, GAE"
-    tracks = ("bandit", "lm")
+    tracks = ("bandit", "lm", "diffusion")
     tests = ("test_ppo_ratio_can_exceed_the_clip_range_and_clipped_samples_have_zero_gradient",
              "test_ppo_critic_learns_the_context_value", "test_four_algorithms_reach_the_threshold_on_8_of_10_seeds[ppo]",
              "test_one_token_lm_update_equals_the_tabular_update[ppo]")
 
     @staticmethod
     def needs_critic(config) -> bool:
-        return True
+        return config.critic != "prompt"
 
     @staticmethod
     def check_track(config, track: str) -> str | None:
+        if (track == "diffusion") != (config.critic == "prompt"):
+            return "critic: prompt (DDPO's per-prompt baseline) is the diffusion back-end's and only its"
+        if track == "diffusion":
+            return None
         if (track == "lm") != (config.critic == "backbone"):
             return "critic: backbone is the LM critic; bandits take table, linear or mlp"
         return None
@@ -228,3 +233,26 @@ class PPO(Algorithm):
         lp = ctx.token_logprobs(logits, y, mask)
         pg = ppo_clip_loss((lp - lp_old)[m], adv[m], cfg.clip_eps)
         return pg, value_loss(v[m], v_old[m], ret[m], cfg.value_clip or None)
+
+    # ----- diffusion back-end (DDPO) ------------------------------------------------------------
+    def diffusion_update(self, q, qm) -> Step:
+        """DDPO (Black et al. 2023, https://arxiv.org/abs/2305.13301, §4.3): one trajectory per prompt, the
+        (KL-shaped) reward of its image, the per-prompt baseline (advantage standardised within each prompt's
+        samples of the batch), and the clipped surrogate on every stochastic denoising step with its
+        trajectory's advantage, by the back-end's AdamW solver."""
+        cfg, ctx = self.config, self.ctx
+        pol = ctx.policy
+        y = ctx.sample(q, qm)
+        ro = ctx.rollout_stats(q, qm, y)
+        mask = ro["mask"]
+        r = kl_shaped_reward(ro["score"], (ro["lp"] * mask).sum(1).double(), (ro["ref"] * mask).sum(1).double(), cfg.beta)
+        adv = per_prompt_advantage(r, q.reshape(len(q), -1), scale=cfg.normalize_advantage).to(ro["lp"].dtype)
+        lp_old, adv_steps = ro["lp"], adv[:, None].expand_as(ro["lp"])
+
+        def loss_fn(i):
+            lp, _ = pol.logprobs(q[i], qm[i], y[i])
+            m = mask[i].bool()
+            return ppo_clip_loss((lp - lp_old[i])[m], adv_steps[i][m], cfg.clip_eps)
+
+        loss = ctx.optimise(cfg, len(y), cfg.epochs, loss_fn)
+        return Step(None, loss, len(y), len(y), ctx.trl_stats(ro, cfg.beta))

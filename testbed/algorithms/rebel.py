@@ -88,12 +88,13 @@ class REBEL(Algorithm):
     name = "rebel"
     Config = REBELConfig
     summary = "regress Δ ln(pi_theta/pi_t) of two responses onto eta·Δr (Gao et al. 2024)"
-    tracks = ("bandit", "lm")
+    tracks = ("bandit", "lm", "diffusion")
     maturity = "verified against theory"
     tests = ("test_tabular_rebel_is_mirror_descent", "test_loglinear_rebel_with_y_prime_from_pi_t_is_npg",
              "test_monotone_improvement_and_mirror_descent_bound", "test_kl_regularised_contraction",
              "test_sampled_rebel_error_shrinks_like_inverse_sqrt_n_linear",
-             "test_one_token_lm_update_equals_the_tabular_update[rebel]")
+             "test_one_token_lm_update_equals_the_tabular_update[rebel]",
+             "test_one_step_diffusion_rebel_update_equals_the_bandit_update")
 
     @staticmethod
     def sequences_per_item(config) -> int:
@@ -105,7 +106,8 @@ class REBEL(Algorithm):
 
     @staticmethod
     def check_track(config, track: str) -> str | None:
-        if track == "lm" and (config.mode != "sampled" or config.solver != "adam" or config.y_prime not in ("policy", "ref")):
+        if track in ("lm", "diffusion") and (config.mode != "sampled" or config.solver != "adam"
+                                             or config.y_prime not in ("policy", "ref")):
             return "REBEL on an LM is sampled pairs with the AdamW solver (mode: sampled, solver: adam; y_prime: policy or ref)"
         return None
 

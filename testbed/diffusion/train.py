@@ -1,0 +1,205 @@
+"""Diffusion runs through THE loop (:func:`testbed.training.train`) and the one run-folder writer
+(:mod:`testbed.results`): for every (algorithm, seed) the pre-trained denoiser (cached per seed), optionally
+LoRA, the sampler and the reward; per iteration a batch of prompts, ``algorithm.diffusion_update`` (the
+algorithm's own update on the back-end), and a row of the LM schema (``reward`` = mean score of the batch,
+``kl_ref`` = the sample KL estimate of its trajectories; every ``eval_every`` iterations ``eval/scores`` and
+``eval/kl`` (the exact per-step Gaussian KL summed over the trajectory) on fixed eval prompts and fixed noise).
+
+Run folder: config.yaml, metrics.csv, meta.json, timings.json (wall time, peak memory: measured, not
+compared), ``samples/<run_id>.npz`` (the final eval images; ``samples/reference-s<seed>.npz`` the reference
+policy's on the same prompts and noise). Same spec and seed → the same metrics bytes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from testbed import results
+from testbed.algorithms import ALGORITHMS
+from testbed.diffusion.backend import DiffusionBackend
+from testbed.diffusion.policy import DiffusionPolicy
+from testbed.diffusion.sampler import Sampler, make_scheduler
+from testbed.diffusion.spec import DiffusionSpec
+from testbed.experiments.spec import dump_yaml
+from testbed.io import save_npz
+from testbed.llm.task import peak_memory_mb, reset_peak_memory
+from testbed.results import LM_COLUMNS
+from testbed.training import NumericalError, train
+from testbed.training.checkpoint import load_state, save_state
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "timings.json", "samples"}
+
+
+def make_backend(policy: DiffusionPolicy, reward, tr, rng: np.random.Generator, algo_name: str, algo_cfg):
+    """The back-end and the algorithm on it: AdamW over the trainable parameters, prepared by accelerate."""
+    from testbed.llm.train import get_accelerator
+
+    acc = get_accelerator(SimpleNamespace(train=tr, accelerate=SimpleNamespace(mixed_precision="no")))
+    ctx = DiffusionBackend(policy, reward, None, acc, tr, rng, 1, 0)
+    algo = ALGORITHMS[algo_name](algo_cfg, ctx, ctx.rng)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tr.lr, eps=tr.adam_eps, weight_decay=tr.weight_decay)
+    prepared, opt = acc.prepare(policy.model, opt)
+    ctx.prepared, ctx.optimizer, ctx.params = prepared, opt, params
+    ctx.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        opt.optimizer if hasattr(opt, "optimizer") else opt,
+        lambda t: max(0.0, 1 - t / tr.iterations) if tr.lr_schedule == "linear" else 1.0)
+    return ctx, algo
+
+
+def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int):
+    from testbed.diffusion.data import pretrained
+    from testbed.diffusion.rewards import make_reward
+
+    s = spec.sampler
+    pre_seed = seed if spec.pretrain.seed is None else spec.pretrain.seed
+    net, classes, data = pretrained(spec.model, spec.pretrain, s, pre_seed, DTYPES[spec.train.dtype])
+    if spec.lora:
+        from peft import LoraConfig, get_peft_model
+        net = get_peft_model(net, LoraConfig(r=spec.lora["r"], lora_alpha=spec.lora.get("alpha", spec.lora["r"]),
+                                             target_modules=spec.lora.get("target_modules", ["conv1", "conv2"])))
+    sampler = Sampler(make_scheduler(s.scheduler, s.train_timesteps, s.beta_schedule, s.beta_start, s.beta_end),
+                      s.steps, s.eta)
+    m = spec.model
+    policy = DiffusionPolicy(net, sampler, (m["channels"], m["size"], m["size"]), s.guidance, classes, spec.reference)
+    reward = make_reward(spec.reward, data)
+    ctx, algo = make_backend(policy, reward, spec.train, np.random.default_rng(seed), algo_name, algo_cfg)
+    return ctx, algo, classes
+
+
+@torch.no_grad()
+def evaluate(ctx: DiffusionBackend, classes: int, n: int, seed: int, reference: bool = False):
+    """Mean score and exact KL to the reference on ``n`` fixed prompts (0, 1, …, cycled) and fixed noise; images."""
+    pol = ctx.policy
+    q, qm = pol.encode([i % classes for i in range(n)])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(10_000_019 * (seed + 1))
+        y = ctx.sample(q, qm, ref=reference)
+    score = ctx.score(q, y)
+    kl = pol.kl_to_reference(q, y) if not reference else torch.zeros(n)
+    return float(score.mean()), float(kl.mean()), pol.images(y).float().cpu().numpy(), q.cpu().numpy()
+
+
+def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: str, checkpoint: Path | None = None,
+            every: int = 0):
+    """One run's rows and its final eval images (and the reference's)."""
+    tr = spec.train
+    if tr.threads:
+        torch.set_num_threads(tr.threads)
+    mem_base = reset_peak_memory()
+    ctx, algo, classes = build(spec, algo_name, algo_cfg, seed)
+    torch.manual_seed(seed)
+    start, samples, queries, rows = time.perf_counter(), 0, 0, []
+    st = SimpleNamespace(t=0, step=None, secs=None)
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_state(checkpoint)
+        ctx.accelerator.unwrap_model(ctx.prepared).load_state_dict(state["model"])
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.scheduler.load_state_dict(state["scheduler"])
+        ctx.rng.bit_generator.state = state["np_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        rows, samples, queries, st.t = state["rows"], state["samples"], state["queries"], state["t"]
+        start = time.perf_counter() - state["elapsed"]
+
+    def step(t: int) -> None:
+        nonlocal samples, queries
+        t0 = time.perf_counter()
+        q, qm = ctx.policy.encode(ctx.rng.integers(classes, size=tr.batch).tolist())
+        result = algo.diffusion_update(q, qm)
+        if not np.isfinite(result.loss):
+            raise NumericalError(f"run {run_id}: non-finite loss at iteration {t}")
+        ctx.scheduler.step()
+        samples, queries = samples + result.samples, queries + result.queries
+        st.step, st.secs = result, time.perf_counter() - t0
+
+    def record(t: int) -> None:
+        r = {c: None for c in LM_COLUMNS}
+        r.update(run_id=run_id, problem=spec.name, algorithm=algo_name, seed=seed, iteration=t, samples=samples,
+                 queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(mem_base),
+                 lr=ctx.scheduler.get_last_lr()[0])
+        if t:
+            ex = st.step.extras
+            for k in ("objective/scores", "objective/kl", "objective/rlhf_reward", "rewards/margins",
+                      "rewards/accuracies"):
+                if k in ex:
+                    r[k] = float(ex[k].double().mean())
+            r["loss"] = r["loss/policy"] = st.step.loss
+            r["reward"], r["kl_ref"] = r["objective/scores"], r["objective/kl"]
+            r["eps"] = st.step.samples / st.secs
+        if t % tr.eval_every == 0 or t == tr.iterations:
+            r["eval/scores"], r["eval/kl"], _, _ = evaluate(ctx, classes, tr.eval_prompts, seed)
+        rows.append(r)
+
+    def save() -> None:
+        save_state(checkpoint, {"model": ctx.accelerator.unwrap_model(ctx.prepared).state_dict(),
+                                "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+                                "np_rng": ctx.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                                "rows": rows, "samples": samples, "queries": queries, "t": st.t,
+                                "elapsed": time.perf_counter() - start})
+
+    train(st, tr.iterations, step, record, 1, save if checkpoint is not None else None, every)
+    _, _, images, labels = evaluate(ctx, classes, tr.eval_prompts, seed)
+    _, _, ref_images, _ = evaluate(ctx, classes, tr.eval_prompts, seed, reference=True)
+    ctx.accelerator.free_memory()
+    return rows, {"images": images, "labels": labels, "reference": ref_images}
+
+
+def _pretrain_all(spec: DiffusionSpec) -> None:
+    from testbed.diffusion.data import pretrained
+
+    for seed in sorted({s if spec.pretrain.seed is None else spec.pretrain.seed for s in spec.seeds}):
+        pretrained(spec.model, spec.pretrain, spec.sampler, seed)
+
+
+def run_diffusion_spec(spec: DiffusionSpec, out: str | Path, overwrite: bool = False, progress: bool = True,
+                       resume: bool = False, checkpoint_every: int = 0) -> Path:
+    """Every (algorithm, seed) of ``spec`` into the run folder ``out`` (written atomically); with
+    ``checkpoint_every`` K, ``<out>.partial`` holds finished runs and a checkpoint every K iterations, and
+    ``resume`` continues from it."""
+    out = Path(out)
+    results.prepare_out(out, overwrite, RUN_FILES)
+    spec_text = dump_yaml(spec.raw)
+    partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume))
+    use_partial = partial.is_dir() and bool(checkpoint_every or resume)
+    runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
+    all_rows, timings = [], {}
+    _pretrain_all(spec)  # before any run's memory window and timer: a pipeline step, cached
+    with results.RunFolder(out) as folder:
+        (folder.tmp / "samples").mkdir()
+        for name, cfg, seed, run_id in runs:
+            t0 = time.perf_counter()
+            done = partial / f"{run_id}.done"
+            if use_partial and done.is_file():
+                rows, imgs = load_state(done)
+            else:
+                ckpt = partial / f"{run_id}.ckpt" if use_partial else None
+                rows, imgs = run_one(spec, name, cfg, seed, run_id, ckpt, checkpoint_every or 1)
+                if use_partial:
+                    save_state(done, (rows, imgs))
+                    ckpt.unlink(missing_ok=True)
+            timings[run_id] = time.perf_counter() - t0
+            all_rows += rows
+            save_npz(folder.tmp / "samples" / f"{run_id}.npz", {"images": imgs["images"], "labels": imgs["labels"]})
+            save_npz(folder.tmp / "samples" / f"reference-s{seed}.npz", {"images": imgs["reference"],
+                                                                          "labels": imgs["labels"]})
+            if progress:
+                last = rows[-1]
+                print(f"{spec.name}: {run_id} eval/scores {last['eval/scores']:.4g} eval/kl {last['eval/kl']:.3g} "
+                      f"({timings[run_id]:.0f}s)", file=sys.stderr)
+        resolved = {**spec.raw, "algorithms": [{**a, "sequences_per_item": ALGORITHMS[n].sequences_per_item(c)}
+                                               for n, c, a in spec.algorithms], "seeds": spec.seeds,
+                    "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__}}
+        meta = {"spec": spec.name, "source": spec.source, "git_commit": results.git_commit(),
+                "versions": results.versions(("diffusers", "accelerate")), "seeds": spec.seeds, "runs": len(runs),
+                "track": "diffusion", "models_held": {n: 1 + (spec.reference == "copy") for n, _, _ in spec.algorithms}}
+        folder.finish(dump_yaml(resolved), all_rows, LM_COLUMNS, meta, timings={"seconds": timings})
+    shutil.rmtree(partial, ignore_errors=True)
+    return out

@@ -1,0 +1,134 @@
+"""Diffusion runs end to end on a tiny model (8×8 digits, 2 denoising steps): bad specs are one line, exit 2,
+nothing written; the same spec and seed give the same metrics bytes; a run killed with SIGKILL and resumed
+gives the metrics of an uninterrupted run; the dry run of the paper spec counts Stable Diffusion's parameters
+from its configs, offline."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("sklearn")
+
+import yaml  # noqa: E402
+
+from testbed.cli import main  # noqa: E402
+
+TIMING = {"wall_time", "peak_memory_mb", "tokens_per_s", "eps"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_spec(tmp_path, **over):
+    raw = {"name": "tiny", "kind": "diffusion", "model": {"size": 8, "widths": [8, 16]},
+           "pretrain": {"steps": 20, "batch": 32, "cache": str(tmp_path / "cache"), "seed": 0},
+           "sampler": {"steps": 2}, "reward": {"kind": "jpeg_compressibility"},
+           "algorithms": [{"name": "rebel", "eta": 10.0}, {"name": "ppo", "clip_eps": 0.1, "epochs": 1},
+                          {"name": "dpo", "mode": "online", "beta": 0.1, "epochs": 1}],
+           "seeds": [0], "train": {"iterations": 3, "batch": 4, "minibatch": 4, "lr": 1e-4, "eval_every": 2,
+                                   "eval_prompts": 4}}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k] = {**raw[k], **v}
+        else:
+            raw[k] = v
+    path = tmp_path / f"spec-{len(list(tmp_path.glob('spec-*')))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("over, field", [
+    ({"reward": {"kind": "sharpness"}}, "reward.kind"),
+    ({"sampler": {"steps": 0}}, "sampler.steps"),
+    ({"sampler": {"guidance": -1.0}}, "sampler.guidance"),
+    ({"model": {"size": 10, "widths": [8, 16, 16]}}, "model.size"),
+    ({"algorithms": [{"name": "dpo", "mode": "offline"}]}, "online"),
+    ({"algorithms": [{"name": "ppo", "critic": "table"}]}, "critic"),
+], ids=["unknown-reward", "steps-0", "negative-guidance", "size-not-divisible", "offline-dpo", "bandit-critic"])
+def test_bad_specs_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, over, field):
+    spec = tiny_spec(tmp_path, **over)
+    out = tmp_path / "out"
+    assert main(["diffusion", "run", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and field in err, err
+    assert not out.exists() and not (tmp_path / "out.partial").exists() and not (tmp_path / "cache").exists()
+
+
+def rows(d):
+    with open(Path(d) / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def test_same_spec_and_seed_give_the_same_metrics_bytes(tmp_path):
+    spec = tiny_spec(tmp_path)
+    for name in ("a", "b"):
+        assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / name), "--quiet"]) == 0
+    a, b = (tmp_path / "a" / "metrics.csv").read_bytes(), (tmp_path / "b" / "metrics.csv").read_bytes()
+    assert a == b
+    r = rows(tmp_path / "a")
+    assert {x["algorithm"] for x in r} == {"rebel", "ppo", "dpo"}
+    final = [x for x in r if x["iteration"] == "3"]
+    assert all(float(x["eval/kl"]) > 0 for x in final), "every algorithm moved the policy off the reference"
+    assert all(float(x["eval/kl"]) == 0 for x in r if x["iteration"] == "0")
+    assert (tmp_path / "a" / "samples" / "rebel-0-s0.npz").is_file()
+    check_study_table(tmp_path)
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
+    spec = tiny_spec(tmp_path, seeds=[0, 1], algorithms=[{"name": "rebel", "eta": 10.0}], train={"iterations": 4})
+    assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "ref"), "--quiet"]) == 0
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "testbed.cli", "diffusion", "run", str(spec), "--out", "out",
+                             "--quiet", "--checkpoint-every", "1"], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "out.partial"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill inside the second run, after a checkpoint
+        if partial.is_dir() and any(p.suffix == ".done" for p in partial.iterdir()) and \
+                any(p.suffix == ".ckpt" for p in partial.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out").exists()
+    assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume"]) == 0
+    assert rows(tmp_path / "out") == rows(tmp_path / "ref")
+    assert not partial.exists()
+
+
+def test_paper_spec_dry_run_counts_stable_diffusion_offline(capsys, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["diffusion", "run", str(ROOT / "experiments" / "diffusion" / "sd15_aesthetic.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # SD v1.5's published sizes: UNet 859,520,964; VAE 83,653,863; CLIP ViT-L/14 text encoder 123,060,480
+    assert "UNet (SD v1.5): 859.52 M" in out and "VAE (SD v1.5): 83.65 M" in out and "text encoder: 123.06 M" in out
+    # LoRA r = 4 on to_q/to_k/to_v/to_out.0 of the UNet's attention: r·(in + out) per projection
+    assert "LoRA adapter (UNet attention): 0.80 M" in out
+    assert out.count("models held") == 3
+
+
+
+
+def check_study_table(tmp_path):
+    """The table reads each algorithm at the smallest final query count (PPO asks one reward per prompt, REBEL
+    and DPO two): here PPO's 12 queries, which REBEL reached only at its iteration-0 evaluation."""
+    from testbed.plotting.diffusion import plot_reward, plot_samples, table
+
+    text = table(tmp_path / "a", tmp_path / "t.md").read_text()
+    assert "at 12 queries" in text
+    r = rows(tmp_path / "a")
+    start = float(next(x for x in r if x["algorithm"] == "rebel" and x["iteration"] == "0")["eval/scores"])
+    ppo_final = float(next(x for x in r if x["algorithm"] == "ppo" and x["iteration"] == "3")["eval/scores"])
+    rebel_row = next(line for line in text.splitlines() if line.startswith("| REBEL"))
+    ppo_row = next(line for line in text.splitlines() if line.startswith("| PPO"))
+    assert rebel_row.split("|")[3].strip().startswith(f"{start:.4g} ± 0")
+    assert ppo_row.split("|")[3].strip().startswith(f"{ppo_final:.4g} ± 0")
+    assert plot_reward(tmp_path / "a", tmp_path / "r.png").stat().st_size > 0
+    assert plot_samples(tmp_path / "a", tmp_path / "s.png").stat().st_size > 0
