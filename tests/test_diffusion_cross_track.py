@@ -93,13 +93,18 @@ class GaussianTable:
         return self.picks.pop(0)
 
 
-def bandit_update():
+def bandit_update(monkeypatch):
     x, xT, x0 = draws()
     r = reward(x0).numpy()
     ref = GaussianTable(initial_table().numpy(), xT, x0, [])
-    problem = SimpleNamespace(num_contexts=X, num_actions=2 * B, rho=np.full(X, 1 / X),
-                              sample_contexts=lambda rng, n: x, sample_rewards=lambda rng, c, j: r[j],
-                              log_pi_ref=ref.log_probs_at(np.arange(X)))
+    problem = SimpleNamespace(num_contexts=X, num_actions=2 * B, rho=np.full(X, 1 / X), noise_std=0.0,
+                              rewards=np.tile(r, (X, 1)), sample_contexts=lambda rng, n: x,
+                              sample_rewards=lambda rng, c, j: r[j], log_pi_ref=ref.log_probs_at(np.arange(X)))
+    # sampled REBEL draws its uniforms, then y and y' by inverse CDF: plant the contexts and the responses
+    import testbed.algorithms.rebel as rebel
+    picks = [np.arange(B), np.arange(B, 2 * B)]
+    monkeypatch.setattr(rebel.REBEL, "_raw_draws", lambda self, rng, p, n, k: (x,) + (np.zeros(n),) * 4)
+    monkeypatch.setattr(rebel, "inverse_cdf", lambda cdf, u: picks.pop(0))
     cfg = build_config(ALGORITHMS["rebel"].Config, {**PARAMS, "pairs": B, "lr": LR}, "rebel", "bandit")
     rng = np.random.default_rng(SEED)
     policy = GaussianTable(initial_table().numpy(), xT, x0, [np.arange(B), np.arange(B, 2 * B)])
@@ -132,7 +137,8 @@ def test_the_one_step_policy_is_the_closed_form_gaussian():
 
 def test_one_step_diffusion_rebel_update_equals_the_bandit_update(monkeypatch):
     before = initial_table().numpy()
-    bandit = bandit_update()
+    bandit = bandit_update(monkeypatch)
+    monkeypatch.undo()
     diff, step = diffusion_update(monkeypatch)
     moved = np.abs(bandit - before).max()
     assert moved > 1e-2, "the update must move the table for the comparison to mean anything"
@@ -142,6 +148,7 @@ def test_one_step_diffusion_rebel_update_equals_the_bandit_update(monkeypatch):
 
 
 def test_the_comparison_sees_a_changed_update(monkeypatch):
-    bandit = bandit_update()
+    bandit = bandit_update(monkeypatch)
+    monkeypatch.undo()
     diff, _ = diffusion_update(monkeypatch, epochs=3)
     assert np.abs(diff - bandit).max() > 1e-3
