@@ -180,6 +180,16 @@ def _cmd_diffusion_run(args) -> None:
     print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
 
+def _cmd_llm_pipeline(args) -> None:
+    if not args.dry_run:
+        raise InputError("llm pipeline: only --dry-run is implemented; run each lm stage with `testbed llm run`")
+    try:
+        from testbed.llm.pipeline import plan_pipeline_text
+    except ImportError as e:  # the llm extra is missing
+        raise InputError(f"the LM track needs the llm extra (pip install -e '.[llm]'): {e}") from None
+    print(plan_pipeline_text(args.dir))
+
+
 def _jobs(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (got {value!r})")
@@ -277,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint every K iterations into <out>.partial (single process)")
     _add_log(lr)
     lr.set_defaults(func=_cmd_llm_run)
+    lp = lsub.add_parser("pipeline", help="a folder of chained LM stages (pipeline.yaml: SFT -> RM -> RL -> eval)")
+    lp.add_argument("dir")
+    lp.add_argument("--dry-run", action="store_true", help="validate the chain offline and print each stage's models and memory")
+    lp.set_defaults(func=_cmd_llm_pipeline)
     df = sub.add_parser("diffusion", help="the image-generation track (a diffusion policy)")
     dsub = df.add_subparsers(dest="diffusion_command", required=True, parser_class=_Parser)
     dr = dsub.add_parser("run", help="run a diffusion spec")

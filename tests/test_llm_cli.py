@@ -101,10 +101,16 @@ def _bad(tmp_path, capsys, raw, message, files=None):
     assert not (tmp_path / "o").exists()
 
 
-def test_unknown_model_name_without_a_local_path(tmp_path, capsys):
+def test_any_hub_name_is_accepted_but_a_real_run_offline_needs_its_local_copy(tmp_path, capsys):
     raw = toy_spec({"name": "rebel"})
     raw["model"] = {"name": "acme/not-a-model-7b"}
-    _bad(tmp_path, capsys, raw, "unknown model 'acme/not-a-model-7b' and no local path")
+    _bad(tmp_path, capsys, raw, "model: 'acme/not-a-model-7b' has no local copy and the hub is offline")
+
+
+def test_a_model_name_that_is_not_a_hub_id(tmp_path, capsys):
+    raw = toy_spec({"name": "rebel"})
+    raw["model"] = {"name": "acme/not a model"}
+    _bad(tmp_path, capsys, raw, "model.name 'acme/not a model' is not a hub model id")
 
 
 @pytest.mark.parametrize("eta", [0, -1.0])

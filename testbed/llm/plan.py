@@ -1,10 +1,11 @@
 """The dry-run plan of an LM spec: models held per algorithm, parameter counts and a memory estimate.
 
 Parameter counts are exact: each model is instantiated from its config on torch's ``meta`` device
-(no weights, no download). Memory per process = weights of every model held + for the trainable
-parameters their gradients and AdamW's two fp32 moments (8 bytes each); with DeepSpeed ZeRO-2 the
-gradients and optimiser states are sharded over the processes. Activations and the generation KV
-cache are not included (they depend on batch and sequence length), so the estimate is a floor.
+(no weights, no download). Memory per process is :mod:`testbed.llm.memory`'s model of what the run
+holds: every model's weights in the dtype it is loaded in (the reward model in float32, LoRA adapters
+in float32), gradients and AdamW states of the trainable parameters (sharded by the DeepSpeed ZeRO
+stage of ``accelerate.deepspeed``), and the larger of one training micro-batch's activations and the
+rollout's KV cache.
 """
 
 from __future__ import annotations
@@ -13,57 +14,76 @@ import json
 from pathlib import Path
 
 from testbed.algorithms import ALGORITHMS
-from testbed.llm.models import count_parameters, lora_parameters
+from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, kv_cache_bytes, state_bytes
+from testbed.llm.models import count_parameters, lora_parameters, model_config
 from testbed.llm.spec import LMSpec
 
-GIB = 2**30
 
-
-def _bytes_per(entry: dict) -> int:
-    return {"float32": 4, "bfloat16": 2, "float16": 2}[entry.get("dtype", "float32")]
+def deepspeed_config(spec) -> dict:
+    return json.loads(Path(spec.accelerate.deepspeed).read_text()) if spec.accelerate.deepspeed else {}
 
 
 def zero_stage(spec: LMSpec) -> int:
-    if not spec.accelerate.deepspeed:
-        return 0
-    cfg = json.loads(Path(spec.accelerate.deepspeed).read_text())
-    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+    return int(deepspeed_config(spec).get("zero_optimization", {}).get("stage", 0))
 
 
-def plan(spec: LMSpec) -> dict:
+def deepspeed_16bit(spec) -> bool:
+    ds = deepspeed_config(spec)
+    return bool(ds) and any((ds.get(k) or {}).get("enabled") in (True, "auto") for k in ("bf16", "fp16"))
+
+
+def _reward_entry(rm: dict) -> dict:
+    return {k: rm[k] for k in ("name", "path", "hidden", "layers", "heads") if k in rm}
+
+
+def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
     """Models held, parameters and estimated memory per process for each algorithm of the spec."""
-    b = _bytes_per(spec.model)
+    dtype = spec.model.get("dtype", "float32")
     P = count_parameters(spec.model, "causal")
     lora = spec.lora
     trainable = lora_parameters(spec.model, lora["r"], lora.get("target_modules")) if lora else P
+    tdtype = "float32" if lora else dtype
     rm = spec.reward
-    R = count_parameters({k: rm[k] for k in ("name", "path", "hidden", "layers", "heads") if k in rm}, "score") \
-        if rm.get("kind") == "model" else 0
+    R = count_parameters(_reward_entry(rm), "score") if rm.get("kind") == "model" else 0
     critic_full = count_parameters(spec.model, "score")  # backbone + a one-output head
     ref_copy = spec.reference == "copy" or (spec.reference == "auto" and not lora)
-    N = spec.accelerate.num_processes
-    shard = N if zero_stage(spec) >= 2 else 1
-    out = {"spec": spec.name, "processes": N, "zero_stage": zero_stage(spec), "policy_parameters": P,
+    N, Z, ds16 = spec.accelerate.num_processes, zero_stage(spec), deepspeed_16bit(spec)
+    h, L, a, V = config_sizes(model_config(spec.model))
+    act_dtype = "bfloat16" if spec.accelerate.mixed_precision == "bf16" or ds16 else dtype
+    tr = spec.train
+    seq = tr.max_prompt_length + tr.max_new_tokens
+    out = {"spec": spec.name, "processes": N, "zero_stage": Z, "policy_parameters": P,
            "trainable_policy_parameters": trainable, "reward_model_parameters": R, "algorithms": []}
     for name, cfg, _ in spec.algorithms:
         cls = ALGORITHMS[name]
-        held = [("policy", P + (trainable if lora else 0), trainable)]  # LoRA weights are extra
+        held = [Held("policy", P + (trainable if lora else 0), trainable, dtype, tdtype)]  # LoRA weights are extra
         if ref_copy and cls.uses_reference(cfg):
-            held.append(("reference (frozen copy)", P, 0))
-        if cls.needs_critic(cfg):
-            held.append(("critic", critic_full + (trainable if lora else 0), trainable if lora else critic_full))
+            held.append(Held("reference (frozen copy)", P, 0, dtype))
+        critic = cls.needs_critic(cfg)
+        if critic:
+            held.append(Held("critic", critic_full + (trainable if lora else 0), trainable if lora else critic_full,
+                             dtype, tdtype))
         online = cls.needs_reward(cfg)
         if online and rm.get("kind") == "bradley_terry":  # its size is the installed embedder's, not counted here
-            held.append(("reward model (frozen MiniLM embedder + Bradley–Terry head, not counted)", 0, 0))
+            held.append(Held("reward model (frozen MiniLM embedder + Bradley–Terry head, not counted)", 0))
         elif online and R:
-            held.append(("reward model", R, 0))
+            held.append(Held("reward model", R, 0, "float32"))
         elif online:
-            held.append(("reward function (no model)", 0, 0))
-        weights = sum(p for _, p, _ in held) * b
-        train_state = sum(t for _, _, t in held) * (b + 8) / shard
-        out["algorithms"].append({"name": name, "models": [{"model": m, "parameters": p, "trainable": t} for m, p, t in held],
-                                  "weights_gib": weights / GIB, "grads_and_adamw_gib": train_state / GIB,
-                                  "total_gib": (weights + train_state) / GIB})
+            held.append(Held("reward function (no model)", 0))
+        st = state_bytes(held, Z, N, ds16)
+        M, G = cfg.minibatch or tr.minibatch, cfg.grad_accum or tr.grad_accum
+        micro = max(1, M // (N * G)) * cls.sequences_per_item(cfg)
+        act = activation_bytes(h, L, a, V, micro, seq, act_dtype, checkpointing) * (2 if critic else 1)
+        rollout = tr.batch // N * cls.items_per_prompt(cfg) if cls.needs_prompts(cfg) else 0
+        kv = kv_cache_bytes(h, L, rollout, seq, dtype)
+        total = st["weights"] + st["grads"] + st["optimizer"] + max(act, kv)
+        out["algorithms"].append({"name": name, "models": [{"model": m.name, "parameters": m.parameters,
+                                                             "trainable": m.trainable, "dtype": m.dtype} for m in held],
+                                  "weights_gib": st["weights"] / GIB, "grads_gib": st["grads"] / GIB,
+                                  "optimizer_gib": st["optimizer"] / GIB,
+                                  "grads_and_adamw_gib": (st["grads"] + st["optimizer"]) / GIB,
+                                  "activations_gib": act / GIB, "micro_batch_sequences": micro,
+                                  "kv_cache_gib": kv / GIB, "rollout_sequences": rollout, "total_gib": total / GIB})
     return out
 
 
@@ -89,7 +109,9 @@ def plan_text(spec: LMSpec) -> str:
                                                                              if m["trainable"] else ")") for m in a["models"])
         fit = "fits" if a["total_gib"] <= spec.accelerate.gpu_memory_gb * 1e9 / GIB else "does NOT fit"
         lines.append(f"  {a['name']}: models held: {models}")
-        lines.append(f"      memory per process: weights {a['weights_gib']:.1f} GiB + grads/AdamW {a['grads_and_adamw_gib']:.1f} "
-                     f"GiB = {a['total_gib']:.1f} GiB before activations ({fit} in {spec.accelerate.gpu_memory_gb:g} GB)")
+        lines.append(f"      memory per process: weights {a['weights_gib']:.1f} GiB + grads {a['grads_gib']:.1f} GiB + AdamW "
+                     f"{a['optimizer_gib']:.1f} GiB + max(activations {a['activations_gib']:.1f} GiB for "
+                     f"{a['micro_batch_sequences']} sequences, KV cache {a['kv_cache_gib']:.1f} GiB for "
+                     f"{a['rollout_sequences']}) = {a['total_gib']:.1f} GiB ({fit} in {spec.accelerate.gpu_memory_gb:g} GB)")
     lines.append("dry run: nothing downloaded, nothing trained")
     return "\n".join(lines)

@@ -47,6 +47,8 @@ def make_prompts(entry: dict) -> list[str]:
     if "hf_dataset" in entry:
         import datasets  # GPU users with internet; not a dependency of the test install
         ds = datasets.load_dataset(entry["hf_dataset"], split=entry.get("split", "train"))
+        if "count" in entry:  # the first `count` rows (an evaluation over a count-limited split)
+            ds = ds.select(range(min(int(entry["count"]), len(ds))))
         return list(ds[entry.get("field", "prompt")])
     return toy_prompts(entry.get("count", PROMPT_COUNT), entry.get("seed", 0), entry.get("min_len", 2), entry.get("max_len", 4))
 
