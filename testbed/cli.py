@@ -175,8 +175,9 @@ def _cmd_diffusion_run(args) -> None:
     if spec.model["kind"] != "tiny":
         raise InputError("model.kind stable_diffusion runs on a GPU install with the weights in the Hugging Face "
                          "cache; here it is validated with --dry-run only")
-    out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
-                             checkpoint_every=args.checkpoint_every or 0)
+    out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet,
+                             resume=args.resume or args.reuse, checkpoint_every=args.checkpoint_every or 0,
+                             reuse=args.reuse)
     print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
 
@@ -203,6 +204,17 @@ def _ray_address(value: str) -> str:
         return check_ray_address(value, "")
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e).strip()) from None
+
+
+def _add_run_folder_options(parser: argparse.ArgumentParser) -> None:
+    """--overwrite, --quiet, --resume, --reuse, --checkpoint-every: the run-folder options of the LM and image runs."""
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
+    parser.add_argument("--reuse", action="store_true", help="like --resume for a changed spec: keep the finished "
+                        "runs whose settings and input files did not change, recompute the rest")
+    parser.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
+                        help="checkpoint every K iterations into <out>.partial (single process)")
 
 
 def _add_backend(parser: argparse.ArgumentParser, jobs: str) -> None:
@@ -278,13 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("spec")
     lr.add_argument("--out", help="run folder to create")
     lr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan; no download, no training")
-    lr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    lr.add_argument("--quiet", action="store_true", help="no progress bar")
-    lr.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
-    lr.add_argument("--reuse", action="store_true", help="like --resume for a changed spec: keep the finished runs "
-                    "whose settings and input files did not change, recompute the rest")
-    lr.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
-                    help="checkpoint every K iterations into <out>.partial (single process)")
+    _add_run_folder_options(lr)
     _add_log(lr)
     lr.set_defaults(func=_cmd_llm_run)
     lp = lsub.add_parser("pipeline", help="a folder of chained LM stages (pipeline.yaml: SFT -> RM -> RL -> eval)")
@@ -298,11 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--out", help="run folder to create")
     dr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan (models held, "
                     "parameter counts, memory estimate); no download, no training")
-    dr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    dr.add_argument("--quiet", action="store_true", help="no progress lines")
-    dr.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.partial")
-    dr.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
-                    help="checkpoint every K iterations into <out>.partial")
+    _add_run_folder_options(dr)
     dr.set_defaults(func=_cmd_diffusion_run)
     return p
 

@@ -245,7 +245,10 @@ def remove_stale(out: Path) -> list[Path]:
         for p in out.parent.iterdir():
             m = pattern.fullmatch(p.name)
             if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
 

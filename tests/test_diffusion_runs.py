@@ -100,6 +100,18 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "out"), "--quiet", "--resume"]) == 0
     assert rows(tmp_path / "out") == rows(tmp_path / "ref")
     assert not partial.exists()
+    assert not list(tmp_path.glob(".out.*"))  # the killed run's .out.tmp-PID removed on the resume; no lock left
+
+
+def test_a_second_run_into_a_held_folder_is_refused(tmp_path, capsys):
+    from testbed.results import out_lock
+
+    spec = tiny_spec(tmp_path)
+    with out_lock(tmp_path / "out"):
+        rc = main(["diffusion", "run", str(spec), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"another run (PID {os.getpid()}) is writing it" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]
 
 
 def test_paper_spec_dry_run_counts_stable_diffusion_offline(capsys, monkeypatch):

@@ -29,9 +29,11 @@ from testbed.diffusion.sampler import Sampler, make_scheduler
 from testbed.diffusion.spec import DiffusionSpec
 from testbed.experiments.spec import dump_yaml
 from testbed.io import save_npz
+from testbed.llm.backend import backend_state, restore_backend
+from testbed.llm.checks import run_key
 from testbed.llm.task import peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
-from testbed.training import NumericalError, train
+from testbed.training import check_finite, train
 from testbed.training.checkpoint import load_state, save_state
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -101,11 +103,7 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
     st = SimpleNamespace(t=0, step=None, secs=None)
     if checkpoint is not None and checkpoint.is_file():
         state = load_state(checkpoint)
-        ctx.accelerator.unwrap_model(ctx.prepared).load_state_dict(state["model"])
-        ctx.optimizer.load_state_dict(state["optimizer"])
-        ctx.scheduler.load_state_dict(state["scheduler"])
-        ctx.rng.bit_generator.state = state["np_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        restore_backend(ctx, state)
         rows, samples, queries, st.t = state["rows"], state["samples"], state["queries"], state["t"]
         start = time.perf_counter() - state["elapsed"]
 
@@ -114,8 +112,7 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
         t0 = time.perf_counter()
         q, qm = ctx.policy.encode(ctx.rng.integers(classes, size=tr.batch).tolist())
         result = algo.diffusion_update(q, qm)
-        if not np.isfinite(result.loss):
-            raise NumericalError(f"run {run_id}: non-finite loss at iteration {t}")
+        check_finite(run_id, t, {"the loss": result.loss}, checkpoint)
         ctx.scheduler.step()
         samples, queries = samples + result.samples, queries + result.queries
         st.step, st.secs = result, time.perf_counter() - t0
@@ -137,12 +134,10 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
         if t % tr.eval_every == 0 or t == tr.iterations:
             r["eval/scores"], r["eval/kl"], _, _ = evaluate(ctx, classes, tr.eval_prompts, seed)
         rows.append(r)
+        check_finite(run_id, t, {k: v for k, v in r.items() if isinstance(v, float)}, checkpoint)
 
     def save() -> None:
-        save_state(checkpoint, {"model": ctx.accelerator.unwrap_model(ctx.prepared).state_dict(),
-                                "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
-                                "np_rng": ctx.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                                "rows": rows, "samples": samples, "queries": queries, "t": st.t,
+        save_state(checkpoint, {**backend_state(ctx), "rows": rows, "samples": samples, "queries": queries, "t": st.t,
                                 "elapsed": time.perf_counter() - start})
 
     train(st, tr.iterations, step, record, 1, save if checkpoint is not None else None, every)
@@ -160,27 +155,36 @@ def _pretrain_all(spec: DiffusionSpec) -> None:
 
 
 def run_diffusion_spec(spec: DiffusionSpec, out: str | Path, overwrite: bool = False, progress: bool = True,
-                       resume: bool = False, checkpoint_every: int = 0) -> Path:
+                       resume: bool = False, checkpoint_every: int = 0, reuse: bool = False) -> Path:
     """Every (algorithm, seed) of ``spec`` into the run folder ``out`` (written atomically); with
     ``checkpoint_every`` K, ``<out>.partial`` holds finished runs and a checkpoint every K iterations, and
     ``resume`` continues from it."""
     out = Path(out)
     results.prepare_out(out, overwrite, RUN_FILES)
+    with results.out_lock(out):  # one writer per folder, stale leftovers removed (as every track)
+        results.prepare_out(out, overwrite, RUN_FILES)
+        return _run_diffusion_spec(spec, out, overwrite, progress, resume or reuse, checkpoint_every, reuse)
+
+
+def _run_diffusion_spec(spec: DiffusionSpec, out: Path, overwrite: bool, progress: bool, resume: bool,
+                        checkpoint_every: int, reuse: bool) -> Path:
     spec_text = dump_yaml(spec.raw)
-    partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume))
+    partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume),
+                                   reuse=reuse)
     use_partial = partial.is_dir() and bool(checkpoint_every or resume)
     runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
+    keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, {}) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
     all_rows, timings = [], {}
     _pretrain_all(spec)  # before any run's memory window and timer: a pipeline step, cached
     with results.RunFolder(out) as folder:
         (folder.tmp / "samples").mkdir()
         for name, cfg, seed, run_id in runs:
             t0 = time.perf_counter()
-            done = partial / f"{run_id}.done"
+            done = partial / f"{keys[run_id]}.done"
             if use_partial and done.is_file():
                 rows, imgs = load_state(done)
             else:
-                ckpt = partial / f"{run_id}.ckpt" if use_partial else None
+                ckpt = partial / f"{keys[run_id]}.ckpt" if use_partial else None
                 rows, imgs = run_one(spec, name, cfg, seed, run_id, ckpt, checkpoint_every or 1)
                 if use_partial:
                     save_state(done, (rows, imgs))

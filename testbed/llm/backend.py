@@ -184,3 +184,20 @@ class LMBackend:
         return {"objective/scores": ro["score"], "objective/kl": kl, "objective/entropy": -ro["lp"].sum(1),
                 "objective/non_score_reward": -beta * kl, "objective/rlhf_reward": ro["score"] - beta * kl,
                 "val/num_eos_tokens": eos.float(), "tokens": ro["mask"].sum(1).float()}
+
+
+def backend_state(ctx) -> dict:
+    """The back-end's part of a checkpoint: trainable weights (policy, critic), optimiser and scheduler state,
+    numpy and torch RNG states (the LM and diffusion runs add their loop's own fields)."""
+    return {"model": ctx.accelerator.unwrap_model(ctx.prepared).state_dict(),
+            "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
+            "np_rng": ctx.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+
+def restore_backend(ctx, state: dict) -> None:
+    """Put back what :func:`backend_state` saved."""
+    ctx.accelerator.unwrap_model(ctx.prepared).load_state_dict(state["model"])
+    ctx.optimizer.load_state_dict(state["optimizer"])
+    ctx.scheduler.load_state_dict(state["scheduler"])
+    ctx.rng.bit_generator.state = state["np_rng"]
+    torch.set_rng_state(state["torch_rng"])

@@ -36,7 +36,7 @@ from testbed import results
 from testbed.algorithms import ALGORITHMS
 from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
-from testbed.llm.backend import LMBackend
+from testbed.llm.backend import LMBackend, backend_state, restore_backend
 from testbed.llm.checks import check_before_build, lm_input_files, run_key
 from testbed.llm.critic import PolicyAndValue, make_critic
 from testbed.llm.models import load_causal_lm, load_tokenizer
@@ -131,10 +131,8 @@ CHECKPOINTED_ALGO_FIELDS = ("cursor", "order")  # data position of the offline a
 def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
     """Everything the loop needs to continue: trainable weights (policy, critic), optimiser and
     scheduler state, numpy and torch RNG states, the prompt order and cursor, rows and generations."""
-    state = {"model": ctx.accelerator.unwrap_model(ctx.prepared).state_dict(),
-             "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(),
-             "np_rng": ctx.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-             "algo": {k: getattr(algo, k) for k in CHECKPOINTED_ALGO_FIELDS if hasattr(algo, k)}, **loop}
+    state = {**backend_state(ctx), "algo": {k: getattr(algo, k) for k in CHECKPOINTED_ALGO_FIELDS if hasattr(algo, k)},
+             **loop}
     save_state(path, state)
 
 
@@ -191,11 +189,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     st = SimpleNamespace(t=0, step=None, secs=None)
     if checkpoint is not None and checkpoint.is_file():
         state = load_state(checkpoint)
-        ctx.accelerator.unwrap_model(ctx.prepared).load_state_dict(state["model"])
-        ctx.optimizer.load_state_dict(state["optimizer"])
-        ctx.scheduler.load_state_dict(state["scheduler"])
-        ctx.rng.bit_generator.state = state["np_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        restore_backend(ctx, state)
         for k, v in state["algo"].items():
             setattr(algo, k, v)
         order, cursor, rows, generations = state["order"], state["cursor"], state["rows"], state["generations"]

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import SAMPLED, SIZE, bare_numpy_step, exact_step, exact_workload, sampled_workload, seed_plans  # noqa: E402
-from issue19 import batched_modes, exact_loglinear, startup  # noqa: E402
+from issue19 import batched_modes, exact_loglinear, startup, timed  # noqa: E402
 
 from testbed.experiments.runner import run_batch, run_one  # noqa: E402
 
@@ -43,13 +43,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def interleaved(fns: dict, repeats: int = 30) -> dict[str, float]:
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    """Median seconds of each function, run in turn ``repeats`` times (issue19.timed)."""
+    return {k: float(np.median(v)) for k, v in timed(fns, repeats).items()}
 
 
 def verdict(ok: bool) -> str:
