@@ -88,6 +88,8 @@ def _run(factory, api: BanditAPI, logits: np.ndarray, T: int, rng: np.random.Gen
 
 def check_mirror_descent(factory) -> list[Result]:
     out = check_steps(factory, Result)
+    if "tabular" not in tuple(getattr(factory(), "kinds", ("tabular",))):
+        return out  # an LM-only rule: the bounds below are about its tabular update
     if hasattr(factory(), "beta"):  # the bound and monotonicity are about J: the unregularised rule
         factory = (lambda f: lambda: fresh(f, beta=0.0))(factory)
     eta = float(factory().eta)
@@ -189,6 +191,9 @@ def run_checks(factory) -> list[Result]:
         return BATTERIES[family](factory)
     except BudgetExceeded as e:
         return [Result(f"query budget: {e}", "tabular-random-20x10-s0", float("nan"), "<= 500 per update", False)]
+    except ImportError as e:
+        return [Result(f"the LM battery needs the llm extra (pip install -e \".[llm]\"): {e}", "-", float("nan"),
+                       "importable", False)]
     except (FloatingPointError, ValueError, RuntimeError) as e:
         return [Result(f"the rule raised {type(e).__name__}: {e}", "-", float("nan"), "no error", False)]
 

@@ -10,6 +10,9 @@ update from a random policy is compared with the exact update at those values (t
 - ``loglinear`` (rules whose ``kinds`` include it): NPG, theta + eta·F⁺∇J (exact REBEL with y' ~ pi_t
   is the same step), on a misspecified linear bandit with non-uniform rho, where y' ~ uniform and an
   unweighted mean over contexts give other steps.
+- ``lm`` (rules whose ``kinds`` include it, with an ``lm_update``): the rule's LM update on a one-token
+  and a two-token toy LM is the mirror-descent step on the responses it saw
+  (:mod:`testbed.experiments.conformance_lm`).
 - ``mlp`` (rules whose ``kinds`` include it): the step linearised at theta_t — the change of ln pi
   to first order, ∇_theta f·(theta_t+1 - theta_t) — is NPG's on the tangent features ∇_theta f(x, y)
   (exact REBEL on the linearised policy; a Gauss-Newton step), to 1e-8 relative; y' ~ uniform and the
@@ -148,7 +151,10 @@ def check_step_mlp(factory, Result) -> list:
 
 def check_steps(factory, Result) -> list:
     kinds = tuple(getattr(factory(), "kinds", ("tabular",)))
-    out = check_step_tabular(factory, Result)
+    out = check_step_tabular(factory, Result) if "tabular" in kinds else []
+    if "lm" in kinds:  # the rule's lm_update on a toy LM (testbed/experiments/conformance_lm.py; the llm extra)
+        from testbed.experiments.conformance_lm import check_step_lm
+        out += check_step_lm(factory, Result)
     if "loglinear" in kinds:
         out += check_step_loglinear(factory, Result)
     if "mlp" in kinds:

@@ -125,7 +125,7 @@ def evaluate(ctx: LMBackend, prompts: list[str], seed: int, t: int) -> tuple[flo
     return (float(score.mean()) if score is not None else None), rows
 
 
-CHECKPOINTED_ALGO_FIELDS = ("cursor", "order")  # data position of the offline algorithms (DPO, SFT)
+CHECKPOINTED_ALGO_FIELDS = ("cursor", "order", "rule_state")  # offline data position (DPO, SFT); a user rule's state
 
 
 def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
