@@ -108,3 +108,19 @@ def test_each_lm_mutant_fails_the_lm_row_named_for_it(mutant):
         assert got and abs(got[0] - want) <= 1e-5 * max(1, abs(want)), (setting, got, want)
     if passing:
         assert all(r.passed for r in results if passing in r.check), table
+
+
+def test_llm_run_takes_key_value_overrides_validated_like_the_spec(tmp_path, capsys):
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(toy_spec({"name": "rebel"}, iterations=4, batch=16,
+                                                                minibatch=8)))
+    spec = str(tmp_path / "spec.yaml")
+    for bad, named in (("train.iterationz=2", "iterationz"), ("trian.iterations=2", "trian"),
+                       ("algorithms.3.eta=2", "algorithms has 1 entries"), ("algorithms.0.eta=-1", "eta")):
+        assert main(["llm", "run", spec, "--out", str(tmp_path / "bad"), bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0], (bad, err)
+        assert not (tmp_path / "bad").exists()
+    assert main(["llm", "run", spec, "train.iterations=2", "--out", str(tmp_path / "out"), "algorithms.0.eta=3"]) == 0
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert config["train"]["iterations"] == 2 and config["algorithms"][0]["eta"] == 3
+    assert [r["iteration"] for r in _rows(tmp_path / "out" / "metrics.csv")["rebel-0-s0"]] == ["0", "1", "2"]

@@ -1,9 +1,9 @@
 """A user's rule on the LM back-end: ``algorithms: [{module: mypkg.mod:MyRule, eta: 2}]`` in an LM spec.
 
 The rule is the object of :mod:`testbed.algorithms.user` (and of ``testbed check``) with one more method,
-``lm_update(api, query, query_mask) -> loss`` (a float; None: the mean of what ``api.optimise`` returned), called once per iteration with the
-iteration's prompts (left-padded token ids and mask, [B, Q]). :class:`LMAPI` is all it may see of the
-back-end:
+``lm_update(api, query, query_mask) -> loss`` (a float; None: the mean of what ``api.optimise``
+returned), called once per iteration with the iteration's prompts (left-padded token ids and mask,
+[B, Q]). :class:`LMAPI` is all it may see of the back-end:
 
 - ``sample(q, qm, ref=False) -> y`` [B, L]: one response per prompt row from pi_t (``ref``: from pi_ref),
   fixed length ``max_new_tokens``, padded after the first EOS;

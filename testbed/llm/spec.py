@@ -356,11 +356,14 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     return LMSpec(name, source, raw, model, lora, prompts, eval_prompts, reward, parsed, seeds, train, acc, reference)
 
 
-def load_lm_spec(path: str | Path, world: int | None = None) -> LMSpec:
+def load_lm_spec(path: str | Path, world: int | None = None, overrides=()) -> LMSpec:
+    """An LM spec file, with ``key=value`` overrides applied (:mod:`testbed.experiments.overrides`)."""
+    from testbed.experiments.overrides import apply_overrides
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec {str(path)!r} does not exist")
-    return parse_lm_spec(read_yaml(path, "spec"), str(path), world)
+    return parse_lm_spec(apply_overrides(read_yaml(path, "spec"), overrides, TOP_KEYS), str(path), world)
 
 
 def _demonstrations_config(cls, a: dict, where: str, raw: dict):
