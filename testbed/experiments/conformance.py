@@ -44,7 +44,7 @@ from scipy.special import log_softmax, softmax
 
 from testbed.algorithms.user import FAMILIES, BanditAPI, BudgetExceeded, load_factory
 from testbed.errors import InputError
-from testbed.experiments.conformance_exact import check_steps, fresh
+from testbed.experiments.conformance_exact import check_steps, fresh, one_thread
 from testbed.problems import PreferenceBandit, TabularBandit, make_preference, make_tabular
 from testbed.training import train
 
@@ -186,6 +186,12 @@ BATTERIES = {"mirror_descent": check_mirror_descent, "equilibrium": check_equili
 
 
 def run_checks(factory) -> list[Result]:
+    """The battery of the rule's family, on one torch thread (:func:`~testbed.experiments.conformance_exact.one_thread`)."""
+    with one_thread():
+        return _run_battery(factory)
+
+
+def _run_battery(factory) -> list[Result]:
     family = factory().family
     try:
         return BATTERIES[family](factory)

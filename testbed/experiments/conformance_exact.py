@@ -25,11 +25,14 @@ one, 0 for no move, −1 for a sign flip).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from scipy.special import log_softmax
 
 from testbed.algorithms.user import BanditAPI
+from testbed.errors import env_threads
 from testbed.policies import LogLinear, MLPPolicy
 from testbed.policies.natural import natural_step
 from testbed.problems import LinearBandit, TabularBandit, make_linear, make_tabular
@@ -149,7 +152,24 @@ def check_step_mlp(factory, Result) -> list:
     return out
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch on one intra-op thread inside the block (``TESTBED_TORCH_THREADS=N``: N; 0: torch's default): the
+    batteries' arrays are tiny, and more threads only contend (5-10x slower on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(env_threads() or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check_steps(factory, Result) -> list:
+    with one_thread():
+        return _check_steps(factory, Result)
+
+
+def _check_steps(factory, Result) -> list:
     kinds = tuple(getattr(factory(), "kinds", ("tabular",)))
     out = check_step_tabular(factory, Result) if "tabular" in kinds else []
     if "lm" in kinds:  # the rule's lm_update on a toy LM (testbed/experiments/conformance_lm.py; the llm extra)
