@@ -37,6 +37,7 @@ def test_a_user_lm_rule_runs_in_an_lm_spec_beside_rebel(tmp_path, capsys):
     rows = _rows(tmp_path / "out" / "metrics.csv")
     builtin, user = rows["rebel-0-s0"], rows["user-1-s0"]
     assert len(builtin) == len(user) == 5
+    assert {r["algorithm"] for r in user} == {"my-lm-rebel"}  # the rule's name labels its rows
     cols = ["samples", "queries", "reward", "kl_ref", "loss", "objective/entropy", "eval/scores"]
     moved = abs(float(builtin[-1]["reward"]) - float(builtin[0]["reward"] or builtin[1]["reward"]))
     for b, u in zip(builtin, user):
@@ -49,6 +50,7 @@ def test_a_user_lm_rule_runs_in_an_lm_spec_beside_rebel(tmp_path, capsys):
     with open(tmp_path / "out" / "runs.csv") as f:
         runs = {r["run_id"]: r for r in csv.DictReader(f)}
     assert runs["user-1-s0"]["module"].endswith("my_lm_rules.py:LMRebel")
+    assert runs["user-1-s0"]["algorithm"] == "my-lm-rebel" and runs["user-1-s0"]["name"] == "user"
     assert float(runs["user-1-s0"]["eta"]) == 2.0
 
 
@@ -124,3 +126,29 @@ def test_llm_run_takes_key_value_overrides_validated_like_the_spec(tmp_path, cap
     config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
     assert config["train"]["iterations"] == 2 and config["algorithms"][0]["eta"] == 3
     assert [r["iteration"] for r in _rows(tmp_path / "out" / "metrics.csv")["rebel-0-s0"]] == ["0", "1", "2"]
+
+
+def test_the_readme_lm_rule_passes_its_battery_and_matches_rebel(tmp_path, capsys, monkeypatch):
+    """The README's LM rule, extracted verbatim: 8/8 LM checks, the built-in REBEL's rows in a run, and its own
+    curve, under its name, in `testbed plot`."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("# my_lm_rules.py")
+    (tmp_path / "my_lm_rules.py").write_text(readme[start:readme.index("```", start)])
+    assert main(["check", f"{tmp_path / 'my_lm_rules.py'}:MyLMRebel"]) == 0
+    assert "8/8 checks passed: PASS" in capsys.readouterr().out
+    setting = {"eta": 1.0, "beta": 0.05, "epochs": 1}
+    raw = toy_spec({"name": "rebel", "form": "official", **setting}, iterations=2, batch=16, minibatch=8)
+    raw["algorithms"].append({"module": "my_lm_rules.py:MyLMRebel", **setting})
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "run", str(tmp_path / "lm.yaml"), "--out", str(tmp_path / "out")]) == 0
+    rows = _rows(tmp_path / "out" / "metrics.csv")
+    for b, u in zip(rows["rebel-0-s0"], rows["user-1-s0"], strict=True):
+        assert [u[c] for c in ("samples", "reward", "kl_ref", "loss")] == [b[c] for c in ("samples", "reward", "kl_ref", "loss")]
+    from test_researcher_workflow import _legend_of
+
+    import testbed.plotting.llm as lm_plots
+
+    seen = _legend_of(monkeypatch, lm_plots)
+    assert main(["plot", str(tmp_path / "out"), "--y", "reward"]) == 0
+    labels = [s[0] for s in seen if isinstance(s, tuple)]
+    assert any(lab.startswith("my-lm-rebel-1") for lab in labels) and any(lab.startswith("rebel-0") for lab in labels)

@@ -197,6 +197,10 @@ class UserRule(Algorithm):
         self.api = None
 
     @classmethod
+    def label(cls, config) -> str:
+        return rule_name(config.module)
+
+    @classmethod
     def runs_on(cls, config) -> str:
         return "preference" if getattr(make_rule(config), "family", None) == "equilibrium" else "reward"
 

@@ -334,7 +334,8 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         if M % (W * G):
             g_field = f"{where}.grad_accum" if getattr(cfg, "grad_accum", 0) else "train.grad_accum"
             raise InputError(f"{m_field} = {M} is not divisible by processes × grad_accum = {W} × {G} ({g_field})")
-        parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
+        label = {} if cls.label(cfg) == aname else {"label": cls.label(cfg)}  # a user rule: its own name
+        parsed.append((aname, cfg, {"name": aname, **label, **dataclasses.asdict(cfg)}))
     if "num_train_epochs" in hf_later:
         train.iterations = _epochs_to_iterations(hf_later["num_train_epochs"], train, prompts, parsed, LM_ALGORITHMS)
     needs_reward = any(LM_ALGORITHMS[n].needs_reward(c) for n, c, _ in parsed)

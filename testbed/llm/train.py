@@ -157,7 +157,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     def row(t, step=None, secs=None):
         lr = ctx.scheduler.get_last_lr()[0]
         r = {c: None for c in LM_COLUMNS}
-        r.update(run_id=run_id, problem=spec.name, algorithm=algo_name, seed=seed, iteration=t, samples=samples,
+        r.update(run_id=run_id, problem=spec.name, algorithm=algo.label(algo.config), seed=seed, iteration=t, samples=samples,
                  queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(mem_base), lr=lr)
         if step is not None:
             st = step.extras
