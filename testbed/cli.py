@@ -175,9 +175,10 @@ def _cmd_diffusion_run(args) -> None:
     if spec.model["kind"] != "tiny":
         raise InputError("model.kind stable_diffusion runs on a GPU install with the weights in the Hugging Face "
                          "cache; here it is validated with --dry-run only")
-    out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet,
-                             resume=args.resume or args.reuse, checkpoint_every=args.checkpoint_every or 0,
-                             reuse=args.reuse)
+    with _logging(args):
+        out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet,
+                                 resume=args.resume or args.reuse, checkpoint_every=args.checkpoint_every or 0,
+                                 reuse=args.reuse)
     print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
 
@@ -311,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan (models held, "
                     "parameter counts, memory estimate); no download, no training")
     _add_run_folder_options(dr)
+    _add_log(dr)
     dr.set_defaults(func=_cmd_diffusion_run)
     return p
 
