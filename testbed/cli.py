@@ -7,6 +7,7 @@ one-line message (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -90,6 +91,9 @@ def _cmd_plot(args) -> None:
 
 def _cmd_check(args) -> int:
     from testbed.experiments.conformance import BUILTINS, format_table, load_rule, run_checks
+
+    with contextlib.suppress(ImportError):  # the LM rows of the battery (the llm extra)
+        import testbed.llm.conformance  # noqa: F401
 
     targets = [f"builtin:{n}" for n in BUILTINS] if args.target == "builtins" else [args.target]
     factories = [load_rule(t) for t in targets]  # every target is valid before any check runs

@@ -85,7 +85,7 @@ def _ratio(check: str) -> float:
 
 def _lm_results(name: str):
     from testbed.experiments.conformance import Result, load_rule
-    from testbed.experiments.conformance_lm import check_step_lm
+    from testbed.llm.conformance import check_step_lm
 
     return check_step_lm(load_rule(f"{RULES}:{name}"), Result)
 

@@ -15,7 +15,7 @@ returned), called once per iteration with the iteration's prompts (left-padded t
 - ``optimise(loss_fn, n, epochs=1) -> mean loss``: the back-end's solver — ``epochs`` passes of shuffled
   minibatches of AdamW over ``n`` items, ``loss_fn(idx)`` the mean loss over the items ``idx`` (a
   LongTensor); under ``testbed check`` the same call minimises the loss to convergence instead
-  (:mod:`testbed.experiments.conformance_lm`).
+  (:mod:`testbed.llm.conformance`).
 - ``eos_id``, ``pad_id``, ``max_new_tokens``.
 
 The rows of metrics.csv (``objective/scores``, ``objective/kl``, ...) are computed from the responses

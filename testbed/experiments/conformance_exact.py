@@ -12,7 +12,7 @@ update from a random policy is compared with the exact update at those values (t
   unweighted mean over contexts give other steps.
 - ``lm`` (rules whose ``kinds`` include it, with an ``lm_update``): the rule's LM update on a one-token
   and a two-token toy LM is the mirror-descent step on the responses it saw
-  (:mod:`testbed.experiments.conformance_lm`).
+  (:mod:`testbed.llm.conformance`, registered in :data:`STEP_BATTERIES` when the llm extra is there).
 - ``mlp`` (rules whose ``kinds`` include it): the step linearised at theta_t — the change of ln pi
   to first order, ∇_theta f·(theta_t+1 - theta_t) — is NPG's on the tangent features ∇_theta f(x, y)
   (exact REBEL on the linearised policy; a Gauss-Newton step), to 1e-8 relative; y' ~ uniform and the
@@ -37,6 +37,9 @@ from testbed.policies import LogLinear, MLPPolicy
 from testbed.policies.natural import natural_step
 from testbed.problems import LinearBandit, TabularBandit, make_linear, make_tabular
 
+STEP_BATTERIES: dict = {}
+"""Step checks of the back-ends above the core, by policy kind (``"lm"``: :mod:`testbed.llm.conformance`, which
+registers itself when imported)."""
 STEP_ETAS = (0.3, 3.0)
 STEP_TOL = 1e-8
 
@@ -172,9 +175,12 @@ def check_steps(factory, Result) -> list:
 def _check_steps(factory, Result) -> list:
     kinds = tuple(getattr(factory(), "kinds", ("tabular",)))
     out = check_step_tabular(factory, Result) if "tabular" in kinds else []
-    if "lm" in kinds:  # the rule's lm_update on a toy LM (testbed/experiments/conformance_lm.py; the llm extra)
-        from testbed.experiments.conformance_lm import check_step_lm
-        out += check_step_lm(factory, Result)
+    if "lm" in kinds:  # the rule's lm_update on a toy LM: testbed/llm/conformance.py registers it (the llm extra)
+        if "lm" not in STEP_BATTERIES:
+            out.append(Result("LM step: the LM battery is not loaded (import testbed.llm.conformance; the llm extra)",
+                              "-", float("nan"), "loaded", False))
+        else:
+            out += STEP_BATTERIES["lm"](factory, Result)
     if "loglinear" in kinds:
         out += check_step_loglinear(factory, Result)
     if "mlp" in kinds:

@@ -32,6 +32,7 @@ if __name__ == "__main__":
     rejected = sum(not all(r.passed for r in res) for n, res in out.items() if n != "PopulationREBEL")
     print(f"step checks of {len(mutants)} rules: {rejected} of {len(mutants) - 1} mutants rejected, {secs:.1f} s")
     try:
+        import testbed.llm.conformance  # noqa: F401  (registers the LM rows)
         import tests.lm_rules as lm
     except ImportError:  # the llm extra is missing
         raise SystemExit(0) from None

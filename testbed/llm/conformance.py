@@ -1,5 +1,8 @@
 """The LM part of the ``mirror_descent`` battery, for rules with ``lm_update`` (``"lm"`` in their ``kinds``).
 
+It lives in the LM back-end (the core never imports it): importing this module registers it with
+:data:`testbed.experiments.conformance_exact.STEP_BATTERIES`, as ``testbed check`` does.
+
 The rule's ``lm_update(api, query, query_mask)`` runs on the LM interface of a training run
 (:class:`~testbed.algorithms.user_lm.LMAPI`: the same object, the same log-probability code of
 :class:`~testbed.llm.policy.LMPolicy`, EOS masking included), with a toy causal LM whose parameters are a
@@ -30,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from testbed.experiments import conformance_exact
 from testbed.experiments.conformance_exact import _attrs, fresh, settings
 
 LM_STEP_TOL = 1e-6
@@ -197,3 +201,6 @@ def check_step_lm(factory, Result) -> list:
                               f"max |Δ ln pi - Δ_md| (step ratio {ratio:.6g})", f"tree-lm-{length}tok-{n}resp", err,
                               f"<= {LM_STEP_TOL:g}", bool(err <= LM_STEP_TOL)))
     return out
+
+
+conformance_exact.STEP_BATTERIES["lm"] = check_step_lm  # testbed check's mirror_descent battery, for "lm" rules
