@@ -7,6 +7,7 @@ one-line message (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -91,6 +92,9 @@ def _cmd_plot(args) -> None:
 def _cmd_check(args) -> int:
     from testbed.experiments.conformance import BUILTINS, format_table, load_rule, run_checks
 
+    with contextlib.suppress(ImportError):  # the LM rows of the battery (the llm extra)
+        import testbed.llm.conformance  # noqa: F401
+
     targets = [f"builtin:{n}" for n in BUILTINS] if args.target == "builtins" else [args.target]
     factories = [load_rule(t) for t in targets]  # every target is valid before any check runs
     ok = True
@@ -137,7 +141,7 @@ def _cmd_llm_run(args) -> None:
         from testbed.llm.spec import load_lm_spec
     except ImportError as e:  # the llm extra is missing
         raise InputError(f"the LM track needs the llm extra (pip install -e '.[llm]'): {e}") from None
-    spec = load_lm_spec(args.spec)
+    spec = load_lm_spec(args.spec, overrides=args.overrides)
     if args.dry_run:
         from testbed.llm.plan import plan_text
         print(plan_text(spec))
@@ -166,7 +170,7 @@ def _cmd_diffusion_run(args) -> None:
         from testbed.diffusion.train import RUN_FILES
         from testbed.results import prepare_out
         prepare_out(Path(args.out), args.overwrite, RUN_FILES)  # refuse before any work
-    spec = load_diffusion_spec(args.spec)
+    spec = load_diffusion_spec(args.spec, args.overrides)
     if args.dry_run:
         from testbed.diffusion.plan import plan_text
         print(plan_text(spec))
@@ -175,9 +179,10 @@ def _cmd_diffusion_run(args) -> None:
     if spec.model["kind"] != "tiny":
         raise InputError("model.kind stable_diffusion runs on a GPU install with the weights in the Hugging Face "
                          "cache; here it is validated with --dry-run only")
-    out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet,
-                             resume=args.resume or args.reuse, checkpoint_every=args.checkpoint_every or 0,
-                             reuse=args.reuse)
+    with _logging(args):
+        out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet,
+                                 resume=args.resume or args.reuse, checkpoint_every=args.checkpoint_every or 0,
+                                 reuse=args.reuse)
     print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 
 
@@ -226,14 +231,18 @@ def _add_backend(parser: argparse.ArgumentParser, jobs: str) -> None:
                              "instance of --jobs CPUs)")
 
 
+def _add_overrides(parser, example: str) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help=f"override spec fields, e.g. {example} (validated like the spec)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="testbed", description="REBEL / NPG testbed on contextual bandits with exact ground truth")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("run", help="run a spec file into a run folder")
     r.add_argument("spec")
-    r.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="override spec fields, e.g. iterations=50 algorithms.0.eta=0.5 (validated like the spec)")
+    _add_overrides(r, "iterations=50 algorithms.0.eta=0.5")
     r.add_argument("--out", required=True, help="run folder to create")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -288,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = lm.add_subparsers(dest="llm_command", required=True, parser_class=_Parser)
     lr = lsub.add_parser("run", help="run an LM spec (under torchrun for data parallelism)")
     lr.add_argument("spec")
+    _add_overrides(lr, "train.iterations=50 algorithms.0.eta=2")
     lr.add_argument("--out", help="run folder to create")
     lr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan; no download, no training")
     _add_run_folder_options(lr)
@@ -301,10 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = df.add_subparsers(dest="diffusion_command", required=True, parser_class=_Parser)
     dr = dsub.add_parser("run", help="run a diffusion spec")
     dr.add_argument("spec")
+    _add_overrides(dr, "train.iterations=8 sampler.steps=10")
     dr.add_argument("--out", help="run folder to create")
     dr.add_argument("--dry-run", action="store_true", help="validate offline and print the plan (models held, "
                     "parameter counts, memory estimate); no download, no training")
     _add_run_folder_options(dr)
+    _add_log(dr)
     dr.set_defaults(func=_cmd_diffusion_run)
     return p
 

@@ -101,3 +101,21 @@ def check_memory(where: str, what: str, nbytes: float) -> None:
     if total is not None and nbytes > total:
         raise InputError(f"{where}: {what} need at least ~{nbytes / GIB:.4g} GiB of memory; this machine has "
                          f"{total / GIB:.1f} GiB")
+
+
+THREADS_ENV = "TESTBED_TORCH_THREADS"
+
+
+def env_threads(default: int = 1) -> int:
+    """torch intra-op threads asked for by ``$TESTBED_TORCH_THREADS`` (``default`` when unset; 0: torch's own
+    default); a bad value is a one-line error."""
+    import os
+
+    value = os.environ.get(THREADS_ENV, "").strip() or str(default)
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise InputError(f"{THREADS_ENV} must be a whole number of threads >= 0, 0 for torch's default (got {value!r})")
+    return n

@@ -49,9 +49,9 @@ def runs_from_config(config: dict, reserved=()) -> list[dict]:
         rows = []
         for i, a in enumerate(config["algorithms"]):
             for s in config["seeds"]:
-                rows.append({"run_id": f"{a['name']}-{i}-s{s}", "problem": config.get("name"), "algorithm": a["name"],
-                             "name": a["name"], "seed": s, "iterations": iterations,
-                             **_hyper({k: v for k, v in a.items() if k != "name"}, reserved)})
+                rows.append({"run_id": f"{a['name']}-{i}-s{s}", "problem": config.get("name"),
+                             "algorithm": a.get("label", a["name"]), "name": a["name"], "seed": s, "iterations": iterations,
+                             **_hyper({k: v for k, v in a.items() if k not in ("name", "label")}, reserved)})
         return rows
     return []
 

@@ -80,6 +80,11 @@ class Algorithm:
 
     # ----- declarations ---------------------------------------------------------------------
     @classmethod
+    def label(cls, config) -> str:
+        """The name its LM rows and curves carry (``metrics.csv``'s ``algorithm``): the method's name."""
+        return cls.name
+
+    @classmethod
     def runs_on(cls, config) -> str:
         """The problems this configuration runs on, "reward" or "preference" (default: ``problem_kind``)."""
         return cls.problem_kind

@@ -138,8 +138,9 @@ def load_factory(target: str, where: str = "module", families: tuple[str, ...] |
     is_factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "update"))
     factory = obj if is_factory else (lambda: copy.deepcopy(obj))
     rule = factory()
-    if not callable(getattr(rule, "update", None)):
-        raise InputError(f"{where} {target!r}: the rule needs a method update(api, logits, rng)")
+    if not callable(getattr(rule, "update", None)) and not callable(getattr(rule, "lm_update", None)):
+        raise InputError(f"{where} {target!r}: the rule needs a method update(api, logits, rng) "
+                         "(or lm_update(api, query, query_mask) for the LM back-end)")
     if families is not None and getattr(rule, "family", None) not in families:
         raise InputError(f"{where} {target!r}: family must be one of {', '.join(families)} "
                          f"(got {getattr(rule, 'family', None)!r})")
@@ -186,12 +187,18 @@ class UserRule(Algorithm):
     Config = UserConfig
     summary = "your own update rule: {module: mypkg.mod:MyRule, ...} (the testbed check interface)"
     maturity = "experimental"
-    tests = ("test_a_user_rule_from_a_module_runs_plots_and_tabulates_beside_the_builtins",)
+    tracks = ("bandit", "lm")
+    tests = ("test_a_user_rule_from_a_module_runs_plots_and_tabulates_beside_the_builtins",
+             "test_a_user_lm_rule_runs_in_an_lm_spec_beside_rebel")
 
     def __init__(self, config: UserConfig, problem, rng):
         super().__init__(config, problem, rng)
         self.rule_state = dict(vars(make_rule(config)))  # the rule's own attributes: data, so runs checkpoint
         self.api = None
+
+    @classmethod
+    def label(cls, config) -> str:
+        return rule_name(config.module)
 
     @classmethod
     def runs_on(cls, config) -> str:
@@ -201,6 +208,13 @@ class UserRule(Algorithm):
     def check_policy(config, kind: str) -> str | None:
         kinds = tuple(getattr(make_rule(config), "kinds", ("tabular",)))
         return None if kind in kinds else f"the rule updates {', '.join(kinds)} policies (its 'kinds')"
+
+    @staticmethod
+    def check_track(config, track: str) -> str | None:
+        method = "update(api, params, rng)" if track == "bandit" else "lm_update(api, query, query_mask)"
+        if callable(getattr(make_rule(config), method.split("(")[0], None)):
+            return None
+        return f"the rule {config.module!r} has no method {method} for the {track} back-end"
 
     @staticmethod
     def counted(config) -> bool:
@@ -224,6 +238,16 @@ class UserRule(Algorithm):
                              f"expected {np.shape(policy.params)}")
         counted = self.counted(self.config)
         return Step(policy.with_params(new), None, None, self.api.queries - before if counted else None)
+
+    def lm_update(self, q, qm) -> Step:
+        """One iteration of the rule's ``lm_update`` through :class:`~testbed.algorithms.user_lm.LMAPI`."""
+        from testbed.algorithms.user_lm import lm_update
+
+        rule = make_rule(self.config)
+        vars(rule).update(self.rule_state)
+        loss, samples, queries, stats = lm_update(rule, self.ctx, self.config, q, qm)
+        self.rule_state = dict(vars(rule))
+        return Step(None, loss, samples, queries, stats)
 
 
 def spec_entry(entry):

@@ -220,8 +220,11 @@ def parse_diffusion_spec(raw: dict, source: str = "<spec>") -> DiffusionSpec:
                          reference)
 
 
-def load_diffusion_spec(path: str | Path) -> DiffusionSpec:
+def load_diffusion_spec(path: str | Path, overrides=()) -> DiffusionSpec:
+    """An image spec file, with ``key=value`` overrides applied (:mod:`testbed.experiments.overrides`)."""
+    from testbed.experiments.overrides import apply_overrides
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec {str(path)!r} does not exist")
-    return parse_diffusion_spec(read_yaml(path, "spec"), str(path))
+    return parse_diffusion_spec(apply_overrides(read_yaml(path, "spec"), overrides, TOP_KEYS), str(path))

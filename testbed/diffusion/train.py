@@ -33,7 +33,7 @@ from testbed.llm.backend import backend_state, restore_backend
 from testbed.llm.checks import run_key
 from testbed.llm.task import peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
-from testbed.training import check_finite, train
+from testbed.training import check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -135,6 +135,7 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
             r["eval/scores"], r["eval/kl"], _, _ = evaluate(ctx, classes, tr.eval_prompts, seed)
         rows.append(r)
         check_finite(run_id, t, {k: v for k, v in r.items() if isinstance(v, float)}, checkpoint)
+        loggers.emit(r)  # --log tensorboard|wandb: live, the same names
 
     def save() -> None:
         save_state(checkpoint, {**backend_state(ctx), "rows": rows, "samples": samples, "queries": queries, "t": st.t,

@@ -44,7 +44,7 @@ from scipy.special import log_softmax, softmax
 
 from testbed.algorithms.user import FAMILIES, BanditAPI, BudgetExceeded, load_factory
 from testbed.errors import InputError
-from testbed.experiments.conformance_exact import check_steps, fresh
+from testbed.experiments.conformance_exact import check_steps, fresh, one_thread
 from testbed.problems import PreferenceBandit, TabularBandit, make_preference, make_tabular
 from testbed.training import train
 
@@ -88,6 +88,8 @@ def _run(factory, api: BanditAPI, logits: np.ndarray, T: int, rng: np.random.Gen
 
 def check_mirror_descent(factory) -> list[Result]:
     out = check_steps(factory, Result)
+    if "tabular" not in tuple(getattr(factory(), "kinds", ("tabular",))):
+        return out  # an LM-only rule: the bounds below are about its tabular update
     if hasattr(factory(), "beta"):  # the bound and monotonicity are about J: the unregularised rule
         factory = (lambda f: lambda: fresh(f, beta=0.0))(factory)
     eta = float(factory().eta)
@@ -184,11 +186,20 @@ BATTERIES = {"mirror_descent": check_mirror_descent, "equilibrium": check_equili
 
 
 def run_checks(factory) -> list[Result]:
+    """The battery of the rule's family, on one torch thread (:func:`~testbed.experiments.conformance_exact.one_thread`)."""
+    with one_thread():
+        return _run_battery(factory)
+
+
+def _run_battery(factory) -> list[Result]:
     family = factory().family
     try:
         return BATTERIES[family](factory)
     except BudgetExceeded as e:
         return [Result(f"query budget: {e}", "tabular-random-20x10-s0", float("nan"), "<= 500 per update", False)]
+    except ImportError as e:
+        return [Result(f"the LM battery needs the llm extra (pip install -e \".[llm]\"): {e}", "-", float("nan"),
+                       "importable", False)]
     except (FloatingPointError, ValueError, RuntimeError) as e:
         return [Result(f"the rule raised {type(e).__name__}: {e}", "-", float("nan"), "no error", False)]
 

@@ -10,6 +10,9 @@ update from a random policy is compared with the exact update at those values (t
 - ``loglinear`` (rules whose ``kinds`` include it): NPG, theta + eta·F⁺∇J (exact REBEL with y' ~ pi_t
   is the same step), on a misspecified linear bandit with non-uniform rho, where y' ~ uniform and an
   unweighted mean over contexts give other steps.
+- ``lm`` (rules whose ``kinds`` include it, with an ``lm_update``): the rule's LM update on a one-token
+  and a two-token toy LM is the mirror-descent step on the responses it saw
+  (:mod:`testbed.llm.conformance`, registered in :data:`STEP_BATTERIES` when the llm extra is there).
 - ``mlp`` (rules whose ``kinds`` include it): the step linearised at theta_t — the change of ln pi
   to first order, ∇_theta f·(theta_t+1 - theta_t) — is NPG's on the tangent features ∇_theta f(x, y)
   (exact REBEL on the linearised policy; a Gauss-Newton step), to 1e-8 relative; y' ~ uniform and the
@@ -22,15 +25,21 @@ one, 0 for no move, −1 for a sign flip).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from scipy.special import log_softmax
 
 from testbed.algorithms.user import BanditAPI
+from testbed.errors import env_threads
 from testbed.policies import LogLinear, MLPPolicy
 from testbed.policies.natural import natural_step
 from testbed.problems import LinearBandit, TabularBandit, make_linear, make_tabular
 
+STEP_BATTERIES: dict = {}
+"""Step checks of the back-ends above the core, by policy kind (``"lm"``: :mod:`testbed.llm.conformance`, which
+registers itself when imported)."""
 STEP_ETAS = (0.3, 3.0)
 STEP_TOL = 1e-8
 
@@ -146,9 +155,32 @@ def check_step_mlp(factory, Result) -> list:
     return out
 
 
+@contextlib.contextmanager
+def one_thread():
+    """torch on one intra-op thread inside the block (``TESTBED_TORCH_THREADS=N``: N; 0: torch's default): the
+    batteries' arrays are tiny, and more threads only contend (5-10x slower on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(env_threads() or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check_steps(factory, Result) -> list:
+    with one_thread():
+        return _check_steps(factory, Result)
+
+
+def _check_steps(factory, Result) -> list:
     kinds = tuple(getattr(factory(), "kinds", ("tabular",)))
-    out = check_step_tabular(factory, Result)
+    out = check_step_tabular(factory, Result) if "tabular" in kinds else []
+    if "lm" in kinds:  # the rule's lm_update on a toy LM: testbed/llm/conformance.py registers it (the llm extra)
+        if "lm" not in STEP_BATTERIES:
+            out.append(Result("LM step: the LM battery is not loaded (import testbed.llm.conformance; the llm extra)",
+                              "-", float("nan"), "loaded", False))
+        else:
+            out += STEP_BATTERIES["lm"](factory, Result)
     if "loglinear" in kinds:
         out += check_step_loglinear(factory, Result)
     if "mlp" in kinds:

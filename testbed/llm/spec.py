@@ -247,6 +247,7 @@ def _epochs_to_iterations(epochs: float, train: TrainConfig, prompts: dict, pars
 def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -> LMSpec:
     """Validate a spec mapping. ``world``: the number of processes it will run on (default: the spec's)."""
     from testbed.algorithms import on_track
+    from testbed.algorithms.user import spec_entry, spec_params
 
     LM_ALGORITHMS = on_track("lm")
     raw = _mapping(raw, "spec")
@@ -290,8 +291,10 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         raise InputError("algorithms must be a non-empty list of {name: ..., parameters}")
     parsed = []
     for i, a in enumerate(algos):
-        a = dict(_mapping(a, f"algorithms[{i}]"))
+        a = dict(spec_entry(_mapping(a, f"algorithms[{i}]")))  # {module: M:O, ...}: a user rule
         aname = a.pop("name", None)
+        if aname == "user":
+            a = spec_params(a, base)[0]
         if aname not in LM_ALGORITHMS:
             raise InputError(f"algorithms[{i}].name must be one of {', '.join(LM_ALGORITHMS)} (got {aname!r})")
         where = f"algorithms[{i}] ({aname})"
@@ -324,14 +327,15 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
             read_jsonl(cfg.dataset, ("prompt", "chosen", "rejected") if cls.sequences_per_item(cfg) == 2
                        else ("prompt", "completion"))
         items = train.batch * cls.items_per_prompt(cfg)
-        M, G = cfg.minibatch or train.minibatch, cfg.grad_accum or train.grad_accum
-        m_field = f"{where}.minibatch" if cfg.minibatch else train_minibatch
+        M, G = getattr(cfg, "minibatch", 0) or train.minibatch, getattr(cfg, "grad_accum", 0) or train.grad_accum
+        m_field = f"{where}.minibatch" if getattr(cfg, "minibatch", 0) else train_minibatch
         if items % M:
             raise InputError(f"{where}: the batch holds {items} items, not divisible into minibatches of {M} ({m_field})")
         if M % (W * G):
-            g_field = f"{where}.grad_accum" if cfg.grad_accum else "train.grad_accum"
+            g_field = f"{where}.grad_accum" if getattr(cfg, "grad_accum", 0) else "train.grad_accum"
             raise InputError(f"{m_field} = {M} is not divisible by processes × grad_accum = {W} × {G} ({g_field})")
-        parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
+        label = {} if cls.label(cfg) == aname else {"label": cls.label(cfg)}  # a user rule: its own name
+        parsed.append((aname, cfg, {"name": aname, **label, **dataclasses.asdict(cfg)}))
     if "num_train_epochs" in hf_later:
         train.iterations = _epochs_to_iterations(hf_later["num_train_epochs"], train, prompts, parsed, LM_ALGORITHMS)
     needs_reward = any(LM_ALGORITHMS[n].needs_reward(c) for n, c, _ in parsed)
@@ -353,11 +357,14 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     return LMSpec(name, source, raw, model, lora, prompts, eval_prompts, reward, parsed, seeds, train, acc, reference)
 
 
-def load_lm_spec(path: str | Path, world: int | None = None) -> LMSpec:
+def load_lm_spec(path: str | Path, world: int | None = None, overrides=()) -> LMSpec:
+    """An LM spec file, with ``key=value`` overrides applied (:mod:`testbed.experiments.overrides`)."""
+    from testbed.experiments.overrides import apply_overrides
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"spec {str(path)!r} does not exist")
-    return parse_lm_spec(read_yaml(path, "spec"), str(path), world)
+    return parse_lm_spec(apply_overrides(read_yaml(path, "spec"), overrides, TOP_KEYS), str(path), world)
 
 
 def _demonstrations_config(cls, a: dict, where: str, raw: dict):

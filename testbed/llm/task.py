@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import resource
 
 import torch
 
-from testbed.errors import InputError
+from testbed.errors import THREADS_ENV, env_threads  # noqa: F401 (THREADS_ENV: imported from here by tests)
 from testbed.llm.models import load_reward_model
 from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward
 from testbed.llm.spec import PROMPT_COUNT, LMSpec
@@ -90,20 +89,11 @@ def peak_memory_mb(base: float = 0.0) -> float:
     return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base
 
 
-THREADS_ENV = "TESTBED_TORCH_THREADS"
-
-
 def set_torch_threads() -> int:
     """torch's intra-op threads for an LM run: 1 per process, as the bandit runner's workers use (on a
     shared or small machine torch's default of one thread per core made a tiny-model iteration 3-12x
     slower); ``TESTBED_TORCH_THREADS=N`` sets N, ``0`` keeps torch's default. Returns the count in use."""
-    value = os.environ.get(THREADS_ENV, "").strip() or "1"
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise InputError(f"{THREADS_ENV} must be a whole number of threads >= 0, 0 for torch's default (got {value!r})")
+    n = env_threads()
     if n > 0:
         torch.set_num_threads(n)
     return torch.get_num_threads()

@@ -125,7 +125,7 @@ def evaluate(ctx: LMBackend, prompts: list[str], seed: int, t: int) -> tuple[flo
     return (float(score.mean()) if score is not None else None), rows
 
 
-CHECKPOINTED_ALGO_FIELDS = ("cursor", "order")  # data position of the offline algorithms (DPO, SFT)
+CHECKPOINTED_ALGO_FIELDS = ("cursor", "order", "rule_state")  # offline data position (DPO, SFT); a user rule's state
 
 
 def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
@@ -157,7 +157,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     def row(t, step=None, secs=None):
         lr = ctx.scheduler.get_last_lr()[0]
         r = {c: None for c in LM_COLUMNS}
-        r.update(run_id=run_id, problem=spec.name, algorithm=algo_name, seed=seed, iteration=t, samples=samples,
+        r.update(run_id=run_id, problem=spec.name, algorithm=algo.label(algo.config), seed=seed, iteration=t, samples=samples,
                  queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(mem_base), lr=lr)
         if step is not None:
             st = step.extras

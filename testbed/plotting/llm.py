@@ -229,7 +229,8 @@ def plot_lm_curves(run_dir: str | Path, out: str | Path, x: str | None = None, y
     for run_id, rows in read_lm_metrics(run_dir).items():
         pts = [(r[x], r[y]) for r in rows if r[x] is not None and r[y] is not None]
         if pts:
-            groups[run_id.rsplit("-s", 1)[0]][run_id] = pts
+            key = run_id.rsplit("-s", 1)[0]  # <method>-<index>: one configuration; labelled by the rows' algorithm
+            groups[f"{rows[0].get('algorithm') or key.split('-')[0]}-{key.rsplit('-', 1)[1]}"][run_id] = pts
     if not groups:
         raise InputError(f"{str(run_dir)!r}: no run has values of {y!r} against {x!r}")
     fig, ax = plt.subplots(figsize=(5.6, 4.0))

@@ -5,7 +5,7 @@ names of metrics.csv: scalar ``<run_id>/<column>`` at step ``iteration`` (the me
 ``wall_time`` etc.). Crash-safe: events are flushed at least once a second and when the run ends or
 fails, so a killed run keeps what it logged up to then. Weights & Biases runs offline (``wandb sync``
 uploads later). Logging never changes a run folder: the same spec and seed give the same files with
-or without it. Both packages are optional (``pip install 'rebel-testbed[tools]'`` for TensorBoard).
+or without it. Both packages are optional (``pip install 'rebel-testbed[tools]'`` installs both).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class WandB:
         try:
             import wandb
         except ImportError:
-            raise InputError("--log wandb needs the wandb package (pip install wandb)") from None
+            raise InputError("--log wandb needs the wandb package (pip install 'rebel-testbed[tools]')") from None
         logdir.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(mode="offline", dir=str(logdir), project="testbed", name=logdir.name)
 

@@ -1,4 +1,5 @@
-"""Run time of `testbed check`: the built-ins' batteries, the reference rule's, and the mutation table's step checks.
+"""Run time of `testbed check`: the built-ins' batteries, the reference rule's, the mutation table's step checks,
+and the LM battery of the LM reference rule and its mutants.
 
     python tests/benchmarks/check_harness.py
 """
@@ -30,3 +31,15 @@ if __name__ == "__main__":
     secs, out = timed(lambda: {n: check_steps(load_rule(f"{RULES}:{n}"), Result) for n in mutants})
     rejected = sum(not all(r.passed for r in res) for n, res in out.items() if n != "PopulationREBEL")
     print(f"step checks of {len(mutants)} rules: {rejected} of {len(mutants) - 1} mutants rejected, {secs:.1f} s")
+    try:
+        import testbed.llm.conformance  # noqa: F401  (registers the LM rows)
+        import tests.lm_rules as lm
+    except ImportError:  # the llm extra is missing
+        raise SystemExit(0) from None
+    LM = RULES.with_name("lm_rules.py")
+    secs, res = timed(lambda: run_checks(load_rule(f"{LM}:LMRebel")))
+    print(f"{'LMRebel (LM battery)':<30} {len(res):3d} checks  {sum(r.passed for r in res):3d} pass  {secs:6.1f} s")
+    names = [n for n, c in vars(lm).items() if isinstance(c, type) and issubclass(c, lm.LMRebel) and n != "LMRebel"]
+    secs, out = timed(lambda: {n: run_checks(load_rule(f"{LM}:{n}")) for n in names})
+    rejected = sum(not all(r.passed for r in res) for res in out.values())
+    print(f"LM battery of {len(names)} LM mutants: {rejected} rejected, {secs:.1f} s")
