@@ -22,7 +22,7 @@ def test_diffusion_dpo_loss_is_its_closed_form():
     t = [torch.tensor(a, requires_grad=True) for a in (ew, el, rw, rl)]
     loss = diffusion_dpo_loss(*t, beta, T)
     np.testing.assert_allclose(float(loss.detach()), per.mean(), rtol=1e-13)
-    np.testing.assert_allclose(float(diffusion_dpo_loss(*t, beta, T, torch.tensor(w))), (w * per).sum() / w.sum(),
+    np.testing.assert_allclose(float(diffusion_dpo_loss(*t, beta, T, torch.tensor(w)).detach()), (w * per).sum() / w.sum(),
                                rtol=1e-13)
     loss.backward()
     grad_w = beta * T / (1 + np.exp(-beta * T * d)) / len(d)  # d/de_w softplus(beta·T·d) / N
