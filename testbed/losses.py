@@ -269,3 +269,34 @@ def per_prompt_advantage(reward: torch.Tensor, prompt: torch.Tensor, eps: float 
         centred = reward[idx] - pool.mean()
         out[idx] = centred / (pool.std(unbiased=False) + eps) if scale else centred
     return out
+
+
+def diffusion_dpo_loss(err_chosen: torch.Tensor, err_rejected: torch.Tensor, err_ref_chosen: torch.Tensor,
+                       err_ref_rejected: torch.Tensor, beta: float, timesteps: int = 1,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Diffusion-DPO: DPO with the ELBO of each image in place of its log-likelihood.
+
+    L(theta) = -mean_i ln sigma(-beta·T·[(e_w - e_w^ref) - (e_l - e_l^ref)]),
+    e = |eps - eps_theta(x_t, t)|², e^ref = |eps - eps_ref(x_t, t)|²
+
+    for the preferred (w) and dispreferred (l) final images, noised to x_t = sqrt(a_bar_t)·x_0 +
+    sqrt(1 - a_bar_t)·eps at a sampled timestep t with a sampled eps (the same t and eps for the policy
+    and the reference; weighting omega(lambda_t) = 1, as the paper trains).
+    Wallace et al., "Diffusion Model Alignment Using Direct Preference Optimization", CVPR 2024,
+    https://arxiv.org/abs/2311.12908, eq. (14). (The authors' code takes the pixel mean of e and a scale
+    -beta/2 in place of -beta·T: the same loss at another beta.)
+
+    Args:
+      err_chosen, err_rejected: e_w, e_l under pi_theta, shape [N].
+      err_ref_chosen, err_ref_rejected: the same under pi_ref, shape [N].
+      beta: > 0; timesteps: T >= 1, the noise schedule's length (the beta·T scaling).
+      weight: optional non-negative weights [N] (ties: weight 0), as for :func:`dpo_loss`.
+    """
+    _same_shape(err_chosen=err_chosen, err_rejected=err_rejected, err_ref_chosen=err_ref_chosen,
+                err_ref_rejected=err_ref_rejected)
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0 (got {beta})")
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+        raise ValueError(f"timesteps must be an integer >= 1 (got {timesteps!r})")
+    # -ln sigma(-beta·T·d) is dpo_loss with the implicit log-ratios h = -e + e^ref (the ELBO's ratio)
+    return dpo_loss(err_ref_chosen - err_chosen, err_ref_rejected - err_rejected, beta * timesteps, weight)

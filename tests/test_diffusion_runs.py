@@ -49,7 +49,10 @@ def tiny_spec(tmp_path, **over):
     ({"model": {"size": 10, "widths": [8, 16, 16]}}, "model.size"),
     ({"algorithms": [{"name": "dpo", "mode": "offline"}]}, "online"),
     ({"algorithms": [{"name": "ppo", "critic": "table"}]}, "critic"),
-], ids=["unknown-reward", "steps-0", "negative-guidance", "size-not-divisible", "offline-dpo", "bandit-critic"])
+    ({"algorithms": [{"name": "ppo", "train": {"iterations": 3}}]}, "algorithms[0].train"),
+    ({"algorithms": [{"name": "ppo", "train": {"batch": 0}}]}, "algorithms[0].train.batch"),
+], ids=["unknown-reward", "steps-0", "negative-guidance", "size-not-divisible", "offline-dpo", "bandit-critic",
+        "algorithm-train-key", "algorithm-batch-0"])
 def test_bad_specs_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, over, field):
     spec = tiny_spec(tmp_path, **over)
     out = tmp_path / "out"
@@ -103,6 +106,19 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     assert not list(tmp_path.glob(".out.*"))  # the killed run's .out.tmp-PID removed on the resume; no lock left
 
 
+def test_an_algorithms_own_batch_and_diffusion_dpo_from_the_spec(tmp_path):
+    """``train: {batch: B}`` in an algorithm's entry gives it B prompts per iteration (PPO: B queries, the study's
+    equal queries); ``loss: diffusion`` runs Diffusion-DPO through the spec (2 queries per prompt)."""
+    spec = tiny_spec(tmp_path, algorithms=[{"name": "ppo", "clip_eps": 0.1, "epochs": 1, "train": {"batch": 8}},
+                                           {"name": "dpo", "mode": "online", "loss": "diffusion", "beta": 0.1}],
+                     train={"iterations": 2})
+    assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    r = rows(tmp_path / "a")
+    final = {x["algorithm"]: x for x in r if x["iteration"] == "2"}
+    assert final["ppo"]["queries"] == "16" and final["dpo"]["queries"] == "16"  # 2 × 8 prompts; 2 × 4 prompts × 2
+    assert float(final["dpo"]["eval/kl"]) > 0 and float(final["dpo"]["rewards/accuracies"]) >= 0
+
+
 def test_a_second_run_into_a_held_folder_is_refused(tmp_path, capsys):
     from testbed.results import out_lock
 
@@ -124,6 +140,18 @@ def test_paper_spec_dry_run_counts_stable_diffusion_offline(capsys, monkeypatch)
     # LoRA r = 4 on to_q/to_k/to_v/to_out.0 of the UNet's attention: r·(in + out) per projection
     assert "LoRA adapter (UNet attention): 0.80 M" in out
     assert out.count("models held") == 3
+    # the memory estimate from the printed counts: fp16 frozen weights (2 bytes each) + LoRA in fp32 with its
+    # gradient and AdamW's two moments (16 bytes each)
+    import re
+    counts = {m[0]: float(m[1]) * 1e6 for m in re.findall(r"  (.+?): ([\d.]+) M parameters", out)}
+    lora = counts.pop("LoRA adapter (UNet attention)")
+    frozen_gb, opt_gb = 2 * sum(counts.values()) / 1e9, 16 * lora / 1e9
+    got = re.findall(r"weights and optimiser ([\d.]+) GB per GPU \(fp16 frozen weights ([\d.]+), LoRA \+ AdamW ([\d.]+)\)",
+                     out)
+    assert len(got) == 3 and len(counts) == 5
+    for total, frozen, opt in got:
+        assert abs(float(frozen) - frozen_gb) <= 0.006 and abs(float(opt) - opt_gb) <= 0.0006
+        assert abs(float(total) - (frozen_gb + opt_gb)) <= 0.006
 
 
 

@@ -55,6 +55,7 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
+from testbed.algorithms.diffusion_dpo import diffusion_dpo_update
 from testbed.datasets import LABELS, PAIR_LAWS, PreferenceDataset, PreferenceOracle, load_preferences, pair_probs, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
@@ -65,7 +66,8 @@ from testbed.problems import TabularBandit
 @dataclass
 class DPOConfig:
     beta: float = positive(0.1, "KL strength beta > 0 (IPO: tau)")
-    loss: str = one_of("dpo", ("dpo", "ipo"), "DPO (logistic) or IPO (squared) loss")
+    loss: str = one_of("dpo", ("dpo", "ipo", "diffusion"), "DPO (logistic) or IPO (squared) loss; diffusion: "
+                       "Diffusion-DPO (Wallace et al. 2023: denoising errors at a sampled timestep, beta·T)")
     mode: str = one_of("online", ("offline", "online", "population"), "fixed dataset, fresh pairs from pi_t, or "
                        "infinite data (LM default: offline; LM: offline or online)", lm="offline")
     pairs: int = items(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT)
@@ -131,6 +133,8 @@ class DPO(Algorithm):
 
     @staticmethod
     def check_track(config, track: str) -> str | None:
+        if config.loss == "diffusion" and track != "diffusion":
+            return "loss: diffusion (Diffusion-DPO, on denoising errors) needs a diffusion policy"
         if track == "diffusion" and config.mode != "online":
             return "DPO on a diffusion policy is online (pairs of trajectories from pi_t ranked by the reward)"
         if track == "lm" and config.mode == "population":
@@ -344,6 +348,10 @@ class DPO(Algorithm):
         stats |= {"rewards/chosen": cfg.beta * hw, "rewards/rejected": cfg.beta * hl,
                   "rewards/margins": cfg.beta * (hw - hl), "rewards/accuracies": (hw > hl).float()}
         return Step(None, loss, samples, queries, stats)
+
+    def diffusion_update(self, q, qm) -> Step:
+        """loss: diffusion — Diffusion-DPO (:func:`diffusion_dpo_update`); dpo — online DPO on trajectory log-ratios."""
+        return diffusion_dpo_update(self, q, qm) if self.config.loss == "diffusion" else self.lm_update(q, qm)
 
     def _lm_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):
         """The loss of one LM minibatch and the log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no

@@ -64,3 +64,25 @@ class DiffusionBackend(LMBackend):
         score = ro["score"].double()
         return {"objective/scores": score, "objective/kl": kl, "objective/entropy": -(ro["lp"] * ro["mask"]).sum(1),
                 "objective/non_score_reward": -beta * kl, "objective/rlhf_reward": score - beta * kl}
+
+    @property
+    def train_timesteps(self) -> int:
+        """T, the noise schedule's length (Diffusion-DPO's beta·T)."""
+        return int(self.policy.sampler.scheduler.config.num_train_timesteps)
+
+    def denoising_errors(self, q, x_w, x_l):
+        """Diffusion-DPO's errors of a batch of image pairs: one t ~ U{0..T-1} and one eps per pair (the same for
+        both images, drawn with torch's global generator), x_t = sqrt(a_bar_t)·x_0 + sqrt(1 - a_bar_t)·eps, and
+        |eps - eps_theta(x_t, t)|² (with gradients) and |eps - eps_ref(x_t, t)|² for each image, summed over the
+        pixels, conditional predictions (no guidance) -> (e_w, e_l, e_w^ref, e_l^ref), each [B]."""
+        pol = self.policy
+        n = len(q)
+        t = torch.randint(self.train_timesteps, (n,), device=x_w.device)
+        eps = torch.randn_like(x_w)
+        a = pol.sampler.scheduler.alphas_cumprod.to(x_w.device)[t].to(x_w.dtype).view(n, 1, 1, 1)
+        xt = torch.cat([a.sqrt() * x_w + (1 - a).sqrt() * eps, a.sqrt() * x_l + (1 - a).sqrt() * eps])
+        q2, t2, eps2 = torch.cat([q, q]), torch.cat([t, t]), torch.cat([eps, eps])
+        err = ((eps2 - pol.predict(pol.model, xt, t2, q2)) ** 2).flatten(1).sum(1)
+        with torch.no_grad(), pol._reference() as ref:
+            err_ref = ((eps2 - pol.predict(ref, xt, t2, q2)) ** 2).flatten(1).sum(1)
+        return err[:n], err[n:], err_ref[:n], err_ref[n:]

@@ -32,7 +32,8 @@ class UNetDenoiser(torch.nn.Module):
         self.text = hasattr(unet.config, "cross_attention_dim") and getattr(unet.config, "cross_attention_dim", None)
 
     def forward(self, x, t, cond):
-        t = torch.full((len(x),), int(t), dtype=torch.long, device=x.device)
+        t = t.to(x.device) if torch.is_tensor(t) and t.ndim == 1 else torch.full((len(x),), int(t), dtype=torch.long,
+                                                                                 device=x.device)
         if self.text:
             return self.unet(x, t, encoder_hidden_states=cond).sample
         return self.unet(x, t, class_labels=cond).sample
@@ -85,6 +86,12 @@ class DiffusionPolicy:
         both = model(torch.cat([x, x]), t, torch.cat([null.to(q.device), q]))
         u, c = both[:len(x)], both[len(x):]
         return u + self.guidance * (c - u)
+
+    @staticmethod
+    def predict(model, x, t, q):
+        """The conditional noise prediction eps(x_t, t, q) with one timestep per row (t [B]; no guidance): the
+        denoising loss's, as in pre-training and Diffusion-DPO."""
+        return model(x, t, q)
 
     @contextlib.contextmanager
     def _reference(self):

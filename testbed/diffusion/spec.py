@@ -10,6 +10,7 @@ front (one line naming the field, before any model is built)::
     reward: {kind: jpeg_compressibility}   # jpeg_incompressibility | classifier | aesthetic | {module: pkg.mod:fn}
     algorithms:
       - {name: rebel, eta: 1.0}
+      - {name: ppo, train: {batch: 64}}   # an algorithm's own prompts per iteration (equal reward queries)
     seeds: [0, 1, 2]
     train: {iterations: 30, batch: 32, minibatch: 32, lr: 3e-4}
     lora: {r: 4, alpha: 4}                                             # optional: pi_ref = adapter disabled
@@ -185,6 +186,11 @@ def parse_diffusion_spec(raw: dict, source: str = "<spec>") -> DiffusionSpec:
     for i, a in enumerate(algos):
         a = _mapping(a, f"algorithms[{i}]")
         aname = a.pop("name", None)
+        over = _mapping(a.pop("train"), f"algorithms[{i}].train") if "train" in a else {}
+        if set(over) - {"batch"}:
+            raise InputError(f"algorithms[{i}].train: unknown key(s) {sorted(set(over) - {'batch'})}; expected batch "
+                             f"(this algorithm's prompts per iteration)")
+        batch = positive_int(f"algorithms[{i}].train.batch", over["batch"]) if over else train.batch
         if aname not in algos_known:
             raise InputError(f"algorithms[{i}].name must be one of {', '.join(algos_known)} (got {aname!r})")
         where = f"algorithms[{i}] ({aname})"
@@ -194,11 +200,11 @@ def parse_diffusion_spec(raw: dict, source: str = "<spec>") -> DiffusionSpec:
         if why:
             raise InputError(f"{where}: {why}")
         M = getattr(cfg, "minibatch", 0) or train.minibatch
-        if train.batch % M:
-            raise InputError(f"{where}: the batch holds {train.batch} items, not divisible into minibatches of {M}")
+        if batch % M:
+            raise InputError(f"{where}: the batch holds {batch} items, not divisible into minibatches of {M}")
         if M % train.grad_accum:
             raise InputError(f"train.grad_accum = {train.grad_accum} does not divide the minibatch of {M}")
-        parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg)}))
+        parsed.append((aname, cfg, {"name": aname, **dataclasses.asdict(cfg), **({"train": over} if over else {})}))
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(positive_int("seeds", seeds)))

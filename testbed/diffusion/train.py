@@ -12,6 +12,7 @@ policy's on the same prompts and noise). Same spec and seed → the same metrics
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -57,7 +58,7 @@ def make_backend(policy: DiffusionPolicy, reward, tr, rng: np.random.Generator, 
     return ctx, algo
 
 
-def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int):
+def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, tr=None):
     from testbed.diffusion.data import pretrained
     from testbed.diffusion.rewards import make_reward
 
@@ -73,7 +74,7 @@ def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int):
     m = spec.model
     policy = DiffusionPolicy(net, sampler, (m["channels"], m["size"], m["size"]), s.guidance, classes, spec.reference)
     reward = make_reward(spec.reward, data)
-    ctx, algo = make_backend(policy, reward, spec.train, np.random.default_rng(seed), algo_name, algo_cfg)
+    ctx, algo = make_backend(policy, reward, tr or spec.train, np.random.default_rng(seed), algo_name, algo_cfg)
     return ctx, algo, classes
 
 
@@ -91,13 +92,14 @@ def evaluate(ctx: DiffusionBackend, classes: int, n: int, seed: int, reference: 
 
 
 def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: str, checkpoint: Path | None = None,
-            every: int = 0):
-    """One run's rows and its final eval images (and the reference's)."""
-    tr = spec.train
+            every: int = 0, train_over: dict | None = None):
+    """One run's rows and its final eval images (and the reference's); ``train_over``: the algorithm's own
+    ``train`` entries (its prompts per iteration)."""
+    tr = dataclasses.replace(spec.train, **(train_over or {}))
     if tr.threads:
         torch.set_num_threads(tr.threads)
     mem_base = reset_peak_memory()
-    ctx, algo, classes = build(spec, algo_name, algo_cfg, seed)
+    ctx, algo, classes = build(spec, algo_name, algo_cfg, seed, tr)
     torch.manual_seed(seed)
     start, samples, queries, rows = time.perf_counter(), 0, 0, []
     st = SimpleNamespace(t=0, step=None, secs=None)
@@ -173,20 +175,20 @@ def _run_diffusion_spec(spec: DiffusionSpec, out: Path, overwrite: bool, progres
     partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume),
                                    reuse=reuse)
     use_partial = partial.is_dir() and bool(checkpoint_every or resume)
-    runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
+    runs = [(n, c, s, f"{n}-{i}-s{s}", e.get("train")) for i, (n, c, e) in enumerate(spec.algorithms) for s in spec.seeds]
     keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, {}) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
     all_rows, timings = [], {}
     _pretrain_all(spec)  # before any run's memory window and timer: a pipeline step, cached
     with results.RunFolder(out) as folder:
         (folder.tmp / "samples").mkdir()
-        for name, cfg, seed, run_id in runs:
+        for name, cfg, seed, run_id, over in runs:
             t0 = time.perf_counter()
             done = partial / f"{keys[run_id]}.done"
             if use_partial and done.is_file():
                 rows, imgs = load_state(done)
             else:
                 ckpt = partial / f"{keys[run_id]}.ckpt" if use_partial else None
-                rows, imgs = run_one(spec, name, cfg, seed, run_id, ckpt, checkpoint_every or 1)
+                rows, imgs = run_one(spec, name, cfg, seed, run_id, ckpt, checkpoint_every or 1, over)
                 if use_partial:
                     save_state(done, (rows, imgs))
                     ckpt.unlink(missing_ok=True)
