@@ -364,4 +364,4 @@ def take(a, idx: np.ndarray):
     """a[idx] along the last axis (numpy or torch): [N] by [m], or each seed's rows [S, N] by [S, m]."""
     if isinstance(a, np.ndarray):
         return np.take_along_axis(a, idx, axis=-1)
-    return torch.take_along_dim(a, torch.as_tensor(idx), dim=-1)
+    return torch.gather(a, -1, torch.as_tensor(idx))  # gather: indices are in range (no take_along_dim remainder)

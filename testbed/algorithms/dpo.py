@@ -248,11 +248,18 @@ class DPO(Algorithm):
             y2 = sample_distinct(rng, probs, y)
         return (x, *self._member_oracle(problem).label(rng, x, y, y2))
 
+    def _ref_log_probs(self, d: PreferenceDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """ln pi_ref of every chosen and rejected response of ``d`` (once per dataset, not per minibatch)."""
+        if getattr(self, "_ref_of", (None,))[0] is not d:
+            log_ref = torch.as_tensor(self.problem.log_pi_ref)
+            self._ref_of = (d, ref_log_prob(log_ref, d.prompt, d.chosen), ref_log_prob(log_ref, d.prompt, d.rejected))
+        return self._ref_of[1:]
+
     def _loss(self, policy: Policy, theta: torch.Tensor, d: PreferenceDataset, idx, weight=None):
-        log_ref = torch.as_tensor(self.problem.log_pi_ref)
+        ref_w, ref_l = self._ref_log_probs(d)
         x, yw, yl = take(d.prompt, idx), take(d.chosen, idx), take(d.rejected, idx)
-        hw = policy.torch_log_prob(theta, x, yw) - ref_log_prob(log_ref, x, yw)
-        hl = policy.torch_log_prob(theta, x, yl) - ref_log_prob(log_ref, x, yl)
+        lw, ll = policy.torch_log_prob_of(theta, x, yw, yl)
+        hw, hl = lw - take(ref_w, idx), ll - take(ref_l, idx)
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
         return fn(hw, hl, self.config.beta, weight)
 

@@ -233,8 +233,8 @@ class REBEL(Algorithm):
 
         def loss_fn(theta: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
             xi = take(x, idx)
-            ratio = policy.torch_log_prob(theta, xi, take(y, idx)) - take(t["lp"], idx)
-            ratio2 = policy.torch_log_prob(theta, xi, take(y2, idx)) - take(t["lp2"], idx)
+            new1, new2 = policy.torch_log_prob_of(theta, xi, take(y, idx), take(y2, idx))
+            ratio, ratio2 = new1 - take(t["lp"], idx), new2 - take(t["lp2"], idx)
             return self.loss_fn(ratio, ratio2, take(t["r"], idx), take(t["r2"], idx), cfg.eta)
 
         new, loss = adam_fit(policy, loss_fn, cfg.pairs, cfg.epochs, cfg.minibatch, cfg.lr, rng, self._adam)

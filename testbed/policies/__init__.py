@@ -77,6 +77,12 @@ class Policy:
         """ln pi_params(y_i|x_i), shape [N] ([S, N] for a stack)."""
         return self.torch_log_probs(params, x).gather(-1, torch.as_tensor(y)[..., None])[..., 0]
 
+    def torch_log_prob_of(self, params: torch.Tensor, x: np.ndarray, *ys: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """ln pi_params(y_i|x_i) for each index array of ``ys`` at the same contexts ``x``, from one table of
+        log-probabilities per minibatch (one log-softmax, not one per sample and response)."""
+        lp = self.torch_log_probs(params, x)
+        return tuple(lp.gather(-1, torch.as_tensor(y)[..., None])[..., 0] for y in ys)
+
     def with_params(self, params: np.ndarray) -> Policy:
         raise NotImplementedError
 
@@ -136,6 +142,18 @@ class TabularSoftmax(Policy):
 
     def torch_log_probs(self, params: torch.Tensor, x: np.ndarray) -> torch.Tensor:
         return torch.log_softmax(take_contexts(params, torch.as_tensor(x)), dim=-1)
+
+    def torch_log_prob(self, params: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+        return self.torch_log_prob_of(params, x, y)[0]
+
+    def torch_log_prob_of(self, params: torch.Tensor, x: np.ndarray, *ys: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """With at least as many rows as contexts: the log-softmax of the whole table [.., X, Y] once, then
+        the entries (x_i, y_i) by flat index (fewer exponentials than a row per sample)."""
+        X, Y = params.shape[-2:]
+        if x.shape[-1] < X:
+            return super().torch_log_prob_of(params, x, *ys)
+        flat = torch.log_softmax(params, dim=-1).reshape(params.shape[:-2] + (X * Y,))
+        return tuple(torch.gather(flat, -1, torch.as_tensor(x * Y + y)) for y in ys)
 
     def with_params(self, params: np.ndarray) -> TabularSoftmax:
         return TabularSoftmax(params)
