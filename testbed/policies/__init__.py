@@ -148,11 +148,13 @@ class TabularSoftmax(Policy):
 
     def torch_log_prob_of(self, params: torch.Tensor, x: np.ndarray, *ys: np.ndarray) -> tuple[torch.Tensor, ...]:
         """With at least as many rows as contexts: the log-softmax of the whole table [.., X, Y] once, then
-        the entries (x_i, y_i) by flat index (fewer exponentials than a row per sample)."""
+        the entries (x_i, y_i) by flat index (fewer exponentials than a row per sample). As params minus
+        ``logsumexp``, which is about 2x faster than torch's log_softmax kernel on a stack of short rows (and
+        as fast on one table), row by row the same arithmetic at any stack size."""
         X, Y = params.shape[-2:]
         if x.shape[-1] < X:
             return super().torch_log_prob_of(params, x, *ys)
-        flat = torch.log_softmax(params, dim=-1).reshape(params.shape[:-2] + (X * Y,))
+        flat = (params - torch.logsumexp(params, dim=-1, keepdim=True)).reshape(params.shape[:-2] + (X * Y,))
         return tuple(torch.gather(flat, -1, torch.as_tensor(x * Y + y)) for y in ys)
 
     def with_params(self, params: np.ndarray) -> TabularSoftmax:

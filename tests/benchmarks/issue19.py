@@ -59,6 +59,8 @@ def spread(v: list[float]) -> str:
 def _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats):
     plans = [RunPlan(f"s{s}", problem.name, name, name, name, cfg, {}, None, s, iterations, iterations)
              for s in range(seeds)]
+    warm = [RunPlan(f"w{s}", problem.name, name, name, name, cfg, {}, None, s, 1, 1) for s in range(2)]
+    run_batch(warm, [problem] * 2), run_one(warm[0], problem)  # warm-up, untimed (torch's first calls cost ~1.5 s)
     out = {}
     t = timed({"batched": lambda: out.__setitem__("b", run_batch(plans, [problem] * seeds)),
                "loop": lambda: out.__setitem__("l", [run_one(p, problem) for p in plans])}, repeats)
