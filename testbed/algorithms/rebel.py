@@ -46,6 +46,7 @@ from testbed.policies import (
     PairRows,
     Policy,
     TabularSoftmax,
+    count_at_most,
     inverse_cdf,
     linear_logits,
     lstsq_step,
@@ -185,8 +186,15 @@ class REBEL(Algorithm):
         gens, members = (rng, p.members) if stacked else ([rng], [p])
         raw = [self._raw_draws(g, m, N, Y) for g, m in zip(gens, members)]
         x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
-        log_pi = policy.log_probs_at(x)
-        cdf = np.cumsum(np.exp(log_pi), axis=-1)
+        if x.dtype.kind == "f":  # contexts drawn as uniforms: the problem's inverse CDF, on the whole stack
+            x = _contexts(p.rho, x)
+        if x.shape[-1] >= p.num_contexts:  # the table's rows (each row's arithmetic is the same), gathered
+            table = policy.log_probs()
+            log_pi = take_contexts(table, x)
+            cdf = take_contexts(np.cumsum(np.exp(table), axis=-1), x)
+        else:
+            log_pi = policy.log_probs_at(x)
+            cdf = np.cumsum(np.exp(log_pi), axis=-1)
         y = inverse_cdf(cdf, u)
         kind = cfg.y_prime
         if kind == "policy":
@@ -208,12 +216,16 @@ class REBEL(Algorithm):
     def _raw_draws(self, rng: np.random.Generator, p: TabularBandit, N: int, Y: int):
         """One seed's random numbers, in the order of its draws: contexts, y, y' (a uniform, or an index),
         the reward noise of y and of y' (zeros when the problem has none: nothing drawn)."""
-        x = p.sample_contexts(rng, N)
-        u = rng.random(N)
         kind = self.config.y_prime
-        if kind in ("policy", "ref"):
-            v = rng.random(N)
+        if type(p).sample_contexts is TabularBandit.sample_contexts:
+            # the uniforms of the contexts' inverse CDF, of y and (y' from a policy) of y': the numbers of N-long
+            # draws one after the other, in one call; the contexts are found on the whole stack (_contexts)
+            w = rng.random((3 if kind in ("policy", "ref") else 2) * N)
+            x, u, v = w[:N], w[N:2 * N], w[2 * N:]
         else:
+            x, u = p.sample_contexts(rng, N), rng.random(N)
+            v = rng.random(N) if kind in ("policy", "ref") else None
+        if kind not in ("policy", "ref"):
             v = rng.integers(Y if kind == "uniform" else self.offline.shape[1], size=N)
         noise = [rng.standard_normal(N) if p.noise_std > 0 else np.zeros(N) for _ in range(2)]
         return x, u, v, noise[0], noise[1]
@@ -290,6 +302,16 @@ class REBEL(Algorithm):
         """The LM loss of one minibatch at the current parameters (for tests)."""
         pol = self.ctx.policy
         return self.loss_fn(pol.seq_logprob(q, qm, y1) - lp1, pol.seq_logprob(q, qm, y2) - lp2, r1, r2, self.config.eta)
+
+
+def _contexts(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The contexts that uniforms u select by :meth:`TabularBandit.sample_contexts`' inverse CDF (rho [X], u [N];
+    or a stack, rho [S, X], u [S, N]): the number of entries of cdf = cumsum(rho)/total at most u."""
+    cdf = np.cumsum(rho, axis=-1)
+    cdf /= cdf[..., -1:]
+    if u.ndim == 1:
+        return cdf.searchsorted(u, side="right")
+    return count_at_most(cdf[:, None, :], u)
 
 
 def _pick(table: np.ndarray, y: np.ndarray) -> np.ndarray:

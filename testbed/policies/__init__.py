@@ -93,7 +93,9 @@ def take_contexts(a, x):
     if x.ndim == 1:
         return a[x]
     rows = np.arange(len(x))[:, None]
-    return a[rows if isinstance(a, np.ndarray) else torch.as_tensor(rows), x]
+    if isinstance(a, np.ndarray):  # one flat index into the [S·X, ...] rows: numpy's fast path for a gather
+        return np.take(a.reshape((-1,) + a.shape[2:]), rows * a.shape[1] + x, axis=0)
+    return a[torch.as_tensor(rows), x]
 
 
 def member(policy: Policy, s: int) -> Policy:
@@ -127,8 +129,18 @@ def sample_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 def inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     """The index of each row of ``cdf`` = cumsum(probs) [..., Y] that uniform ``u`` [...] selects (for a
     stack of rows drawn member by member: each member's :func:`sample_rows` result, bit for bit)."""
-    u = u * cdf[..., -1]
-    return np.minimum((u[..., None] >= cdf).sum(axis=-1), cdf.shape[-1] - 1)
+    return np.minimum(count_at_most(cdf, u * cdf[..., -1]), cdf.shape[-1] - 1)
+
+
+def count_at_most(sorted_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The number of entries of each sorted row [..., K] at most u [...]: a short row (K <= ``SHORT_AXIS``)
+    entry by entry over the whole array (numpy sums a short contiguous axis almost element by element)."""
+    if sorted_rows.shape[-1] > SHORT_AXIS:
+        return np.sum(u[..., None] >= sorted_rows, axis=-1)
+    count = np.zeros(np.broadcast_shapes(u.shape, sorted_rows.shape[:-1]), dtype=np.intp)
+    for column in np.moveaxis(sorted_rows, -1, 0):
+        count += u >= column
+    return count
 
 
 class TabularSoftmax(Policy):
