@@ -80,6 +80,12 @@ def batched_modes(seeds: int = 64, iterations: int = 10, repeats: int = 3) -> bo
         ok &= good
         print(f"   {label:28s} loop {med(t['loop']):7.2f} s {spread(t['loop']):>5s}, batched {med(t['batched']):6.3f} s "
               f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(good)}; identical: {same}")
+    alone = [n for n, c in ALGORITHMS.items() if c.problem_kind == "preference"
+             and not any(c.batchable(build_config(c.Config, {}, n), k) for k in ("tabular", "loglinear"))]
+    if alone:  # no stack is formed for them: the batched runner runs them seed by seed, the loop's cost
+        ok = False
+        print(f"   preference algorithms {', '.join(alone)}: not batchable (Algorithm.batchable is False), a stack runs "
+              f"seed by seed: 1x (target >= 20x) MISSED")
     return ok
 
 
