@@ -55,6 +55,7 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
+from testbed.algorithms.stacked_draws import online_pairs
 from testbed.datasets import LABELS, PAIR_LAWS, PreferenceDataset, PreferenceOracle, load_preferences, pair_probs, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
@@ -282,7 +283,9 @@ class DPO(Algorithm):
         if cfg.mode == "offline":
             d, (samples, queries), self._pending = self.data, self._pending, (0, 0)
         else:
-            d = PreferenceDataset(*per_seed(self._pairs, policy, rng, self.problem))
+            oracles = self.oracles if isinstance(rng, list) else [self.oracle]
+            fast = online_pairs(policy, rng, self.problem, oracles, cfg.pairs, cfg.pair_law, sample_distinct)
+            d = PreferenceDataset(*(fast if fast is not None else per_seed(self._pairs, policy, rng, self.problem)))
             samples, queries = 2 * cfg.pairs, cfg.pairs
         new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, d, idx), d.prompt.shape[-1], cfg.epochs,
                              cfg.minibatch, cfg.lr, rng, self._adam)

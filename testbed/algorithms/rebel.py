@@ -39,6 +39,7 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
+from testbed.algorithms.stacked_draws import base_contexts, contexts_from_uniforms
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
 from testbed.policies import (
@@ -46,7 +47,6 @@ from testbed.policies import (
     PairRows,
     Policy,
     TabularSoftmax,
-    count_at_most,
     inverse_cdf,
     linear_logits,
     lstsq_step,
@@ -187,7 +187,7 @@ class REBEL(Algorithm):
         raw = [self._raw_draws(g, m, N, Y) for g, m in zip(gens, members)]
         x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
         if x.dtype.kind == "f":  # contexts drawn as uniforms: the problem's inverse CDF, on the whole stack
-            x = _contexts(p.rho, x)
+            x = contexts_from_uniforms(p.rho, x)
         if x.shape[-1] >= p.num_contexts:  # the table's rows (each row's arithmetic is the same), gathered
             table = policy.log_probs()
             log_pi = take_contexts(table, x)
@@ -217,7 +217,7 @@ class REBEL(Algorithm):
         """One seed's random numbers, in the order of its draws: contexts, y, y' (a uniform, or an index),
         the reward noise of y and of y' (zeros when the problem has none: nothing drawn)."""
         kind = self.config.y_prime
-        if type(p).sample_contexts is TabularBandit.sample_contexts:
+        if base_contexts(p):
             # the uniforms of the contexts' inverse CDF, of y and (y' from a policy) of y': the numbers of N-long
             # draws one after the other, in one call; the contexts are found on the whole stack (_contexts)
             w = rng.random((3 if kind in ("policy", "ref") else 2) * N)
@@ -302,16 +302,6 @@ class REBEL(Algorithm):
         """The LM loss of one minibatch at the current parameters (for tests)."""
         pol = self.ctx.policy
         return self.loss_fn(pol.seq_logprob(q, qm, y1) - lp1, pol.seq_logprob(q, qm, y2) - lp2, r1, r2, self.config.eta)
-
-
-def _contexts(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """The contexts that uniforms u select by :meth:`TabularBandit.sample_contexts`' inverse CDF (rho [X], u [N];
-    or a stack, rho [S, X], u [S, N]): the number of entries of cdf = cumsum(rho)/total at most u."""
-    cdf = np.cumsum(rho, axis=-1)
-    cdf /= cdf[..., -1:]
-    if u.ndim == 1:
-        return cdf.searchsorted(u, side="right")
-    return count_at_most(cdf[:, None, :], u)
 
 
 def _pick(table: np.ndarray, y: np.ndarray) -> np.ndarray:
