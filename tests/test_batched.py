@@ -11,7 +11,7 @@ from testbed.experiments import load_spec
 from testbed.experiments.runner import batch_groups, run_batch, run_one, run_spec
 from testbed.metrics import bandit_metric_arrays, bandit_metrics
 from testbed.policies import LogLinear, TabularSoftmax, lstsq_step, member, stack
-from testbed.problems import ProblemBatch, make_linear, make_tabular
+from testbed.problems import ProblemBatch, TabularBandit, make_linear, make_tabular
 
 # Two tabular instances of one shape (one with reward noise), two linear ones (one misspecified);
 # every batchable mode of REBEL and NPG: exact, sampled least squares or Adam, y' from pi_t / uniform /
@@ -173,3 +173,73 @@ def test_a_nan_in_one_member_of_a_stack_names_that_run(spec, monkeypatch):
     expected = f"run {plans[4].run_id}: the policy parameters became nan at iteration 3"
     with pytest.raises(NumericalError, match=re.escape(expected)):
         run_batch(plans, [spec.problems[p.problem] for p in plans])
+
+
+# Fewer draws than contexts (and minibatches smaller than the context count): the per-sample paths of the
+# sampled draws and of the minibatch log-probabilities, next to the whole-table ones the spec above takes;
+# a context distribution with zeros. Every member must still be its run alone, bit for bit.
+FEW = {
+    "rebel-lstsq-few": ("rebel", {"mode": "sampled", "pairs": 12}),
+    "rebel-ref-few": ("rebel", {"mode": "sampled", "pairs": 12, "y_prime": "ref", "beta": 0.1}),
+    "rebel-adam-few": ("rebel", {"mode": "sampled", "solver": "adam", "pairs": 40, "epochs": 2, "minibatch": 8}),
+    "ppo-few": ("ppo", {"batch": 40, "epochs": 2, "minibatch": 8}),
+    "dpo-few": ("dpo", {"mode": "online", "pairs": 12, "epochs": 2, "minibatch": 4}),
+}
+
+
+@pytest.mark.parametrize("label", sorted(FEW))
+def test_stacks_with_fewer_draws_than_contexts_equal_runs_alone(label):
+    from testbed.experiments.spec import RunPlan
+
+    name, cfg = FEW[label]
+    rho = np.r_[np.zeros(3), np.full(27, 1 / 27)]
+    problems = [TabularBandit(b.rewards, rho=rho, pi_ref=b.pi_ref, name=b.name)
+                for b in (make_tabular(contexts=30, actions=4, seed=s) for s in range(3))]
+    plans = [RunPlan(f"{label}-s{s}", p.name, name, label, name, cfg, {}, None, s, 4, 2)
+             for s, p in enumerate(problems)]
+    for s, (rows, policy, _) in enumerate(run_batch(plans, problems)):
+        alone_rows, alone_policy, _ = run_one(plans[s], problems[s])
+        assert rows == alone_rows and np.array_equal(policy.params, alone_policy.params), plans[s].run_id
+
+
+def test_contexts_from_uniforms_on_a_stack_are_each_problems_draws():
+    from testbed.algorithms.stacked_draws import contexts_from_uniforms as _contexts
+
+    rng = np.random.default_rng(2)
+    rhos = np.array([[0.5, 0.0, 0.25, 0.25], [1e-12, 0.3, 0.0, 0.7 - 1e-12], [0.0, 0.0, 0.0, 1.0]])
+    u = rng.random((3, 500))
+    stacked = _contexts(rhos, u)
+    for s, rho in enumerate(rhos):
+        problem = TabularBandit(np.zeros((4, 2)), rho=rho)
+        a, b = np.random.default_rng(s), np.random.default_rng(s)
+        assert np.array_equal(problem.sample_contexts(a, 500), _contexts(rho, b.random(500)))
+        assert np.array_equal(stacked[s], _contexts(rho, u[s]))
+        assert not np.any(rho[stacked[s]] == 0)  # a context of probability zero is never drawn
+
+
+@pytest.mark.parametrize("law", ["distinct", "independent"])
+@pytest.mark.parametrize("labels", ["bt", "deterministic"])
+def test_online_pairs_of_a_stack_are_each_seeds_own_draws(law, labels):
+    # the stacked draw (one uniform call per seed, the rest on the stack) against DPO's seed-by-seed round;
+    # a near-deterministic policy row makes sample_distinct's "nothing left" branch happen
+    from testbed.algorithms.stacked_draws import online_pairs
+    from testbed.datasets import sample_distinct
+
+    cls = ALGORITHMS["dpo"]
+    cfg = build_config(cls.Config, {"mode": "online", "pairs": 300, "pair_law": law, "labels": labels}, "t")
+    problems = [make_tabular(contexts=7, actions=4, seed=s) for s in range(3)]
+    batch = ProblemBatch(problems)
+    logits = np.random.default_rng(0).normal(size=(3, 7, 4)) * 2
+    logits[:, 0] = [800.0, 0.0, 0.0, 0.0]  # pi(.|x=0) puts all its mass on y = 0 (to rounding)
+    pols = [TabularSoftmax(z) for z in logits]
+    algo = cls(cfg, batch, [np.random.default_rng(s) for s in range(3)])
+    stacked = online_pairs(stack(pols), [np.random.default_rng(s) for s in range(3)], batch, algo.oracles, 300, law,
+                           sample_distinct)
+    for s, (p, pol) in enumerate(zip(problems, pols)):
+        alone = cls(cfg, p, np.random.default_rng(s))
+        want = alone._pairs(pol, np.random.default_rng(s), p)
+        single = online_pairs(pol, np.random.default_rng(s), p, [alone.oracle], 300, law, sample_distinct)
+        for w, a, b in zip(want, single, stacked):
+            assert np.array_equal(w, a) and np.array_equal(w, b[s])
+        if law == "distinct":
+            assert np.all(want[1] != want[2])  # y' != y in every pair, the degenerate context included

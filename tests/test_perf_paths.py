@@ -118,6 +118,50 @@ def test_the_exact_log_linear_fast_path_gives_the_svd_solution(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())  # ... with the same solution
 
 
+def test_the_one_pass_step_of_a_realisable_problem_is_the_weight_free_solution(monkeypatch):
+    # large and well conditioned: one normal-equations solve of the weighted rows, no realisable stage; on a
+    # realisable problem (q = φ·theta + a per-context offset) that solution is unique, so it must be the
+    # weight-free stage's (which the two-stage path takes, FAST_WORK raised) and recover eta·theta
+    rng = np.random.default_rng(3)
+    X, Y, d = 300, 30, 12
+    phi = rng.random((X, Y, d))
+    theta = rng.normal(size=d)
+    q = phi @ theta + rng.normal(size=(X, 1))
+    rho = rng.dirichlet(np.ones(X))
+    z = phi @ rng.normal(size=d)
+    pi = np.exp(z - z.max(-1, keepdims=True))
+    pi /= pi.sum(-1, keepdims=True)
+    calls, real = [], natural._realisable
+    monkeypatch.setattr(natural, "_realisable", lambda *a: calls.append(1) or real(*a))
+    fast = [natural.natural_step(rho, phi, q, pi, m, 0.5) for m in (None, np.full((X, Y), 1 / Y))]
+    assert calls == []  # the realisable stage was not run
+    monkeypatch.setattr(natural, "FAST_WORK", 10 ** 30)
+    slow = [natural.natural_step(rho, phi, q, pi, m, 0.5) for m in (None, np.full((X, Y), 1 / Y))]
+    assert len(calls) == 2
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())
+        np.testing.assert_allclose(a, 0.5 * theta, rtol=1e-10)
+
+
+def test_a_stack_of_exact_steps_with_a_rank_deficient_member_gives_each_member_its_own_step():
+    rng = np.random.default_rng(4)
+    X, Y, d = 300, 30, 12
+    phi = rng.random((3, X, Y, d))
+    q = rng.random((3, X, Y))
+    rho = np.full((3, X), 1 / X)
+    z = np.einsum("sxyd,sd->sxy", phi, rng.normal(size=(3, d)))
+    phi[1, ..., 5] = phi[1, ..., 4]  # member 1 rank-deficient: its weighted Gram matrix is singular (two stages, SVD)
+    pi = np.exp(z - z.max(-1, keepdims=True))
+    pi /= pi.sum(-1, keepdims=True)
+    for mu in (None, np.full((3, X, Y), 1 / Y)):
+        whole = natural.natural_step(rho, phi, q, pi, mu)
+        for s in range(3):
+            alone = natural.natural_step(rho[s], phi[s], q[s], pi[s], None if mu is None else mu[s])
+            assert np.array_equal(whole[s], alone)
+    blocks = natural._weighted_blocks(rho, phi, q, pi, None)
+    assert natural._normal_equations(blocks)[1].tolist() == [True, False, True]
+
+
 def test_a_stack_with_a_badly_conditioned_member_gives_each_member_its_own_solution():
     rng = np.random.default_rng(1)
     M = rng.random((3, 5000, 16))

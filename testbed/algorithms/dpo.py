@@ -56,6 +56,8 @@ from testbed.algorithms.base import (
     take,
 )
 from testbed.algorithms.diffusion_dpo import diffusion_dpo_update
+from testbed.algorithms.preference import ipo_target_log
+from testbed.algorithms.stacked_draws import online_pairs
 from testbed.datasets import LABELS, PAIR_LAWS, PreferenceDataset, PreferenceOracle, load_preferences, pair_probs, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
@@ -252,11 +254,18 @@ class DPO(Algorithm):
             y2 = sample_distinct(rng, probs, y)
         return (x, *self._member_oracle(problem).label(rng, x, y, y2))
 
+    def _ref_log_probs(self, d: PreferenceDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """ln pi_ref of every chosen and rejected response of ``d`` (once per dataset, not per minibatch)."""
+        if getattr(self, "_ref_of", (None,))[0] is not d:
+            log_ref = torch.as_tensor(self.problem.log_pi_ref)
+            self._ref_of = (d, ref_log_prob(log_ref, d.prompt, d.chosen), ref_log_prob(log_ref, d.prompt, d.rejected))
+        return self._ref_of[1:]
+
     def _loss(self, policy: Policy, theta: torch.Tensor, d: PreferenceDataset, idx, weight=None):
-        log_ref = torch.as_tensor(self.problem.log_pi_ref)
+        ref_w, ref_l = self._ref_log_probs(d)
         x, yw, yl = take(d.prompt, idx), take(d.chosen, idx), take(d.rejected, idx)
-        hw = policy.torch_log_prob(theta, x, yw) - ref_log_prob(log_ref, x, yw)
-        hl = policy.torch_log_prob(theta, x, yl) - ref_log_prob(log_ref, x, yl)
+        lw, ll = policy.torch_log_prob_of(theta, x, yw, yl)
+        hw, hl = lw - take(ref_w, idx), ll - take(ref_l, idx)
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
         return fn(hw, hl, self.config.beta, weight)
 
@@ -279,7 +288,9 @@ class DPO(Algorithm):
         if cfg.mode == "offline":
             d, (samples, queries), self._pending = self.data, self._pending, (0, 0)
         else:
-            d = PreferenceDataset(*per_seed(self._pairs, policy, rng, self.problem))
+            oracles = self.oracles if isinstance(rng, list) else [self.oracle]
+            fast = online_pairs(policy, rng, self.problem, oracles, cfg.pairs, cfg.pair_law, sample_distinct)
+            d = PreferenceDataset(*(fast if fast is not None else per_seed(self._pairs, policy, rng, self.problem)))
             samples, queries = 2 * cfg.pairs, cfg.pairs
         new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, d, idx), d.prompt.shape[-1], cfg.epochs,
                              cfg.minibatch, cfg.lr, rng, self._adam)
@@ -368,29 +379,3 @@ class DPO(Algorithm):
     def batch_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):
         """The LM DPO loss of one minibatch (for tests)."""
         return self._lm_loss(q, qm, yc, yr, ref_c, ref_r, weight)[0]
-
-def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.ndarray | None, law: str = "distinct",
-                   tol: float = 1e-13, iterations: int = 10_000) -> np.ndarray | None:
-    """ln of IPO's exact target. Per ordered pair with y winning w.p. p, the expected IPO loss is
-    (h(y) - h(y') - (2p - 1)/(2 tau))² + const, so the population minimiser solves the weighted least
-    squares over the pair law P(y, y') (:func:`~testbed.datasets.pair_probs` of mu), pi ∝ pi_ref·exp(h).
-    ``mu`` None (online: pairs from pi_t itself): the fixed point pi = pi_ref·exp(h(pi)), by damped
-    iteration from pi_ref; None if it does not converge."""
-    from testbed.algorithms.preference import population_pair_regression
-    from testbed.policies import log_softmax
-
-    t = (2 * pref - 1) / (2 * tau)
-
-    def solve(m: np.ndarray) -> np.ndarray:
-        h, _ = population_pair_regression(pair_probs(m, law), t)
-        return log_softmax(log_ref + h)
-
-    if mu is not None:
-        return solve(mu)
-    log_pi = np.asarray(log_ref, dtype=np.float64)
-    for _ in range(iterations):
-        new = log_softmax(0.5 * log_pi + 0.5 * solve(np.exp(log_pi)))
-        if np.max(np.abs(np.exp(new) - np.exp(log_pi))) < tol:
-            return new
-        log_pi = new
-    return None

@@ -102,7 +102,8 @@ class PPO(Algorithm):
             return
         X = problem.num_contexts
         members = getattr(problem, "members", None)  # a stack of problems: one critic each
-        if config.critic == "table" or not isinstance((members or [problem])[0], LinearBandit):
+        self._table = config.critic == "table" or not isinstance((members or [problem])[0], LinearBandit)
+        if self._table:
             feats = np.eye(X) if members is None else np.broadcast_to(np.eye(X), (len(members), X, X)).copy()
         else:
             feats = problem.features.reshape(problem.features.shape[:-3] + (X, -1))
@@ -117,8 +118,11 @@ class PPO(Algorithm):
         self._adam: dict = {}
 
     def value(self, w: torch.Tensor, x: np.ndarray) -> torch.Tensor:
+        k = self.ctx.shape[-1]
+        if getattr(self, "_table", False) and self.config.critic != "mlp":
+            # one-hot context features: the product-and-sum below is exactly w[x] (+ the bias), gathered directly
+            return torch.gather(w[..., :k], -1, torch.as_tensor(x)) + w[..., k:]
         c = take_contexts(self.ctx, torch.as_tensor(x))
-        k = c.shape[-1]
         if self.config.critic != "mlp":  # a product and a sum over k (not a matmul): a stack is exact per member
             return torch.sum(c * w[..., None, :k], dim=-1) + w[..., k:]
         H = CRITIC_HIDDEN
@@ -169,8 +173,11 @@ class PPO(Algorithm):
             for s in range(0, N, cfg.minibatch):
                 i = perm[..., s:s + cfg.minibatch]
                 xi = take(x, i)
-                lp_all = policy.torch_log_probs(theta, xi)
-                lp = lp_all.gather(-1, torch.as_tensor(take(y, i))[..., None])[..., 0]
+                if cfg.ent_coef:
+                    lp_all = policy.torch_log_probs(theta, xi)
+                    lp = lp_all.gather(-1, torch.as_tensor(take(y, i))[..., None])[..., 0]
+                else:
+                    lp = policy.torch_log_prob_of(theta, xi, take(y, i))[0]
                 loss = ppo_clip_loss(lp - take(lp_old, i), take(adv, i), cfg.clip_eps)
                 if cfg.ent_coef:
                     loss = loss + cfg.ent_coef * torch.sum(lp_all.exp() * lp_all, dim=-1).mean(dim=-1)

@@ -304,3 +304,30 @@ from testbed.algorithms.preference_rm import BTREBEL  # noqa: E402  (it builds o
 PREFERENCE_ALGORITHMS: dict[str, type[Algorithm]] = {
     cls.name: cls for cls in (REBELPreference, Hedge, OptimisticHedge, NashMD, SPPO, BTREBEL)
 }
+
+
+def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.ndarray | None, law: str = "distinct",
+                   tol: float = 1e-13, iterations: int = 10_000) -> np.ndarray | None:
+    """ln of IPO's exact target. Per ordered pair with y winning w.p. p, the expected IPO loss is
+    (h(y) - h(y') - (2p - 1)/(2 tau))² + const, so the population minimiser solves the weighted least
+    squares over the pair law P(y, y') (:func:`~testbed.datasets.pair_probs` of mu), pi ∝ pi_ref·exp(h).
+    ``mu`` None (online: pairs from pi_t itself): the fixed point pi = pi_ref·exp(h(pi)), by damped
+    iteration from pi_ref; None if it does not converge."""
+    from testbed.datasets import pair_probs
+    from testbed.policies import log_softmax
+
+    t = (2 * pref - 1) / (2 * tau)
+
+    def solve(m: np.ndarray) -> np.ndarray:
+        h, _ = population_pair_regression(pair_probs(m, law), t)
+        return log_softmax(log_ref + h)
+
+    if mu is not None:
+        return solve(mu)
+    log_pi = np.asarray(log_ref, dtype=np.float64)
+    for _ in range(iterations):
+        new = log_softmax(0.5 * log_pi + 0.5 * solve(np.exp(log_pi)))
+        if np.max(np.abs(np.exp(new) - np.exp(log_pi))) < tol:
+            return new
+        log_pi = new
+    return None

@@ -39,6 +39,7 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
+from testbed.algorithms.stacked_draws import base_contexts, contexts_from_uniforms
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
 from testbed.policies import (
@@ -185,8 +186,15 @@ class REBEL(Algorithm):
         gens, members = (rng, p.members) if stacked else ([rng], [p])
         raw = [self._raw_draws(g, m, N, Y) for g, m in zip(gens, members)]
         x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
-        log_pi = policy.log_probs_at(x)
-        cdf = np.cumsum(np.exp(log_pi), axis=-1)
+        if x.dtype.kind == "f":  # contexts drawn as uniforms: the problem's inverse CDF, on the whole stack
+            x = contexts_from_uniforms(p.rho, x)
+        if x.shape[-1] >= p.num_contexts:  # the table's rows (each row's arithmetic is the same), gathered
+            table = policy.log_probs()
+            log_pi = take_contexts(table, x)
+            cdf = take_contexts(np.cumsum(np.exp(table), axis=-1), x)
+        else:
+            log_pi = policy.log_probs_at(x)
+            cdf = np.cumsum(np.exp(log_pi), axis=-1)
         y = inverse_cdf(cdf, u)
         kind = cfg.y_prime
         if kind == "policy":
@@ -208,12 +216,16 @@ class REBEL(Algorithm):
     def _raw_draws(self, rng: np.random.Generator, p: TabularBandit, N: int, Y: int):
         """One seed's random numbers, in the order of its draws: contexts, y, y' (a uniform, or an index),
         the reward noise of y and of y' (zeros when the problem has none: nothing drawn)."""
-        x = p.sample_contexts(rng, N)
-        u = rng.random(N)
         kind = self.config.y_prime
-        if kind in ("policy", "ref"):
-            v = rng.random(N)
+        if base_contexts(p):
+            # the uniforms of the contexts' inverse CDF, of y and (y' from a policy) of y': the numbers of N-long
+            # draws one after the other, in one call; the contexts are found on the whole stack (_contexts)
+            w = rng.random((3 if kind in ("policy", "ref") else 2) * N)
+            x, u, v = w[:N], w[N:2 * N], w[2 * N:]
         else:
+            x, u = p.sample_contexts(rng, N), rng.random(N)
+            v = rng.random(N) if kind in ("policy", "ref") else None
+        if kind not in ("policy", "ref"):
             v = rng.integers(Y if kind == "uniform" else self.offline.shape[1], size=N)
         noise = [rng.standard_normal(N) if p.noise_std > 0 else np.zeros(N) for _ in range(2)]
         return x, u, v, noise[0], noise[1]
@@ -233,8 +245,8 @@ class REBEL(Algorithm):
 
         def loss_fn(theta: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
             xi = take(x, idx)
-            ratio = policy.torch_log_prob(theta, xi, take(y, idx)) - take(t["lp"], idx)
-            ratio2 = policy.torch_log_prob(theta, xi, take(y2, idx)) - take(t["lp2"], idx)
+            new1, new2 = policy.torch_log_prob_of(theta, xi, take(y, idx), take(y2, idx))
+            ratio, ratio2 = new1 - take(t["lp"], idx), new2 - take(t["lp2"], idx)
             return self.loss_fn(ratio, ratio2, take(t["r"], idx), take(t["r2"], idx), cfg.eta)
 
         new, loss = adam_fit(policy, loss_fn, cfg.pairs, cfg.epochs, cfg.minibatch, cfg.lr, rng, self._adam)

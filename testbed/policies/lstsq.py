@@ -96,17 +96,13 @@ def _solve_laplacian(gram, rhs, rows: PairRows, blocks):
     per block instead of an eigen-decomposition (about 9x cheaper at 10 x 10). The eigen-solver's
     cut-off (1e-9 of the largest eigenvalue) drops only rounding-level eigenvalues here: a connected
     Laplacian's smallest non-zero eigenvalue is >= 4/k² for k <= Y responses, its largest <= 2·pairs."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     B, Y = rhs.shape
-    y, y2 = rows.y.ravel(), rows.y2.ravel()
-    u, v = blocks * Y + y, blocks * Y + y2
-    graph = coo_matrix((np.ones(len(u)), (u, v)), shape=(B * Y, B * Y))
-    labels = connected_components(graph, directed=False)[1]
-    size = np.bincount(labels)[labels].reshape(B, Y)
-    lab = labels.reshape(B, Y)
-    proj = (lab[:, :, None] == lab[:, None, :]) / size[:, :, None]
+    # connected components of each block's graph (edge y-y' iff L[y, y'] != 0) by reachability: the boolean
+    # closure of I + adjacency by ceil(log2 Y) squarings, batched over all blocks (no per-graph labelling)
+    reach = (gram != 0) | np.eye(Y, dtype=bool)
+    for _ in range(max(int(np.ceil(np.log2(Y))), 0)):
+        reach = np.matmul(reach.astype(np.float32), reach.astype(np.float32)) > 0
+    proj = reach / reach.sum(axis=2)[:, :, None]  # 1_c1_cᵀ/|c|: the component of y, divided by its size
     return np.linalg.solve(gram + proj, rhs[..., None])[..., 0]
 
 

@@ -32,6 +32,12 @@ regime that remains: a non-realisable problem whose Fisher eigenvalues span more
 magnitude (responses with pi_t ≲ 1e-24 that alone pin a direction) — there float64 cannot identify
 that direction, and its step is taken as zero (the minimum-norm choice).
 
+**Large, well-conditioned systems** (rows·d² >= ``FAST_WORK``, weighted Gram eigenvalues within
+1/``GRAM_RCOND``) skip stage 1: the weighted system then has a unique least-squares solution, which
+in the realisable case is stage 1's (the same set of exact fits), so one pass over φ builds the only
+system solved, from its normal equations (BLAS, two refinement steps). Everything else (small,
+rank-deficient, near-deterministic pi_t) takes the two stages above.
+
 Leading axes (a stack of problems and policies) are carried through; each member is the
 unstacked computation bit for bit (one SVD per member).
 """
@@ -117,22 +123,77 @@ def _centred_rows(rho, phi, q, p):
     m = np.einsum("...xy,...xyd->...xd", p, phi)
     e = np.sum(p * q, axis=-1)
     w = np.sqrt(rho[..., None] * p)
-    rows = w[..., None] * (phi - m[..., None, :])
+    rows = phi - m[..., None, :]
+    rows *= w[..., None]  # in place: the same products as w·(φ - m), one X·Y·d array
     targets = w * (q - e[..., None])
     return rows.reshape(rows.shape[:-3] + (-1, rows.shape[-1])), targets.reshape(targets.shape[:-2] + (-1,)), m, e
 
 
-def natural_step(rho, phi, q, pi, mu=None, eta: float = 1.0) -> np.ndarray:
-    """delta of exact NPG (``mu`` None: F⁺∇J) or of exact REBEL's population regression (y' ~ mu,
-    A⁺b), times eta. ``mu is pi`` is NPG's system (A = 2F, b = 2∇J: the same solution)."""
-    z, fits = _realisable(rho, phi, q)
-    if np.all(fits):
-        return eta * z
+def _weighted_blocks(rho, phi, q, pi, mu):
+    """The weighted system as blocks of rows and targets (stacked, they are the rows of stage 2)."""
     rows, targets, m1, e1 = _centred_rows(rho, phi, q, pi)
+    blocks = [(rows, targets)]
     if mu is not None and mu is not pi:
         r2, t2, m2, e2 = _centred_rows(rho, phi, q, mu)
         w = np.sqrt(rho)[..., None]
-        rows = np.concatenate([rows, r2, w * (m1 - m2)], axis=-2)
-        targets = np.concatenate([targets, t2, w[..., 0] * (e1 - e2)], axis=-1)
+        blocks += [(r2, t2), (w * (m1 - m2), w[..., 0] * (e1 - e2))]
+    return blocks
+
+
+def _normal_equations(blocks):
+    """The least-squares solution of the stacked blocks (M_k, t_k) from the normal equations sum_k M_kᵀM_k
+    (BLAS, no concatenated copy; the rows rescaled in place by the largest |M| of each member) with two
+    steps of iterative refinement, as :func:`min_norm_solve`'s fast path; and whether each member is well
+    conditioned (only those members' solutions are used)."""
+    s = np.max([np.max(np.abs(M), axis=(-2, -1), keepdims=True) for M, _ in blocks], axis=0)
+    s = np.where(s > 0, s, 1.0)
+    for M, t in blocks:  # the blocks are this module's own arrays: rescaled in place
+        M /= s
+        t /= s[..., 0]
+    gram = sum(np.matmul(np.swapaxes(M, -1, -2), M) for M, _ in blocks)
+    w, V = np.linalg.eigh(gram)
+    well = w[..., 0] > GRAM_RCOND * w[..., -1]
+    inv = np.divide(1.0, w, out=np.zeros_like(w), where=well[..., None])
+
+    def solve(rhs):
+        return np.matmul(V, (inv * np.matmul(np.swapaxes(V, -1, -2), rhs[..., None])[..., 0])[..., None])[..., 0]
+
+    def back(residuals):  # sum_k M_kᵀ r_k
+        return sum(np.matmul(np.swapaxes(M, -1, -2), r[..., None])[..., 0] for (M, _), r in zip(blocks, residuals))
+
+    z = solve(back([t for _, t in blocks]))
+    for _ in range(2):
+        z = z + solve(back([t - np.matmul(M, z[..., None])[..., 0] for M, t in blocks]))
+    return z, well
+
+
+def natural_step(rho, phi, q, pi, mu=None, eta: float = 1.0) -> np.ndarray:
+    """delta of exact NPG (``mu`` None: F⁺∇J) or of exact REBEL's population regression (y' ~ mu,
+    A⁺b), times eta. ``mu is pi`` is NPG's system (A = 2F, b = 2∇J: the same solution).
+
+    A large system whose weighted Gram matrix is well conditioned (every member) is solved once, from
+    the weighted rows' normal equations: its solution is then unique, so in the realisable case it is
+    the weight-free stage's solution too (the same set of exact fits, one element), and one pass over φ
+    serves both stages. Anything else (small, rank-deficient or badly conditioned: near-deterministic
+    pi_t) takes the two stages above, by the SVD."""
+    X, Y, d = phi.shape[-3:]
+    rebel = mu is not None and mu is not pi
+    R = X * Y * (2 if rebel else 1) + (X if rebel else 0)
+    if R * d * d >= FAST_WORK and R >= 4 * d:
+        fast, well = _normal_equations(_weighted_blocks(rho, phi, q, pi, mu))
+        if np.all(well):
+            return eta * fast
+        if np.any(well):  # a stack with badly conditioned members: those take the two stages, the rest this
+            return np.where(well[..., None], eta * fast, _two_stages(rho, phi, q, pi, mu, eta))
+    return _two_stages(rho, phi, q, pi, mu, eta)
+
+
+def _two_stages(rho, phi, q, pi, mu, eta):
+    z, fits = _realisable(rho, phi, q)
+    if np.all(fits):
+        return eta * z
+    blocks = _weighted_blocks(rho, phi, q, pi, mu)
+    rows = np.concatenate([M for M, _ in blocks], axis=-2)
+    targets = np.concatenate([t for _, t in blocks], axis=-1)
     weighted = min_norm_solve(rows, targets)
     return eta * np.where(fits[..., None], z, weighted)
