@@ -137,7 +137,7 @@ def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
 
 
 def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None,
-            checkpoint: Path | None = None, every: int = 0, study=None):
+            checkpoint: Path | None = None, every: int = 0, study=None, log=None):
     """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer.
 
     With ``checkpoint`` (process 0 writes it) the state is saved every ``every`` iterations, and a run
@@ -223,6 +223,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     def record(t: int) -> None:
         rows.append(row(t, st.step, st.secs) if t else row(0))
         check_finite(run_id, t, {k: v for k, v in rows[-1].items() if isinstance(v, float)}, checkpoint)
+        if log is not None:  # metrics.csv so far, every iteration (atomically)
+            log(rows)
 
     def save() -> None:
         if acc.is_main_process:
@@ -306,7 +308,8 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
                     bar.update(spec.train.iterations)
                     continue
                 ckpt = partial / f"{keys[run_id]}.ckpt" if use_partial else None
-                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1, study)
+                log = (lambda r, done=list(all_rows): folder.log_rows(done + r, LM_COLUMNS)) if main else None
+                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1, study, log)
                 if use_partial:
                     if spec.train.save:
                         model.save_pretrained(partial / "checkpoints" / keys[run_id])
