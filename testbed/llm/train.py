@@ -39,9 +39,9 @@ from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend, backend_state, restore_backend
 from testbed.llm.checks import check_before_build, lm_input_files, run_key
 from testbed.llm.critic import PolicyAndValue, make_critic
+from testbed.llm.evaluation import evaluate
 from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
-from testbed.llm.rewards import score_responses
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory, set_torch_threads
 from testbed.results import LM_COLUMNS
@@ -106,23 +106,6 @@ def _gather_mean(acc, t: torch.Tensor, replicated: bool, total: bool = False) ->
     if not replicated and acc.num_processes > 1:
         t = acc.gather(t)
     return float(t.sum() if total else t.mean())
-
-
-@torch.no_grad()
-def evaluate(ctx: LMBackend, prompts: list[str], seed: int, t: int) -> tuple[float, list[dict]]:
-    """Mean (penalised) score of one sample per eval prompt, and the generations; own RNG stream."""
-    pol = ctx.policy
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(10_000_019 * (seed + 1) + t)
-        q, qm = pol.encode(prompts, ctx.train.max_prompt_length)
-        y = pol.generate(q, qm)
-        raw, score = (score_responses(ctx.reward, q, qm, y, pol.eos_id, ctx.train.missing_eos_penalty,
-                                      ctx.train.missing_eos_mode, ctx.train.missing_eos_test, pol.pad_id)
-                      if ctx.reward is not None else (None, None))
-    texts = pol.decode(y)
-    rows = [{"iteration": t, "prompt": p, "response": r, **({"score": float(s)} if score is not None else {})}
-            for p, r, s in zip(prompts, texts, score if score is not None else [None] * len(prompts))]
-    return (float(score.mean()) if score is not None else None), rows
 
 
 CHECKPOINTED_ALGO_FIELDS = ("cursor", "order", "rule_state")  # offline data position (DPO, SFT); a user rule's state
