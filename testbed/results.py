@@ -317,6 +317,12 @@ class RunFolder:
         if kind is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def log_rows(self, rows: list[dict], columns: tuple[str, ...]) -> None:
+        """``metrics.csv`` of the rows made so far, written atomically into the folder being built (each
+        iteration, by the LM run): a run killed at hour 10 leaves hours 0-10 in ``.<out>.tmp-PID/metrics.csv``
+        (the same bytes as the finished file's first rows) until the next run into ``out`` clears it."""
+        atomic_write_text(self.tmp / "metrics.csv", csv_text(rows, file_columns(columns)))
+
     def finish(self, config_text: str, rows: list[dict], columns: tuple[str, ...], meta: dict,
                files: tuple[str, ...] = (), timings: dict | None = None) -> Path:
         """Write config.yaml, metrics.csv (``columns`` but the measured ones), meta.json (``meta`` plus the

@@ -132,12 +132,13 @@ class LMPolicy:
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     @torch.no_grad()
-    def generate(self, query: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def generate(self, query: torch.Tensor, query_mask: torch.Tensor, sampler=None) -> torch.Tensor:
         """Sample one response per row: [B, max_new_tokens], tokens after the first EOS set to padding.
 
         Uses the torch global RNG (seed it for reproducibility). Generation stops at EOS per row
         (finished rows are padded), which samples the same distribution as a fixed-length
-        generation followed by truncation after the first EOS.
+        generation followed by truncation after the first EOS. ``sampler``: logits processors that
+        sample by themselves (:func:`testbed.llm.evaluation.row_sampler`), decoded greedily.
         """
         query, query_mask = left_pad(query, query_mask, self.pad_id)
         m = unwrap(self.model)
@@ -148,6 +149,8 @@ class LMPolicy:
                   eos_token_id=self.eos_id)
         if self.suppress is not None:
             kw["suppress_tokens"] = [self.suppress]
+        if sampler is not None:
+            kw.update(do_sample=False, temperature=None, top_k=None, top_p=None, logits_processor=sampler)
         out = m.generate(input_ids=query, attention_mask=query_mask, **kw)
         m.train(was_training)
         resp = out[:, query.shape[1]:]

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from testbed.algorithms.base import build_config, count, flag, nonneg, one_of, positive
+from testbed.algorithms.base import build_config, count, flag, nonneg, nonneg_count, one_of, positive
 from testbed.errors import ROW_BYTES, InputError, check_memory, positive_int
 from testbed.io import read_yaml
 from testbed.llm.checks import PROMPT_BYTES, check_lora, check_prompt_lengths, check_reward_module
@@ -76,6 +76,7 @@ class TrainConfig:
     missing_eos_test: str = one_of("eos", ("eos", "pad"), "finished = holds an EOS (ours), or holds a pad token "
                                    "(official: an EOS as the last token counts as missing)")
     eval_every: int = count(5, "evaluate (and write sample generations) every k iterations")
+    eval_micro_batch: int = nonneg_count(0, "eval prompts per generate call (0: all); N: per-prompt streams, same metrics")
     rollouts: str = one_of("sharded", ("sharded", "replicated"), "each process samples its share of the batch, or every "
                            "process samples the whole batch with the same seed (bit-for-bit the 1-process run)")
     save: bool = flag(True, "save the final policy with save_pretrained")

@@ -39,9 +39,9 @@ from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend, backend_state, restore_backend
 from testbed.llm.checks import check_before_build, lm_input_files, run_key
 from testbed.llm.critic import PolicyAndValue, make_critic
+from testbed.llm.evaluation import evaluate
 from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
-from testbed.llm.rewards import score_responses
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory, set_torch_threads
 from testbed.results import LM_COLUMNS
@@ -108,23 +108,6 @@ def _gather_mean(acc, t: torch.Tensor, replicated: bool, total: bool = False) ->
     return float(t.sum() if total else t.mean())
 
 
-@torch.no_grad()
-def evaluate(ctx: LMBackend, prompts: list[str], seed: int, t: int) -> tuple[float, list[dict]]:
-    """Mean (penalised) score of one sample per eval prompt, and the generations; own RNG stream."""
-    pol = ctx.policy
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(10_000_019 * (seed + 1) + t)
-        q, qm = pol.encode(prompts, ctx.train.max_prompt_length)
-        y = pol.generate(q, qm)
-        raw, score = (score_responses(ctx.reward, q, qm, y, pol.eos_id, ctx.train.missing_eos_penalty,
-                                      ctx.train.missing_eos_mode, ctx.train.missing_eos_test, pol.pad_id)
-                      if ctx.reward is not None else (None, None))
-    texts = pol.decode(y)
-    rows = [{"iteration": t, "prompt": p, "response": r, **({"score": float(s)} if score is not None else {})}
-            for p, r, s in zip(prompts, texts, score if score is not None else [None] * len(prompts))]
-    return (float(score.mean()) if score is not None else None), rows
-
-
 CHECKPOINTED_ALGO_FIELDS = ("cursor", "order", "rule_state")  # offline data position (DPO, SFT); a user rule's state
 
 
@@ -137,7 +120,7 @@ def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
 
 
 def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None,
-            checkpoint: Path | None = None, every: int = 0, study=None):
+            checkpoint: Path | None = None, every: int = 0, study=None, log=None):
     """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer.
 
     With ``checkpoint`` (process 0 writes it) the state is saved every ``every`` iterations, and a run
@@ -223,6 +206,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     def record(t: int) -> None:
         rows.append(row(t, st.step, st.secs) if t else row(0))
         check_finite(run_id, t, {k: v for k, v in rows[-1].items() if isinstance(v, float)}, checkpoint)
+        if log is not None:  # metrics.csv so far, every iteration (atomically)
+            log(rows)
 
     def save() -> None:
         if acc.is_main_process:
@@ -306,7 +291,8 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
                     bar.update(spec.train.iterations)
                     continue
                 ckpt = partial / f"{keys[run_id]}.ckpt" if use_partial else None
-                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1, study)
+                log = (lambda r, done=list(all_rows): folder.log_rows(done + r, LM_COLUMNS)) if main else None
+                rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1, study, log)
                 if use_partial:
                     if spec.train.save:
                         model.save_pretrained(partial / "checkpoints" / keys[run_id])
