@@ -187,13 +187,12 @@ def _cmd_diffusion_run(args) -> None:
 
 
 def _cmd_llm_pipeline(args) -> None:
-    if not args.dry_run:
-        raise InputError("llm pipeline: only --dry-run is implemented; run each lm stage with `testbed llm run`")
     try:
         from testbed.llm.pipeline import plan_pipeline_text
+        from testbed.llm.pipeline_run import run_pipeline
     except ImportError as e:  # the llm extra is missing
         raise InputError(f"the LM track needs the llm extra (pip install -e '.[llm]'): {e}") from None
-    print(plan_pipeline_text(args.dir))
+    print(plan_pipeline_text(args.dir) if args.dry_run else f"pipeline -> {run_pipeline(args.dir, not args.quiet)}")
 
 
 def _jobs(value: str) -> int:
@@ -306,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp = lsub.add_parser("pipeline", help="a folder of chained LM stages (pipeline.yaml: SFT -> RM -> RL -> eval)")
     lp.add_argument("dir")
     lp.add_argument("--dry-run", action="store_true", help="validate the chain offline and print each stage's models and memory")
+    lp.add_argument("--quiet", action="store_true", help="no progress bar")
     lp.set_defaults(func=_cmd_llm_pipeline)
     df = sub.add_parser("diffusion", help="the image-generation track (a diffusion policy)")
     dsub = df.add_subparsers(dest="diffusion_command", required=True, parser_class=_Parser)

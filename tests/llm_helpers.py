@@ -20,3 +20,13 @@ def toy_spec(algorithm: dict, seeds=(0,), **train):
     raw["seeds"] = list(seeds)
     raw["train"].update(train)
     return raw
+
+
+def prefers_good(queries, responses, references):
+    """A pluggable judge (``judge: {module: llm_helpers:prefers_good}``): P(response beats reference) = 1 when it
+    holds more "good" words, ½ on equal counts, else 0."""
+    out = []
+    for r, ref in zip(responses, references):
+        a, b = r.split().count("good"), ref.split().count("good")
+        out.append(1.0 if a > b else 0.5 if a == b else 0.0)
+    return out

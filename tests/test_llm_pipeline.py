@@ -91,11 +91,12 @@ def test_bad_pipelines_exit_2_with_one_line(tmp_path, capsys, stages, message):
     assert err.count("\n") == 1 and message in err, err
 
 
-def test_pipeline_without_dry_run_says_what_is_implemented(tmp_path, capsys):
+def test_a_folder_without_pipeline_yaml_exits_2_with_or_without_dry_run(tmp_path, capsys):
     assert main(["llm", "pipeline", str(tmp_path), "--dry-run"]) == 2
     assert "no pipeline.yaml" in capsys.readouterr().err
     assert main(["llm", "pipeline", str(tmp_path)]) == 2
-    assert "only --dry-run" in capsys.readouterr().err
+    assert "no pipeline.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_count_limits_an_hf_dataset_split(monkeypatch):

@@ -34,7 +34,8 @@ KINDS = ("sft", "reward_model", "lm", "eval")
 TRAIN_KEYS = {"lr": float, "adam_eps": float, "scheduler": str, "epochs": int, "per_device_batch": int,
               "grad_accum": int, "processes": int, "seq": int}
 SCHEDULERS = ("cosine", "linear", "constant")
-DATA_KEYS = {"hf_dataset", "split", "fields", "count"}
+OPTIONAL_TRAIN_KEYS = {"weight_decay": float, "max_grad_norm": float}  # official: torch AdamW's 0.01, no clipping
+DATA_KEYS = {"hf_dataset", "file", "split", "fields", "count"}
 
 
 def _stage_model_path(out: Path, stage: dict) -> str:
@@ -66,8 +67,9 @@ def _model(entry, where: str, done: dict, out: Path) -> tuple[dict, str | None]:
 
 
 def _check_data(entry, where: str) -> dict:
-    if not isinstance(entry, dict) or not isinstance(entry.get("hf_dataset"), str) or not entry["hf_dataset"]:
-        raise InputError(f"{where} must be {{hf_dataset: NAME, split, fields: [...], count}}")
+    src = entry.get("hf_dataset", entry.get("file")) if isinstance(entry, dict) else None
+    if not isinstance(src, str) or not src:
+        raise InputError(f"{where} must be {{hf_dataset: NAME, split, fields: [...], count}} or {{file: PATH.jsonl, fields}}")
     bad = sorted(set(entry) - DATA_KEYS)
     if bad:
         raise InputError(f"{where}: unknown key(s) {bad}; expected some of {sorted(DATA_KEYS)}")
@@ -97,20 +99,39 @@ def _check_train(entry, where: str) -> dict:
     from testbed.errors import positive_number
     if not isinstance(entry, dict):
         raise InputError(f"{where} must be a mapping of {sorted(TRAIN_KEYS)}")
-    bad = sorted(set(entry) - set(TRAIN_KEYS))
+    bad = sorted(set(entry) - set(TRAIN_KEYS) - set(OPTIONAL_TRAIN_KEYS))
     if bad:
         raise InputError(f"{where}: unknown key(s) {bad}; expected some of {sorted(TRAIN_KEYS)}")
     missing = sorted(set(TRAIN_KEYS) - set(entry))
     if missing:
         raise InputError(f"{where}: missing {missing} (the official values are set explicitly)")
-    for k, t in TRAIN_KEYS.items():
-        if t is int:
+    for k, t in {**TRAIN_KEYS, **{k: v for k, v in OPTIONAL_TRAIN_KEYS.items() if k in entry}}.items():
+        if k in OPTIONAL_TRAIN_KEYS:
+            from testbed.errors import nonneg_number
+            nonneg_number(f"{where}.{k}", entry[k])
+        elif t is int:
             positive_int(f"{where}.{k}", entry[k])
         elif t is float:
             positive_number(f"{where}.{k}", entry[k])
     if entry["scheduler"] not in SCHEDULERS:
         raise InputError(f"{where}.scheduler must be one of {', '.join(SCHEDULERS)} (got {entry['scheduler']!r})")
     return entry
+
+
+def _check_eval(st: dict, where: str, done: dict) -> None:
+    from testbed.errors import positive_number
+    for j, p in enumerate(st["policies"]):
+        if done[p]["kind"] not in ("sft", "lm"):
+            raise InputError(f"{where}.policies[{j}]: stage {p!r} is a {done[p]['kind']} stage, not a policy")
+    if done[st["reference"]]["kind"] not in ("sft", "lm"):
+        raise InputError(f"{where}.reference: stage {st['reference']!r} is not a policy (an sft or lm stage)")
+    if done[st["reward"]]["kind"] != "reward_model":
+        raise InputError(f"{where}.reward: stage {st['reward']!r} is not a reward_model stage")
+    if len(st["data"]["fields"]) != 2:
+        raise InputError(f"{where}.data.fields must be [query, reference_response] (got {st['data']['fields']})")
+    positive_number(f"{where}.temperature", st.get("temperature", 0.01))
+    positive_int(f"{where}.max_new_tokens", st.get("max_new_tokens", 53))
+    nonneg_int(f"{where}.seed", st.get("seed", 0))
 
 
 def load_pipeline(folder: str | Path) -> dict:
@@ -143,6 +164,12 @@ def load_pipeline(folder: str | Path) -> dict:
             _check_train(st.get("train"), f"{where}.train")
             nonneg_int(f"{where}.seed", st.get("seed", 0))
             st["zero_stage"], st["deepspeed_16bit"] = _deepspeed(st.get("deepspeed"), f"{where}.deepspeed", folder)
+            st["deepspeed_path"] = str(folder / st["deepspeed"]) if st.get("deepspeed") else None
+            if st.get("eval_data") is not None:
+                _check_data(st["eval_data"], f"{where}.eval_data")
+            from testbed.llm.sft import LOSSES
+            if st.get("loss", "sequence") not in LOSSES or kind == "reward_model" and "loss" in st:
+                raise InputError(f"{where}.loss must be one of {', '.join(LOSSES)} (sft stages only; got {st.get('loss')!r})")
         elif kind == "lm":
             spec = st.get("spec")
             if not isinstance(spec, dict):
@@ -180,6 +207,7 @@ def load_pipeline(folder: str | Path) -> dict:
                 st["judge"], st["judge_from"] = _model(judge, f"{where}.judge", done, out)
             _check_data(st.get("data"), f"{where}.data")
             positive_int(f"{where}.per_device_batch", st.get("per_device_batch", 0))
+            _check_eval(st, where, done)
         done[name] = st
     return {"name": raw.get("name") or folder.name, "out": out, "stages": done, "source": str(f)}
 

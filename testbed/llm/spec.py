@@ -96,6 +96,7 @@ class AccelerateConfig:
     num_processes: int = count(1, "data-parallel processes the spec is meant for (torchrun --nproc_per_node)")
     mixed_precision: str = one_of("no", ("no", "bf16", "fp16"), "autocast through accelerate")
     deepspeed: str = dataclasses.field(default="", metadata={"doc": "a DeepSpeed JSON config (ZeRO stage), GPU runs"})
+    fsdp: dict | None = dataclasses.field(default=None, metadata={"doc": "FullyShardedDataParallelPlugin arguments"})
     gpu_memory_gb: float = positive(80.0, "per-GPU memory the plan compares against")
 
 
@@ -277,6 +278,9 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
             json.loads(Path(acc.deepspeed).read_text())
         except (OSError, ValueError):
             raise InputError(f"accelerate.deepspeed: {acc.deepspeed!r} is not a readable JSON file") from None
+    if acc.fsdp is not None:
+        from testbed.llm.distributed import check_fsdp
+        check_fsdp(acc.fsdp)
     W = world or int(os.environ.get("WORLD_SIZE", 0)) or acc.num_processes
     if train.batch % W:
         raise InputError(f"train.batch = {train.batch} is not divisible across {W} processes")

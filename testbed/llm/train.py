@@ -39,6 +39,7 @@ from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend, backend_state, restore_backend
 from testbed.llm.checks import check_before_build, lm_input_files, run_key
 from testbed.llm.critic import PolicyAndValue, make_critic
+from testbed.llm.distributed import gather_rng, restore_rng
 from testbed.llm.evaluation import evaluate
 from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
@@ -48,19 +49,13 @@ from testbed.results import LM_COLUMNS
 from testbed.training import check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
 
-_ACCELERATOR = None
-
 
 def get_accelerator(spec: LMSpec):
-    """One Accelerator per process (accelerate keeps global state): CPU unless a GPU is present. Each
-    algorithm's ``optimise`` sets its own gradient-accumulation steps."""
-    global _ACCELERATOR
-    from accelerate import Accelerator
-    if _ACCELERATOR is None:
-        cpu = not torch.cuda.is_available()
-        _ACCELERATOR = Accelerator(cpu=cpu, gradient_accumulation_steps=spec.train.grad_accum,
-                                   mixed_precision=spec.accelerate.mixed_precision)
-    return _ACCELERATOR
+    """One Accelerator per process (accelerate keeps global state), CPU unless a GPU is present, with the spec's
+    DeepSpeed / FSDP plugin (:func:`testbed.llm.distributed.lm_accelerator`). Each algorithm's ``optimise`` sets
+    its own gradient-accumulation steps."""
+    from testbed.llm.distributed import lm_accelerator
+    return lm_accelerator(spec)
 
 
 def build(spec: LMSpec, algo_name: str, algo_cfg, seed: int, study=None, model=None, critic=None, reward=None):
@@ -173,6 +168,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     if checkpoint is not None and checkpoint.is_file():
         state = load_state(checkpoint)
         restore_backend(ctx, state)
+        restore_rng(state["torch_rngs"], acc)  # each process's own stream (sharded rollouts)
         for k, v in state["algo"].items():
             setattr(algo, k, v)
         order, cursor, rows, generations = state["order"], state["cursor"], state["rows"], state["generations"]
@@ -210,8 +206,10 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             log(rows)
 
     def save() -> None:
+        rngs = gather_rng(acc)  # on every process (a collective), before process 0 writes
         if acc.is_main_process:
             _save_checkpoint(checkpoint, ctx, algo, {"t": st.t, "order": order, "cursor": cursor, "rows": rows,
+                                                     "torch_rngs": rngs,
                                                      "generations": generations, "samples": samples,
                                                      "queries": queries, "elapsed": time.perf_counter() - start})
 
@@ -247,8 +245,6 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     acc = get_accelerator(spec)
     if acc.is_main_process:
         prepare_lm_out(out, overwrite)
-    if (resume or reuse or checkpoint_every) and acc.num_processes > 1:
-        raise InputError("--resume/--checkpoint-every: LM checkpoints are single-process only for now")
     with results.out_lock(out) if acc.is_main_process else contextlib.nullcontext():
         if acc.is_main_process:
             prepare_lm_out(out, overwrite)  # again, holding the lock: a run that just finished there is kept
@@ -261,7 +257,8 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
     inputs = results.input_hashes(lm_input_files(spec))
     spec_text = dump_yaml({**spec.raw, **({"inputs": inputs} if inputs else {})})
     partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume),
-                                   reuse=reuse)
+                                   reuse=reuse) if main else results.partial_dir(out)
+    acc.wait_for_everyone()  # process 0 has made (or checked) <out>.partial
     use_partial = partial.is_dir() and (checkpoint_every or resume)
     runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
     keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
@@ -293,12 +290,14 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
                 ckpt = partial / f"{keys[run_id]}.ckpt" if use_partial else None
                 log = (lambda r, done=list(all_rows): folder.log_rows(done + r, LM_COLUMNS)) if main else None
                 rows, gens, model, tok = run_one(spec, name, cfg, seed, run_id, bar, ckpt, checkpoint_every or 1, study, log)
-                if use_partial:
+                if use_partial and main:
                     if spec.train.save:
                         model.save_pretrained(partial / "checkpoints" / keys[run_id])
                         tok.save_pretrained(partial / "checkpoints" / keys[run_id])
                     save_state(done, (rows, gens))
                     ckpt.unlink(missing_ok=True)
+                if use_partial:
+                    acc.wait_for_everyone()
                     model = None  # saved above; copied from the partial folder
                 timings[run_id] = time.perf_counter() - t0
                 all_rows += rows

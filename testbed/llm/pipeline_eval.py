@@ -1,0 +1,124 @@
+"""The pipeline's evaluation stage: each trained policy against the data set's reference responses, as the official
+``rebel.py`` ``evaluate`` does, plus a held-out judge's win rate.
+
+For every row of ``data`` (fields ``[query, reference_response]``: the left-padded query tokens and the reference
+summary's tokens) and every policy stage, one response is sampled (``temperature``, official 0.01;
+``max_new_tokens``, official 53; tokens after the first EOS become padding) and recorded with
+
+- ``score``: the reward stage's model on (query, response), ``reference_score`` on (query, reference) — raw scores,
+  no missing-EOS penalty (official);
+- ``kl``: Σ_t ln π(y_t | ·) − ln π_sft(y_t | ·) over the response up to and including its first EOS, both at the
+  sampling temperature (official: over all 53 columns, the generation not stopping at EOS);
+- ``judge``, ``judge_reference``: the judge's scores of the response and the reference; ``win`` = 1 if the first is
+  larger, ½ on a tie, 0 otherwise. A judge ``{module: pkg.mod:fn}`` is called as
+  ``fn(queries, responses, references) -> [P(response beats reference)]`` on the decoded texts (an LLM judge).
+
+Metric rows (one per policy): ``eval/rm_score`` (mean score), ``eval/kl``, ``eval/win_rate`` with its 95% Wilson
+interval (``eval/win_rate_lo``, ``_hi``), ``reward`` (mean score − mean reference score). The rows are sharded over
+the processes, ``per_device_batch`` at a time, and gathered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from testbed.results import LM_COLUMNS
+
+
+def load_policy(path: str, base_entry: dict):
+    """A policy a stage saved: a full model folder, or a LoRA adapter folder on top of ``base_entry``'s model."""
+    from testbed.llm.models import load_causal_lm
+    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
+        from peft import PeftModel
+        return PeftModel.from_pretrained(load_causal_lm(base_entry), path).merge_and_unload().eval()
+    return load_causal_lm({"path": path}).eval()
+
+
+def _judge(st: dict, tok, device):
+    judge = st["judge"]
+    if "module" in judge:
+        from testbed.llm.checks import check_reward_module
+        fn = check_reward_module(judge["module"], "judge.module")
+        return lambda q, qm, y, yref: _module_judge(fn, tok, q, qm, y, yref)
+    rm = _reward(judge, tok, device)
+    return lambda q, qm, y, yref: (rm(q, qm, y), rm(q, qm, yref))
+
+
+def _module_judge(fn, tok, q, qm, y, yref):
+    from testbed.llm.tldr import prompt_texts, response_texts
+    p = torch.as_tensor(fn(prompt_texts(tok, q, qm), response_texts(tok, y, tok.eos_token_id),
+                           response_texts(tok, yref, tok.eos_token_id)), dtype=torch.float64)
+    return p, 1 - p  # win iff P > 1/2
+
+
+def _reward(entry: dict, tok, device):
+    from testbed.llm.models import load_reward_model
+    from testbed.llm.rewards import RewardModel
+    m = load_reward_model({k: entry[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in entry})
+    return RewardModel(m.to(device).eval().requires_grad_(False), tok.pad_token_id, tok.eos_token_id)
+
+
+@torch.no_grad()
+def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(one metric row per policy, the per-row records of each policy)."""
+    from accelerate.utils import gather_object
+
+    from testbed.llm.distributed import accelerator
+    from testbed.llm.models import load_tokenizer
+    from testbed.llm.policy import LMPolicy
+    from testbed.llm.sft import load_rows
+    from testbed.llm.tldr import wilson_interval
+
+    acc = accelerator(1)
+    ref_stage = stages[st["reference"]]
+    ref_entry = {**ref_stage["model"], "path": paths[st["reference"]]}
+    tok = load_tokenizer(ref_entry)
+    pad = tok.pad_token_id
+    ref = load_policy(paths[st["reference"]], ref_entry).to(acc.device).requires_grad_(False)
+    rm = _reward({"path": paths[st["reward"]]}, tok, acc.device)
+    judge = _judge(st, tok, acc.device)
+    data = load_rows(st["data"], folder)
+    qf, rf = st["data"]["fields"][:2]
+    mine = np.array_split(np.arange(len(data[qf])), acc.num_processes)[acc.process_index]
+    T, L, bs = float(st.get("temperature", 0.01)), int(st.get("max_new_tokens", 53)), int(st["per_device_batch"])
+    rows, records = [], {}
+    for i, name in enumerate(st["policies"]):
+        model = load_policy(paths[name], ref_entry).to(acc.device).requires_grad_(False)
+        pol = LMPolicy(model, tok, temperature=T, max_new_tokens=L, ref=None)
+        recs = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(st.get("seed", 0)) + 1_000_003 * (i + 1) + 7919 * acc.process_index)
+            for s in range(0, len(mine), bs):
+                idx = torch.as_tensor(mine[s:s + bs])
+                q = data[qf][idx].to(acc.device)
+                qm = (q != pad).long()
+                yref = data[rf][idx].to(acc.device)
+                y = pol.generate(q, qm)
+                lp, mask = pol.logprobs(q, qm, y)
+                lref, _ = pol.logprobs(q, qm, y, model=ref)
+                score, rscore = rm(q, qm, y), rm(q, qm, yref)
+                j, jref = judge(q, qm, y, yref)
+                for k in range(len(idx)):
+                    recs.append({"row": int(idx[k]), "query": q[k][qm[k].bool()].tolist(),
+                                 "response": y[k][mask[k].bool()].tolist(), "reference": yref[k].tolist(),
+                                 "score": float(score[k]), "reference_score": float(rscore[k]),
+                                 "kl": float((lp[k] - lref[k]).sum()), "judge": float(j[k]), "judge_reference": float(jref[k]),
+                                 "win": 1.0 if j[k] > jref[k] else 0.5 if j[k] == jref[k] else 0.0})
+        recs = sorted(gather_object(recs) if acc.num_processes > 1 else recs, key=lambda r: r["row"])
+        records[name] = recs
+        n = len(recs)
+        wins = sum(r["win"] for r in recs)
+        lo, hi = wilson_interval(wins, n)
+        row = {c: None for c in LM_COLUMNS}
+        row.update(run_id=name, problem=st["name"], algorithm=name, seed=int(st.get("seed", 0)), iteration=0, samples=n,
+                   queries=0, **{"eval/rm_score": float(np.mean([r["score"] for r in recs])),
+                                 "eval/kl": float(np.mean([r["kl"] for r in recs])), "eval/win_rate": wins / n,
+                                 "eval/win_rate_lo": lo, "eval/win_rate_hi": hi,
+                                 "reward": float(np.mean([r["score"] - r["reference_score"] for r in recs]))})
+        row["eval/scores"] = row["eval/rm_score"]
+        rows.append(row)
+        del model, pol
+    return rows, records

@@ -1,0 +1,101 @@
+"""``testbed llm pipeline DIR``: run a pipeline's stages in order, each reading the folders the earlier ones wrote.
+
+Stage S writes the run folder ``<out>/S/`` (built under a temporary name, renamed when complete, by process 0):
+
+- ``sft`` / ``reward_model`` (:mod:`testbed.llm.sft`, :mod:`testbed.llm.rm`): ``checkpoints/<kind>-0-s<seed>/`` (the
+  model and tokenizer, ``save_pretrained``), ``metrics.csv`` (one row per update: loss, lr; the RM's
+  ``rewards/*``), ``meta.json`` (with the held-out cross-entropy / pairwise accuracy before and after training);
+- ``lm``: the stage's LM spec through :func:`testbed.llm.train.run_lm_spec` (the ``llm run`` code path);
+- ``eval`` (:mod:`testbed.llm.pipeline_eval`): one metric row per policy and ``samples/<policy>.jsonl`` (every
+  evaluated row: tokens, scores, KL, the judge's verdict).
+
+A stage whose folder is complete (``meta.json`` present) is not run again, so an interrupted pipeline continues
+at the first unfinished stage (an ``lm`` stage with ``checkpoint_every: K`` in ``pipeline.yaml`` continues from its
+last checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+from testbed import results
+from testbed.experiments.spec import dump_yaml
+from testbed.llm.pipeline import _stage_model_path, load_pipeline
+
+
+def _config(st: dict) -> dict:
+    drop = {"lm_spec", "trained", "state_dict", "raw_spec"}
+    return {k: v for k, v in copy.deepcopy({k: v for k, v in st.items() if k not in drop}).items() if v is not None}
+
+
+def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
+    """Run every unfinished stage of ``folder``'s pipeline; returns the pipeline's output folder."""
+    from testbed.io import read_yaml
+    from testbed.llm.distributed import accelerator
+
+    folder = Path(folder)
+    pl = load_pipeline(folder)
+    every = int((read_yaml(folder / "pipeline.yaml", "pipeline") or {}).get("checkpoint_every", 0) or 0)
+    stages, out = pl["stages"], pl["out"]
+    paths = {n: _stage_model_path(out, st) for n, st in stages.items() if st["kind"] != "eval"}
+    for name, st in stages.items():
+        dest = out / name
+        if (dest / "meta.json").is_file():
+            print(f"stage {name}: done ({dest})", file=sys.stderr)
+            continue
+        t0 = time.perf_counter()
+        print(f"stage {name} ({st['kind']}) -> {dest}", file=sys.stderr, flush=True)
+        if st["kind"] == "lm":
+            from testbed.llm.train import run_lm_spec
+            partial = results.partial_dir(dest).is_dir()
+            run_lm_spec(st["lm_spec"], dest, progress=progress, resume=partial, checkpoint_every=every)
+            continue
+        if st["kind"] == "eval":
+            from testbed.llm.pipeline_eval import run_eval
+            rows, records = run_eval(st, stages, paths, folder)
+            model = tok = None
+            summary = {"policies": st["policies"]}
+        else:
+            from testbed.llm.rm import run_reward_model
+            from testbed.llm.sft import run_sft
+            rows, summary, model, tok = (run_sft if st["kind"] == "sft" else run_reward_model)(st, folder)
+            records = {}
+        acc = accelerator(1) if st["kind"] == "eval" else None
+        main = acc.is_main_process if acc is not None else _is_main()
+        if main:
+            _write_stage(dest, st, rows, summary, model, tok, records, time.perf_counter() - t0)
+        _barrier()
+        st.pop("trained", None)
+        st.pop("state_dict", None)
+    return out
+
+
+def _is_main() -> bool:
+    from accelerate.state import PartialState
+    return PartialState().is_main_process
+
+
+def _barrier() -> None:
+    from accelerate.state import PartialState
+    PartialState().wait_for_everyone()
+
+
+def _write_stage(dest: Path, st: dict, rows, summary: dict, model, tok, records: dict, seconds: float) -> None:
+    from testbed.llm.data import write_jsonl
+    from testbed.llm.train import prepare_lm_out
+    from testbed.results import LM_COLUMNS
+
+    prepare_lm_out(dest, overwrite=False)
+    with results.RunFolder(dest) as f:
+        if model is not None:
+            ck = f.tmp / "checkpoints" / f"{st['kind']}-0-s{st.get('seed', 0)}"
+            model.save_pretrained(ck, state_dict=st.get("state_dict"))
+            tok.save_pretrained(ck)
+        for name, recs in records.items():
+            write_jsonl(f.tmp / "samples" / f"{name}.jsonl", recs)
+        meta = {"stage": st["name"], "kind": st["kind"], "summary": summary, "git_commit": results.git_commit(),
+                "versions": results.versions(("transformers", "peft", "accelerate"))}
+        f.finish(dump_yaml(_config(st)), rows, LM_COLUMNS, meta, timings={"seconds": seconds})

@@ -1,0 +1,97 @@
+"""The pipeline's reward-model stage: a scalar head on the SFT policy's backbone fitted to pairwise comparisons with
+the Bradley–Terry loss, as the official ``src/tldr/rm.py``.
+
+The model is transformers' ``AutoModelForSequenceClassification`` with one label, built from the stage's model
+(the SFT stage's folder), so the LM stages load it with ``reward: {kind: model, path}`` like any reward model. Its
+head is initialised as the official ``ScalarModel``'s, normal with std 1/√(hidden + 1); it has no bias (the official
+head's bias starts at 0 and gets no gradient from a loss of score differences). The score is the head's output at
+the last non-pad token (official: the token before the first pad of the right-padded ``query_chosen_token``).
+
+Loss: −mean ln σ(r(chosen) − r(rejected)) over the micro-batch (:func:`testbed.losses.dpo_loss` with β = 1 and the
+scores in place of log-ratios), chosen and rejected scored in one forward pass; the trainer is
+:func:`testbed.llm.sft.train_stage` (the official batch, optimiser and schedule). ``data.fields`` are
+``[chosen, rejected]``: each the whole (query + response) sequence, right-padded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from testbed.errors import InputError
+from testbed.losses import dpo_loss
+
+
+def load_score_model(entry: dict, pad: int, seed: int):
+    """A one-label sequence classifier from the model entry, its head initialised as the official one (seeded)."""
+    from testbed.llm.models import load_reward_model
+
+    model = load_reward_model(entry)
+    model.config.pad_token_id = pad
+    head = model.score if hasattr(model, "score") else model.classifier
+    h = head.weight.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) / np.sqrt(h + 1))
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    return model
+
+
+def scores(model, ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """The score of each right-padded sequence: the head at its last non-pad token (through the model's forward,
+    so a DDP / DeepSpeed wrapper sees the pass; transformers pools at the last token that is not ``pad``, so the
+    ids go in unmasked: a pad column is masked out of attention and never read)."""
+    mask = ids != pad
+    pos = (mask.long().cumsum(1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=False).logits[:, 0].float()
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, chosen: torch.Tensor, rejected: torch.Tensor, pad: int, batch: int = 16) -> float:
+    """Share of pairs with r(chosen) > r(rejected) (official ``accuracy``)."""
+    from testbed.llm.policy import eval_mode
+    dev = next(model.parameters()).device
+    wins = []
+    with eval_mode(model):
+        for s in range(0, len(chosen), batch):
+            wins.append(scores(model, chosen[s:s + batch].to(dev), pad) > scores(model, rejected[s:s + batch].to(dev), pad))
+    return float(torch.cat(wins).float().mean()) if wins else float("nan")
+
+
+def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, object]:
+    """Train the reward-model stage: (metric rows, summary with held-out accuracy before and after, model, tokenizer)."""
+    from testbed.llm.models import load_tokenizer
+    from testbed.llm.sft import load_rows, stage_accelerator, train_stage
+
+    fields = st["data"]["fields"]
+    if len(fields) != 2:
+        raise InputError(f"stage {st['name']}.data.fields must be [chosen, rejected] sequences (got {fields})")
+    acc = stage_accelerator(st)
+    tok = load_tokenizer(st["model"])
+    pad = tok.pad_token_id
+    model = load_score_model(st["model"], pad, st.get("seed", 0)).to(acc.device)
+    rows_ = load_rows(st["data"], folder)
+    c, r = rows_[fields[0]], rows_[fields[1]]
+    held = None
+    if st.get("eval_data"):
+        ev = load_rows(st["eval_data"], folder)
+        held = (ev[st["eval_data"]["fields"][0]], ev[st["eval_data"]["fields"][1]])
+    before = pairwise_accuracy(model, *held, pad) if held else None
+
+    def loss_fn(m, idx):
+        n = len(idx)
+        L = max(c.shape[1], r.shape[1])
+        both = torch.cat([torch.nn.functional.pad(c[idx], (0, L - c.shape[1]), value=pad),
+                          torch.nn.functional.pad(r[idx], (0, L - r.shape[1]), value=pad)]).to(acc.device)
+        s = scores(m, both, pad)
+        sc, sr = s[:n], s[n:]
+        return dpo_loss(sc, sr, beta=1.0), {"rewards/chosen": sc.mean(), "rewards/rejected": sr.mean(),
+                                            "rewards/margins": (sc - sr).mean(), "rewards/accuracies": (sc > sr).float().mean()}
+
+    rows = train_stage(st, acc, model, len(c), loss_fn)
+    model = st["trained"]
+    after = pairwise_accuracy(model, *held, pad) if held else None
+    return rows, {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "pairs": len(c)}, model, tok

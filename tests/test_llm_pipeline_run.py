@@ -1,0 +1,173 @@
+"""`testbed llm pipeline DIR` runs the chain: SFT -> reward model (and a held-out judge) -> REBEL -> evaluation, on
+tiny models built from configs and token data built here (the TL;DR data set's pre-tokenised layout: left-padded
+queries, right-padded responses ending in EOS, right-padded query+response sequences)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from llm_helpers import toy_spec  # noqa: E402
+
+from testbed.cli import main  # noqa: E402
+
+PAD, EOS = 0, 1
+WORD = {w: i + 3 for i, w in enumerate(("good", "bad", "red", "blue", "cat", "dog", "sun", "moon", "one", "two", "up", "down"))}
+Q, R = 4, 4  # query and response columns
+SFT_MARGIN = 0.5  # held-out cross-entropy (nats per token) drops by at least this much
+RM_ACCURACY = 0.95  # held-out pairwise accuracy on the separable preference set
+
+
+def _query(rng):
+    return [WORD[w] for w in rng.choice(["red", "blue", "cat", "dog"], size=rng.integers(2, Q + 1))]
+
+
+def _right(ids, n):
+    return (ids + [PAD] * n)[:n]
+
+
+def make_data(tmp: Path, seed: int = 0) -> None:
+    """SFT rows (the reference response: the query's first word, "good", EOS) and preference pairs (chosen
+    "good good", rejected "bad bad"): the layout of the official pre-processed TL;DR fields."""
+    rng = np.random.default_rng(seed)
+    sft, pairs = [], []
+    for _ in range(320):
+        q = _query(rng)
+        ref = [q[0], WORD["good"], EOS]
+        sft.append({"query_token": [PAD] * (Q - len(q)) + q, "reference_response_token": _right(ref, R),
+                    "query_reference_response_token": _right(q + ref, Q + R)})
+        c, r = q + [WORD["good"]] * 2 + [EOS], q + [WORD["bad"]] * 2 + [EOS]
+        pairs.append({"query_chosen_token": _right(c, Q + R), "query_rejected_token": _right(r, Q + R)})
+    for name, rows in (("sft_train", sft[:192]), ("sft_valid", sft[192:256]), ("eval", sft[256:]),
+                       ("pairs_train", pairs[:192]), ("pairs_valid", pairs[192:256]), ("judge_pairs", pairs[256:])):
+        (tmp / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+TRAIN = {"lr": 1.0e-2, "adam_eps": 1.0e-5, "scheduler": "cosine", "epochs": 3, "per_device_batch": 8, "grad_accum": 2,
+         "processes": 1, "seq": Q + R}
+MODEL = {"name": "tiny:gpt2", "hidden": 32, "layers": 2, "heads": 2, "seed": 0}
+
+
+def pipeline(tmp: Path) -> Path:
+    make_data(tmp)
+    rebel = toy_spec({"name": "rebel", "eta": 1.0}, iterations=3, save=True, eval_every=3)
+    rebel["model"] = {"from": "sft"}
+    rebel["reward"] = {"from": "rm"}
+    stages = [
+        {"name": "sft", "kind": "sft", "model": MODEL, "seed": 3, "train": TRAIN,
+         "data": {"file": "sft_train.jsonl", "fields": ["query_reference_response_token"]},
+         "eval_data": {"file": "sft_valid.jsonl", "fields": ["query_token", "reference_response_token"]}},
+        {"name": "rm", "kind": "reward_model", "model": {"from": "sft"}, "seed": 4, "train": TRAIN,
+         "data": {"file": "pairs_train.jsonl", "fields": ["query_chosen_token", "query_rejected_token"]},
+         "eval_data": {"file": "pairs_valid.jsonl", "fields": ["query_chosen_token", "query_rejected_token"]}},
+        {"name": "judge", "kind": "reward_model", "model": {"from": "sft"}, "seed": 5, "train": {**TRAIN, "epochs": 2},
+         "data": {"file": "judge_pairs.jsonl", "fields": ["query_chosen_token", "query_rejected_token"]}},
+        {"name": "rebel", "kind": "lm", "spec": rebel},
+        {"name": "eval", "kind": "eval", "policies": ["rebel", "sft"], "reference": "sft", "reward": "rm",
+         "judge": {"from": "judge"}, "per_device_batch": 16, "temperature": 1.0, "max_new_tokens": R,
+         "data": {"file": "eval.jsonl", "fields": ["query_token", "reference_response_token"]}},
+        {"name": "eval_module", "kind": "eval", "policies": ["rebel"], "reference": "sft", "reward": "rm",
+         "judge": {"module": "llm_helpers:prefers_good"}, "per_device_batch": 16, "temperature": 1.0,
+         "max_new_tokens": R, "data": {"file": "eval.jsonl", "fields": ["query_token", "reference_response_token"]}},
+    ]
+    (tmp / "pipeline.yaml").write_text(yaml.safe_dump({"name": "toy", "out": str(tmp / "runs"), "stages": stages}))
+    return tmp
+
+
+def _metrics(d: Path) -> list[dict]:
+    with open(d / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _seq_score(model, ids: list[int]) -> float:
+    """An independent reward: the classifier's logit at the last token of one unpadded sequence."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        return float(model(input_ids=x).logits[0, 0])
+
+
+def _seq_kl(pol, ref, q: list[int], y: list[int], T: float) -> float:
+    """Σ ln π − ln π_ref over the response's tokens, the pad token excluded (it is never sampled)."""
+    x = torch.tensor([q + y])
+    with torch.no_grad():
+        la, lb = (m(input_ids=x).logits[0, len(q) - 1:-1].double() / T for m in (pol, ref))
+        la[:, PAD] = lb[:, PAD] = -torch.inf
+        a, b = torch.log_softmax(la, -1), torch.log_softmax(lb, -1)
+    idx = torch.tensor(y)[:, None]
+    return float((a.gather(1, idx) - b.gather(1, idx)).sum())
+
+
+def test_the_toy_pipeline_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    import testbed.llm.train as train_mod
+
+    folder = pipeline(tmp_path)
+    seen = {}
+    real_build = train_mod.build
+
+    def spy(spec, *a, **kw):  # the REBEL stage's policy and reward as built, before any update
+        ctx, algo = real_build(spec, *a, **kw)
+        seen["policy"] = {k: v.clone() for k, v in ctx.accelerator.unwrap_model(ctx.policy.model).state_dict().items()}
+        seen["reward"] = ctx.reward
+        return ctx, algo
+
+    monkeypatch.setattr(train_mod, "build", spy)
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    runs = tmp_path / "runs"
+    sft_dir, rm_dir = runs / "sft" / "checkpoints" / "sft-0-s3", runs / "rm" / "checkpoints" / "reward_model-0-s4"
+
+    # the REBEL stage starts from the SFT stage's saved weights and is scored by the RM stage's model
+    sft = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+    saved = sft.state_dict()
+    assert set(seen["policy"]) == set(saved)
+    assert all(torch.equal(seen["policy"][k], saved[k]) for k in saved)
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    used = seen["reward"].model.state_dict()
+    assert all(torch.equal(used[k], v) for k, v in rm.state_dict().items())
+    assert not torch.equal(rm.score.weight, AutoModelForSequenceClassification.from_pretrained(
+        runs / "judge" / "checkpoints" / "reward_model-0-s5").score.weight)
+
+    # SFT lowers the held-out cross-entropy; the RM ranks the separable held-out pairs
+    s = json.loads((runs / "sft" / "meta.json").read_text())["summary"]
+    assert s["heldout_ce_after"] <= s["heldout_ce_before"] - SFT_MARGIN, s
+    r = json.loads((runs / "rm" / "meta.json").read_text())["summary"]
+    assert r["heldout_accuracy_after"] >= RM_ACCURACY, r
+    assert len(_metrics(runs / "sft")) == 1 + 3 * (192 // 16)  # official: rows // global batch updates per epoch
+
+    # the evaluation's numbers equal an independent recomputation from the saved models and samples
+    pol = AutoModelForCausalLM.from_pretrained(runs / "rebel" / "checkpoints" / "rebel-0-s0").eval()
+    judge = AutoModelForSequenceClassification.from_pretrained(runs / "judge" / "checkpoints" / "reward_model-0-s5").eval()
+    rows = {m["run_id"]: m for m in _metrics(runs / "eval")}
+    for name, model in (("rebel", pol), ("sft", sft)):
+        recs = [json.loads(x) for x in (runs / "eval" / "samples" / f"{name}.jsonl").read_text().splitlines()]
+        assert len(recs) == 64
+        score = [_seq_score(rm, c["query"] + c["response"]) for c in recs]
+        kl = [_seq_kl(model, sft, c["query"], c["response"], 1.0) for c in recs]
+        ref = [c["reference"][:c["reference"].index(EOS) + 1] for c in recs]
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in
+                zip([_seq_score(judge, c["query"] + c["response"]) for c in recs],
+                    [_seq_score(judge, c["query"] + y) for c, y in zip(recs, ref)])]
+        assert float(rows[name]["eval/rm_score"]) == pytest.approx(np.mean(score), abs=1e-5)
+        assert float(rows[name]["eval/kl"]) == pytest.approx(np.mean(kl), abs=1e-4)
+        assert float(rows[name]["eval/win_rate"]) == pytest.approx(np.mean(wins), abs=1e-9)
+    assert float(rows["sft"]["eval/kl"]) == pytest.approx(0.0, abs=1e-6)  # the reference against itself
+
+    recs = [json.loads(x) for x in (runs / "eval_module" / "samples" / "rebel.jsonl").read_text().splitlines()]
+    good = [(c["response"].count(WORD["good"]), c["reference"].count(WORD["good"])) for c in recs]
+    want = np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in good])
+    assert float(_metrics(runs / "eval_module")[0]["eval/win_rate"]) == pytest.approx(want, abs=1e-9)
+
+    # resumable per stage: a finished stage is not run again
+    calls = []
+    monkeypatch.setattr("testbed.llm.sft.train_stage", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(train_mod, "build", lambda *a, **k: calls.append(1))
+    before = (runs / "eval" / "metrics.csv").read_bytes()
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    assert not calls and (runs / "eval" / "metrics.csv").read_bytes() == before
