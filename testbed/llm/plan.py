@@ -37,7 +37,9 @@ def _reward_entry(rm: dict) -> dict:
 
 
 def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
-    """Models held, parameters and estimated memory per process for each algorithm of the spec."""
+    """Models held, parameters and estimated memory per process for each algorithm of the spec (activations with
+    gradient checkpointing when ``checkpointing`` or the spec's ``model.gradient_checkpointing``)."""
+    checkpointing = checkpointing or bool(spec.model.get("gradient_checkpointing"))
     dtype = spec.model.get("dtype", "float32")
     P = count_parameters(spec.model, "causal")
     lora = spec.lora
