@@ -84,6 +84,12 @@ class GaussianTable:
         return (-((self.x0[j] - mean) ** 2).sum(-1) / (2 * sig ** 2) - D * math.log(sig)
                 - 0.5 * D * math.log(2 * math.pi))
 
+    def torch_log_prob_of(self, theta, c, *js):  # the Policy interface: each response array at the same contexts
+        return tuple(self.torch_log_prob(theta, c, j) for j in js)
+
+    def log_probs(self):
+        return self.log_probs_at(np.arange(len(self.params)))
+
     def log_probs_at(self, c):
         n = len(self.x0)
         th = torch.as_tensor(self.params)

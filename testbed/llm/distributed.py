@@ -131,7 +131,7 @@ def lm_accelerator(spec):
     spec) or FSDP block."""
     a, tr = spec.accelerate, spec.train
     ds = None
-    if a.deepspeed:
+    if getattr(a, "deepspeed", None):
         W = world_size()
         grads = {c.grad_accum or tr.grad_accum for _, c, _ in spec.algorithms}
         if len(grads) > 1 or grads != {tr.grad_accum}:
