@@ -43,7 +43,7 @@ def test_planted_bugs_are_caught_by_the_named_check(bug, capsys):
     ("no_such_module_xyz:Rule", "cannot import"),
     (f"{BUGS}:Missing", "has no object"),
     ("builtin:trpo", "unknown built-in"),
-    ("testbed.errors:InputError", "update(api, logits, rng)"),
+    ("testbed.errors:InputError", "update(api, params, rng)"),
 ])
 def test_bad_check_targets(target, expect, capsys):
     assert main(["check", target]) == 2

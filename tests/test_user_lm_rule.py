@@ -152,3 +152,49 @@ def test_the_readme_lm_rule_passes_its_battery_and_matches_rebel(tmp_path, capsy
     assert main(["plot", str(tmp_path / "out"), "--y", "reward"]) == 0
     labels = [s[0] for s in seen if isinstance(s, tuple)]
     assert any(lab.startswith("my-lm-rebel-1") for lab in labels) and any(lab.startswith("rebel-0") for lab in labels)
+
+
+BAD_RULES = '''
+import torch
+from lm_rules import LMRebel
+
+class NoKinds:                       # an LM rule that does not declare kinds: taken as tabular, which needs update
+    family, eta = "mirror_descent", 1.0
+    def lm_update(self, api, q, qm):
+        return 0.0
+
+class TabularAndLM(NoKinds):
+    kinds = ("tabular", "lm")
+
+class SampledLM(NoKinds):
+    family, kinds = "sampled", ("lm",)
+
+class LMWithoutLMUpdate:
+    family, kinds, eta = "mirror_descent", ("lm",), 1.0
+    def update(self, api, params, rng):
+        return params
+
+class Raises(LMRebel):
+    def reward_lm(self, ro, B):
+        return ro["no such key"]
+'''
+
+
+@pytest.mark.parametrize("rule, named", [("NoKinds", "'tabular', which needs a method update(api, params, rng)"),
+                                         ("TabularAndLM", "'tabular', which needs a method update(api, params, rng)"),
+                                         ("SampledLM", "the sampled battery runs the rule's update(api, params, rng)"),
+                                         ("LMWithoutLMUpdate", "'lm', which needs a method lm_update(api, query, query_mask)")])
+def test_testbed_check_names_a_missing_method_in_one_line(tmp_path, capsys, monkeypatch, rule, named):
+    monkeypatch.syspath_prepend(str(RULES.parent))
+    (tmp_path / "bad.py").write_text(BAD_RULES)
+    assert main(["check", f"{tmp_path / 'bad.py'}:{rule}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0], err
+
+
+def test_an_exception_in_the_rule_is_a_failed_check_not_an_internal_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(RULES.parent))
+    (tmp_path / "bad.py").write_text(BAD_RULES)
+    assert main(["check", f"{tmp_path / 'bad.py'}:Raises"]) == 1
+    out = capsys.readouterr().out
+    assert "the rule raised KeyError: 'no such key'" in out and "0/1 checks passed: FAIL" in out

@@ -33,6 +33,18 @@ from testbed.policies import LogLinear, MLPPolicy, Policy, TabularSoftmax
 from testbed.problems import PreferenceBandit, TabularBandit
 
 FAMILIES = ("mirror_descent", "equilibrium", "dpo", "sampled")
+METHODS = {"update": "update(api, params, rng)", "lm_update": "lm_update(api, query, query_mask)"}
+
+
+def method_for(kind: str) -> str:
+    """The method a rule needs to update a policy of ``kind`` (or to run on the back-end ``kind``)."""
+    return "lm_update" if kind == "lm" else "update"
+
+
+def missing_method(rule, kind: str) -> str | None:
+    """None if ``rule`` has the method ``kind`` needs; else that method's signature."""
+    method = method_for(kind)
+    return None if callable(getattr(rule, method, None)) else METHODS[method]
 
 
 class BudgetExceeded(RuntimeError):
@@ -139,8 +151,8 @@ def load_factory(target: str, where: str = "module", families: tuple[str, ...] |
     factory = obj if is_factory else (lambda: copy.deepcopy(obj))
     rule = factory()
     if not callable(getattr(rule, "update", None)) and not callable(getattr(rule, "lm_update", None)):
-        raise InputError(f"{where} {target!r}: the rule needs a method update(api, logits, rng) "
-                         "(or lm_update(api, query, query_mask) for the LM back-end)")
+        raise InputError(f"{where} {target!r}: the rule needs a method {METHODS['update']} "
+                         f"(or {METHODS['lm_update']} for the LM back-end)")
     if families is not None and getattr(rule, "family", None) not in families:
         raise InputError(f"{where} {target!r}: family must be one of {', '.join(families)} "
                          f"(got {getattr(rule, 'family', None)!r})")
@@ -211,10 +223,8 @@ class UserRule(Algorithm):
 
     @staticmethod
     def check_track(config, track: str) -> str | None:
-        method = "update(api, params, rng)" if track == "bandit" else "lm_update(api, query, query_mask)"
-        if callable(getattr(make_rule(config), method.split("(")[0], None)):
-            return None
-        return f"the rule {config.module!r} has no method {method} for the {track} back-end"
+        missing = missing_method(make_rule(config), "lm" if track == "lm" else "tabular")
+        return None if missing is None else f"the rule {config.module!r} has no method {missing} for the {track} back-end"
 
     @staticmethod
     def counted(config) -> bool:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from testbed.errors import InputError
+
 
 class LMAPI:
     """What an LM rule may see of the back-end (``ctx``: an :class:`~testbed.llm.backend.LMBackend`)."""
@@ -74,6 +76,7 @@ def lm_update(rule, ctx, config, q, qm):
     loss = rule.lm_update(api, q, qm)
     if loss is None:
         if not api.losses:
-            raise RuntimeError("the rule's lm_update returned no loss and never called api.optimise")
+            raise InputError(f"user rule {getattr(rule, 'name', type(rule).__name__)!r}: lm_update returned no loss "
+                             "and never called api.optimise (return the loss, or solve through api.optimise)")
         loss = sum(api.losses) / len(api.losses)
     return float(loss), api.samples, api.queries, api.stats(float(getattr(rule, "beta", 0.0) or 0.0))

@@ -42,7 +42,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import log_softmax, softmax
 
-from testbed.algorithms.user import FAMILIES, BanditAPI, BudgetExceeded, load_factory
+from testbed.algorithms.user import FAMILIES, METHODS, BanditAPI, BudgetExceeded, load_factory, missing_method
 from testbed.errors import InputError
 from testbed.experiments.conformance_exact import check_steps, fresh, one_thread
 from testbed.problems import PreferenceBandit, TabularBandit, make_preference, make_tabular
@@ -56,7 +56,16 @@ def load_rule(target: str):
         if name not in BUILTINS:
             raise InputError(f"check target: unknown built-in {name!r}; known: {', '.join(BUILTINS)}")
         return BUILTINS[name]
-    return load_factory(target, "check target", FAMILIES)
+    factory = load_factory(target, "check target", FAMILIES)
+    rule = factory()
+    for kind in tuple(getattr(rule, "kinds", ("tabular",))):
+        missing = missing_method(rule, kind)
+        if missing:
+            raise InputError(f"check target {target!r}: its kinds include {kind!r}, which needs a method {missing}")
+    if rule.family != "mirror_descent" and missing_method(rule, "tabular"):
+        raise InputError(f"check target {target!r}: the {rule.family} battery runs the rule's "
+                         f"{METHODS['update']} (only mirror_descent has LM rows)")
+    return factory
 
 
 @dataclass
@@ -197,10 +206,7 @@ def _run_battery(factory) -> list[Result]:
         return BATTERIES[family](factory)
     except BudgetExceeded as e:
         return [Result(f"query budget: {e}", "tabular-random-20x10-s0", float("nan"), "<= 500 per update", False)]
-    except ImportError as e:
-        return [Result(f"the LM battery needs the llm extra (pip install -e \".[llm]\"): {e}", "-", float("nan"),
-                       "importable", False)]
-    except (FloatingPointError, ValueError, RuntimeError) as e:
+    except Exception as e:  # the rule's own code failed: a failed check, named, not an internal error
         return [Result(f"the rule raised {type(e).__name__}: {e}", "-", float("nan"), "no error", False)]
 
 
