@@ -98,7 +98,7 @@ def read_jsonl(path: str | os.PathLike, columns: tuple[str, ...], kind: type = s
             raise InputError(f"{where}: line {i} is missing column(s) {missing}; expected {', '.join(columns)}")
         for c in columns:
             if isinstance(row[c], bool) or not isinstance(row[c], kind):
-                what = "an integer index" if kind is int else "a string"
+                what = {int: "an integer index", str: "a string", list: "a list (of token ids)"}.get(kind, kind.__name__)
                 raise InputError(f"{where}: line {i}: {c} must be {what} (got {row[c]!r})")
         rows.append(row)
     if not rows:

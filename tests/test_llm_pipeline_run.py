@@ -119,7 +119,19 @@ def test_the_toy_pipeline_runs_end_to_end(tmp_path, monkeypatch, capsys):
         return ctx, algo
 
     monkeypatch.setattr(train_mod, "build", spy)
+    import testbed.llm.distributed as dist
+    import testbed.llm.sft as sft_mod
+
+    prepared, real_train_stage = [], sft_mod.train_stage
+
+    def counting(st, acc, *a, **kw):  # what the shared Accelerator still holds after each SFT / RM stage
+        out = real_train_stage(st, acc, *a, **kw)
+        prepared.append((len(acc._models), len(acc._optimizers)))
+        return out
+
+    monkeypatch.setattr(sft_mod, "train_stage", counting)
     assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    assert prepared == [(0, 0)] * 3 and dist._STATE["acc"] is not None  # sft, rm, judge: each released its model
     runs = tmp_path / "runs"
     sft_dir, rm_dir = runs / "sft" / "checkpoints" / "sft-0-s3", runs / "rm" / "checkpoints" / "reward_model-0-s4"
 
@@ -171,3 +183,14 @@ def test_the_toy_pipeline_runs_end_to_end(tmp_path, monkeypatch, capsys):
     before = (runs / "eval" / "metrics.csv").read_bytes()
     assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
     assert not calls and (runs / "eval" / "metrics.csv").read_bytes() == before
+
+
+def test_a_bad_checkpoint_every_is_one_line(tmp_path, capsys):
+    folder = pipeline(tmp_path)
+    raw = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    for bad in ("x", -1, 1.5):
+        (folder / "pipeline.yaml").write_text(yaml.safe_dump({**raw, "checkpoint_every": bad}))
+        assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pipeline.checkpoint_every must be a non-negative integer" in err[0], err
+        assert not (tmp_path / "runs").exists()

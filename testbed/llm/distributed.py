@@ -133,8 +133,8 @@ def lm_accelerator(spec):
     ds = None
     if getattr(a, "deepspeed", None):
         W = world_size()
-        grads = {c.grad_accum or tr.grad_accum for _, c, _ in spec.algorithms}
-        if len(grads) > 1 or grads != {tr.grad_accum}:
+        grads = {getattr(c, "grad_accum", 0) or tr.grad_accum for _, c, _ in spec.algorithms}  # as LMBackend.grad_accum
+        if grads != {tr.grad_accum}:
             raise InputError("accelerate.deepspeed: DeepSpeed accumulates gradients itself over one fixed number of "
                              "micro-batches; give every algorithm train.grad_accum (no algorithm-level grad_accum)")
         M = getattr(spec.algorithms[0][1], "minibatch", 0) or tr.minibatch

@@ -209,7 +209,10 @@ def load_pipeline(folder: str | Path) -> dict:
             positive_int(f"{where}.per_device_batch", st.get("per_device_batch", 0))
             _check_eval(st, where, done)
         done[name] = st
-    return {"name": raw.get("name") or folder.name, "out": out, "stages": done, "source": str(f)}
+    every = raw.get("checkpoint_every", 0)
+    nonneg_int("pipeline.checkpoint_every", every)  # lm stages: a checkpoint every K iterations (0: none)
+    return {"name": raw.get("name") or folder.name, "out": out, "stages": done, "source": str(f),
+            "checkpoint_every": int(every)}
 
 
 def _count(entry: dict, kind: str) -> int:

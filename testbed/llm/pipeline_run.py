@@ -27,18 +27,15 @@ from testbed.llm.pipeline import _stage_model_path, load_pipeline
 
 
 def _config(st: dict) -> dict:
-    drop = {"lm_spec", "trained", "state_dict", "raw_spec"}
+    drop = {"lm_spec", "raw_spec"}
     return {k: v for k, v in copy.deepcopy({k: v for k, v in st.items() if k not in drop}).items() if v is not None}
 
 
 def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
     """Run every unfinished stage of ``folder``'s pipeline; returns the pipeline's output folder."""
-    from testbed.io import read_yaml
-    from testbed.llm.distributed import accelerator
-
     folder = Path(folder)
     pl = load_pipeline(folder)
-    every = int((read_yaml(folder / "pipeline.yaml", "pipeline") or {}).get("checkpoint_every", 0) or 0)
+    every = pl["checkpoint_every"]
     stages, out = pl["stages"], pl["out"]
     paths = {n: _stage_model_path(out, st) for n, st in stages.items() if st["kind"] != "eval"}
     for name, st in stages.items():
@@ -56,20 +53,16 @@ def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
         if st["kind"] == "eval":
             from testbed.llm.pipeline_eval import run_eval
             rows, records = run_eval(st, stages, paths, folder)
-            model = tok = None
+            model = tok = state_dict = None
             summary = {"policies": st["policies"]}
         else:
             from testbed.llm.rm import run_reward_model
             from testbed.llm.sft import run_sft
-            rows, summary, model, tok = (run_sft if st["kind"] == "sft" else run_reward_model)(st, folder)
+            rows, summary, model, tok, state_dict = (run_sft if st["kind"] == "sft" else run_reward_model)(st, folder)
             records = {}
-        acc = accelerator(1) if st["kind"] == "eval" else None
-        main = acc.is_main_process if acc is not None else _is_main()
-        if main:
-            _write_stage(dest, st, rows, summary, model, tok, records, time.perf_counter() - t0)
+        if _is_main():
+            _write_stage(dest, st, rows, summary, model, tok, state_dict, records, time.perf_counter() - t0)
         _barrier()
-        st.pop("trained", None)
-        st.pop("state_dict", None)
     return out
 
 
@@ -83,7 +76,7 @@ def _barrier() -> None:
     PartialState().wait_for_everyone()
 
 
-def _write_stage(dest: Path, st: dict, rows, summary: dict, model, tok, records: dict, seconds: float) -> None:
+def _write_stage(dest: Path, st: dict, rows, summary: dict, model, tok, state_dict, records: dict, seconds: float) -> None:
     from testbed.llm.data import write_jsonl
     from testbed.llm.train import prepare_lm_out
     from testbed.results import LM_COLUMNS
@@ -92,7 +85,7 @@ def _write_stage(dest: Path, st: dict, rows, summary: dict, model, tok, records:
     with results.RunFolder(dest) as f:
         if model is not None:
             ck = f.tmp / "checkpoints" / f"{st['kind']}-0-s{st.get('seed', 0)}"
-            model.save_pretrained(ck, state_dict=st.get("state_dict"))
+            model.save_pretrained(ck, state_dict=state_dict)
             tok.save_pretrained(ck)
         for name, recs in records.items():
             write_jsonl(f.tmp / "samples" / f"{name}.jsonl", recs)

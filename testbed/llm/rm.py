@@ -61,8 +61,9 @@ def pairwise_accuracy(model, chosen: torch.Tensor, rejected: torch.Tensor, pad: 
     return float(torch.cat(wins).float().mean()) if wins else float("nan")
 
 
-def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, object]:
-    """Train the reward-model stage: (metric rows, summary with held-out accuracy before and after, model, tokenizer)."""
+def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, object, dict]:
+    """Train the reward-model stage: (metric rows, summary with held-out accuracy before and after, model, tokenizer,
+    the model's state dict to save)."""
     from testbed.llm.models import load_tokenizer
     from testbed.llm.sft import load_rows, stage_accelerator, train_stage
 
@@ -91,7 +92,6 @@ def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, 
         return dpo_loss(sc, sr, beta=1.0), {"rewards/chosen": sc.mean(), "rewards/rejected": sr.mean(),
                                             "rewards/margins": (sc - sr).mean(), "rewards/accuracies": (sc > sr).float().mean()}
 
-    rows = train_stage(st, acc, model, len(c), loss_fn)
-    model = st["trained"]
+    rows, model, state_dict = train_stage(st, acc, model, len(c), loss_fn)
     after = pairwise_accuracy(model, *held, pad) if held else None
-    return rows, {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "pairs": len(c)}, model, tok
+    return rows, {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "pairs": len(c)}, model, tok, state_dict

@@ -48,6 +48,9 @@ def load_rows(entry: dict, folder: Path) -> dict[str, torch.Tensor]:
         ds = datasets.load_dataset(entry["hf_dataset"], split=entry.get("split", "train"))
         if n is not None:
             ds = ds.select(range(min(int(n), len(ds))))
+        missing = [f for f in fields if f not in ds.column_names]
+        if missing:
+            raise InputError(f"data.fields: {entry['hf_dataset']!r} has no column(s) {missing}; it has {ds.column_names}")
         cols = {f: ds[f] for f in fields}
     out = {}
     for f, v in cols.items():
@@ -112,9 +115,10 @@ def stage_accelerator(st: dict):
     return accelerator(tr["grad_accum"], mp, ds)
 
 
-def train_stage(st: dict, acc, model, n_rows: int, loss_fn, extras=None) -> list[dict]:
-    """Train ``model`` (prepared here) on ``n_rows`` rows: ``loss_fn(module, idx) -> (loss, stats)``; the metric rows.
-    The model is left unwrapped in ``st['trained']``."""
+def train_stage(st: dict, acc, model, n_rows: int, loss_fn):
+    """Train ``model`` (prepared here) on ``n_rows`` rows: ``loss_fn(module, idx) -> (loss, stats)``. Returns the metric
+    rows, the trained model (unwrapped, eval mode) and its full state dict (gathered under DeepSpeed), and releases
+    what ``prepare`` registered with the process's Accelerator (the next stage shares it)."""
     from transformers import get_scheduler
 
     from testbed.llm.policy import unwrap
@@ -153,7 +157,9 @@ def train_stage(st: dict, acc, model, n_rows: int, loss_fn, extras=None) -> list
                 opt.zero_grad()
             got.append({"loss": loss.detach().float(), **{k: v.detach().float() for k, v in stats.items()}})
         sched.step()
-        state.stats = {k: float(acc.gather(torch.stack([g[k] for g in got]).to(acc.device)).mean()) for k in got[0]}
+        keys = list(got[0])  # one collective for every statistic: [processes·K, micro-batches] -> mean per key
+        every = acc.gather(torch.stack([torch.stack([g[k] for g in got]) for k in keys]).to(acc.device))
+        state.stats = dict(zip(keys, every.reshape(-1, len(keys), len(got)).mean((0, 2)).tolist()))
 
     def record(t: int) -> None:
         row = {c: None for c in LM_COLUMNS}
@@ -166,13 +172,14 @@ def train_stage(st: dict, acc, model, n_rows: int, loss_fn, extras=None) -> list
         check_finite(row["run_id"], t, {k: v for k, v in row.items() if isinstance(v, float)})
 
     train(state, U * tr["epochs"], step, record, tr.get("log_every", 1))
-    st["trained"] = unwrap(acc.unwrap_model(prepared)).eval()
-    st["state_dict"] = acc.get_state_dict(prepared)
-    return rows
+    trained, state_dict = unwrap(acc.unwrap_model(prepared)).eval(), acc.get_state_dict(prepared)
+    acc.free_memory()  # the stage's prepared model and optimiser: not held through the later stages
+    return rows, trained, state_dict
 
 
-def run_sft(st: dict, folder: Path) -> tuple[list[dict], dict, object, object]:
-    """Train the SFT stage: (metric rows, summary with the held-out cross-entropy before and after, model, tokenizer)."""
+def run_sft(st: dict, folder: Path) -> tuple[list[dict], dict, object, object, dict]:
+    """Train the SFT stage: (metric rows, summary with the held-out cross-entropy before and after, model, tokenizer,
+    the model's state dict to save)."""
     from testbed.llm.models import load_causal_lm, load_tokenizer
 
     acc = stage_accelerator(st)
@@ -194,7 +201,6 @@ def run_sft(st: dict, folder: Path) -> tuple[list[dict], dict, object, object]:
         nll, n = token_nll(m, ids[idx].to(acc.device), pad, resp[idx].to(acc.device) if how == "response" else None)
         return nll / n.clamp(min=1), {}
 
-    rows = train_stage(st, acc, model, len(ids), loss_fn)
-    model = st["trained"]
+    rows, model, state_dict = train_stage(st, acc, model, len(ids), loss_fn)
     after = heldout_ce(model, held[0], pad, hresp(held)) if held else None
-    return rows, {"heldout_ce_before": before, "heldout_ce_after": after, "rows": len(ids)}, model, tok
+    return rows, {"heldout_ce_before": before, "heldout_ce_after": after, "rows": len(ids)}, model, tok, state_dict
