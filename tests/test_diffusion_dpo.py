@@ -98,3 +98,48 @@ def test_diffusion_loss_is_refused_off_the_image_track():
     assert "diffusion policy" in DPO.check_track(cfg, "lm")
     assert DPO.check_track(build_config(DPOConfig, {"mode": "online", "loss": "diffusion"}, "dpo", "diffusion"),
                            "diffusion") is None
+
+
+def test_diffusion_dpo_ranks_each_pair_by_its_reward_and_weights_ties_out():
+    """Off the reference (where a swapped winner and loser would change the loss): the image passed as preferred
+    is the trajectory with the higher reward, and the loss is diffusion_dpo_loss of the errors the back-end
+    returned, tie-weighted."""
+    from testbed.losses import diffusion_dpo_loss
+
+    ctx, algo = _backend(epochs=1)
+    with torch.no_grad():
+        for p in ctx.policy.model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+    seen = {}
+    real_sample, real_errors = ctx.sample, ctx.denoising_errors
+
+    def sample(q2, qm2):
+        seen["y"] = real_sample(q2, qm2)
+        return seen["y"]
+
+    def errors(q, xw, xl):
+        out = real_errors(q, xw, xl)
+        seen.update(q=q, xw=xw, xl=xl, errors=[e.detach().clone() for e in out])
+        return out
+
+    ctx.sample, ctx.denoising_errors = sample, errors
+    torch.manual_seed(0)
+    q, qm = ctx.policy.encode([0, 1, 2, 0, 1, 2])
+    step = algo.diffusion_update(q, qm)
+    B = len(q)
+    score = ctx.score(torch.cat([q, q]), seen["y"]).double()
+    images = ctx.images(seen["y"])
+    s1, s2 = score[:B], score[B:]
+    assert bool((s1 != s2).any())  # some pairs carry a preference
+    first = (s1 >= s2)[:, None, None, None]
+    want_w, want_l = torch.where(first, images[:B], images[B:]), torch.where(first, images[B:], images[:B])
+    assert len(seen["xw"]) == B  # one minibatch: every pair once, in the solver's shuffled order
+    # match each row to its pair by either image, then require the order: preferred = the higher reward
+    rows = [next(j for j in range(B) if torch.equal(seen["xw"][k], want_w[j]) or torch.equal(seen["xw"][k], want_l[j]))
+            for k in range(B)]
+    for k, j in enumerate(rows):
+        assert torch.equal(seen["xw"][k], want_w[j]) and torch.equal(seen["xl"][k], want_l[j]), (k, float(s1[j]), float(s2[j]))
+    w = torch.stack([(s1[j] != s2[j]).double() for j in rows])
+    np.testing.assert_allclose(step.loss, float(diffusion_dpo_loss(*seen["errors"], 0.5, ctx.train_timesteps, w)),
+                               rtol=1e-12)
+    assert abs(step.loss - math.log(2)) > 1e-6  # off the reference the margins are not 0

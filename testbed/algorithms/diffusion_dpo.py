@@ -32,8 +32,8 @@ def diffusion_dpo_update(algo, q, qm) -> Step:
 
     def loss_fn(i):
         ew, el, rw, rl = ctx.denoising_errors(q[i], xw[i], xl[i])
-        hw, hl = (rw - ew).detach(), (rl - el).detach()  # the implicit log-ratios (per unit beta·T)
-        margins.append((hw, hl))
+        if sum(len(h) for h, _ in margins) < B:  # the first epoch's pass over the pairs: each pair once, at theta_t
+            margins.append(((rw - ew).detach(), (rl - el).detach()))  # the implicit log-ratios (per unit beta·T)
         if float(weight[i].sum()) == 0:
             return (ew + el).sum() * 0.0
         return diffusion_dpo_loss(ew, el, rw, rl, cfg.beta, ctx.train_timesteps, weight[i])

@@ -159,6 +159,22 @@ def load_factory(target: str, where: str = "module", families: tuple[str, ...] |
     return factory
 
 
+def module_file(target) -> str | None:
+    """The source file of a ``MODULE:OBJECT`` target (a user rule, a reward function), so its hash goes into the run's
+    inputs and a resume or ``--reuse`` notices an edited one; None if it has none (a built-in or compiled module)."""
+    if not isinstance(target, str) or target.count(":") != 1:
+        return None
+    mod = target.split(":")[0]
+    if mod.endswith(".py"):
+        return mod
+    try:
+        spec = importlib.util.find_spec(mod)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    return origin if origin and origin.endswith(".py") and Path(origin).is_file() else None
+
+
 def rule_name(target: str) -> str:
     """The label of a user rule: its ``name`` attribute, else the object's name."""
     return str(getattr(load_factory(target)(), "name", None) or target.rsplit(":", 1)[1])

@@ -79,10 +79,9 @@ class DiffusionBackend(LMBackend):
         n = len(q)
         t = torch.randint(self.train_timesteps, (n,), device=x_w.device)
         eps = torch.randn_like(x_w)
-        a = pol.sampler.scheduler.alphas_cumprod.to(x_w.device)[t].to(x_w.dtype).view(n, 1, 1, 1)
-        xt = torch.cat([a.sqrt() * x_w + (1 - a).sqrt() * eps, a.sqrt() * x_l + (1 - a).sqrt() * eps])
         q2, t2, eps2 = torch.cat([q, q]), torch.cat([t, t]), torch.cat([eps, eps])
-        err = ((eps2 - pol.predict(pol.model, xt, t2, q2)) ** 2).flatten(1).sum(1)
+        xt = pol.sampler.scheduler.add_noise(torch.cat([x_w, x_l]), eps2, t2)  # as pre-training noises its images
+        err = ((eps2 - pol.model(xt, t2, q2)) ** 2).flatten(1).sum(1)
         with torch.no_grad(), pol._reference() as ref:
-            err_ref = ((eps2 - pol.predict(ref, xt, t2, q2)) ** 2).flatten(1).sum(1)
+            err_ref = ((eps2 - ref(xt, t2, q2)) ** 2).flatten(1).sum(1)
         return err[:n], err[n:], err_ref[:n], err_ref[n:]

@@ -87,12 +87,6 @@ class DiffusionPolicy:
         u, c = both[:len(x)], both[len(x):]
         return u + self.guidance * (c - u)
 
-    @staticmethod
-    def predict(model, x, t, q):
-        """The conditional noise prediction eps(x_t, t, q) with one timestep per row (t [B]; no guidance): the
-        denoising loss's, as in pre-training and Diffusion-DPO."""
-        return model(x, t, q)
-
     @contextlib.contextmanager
     def _reference(self):
         if self.ref_kind == "adapter":

@@ -31,7 +31,7 @@ from testbed.diffusion.spec import DiffusionSpec
 from testbed.experiments.spec import dump_yaml
 from testbed.io import save_npz
 from testbed.llm.backend import backend_state, restore_backend
-from testbed.llm.checks import run_key
+from testbed.llm.checks import module_files, run_key
 from testbed.llm.task import peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
 from testbed.training import check_finite, loggers, train
@@ -171,12 +171,13 @@ def run_diffusion_spec(spec: DiffusionSpec, out: str | Path, overwrite: bool = F
 
 def _run_diffusion_spec(spec: DiffusionSpec, out: Path, overwrite: bool, progress: bool, resume: bool,
                         checkpoint_every: int, reuse: bool) -> Path:
-    spec_text = dump_yaml(spec.raw)
+    inputs = results.input_hashes(module_files(spec))  # a reward module's source
+    spec_text = dump_yaml({**spec.raw, **({"inputs": inputs} if inputs else {})})
     partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume),
                                    reuse=reuse)
     use_partial = partial.is_dir() and bool(checkpoint_every or resume)
     runs = [(n, c, s, f"{n}-{i}-s{s}", e.get("train")) for i, (n, c, e) in enumerate(spec.algorithms) for s in spec.seeds]
-    keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, {}) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
+    keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
     all_rows, timings = [], {}
     _pretrain_all(spec)  # before any run's memory window and timer: a pipeline step, cached
     with results.RunFolder(out) as folder:
@@ -203,7 +204,8 @@ def _run_diffusion_spec(spec: DiffusionSpec, out: Path, overwrite: bool, progres
                       f"({timings[run_id]:.0f}s)", file=sys.stderr)
         resolved = {**spec.raw, "algorithms": [{**a, "sequences_per_item": ALGORITHMS[n].sequences_per_item(c)}
                                                for n, c, a in spec.algorithms], "seeds": spec.seeds,
-                    "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__}}
+                    "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__},
+                    **({"inputs": inputs} if inputs else {})}
         meta = {"spec": spec.name, "source": spec.source, "git_commit": results.git_commit(),
                 "versions": results.versions(("diffusers", "accelerate")), "seeds": spec.seeds, "runs": len(runs),
                 "track": "diffusion", "models_held": {n: 1 + (spec.reference == "copy") for n, _, _ in spec.algorithms}}

@@ -285,11 +285,15 @@ def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, ke
 
 
 def input_files(spec: Spec) -> list[str]:
-    """The files a spec reads: instance files of its problems and the path fields of its algorithms."""
+    """The files a spec reads: instance files of its problems, the path fields of its algorithms and the source of
+    a user rule."""
+    from testbed.algorithms.user import module_file
+
     files = [e["file"] for e in spec.problem_entries.values() if "file" in e]
     for plan in spec.runs:
         files += [plan.config[f.name] for f in dataclasses.fields(ALGORITHMS[plan.algorithm].Config)
                   if f.metadata.get("check") == "path" and plan.config.get(f.name)]
+        files += [f for f in (module_file(plan.config.get("module")),) if f]  # a user rule's source
     return files
 
 

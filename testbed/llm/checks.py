@@ -148,8 +148,8 @@ def check_before_build(spec) -> None:
 
 
 def lm_input_files(spec) -> list[str]:
-    """The files (and model folders) an LM spec reads: prompt files, algorithm datasets, local models — whose
-    hashes go into the run's config, so a resume notices an edited one."""
+    """The files (and model folders) an LM spec reads: prompt files, algorithm datasets, local models, the sources
+    of user rules and reward modules — whose hashes go into the run's config, so a resume notices an edited one."""
     from testbed.llm.spec import PREFERENCES
 
     base = Path(spec.source).parent if spec.source != "<spec>" else Path(".")
@@ -157,7 +157,15 @@ def lm_input_files(spec) -> list[str]:
     paths += [c.dataset for _, c, _ in spec.algorithms if getattr(c, "dataset", "") and c.dataset != PREFERENCES]
     paths += [m["path"] if Path(m["path"]).is_absolute() else str(base / m["path"])
               for m in (spec.model, spec.reward) if m.get("path")]
-    return paths
+    return paths + module_files(spec)
+
+
+def module_files(spec) -> list[str]:
+    """The source files of a spec's ``{module: ...}`` entries (user rules, a reward function; LM and image specs)."""
+    from testbed.algorithms.user import module_file
+
+    targets = [getattr(c, "module", None) for _, c, _ in spec.algorithms] + [(spec.reward or {}).get("module")]
+    return [f for f in map(module_file, targets) if f]
 
 
 def run_key(spec, entry: dict, seed: int, inputs: dict[str, str]) -> str:

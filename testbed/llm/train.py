@@ -316,7 +316,7 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
                                                    for n, c, a in spec.algorithms],
                     "seeds": spec.seeds,
                     "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__},
-                    "processes": acc.num_processes}
+                    "processes": acc.num_processes, **({"inputs": inputs} if inputs else {})}
         measured_times = {"seconds": timings}
         if study_summary:
             study_summary = dict(study_summary)
