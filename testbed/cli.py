@@ -181,7 +181,7 @@ def _cmd_diffusion_run(args) -> None:
                          "cache; here it is validated with --dry-run only")
     with _logging(args):
         out = run_diffusion_spec(spec, args.out, overwrite=args.overwrite, progress=not args.quiet,
-                                 resume=args.resume or args.reuse, checkpoint_every=args.checkpoint_every or 0,
+                                 resume=args.resume, checkpoint_every=args.checkpoint_every or 0,
                                  reuse=args.reuse)
     print(f"{len(spec.algorithms) * len(spec.seeds)} runs -> {out}")
 

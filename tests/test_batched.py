@@ -69,7 +69,17 @@ def test_groups_stack_seeds_and_instances_of_one_shape_and_leave_the_rest_alone(
     assert batch_groups(spec, batch=False) == [[i] for i in range(len(spec.runs))]
 
 
-def test_stacked_runs_equal_runs_alone_bit_for_bit(spec):
+def test_stacked_runs_equal_runs_alone_bit_for_bit(spec, monkeypatch):
+    import testbed.algorithms.dpo as dpo
+
+    fast, real = [], dpo.online_pairs
+
+    def counted(*a, **kw):  # the stacked draw path is taken (not only its seed-by-seed fallback)
+        out = real(*a, **kw)
+        fast.append(out is not None)
+        return out
+
+    monkeypatch.setattr(dpo, "online_pairs", counted)
     for g in batch_groups(spec):
         plans = [spec.runs[i] for i in g]
         if len(plans) == 1:
@@ -79,6 +89,7 @@ def test_stacked_runs_equal_runs_alone_bit_for_bit(spec):
             alone_rows, alone_policy, _ = run_one(plans[s], problems[s])
             assert rows == alone_rows, plans[s].run_id  # every metric, loss, samples, queries: exactly equal
             assert np.array_equal(policy.params, alone_policy.params)
+    assert fast and all(fast)  # online DPO's stacks and single runs drew through the one-array path
 
 
 def test_batched_and_per_seed_run_folders_are_byte_identical(spec, tmp_path):

@@ -178,8 +178,8 @@ def test_lm_runs_set_torch_threads_like_the_bandit_workers_and_the_variable_over
     pytest.importorskip("transformers")
     import torch
 
-    from testbed.errors import InputError
-    from testbed.llm.task import THREADS_ENV, set_torch_threads
+    from testbed.errors import THREADS_ENV, InputError
+    from testbed.llm.task import set_torch_threads
 
     before = torch.get_num_threads()
     try:
@@ -203,3 +203,27 @@ def test_sampled_contexts_are_the_draws_of_rng_choice(rho):
         for n in (1, 17, 1000):
             assert np.array_equal(problem.sample_contexts(a, n), b.choice(X, size=n, p=problem.rho))
         assert a.random() == b.random()  # the generators are left in the same state
+
+
+def test_the_laplacian_solve_is_the_pseudo_inverse_on_multigraphs_with_several_components():
+    """(L + P)⁻¹b = L⁺b for b in the range of L, with components found by the batched reachability closure:
+    random multigraphs with isolated responses and several components, against numpy's pinv."""
+    from testbed.policies.lstsq import _solve_laplacian
+
+    rng = np.random.default_rng(0)
+    for Y in (1, 2, 5, 12, 39):
+        B = 6
+        gram = np.zeros((B, Y, Y))
+        for b in range(B):
+            alive = rng.random(Y) < 0.7  # some responses in no pair
+            for _ in range(int(rng.integers(0, 2 * Y))):
+                y, y2 = rng.integers(Y, size=2)
+                if y != y2 and alive[y] and alive[y2] and (b % 2 == 0 or (y < Y // 2) == (y2 < Y // 2)):
+                    e = np.zeros(Y)
+                    e[y], e[y2] = 1, -1
+                    gram[b] += np.outer(e, e)  # odd blocks: no edge between the halves (>= 2 components)
+        rhs = np.einsum("byz,bz->by", gram, rng.normal(size=(B, Y)))  # in the range of each L
+        want = np.einsum("byz,bz->by", np.linalg.pinv(gram), rhs)
+        got = _solve_laplacian(gram, rhs)
+        scale = max(1.0, float(np.abs(want).max()))
+        assert np.abs(got - want).max() <= 1e-10 * scale, (Y, np.abs(got - want).max())

@@ -368,5 +368,7 @@ def adam_fit(policy: Policy, loss_fn, n: int, epochs: int, minibatch: int, lr: f
 def take(a, idx: np.ndarray):
     """a[idx] along the last axis (numpy or torch): [N] by [m], or each seed's rows [S, N] by [S, m]."""
     if isinstance(a, np.ndarray):  # fancy indexing: the entries of take_along_axis, without its checks
+        if a.ndim > 2:
+            raise ValueError(f"take: a must be [N] or [S, N] (got shape {a.shape})")
         return np.take(a, idx) if a.ndim == 1 else np.take(a, np.arange(len(a))[:, None] * a.shape[1] + idx)
     return torch.gather(a, -1, torch.as_tensor(idx))  # gather: indices are in range (no take_along_dim remainder)

@@ -72,7 +72,7 @@ def _compare(new_log, old_log, want_log) -> tuple[float, float]:
     return err, ratio
 
 
-def _attrs(rule, eta, beta) -> dict:
+def step_attrs(rule, eta, beta) -> dict:
     return {"eta": eta, **({"beta": beta} if hasattr(rule, "beta") else {})}
 
 
@@ -84,7 +84,7 @@ def check_step_tabular(factory, Result) -> list:
         base = make_tabular("random", contexts=6, actions=5, seed=11 + seed)
         p = TabularBandit(base.rewards, base.rho, g.dirichlet(np.ones(5) * 2, size=6))
         logits = log_softmax(g.normal(size=(6, 5)), axis=1)
-        r = fresh(factory, **_attrs(rule, eta, beta))
+        r = fresh(factory, **step_attrs(rule, eta, beta))
         new = log_softmax(np.asarray(r.update(BanditAPI(p, g), logits.copy(), g), dtype=np.float64), axis=1)
         want = log_softmax((1 - eta * beta) * logits + eta * beta * p.log_pi_ref + eta * p.rewards, axis=1)
         err, ratio = _compare(new, logits, want)
@@ -110,7 +110,7 @@ def check_step_loglinear(factory, Result) -> list:
         g = np.random.default_rng(200 + seed)
         pol = LogLinear(p.features, g.normal(size=3))
         old = pol.log_probs()
-        r = fresh(factory, **_attrs(rule, eta, beta))
+        r = fresh(factory, **step_attrs(rule, eta, beta))
         theta = np.asarray(r.update(BanditAPI(p, g, policy=pol), pol.params.copy(), g), dtype=np.float64)
         q = p.rewards - beta * (old - p.log_pi_ref)
         want = pol.with_params(pol.params + natural_step(p.rho, p.features, q, np.exp(old), None, eta)).log_probs()
@@ -145,7 +145,7 @@ def check_step_mlp(factory, Result) -> list:
         g = np.random.default_rng(300 + seed)
         q = p.rewards - beta * (old - p.log_pi_ref)
         want = _centred(np.einsum("xyd,d->xy", tangent, natural_step(p.rho, tangent, q, np.exp(old), None, eta)))
-        r = fresh(factory, **_attrs(rule, eta, beta))
+        r = fresh(factory, **step_attrs(rule, eta, beta))
         new = np.asarray(r.update(BanditAPI(p, g, policy=pol), pol.params.copy(), g), dtype=np.float64)
         got = _centred(np.einsum("xyd,d->xy", tangent, new - pol.params))
         rel = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))

@@ -9,7 +9,7 @@ import resource
 
 import torch
 
-from testbed.errors import THREADS_ENV, env_threads  # noqa: F401 (THREADS_ENV: imported from here by tests)
+from testbed.errors import env_threads
 from testbed.llm.models import load_reward_model
 from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward
 from testbed.llm.spec import PROMPT_COUNT, LMSpec

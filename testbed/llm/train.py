@@ -123,6 +123,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     mem_base = reset_peak_memory()
     ctx, algo = build(spec, algo_name, algo_cfg, seed, study)
     tr, acc = spec.train, ctx.accelerator
+    label = algo.label(algo.config)  # the rows' algorithm (a user rule: its name), once per run
     replicated = tr.rollouts == "replicated" or ctx.world == 1
     # generation RNG: the same on every process for replicated rollouts, one stream per process otherwise
     torch.manual_seed(seed if replicated else seed * 1000 + ctx.rank)
@@ -135,7 +136,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     def row(t, step=None, secs=None):
         lr = ctx.scheduler.get_last_lr()[0]
         r = {c: None for c in LM_COLUMNS}
-        r.update(run_id=run_id, problem=spec.name, algorithm=algo.label(algo.config), seed=seed, iteration=t, samples=samples,
+        r.update(run_id=run_id, problem=spec.name, algorithm=label, seed=seed, iteration=t, samples=samples,
                  queries=queries, wall_time=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(mem_base), lr=lr)
         if step is not None:
             st = step.extras

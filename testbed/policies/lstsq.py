@@ -88,7 +88,7 @@ def _solve_gram(gram, rhs, ridge, groups, Y):
     return np.matmul(v, (inv * proj)[..., None])[..., 0]
 
 
-def _solve_laplacian(gram, rhs, rows: PairRows, blocks):
+def _solve_laplacian(gram, rhs):
     """L⁺b for the Gram matrices of pair rows: each block's L is the Laplacian of the multigraph with an
     edge (y, y') per pair, whose null space is spanned by the indicators 1_c of its connected components
     (a response in no pair is a component of its own) and b ⟂ every 1_c. So L⁺b = (L + P)⁻¹b with
@@ -174,7 +174,7 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows, targets: np.ndarray,
     if isinstance(rows, PairRows):
         gram, rhs = _pair_gram(num_blocks, blocks, rows, targets)
         if ridge == 0:
-            return _solve_laplacian(gram, rhs, rows, blocks)
+            return _solve_laplacian(gram, rhs)
     else:
         gram = _block_sums(num_blocks, blocks, rows[:, :, None] * rows[:, None, :])
         rhs = _block_sums(num_blocks, blocks, rows * targets[:, None])

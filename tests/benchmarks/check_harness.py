@@ -32,10 +32,12 @@ if __name__ == "__main__":
     rejected = sum(not all(r.passed for r in res) for n, res in out.items() if n != "PopulationREBEL")
     print(f"step checks of {len(mutants)} rules: {rejected} of {len(mutants) - 1} mutants rejected, {secs:.1f} s")
     try:
-        import testbed.llm.conformance  # noqa: F401  (registers the LM rows)
-        import tests.lm_rules as lm
-    except ImportError:  # the llm extra is missing
+        import transformers  # noqa: F401
+    except ImportError:  # the llm extra is missing: no LM rows
+        print("LM battery: skipped (the llm extra is not installed)")
         raise SystemExit(0) from None
+    import testbed.llm.conformance  # noqa: F401  (registers the LM rows)
+    import tests.lm_rules as lm
     LM = RULES.with_name("lm_rules.py")
     secs, res = timed(lambda: run_checks(load_rule(f"{LM}:LMRebel")))
     print(f"{'LMRebel (LM battery)':<30} {len(res):3d} checks  {sum(r.passed for r in res):3d} pass  {secs:6.1f} s")
