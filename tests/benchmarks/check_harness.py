@@ -4,8 +4,11 @@ and the LM battery of the LM reference rule and its mutants.
     python tests/benchmarks/check_harness.py
 """
 
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `python tests/benchmarks/check_harness.py` from the root
 
 from testbed.experiments.conformance import Result, load_rule, run_checks
 from testbed.experiments.conformance_exact import check_steps
