@@ -76,20 +76,9 @@ def min_norm_solve(M: np.ndarray, t: np.ndarray) -> np.ndarray:
     R, d = A.shape[-2:]
     if R * d * d < FAST_WORK or R < 4 * d:
         return _svd_solve(A, b)
-    At = np.swapaxes(A, -1, -2)
-    w, V = np.linalg.eigh(np.matmul(At, A))
-    well = w[..., 0] > GRAM_RCOND * w[..., -1]
+    z, well = _gram_refine([(A, b)])
     if not np.any(well):
         return _svd_solve(A, b)
-    inv = np.divide(1.0, w, out=np.zeros_like(w), where=well[..., None])
-
-    def solve(rhs):  # (MᵀM)⁻¹ rhs for rhs [..., d]
-        return np.matmul(V, (inv * np.matmul(np.swapaxes(V, -1, -2), rhs[..., None])[..., 0])[..., None])[..., 0]
-
-    z = solve(np.matmul(At, b[..., None])[..., 0])
-    for _ in range(2):
-        r = b - np.matmul(A, z[..., None])[..., 0]
-        z = z + solve(np.matmul(At, r[..., None])[..., 0])
     if np.all(well):
         return z
     out = z.reshape(-1, d)  # the badly conditioned members of a stack: one SVD each
@@ -150,6 +139,13 @@ def _normal_equations(blocks):
     for M, t in blocks:  # the blocks are this module's own arrays: rescaled in place
         M /= s
         t /= s[..., 0]
+    return _gram_refine(blocks)
+
+
+def _gram_refine(blocks):
+    """(z, well): the solution of the stacked (already rescaled) blocks from the normal equations sum_k M_kᵀM_k
+    — one eigen-decomposition, eigenvalues below ``GRAM_RCOND`` of the largest marking a member not well
+    conditioned — and two steps of iterative refinement on the residuals (min_norm_solve's fast path: one block)."""
     gram = sum(np.matmul(np.swapaxes(M, -1, -2), M) for M, _ in blocks)
     w, V = np.linalg.eigh(gram)
     well = w[..., 0] > GRAM_RCOND * w[..., -1]
