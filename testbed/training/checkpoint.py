@@ -5,7 +5,10 @@ as an ``.npz`` holding numeric arrays and one JSON document that describes the s
 anywhere (``np.load(..., allow_pickle=False)``). The JSON names, for each object, the class it was:
 
 - plain data: None, bool, int, float (NaN/inf included), str, list, tuple, dict (any such keys),
-  ``collections.OrderedDict``;
+  ``collections.OrderedDict``; a list of None, bool, int, str and finite floats, or of *records* (dicts with
+  str keys and such values: a run's metric rows), is stored as JSON as it stands, each record keeping its
+  own id, so writing a run's rows costs one ``json.dumps`` rather than a walk of every value (exactly these
+  types: a subclass such as ``numpy.float64``, or a NaN, sends the list through the general walk);
 - numpy arrays of numeric, boolean or fixed-width string dtype (no object arrays) and numpy scalars;
   torch tensors (dense; dtypes numpy lacks, such as bfloat16, as their raw bits);
 - ``numpy.random.Generator`` (its bit generator's JSON state and its ``SeedSequence``);
@@ -25,6 +28,7 @@ import json
 import os
 import zipfile
 from collections import OrderedDict
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,7 @@ from testbed.errors import InputError
 from testbed.io import save_npz
 
 TREE = "__tree__"
+_RECORD_VALUES = {type(None), bool, int, str, float}  # exactly these types (no subclasses): JSON keeps them
 FORMAT = "testbed-checkpoint/1"
 
 
@@ -51,7 +56,8 @@ def _is_tensor(obj) -> bool:
 
 
 class _Writer:
-    def __init__(self):
+    def __init__(self, records: bool = True):
+        self.use_records = records
         self.arrays: dict[str, np.ndarray] = {}
         self.seen: dict[int, int] = {}
         self.keep: list = []  # keeps memoised objects alive, so ids stay unique while writing
@@ -76,7 +82,28 @@ class _Writer:
         self.keep.append(obj)
         return {"id": ref, **self.body(obj)}
 
+    def records(self, obj: list) -> dict | None:
+        """A list of records as JSON as it stands ({"records": the list, "first": the first record's id}), or
+        None when an entry is not a fresh record of plain keys and values (then the general walk stores it). A list
+        of such values alone (a run's wall times) is stored as it stands too ({"values": the list})."""
+        kinds = set(map(type, obj))
+        if kinds <= _RECORD_VALUES:
+            return {"values": obj}
+        if kinds != {dict} or any(id(rec) in self.seen for rec in obj):
+            return None
+        if set(map(type, chain.from_iterable(obj))) != {str}:  # the keys
+            return None
+        if not set(map(type, chain.from_iterable(rec.values() for rec in obj))) <= _RECORD_VALUES:
+            return None  # (a NaN or inf among the floats: save_state's allow_nan=False, then the general walk)
+        first = len(self.seen)
+        for i, rec in enumerate(obj):
+            self.seen[id(rec)] = first + i
+            self.keep.append(rec)
+        return {"records": obj, "first": first}
+
     def body(self, obj) -> dict:
+        if self.use_records and type(obj) is list and obj and (records := self.records(obj)) is not None:
+            return records
         if isinstance(obj, np.ndarray):
             return {"ndarray": self.array(obj)}
         if isinstance(obj, np.generic):
@@ -114,8 +141,12 @@ class _Writer:
 
 def save_state(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as a data-only checkpoint (atomically)."""
-    w = _Writer()
-    tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"))
+    try:  # every other non-finite float is already {"float": repr}: a ValueError means one inside a record
+        w = _Writer()
+        tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        w = _Writer(records=False)
+        tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"), allow_nan=False)
     save_npz(path, {**w.arrays, TREE: np.frombuffer(tree.encode(), dtype=np.uint8)})
 
 
@@ -177,6 +208,16 @@ class _Reader:
             self.objs[ref] = out
             for k, v in n["dict"]:
                 out[self.node(k)] = self.node(v)
+        elif "values" in n:
+            out = n["values"]
+            if not isinstance(out, list) or not set(map(type, out)) <= _RECORD_VALUES:
+                raise ValueError("malformed values entry")
+        elif "records" in n:  # fresh dicts from json.loads; each keeps the id it was written with
+            out = n["records"]
+            if not (isinstance(out, list) and all(type(r) is dict for r in out) and type(n["first"]) is int):
+                raise ValueError("malformed records entry")
+            for i, rec in enumerate(out):
+                self.objs[n["first"] + i] = rec
         elif "list" in n:
             out = []
             self.objs[ref] = out
