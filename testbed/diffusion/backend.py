@@ -46,7 +46,8 @@ class DiffusionBackend(LMBackend):
     @torch.no_grad()
     def score(self, q, y) -> torch.Tensor:
         """The reward of each trajectory's final image for its prompt [B] (float64)."""
-        return torch.as_tensor(self.reward(self.policy.images(y).detach().cpu(), q.cpu()), dtype=torch.float64)
+        pol = self.policy
+        return torch.as_tensor(self.reward(pol.decode(pol.images(y)).detach().cpu(), q.cpu()), dtype=torch.float64)
 
     @torch.no_grad()
     def rollout_stats(self, q, qm, resp, policy_logprobs: bool = True) -> dict:

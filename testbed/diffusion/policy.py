@@ -24,19 +24,34 @@ from testbed.diffusion.sampler import Sampler, step_kl, step_logprob
 
 
 class UNetDenoiser(torch.nn.Module):
-    """eps = unet(x, t, cond): class labels for a ``UNet2DModel``, embeddings for a ``UNet2DConditionModel``."""
+    """eps = unet(x, t, cond): class labels for a ``UNet2DModel``, embeddings for a ``UNet2DConditionModel`` — or,
+    with ``prompt_embeds`` [P, L, E] (a buffer, not saved with the weights), prompt indices into that table. The
+    UNet runs in its own dtype; eps comes back in x's."""
 
-    def __init__(self, unet):
+    def __init__(self, unet, prompt_embeds: torch.Tensor | None = None):
         super().__init__()
         self.unet = unet
         self.text = hasattr(unet.config, "cross_attention_dim") and getattr(unet.config, "cross_attention_dim", None)
+        self.register_buffer("prompt_embeds", prompt_embeds, persistent=False)
 
     def forward(self, x, t, cond):
         t = t.to(x.device) if torch.is_tensor(t) and t.ndim == 1 else torch.full((len(x),), int(t), dtype=torch.long,
                                                                                  device=x.device)
+        dtype = self.unet.dtype
         if self.text:
-            return self.unet(x, t, encoder_hidden_states=cond).sample
-        return self.unet(x, t, class_labels=cond).sample
+            emb = self.prompt_embeds[cond] if self.prompt_embeds is not None else cond
+            return self.unet(x.to(dtype), t, encoder_hidden_states=emb.to(dtype)).sample.to(x.dtype)
+        return self.unet(x.to(dtype), t, class_labels=cond).sample.to(x.dtype)
+
+
+def with_lora(net, lora: dict | None, targets):
+    """``net`` with a peft LoRA adapter of the spec's ``lora`` block (r, alpha, target_modules, default
+    ``targets``) — its base weights frozen, the adapter's in float32 — or ``net`` itself without one."""
+    if not lora:
+        return net
+    from peft import LoraConfig, get_peft_model
+    return get_peft_model(net, LoraConfig(r=lora["r"], lora_alpha=lora.get("alpha", lora["r"]),
+                                          target_modules=list(lora.get("target_modules", targets))))
 
 
 def unwrap(model):
@@ -101,8 +116,12 @@ class DiffusionPolicy:
         return y.reshape(len(y), self.steps + 1, *self.shape)
 
     def images(self, y: torch.Tensor) -> torch.Tensor:
-        """The final images x_0 [B, C, H, W] of trajectories."""
+        """The final images x_0 [B, C, H, W] of trajectories (in the denoiser's space: latents for a latent model)."""
         return self.frames(y)[:, -1]
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Final images as the reward sees them, [-1, 1] (here the denoiser's own space)."""
+        return x0
 
     @torch.no_grad()
     def generate(self, q, qm=None, model=None, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,6 +161,8 @@ class DiffusionPolicy:
         """Sum over the trajectory's steps of the exact per-step KL(pi_theta || pi_ref) at its states [B] (an
         unbiased estimate of the trajectory KL, >= 0, 0 at the reference)."""
         f, s = self.frames(y), self.sampler
-        with torch.no_grad(), self._reference() as ref:
-            return torch.stack([step_kl(s, self.eps(self.model, f[:, i], t, q), self.eps(ref, f[:, i], t, q), i, f[:, i])
-                                for i, t in enumerate(s.timesteps)], 1).sum(1)
+        with torch.no_grad():  # pi_theta's predictions first: with ref "adapter" the reference is the same model
+            eps = [self.eps(self.model, f[:, i], t, q) for i, t in enumerate(s.timesteps)]
+            with self._reference() as ref:
+                return torch.stack([step_kl(s, e, self.eps(ref, f[:, i], t, q), i, f[:, i])
+                                    for i, (t, e) in enumerate(zip(s.timesteps, eps))], 1).sum(1)

@@ -4,6 +4,7 @@
   by Pillow (quality 95), DDPO's two tasks (Black et al. 2023, §6.1);
 - ``classifier``: prompt alignment, a small classifier's probability that the image shows the prompted class
   (multinomial logistic regression from scikit-learn, trained in the pipeline on the pre-training data);
+- ``aesthetic``: the LAION aesthetic predictor on CLIP ViT-L/14 (:mod:`testbed.diffusion.aesthetic`; the paper's);
 - ``module``: any ``pkg.mod:fn`` with the signature above.
 """
 
@@ -71,4 +72,7 @@ def make_reward(entry: dict, data=None):
         return JpegReward(-1.0 if kind == "jpeg_compressibility" else 1.0, entry.get("quality", 95))
     if kind == "classifier":
         return ClassifierReward(fit_classifier(*data))
-    raise ValueError(f"reward kind {kind!r} runs on a GPU install only (testbed diffusion run --dry-run plans it)")
+    if kind == "aesthetic":
+        from testbed.diffusion.aesthetic import AestheticReward
+        return AestheticReward(entry)
+    raise ValueError(f"unknown reward kind {kind!r}")

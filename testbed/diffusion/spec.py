@@ -14,6 +14,10 @@ front (one line naming the field, before any model is built)::
     seeds: [0, 1, 2]
     train: {iterations: 30, batch: 32, minibatch: 32, lr: 3e-4}
     lora: {r: 4, alpha: 4}                                             # optional: pi_ref = adapter disabled
+
+The paper's spec (experiments/diffusion/sd15_aesthetic.yaml) has ``model: {kind: stable_diffusion, name, resolution,
+dtype, gradient_checkpointing}`` (:mod:`testbed.diffusion.stable`) and ``reward: {kind: aesthetic, weights, clip}``
+(:mod:`testbed.diffusion.aesthetic`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ TOP_KEYS = {"name", "description", "kind", "model", "pretrain", "sampler", "prom
 REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "classifier", "aesthetic")
 MODEL_KINDS = ("tiny", "stable_diffusion")
 DATA = ("digits", "shapes")
+DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")
 
 
 @dataclass
@@ -70,7 +75,7 @@ class DiffusionTrainConfig:
     max_grad_norm: float = nonneg(1.0, "gradient-norm clipping (0: off)")
     eval_every: int = count(5, "evaluate on the fixed eval prompts and noise every k iterations")
     eval_prompts: int = count(20, "eval prompts (cycled through the prompt list), with fixed noise")
-    dtype: str = one_of("float32", ("float32", "float64", "bfloat16", "float16"), "the denoiser's dtype")
+    dtype: str = one_of("float32", DTYPE_NAMES, "the denoiser's dtype (Stable Diffusion: model.dtype when given)")
     threads: int = dataclasses.field(default=1, metadata={"doc": "torch CPU threads (0: torch's default)"})
     save: bool = flag(False, "save the final denoiser weights")
     rollouts: str = one_of("sharded", ("sharded",), "one process: its share is the whole batch")
@@ -105,13 +110,20 @@ def _check_model(raw: dict) -> dict:
     if kind not in MODEL_KINDS:
         raise InputError(f"model.kind must be one of {', '.join(MODEL_KINDS)} (got {kind!r})")
     if kind == "stable_diffusion":
-        bad = sorted(set(m) - {"kind", "name", "revision", "resolution", "dtype"})
+        keys = ("name", "revision", "resolution", "dtype", "gradient_checkpointing")
+        bad = sorted(set(m) - {"kind", *keys})
         if bad:
-            raise InputError(f"model: unknown key(s) {bad}; expected name, revision, resolution, dtype")
+            raise InputError(f"model: unknown key(s) {bad}; expected {', '.join(keys)}")
         m.setdefault("name", "stable-diffusion-v1-5/stable-diffusion-v1-5")
         m.setdefault("resolution", 512)
+        if not isinstance(m["name"], str) or not m["name"]:
+            raise InputError(f"model.name must be a hub name or a local folder (got {m['name']!r})")
         if positive_int("model.resolution", m["resolution"]) % 64:
             raise InputError(f"model.resolution = {m['resolution']} is not divisible by 64 (the VAE's 8 × the UNet's 8)")
+        if "dtype" in m and m["dtype"] not in DTYPE_NAMES:
+            raise InputError(f"model.dtype must be one of {', '.join(DTYPE_NAMES)} (got {m['dtype']!r})")
+        if not isinstance(m.get("gradient_checkpointing", False), bool):
+            raise InputError(f"model.gradient_checkpointing must be true or false (got {m['gradient_checkpointing']!r})")
         return {**m, "kind": kind}
     bad = sorted(set(m) - {"kind", "size", "channels", "widths", "layers", "seed"})
     if bad:
@@ -140,9 +152,17 @@ def _check_reward(raw) -> dict:
     kind = r.get("kind")
     if kind not in REWARDS:
         raise InputError(f"reward.kind must be one of {', '.join(REWARDS)} or a reward.module PKG.MOD:FN (got {kind!r})")
-    bad = sorted(set(r) - {"kind", "quality", "steps"})
+    bad = sorted(set(r) - {"kind", "quality", "steps", "weights", "clip"})
     if bad:
-        raise InputError(f"reward: unknown key(s) {bad}; expected kind, quality (JPEG), steps (classifier)")
+        raise InputError(f"reward: unknown key(s) {bad}; expected kind, quality (JPEG), steps (classifier), "
+                         f"weights and clip (aesthetic)")
+    if kind == "aesthetic":
+        for k, what in (("weights", "the path of the LAION predictor's state dict"), ("clip", "a CLIP model name")):
+            if k in r or k == "weights":
+                if not isinstance(r.get(k), str) or not r[k]:
+                    raise InputError(f"reward.{k} must be {what} (got {r.get(k)!r})")
+    elif set(r) & {"weights", "clip"}:
+        raise InputError(f"reward.weights and reward.clip go with reward.kind aesthetic (got {kind})")
     q = r.get("quality", 95)
     if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
         raise InputError(f"reward.quality must be an integer JPEG quality in 1..100 (got {q!r})")

@@ -25,7 +25,7 @@ import torch
 from testbed import results
 from testbed.algorithms import ALGORITHMS
 from testbed.diffusion.backend import DiffusionBackend
-from testbed.diffusion.policy import DiffusionPolicy
+from testbed.diffusion.policy import DiffusionPolicy, with_lora
 from testbed.diffusion.sampler import Sampler, make_scheduler
 from testbed.diffusion.spec import DiffusionSpec
 from testbed.experiments.spec import dump_yaml
@@ -59,22 +59,28 @@ def make_backend(policy: DiffusionPolicy, reward, tr, rng: np.random.Generator, 
 
 
 def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, tr=None):
-    from testbed.diffusion.data import pretrained
+    """The back-end, the algorithm and the number of prompts: the tiny model pre-trained on its data (cached per
+    seed) and its classes, or Stable Diffusion (:mod:`testbed.diffusion.stable`) and its prompt list."""
     from testbed.diffusion.rewards import make_reward
 
     s = spec.sampler
-    pre_seed = seed if spec.pretrain.seed is None else spec.pretrain.seed
-    net, classes, data = pretrained(spec.model, spec.pretrain, s, pre_seed, DTYPES[spec.train.dtype])
-    if spec.lora:
-        from peft import LoraConfig, get_peft_model
-        net = get_peft_model(net, LoraConfig(r=spec.lora["r"], lora_alpha=spec.lora.get("alpha", spec.lora["r"]),
-                                             target_modules=spec.lora.get("target_modules", ["conv1", "conv2"])))
     sampler = Sampler(make_scheduler(s.scheduler, s.train_timesteps, s.beta_schedule, s.beta_start, s.beta_end),
                       s.steps, s.eta)
-    m = spec.model
-    policy = DiffusionPolicy(net, sampler, (m["channels"], m["size"], m["size"]), s.guidance, classes, spec.reference)
+    if spec.model["kind"] == "stable_diffusion":
+        from testbed.diffusion.stable import stable_policy
+        policy, classes = stable_policy(spec, sampler)
+        data = None
+    else:
+        from testbed.diffusion.data import pretrained
+        pre_seed = seed if spec.pretrain.seed is None else spec.pretrain.seed
+        net, classes, data = pretrained(spec.model, spec.pretrain, s, pre_seed, DTYPES[spec.train.dtype])
+        m = spec.model
+        policy = DiffusionPolicy(with_lora(net, spec.lora, ("conv1", "conv2")), sampler,
+                                 (m["channels"], m["size"], m["size"]), s.guidance, classes, spec.reference)
     reward = make_reward(spec.reward, data)
     ctx, algo = make_backend(policy, reward, tr or spec.train, np.random.default_rng(seed), algo_name, algo_cfg)
+    if hasattr(reward, "to"):  # a reward model: on the policy's device
+        reward.to(ctx.accelerator.device)
     return ctx, algo, classes
 
 
@@ -88,7 +94,7 @@ def evaluate(ctx: DiffusionBackend, classes: int, n: int, seed: int, reference: 
         y = ctx.sample(q, qm, ref=reference)
     score = ctx.score(q, y)
     kl = pol.kl_to_reference(q, y) if not reference else torch.zeros(n)
-    return float(score.mean()), float(kl.mean()), pol.images(y).float().cpu().numpy(), q.cpu().numpy()
+    return float(score.mean()), float(kl.mean()), pol.decode(pol.images(y)).float().cpu().numpy(), q.cpu().numpy()
 
 
 def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: str, checkpoint: Path | None = None,
@@ -153,6 +159,8 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
 def _pretrain_all(spec: DiffusionSpec) -> None:
     from testbed.diffusion.data import pretrained
 
+    if spec.model["kind"] != "tiny":
+        return
     for seed in sorted({s if spec.pretrain.seed is None else spec.pretrain.seed for s in spec.seeds}):
         pretrained(spec.model, spec.pretrain, spec.sampler, seed)
 
@@ -163,6 +171,9 @@ def run_diffusion_spec(spec: DiffusionSpec, out: str | Path, overwrite: bool = F
     ``checkpoint_every`` K, ``<out>.partial`` holds finished runs and a checkpoint every K iterations, and
     ``resume`` continues from it."""
     out = Path(out)
+    if spec.model["kind"] == "stable_diffusion":
+        from testbed.diffusion.stable import check_stable
+        check_stable(spec)  # dtype on this device, weights found: before anything is written
     results.prepare_out(out, overwrite, RUN_FILES)
     with results.out_lock(out):  # one writer per folder, stale leftovers removed (as every track)
         results.prepare_out(out, overwrite, RUN_FILES)
