@@ -12,10 +12,9 @@ RESOLUTION = 64  # the VAE's 8 × the UNet's 2 → 8×8 latents
 
 def save_tiny_stable(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from testbed.diffusion.aesthetic import aesthetic_mlp
+    from testbed.diffusion.aesthetic import AestheticMLP
     from testbed.diffusion.stable import ANIMALS
     from testbed.llm.toy import toy_tokenizer
 
@@ -38,7 +37,7 @@ def save_tiny_stable(folder: Path, seed: int = 0) -> Path:
                                                    num_attention_heads=2, image_size=32, patch_size=8,
                                                    projection_dim=768)).save_pretrained(folder / "clip")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder / "clip")
-    torch.save(aesthetic_mlp().state_dict(), folder / "aesthetic.pth")
+    torch.save(AestheticMLP().state_dict(), folder / "aesthetic.pth")
     return folder
 
 

@@ -27,14 +27,20 @@ DROPOUT = (0.2, 0.2, 0.1)
 BATCH = 32  # images per CLIP forward
 
 
-def aesthetic_mlp() -> torch.nn.Sequential:
-    """The predictor's layers with its state dict's names (Linear at 0, 2, 4, 6, 7; Dropout at 1, 3, 5)."""
-    layers = []
-    for i, (a, b) in enumerate(zip(MLP_SIZES, MLP_SIZES[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(DROPOUT):
-            layers.append(torch.nn.Dropout(DROPOUT[i]))
-    return torch.nn.Sequential(*layers)
+class AestheticMLP(torch.nn.Module):
+    """The predictor's layers under its state dict's names (``layers``: Linear at 0, 2, 4, 6, 7; Dropout at 1, 3, 5)."""
+
+    def __init__(self):
+        super().__init__()
+        layers = []
+        for i, (a, b) in enumerate(zip(MLP_SIZES, MLP_SIZES[1:])):
+            layers.append(torch.nn.Linear(a, b))
+            if i < len(DROPOUT):
+                layers.append(torch.nn.Dropout(DROPOUT[i]))
+        self.layers = torch.nn.Sequential(*layers)
+
+    def forward(self, embed):
+        return self.layers(embed)
 
 
 def weights_path(reward: dict) -> Path:
@@ -68,7 +74,7 @@ class AestheticReward:
         kw, how = hub_kwargs(name), _how(name)
         self.processor = load(CLIPImageProcessor, name, "reward.clip", how, **kw)
         self.clip = load(CLIPVisionModelWithProjection, name, "reward.clip", how, **kw).eval().requires_grad_(False)
-        self.mlp = aesthetic_mlp().eval().requires_grad_(False)
+        self.mlp = AestheticMLP().eval().requires_grad_(False)
         state = torch.load(weights_path(reward), map_location="cpu", weights_only=True)  # saved from CUDA tensors
         try:
             self.mlp.load_state_dict(state)

@@ -97,7 +97,9 @@ class StablePolicy(DiffusionPolicy):
 
     @property
     def dtype(self):
-        return torch.float32  # the sampler's arithmetic and the log-densities; the UNet runs in its own dtype
+        """The trajectories' dtype, of the sampler's arithmetic and the log-densities: float32 at least (a half-
+        precision UNet runs in its own dtype; a sum of 16,384 squared latents needs more than fp16's 11 bits)."""
+        return torch.promote_types(super().dtype, torch.float32)
 
     @torch.no_grad()
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
@@ -117,8 +119,9 @@ def prompt_embeddings(tokenizer, text_encoder, prompts) -> torch.Tensor:
     return text_encoder(ids.to(text_encoder.device))[0]
 
 
-def stable_policy(spec, sampler) -> tuple[StablePolicy, int]:
-    """The policy of a ``model.kind: stable_diffusion`` spec and its number of prompts."""
+def stable_policy(spec, sampler, seed: int) -> tuple[StablePolicy, int]:
+    """The policy of a ``model.kind: stable_diffusion`` spec (its adapter initialised from ``seed``) and its number
+    of prompts."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.utils import logging
     from transformers import AutoTokenizer, CLIPTextModel
@@ -141,7 +144,8 @@ def stable_policy(spec, sampler) -> tuple[StablePolicy, int]:
                          f"{down} down-sampling")
     if m.get("gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
-    net = with_lora(UNetDenoiser(unet, emb), spec.lora, LORA_TARGETS)
+    torch.manual_seed(seed)  # the LoRA A matrices' initialisation
+    net = with_lora(UNetDenoiser(unet, emb).eval(), spec.lora, LORA_TARGETS)
     size = m["resolution"] // factor
     shape = (unet.config.in_channels, size, size)
     return StablePolicy(net, sampler, shape, spec.sampler.guidance, len(prompts), spec.reference, vae), len(prompts)

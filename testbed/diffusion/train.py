@@ -68,7 +68,7 @@ def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, tr=None):
                       s.steps, s.eta)
     if spec.model["kind"] == "stable_diffusion":
         from testbed.diffusion.stable import stable_policy
-        policy, classes = stable_policy(spec, sampler)
+        policy, classes = stable_policy(spec, sampler, seed)
         data = None
     else:
         from testbed.diffusion.data import pretrained
