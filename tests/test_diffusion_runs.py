@@ -140,19 +140,27 @@ def test_paper_spec_dry_run_counts_stable_diffusion_offline(capsys, monkeypatch)
     # LoRA r = 4 on to_q/to_k/to_v/to_out.0 of the UNet's attention: r·(in + out) per projection
     assert "LoRA adapter (UNet attention): 0.80 M" in out
     assert out.count("models held") == 3
-    # the memory estimate from the printed counts: fp16 frozen weights (2 bytes each) + LoRA in fp32 with its
-    # gradient and AdamW's two moments (16 bytes each)
+    # the memory estimate from the printed counts: the UNet and the VAE in fp16 (2 bytes each; the text encoder is let
+    # go once the prompts are embedded), the reward's CLIP image encoder and MLP in fp32 (4), LoRA in fp32 with its
+    # gradient and AdamW's two moments (16), and the batch's fp32 trajectories: prompts × trajectories per prompt ×
+    # 51 latents of 4·64·64
     import re
     counts = {m[0]: float(m[1]) * 1e6 for m in re.findall(r"  (.+?): ([\d.]+) M parameters", out)}
-    lora = counts.pop("LoRA adapter (UNet attention)")
-    frozen_gb, opt_gb = 2 * sum(counts.values()) / 1e9, 16 * lora / 1e9
-    got = re.findall(r"weights and optimiser ([\d.]+) GB per GPU \(fp16 frozen weights ([\d.]+), LoRA \+ AdamW ([\d.]+)\)",
-                     out)
-    assert len(got) == 3 and len(counts) == 5
-    for total, frozen, opt in got:
-        assert abs(float(frozen) - frozen_gb) <= 0.006 and abs(float(opt) - opt_gb) <= 0.0006
-        assert abs(float(total) - (frozen_gb + opt_gb)) <= 0.006
-
+    assert len(counts) == 6
+    unet_vae_gb = 2 * (counts["UNet (SD v1.5)"] + counts["VAE (SD v1.5)"]) / 1e9
+    reward_gb = 4 * (counts["CLIP ViT-L/14 image encoder"] + counts["LAION aesthetic MLP"]) / 1e9
+    opt_gb = 16 * counts["LoRA adapter (UNet attention)"] / 1e9
+    got = re.findall(r"(\w+): models held.*?weights and optimiser ([\d.]+) GB per GPU \(frozen weights ([\d.]+): UNet "
+                     r"and VAE fp16 ([\d.]+), reward fp32 ([\d.]+); LoRA \+ AdamW ([\d.]+)\); the batch's trajectories "
+                     r"([\d.]+) GB \((\d+) × (\d+) × 51 fp32 latents of 16,384\)", out)
+    assert [g[0] for g in got] == ["rebel", "ppo", "dpo"]
+    for algo, total, frozen, uv, rw, opt, traj, batch, k in got:
+        assert abs(float(uv) - unet_vae_gb) <= 0.006 and abs(float(rw) - reward_gb) <= 0.006
+        assert abs(float(opt) - opt_gb) <= 0.0006 and abs(float(frozen) - unet_vae_gb - reward_gb) <= 0.006
+        assert abs(float(total) - (unet_vae_gb + reward_gb + opt_gb)) <= 0.006
+        assert (int(batch), int(k)) == {"rebel": (256, 2), "ppo": (512, 1), "dpo": (256, 2)}[algo]
+        assert abs(float(traj) - int(batch) * int(k) * 51 * 16384 * 4 / 1e9) <= 0.006
+    assert "gradient checkpointing on" in out and "sac+logos+ava1-l14-linearMSE.pth on openai/clip-vit-large-patch14" in out
 
 
 

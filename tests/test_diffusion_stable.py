@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sd_helpers import RESOLUTION, save_tiny_stable, stable_spec  # noqa: E402
+from test_diffusion_sampler import one_thread  # noqa: E402, F401  (the module's one torch thread, autouse)
 
 from testbed.cli import main  # noqa: E402
 from testbed.diffusion.spec import load_diffusion_spec  # noqa: E402
@@ -30,14 +31,6 @@ from testbed.diffusion.train import build  # noqa: E402
 from testbed.results import LM_COLUMNS  # noqa: E402
 
 TIMING = {"wall_time", "peak_memory_mb", "tokens_per_s", "eps"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,8 @@ def test_guided_text_conditioned_step_logprob_is_the_ddim_gaussian_closed_form(c
     from diffusers import UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    ctx, _, P, spec = built(comps, tmp_path, model={"dtype": "float64"}, sampler={"steps": 3, "eta": 0.7})
+    ctx, _, P, spec = built(comps, tmp_path, model={"dtype": "float64", "rollout_batch": 2},  # 3 prompts: 2 chunks
+                            sampler={"steps": 3, "eta": 0.7})
     pol = ctx.policy
     assert P == len(ANIMALS) == 45 and pol.shape == (4, RESOLUTION // 8, RESOLUTION // 8) and pol.dtype == torch.float64
     prompts = [3, 44, 0]

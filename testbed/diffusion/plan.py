@@ -75,24 +75,43 @@ def plan_text(spec) -> str:
         lines.append(f"  tiny UNet2DModel {m['size']}×{m['size']}×{m['channels']}: {n:,} parameters (pre-trained "
                      f"offline on {spec.pretrain.data}, {spec.pretrain.steps} steps)")
         return "\n".join(lines)
+    from testbed.algorithms import ALGORITHMS
+    from testbed.diffusion.stable import ANIMALS
+
     models = paper_models(spec)
-    half = 2  # fp16 frozen weights
-    frozen = sum(n for name, n, _ in models if not name.startswith("LoRA"))
-    trained = sum(n for name, n, _ in models if name.startswith("LoRA"))
-    for name, n, role in models:
-        lines.append(f"  {name}: {n / 1e6:,.2f} M parameters ({role})")
-    B = spec.train.minibatch // spec.train.grad_accum
-    weights_gb = frozen * half / 1e9
-    opt_gb = trained * (4 + 4 + 8) / 1e9  # fp32 LoRA weights, gradients, AdamW moments
-    unet_gb = models[0][1] * half / 1e9
+    m, sp = spec.model, spec.sampler
+    dt = m.get("dtype", spec.train.dtype)
+    size, short = {"float16": (2, "fp16"), "bfloat16": (2, "bf16"), "float32": (4, "fp32"), "float64": (8, "fp64")}[dt]
+    n = {name: k for name, k, _ in models}
+    for name, k, role in models:
+        lines.append(f"  {name}: {k / 1e6:,.2f} M parameters ({role})")
     copy = spec.reference == "copy"
+    unet_gb = n["UNet (SD v1.5)"] * size / 1e9
+    frozen_gb = (1 + copy) * unet_gb + n["VAE (SD v1.5)"] * size / 1e9  # the text encoder is let go after set-up
+    reward_gb = 4 * (n.get("CLIP ViT-L/14 image encoder", 0) + n.get("LAION aesthetic MLP", 0)) / 1e9  # fp32, as DDPO
+    opt_gb = n.get("LoRA adapter (UNet attention)", 0) * (4 + 4 + 8) / 1e9  # fp32 LoRA weights, gradients, AdamW moments
+    latent = 4 * (m["resolution"] // 8) ** 2
+    cfg_passes = 1 if sp.guidance == 1.0 else 2
+    M = spec.train.minibatch // spec.train.grad_accum
     ref = " + a frozen reference UNet" if copy else " (reference = adapter disabled)"
-    for algo, _, _ in spec.algorithms:
-        lines.append(f"  {algo}: models held: policy UNet{ref}"
-                     f" + VAE + text encoder + reward model; weights and optimiser "
-                     f"{weights_gb + copy * unet_gb + opt_gb:.2f} GB per GPU (fp16 frozen weights "
-                     f"{weights_gb + copy * unet_gb:.2f}, LoRA + AdamW {opt_gb:.3f}) plus the activations of {B} "
-                     f"latent(s) per micro-batch through the UNet with gradients (not estimated here: measure with "
-                     f"a one-iteration run)")
-    lines.append(f"  weights: {spec.model['name']} (Hugging Face cache; nothing is downloaded by --dry-run)")
+    for algo, cfg, entry in spec.algorithms:
+        k = ALGORITHMS[algo].sequences_per_item(cfg)
+        batch = entry.get("train", {}).get("batch", spec.train.batch)
+        traj_gb = batch * k * (sp.steps + 1) * latent * 4 / 1e9
+        lines.append(f"  {algo}: models held: policy UNet{ref} + VAE + reward model (the text encoder only to embed "
+                     f"the {len(ANIMALS) + 1} prompts); weights and optimiser {frozen_gb + reward_gb + opt_gb:.2f} GB "
+                     f"per GPU (frozen weights {frozen_gb + reward_gb:.2f}: UNet and VAE {short} {frozen_gb:.2f}, reward "
+                     f"fp32 {reward_gb:.2f}; LoRA + AdamW {opt_gb:.3f}); the batch's trajectories {traj_gb:.2f} GB "
+                     f"({batch} × {k} × {sp.steps + 1} fp32 latents of {latent:,})")
+    lines.append(f"  with gradients: a micro-batch of {M} item(s) backpropagates through the {sp.steps} steps of each of "
+                 f"its trajectories, {cfg_passes} UNet pass(es) a step (Diffusion-DPO: one pass per image); those "
+                 f"activations are not estimated here — measure with a one-iteration run, raise train.grad_accum to "
+                 f"shrink them")
+    ckpt = "on" if m.get("gradient_checkpointing") else "off"
+    lines.append(f"  UNet gradient checkpointing {ckpt}; sampling and scoring without gradients {m['rollout_batch']} "
+                 f"prompts per UNet pass (model.rollout_batch); the VAE decodes 8 latents at a time")
+    lines.append(f"  weights: {m['name']} (Hugging Face cache; nothing is downloaded by --dry-run)")
+    if spec.reward.get("kind") == "aesthetic":
+        from testbed.diffusion.aesthetic import CLIP
+        lines.append(f"  reward: LAION aesthetic MLP {spec.reward.get('weights')} on {spec.reward.get('clip', CLIP)}")
     return "\n".join(lines)

@@ -110,7 +110,7 @@ def _check_model(raw: dict) -> dict:
     if kind not in MODEL_KINDS:
         raise InputError(f"model.kind must be one of {', '.join(MODEL_KINDS)} (got {kind!r})")
     if kind == "stable_diffusion":
-        keys = ("name", "revision", "resolution", "dtype", "gradient_checkpointing")
+        keys = ("name", "revision", "resolution", "dtype", "gradient_checkpointing", "rollout_batch")
         bad = sorted(set(m) - {"kind", *keys})
         if bad:
             raise InputError(f"model: unknown key(s) {bad}; expected {', '.join(keys)}")
@@ -120,6 +120,7 @@ def _check_model(raw: dict) -> dict:
             raise InputError(f"model.name must be a hub name or a local folder (got {m['name']!r})")
         if positive_int("model.resolution", m["resolution"]) % 64:
             raise InputError(f"model.resolution = {m['resolution']} is not divisible by 64 (the VAE's 8 × the UNet's 8)")
+        positive_int("model.rollout_batch", m.setdefault("rollout_batch", 16))  # latents per UNet pass, no gradients
         if "dtype" in m and m["dtype"] not in DTYPE_NAMES:
             raise InputError(f"model.dtype must be one of {', '.join(DTYPE_NAMES)} (got {m['dtype']!r})")
         if not isinstance(m.get("gradient_checkpointing", False), bool):

@@ -91,9 +91,30 @@ def check_stable(spec) -> None:
 class StablePolicy(DiffusionPolicy):
     """A latent diffusion policy: trajectories of latents in float32, ``decode`` the VAE (for the reward)."""
 
-    def __init__(self, model, sampler, shape, guidance, null, ref, vae):
+    def __init__(self, model, sampler, shape, guidance, null, ref, vae, rollout_batch: int = 16):
         super().__init__(model, sampler, shape, guidance, null, ref)
-        self.vae = vae
+        self.vae, self.rollout_batch = vae, rollout_batch
+
+    def _chunked(self, fn, *args):
+        """``fn`` on ``rollout_batch`` rows of ``args`` at a time, concatenated (a whole batch of 512² latents
+        through the UNet at once does not fit)."""
+        n = self.rollout_batch
+        if len(args[0]) <= n:
+            return fn(*args)
+        return torch.cat([fn(*(a[s:s + n] for a in args)) for s in range(0, len(args[0]), n)])
+
+    def generate(self, q, qm=None, model=None, noise=None):
+        """Trajectories, ``rollout_batch`` prompts at a time (each chunk's x_T and step noises drawn in turn)."""
+        if noise is not None:
+            return self._chunked(lambda a, z: super(StablePolicy, self).generate(a, None, model, z), q, noise)
+        return self._chunked(lambda a: super(StablePolicy, self).generate(a, None, model), q)
+
+    def logprobs(self, q, qm, y, model=None):
+        lp = self._chunked(lambda a, b: super(StablePolicy, self).logprobs(a, None, b, model)[0], q, y)
+        return lp, self.step_mask(len(y))
+
+    def kl_to_reference(self, q, y):
+        return self._chunked(super().kl_to_reference, q, y)
 
     @property
     def dtype(self):
@@ -148,4 +169,5 @@ def stable_policy(spec, sampler, seed: int) -> tuple[StablePolicy, int]:
     net = with_lora(UNetDenoiser(unet, emb).eval(), spec.lora, LORA_TARGETS)
     size = m["resolution"] // factor
     shape = (unet.config.in_channels, size, size)
-    return StablePolicy(net, sampler, shape, spec.sampler.guidance, len(prompts), spec.reference, vae), len(prompts)
+    return StablePolicy(net, sampler, shape, spec.sampler.guidance, len(prompts), spec.reference, vae,
+                        m.get("rollout_batch", 16)), len(prompts)
