@@ -15,6 +15,7 @@ the reference is the adapter disabled.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -49,10 +50,11 @@ def load(cls, name: str, where: str, how: str, subfolder: str | None = None, con
     """``cls.from_pretrained(name, subfolder=...)`` (``config_only``: its config), a missing model one line."""
     args = {**({"subfolder": subfolder} if subfolder else {}), **kw}
     path = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    read = cls.load_config if config_only and hasattr(cls, "load_config") else cls.from_pretrained
     try:
-        if config_only:
-            return (cls.load_config if hasattr(cls, "load_config") else cls.from_pretrained)(path, **args)
-        return cls.from_pretrained(path, **args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # huggingface_hub's deprecation notes on diffusers' arguments: one line
+            return read(path, **args)
     except (OSError, ValueError) as e:
         part = f" ({subfolder}/)" if subfolder else ""
         raise InputError(f"{where} = {name!r}{part} not found{' offline' if args.get('local_files_only') else ''}: "
@@ -77,7 +79,7 @@ def check_stable(spec) -> None:
 
     m = spec.model
     if _dtype(spec) == torch.float16 and device().type == "cpu":
-        raise InputError("model.dtype float16 needs a GPU (CUDA): CPU kernels do not run the UNet in half precision; "
+        raise InputError("model.dtype float16 needs a GPU (CUDA): on CPU half precision is partly unsupported and slow; "
                          "use float32 (or bfloat16) here")
     kw, how = hub_kwargs(m["name"], m.get("revision")), _how(m["name"])
     load(UNet2DConditionModel, m["name"], "model.name", how, "unet", config_only=True, **kw)
