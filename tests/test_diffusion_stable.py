@@ -120,12 +120,12 @@ ALGOS = [{"name": "rebel", "eta": 1.0, "epochs": 1}, {"name": "ppo", "clip_eps":
 
 
 def test_rebel_ppo_dpo_iterate_through_the_cli_with_the_tiny_tracks_schema_same_bytes_twice(comps, tmp_path):
-    """All four once; REBEL and PPO again in a spec of their own (the same run ids, seeds and settings): their rows
-    and sample files are the same bytes."""
+    """All four once; REBEL again in a spec of its own (the same run id, seed and settings): its rows and sample
+    files are the same bytes."""
     from testbed.results import file_columns
 
     spec = stable_spec(comps, tmp_path / "spec.yaml", algorithms=ALGOS)
-    again = stable_spec(comps, tmp_path / "again.yaml", algorithms=ALGOS[:2])
+    again = stable_spec(comps, tmp_path / "again.yaml", algorithms=ALGOS[:1])
     assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "a"), "--quiet"]) == 0
     assert main(["diffusion", "run", str(again), "--out", str(tmp_path / "b"), "--quiet"]) == 0
     a, b = tmp_path / "a", tmp_path / "b"
@@ -133,8 +133,8 @@ def test_rebel_ppo_dpo_iterate_through_the_cli_with_the_tiny_tracks_schema_same_
         with open(d / "metrics.csv", newline="") as fh:
             assert next(csv.reader(fh)) == list(file_columns(LM_COLUMNS))  # the tiny track's schema
     r, r2 = rows(a), rows(b)
-    assert [x for x in r if x["run_id"] in ("rebel-0-s0", "ppo-1-s0")] == r2
-    for f in ("rebel-0-s0.npz", "ppo-1-s0.npz", "reference-s0.npz"):
+    assert [x for x in r if x["run_id"] == "rebel-0-s0"] == r2 and len(r2) == 2
+    for f in ("rebel-0-s0.npz", "reference-s0.npz"):
         assert (a / "samples" / f).read_bytes() == (b / "samples" / f).read_bytes(), f
     assert sorted({x["run_id"] for x in r}) == ["dpo-2-s0", "dpo-3-s0", "ppo-1-s0", "rebel-0-s0"]
     for x in r:
