@@ -43,6 +43,7 @@ from testbed.llm.distributed import gather_rng, restore_rng
 from testbed.llm.evaluation import evaluate
 from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
+from testbed.llm.shards import Shards, stream_seed
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory, set_torch_threads
 from testbed.results import LM_COLUMNS
@@ -126,7 +127,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     label = algo.label(algo.config)  # the rows' algorithm (a user rule: its name), once per run
     replicated = tr.rollouts == "replicated" or ctx.world == 1
     # generation RNG: the same on every process for replicated rollouts, one stream per process otherwise
-    torch.manual_seed(seed if replicated else seed * 1000 + ctx.rank)
+    torch.manual_seed(seed if replicated else stream_seed(seed, ctx.rank))
+    shards = Shards(ctx, tr.shards, seed, CHECKPOINTED_ALGO_FIELDS) if tr.shards > 1 else None  # K processes' streams
     prompts = make_prompts(spec.prompts) if algo.needs_prompts(algo.config) else []
     eval_prompts = make_prompts(spec.eval_prompts) if ctx.reward is not None else []
     order, cursor = ctx.rng.permutation(len(prompts)) if prompts else None, 0
@@ -170,6 +172,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         state = load_state(checkpoint)
         restore_backend(ctx, state)
         restore_rng(state["torch_rngs"], acc)  # each process's own stream (sharded rollouts)
+        if shards is not None:
+            shards.streams = state["shard_rngs"]
         for k, v in state["algo"].items():
             setattr(algo, k, v)
         order, cursor, rows, generations = state["order"], state["cursor"], state["rows"], state["generations"]
@@ -193,7 +197,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             if not replicated:
                 idx = np.array_split(np.asarray(idx), ctx.world)[ctx.rank].tolist()
             q, qm = ctx.policy.encode([prompts[i] for i in idx], tr.max_prompt_length)
-        result = algo.lm_update(q, qm)
+        result = algo.lm_update(q, qm) if shards is None else shards.update(algo, q, qm)
         check_finite(run_id, t, {"the loss": result.loss}, checkpoint)
         ctx.scheduler.step()
         samples += result.samples * (1 if replicated else ctx.world)
@@ -210,7 +214,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         rngs = gather_rng(acc)  # on every process (a collective), before process 0 writes
         if acc.is_main_process:
             _save_checkpoint(checkpoint, ctx, algo, {"t": st.t, "order": order, "cursor": cursor, "rows": rows,
-                                                     "torch_rngs": rngs,
+                                                     "torch_rngs": rngs, "shard_rngs": shards and shards.streams,
                                                      "generations": generations, "samples": samples,
                                                      "queries": queries, "elapsed": time.perf_counter() - start})
 
