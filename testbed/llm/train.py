@@ -120,7 +120,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer.
 
     With ``checkpoint`` (process 0 writes it) the state is saved every ``every`` iterations, and a run
-    whose checkpoint exists continues from it (single process: each process would need its own)."""
+    whose checkpoint exists continues from it (on several processes too: each one's RNG is in it, and each shard's)."""
     mem_base = reset_peak_memory()
     ctx, algo = build(spec, algo_name, algo_cfg, seed, study)
     tr, acc = spec.train, ctx.accelerator
@@ -240,7 +240,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                 resume: bool = False, checkpoint_every: int = 0, reuse: bool = False) -> Path | None:
     """Run every (algorithm, seed) of ``spec``; process 0 writes the run folder atomically.
 
-    With ``checkpoint_every`` K > 0 (single process), <out>.partial holds each finished run (rows,
+    With ``checkpoint_every`` K > 0 (any number of processes), <out>.partial holds each finished run (rows,
     generations, saved model) and a checkpoint of the unfinished one every K iterations, named by what the
     run computes (:func:`run_key`); ``resume`` continues from there if the spec and its input files are
     unchanged, ``reuse`` keeps the finished runs that did not change. Process 0 holds a lock on ``out``."""
