@@ -38,10 +38,10 @@ needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not 
 
 def write_spec(path: Path, dtype: str, shards: int = 1, algorithms=("rebel", "ppo")) -> Path:
     """Two iterations of two epochs of 2 minibatches of 2 micro-batches per process: REBEL and PPO (whose whitened
-    advantages and rewards are per-process statistics with sharded rollouts)."""
-    raw = toy_spec({"name": algorithms[0], "epochs": 2}, iterations=2, batch=16, minibatch=8, grad_accum=2,
-                   eval_every=2, rollouts="sharded", shards=shards)
-    raw["algorithms"] = [{"name": a, "epochs": 2} for a in algorithms]
+    advantages and rewards are per-process statistics with sharded rollouts), or others (a name, or an entry)."""
+    raw = toy_spec({"name": "rebel"}, iterations=2, batch=16, minibatch=8, grad_accum=2, eval_every=2,
+                   rollouts="sharded", shards=shards)
+    raw["algorithms"] = [{"epochs": 2, **({"name": a} if isinstance(a, str) else a)} for a in algorithms]
     raw["model"]["dtype"] = dtype
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -125,11 +125,21 @@ def test_float64_shards_2_match_two_processes_and_one_shard_does_not(two64, tmp_
 
 @needs_torchrun
 def test_float32_shards_2_match_two_processes(tmp_path):
-    two = torchrun(write_spec(tmp_path / "spec.yaml", "float32", algorithms=("rebel",)), tmp_path / "two")
+    """REBEL, RLOO (advantages whitened per process) and offline DPO (each process reads its share of the rows)."""
+    import random
+
+    rng = random.Random(0)
+    words = ("good", "bad", "red", "blue", "cat", "dog")
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": " ".join(rng.choices(words, k=rng.randint(1, 4))),
+                                                              "chosen": "good good", "rejected": "bad"}) + "\n"
+                                                  for _ in range(40)))
+    algorithms = ("rebel", {"name": "rloo", "k": 2}, {"name": "dpo", "mode": "offline", "dataset": "pairs.jsonl"})
+    two = torchrun(write_spec(tmp_path / "spec.yaml", "float32", algorithms=algorithms), tmp_path / "two")
     sharded = tmp_path / "shards2"
-    assert main(["llm", "run", str(write_spec(tmp_path / "s2.yaml", "float32", shards=2, algorithms=("rebel",))),
+    assert main(["llm", "run", str(write_spec(tmp_path / "s2.yaml", "float32", shards=2, algorithms=algorithms)),
                  "--out", str(sharded), "--quiet"]) == 0
     assert max_diff(two, sharded) <= TOL
+    assert len(rows(sharded)) == 3 * 3
 
 
 @needs_torchrun
@@ -225,3 +235,95 @@ def test_bad_shards(tmp_path, capsys, train, accelerate, message):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def _toy_shards(update, seed=5, K=2):
+    """Shards of a back-end without a model: its joint solver calls each shard's loss once, in the shard's stream."""
+    import numpy as np
+
+    from testbed.llm.backend import LMBackend
+    from testbed.llm.shards import Shards
+
+    ctx = LMBackend(None, None, None, None, None, np.random.default_rng(0), 1, 0)
+
+    def optimise_shards(config, n, epochs, loss_fns, enter=None):
+        out = []
+        for k, fn in enumerate(loss_fns):
+            with enter(k):
+                out.append(fn(n))
+        return out
+
+    ctx.optimise_shards = optimise_shards
+
+    class Algo:
+        cursor = 0
+
+        def __init__(self):
+            self.ctx = ctx
+
+        def lm_update(self, q, qm):
+            return update(self, q, qm)
+
+    return Shards(ctx, K, seed, ("cursor",)), Algo()
+
+
+def test_each_shard_draws_from_its_own_stream_and_process_0s_state_is_kept():
+    """Shard k's draws, before, inside and after the solver, are process k's (torch seeded stream_seed(seed, k));
+    the numpy RNG is the same for every shard; the algorithm's state is process 0's; the steps merge in rank order."""
+    import numpy as np
+    import torch
+
+    from testbed.algorithms.base import Step
+    from testbed.llm.shards import stream_seed
+
+    def update(algo, q, qm):
+        c = algo.ctx
+        a, x = torch.rand(3), c.rng.random()
+        loss = c.optimise(None, len(q), 1, lambda n: float(torch.rand(1)))
+        algo.cursor += 1
+        return Step(None, loss, len(q), 2 * len(q), {"a": a, "b": torch.rand(2), "x": torch.tensor([x], dtype=torch.float64),
+                                                     "who": torch.tensor([c.rank, c.world])})
+
+    shards, algo = _toy_shards(update)
+    q = torch.arange(12).reshape(4, 3)
+    step = shards.update(algo, q, torch.ones_like(q))
+    want = {"a": [], "loss": [], "b": []}
+    for k in range(2):
+        torch.manual_seed(stream_seed(5, k))
+        want["a"].append(torch.rand(3))
+        want["loss"].append(float(torch.rand(1)))
+        want["b"].append(torch.rand(2))
+    assert torch.equal(step.extras["a"], torch.cat(want["a"])) and torch.equal(step.extras["b"], torch.cat(want["b"]))
+    assert step.loss == float(torch.tensor(want["loss"]).mean())
+    x = np.random.default_rng(0).random()
+    assert step.extras["x"].tolist() == [x, x] and step.extras["who"].tolist() == [0, 2, 1, 2]
+    assert (step.samples, step.queries, algo.cursor) == (4, 8, 1)  # process 0's state: one update, not two
+    step2 = shards.update(algo, q, torch.ones_like(q))  # the streams go on where they stopped
+    torch.manual_seed(stream_seed(5, 1))
+    torch.rand(6)
+    assert torch.equal(step2.extras["a"][3:], torch.rand(3))
+
+
+@pytest.mark.parametrize("case", ["raises", "diverges", "other-settings"])
+def test_a_failing_shard_raises_and_leaves_no_thread_waiting(case):
+    import threading
+
+    import torch
+
+    from testbed.algorithms.base import Step
+
+    def update(algo, q, qm):
+        c = algo.ctx
+        if c.rank == 1 and case == "raises":
+            raise ValueError("shard 1 failed")
+        if c.rank == 1 and case == "diverges":
+            return Step(None, 0.0, 1, 1, {})
+        c.optimise(None, len(q) + (c.rank if case == "other-settings" else 0), 1, lambda n: 0.0)
+        return Step(None, 0.0, 1, 1, {})
+
+    shards, algo = _toy_shards(update)
+    before = threading.active_count()
+    q = torch.zeros(4, 2, dtype=torch.long)
+    with pytest.raises(ValueError if case == "raises" else RuntimeError, match="shard 1 failed|train.shards"):
+        shards.update(algo, q, torch.ones_like(q))
+    assert threading.active_count() == before
