@@ -151,9 +151,9 @@ CASES: dict[str, Case] = {
                            lm_case(), ("model.layers",), track="lm", item="7"),
     "lm-heads-string": Case({"spec.yaml": lm_spec(model="{name: 'tiny:gpt2', hidden: 32, layers: 2, heads: two}")},
                             lm_case(), ("model.heads",), track="lm", item="7"),
-    "lm-dtype-float64": Case({"spec.yaml": lm_spec(model="{name: 'tiny:gpt2', hidden: 32, layers: 2, heads: 2, "
-                                                   "dtype: float64}")},
-                             lm_case(), ("model.dtype", "float32"), track="lm", item="7"),
+    "lm-dtype-int8": Case({"spec.yaml": lm_spec(model="{name: 'tiny:gpt2', hidden: 32, layers: 2, heads: 2, "
+                                                "dtype: int8}")},
+                          lm_case(), ("model.dtype", "float32"), track="lm", item="7"),
     "lm-hidden-huge": Case({"spec.yaml": lm_spec(model="{name: 'tiny:gpt2', hidden: 1000000, layers: 2, heads: 2}")},
                            lm_case(), ("model", "GiB"), track="lm", item="8"),
     "lm-lora-alpha-string": Case({"spec.yaml": lm_spec(extra="lora: {r: 4, alpha: big}\n")}, lm_case(), ("lora.alpha",),

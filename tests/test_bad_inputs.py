@@ -38,6 +38,6 @@ def test_the_table_spans_the_three_command_lines():
     assert tracks == {"bandit", "preference", "lm"} and len(CASES) >= 40
 
 
-@pytest.mark.parametrize("cid", ["file-is-null", "npz-complex-rewards", "plot-panel-by-bogus", "lm-dtype-float64"])
+@pytest.mark.parametrize("cid", ["file-is-null", "npz-complex-rewards", "plot-panel-by-bogus", "lm-dtype-int8"])
 def test_bad_input_in_the_real_interpreter(cid):
     assert census([cid], timeout=120)[cid] == "clean"

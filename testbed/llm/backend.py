@@ -14,6 +14,7 @@ when its policy is a causal LM.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,23 +66,48 @@ class LMBackend:
 
     def optimise(self, config, n: int, epochs: int, loss_fn) -> float:
         """``epochs`` passes of minibatch AdamW on ``loss_fn(idx) -> scalar`` (mean over idx)."""
-        acc, opt = self.accelerator, self.optimizer
+        return self.optimise_shards(config, n, epochs, [loss_fn])[0]
+
+    def optimise_shards(self, config, n: int, epochs: int, loss_fns: list, enter=None) -> list[float]:
+        """:meth:`optimise` on K shards of ``n`` items each (``train.shards``, :mod:`testbed.llm.shards`): each
+        minibatch is every shard's part of it in turn, K × G micro-batches accumulated into one step, as DDP
+        averages K processes' gradients; ``enter(k)``: the context shard k's micro-batches run in (its RNG stream).
+        Each shard's mean loss."""
+        acc, opt, K = self.accelerator, self.optimizer, len(loss_fns)
         G = self.grad_accum(config)
-        # every minibatch is G whole micro-batches: count them from 0 (another run may have used another G)
-        acc.gradient_accumulation_steps, acc.step = G, 0
-        losses = []
+        # every minibatch is K x G whole micro-batches: count them from 0 (another run may have used another G)
+        acc.gradient_accumulation_steps, acc.step = G * K, 0
+        losses = [[] for _ in loss_fns]
         for _ in range(epochs):
-            for mb in self.minibatches(n, self.minibatch(config)):
-                for micro in np.array_split(mb, G):
-                    with acc.accumulate(self.prepared):
-                        loss = loss_fn(torch.as_tensor(micro, dtype=torch.long))
-                        acc.backward(loss)
-                        if acc.sync_gradients and self.train.max_grad_norm > 0:
-                            acc.clip_grad_norm_(self.params, self.train.max_grad_norm)
-                        opt.step()
-                        opt.zero_grad()
-                    losses.append(float(loss.detach()))
-        return float(np.mean(losses)) if losses else float("nan")
+            for mb in self.minibatches(n, self.minibatch(config) // K):
+                aside = None
+                for k, loss_fn in enumerate(loss_fns):
+                    aside = self._set_aside(aside) if k else None
+                    with enter(k) if enter is not None else contextlib.nullcontext():
+                        for micro in np.array_split(mb, G):
+                            with acc.accumulate(self.prepared):
+                                loss = loss_fn(torch.as_tensor(micro, dtype=torch.long))
+                                acc.backward(loss)
+                                if acc.sync_gradients and aside is not None:
+                                    self._set_aside(aside, back=True)
+                                if acc.sync_gradients and self.train.max_grad_norm > 0:
+                                    acc.clip_grad_norm_(self.params, self.train.max_grad_norm)
+                                opt.step()
+                                opt.zero_grad()
+                            losses[k].append(float(loss.detach()))
+        return [float(np.mean(x)) if x else float("nan") for x in losses]
+
+    def _set_aside(self, aside: list | None, back: bool = False) -> list:
+        """The shards' gradients summed as DDP sums the processes': each shard's own sum first (its G micro-batches),
+        then the shards' sums added. Moves the gradients into ``aside`` (added), or (``back``) adds ``aside`` to them."""
+        aside = aside if aside is not None else [torch.zeros_like(p) for p in self.params]
+        for p, a in zip(self.params, aside):
+            if back:
+                p.grad = a if p.grad is None else p.grad.add_(a)
+            elif p.grad is not None:
+                a.add_(p.grad)
+                p.grad = None
+        return aside
 
     def single_step(self, config, n: int, epochs: int) -> bool:
         """True when the batch of ``n`` items makes exactly one optimiser step (one epoch, one minibatch, one

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from testbed.errors import InputError, check_memory, nonneg_int, positive_int
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "float64", "bfloat16", "float16")  # float64: tight comparisons (tests)
 TRAINING_COPIES = 5
 """float32 copies of every parameter a run holds: the weights, their gradients, Adam's two moments, and pi_ref."""
 

@@ -19,14 +19,16 @@ class ValueModel(nn.Module):
     def __init__(self, backbone: nn.Module, hidden: int):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(hidden, 1)
+        # float32 (a float64 model: float64, so a float64 run stays float64 throughout)
+        self.head = nn.Linear(hidden, 1, dtype=torch.promote_types(next(backbone.parameters()).dtype, torch.float32))
         nn.init.normal_(self.head.weight, std=1 / np.sqrt(hidden + 1))
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids, attention_mask, position_ids):
         h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False).last_hidden_state
-        return self.head(h)[..., 0].float()
+        v = self.head(h)[..., 0]
+        return v.to(torch.promote_types(v.dtype, torch.float32))
 
 
 def make_critic(base_causal_lm, lora: dict | None) -> ValueModel:

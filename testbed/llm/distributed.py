@@ -148,7 +148,7 @@ def lm_accelerator(spec):
 # -- multi-process checkpoints: every process's torch RNG (sharded rollouts sample one stream per process) --
 def gather_rng(acc) -> list:
     """Every process's torch CPU RNG state (and CUDA's, when there is one), gathered on all processes."""
-    mine = {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+    mine = rng_state()
     if acc.num_processes == 1:
         return [mine]
     import torch.distributed as dist
@@ -162,7 +162,16 @@ def restore_rng(states: list, acc) -> None:
     if len(states) != acc.num_processes:
         raise InputError(f"--resume: the checkpoint was written by {len(states)} process(es), this run has "
                          f"{acc.num_processes}; resume with the same number")
-    mine = states[acc.process_index]
-    torch.set_rng_state(mine["cpu"])
-    if "cuda" in mine and torch.cuda.is_available():
-        torch.cuda.set_rng_state(mine["cuda"])
+    set_rng_state(states[acc.process_index])
+
+
+def rng_state() -> dict:
+    """The torch CPU RNG state, and CUDA's when there is one (one process's, or one shard's: testbed.llm.shards)."""
+    return {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what :func:`rng_state` returned."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

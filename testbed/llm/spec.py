@@ -79,6 +79,8 @@ class TrainConfig:
     eval_micro_batch: int = nonneg_count(0, "eval prompts per generate call (0: all); N: per-prompt streams, same metrics")
     rollouts: str = one_of("sharded", ("sharded", "replicated"), "each process samples its share of the batch, or every "
                            "process samples the whole batch with the same seed (bit-for-bit the 1-process run)")
+    shards: int = count(1, "one process computes what this many processes with sharded rollouts compute: the batch in "
+                        "shards, each sampled from its own stream, per-shard statistics, gradients averaged (tests)")
     save: bool = flag(True, "save the final policy with save_pretrained")
 
     def validate(self, where: str) -> None:
@@ -284,11 +286,18 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     W = world or int(os.environ.get("WORLD_SIZE", 0)) or acc.num_processes
     if train.batch % W:
         raise InputError(f"train.batch = {train.batch} is not divisible across {W} processes")
+    if train.batch % train.shards:
+        raise InputError(f"train.shards = {train.shards} must divide train.batch = {train.batch} (each shard samples "
+                         "batch / shards prompts)")
+    if train.shards > 1 and W > 1:
+        raise InputError(f"train.shards = {train.shards} stands for {train.shards} processes in one; run it on one "
+                         f"process (this run has {W})")
+    P, procs = (train.shards, "shards") if train.shards > 1 else (W, "processes")  # the processes the batch is split over
     train_minibatch = "train.minibatch"
     if "per_device_train_batch_size" in hf_later:
-        train.minibatch = hf_later["per_device_train_batch_size"] * train.grad_accum * W
-        train_minibatch = (f"train.minibatch = per_device_train_batch_size × grad_accum × processes = "
-                           f"{hf_later['per_device_train_batch_size']} × {train.grad_accum} × {W}")
+        train.minibatch = hf_later["per_device_train_batch_size"] * train.grad_accum * P
+        train_minibatch = (f"train.minibatch = per_device_train_batch_size × grad_accum × {procs} = "
+                           f"{hf_later['per_device_train_batch_size']} × {train.grad_accum} × {P}")
     prompts = _check_prompts(raw.get("prompts", {"kind": "toy"}), "prompts", base)
     eval_prompts = _check_prompts(raw.get("eval_prompts", {"kind": "toy", "count": 16, "seed": 1}), "eval_prompts", base)
     algos = raw.get("algorithms")
@@ -336,9 +345,9 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
         m_field = f"{where}.minibatch" if getattr(cfg, "minibatch", 0) else train_minibatch
         if items % M:
             raise InputError(f"{where}: the batch holds {items} items, not divisible into minibatches of {M} ({m_field})")
-        if M % (W * G):
+        if M % (P * G):
             g_field = f"{where}.grad_accum" if getattr(cfg, "grad_accum", 0) else "train.grad_accum"
-            raise InputError(f"{m_field} = {M} is not divisible by processes × grad_accum = {W} × {G} ({g_field})")
+            raise InputError(f"{m_field} = {M} is not divisible by {procs} × grad_accum = {P} × {G} ({g_field})")
         label = {} if cls.label(cfg) == aname else {"label": cls.label(cfg)}  # a user rule: its own name
         parsed.append((aname, cfg, {"name": aname, **label, **dataclasses.asdict(cfg)}))
     if "num_train_epochs" in hf_later:

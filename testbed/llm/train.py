@@ -43,6 +43,7 @@ from testbed.llm.distributed import gather_rng, restore_rng
 from testbed.llm.evaluation import evaluate
 from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
+from testbed.llm.shards import Shards, stream_seed
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory, set_torch_threads
 from testbed.results import LM_COLUMNS
@@ -119,14 +120,15 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     """One run's metric rows, sample generations and the final model (unwrapped) and tokenizer.
 
     With ``checkpoint`` (process 0 writes it) the state is saved every ``every`` iterations, and a run
-    whose checkpoint exists continues from it (single process: each process would need its own)."""
+    whose checkpoint exists continues from it (on several processes too: each one's RNG is in it, and each shard's)."""
     mem_base = reset_peak_memory()
     ctx, algo = build(spec, algo_name, algo_cfg, seed, study)
     tr, acc = spec.train, ctx.accelerator
     label = algo.label(algo.config)  # the rows' algorithm (a user rule: its name), once per run
     replicated = tr.rollouts == "replicated" or ctx.world == 1
     # generation RNG: the same on every process for replicated rollouts, one stream per process otherwise
-    torch.manual_seed(seed if replicated else seed * 1000 + ctx.rank)
+    torch.manual_seed(seed if replicated else stream_seed(seed, ctx.rank))
+    shards = Shards(ctx, tr.shards, seed, CHECKPOINTED_ALGO_FIELDS) if tr.shards > 1 else None  # K processes' streams
     prompts = make_prompts(spec.prompts) if algo.needs_prompts(algo.config) else []
     eval_prompts = make_prompts(spec.eval_prompts) if ctx.reward is not None else []
     order, cursor = ctx.rng.permutation(len(prompts)) if prompts else None, 0
@@ -170,6 +172,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         state = load_state(checkpoint)
         restore_backend(ctx, state)
         restore_rng(state["torch_rngs"], acc)  # each process's own stream (sharded rollouts)
+        if shards is not None:
+            shards.streams = state["shard_rngs"]
         for k, v in state["algo"].items():
             setattr(algo, k, v)
         order, cursor, rows, generations = state["order"], state["cursor"], state["rows"], state["generations"]
@@ -193,7 +197,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
             if not replicated:
                 idx = np.array_split(np.asarray(idx), ctx.world)[ctx.rank].tolist()
             q, qm = ctx.policy.encode([prompts[i] for i in idx], tr.max_prompt_length)
-        result = algo.lm_update(q, qm)
+        result = algo.lm_update(q, qm) if shards is None else shards.update(algo, q, qm)
         check_finite(run_id, t, {"the loss": result.loss}, checkpoint)
         ctx.scheduler.step()
         samples += result.samples * (1 if replicated else ctx.world)
@@ -210,7 +214,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         rngs = gather_rng(acc)  # on every process (a collective), before process 0 writes
         if acc.is_main_process:
             _save_checkpoint(checkpoint, ctx, algo, {"t": st.t, "order": order, "cursor": cursor, "rows": rows,
-                                                     "torch_rngs": rngs,
+                                                     "torch_rngs": rngs, "shard_rngs": shards and shards.streams,
                                                      "generations": generations, "samples": samples,
                                                      "queries": queries, "elapsed": time.perf_counter() - start})
 
@@ -236,7 +240,7 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
                 resume: bool = False, checkpoint_every: int = 0, reuse: bool = False) -> Path | None:
     """Run every (algorithm, seed) of ``spec``; process 0 writes the run folder atomically.
 
-    With ``checkpoint_every`` K > 0 (single process), <out>.partial holds each finished run (rows,
+    With ``checkpoint_every`` K > 0 (any number of processes), <out>.partial holds each finished run (rows,
     generations, saved model) and a checkpoint of the unfinished one every K iterations, named by what the
     run computes (:func:`run_key`); ``resume`` continues from there if the spec and its input files are
     unchanged, ``reuse`` keeps the finished runs that did not change. Process 0 holds a lock on ``out``."""
