@@ -215,7 +215,7 @@ def _add_run_folder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse", action="store_true", help="like --resume for a changed spec: keep the finished "
                         "runs whose settings and input files did not change, recompute the rest")
     parser.add_argument("--checkpoint-every", type=_jobs, default=None, metavar="K",
-                        help="checkpoint every K iterations into <out>.partial (single process)")
+                        help="checkpoint every K iterations into <out>.partial (LM runs: on any number of processes)")
 
 
 def _add_backend(parser: argparse.ArgumentParser, jobs: str) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from testbed.errors import InputError, nonneg_int, positive_int
 from testbed.io import read_yaml
-from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, state_bytes
+from testbed.llm.memory import DTYPE_BYTES, GIB, Held, activation_bytes, config_sizes, state_bytes
 
 KINDS = ("sft", "reward_model", "lm", "eval")
 TRAIN_KEYS = {"lr": float, "adam_eps": float, "scheduler": str, "epochs": int, "per_device_batch": int,
@@ -261,7 +261,7 @@ def stage_plan(st: dict, stages: dict) -> dict:
     if "module" not in st["judge"]:
         models.append({"model": "judge", "parameters": _count(st["judge"], "score"), "trainable": 0, "dtype": "float32",
                        "from": st["judge_from"]})
-    weights = sum(m["parameters"] * {"float32": 4}.get(m["dtype"], 2) for m in models)
+    weights = sum(m["parameters"] * DTYPE_BYTES[m["dtype"]] for m in models)
     return {"models": models, "total_gib": weights / GIB, "processes": 1, "detail": {}}
 
 
