@@ -118,6 +118,23 @@ def _check_train(entry, where: str) -> dict:
     return entry
 
 
+def _check_recentre(st: dict, where: str) -> None:
+    """``recentre: none | reference_mean`` (reward_model stages; ``reference_mean`` needs ``recentre_data`` with
+    ``fields: [query, reference_response]`` or one whole-sequence field)."""
+    from testbed.llm.rm import RECENTRE
+    mode = st.get("recentre", "none")
+    if mode not in RECENTRE or st["kind"] != "reward_model" and "recentre" in st:
+        raise InputError(f"{where}.recentre must be one of {', '.join(RECENTRE)} (reward_model stages only; got {mode!r})")
+    if mode == "none":
+        if "recentre_data" in st:
+            raise InputError(f"{where}.recentre_data is read only with recentre: reference_mean")
+        return
+    d = _check_data(st.get("recentre_data"), f"{where}.recentre_data")
+    if len(d["fields"]) > 2:
+        raise InputError(f"{where}.recentre_data.fields must be [query, reference_response] or [sequence] "
+                         f"(got {d['fields']})")
+
+
 def _check_eval(st: dict, where: str, done: dict) -> None:
     from testbed.errors import positive_number
     for j, p in enumerate(st["policies"]):
@@ -170,6 +187,7 @@ def load_pipeline(folder: str | Path) -> dict:
             from testbed.llm.sft import LOSSES
             if st.get("loss", "sequence") not in LOSSES or kind == "reward_model" and "loss" in st:
                 raise InputError(f"{where}.loss must be one of {', '.join(LOSSES)} (sft stages only; got {st.get('loss')!r})")
+            _check_recentre(st, where)
         elif kind == "lm":
             spec = st.get("spec")
             if not isinstance(spec, dict):
