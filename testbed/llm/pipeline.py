@@ -28,7 +28,7 @@ from pathlib import Path
 
 from testbed.errors import InputError, nonneg_int, positive_int
 from testbed.io import read_yaml
-from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, state_bytes
+from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, layer_values, state_bytes
 
 KINDS = ("sft", "reward_model", "lm", "eval")
 TRAIN_KEYS = {"lr": float, "adam_eps": float, "scheduler": str, "epochs": int, "per_device_batch": int,
@@ -239,8 +239,10 @@ def _count(entry: dict, kind: str) -> int:
 
 
 def _sizes(entry: dict):
+    """(hidden, layers, heads, vocab, values per token and hidden unit per layer) of a model entry's config."""
     from testbed.llm.models import model_config
-    return config_sizes(model_config({k: v for k, v in entry.items() if k != "path" or Path(v, "config.json").is_file()}))
+    cfg = model_config({k: v for k, v in entry.items() if k != "path" or Path(v, "config.json").is_file()})
+    return (*config_sizes(cfg), layer_values(cfg))
 
 
 def stage_plan(st: dict, stages: dict) -> dict:
@@ -261,10 +263,10 @@ def stage_plan(st: dict, stages: dict) -> dict:
         dtype = st["model"].get("dtype", "float32")
         held = [Held("policy" if kind == "sft" else "reward model", P, P, dtype, dtype)]
         stt = state_bytes(held, st["zero_stage"], tr["processes"], st["deepspeed_16bit"])
-        h, L, a, V = _sizes(st["model"])
+        h, L, a, V, values = _sizes(st["model"])
         seqs = tr["per_device_batch"] * (1 if kind == "sft" else 2)  # the RM scores chosen and rejected together
         act = activation_bytes(h, L, a, V if kind == "sft" else 0, seqs, tr["seq"],
-                              "bfloat16" if st["deepspeed_16bit"] else dtype)
+                              "bfloat16" if st["deepspeed_16bit"] else dtype, values=values)
         total = sum(stt.values()) + act
         return {"models": [{"model": held[0].name, "parameters": P, "trainable": P, "dtype": dtype,
                             "from": st["model_from"]}], "total_gib": total / GIB, "processes": tr["processes"],
