@@ -1,9 +1,11 @@
 """Measured peak memory of one LM configuration on CPU, next to the dry run's estimate (:mod:`testbed.llm.memory`).
 
     python tests/llm_memory_probe.py '{"arch": "gpt_neox", "hidden": 128, "layers": 4, ...}'   # one JSON line out
-    python tests/llm_memory_probe.py --table                                                   # the README table
+    python tests/llm_memory_probe.py --table       # the README table: tests/test_llm_memory_model.py's configurations
 
-Each configuration runs in a fresh process (:func:`probe` starts it), so its peak is its own. The process builds
+:func:`probe` starts one subprocess that imports torch and transformers once and forks a fresh process for each
+configuration (two at a time), so each peak is that process's own. The process first runs the same code on a
+one-layer copy (lazy imports, the code pages of the same kernels: not counted), then builds
 a model from a config (``gpt2`` | ``gpt_neox`` (Pythia) | ``qwen2``, random weights, float32, no download),
 optionally LoRA (peft, float32 adapters) and gradient checkpointing (the run's
 :func:`testbed.llm.checkpointing.enable_gradient_checkpointing`), then runs what the run's update runs: two
@@ -14,14 +16,14 @@ through the run's own log-probability code (:func:`testbed.llm.policy.forward_lo
 reference, reward function) and runs two REBEL updates (generation, old and reference log-probs, 1 epoch), and the
 estimate is :func:`testbed.llm.plan.plan`'s total for that spec.
 
-The measure is the resident set's high-water mark (``VmHWM``) minus the resident set just before the model is built
-(after the imports), with glibc told to serve every allocation of 64 KiB or more by ``mmap`` and to give it back at
-``free`` (``MALLOC_MMAP_THRESHOLD_=65536``, ``MALLOC_TRIM_THRESHOLD_=0``, set in the child's environment before it
-starts). torch's CPU allocator caches nothing, so then the resident set follows the tensors alive, as
-``torch.cuda.max_memory_allocated`` does on a GPU, rather than what the heap keeps after a free (glibc's default
-threshold rises to 32 MiB and freed blocks below it stay resident): this is what the estimate claims to count
-(tensors held, not allocator fragmentation). It also counts the few MB of Python objects and the autograd graph that
-the model ignores, so a small configuration reads high.
+The measure is the resident set's high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the
+resident set just before the model is built, with glibc told to serve every allocation of 64 KiB or more by
+``mmap`` and to give it back at ``free`` (``MALLOC_MMAP_THRESHOLD_=65536``, ``MALLOC_TRIM_THRESHOLD_=0``, set in the
+subprocess's environment before it starts). torch's CPU allocator caches nothing, so then the resident set follows
+the tensors alive, as ``torch.cuda.max_memory_allocated`` does on a GPU, rather than what the heap keeps after a
+free (glibc's default threshold rises to 32 MiB and freed blocks below it stay resident): this is what the estimate
+claims to count (tensors held, not allocator fragmentation). It also counts the few MB of Python objects, autograd graph and small
+allocations that the model ignores, which weigh most in the smallest configurations.
 """
 
 from __future__ import annotations
