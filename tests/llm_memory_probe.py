@@ -201,5 +201,5 @@ if __name__ == "__main__":
             print(f"| {label} | {e / 1e6:.1f} | {r['peak'] / 1e6:.1f} | {ratio(r):.2f} |", flush=True)
     elif sys.argv[1:] == ["--many"]:
         print(json.dumps(_many(json.loads(sys.stdin.read()))))
-    else:
-        print(json.dumps(child(json.loads(sys.argv[1]))))
+    else:  # one configuration, through probe(): its own process, the allocator settings in its environment
+        print(json.dumps(probe([json.loads(sys.argv[1])])[0]))
