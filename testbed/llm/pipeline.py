@@ -28,7 +28,7 @@ from pathlib import Path
 
 from testbed.errors import InputError, nonneg_int, positive_int
 from testbed.io import read_yaml
-from testbed.llm.memory import DTYPE_BYTES, GIB, Held, activation_bytes, config_sizes, state_bytes
+from testbed.llm.memory import DTYPE_BYTES, GIB, Held, activation_bytes, config_sizes, layer_values, state_bytes
 
 KINDS = ("sft", "reward_model", "lm", "eval")
 TRAIN_KEYS = {"lr": float, "adam_eps": float, "scheduler": str, "epochs": int, "per_device_batch": int,
@@ -118,6 +118,23 @@ def _check_train(entry, where: str) -> dict:
     return entry
 
 
+def _check_recentre(st: dict, where: str) -> None:
+    """``recentre: none | reference_mean`` (reward_model stages; ``reference_mean`` needs ``recentre_data`` with
+    ``fields: [query, reference_response]`` or one whole-sequence field)."""
+    from testbed.llm.rm import RECENTRE
+    mode = st.get("recentre", "none")
+    if mode not in RECENTRE or st["kind"] != "reward_model" and "recentre" in st:
+        raise InputError(f"{where}.recentre must be one of {', '.join(RECENTRE)} (reward_model stages only; got {mode!r})")
+    if mode == "none":
+        if "recentre_data" in st:
+            raise InputError(f"{where}.recentre_data is read only with recentre: reference_mean")
+        return
+    d = _check_data(st.get("recentre_data"), f"{where}.recentre_data")
+    if len(d["fields"]) > 2:
+        raise InputError(f"{where}.recentre_data.fields must be [query, reference_response] or [sequence] "
+                         f"(got {d['fields']})")
+
+
 def _check_eval(st: dict, where: str, done: dict) -> None:
     from testbed.errors import positive_number
     for j, p in enumerate(st["policies"]):
@@ -170,6 +187,7 @@ def load_pipeline(folder: str | Path) -> dict:
             from testbed.llm.sft import LOSSES
             if st.get("loss", "sequence") not in LOSSES or kind == "reward_model" and "loss" in st:
                 raise InputError(f"{where}.loss must be one of {', '.join(LOSSES)} (sft stages only; got {st.get('loss')!r})")
+            _check_recentre(st, where)
         elif kind == "lm":
             spec = st.get("spec")
             if not isinstance(spec, dict):
@@ -221,8 +239,10 @@ def _count(entry: dict, kind: str) -> int:
 
 
 def _sizes(entry: dict):
+    """(hidden, layers, heads, vocab, values per token and hidden unit per layer) of a model entry's config."""
     from testbed.llm.models import model_config
-    return config_sizes(model_config({k: v for k, v in entry.items() if k != "path" or Path(v, "config.json").is_file()}))
+    cfg = model_config({k: v for k, v in entry.items() if k != "path" or Path(v, "config.json").is_file()})
+    return (*config_sizes(cfg), layer_values(cfg))
 
 
 def stage_plan(st: dict, stages: dict) -> dict:
@@ -243,10 +263,10 @@ def stage_plan(st: dict, stages: dict) -> dict:
         dtype = st["model"].get("dtype", "float32")
         held = [Held("policy" if kind == "sft" else "reward model", P, P, dtype, dtype)]
         stt = state_bytes(held, st["zero_stage"], tr["processes"], st["deepspeed_16bit"])
-        h, L, a, V = _sizes(st["model"])
+        h, L, a, V, values = _sizes(st["model"])
         seqs = tr["per_device_batch"] * (1 if kind == "sft" else 2)  # the RM scores chosen and rejected together
         act = activation_bytes(h, L, a, V if kind == "sft" else 0, seqs, tr["seq"],
-                              "bfloat16" if st["deepspeed_16bit"] else dtype)
+                              "bfloat16" if st["deepspeed_16bit"] else dtype, values=values)
         total = sum(stt.values()) + act
         return {"models": [{"model": held[0].name, "parameters": P, "trainable": P, "dtype": dtype,
                             "from": st["model_from"]}], "total_gib": total / GIB, "processes": tr["processes"],

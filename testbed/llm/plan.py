@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from testbed.algorithms import ALGORITHMS
-from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, kv_cache_bytes, state_bytes
-from testbed.llm.models import count_parameters, lora_parameters, model_config
+from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, kv_cache_bytes, layer_values, state_bytes
+from testbed.llm.models import TINY, count_parameters, lora_parameters, model_config
 from testbed.llm.spec import LMSpec
 
 
@@ -50,7 +50,9 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
     critic_full = count_parameters(spec.model, "score")  # backbone + a one-output head
     ref_copy = spec.reference == "copy" or (spec.reference == "auto" and not lora)
     N, Z, ds16 = spec.accelerate.num_processes, zero_stage(spec), deepspeed_16bit(spec)
-    h, L, a, V = config_sizes(model_config(spec.model))
+    mcfg = model_config(spec.model)
+    h, L, a, V = config_sizes(mcfg)
+    kw = {"values": layer_values(mcfg), "eager_attention": spec.model.get("name") in TINY}  # tiny models: eager
     act_dtype = "bfloat16" if spec.accelerate.mixed_precision == "bf16" or ds16 else dtype
     tr = spec.train
     seq = tr.max_prompt_length + tr.max_new_tokens
@@ -75,7 +77,9 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
         st = state_bytes(held, Z, N, ds16)
         M, G = cfg.minibatch or tr.minibatch, cfg.grad_accum or tr.grad_accum
         micro = max(1, M // (N * G)) * cls.sequences_per_item(cfg)
-        act = activation_bytes(h, L, a, V, micro, seq, act_dtype, checkpointing) * (2 if critic else 1)
+        act = activation_bytes(h, L, a, V, micro, seq, act_dtype, checkpointing, response=tr.max_new_tokens, **kw)
+        if critic:  # the critic's backbone holds as much again, without logits
+            act += activation_bytes(h, L, a, 0, micro, seq, act_dtype, checkpointing, **kw)
         rollout = tr.batch // N * cls.items_per_prompt(cfg) if cls.needs_prompts(cfg) else 0
         kv = kv_cache_bytes(h, L, rollout, seq, dtype)
         total = st["weights"] + st["grads"] + st["optimizer"] + max(act, kv)

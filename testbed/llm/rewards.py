@@ -25,6 +25,12 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), pos, -1).max(dim=1).values
 
 
+def score_offset(model) -> float:
+    """The constant a re-centred reward model adds to its head's output (``config.score_offset``, 0 if none; set by
+    :func:`testbed.llm.rm.recentre`)."""
+    return float(getattr(unwrap(model).config, "score_offset", 0.0) or 0.0)
+
+
 class RewardModel:
     """``AutoModelForSequenceClassification`` (one label) read at the last non-pad token.
 
@@ -42,7 +48,7 @@ class RewardModel:
         pos = (mask.long().cumsum(1) - 1).clamp(min=0)
         h = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
         head = m.score if hasattr(m, "score") else m.classifier
-        return head(h)[..., 0].float()
+        return head(h)[..., 0].float() + score_offset(m)
 
     def score(self, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
               grad: bool = False) -> torch.Tensor:

@@ -11,6 +11,13 @@ Loss: −mean ln σ(r(chosen) − r(rejected)) over the micro-batch (:func:`test
 scores in place of log-ratios), chosen and rejected scored in one forward pass; the trainer is
 :func:`testbed.llm.sft.train_stage` (the official batch, optimiser and schedule). ``data.fields`` are
 ``[chosen, rejected]``: each the whole (query + response) sequence, right-padded.
+
+Re-centring (``recentre: reference_mean``, official ``rm.py`` after training): the mean score over the reference
+responses of ``recentre_data`` (``fields: [query, reference_response]``, concatenated, or one whole-sequence field) is
+subtracted from every later score. The official model stores that mean as ``config.bias`` and its forward returns
+head − bias; here the trained model's config gets ``score_offset`` (added to the head's output wherever a score is
+read: :func:`scores`, :class:`testbed.llm.rewards.RewardModel`), so ``save_pretrained`` keeps it and the LM and eval
+stages load it with the model. ``none`` (the default) leaves the scores as trained.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ import numpy as np
 import torch
 
 from testbed.errors import InputError
+from testbed.llm.rewards import score_offset
 from testbed.losses import dpo_loss
+
+RECENTRE = ("none", "reference_mean")
 
 
 def load_score_model(entry: dict, pad: int, seed: int):
@@ -46,7 +56,8 @@ def scores(model, ids: torch.Tensor, pad: int) -> torch.Tensor:
     ids go in unmasked: a pad column is masked out of attention and never read)."""
     mask = ids != pad
     pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-    return model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=False).logits[:, 0].float()
+    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=False).logits[:, 0].float()
+    return out + score_offset(model)
 
 
 @torch.no_grad()
@@ -59,6 +70,28 @@ def pairwise_accuracy(model, chosen: torch.Tensor, rejected: torch.Tensor, pad: 
         for s in range(0, len(chosen), batch):
             wins.append(scores(model, chosen[s:s + batch].to(dev), pad) > scores(model, rejected[s:s + batch].to(dev), pad))
     return float(torch.cat(wins).float().mean()) if wins else float("nan")
+
+
+@torch.no_grad()
+def recentre(model, ids: torch.Tensor, pad: int, batch: int = 16, acc=None) -> dict:
+    """Shift the model's ``score_offset`` so that the mean score over the sequences ``ids`` is 0 (each process scores
+    its share of the rows, the sums are gathered). Returns the mean before, the offset before and after."""
+    from testbed.llm.policy import eval_mode, unwrap
+    m = unwrap(model)
+    dev = next(m.parameters()).device
+    W, r = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+    total = torch.zeros(2, dtype=torch.float64, device=dev)
+    with eval_mode(m):
+        for s in range(r * batch, len(ids), W * batch):
+            sc = scores(m, ids[s:s + batch].to(dev), pad).double()
+            total += torch.stack([sc.sum(), torch.tensor(float(len(sc)), dtype=torch.float64, device=dev)])
+    if W > 1:
+        total = acc.gather(total[None]).sum(0)
+    if total[1] == 0:
+        raise InputError("recentre_data: no rows to re-centre the reward model on")
+    mean, before = float(total[0] / total[1]), score_offset(m)
+    m.config.score_offset = before - mean
+    return {"recentre_mean_before": mean, "score_offset_before": before, "score_offset": m.config.score_offset}
 
 
 def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, object, dict]:
@@ -94,4 +127,9 @@ def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, 
 
     rows, model, state_dict = train_stage(st, acc, model, len(c), loss_fn)
     after = pairwise_accuracy(model, *held, pad) if held else None
-    return rows, {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "pairs": len(c)}, model, tok, state_dict
+    summary = {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "pairs": len(c)}
+    if st.get("recentre", "none") == "reference_mean":
+        from testbed.llm.sft import sequences
+        ids, _ = sequences(load_rows(st["recentre_data"], folder), st["recentre_data"]["fields"])
+        summary.update(recentre(model, ids, pad, st["train"]["per_device_batch"], acc))
+    return rows, summary, model, tok, state_dict

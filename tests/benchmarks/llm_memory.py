@@ -69,7 +69,7 @@ def one(algo: str, mode: str, iters: int, batch: int, tokens: int) -> dict:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        alg.update(q, qm)
+        alg.lm_update(q, qm)
         if cuda:
             torch.cuda.synchronize()
         if i > 0:
