@@ -39,7 +39,7 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
-from testbed.algorithms.stacked_draws import base_contexts, contexts_from_uniforms
+from testbed.algorithms.stacked_draws import at, base_contexts, contexts_from_uniforms, pick, policy_rows
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
 from testbed.policies import (
@@ -188,13 +188,7 @@ class REBEL(Algorithm):
         x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
         if x.dtype.kind == "f":  # contexts drawn as uniforms: the problem's inverse CDF, on the whole stack
             x = contexts_from_uniforms(p.rho, x)
-        if x.shape[-1] >= p.num_contexts:  # the table's rows (each row's arithmetic is the same), gathered
-            table = policy.log_probs()
-            log_pi = take_contexts(table, x)
-            cdf = take_contexts(np.cumsum(np.exp(table), axis=-1), x)
-        else:
-            log_pi = policy.log_probs_at(x)
-            cdf = np.cumsum(np.exp(log_pi), axis=-1)
+        log_pi, cdf = policy_rows(policy, x, p.num_contexts)
         y = inverse_cdf(cdf, u)
         kind = cfg.y_prime
         if kind == "policy":
@@ -203,14 +197,14 @@ class REBEL(Algorithm):
             y2 = inverse_cdf(take_contexts(np.cumsum(np.exp(TabularSoftmax(p.log_pi_ref).params), axis=-1), x), v)
         else:
             y2 = v if kind == "uniform" else self.offline[x, v]
-        lp, lp2 = _pick(log_pi, y), _pick(log_pi, y2)
-        r, r2 = _at(p.rewards, x, y), _at(p.rewards, x, y2)
+        lp, lp2 = pick(log_pi, y), pick(log_pi, y2)
+        r, r2 = at(p.rewards, x, y), at(p.rewards, x, y2)
         std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
         noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0
         r, r2 = np.where(noisy, r + std * e, r), np.where(noisy, r2 + std * e2, r2)
         if cfg.beta > 0:
-            r = kl_shaped_reward(r, lp, _at(p.log_pi_ref, x, y), cfg.beta)
-            r2 = kl_shaped_reward(r2, lp2, _at(p.log_pi_ref, x, y2), cfg.beta)
+            r = kl_shaped_reward(r, lp, at(p.log_pi_ref, x, y), cfg.beta)
+            r2 = kl_shaped_reward(r2, lp2, at(p.log_pi_ref, x, y2), cfg.beta)
         return x, y, y2, lp, lp2, r, r2
 
     def _raw_draws(self, rng: np.random.Generator, p: TabularBandit, N: int, Y: int):
@@ -303,15 +297,6 @@ class REBEL(Algorithm):
         pol = self.ctx.policy
         return self.loss_fn(pol.seq_logprob(q, qm, y1) - lp1, pol.seq_logprob(q, qm, y2) - lp2, r1, r2, self.config.eta)
 
-
-def _pick(table: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """table[..., i, y_i]: one entry per row (rows [..., N, Y], indices [..., N])."""
-    return np.take_along_axis(table, y[..., None], axis=-1)[..., 0]
-
-
-def _at(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """table[x_i, y_i] for one problem; table[s, x_si, y_si] for a stack (table [S, X, Y], x, y [S, N])."""
-    return table[x, y] if x.ndim == 1 else table[np.arange(len(x))[:, None], x, y]
 
 
 def linear_population_regression(rho, phi, pi, mu, r, eta):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from testbed.datasets import PreferenceOracle, sample_distinct
-from testbed.policies import Policy, count_at_most, inverse_cdf
+from testbed.policies import Policy, count_at_most, inverse_cdf, take_contexts
 from testbed.problems import TabularBandit
 
 _BASE = (TabularBandit.sample_contexts, Policy.sample, sample_distinct, PreferenceOracle.label, PreferenceOracle.prob)
@@ -67,3 +67,47 @@ def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, 
         p = oracles[0].P[x, y, y2]
     win = u[3] < p
     return x, np.where(win, y, y2), np.where(win, y2, y)
+
+
+def at(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """table[x_i, y_i] for one problem; table[s, x_si, y_si] for a stack (table [S, X, Y], x, y [S, N])."""
+    return table[x, y] if x.ndim == 1 else table[np.arange(len(x))[:, None], x, y]
+
+
+def pick(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """rows[..., i, y_i]: one entry per row (rows [..., N, Y], indices [..., N])."""
+    return np.take_along_axis(rows, y[..., None], axis=-1)[..., 0]
+
+
+def policy_rows(policy: Policy, x: np.ndarray, num_contexts: int) -> tuple[np.ndarray, np.ndarray]:
+    """ln pi_t(.|x_i) and its CDF cumsum(exp(.)) for each context drawn: with at least as many draws as contexts
+    the whole table's rows gathered (each row's arithmetic is the same: fewer exponentials), else row by row."""
+    if x.shape[-1] >= num_contexts:
+        table = policy.log_probs()
+        return take_contexts(table, x), take_contexts(np.cumsum(np.exp(table), axis=-1), x)
+    log_pi = policy.log_probs_at(x)
+    return log_pi, np.cumsum(np.exp(log_pi), axis=-1)
+
+
+def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:
+    """x ~ rho, y ~ pi_t and the sampled rewards r(x, y) (+ noise) of one seed (``rng`` a generator) or a stack
+    (a list; ``problem`` a ProblemBatch), with ln pi_t(y|x): each generator gives the n + n uniforms and the n
+    normals of :meth:`TabularBandit.sample_contexts`, :meth:`Policy.sample` and
+    :meth:`TabularBandit.sample_rewards` one after the other; None where one of those is replaced."""
+    members = getattr(problem, "members", [problem])
+    if not (base_contexts(problem) and type(policy).sample is _BASE[1]
+            and all(type(m).sample_rewards is TabularBandit.sample_rewards for m in members)):
+        return None
+    stacked = isinstance(rng, list)
+    gens = rng if stacked else [rng]
+    u = np.stack([g.random(2 * n) for g in gens])
+    noise = [g.standard_normal(n) if m.noise_std > 0 else np.zeros(n) for g, m in zip(gens, members)]
+    if not stacked:
+        u, noise = u[0], noise[0]
+    x = contexts_from_uniforms(problem.rho, u[..., :n])
+    log_pi, cdf = policy_rows(policy, x, problem.num_contexts)
+    y = inverse_cdf(cdf, u[..., n:])
+    r = at(problem.rewards, x, y)
+    std = np.asarray(problem.noise_std)[..., None] if stacked else problem.noise_std
+    noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else problem.noise_std > 0
+    return x, y, np.where(noisy, r + std * np.asarray(noise), r), pick(log_pi, y)
