@@ -107,7 +107,7 @@ class NPG(Algorithm):
             x, y, q = per_seed(self._draw, policy, rng, p)
         else:
             x, y, r, lp = drawn
-            q = self.shaped(r, lp, at(p.log_pi_ref, x, y))
+            q = r if cfg.beta == 0 else self.shaped(r, lp, at(p.log_pi_ref, x, y))
         if isinstance(policy, TabularSoftmax):  # one-hot scores: the closed form from counts
             new = npg_step(policy, x, y, cfg.eta * q, ridge=cfg.damping)
         else:

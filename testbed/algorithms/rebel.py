@@ -39,7 +39,15 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
-from testbed.algorithms.stacked_draws import at, base_contexts, contexts_from_uniforms, pick, policy_rows
+from testbed.algorithms.stacked_draws import (
+    at,
+    base_contexts,
+    cdf_columns,
+    cdf_draw,
+    contexts_from_uniforms,
+    flat_rows,
+    table_draws,
+)
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
 from testbed.policies import (
@@ -47,11 +55,9 @@ from testbed.policies import (
     PairRows,
     Policy,
     TabularSoftmax,
-    inverse_cdf,
     linear_logits,
     lstsq_step,
     score_features,
-    take_contexts,
 )
 from testbed.policies.natural import natural_step
 from testbed.problems import TabularBandit
@@ -188,16 +194,16 @@ class REBEL(Algorithm):
         x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
         if x.dtype.kind == "f":  # contexts drawn as uniforms: the problem's inverse CDF, on the whole stack
             x = contexts_from_uniforms(p.rho, x)
-        log_pi, cdf = policy_rows(policy, x, p.num_contexts)
-        y = inverse_cdf(cdf, u)
         kind = cfg.y_prime
         if kind == "policy":
-            y2 = inverse_cdf(cdf, v)
-        elif kind == "ref":
-            y2 = inverse_cdf(take_contexts(np.cumsum(np.exp(TabularSoftmax(p.log_pi_ref).params), axis=-1), x), v)
+            (y, y2), (lp, lp2) = table_draws(policy, x, [u, v], p.num_contexts)
         else:
-            y2 = v if kind == "uniform" else self.offline[x, v]
-        lp, lp2 = pick(log_pi, y), pick(log_pi, y2)
+            if kind == "ref":
+                ref = cdf_columns(np.cumsum(np.exp(TabularSoftmax(p.log_pi_ref).params), axis=-1))
+                y2 = cdf_draw(ref, flat_rows(x, p.num_contexts), v)
+            else:
+                y2 = v if kind == "uniform" else self.offline[x, v]
+            (y,), (lp, lp2) = table_draws(policy, x, [u], p.num_contexts, known=(y2,))
         r, r2 = at(p.rewards, x, y), at(p.rewards, x, y2)
         std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
         noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from testbed.datasets import PreferenceOracle, sample_distinct
-from testbed.policies import Policy, count_at_most, inverse_cdf, take_contexts
+from testbed.policies import Policy, inverse_cdf
 from testbed.problems import TabularBandit
 
 _BASE = (TabularBandit.sample_contexts, Policy.sample, sample_distinct, PreferenceOracle.label, PreferenceOracle.prob)
@@ -27,7 +27,7 @@ def contexts_from_uniforms(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf /= cdf[..., -1:]
     if u.ndim == 1:
         return cdf.searchsorted(u, side="right")
-    return count_at_most(cdf[:, None, :], u)
+    return np.stack([c.searchsorted(v, side="right") for c, v in zip(cdf, u)])  # member by member: its own search
 
 
 def base_contexts(problem) -> bool:
@@ -79,14 +79,43 @@ def pick(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.take_along_axis(rows, y[..., None], axis=-1)[..., 0]
 
 
-def policy_rows(policy: Policy, x: np.ndarray, num_contexts: int) -> tuple[np.ndarray, np.ndarray]:
-    """ln pi_t(.|x_i) and its CDF cumsum(exp(.)) for each context drawn: with at least as many draws as contexts
-    the whole table's rows gathered (each row's arithmetic is the same: fewer exponentials), else row by row."""
-    if x.shape[-1] >= num_contexts:
-        table = policy.log_probs()
-        return take_contexts(table, x), take_contexts(np.cumsum(np.exp(table), axis=-1), x)
-    log_pi = policy.log_probs_at(x)
-    return log_pi, np.cumsum(np.exp(log_pi), axis=-1)
+def flat_rows(x: np.ndarray, num_contexts: int) -> np.ndarray:
+    """Row s·X + x of a stack's [S·X, ...] table for context x of member s (x itself for one problem)."""
+    return x if x.ndim == 1 else np.arange(len(x))[:, None] * num_contexts + x
+
+
+def table_draws(policy: Policy, x: np.ndarray, uniforms: list, num_contexts: int, known: tuple = ()) -> tuple[list, list]:
+    """Responses y ~ pi_t(.|x) by :func:`inverse_cdf` of each array of ``uniforms`` ([N] or a stack's [S, N]),
+    and ln pi_t(y|x) of those and of the ``known`` responses. With at least as many draws as contexts from
+    the whole table (cumsum(exp(.)) once per context, each CDF column compared with its entries gathered per
+    draw: the comparisons of :func:`inverse_cdf` on the gathered rows, so the same indices, without an
+    N x Y array), else row by row."""
+    if x.shape[-1] < num_contexts:
+        log_pi = policy.log_probs_at(x)
+        cdf = np.cumsum(np.exp(log_pi), axis=-1)
+        ys = [inverse_cdf(cdf, u) for u in uniforms]
+        return ys, [pick(log_pi, y) for y in (*ys, *known)]
+    table = policy.log_probs()
+    flat = flat_rows(x, num_contexts)
+    columns = cdf_columns(np.cumsum(np.exp(table), axis=-1))
+    ys = [cdf_draw(columns, flat, u) for u in uniforms]
+    entries = table.reshape(-1)
+    return ys, [entries[flat * table.shape[-1] + y] for y in (*ys, *known)]
+
+
+def cdf_columns(cdf: np.ndarray) -> np.ndarray:
+    """The columns of CDF rows [..., X, Y] as contiguous arrays [Y, (S·)X], for :func:`cdf_draw`."""
+    return np.ascontiguousarray(np.moveaxis(cdf, -1, 0).reshape(cdf.shape[-1], -1))
+
+
+def cdf_draw(columns: np.ndarray, flat: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """:func:`inverse_cdf` of the rows ``flat`` of a CDF table (``columns`` from :func:`cdf_columns`) at
+    uniforms u: u scaled by each row's total, counted against the row's entries one column at a time."""
+    v = u * columns[-1][flat]
+    count = np.zeros(flat.shape, dtype=np.intp)
+    for column in columns:
+        count += v >= column[flat]
+    return np.minimum(count, len(columns) - 1)
 
 
 def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:
@@ -105,9 +134,8 @@ def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:
     if not stacked:
         u, noise = u[0], noise[0]
     x = contexts_from_uniforms(problem.rho, u[..., :n])
-    log_pi, cdf = policy_rows(policy, x, problem.num_contexts)
-    y = inverse_cdf(cdf, u[..., n:])
+    (y,), (lp,) = table_draws(policy, x, [u[..., n:]], problem.num_contexts)
     r = at(problem.rewards, x, y)
     std = np.asarray(problem.noise_std)[..., None] if stacked else problem.noise_std
     noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else problem.noise_std > 0
-    return x, y, np.where(noisy, r + std * np.asarray(noise), r), pick(log_pi, y)
+    return x, y, np.where(noisy, r + std * np.asarray(noise), r), lp
