@@ -206,7 +206,7 @@ def test_sampled_contexts_are_the_draws_of_rng_choice(rho):
 
 
 def test_the_laplacian_solve_is_the_pseudo_inverse_on_multigraphs_with_several_components():
-    """(L + P)⁻¹b = L⁺b for b in the range of L, with components found by batched label propagation:
+    """(L + P)⁻¹b = L⁺b for b in the range of L, with components found by the batched reachability closure:
     random multigraphs with isolated responses and several components, against numpy's pinv."""
     from testbed.policies.lstsq_onehot import pair_solve
 

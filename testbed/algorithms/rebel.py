@@ -191,7 +191,10 @@ class REBEL(Algorithm):
         stacked = isinstance(rng, list)
         gens, members = (rng, p.members) if stacked else ([rng], [p])
         raw = [self._raw_draws(g, m, N, Y) for g, m in zip(gens, members)]
-        x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
+        noisy = any(a[3] is not None for a in raw)
+        if noisy:  # a member without noise in a stack with some: zeros
+            raw = [a if a[3] is not None else a[:3] + (np.zeros(N), np.zeros(N)) for a in raw]
+        x, u, v, e, e2 = (a[0] if not stacked else None if a[0] is None else np.stack(a) for a in zip(*raw))
         if x.dtype.kind == "f":  # contexts drawn as uniforms: the problem's inverse CDF, on the whole stack
             x = contexts_from_uniforms(p.rho, x)
         kind = cfg.y_prime
@@ -205,9 +208,10 @@ class REBEL(Algorithm):
                 y2 = v if kind == "uniform" else self.offline[x, v]
             (y,), (lp, lp2) = table_draws(policy, x, [u], p.num_contexts, known=(y2,))
         r, r2 = at(p.rewards, x, y), at(p.rewards, x, y2)
-        std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
-        noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0
-        r, r2 = np.where(noisy, r + std * e, r), np.where(noisy, r2 + std * e2, r2)
+        if noisy:  # r + std·e where the problem has noise, r as drawn elsewhere
+            std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
+            has = np.array([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0
+            r, r2 = np.where(has, r + std * e, r), np.where(has, r2 + std * e2, r2)
         if cfg.beta > 0:
             r = kl_shaped_reward(r, lp, at(p.log_pi_ref, x, y), cfg.beta)
             r2 = kl_shaped_reward(r2, lp2, at(p.log_pi_ref, x, y2), cfg.beta)
@@ -215,7 +219,7 @@ class REBEL(Algorithm):
 
     def _raw_draws(self, rng: np.random.Generator, p: TabularBandit, N: int, Y: int):
         """One seed's random numbers, in the order of its draws: contexts, y, y' (a uniform, or an index),
-        the reward noise of y and of y' (zeros when the problem has none: nothing drawn)."""
+        the reward noise of y and of y' (None when the problem has none: nothing drawn)."""
         kind = self.config.y_prime
         if base_contexts(p):
             # the uniforms of the contexts' inverse CDF, of y and (y' from a policy) of y': the numbers of N-long
@@ -227,8 +231,9 @@ class REBEL(Algorithm):
             v = rng.random(N) if kind in ("policy", "ref") else None
         if kind not in ("policy", "ref"):
             v = rng.integers(Y if kind == "uniform" else self.offline.shape[1], size=N)
-        noise = [rng.standard_normal(N) if p.noise_std > 0 else np.zeros(N) for _ in range(2)]
-        return x, u, v, noise[0], noise[1]
+        if p.noise_std <= 0:
+            return x, u, v, None, None
+        return x, u, v, rng.standard_normal(N), rng.standard_normal(N)
 
     def _sampled(self, policy: Policy, rng) -> Step:
         cfg = self.config

@@ -27,7 +27,9 @@ def contexts_from_uniforms(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf /= cdf[..., -1:]
     if u.ndim == 1:
         return cdf.searchsorted(u, side="right")
-    return np.stack([c.searchsorted(v, side="right") for c, v in zip(cdf, u)])  # member by member: its own search
+    if np.all(cdf == cdf[:1]):  # one rho for every member (seeds of one problem): one search for the stack
+        return cdf[0].searchsorted(u, side="right")
+    return np.stack([c.searchsorted(v, side="right") for c, v in zip(cdf, u)])  # member by member
 
 
 def base_contexts(problem) -> bool:
@@ -111,10 +113,10 @@ def cdf_columns(cdf: np.ndarray) -> np.ndarray:
 def cdf_draw(columns: np.ndarray, flat: np.ndarray, u: np.ndarray) -> np.ndarray:
     """:func:`inverse_cdf` of the rows ``flat`` of a CDF table (``columns`` from :func:`cdf_columns`) at
     uniforms u: u scaled by each row's total, counted against the row's entries one column at a time."""
-    v = u * columns[-1][flat]
+    v = u * np.take(columns[-1], flat)
     count = np.zeros(flat.shape, dtype=np.intp)
     for column in columns:
-        count += v >= column[flat]
+        count += v >= np.take(column, flat)
     return np.minimum(count, len(columns) - 1)
 
 
@@ -130,12 +132,14 @@ def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:
     stacked = isinstance(rng, list)
     gens = rng if stacked else [rng]
     u = np.stack([g.random(2 * n) for g in gens])
-    noise = [g.standard_normal(n) if m.noise_std > 0 else np.zeros(n) for g, m in zip(gens, members)]
+    noisy = np.array([m.noise_std > 0 for m in members])
+    noise = np.stack([g.standard_normal(n) if m.noise_std > 0 else np.zeros(n) for g, m in zip(gens, members)])
     if not stacked:
-        u, noise = u[0], noise[0]
+        u, noise, noisy = u[0], noise[0], noisy[0]
     x = contexts_from_uniforms(problem.rho, u[..., :n])
     (y,), (lp,) = table_draws(policy, x, [u[..., n:]], problem.num_contexts)
     r = at(problem.rewards, x, y)
-    std = np.asarray(problem.noise_std)[..., None] if stacked else problem.noise_std
-    noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else problem.noise_std > 0
-    return x, y, np.where(noisy, r + std * np.asarray(noise), r), lp
+    if np.any(noisy):  # r + std·e where the problem has noise (sample_rewards' arithmetic), r as drawn elsewhere
+        std = np.asarray(problem.noise_std)[..., None] if stacked else problem.noise_std
+        r = np.where(noisy[..., None] if stacked else noisy, r + std * noise, r)
+    return x, y, r, lp

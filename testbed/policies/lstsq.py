@@ -65,13 +65,14 @@ def _pair_gram(num_blocks: int, blocks: np.ndarray, rows: PairRows, targets: np.
     y, y2 = rows.y.ravel(), rows.y2.ravel()
     moved = y != y2  # a pair with y = y' is a zero row
     b, y, y2, t = blocks[moved], y[moved], y2[moved], targets[moved]
-    counts = np.bincount((b * Y + y) * Y + y2, minlength=num_blocks * Y * Y).reshape(num_blocks, Y, Y).astype(float)
-    gram = -(counts + np.swapaxes(counts, 1, 2)) + 0.0  # + 0.0: untouched entries +0.0, as a dense sum
-    idx = np.arange(Y)
-    gram[:, idx, idx] = counts.sum(axis=2) + counts.sum(axis=1)
-    keys = np.stack([b * Y + y, b * Y + y2], axis=1).ravel()  # +t at y, -t at y', pair by pair in order
-    rhs = np.bincount(keys, weights=np.stack([t, -t], axis=1).ravel(), minlength=num_blocks * Y)
-    return gram, rhs.reshape(num_blocks, Y)
+    ends = np.stack([b * Y + y, b * Y + y2], axis=1).ravel()  # the pair's two entries, pair by pair in order
+    # -(c[y, y'] + c[y', y]) off the diagonal (integers: exact), the degree on it; + 0.0: untouched entries +0.0
+    gram = np.bincount(ends * Y + np.stack([y2, y], axis=1).ravel(), minlength=num_blocks * Y * Y).astype(float)
+    gram = -gram + 0.0
+    gram = gram.reshape(num_blocks, Y * Y)
+    gram[:, ::Y + 1] = np.bincount(ends, minlength=num_blocks * Y).reshape(num_blocks, Y)
+    rhs = np.bincount(ends, weights=np.stack([t, -t], axis=1).ravel(), minlength=num_blocks * Y)  # +t at y, -t at y'
+    return gram.reshape(num_blocks, Y, Y), rhs.reshape(num_blocks, Y)
 
 
 def _solve_gram(gram, rhs, ridge, groups, Y):
@@ -202,8 +203,9 @@ def lstsq_step(policy: Policy, x: np.ndarray, rows, targets: np.ndarray,
         rows, targets = _demean_by_context(flat, rows, S * X), targets - offset
     if isinstance(policy, TabularSoftmax):
         delta = _block_lstsq(S * X, flat, rows, targets, ridge, groups=S)
-        if isinstance(rows, PairRows):
-            fitted = delta[flat, rows.y.ravel()] - delta[flat, rows.y2.ravel()]
+        if isinstance(rows, PairRows):  # delta[block, y] - delta[block, y'] by flat index
+            entries, Y = delta.reshape(-1), delta.shape[-1]
+            fitted = np.take(entries, flat * Y + rows.y.ravel()) - np.take(entries, flat * Y + rows.y2.ravel())
         else:
             fitted = np.sum(rows * delta[flat], axis=-1)
         delta = delta.reshape(S, X, -1)

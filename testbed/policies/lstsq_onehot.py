@@ -22,9 +22,9 @@ problems decouple per context and depend on the samples only through counts:
 - **Sampled REBEL** (rows e_y - e_y', no intercept, :func:`pair_solve`): each context's Gram matrix is
   the Laplacian L of the multigraph with an edge (y, y') per pair and the right-hand side b is ⟂ the
   indicator of every connected component, so L⁺b = (L + P)⁻¹b with P = sum_c 1_c1_cᵀ/|c| (one LU solve
-  per context, no eigen-decomposition). Components by label propagation (each response takes the
-  smallest label among itself and its neighbours until nothing changes: at most the graph's diameter
-  passes, batched over all contexts).
+  per context, no eigen-decomposition). Components by the boolean closure of I + adjacency (ceil(log2 Y)
+  squarings, batched over all contexts; faster at Y = 10 than label propagation or scipy's
+  connected_components on the block-diagonal graph, measured).
 
 Counts come from ``np.bincount`` (integers; sums of targets accumulated per bin in sample order), so
 member s of a stack gets bit for bit its unstacked result, and no N x Y or N x Y² array is built.
@@ -77,22 +77,23 @@ def npg_step(policy, x: np.ndarray, y: np.ndarray, targets: np.ndarray, ridge: f
     return policy.with_params(policy.params + delta)
 
 
-def components(adjacent: np.ndarray) -> np.ndarray:
-    """The connected-component label (the smallest vertex) of each vertex of graphs [B, Y, Y] (boolean, symmetric)."""
-    B, Y = adjacent.shape[:2]
-    linked = adjacent | np.eye(Y, dtype=bool)
-    label = np.broadcast_to(np.arange(Y), (B, Y)).copy()
-    while True:
-        new = np.where(linked, label[:, None, :], Y).min(axis=-1)
-        if np.array_equal(new, label):
-            return label
-        label = new
+def components(gram: np.ndarray) -> np.ndarray:
+    """Whether responses y and y' are connected in each block's graph (edge y-y' iff gram[b, y, y'] != 0),
+    [B, Y, Y] boolean: the closure of I + adjacency by ceil(log2 Y) boolean squarings, batched over blocks."""
+    Y = gram.shape[-1]
+    reach = (gram != 0) | np.eye(Y, dtype=bool)
+    for _ in range(max(int(np.ceil(np.log2(Y))), 0)):
+        r = reach.astype(np.float32)
+        reach = np.matmul(r, r) > 0
+    return reach
 
 
 def pair_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     """L⁺b for the Laplacians ``gram`` [B, Y, Y] of pair rows and right-hand sides ``rhs`` [B, Y] ⟂ their null
-    spaces: (L + P)⁻¹b, P the projector onto the component indicators (see the module docstring)."""
-    label = components(gram != 0)
-    same = label[:, :, None] == label[:, None, :]
-    proj = same / same.sum(axis=-1, keepdims=True)
+    spaces: (L + P)⁻¹b, P the projector onto the component indicators (see the module docstring). The
+    eigen-solver's cut-off (1e-9 of the largest eigenvalue) would drop only rounding-level eigenvalues here:
+    a connected Laplacian's smallest non-zero eigenvalue is >= 4/k² for k <= Y responses, its largest <=
+    2·pairs."""
+    reach = components(gram)
+    proj = reach / reach.sum(axis=2)[:, :, None]  # 1_c1_cᵀ/|c|: the component of y, divided by its size
     return np.linalg.solve(gram + proj, rhs[..., None])[..., 0]
