@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from testbed.algorithms import ALGORITHMS, build_config
-from testbed.algorithms.stacked_draws import cdf_columns, cdf_draw, policy_samples
+from testbed.algorithms.stacked_draws import cdf_columns, cdf_draw, contexts_from_uniforms, policy_samples
 from testbed.experiments.runner import run_batch, run_one
 from testbed.experiments.spec import RunPlan
 from testbed.policies import TabularSoftmax, inverse_cdf, log_softmax, lstsq_step, member, stack
 from testbed.policies.lstsq_onehot import npg_delta, npg_step
-from testbed.problems import ProblemBatch, make_tabular
+from testbed.problems import ProblemBatch, TabularBandit, make_tabular
 
 
 def dense_npg(x, y, t, X, Y, ridge=0.0):
@@ -129,6 +129,30 @@ def test_cdf_draw_is_inverse_cdf_on_the_gathered_rows():
         want = inverse_cdf(cdf[np.arange(4)[:, None], x], u)
         assert np.array_equal(cdf_draw(cdf_columns(cdf), np.arange(4)[:, None] * X + x, u), want)
         assert np.array_equal(cdf_draw(cdf_columns(cdf[1]), x[1], u[1]), want[1])
+
+
+@pytest.mark.parametrize("X", [1, 5, 100])
+def test_stacked_contexts_are_each_members_inverse_cdf(X):
+    """One rho for the stack (one count) or one per member (one search each), short and long rho."""
+    rng = np.random.default_rng(X)
+    u = rng.random((3, 200))
+    u[:, 0] = 0.0
+    for rho in (np.tile(rng.dirichlet(np.ones(X)), (3, 1)), rng.dirichlet(np.ones(X), size=3)):
+        if X > 1:  # a context that is never drawn
+            rho[:, 0] = 0.0
+            rho /= rho.sum(axis=1, keepdims=True)
+        want = [TabularBandit(np.zeros((X, 2)), rho=r).sample_contexts(Replay(v), len(v)) for r, v in zip(rho, u)]
+        assert np.array_equal(contexts_from_uniforms(rho, u), np.stack(want))
+
+
+class Replay:
+    """A generator stand-in that hands out given uniforms."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, n):
+        return self.u[:n]
 
 
 def test_stacked_policy_samples_are_each_seeds_own_draws():

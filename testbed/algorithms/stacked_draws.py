@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from testbed.datasets import PreferenceOracle, sample_distinct
-from testbed.policies import Policy, inverse_cdf
+from testbed.policies import SHORT_AXIS, Policy, count_at_most, inverse_cdf
 from testbed.problems import TabularBandit
 
 _BASE = (TabularBandit.sample_contexts, Policy.sample, sample_distinct, PreferenceOracle.label, PreferenceOracle.prob)
@@ -27,8 +27,8 @@ def contexts_from_uniforms(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf /= cdf[..., -1:]
     if u.ndim == 1:
         return cdf.searchsorted(u, side="right")
-    if np.all(cdf == cdf[:1]):  # one rho for every member (seeds of one problem): one search for the stack
-        return cdf[0].searchsorted(u, side="right")
+    if np.all(cdf == cdf[:1]):  # one rho for every member (seeds of one problem): one count for the stack
+        return count_at_most(cdf[0], u) if cdf.shape[-1] <= SHORT_AXIS else cdf[0].searchsorted(u, side="right")
     return np.stack([c.searchsorted(v, side="right") for c, v in zip(cdf, u)])  # member by member
 
 
