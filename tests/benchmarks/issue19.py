@@ -68,14 +68,12 @@ def _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats):
     return t, same
 
 
-def batched_modes(seeds: int = 64, iterations: int = 10, repeats: int = 3, only: list[str] | None = None) -> bool:
+def batched_modes(seeds: int = 64, iterations: int = 10, repeats: int = 3) -> bool:
     problem = make_tabular(contexts=20, actions=10, seed=0)
     ok = True
     print(f"6. {seeds} seeds x {iterations} iterations, 20 x 10 tabular problem: one stack vs the per-seed loop "
           f"({repeats} interleaved repeats, medians):")
     for label, (name, cfg) in MODES.items():
-        if only is not None and label not in only:
-            continue
         t, same = _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats)
         ratio = med(t["loop"]) / med(t["batched"])
         good = ratio >= 20 and same
@@ -84,7 +82,7 @@ def batched_modes(seeds: int = 64, iterations: int = 10, repeats: int = 3, only:
               f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(good)}; identical: {same}")
     alone = [n for n, c in ALGORITHMS.items() if c.problem_kind == "preference"
              and not any(c.batchable(build_config(c.Config, {}, n), k) for k in ("tabular", "loglinear"))]
-    if alone and only is None:  # no stack is formed for them: the batched runner runs them seed by seed, the loop's cost
+    if alone:  # no stack is formed for them: the batched runner runs them seed by seed, the loop's cost
         ok = False
         print(f"   preference algorithms {', '.join(alone)}: not batchable (Algorithm.batchable is False), a stack runs "
               f"seed by seed: 1x (target >= 20x) MISSED")
@@ -181,15 +179,3 @@ def startup() -> bool:
     print(f"8. start-up: testbed --help {help_wall:.2f} s, imports torch: {help_torch}; testbed plot {plot_wall:.2f} s, "
           f"imports torch: {plot_torch} (target: neither) {verdict(ok)}")
     return ok
-
-
-if __name__ == "__main__":  # workload 6 alone, some modes: python tests/benchmarks/issue19.py [--modes LABEL ...]
-    import argparse
-
-    ap = argparse.ArgumentParser(description="workload 6 of the performance issue, some modes only")
-    ap.add_argument("--modes", nargs="+", choices=list(MODES), help="the modes to time (default: all)")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    print(f"load average before: {open('/proc/loadavg').read().split()[:3]}")
-    batched_modes(repeats=args.repeats, only=args.modes)
-    print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
