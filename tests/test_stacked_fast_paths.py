@@ -202,3 +202,29 @@ def test_sampled_npg_at_eta_10_stays_near_optimal():
                    {}, None, 0, 200, 200)
     rows, _, _ = run_one(plan, problem)
     assert rows[-1]["suboptimality"] < 0.01
+
+
+def test_loglinear_npg_step_is_zero_when_every_context_drew_one_response():
+    """Log-linear sampled NPG (the general solver, per-context intercept): where each context's samples are
+    all one response the demeaned rows are exactly zero — no information, no step — and not the rounding of
+    their mean, which the pseudo-inverse would invert (eta = 10 on linear_rebel_vs_npg: steps of 512-768)."""
+    from testbed.policies import LogLinear, mean_score_features, score_features
+    from testbed.problems import make_linear
+
+    problem = make_linear(contexts=5, actions=6, dim=4, seed=0)
+    policy = LogLinear(problem.features, np.array([3.0, -7.0, 11.0, 0.3]) * 4)
+    rng = np.random.default_rng(0)
+    x = rng.integers(5, size=200)
+    y = np.argmax(policy.log_probs(), axis=1)[x]  # the likeliest response of each context, always
+    scores = score_features(policy, x, y) - mean_score_features(policy, x)
+    new, _ = lstsq_step(policy, x, scores, 10 * rng.normal(size=200), context_intercept=True)
+    assert np.array_equal(new.params, policy.params)
+    y[::7] = (y[::7] + 1) % 6  # some information: the step is lstsq's on the exactly demeaned rows
+    scores = score_features(policy, x, y) - mean_score_features(policy, x)
+    t = rng.normal(size=200)
+    new, _ = lstsq_step(policy, x, scores, t, context_intercept=True)
+    rows = np.concatenate([problem.features[x[x == c], y[x == c]] - problem.features[x[x == c], y[x == c]].mean(0)
+                           for c in range(5)])
+    tt = np.concatenate([t[x == c] - t[x == c].mean() for c in range(5)])
+    want = np.linalg.lstsq(rows, tt, rcond=None)[0]
+    assert np.abs(new.params - policy.params - want).max() <= 1e-10 * max(1.0, np.abs(want).max())
