@@ -109,7 +109,9 @@ def bandit_update(name: str, monkeypatch) -> tuple[np.ndarray, object]:
     if name == "rebel":  # REBEL draws uniforms, then responses by inverse CDF on the whole stack (not policy.sample)
         import testbed.algorithms.rebel as rebel
         monkeypatch.setattr(rebel.REBEL, "_raw_draws", lambda self, rng, p, n, k: (x,) + (np.zeros(n),) * 4)
-        monkeypatch.setattr(rebel, "inverse_cdf", lambda cdf, u: draws.next())
+        import testbed.algorithms.stacked_draws as stacked_draws  # by row (inverse_cdf) or by table (cdf_draw)
+        monkeypatch.setattr(stacked_draws, "inverse_cdf", lambda cdf, u: draws.next())
+        monkeypatch.setattr(stacked_draws, "cdf_draw", lambda columns, rows, u: draws.next())
     monkeypatch.setattr(torch.optim, "Adam", functools.partial(torch.optim.Adam, eps=EPS))
     cls = ALGORITHMS[name]
     cfg = build_config(cls.Config, {**CASES[name], **BANDIT_ONLY[name]}, name, "bandit")

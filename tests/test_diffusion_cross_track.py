@@ -110,7 +110,9 @@ def bandit_update(monkeypatch):
     import testbed.algorithms.rebel as rebel
     picks = [np.arange(B), np.arange(B, 2 * B)]
     monkeypatch.setattr(rebel.REBEL, "_raw_draws", lambda self, rng, p, n, k: (x,) + (np.zeros(n),) * 4)
-    monkeypatch.setattr(rebel, "inverse_cdf", lambda cdf, u: picks.pop(0))
+    import testbed.algorithms.stacked_draws as stacked_draws  # by row (inverse_cdf) or by table (cdf_draw)
+    monkeypatch.setattr(stacked_draws, "inverse_cdf", lambda cdf, u: picks.pop(0))
+    monkeypatch.setattr(stacked_draws, "cdf_draw", lambda columns, rows, u: picks.pop(0))
     cfg = build_config(ALGORITHMS["rebel"].Config, {**PARAMS, "pairs": B, "lr": LR}, "rebel", "bandit")
     rng = np.random.default_rng(SEED)
     policy = GaussianTable(initial_table().numpy(), xT, x0, [np.arange(B), np.arange(B, 2 * B)])

@@ -208,7 +208,7 @@ def test_sampled_contexts_are_the_draws_of_rng_choice(rho):
 def test_the_laplacian_solve_is_the_pseudo_inverse_on_multigraphs_with_several_components():
     """(L + P)⁻¹b = L⁺b for b in the range of L, with components found by the batched reachability closure:
     random multigraphs with isolated responses and several components, against numpy's pinv."""
-    from testbed.policies.lstsq import _solve_laplacian
+    from testbed.policies.lstsq_onehot import pair_solve
 
     rng = np.random.default_rng(0)
     for Y in (1, 2, 5, 12, 39):
@@ -224,6 +224,6 @@ def test_the_laplacian_solve_is_the_pseudo_inverse_on_multigraphs_with_several_c
                     gram[b] += np.outer(e, e)  # odd blocks: no edge between the halves (>= 2 components)
         rhs = np.einsum("byz,bz->by", gram, rng.normal(size=(B, Y)))  # in the range of each L
         want = np.einsum("byz,bz->by", np.linalg.pinv(gram), rhs)
-        got = _solve_laplacian(gram, rhs)
+        got = pair_solve(gram, rhs)
         scale = max(1.0, float(np.abs(want).max()))
         assert np.abs(got - want).max() <= 1e-10 * scale, (Y, np.abs(got - want).max())

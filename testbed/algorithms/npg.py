@@ -9,7 +9,8 @@ reward q = r - beta·(ln pi_t - ln pi_ref) (Cen et al. 2021's regularised NPG).
   log-linear solves F·delta = eta·∇J (∇J with the per-context mean reward as baseline) by
   :func:`testbed.policies.natural.natural_step`: exact in the realisable case however
   deterministic pi_t is, else on the centred square-root-weighted rows (documented cut-off).
-- ``sampled``: N responses; rows g_i = ∇ln pi(y_i|x_i). The sample Fisher F̂ and gradient ĝ are
+- ``sampled``: N responses; rows g_i = ∇ln pi(y_i|x_i) (tabular: the closed form of
+  :mod:`testbed.policies.lstsq_onehot` from per-context counts). The sample Fisher F̂ and gradient ĝ are
   the within-context sample covariances of g with itself and with q (a per-context baseline;
   E g = 0, so both are consistent), and F̂⁺ĝ is the min-norm least-squares fit of q on the
   scores with a free intercept per context — Kakade's compatible-function-approximation view.
@@ -26,9 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from testbed.algorithms.base import Algorithm, Step, items, nonneg, one_of, per_seed, positive
+from testbed.algorithms.stacked_draws import at, policy_samples
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward
 from testbed.policies import LogLinear, Policy, TabularSoftmax, lstsq_step, mean_score_features, score_features
+from testbed.policies.lstsq_onehot import npg_step
 from testbed.policies.natural import natural_step
 
 
@@ -98,9 +101,17 @@ class NPG(Algorithm):
         return x, y, self.shaped(problem.sample_rewards(rng, x, y), lp, problem.log_pi_ref[x, y])
 
     def _sampled(self, policy: Policy, rng) -> Step:
-        x, y, q = per_seed(self._draw, policy, rng, self.problem)
-        scores = score_features(policy, x, y) - mean_score_features(policy, x)
-        new, _ = lstsq_step(policy, x, scores, self.config.eta * q, context_intercept=True,
-                            ridge=self.config.damping)
-        return Step(new, None, self.config.samples, self.config.samples)
+        cfg, p = self.config, self.problem
+        drawn = policy_samples(policy, rng, p, cfg.samples)
+        if drawn is None:  # a replaced draw (a subclass, a conformance view): seed by seed
+            x, y, q = per_seed(self._draw, policy, rng, p)
+        else:
+            x, y, r, lp = drawn
+            q = r if cfg.beta == 0 else self.shaped(r, lp, at(p.log_pi_ref, x, y))
+        if isinstance(policy, TabularSoftmax):  # one-hot scores: the closed form from counts
+            new = npg_step(policy, x, y, cfg.eta * q, ridge=cfg.damping)
+        else:
+            scores = score_features(policy, x, y) - mean_score_features(policy, x)
+            new, _ = lstsq_step(policy, x, scores, cfg.eta * q, context_intercept=True, ridge=cfg.damping)
+        return Step(new, None, cfg.samples, cfg.samples)
 

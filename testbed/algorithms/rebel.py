@@ -39,7 +39,15 @@ from testbed.algorithms.base import (
     positive,
     take,
 )
-from testbed.algorithms.stacked_draws import base_contexts, contexts_from_uniforms
+from testbed.algorithms.stacked_draws import (
+    at,
+    base_contexts,
+    cdf_columns,
+    cdf_draw,
+    contexts_from_uniforms,
+    flat_rows,
+    table_draws,
+)
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
 from testbed.policies import (
@@ -47,11 +55,9 @@ from testbed.policies import (
     PairRows,
     Policy,
     TabularSoftmax,
-    inverse_cdf,
     linear_logits,
     lstsq_step,
     score_features,
-    take_contexts,
 )
 from testbed.policies.natural import natural_step
 from testbed.problems import TabularBandit
@@ -185,37 +191,35 @@ class REBEL(Algorithm):
         stacked = isinstance(rng, list)
         gens, members = (rng, p.members) if stacked else ([rng], [p])
         raw = [self._raw_draws(g, m, N, Y) for g, m in zip(gens, members)]
-        x, u, v, e, e2 = (np.stack(a) if stacked else a[0] for a in zip(*raw))
+        noisy = any(a[3] is not None for a in raw)
+        if noisy:  # a member without noise in a stack with some: zeros
+            raw = [a if a[3] is not None else a[:3] + (np.zeros(N), np.zeros(N)) for a in raw]
+        x, u, v, e, e2 = (a[0] if not stacked else None if a[0] is None else np.stack(a) for a in zip(*raw))
         if x.dtype.kind == "f":  # contexts drawn as uniforms: the problem's inverse CDF, on the whole stack
             x = contexts_from_uniforms(p.rho, x)
-        if x.shape[-1] >= p.num_contexts:  # the table's rows (each row's arithmetic is the same), gathered
-            table = policy.log_probs()
-            log_pi = take_contexts(table, x)
-            cdf = take_contexts(np.cumsum(np.exp(table), axis=-1), x)
-        else:
-            log_pi = policy.log_probs_at(x)
-            cdf = np.cumsum(np.exp(log_pi), axis=-1)
-        y = inverse_cdf(cdf, u)
         kind = cfg.y_prime
         if kind == "policy":
-            y2 = inverse_cdf(cdf, v)
-        elif kind == "ref":
-            y2 = inverse_cdf(take_contexts(np.cumsum(np.exp(TabularSoftmax(p.log_pi_ref).params), axis=-1), x), v)
+            (y, y2), (lp, lp2) = table_draws(policy, x, [u, v], p.num_contexts)
         else:
-            y2 = v if kind == "uniform" else self.offline[x, v]
-        lp, lp2 = _pick(log_pi, y), _pick(log_pi, y2)
-        r, r2 = _at(p.rewards, x, y), _at(p.rewards, x, y2)
-        std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
-        noisy = np.asarray([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0
-        r, r2 = np.where(noisy, r + std * e, r), np.where(noisy, r2 + std * e2, r2)
+            if kind == "ref":
+                ref = cdf_columns(np.cumsum(np.exp(TabularSoftmax(p.log_pi_ref).params), axis=-1))
+                y2 = cdf_draw(ref, flat_rows(x, p.num_contexts), v)
+            else:
+                y2 = v if kind == "uniform" else self.offline[x, v]
+            (y,), (lp, lp2) = table_draws(policy, x, [u], p.num_contexts, known=(y2,))
+        r, r2 = at(p.rewards, x, y), at(p.rewards, x, y2)
+        if noisy:  # r + std·e where the problem has noise, r as drawn elsewhere
+            std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
+            has = np.array([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0
+            r, r2 = np.where(has, r + std * e, r), np.where(has, r2 + std * e2, r2)
         if cfg.beta > 0:
-            r = kl_shaped_reward(r, lp, _at(p.log_pi_ref, x, y), cfg.beta)
-            r2 = kl_shaped_reward(r2, lp2, _at(p.log_pi_ref, x, y2), cfg.beta)
+            r = kl_shaped_reward(r, lp, at(p.log_pi_ref, x, y), cfg.beta)
+            r2 = kl_shaped_reward(r2, lp2, at(p.log_pi_ref, x, y2), cfg.beta)
         return x, y, y2, lp, lp2, r, r2
 
     def _raw_draws(self, rng: np.random.Generator, p: TabularBandit, N: int, Y: int):
         """One seed's random numbers, in the order of its draws: contexts, y, y' (a uniform, or an index),
-        the reward noise of y and of y' (zeros when the problem has none: nothing drawn)."""
+        the reward noise of y and of y' (None when the problem has none: nothing drawn)."""
         kind = self.config.y_prime
         if base_contexts(p):
             # the uniforms of the contexts' inverse CDF, of y and (y' from a policy) of y': the numbers of N-long
@@ -227,8 +231,9 @@ class REBEL(Algorithm):
             v = rng.random(N) if kind in ("policy", "ref") else None
         if kind not in ("policy", "ref"):
             v = rng.integers(Y if kind == "uniform" else self.offline.shape[1], size=N)
-        noise = [rng.standard_normal(N) if p.noise_std > 0 else np.zeros(N) for _ in range(2)]
-        return x, u, v, noise[0], noise[1]
+        if p.noise_std <= 0:
+            return x, u, v, None, None
+        return x, u, v, rng.standard_normal(N), rng.standard_normal(N)
 
     def _sampled(self, policy: Policy, rng) -> Step:
         cfg = self.config
@@ -303,15 +308,6 @@ class REBEL(Algorithm):
         pol = self.ctx.policy
         return self.loss_fn(pol.seq_logprob(q, qm, y1) - lp1, pol.seq_logprob(q, qm, y2) - lp2, r1, r2, self.config.eta)
 
-
-def _pick(table: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """table[..., i, y_i]: one entry per row (rows [..., N, Y], indices [..., N])."""
-    return np.take_along_axis(table, y[..., None], axis=-1)[..., 0]
-
-
-def _at(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """table[x_i, y_i] for one problem; table[s, x_si, y_si] for a stack (table [S, X, Y], x, y [S, N])."""
-    return table[x, y] if x.ndim == 1 else table[np.arange(len(x))[:, None], x, y]
 
 
 def linear_population_regression(rho, phi, pi, mu, r, eta):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from testbed.datasets import PreferenceOracle, sample_distinct
-from testbed.policies import Policy, count_at_most, inverse_cdf
+from testbed.policies import SHORT_AXIS, Policy, count_at_most, inverse_cdf
 from testbed.problems import TabularBandit
 
 _BASE = (TabularBandit.sample_contexts, Policy.sample, sample_distinct, PreferenceOracle.label, PreferenceOracle.prob)
@@ -27,7 +27,9 @@ def contexts_from_uniforms(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf /= cdf[..., -1:]
     if u.ndim == 1:
         return cdf.searchsorted(u, side="right")
-    return count_at_most(cdf[:, None, :], u)
+    if np.all(cdf == cdf[:1]):  # one rho for every member (seeds of one problem): one count for the stack
+        return count_at_most(cdf[0], u) if cdf.shape[-1] <= SHORT_AXIS else cdf[0].searchsorted(u, side="right")
+    return np.stack([c.searchsorted(v, side="right") for c, v in zip(cdf, u)])  # member by member
 
 
 def base_contexts(problem) -> bool:
@@ -67,3 +69,77 @@ def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, 
         p = oracles[0].P[x, y, y2]
     win = u[3] < p
     return x, np.where(win, y, y2), np.where(win, y2, y)
+
+
+def at(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """table[x_i, y_i] for one problem; table[s, x_si, y_si] for a stack (table [S, X, Y], x, y [S, N])."""
+    return table[x, y] if x.ndim == 1 else table[np.arange(len(x))[:, None], x, y]
+
+
+def pick(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """rows[..., i, y_i]: one entry per row (rows [..., N, Y], indices [..., N])."""
+    return np.take_along_axis(rows, y[..., None], axis=-1)[..., 0]
+
+
+def flat_rows(x: np.ndarray, num_contexts: int) -> np.ndarray:
+    """Row s·X + x of a stack's [S·X, ...] table for context x of member s (x itself for one problem)."""
+    return x if x.ndim == 1 else np.arange(len(x))[:, None] * num_contexts + x
+
+
+def table_draws(policy: Policy, x: np.ndarray, uniforms: list, num_contexts: int, known: tuple = ()) -> tuple[list, list]:
+    """Responses y ~ pi_t(.|x) by :func:`inverse_cdf` of each array of ``uniforms`` ([N] or a stack's [S, N]),
+    and ln pi_t(y|x) of those and of the ``known`` responses. With at least as many draws as contexts from
+    the whole table (cumsum(exp(.)) once per context, each CDF column compared with its entries gathered per
+    draw: the comparisons of :func:`inverse_cdf` on the gathered rows, so the same indices, without an
+    N x Y array), else row by row."""
+    if x.shape[-1] < num_contexts:
+        log_pi = policy.log_probs_at(x)
+        cdf = np.cumsum(np.exp(log_pi), axis=-1)
+        ys = [inverse_cdf(cdf, u) for u in uniforms]
+        return ys, [pick(log_pi, y) for y in (*ys, *known)]
+    table = policy.log_probs()
+    flat = flat_rows(x, num_contexts)
+    columns = cdf_columns(np.cumsum(np.exp(table), axis=-1))
+    ys = [cdf_draw(columns, flat, u) for u in uniforms]
+    entries = table.reshape(-1)
+    return ys, [entries[flat * table.shape[-1] + y] for y in (*ys, *known)]
+
+
+def cdf_columns(cdf: np.ndarray) -> np.ndarray:
+    """The columns of CDF rows [..., X, Y] as contiguous arrays [Y, (S·)X], for :func:`cdf_draw`."""
+    return np.ascontiguousarray(np.moveaxis(cdf, -1, 0).reshape(cdf.shape[-1], -1))
+
+
+def cdf_draw(columns: np.ndarray, flat: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """:func:`inverse_cdf` of the rows ``flat`` of a CDF table (``columns`` from :func:`cdf_columns`) at
+    uniforms u: u scaled by each row's total, counted against the row's entries one column at a time."""
+    v = u * np.take(columns[-1], flat)
+    count = np.zeros(flat.shape, dtype=np.intp)
+    for column in columns:
+        count += v >= np.take(column, flat)
+    return np.minimum(count, len(columns) - 1)
+
+
+def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:
+    """x ~ rho, y ~ pi_t and the sampled rewards r(x, y) (+ noise) of one seed (``rng`` a generator) or a stack
+    (a list; ``problem`` a ProblemBatch), with ln pi_t(y|x): each generator gives the n + n uniforms and the n
+    normals of :meth:`TabularBandit.sample_contexts`, :meth:`Policy.sample` and
+    :meth:`TabularBandit.sample_rewards` one after the other; None where one of those is replaced."""
+    members = getattr(problem, "members", [problem])
+    if not (base_contexts(problem) and type(policy).sample is _BASE[1]
+            and all(type(m).sample_rewards is TabularBandit.sample_rewards for m in members)):
+        return None
+    stacked = isinstance(rng, list)
+    gens = rng if stacked else [rng]
+    u = np.stack([g.random(2 * n) for g in gens])
+    noisy = np.array([m.noise_std > 0 for m in members])
+    noise = np.stack([g.standard_normal(n) if m.noise_std > 0 else np.zeros(n) for g, m in zip(gens, members)])
+    if not stacked:
+        u, noise, noisy = u[0], noise[0], noisy[0]
+    x = contexts_from_uniforms(problem.rho, u[..., :n])
+    (y,), (lp,) = table_draws(policy, x, [u[..., n:]], problem.num_contexts)
+    r = at(problem.rewards, x, y)
+    if np.any(noisy):  # r + std·e where the problem has noise (sample_rewards' arithmetic), r as drawn elsewhere
+        std = np.asarray(problem.noise_std)[..., None] if stacked else problem.noise_std
+        r = np.where(noisy[..., None] if stacked else noisy, r + std * noise, r)
+    return x, y, r, lp

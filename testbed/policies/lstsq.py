@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from testbed.policies import LogLinear, Policy, TabularSoftmax, one_hot
+from testbed.policies.lstsq_onehot import pair_solve
 
 DUAL_Y = 256
 """Tabular blocks with more responses than this are solved through G_b·G_bᵀ (see the module docstring)."""
@@ -64,13 +65,14 @@ def _pair_gram(num_blocks: int, blocks: np.ndarray, rows: PairRows, targets: np.
     y, y2 = rows.y.ravel(), rows.y2.ravel()
     moved = y != y2  # a pair with y = y' is a zero row
     b, y, y2, t = blocks[moved], y[moved], y2[moved], targets[moved]
-    counts = np.bincount((b * Y + y) * Y + y2, minlength=num_blocks * Y * Y).reshape(num_blocks, Y, Y).astype(float)
-    gram = -(counts + np.swapaxes(counts, 1, 2)) + 0.0  # + 0.0: untouched entries +0.0, as a dense sum
-    idx = np.arange(Y)
-    gram[:, idx, idx] = counts.sum(axis=2) + counts.sum(axis=1)
-    keys = np.stack([b * Y + y, b * Y + y2], axis=1).ravel()  # +t at y, -t at y', pair by pair in order
-    rhs = np.bincount(keys, weights=np.stack([t, -t], axis=1).ravel(), minlength=num_blocks * Y)
-    return gram, rhs.reshape(num_blocks, Y)
+    ends = np.stack([b * Y + y, b * Y + y2], axis=1).ravel()  # the pair's two entries, pair by pair in order
+    # -(c[y, y'] + c[y', y]) off the diagonal (integers: exact), the degree on it; + 0.0: untouched entries +0.0
+    gram = np.bincount(ends * Y + np.stack([y2, y], axis=1).ravel(), minlength=num_blocks * Y * Y).astype(float)
+    gram = -gram + 0.0
+    gram = gram.reshape(num_blocks, Y * Y)
+    gram[:, ::Y + 1] = np.bincount(ends, minlength=num_blocks * Y).reshape(num_blocks, Y)
+    rhs = np.bincount(ends, weights=np.stack([t, -t], axis=1).ravel(), minlength=num_blocks * Y)  # +t at y, -t at y'
+    return gram.reshape(num_blocks, Y, Y), rhs.reshape(num_blocks, Y)
 
 
 def _solve_gram(gram, rhs, ridge, groups, Y):
@@ -86,24 +88,6 @@ def _solve_gram(gram, rhs, ridge, groups, Y):
     inv = np.divide(1.0, w, out=np.zeros_like(w), where=keep)
     proj = np.matmul(np.swapaxes(v, -1, -2), rhs[..., None])[..., 0]
     return np.matmul(v, (inv * proj)[..., None])[..., 0]
-
-
-def _solve_laplacian(gram, rhs):
-    """L⁺b for the Gram matrices of pair rows: each block's L is the Laplacian of the multigraph with an
-    edge (y, y') per pair, whose null space is spanned by the indicators 1_c of its connected components
-    (a response in no pair is a component of its own) and b ⟂ every 1_c. So L⁺b = (L + P)⁻¹b with
-    P = sum_c 1_c1_cᵀ/|c| the projector onto that null space, L + P positive definite: one LU solve
-    per block instead of an eigen-decomposition (about 9x cheaper at 10 x 10). The eigen-solver's
-    cut-off (1e-9 of the largest eigenvalue) drops only rounding-level eigenvalues here: a connected
-    Laplacian's smallest non-zero eigenvalue is >= 4/k² for k <= Y responses, its largest <= 2·pairs."""
-    B, Y = rhs.shape
-    # connected components of each block's graph (edge y-y' iff L[y, y'] != 0) by reachability: the boolean
-    # closure of I + adjacency by ceil(log2 Y) squarings, batched over all blocks (no per-graph labelling)
-    reach = (gram != 0) | np.eye(Y, dtype=bool)
-    for _ in range(max(int(np.ceil(np.log2(Y))), 0)):
-        reach = np.matmul(reach.astype(np.float32), reach.astype(np.float32)) > 0
-    proj = reach / reach.sum(axis=2)[:, :, None]  # 1_c1_cᵀ/|c|: the component of y, divided by its size
-    return np.linalg.solve(gram + proj, rhs[..., None])[..., 0]
 
 
 def _solve_dual(num_blocks, blocks, rows, targets, ridge, groups, Y):
@@ -174,7 +158,7 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows, targets: np.ndarray,
     if isinstance(rows, PairRows):
         gram, rhs = _pair_gram(num_blocks, blocks, rows, targets)
         if ridge == 0:
-            return _solve_laplacian(gram, rhs)
+            return pair_solve(gram, rhs)  # the Laplacian of each context's pair graph: one LU solve, no eigh
     else:
         gram = _block_sums(num_blocks, blocks, rows[:, :, None] * rows[:, None, :])
         rhs = _block_sums(num_blocks, blocks, rows * targets[:, None])
@@ -182,7 +166,13 @@ def _block_lstsq(num_blocks: int, blocks: np.ndarray, rows, targets: np.ndarray,
 
 
 def _demean_by_context(x: np.ndarray, a: np.ndarray, num_contexts: int) -> np.ndarray:
-    """Subtract from each row the mean of the rows that share its context."""
+    """Subtract from each row the mean of the rows that share its context, taken relative to the context's first
+    row (the same in exact arithmetic): rows equal to each other — a context where one response was always
+    drawn — demean to exactly 0, not to the rounding of sum/n, which a solver whose every block is such noise
+    would invert (sampled NPG at eta = 10 took steps of 500 and more that way)."""
+    first = np.zeros(num_contexts, dtype=np.intp)
+    first[x[::-1]] = np.arange(len(x) - 1, -1, -1)  # the last write wins: each context's first row
+    a = a - a[first[x]]
     n = np.bincount(x, minlength=num_contexts)
     sums = _block_sums(num_contexts, x, a)
     return a - (sums / np.maximum(n, 1).reshape((-1,) + (1,) * (a.ndim - 1)))[x]
@@ -219,8 +209,9 @@ def lstsq_step(policy: Policy, x: np.ndarray, rows, targets: np.ndarray,
         rows, targets = _demean_by_context(flat, rows, S * X), targets - offset
     if isinstance(policy, TabularSoftmax):
         delta = _block_lstsq(S * X, flat, rows, targets, ridge, groups=S)
-        if isinstance(rows, PairRows):
-            fitted = delta[flat, rows.y.ravel()] - delta[flat, rows.y2.ravel()]
+        if isinstance(rows, PairRows):  # delta[block, y] - delta[block, y'] by flat index
+            entries, Y = delta.reshape(-1), delta.shape[-1]
+            fitted = np.take(entries, flat * Y + rows.y.ravel()) - np.take(entries, flat * Y + rows.y2.ravel())
         else:
             fitted = np.sum(rows * delta[flat], axis=-1)
         delta = delta.reshape(S, X, -1)
