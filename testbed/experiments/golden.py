@@ -7,7 +7,7 @@ per column live in ``experiments/golden/tolerances.yaml`` (data, next to the sum
 ``fast`` subset that the test suite checks on every CI run.
 
 Runs whose trajectories are chaotic (a last-bit difference, e.g. another CPU's rounding, redirects
-them: sampled NPG at eta = 10 is past its stable step size) are listed under ``chaotic`` in
+them: sampled PPO with a KL penalty on the frontier) are listed under ``chaotic`` in
 tolerances.yaml with the reason. Their values are compared as seed statistics: the golden mean over
 the n seeds must lie within the two-sided ``confidence`` interval of the difference of two n-seed
 means, t_{n-1}·s·sqrt(2/n) with s the seed standard deviation of the run being checked (plus the
