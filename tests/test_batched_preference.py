@@ -150,3 +150,4 @@ def test_a_stack_of_hedge_runs_on_few_draws_and_rho_with_zeros_equals_runs_alone
         for s, (rows, policy, extra) in enumerate(run_batch(plans, problems)):
             alone_rows, alone_policy, alone_extra = run_one(plans[s], problems[s])
             assert rows == alone_rows and np.array_equal(policy.params, alone_policy.params), plans[s].run_id
+            assert np.array_equal(extra["avg_probs"], alone_extra["avg_probs"]), plans[s].run_id

@@ -27,24 +27,29 @@ def draw(rng, problem, parts: list[tuple]) -> list[np.ndarray]:
     uniform_x = base_contexts(problem)
     kinds = ["u" if p[0] == "u" or (p[0] == "x" and uniform_x) else p[0] for p in parts]
 
-    def one(g, m) -> list[np.ndarray]:
+    def one(g, m) -> list[np.ndarray]:  # one seed's calls: each run of consecutive uniforms in one call
         out, i = [], 0
         while i < len(parts):
             j = i
             while j < len(parts) and kinds[j] == "u":
                 j += 1
-            if j > i:  # a run of uniforms: one call
-                u = g.random(sum(p[-1] for p in parts[i:j]))
-                out += np.split(u, np.cumsum([p[-1] for p in parts[i:j - 1]]))
+            if j > i:
+                out.append(g.random(sum(p[-1] for p in parts[i:j])))
                 i = j
             else:
                 out.append(m.sample_contexts(g, parts[i][1]) if kinds[i] == "x" else g.integers(parts[i][1], size=parts[i][2]))
                 i += 1
         return out
 
-    raw = [one(g, m) for g, m in zip(gens, members)]
-    out = [np.stack(a) if stacked else a[0] for a in zip(*raw)]
-    return [contexts_from_uniforms(problem.rho, a) if p[0] == "x" and uniform_x else a for p, a in zip(parts, out)]
+    calls = [np.stack(a) if stacked else a[0] for a in zip(*[one(g, m) for g, m in zip(gens, members)])]
+    out, c, start = [], -1, 0
+    for i, p in enumerate(parts):  # the parts, cut out of the calls (a run of uniforms: column ranges)
+        if kinds[i] != "u" or i == 0 or kinds[i - 1] != "u":
+            c, start = c + 1, 0
+        a = calls[c][..., start:start + p[-1]] if kinds[i] == "u" else calls[c]
+        start += p[-1]
+        out.append(contexts_from_uniforms(problem.rho, a) if p[0] == "x" and uniform_x else a)
+    return out
 
 
 def responses(policy: Policy, x: np.ndarray, u: np.ndarray) -> np.ndarray:

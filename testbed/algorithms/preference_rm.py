@@ -43,7 +43,11 @@ class BTREBEL(_PreferenceAlgorithm):
     def __init__(self, config: BTREBELConfig, problem, rng):
         super().__init__(config, problem, rng)
         members = getattr(problem, "members", None)  # a stack: each member's reward model from its own generator
-        fits = [self._fit(m, g) for m, g in (zip(members, rng) if members is not None else [(problem, rng)])]
+        pairs = list(zip(members, rng)) if members is not None else [(problem, rng)]
+        # the population fit is a function of the problem alone: once per distinct member (seeds share one problem)
+        distinct = {id(m): m for m, _ in pairs} if config.reward_model == "population" else {}
+        once = {k: self._fit(m, None) for k, m in distinct.items()}
+        fits = [once.get(id(m)) or self._fit(m, g) for m, g in pairs]
         self._pending, self._pending_queries = fits[0][1:]
         rewards = [TabularBandit(r, m.rho, m.pi_ref, name=f"{m.name}-bt-rewards")
                    for (r, *_), m in zip(fits, members or [problem])]

@@ -30,7 +30,7 @@ from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.experiments.theory import kl_frontier, problem_theory, theory
 from testbed.io import atomic_write_text, save_npz
 from testbed.metrics import problem_metrics, stack_metric_arrays
-from testbed.policies import Policy, default_kind, initial_policy, member, stack
+from testbed.policies import Policy, default_kind, initial_policy, initial_stack, member
 from testbed.problems import PreferenceBandit, TabularBandit, problem_batch
 from testbed.results import COLUMNS, EXTRAS
 from testbed.training import NumericalError, check_finite, loggers, train
@@ -173,23 +173,21 @@ def _new_batch_state(plans: list[RunPlan], problems: list) -> BatchState:
     cfg = build_config(cls.Config, plans[0].config, plans[0].label)
     for plan, problem in zip(plans, problems):
         check_pairing(cls, problem, plan.label, cfg)
-    policies = [initial_policy(problem, **(plan.policy or {}),
-                               rng=np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0]))
-                for plan, problem in zip(plans, problems)]
     rngs = [np.random.default_rng(plan.seed) for plan in plans]
     batch = problem_batch(problems)
     algo = cls(cfg, batch, rngs)
     averaged = isinstance(batch, PreferenceBandit)
-    return BatchState(0, stack(policies), algo, rngs, [[] for _ in plans], algo.initial_samples, algo.initial_queries,
-                      None, {}, 0.0, [], np.zeros(batch.pi_ref.shape) if averaged else None)
+    return BatchState(0, initial_stack(problems, **(plans[0].policy or {})), algo, rngs, [[] for _ in plans],
+                      algo.initial_samples, algo.initial_queries, None, {}, 0.0, [],
+                      np.zeros(batch.pi_ref.shape) if averaged else None)
 
 
 def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = None,
               every: int = 0) -> list[tuple[list[dict], Policy, dict]]:
     """Run S grid points that differ only in seed (and in the instance, of one shape) as one stack.
 
-    The same algorithm code as :func:`run_one`, on a stacked policy and a
-    :class:`~testbed.problems.ProblemBatch` (or a :class:`~testbed.problems.PreferenceBatch`): random draws come seed by seed from each run's own
+    The same algorithm code as :func:`run_one`, on a stacked policy and a :class:`~testbed.problems.ProblemBatch`
+    (or :class:`~testbed.problems.PreferenceBatch`): random draws come seed by seed from each run's own
     generator, the update and the exact metrics run on the whole stack in one array computation,
     and each run's rows, final policy and wall times are what :func:`run_one` gives it
     (``tests/test_batched.py`` checks bit-for-bit equality). Checkpoints as in :func:`run_one`.
