@@ -4,11 +4,11 @@ and average iterate alone."""
 
 import numpy as np
 import pytest
+import yaml
 
 from testbed.algorithms import ALGORITHMS, build_config
-from testbed.experiments import load_spec
 from testbed.experiments.runner import batch_groups, run_batch, run_one, run_spec
-from testbed.experiments.spec import RunPlan
+from testbed.experiments.spec import RunPlan, parse_spec
 from testbed.metrics import preference_metric_arrays, preference_metrics
 from testbed.policies import TabularSoftmax, stack
 from testbed.problems import PreferenceBandit, PreferenceBatch, make_preference
@@ -53,10 +53,8 @@ eval_every: 2
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory):
-    path = tmp_path_factory.mktemp("spec") / "batched-pref.yaml"
-    path.write_text(SPEC)
-    return load_spec(path)
+def spec():
+    return parse_spec(yaml.safe_load(SPEC), "batched-pref")
 
 
 def test_every_preference_mode_but_population_dpo_stacks_seeds_and_instances(spec):
@@ -70,17 +68,7 @@ def test_every_preference_mode_but_population_dpo_stacks_seeds_and_instances(spe
     assert alone_names == []
 
 
-def test_stacked_preference_runs_equal_runs_alone_bit_for_bit(spec, monkeypatch):
-    import testbed.algorithms.dpo as dpo
-
-    fast, real = [], dpo.online_pairs
-
-    def counted(*a, **kw):  # online DPO on preference problems takes the one-array draw, stacked and alone
-        out = real(*a, **kw)
-        fast.append(out is not None)
-        return out
-
-    monkeypatch.setattr(dpo, "online_pairs", counted)
+def test_stacked_preference_runs_equal_runs_alone_bit_for_bit(spec):
     for g in batch_groups(spec):
         plans = [spec.runs[i] for i in g]
         if len(plans) == 1:
@@ -92,7 +80,25 @@ def test_stacked_preference_runs_equal_runs_alone_bit_for_bit(spec, monkeypatch)
             assert np.array_equal(policy.params, alone_policy.params), plans[s].run_id
             assert np.array_equal(extra["avg_probs"], alone_extra["avg_probs"]), plans[s].run_id
             assert rows[-1]["exploitability_avg"] is not None and rows[0]["exploitability_avg"] is None
-    assert fast and all(fast)
+
+
+def test_online_dpo_on_a_preference_stack_draws_in_one_array_computation(spec):
+    from testbed.algorithms.stacked_draws import online_pairs
+    from testbed.datasets import sample_distinct
+
+    problems = list(spec.problems.values())
+    batch = PreferenceBatch(problems)
+    cls = ALGORITHMS["dpo"]
+    algo = cls(build_config(cls.Config, {"labels": "preference", "mode": "online", "pairs": 50}, "t"), batch,
+               [np.random.default_rng(s) for s in range(2)])
+    pols = [TabularSoftmax(p.log_pi_ref) for p in problems]
+    stacked = online_pairs(stack(pols), [np.random.default_rng(s) for s in range(2)], batch, algo.oracles, 50,
+                           "distinct", sample_distinct)
+    assert stacked is not None  # the stacked path, not the seed-by-seed fallback
+    for s, (p, pol) in enumerate(zip(problems, pols)):
+        alone = cls(algo.config, p, np.random.default_rng(s))
+        want = alone._pairs(pol, np.random.default_rng(s), p)  # problem.sample_contexts, policy.sample, the oracle
+        assert all(np.array_equal(w, b[s]) for w, b in zip(want, stacked))
 
 
 def test_batched_and_per_seed_preference_run_folders_are_byte_identical(spec, tmp_path):

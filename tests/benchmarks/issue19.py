@@ -75,17 +75,22 @@ def _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats):
 
 def batched_modes(seeds: int = 64, iterations: int = 10, repeats: int = 3) -> bool:
     problem = make_tabular(contexts=20, actions=10, seed=0)
-    ok = True
     print(f"6. {seeds} seeds x {iterations} iterations, 20 x 10 tabular problem: one stack vs the per-seed loop "
           f"({repeats} interleaved repeats, medians):")
-    for label, (name, cfg) in MODES.items():
+    ok = compare_modes(problem, MODES, seeds, iterations, repeats)
+    return ok & preference_modes(compare_modes, seeds, iterations, repeats)
+
+
+def compare_modes(problem, modes: dict, seeds: int, iterations: int, repeats: int) -> bool:
+    """Each mode of ``modes`` (label: (algorithm, config)) on ``problem``: one stack vs the per-seed loop, printed."""
+    ok = True
+    for label, (name, cfg) in modes.items():
         t, same = _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats)
         ratio = med(t["loop"]) / med(t["batched"])
         good = ratio >= 20 and same
         ok &= good
         print(f"   {label:28s} loop {med(t['loop']):7.2f} s {spread(t['loop']):>5s}, batched {med(t['batched']):6.3f} s "
               f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(good)}; identical: {same}")
-    ok &= preference_modes(_stack_vs_loop, med, spread, verdict, seeds, iterations, repeats)
     return ok
 
 
@@ -196,5 +201,5 @@ if __name__ == "__main__":
     reps = 1 if args.quick else 3
     if args.only_preference:
         print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
-        sys.exit(0 if preference_modes(_stack_vs_loop, med, spread, verdict, repeats=reps, modes=args.mode) else 1)
+        sys.exit(0 if preference_modes(compare_modes, repeats=reps, modes=args.mode) else 1)
     sys.exit(0 if batched_modes(repeats=reps) & exact_loglinear(reps) & startup() else 1)

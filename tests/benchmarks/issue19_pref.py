@@ -25,20 +25,11 @@ PREFERENCE_MODES = {  # label: (algorithm, config)
 }
 
 
-def preference_modes(stack_vs_loop, med, spread, verdict, seeds: int = 64, iterations: int = 10, repeats: int = 3,
-                     modes=None) -> bool:
-    """Each preference mode stacked vs the per-seed loop (issue19's ``_stack_vs_loop``, ``med``, ``spread``,
-    ``verdict``: the bandit modes' measurement, rows (exploitability of both iterates) and policies compared)."""
+def preference_modes(compare_modes, seeds: int = 64, iterations: int = 10, repeats: int = 3, modes=None) -> bool:
+    """Each preference mode (or those labelled in ``modes``) stacked vs the per-seed loop, by issue19's
+    ``compare_modes`` (the bandit modes' measurement: rows, with the exploitability of both iterates, and
+    policies compared)."""
     problem = make_preference("raters", contexts=20, actions=10, raters=3, seed=0)
-    ok = True
     print(f"   preference algorithms, 20 x 10 random-raters problem, {seeds} seeds x {iterations} iterations:")
-    for label, (name, cfg) in PREFERENCE_MODES.items():
-        if modes and label not in modes:
-            continue
-        t, same = stack_vs_loop(problem, name, cfg, seeds, iterations, repeats)
-        ratio = med(t["loop"]) / med(t["batched"])
-        good = ratio >= 20 and same
-        ok &= good
-        print(f"   {label:28s} loop {med(t['loop']):7.2f} s {spread(t['loop']):>5s}, batched {med(t['batched']):6.3f} s "
-              f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(good)}; identical: {same}")
-    return ok
+    chosen = {k: v for k, v in PREFERENCE_MODES.items() if not modes or k in modes}
+    return compare_modes(problem, chosen, seeds, iterations, repeats)
