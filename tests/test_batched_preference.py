@@ -157,3 +157,19 @@ def test_a_stack_of_hedge_runs_on_few_draws_and_rho_with_zeros_equals_runs_alone
             alone_rows, alone_policy, alone_extra = run_one(plans[s], problems[s])
             assert rows == alone_rows and np.array_equal(policy.params, alone_policy.params), plans[s].run_id
             assert np.array_equal(extra["avg_probs"], alone_extra["avg_probs"]), plans[s].run_id
+
+
+@pytest.mark.parametrize("label", ["optimistic_hedge-exact", "nash_md-exact", "rebel_pref-self-few", "sppo-sampled", "bt_rebel-sampled"])
+def test_a_resumed_preference_stack_ends_with_the_numbers_of_an_uninterrupted_one(spec, tmp_path, label):
+    g = next(g for g in batch_groups(spec) if spec.runs[g[0]].label == label and len(g) > 1)
+    plans = [spec.runs[i] for i in g]
+    problems = [spec.problems[p.problem] for p in plans]
+    whole = run_batch(plans, problems)
+    ckpt = tmp_path / "stack.ckpt"
+    run_batch(plans, problems, ckpt, every=4)  # leaves the state after update 4 (the optimiser's and Hedge's state too)
+    from testbed.training.checkpoint import load_state
+
+    assert load_state(ckpt).t == 4
+    resumed = run_batch(plans, problems, ckpt, every=4)
+    for (r1, p1, e1), (r2, p2, e2) in zip(whole, resumed):
+        assert r1 == r2 and np.array_equal(p1.params, p2.params) and np.array_equal(e1["avg_probs"], e2["avg_probs"])
