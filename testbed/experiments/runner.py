@@ -208,8 +208,7 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
         loss = None if st.loss is None else np.broadcast_to(st.loss, (len(plans),))
         for s, plan in enumerate(plans):
             m = {k: None if v is None else float(v[s]) for k, v in metrics.items()}
-            st.rows[s].append(_row(plan, t, st.samples if counted else None, st.queries if counted else None,
-                                   m,
+            st.rows[s].append(_row(plan, t, st.samples if counted else None, st.queries if counted else None, m,
                                    None if loss is None else float(loss[s]),
                                    {k: float(v[s]) for k, v in st.step_extras.items()}))
         st.wall.append(time.perf_counter() - start)
