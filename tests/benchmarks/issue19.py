@@ -196,10 +196,11 @@ if __name__ == "__main__":
     ap.add_argument("--mode", action="append", choices=sorted(PREFERENCE_MODES), help="with --only-preference: "
                     "these modes only (repeatable)")
     ap.add_argument("--quick", action="store_true", help="1 repeat instead of 3")
+    ap.add_argument("--iterations", type=int, default=10, help="with --only-preference: iterations per run (10)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     reps = 1 if args.quick else 3
     if args.only_preference:
         print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
-        sys.exit(0 if preference_modes(compare_modes, repeats=reps, modes=args.mode) else 1)
+        sys.exit(0 if preference_modes(compare_modes, iterations=args.iterations, repeats=reps, modes=args.mode) else 1)
     sys.exit(0 if batched_modes(repeats=reps) & exact_loglinear(reps) & startup() else 1)
