@@ -159,7 +159,8 @@ def test_a_stack_of_hedge_runs_on_few_draws_and_rho_with_zeros_equals_runs_alone
             assert np.array_equal(extra["avg_probs"], alone_extra["avg_probs"]), plans[s].run_id
 
 
-@pytest.mark.parametrize("label", ["optimistic_hedge-exact", "nash_md-exact", "rebel_pref-self-few", "sppo-sampled", "bt_rebel-sampled"])
+@pytest.mark.parametrize("label", ["optimistic_hedge-exact", "nash_md-exact", "rebel_pref-self-few", "sppo-sampled",
+                                   "bt_rebel-sampled"])
 def test_a_resumed_preference_stack_ends_with_the_numbers_of_an_uninterrupted_one(spec, tmp_path, label):
     g = next(g for g in batch_groups(spec) if spec.runs[g[0]].label == label and len(g) > 1)
     plans = [spec.runs[i] for i in g]
