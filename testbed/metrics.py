@@ -33,10 +33,28 @@ def problem_metrics(problem, policy: Policy, beta: float = 0.0,
 def preference_metrics(problem: PreferenceBandit, policy: Policy,
                        avg_probs: np.ndarray | None = None) -> dict[str, float | None]:
     """expl(pi_t), expl(pi_bar_t) (None without an average) and E_x KL(pi_t || pi_ref); no reward exists."""
-    pi = policy.probs()
-    return {"reward": None, "suboptimality": None, "kl_ref": problem.kl_ref(pi, policy.log_probs()),
-            "kl_reg_gap": None, "exploitability": problem.exploitability(pi),
+    return {k: None if v is None else float(v)
+            for k, v in preference_metric_arrays(problem, policy.log_probs(), avg_probs).items()}
+
+
+def preference_metric_arrays(problem: PreferenceBandit, log_pi: np.ndarray,
+                             avg_probs: np.ndarray | None = None) -> dict[str, np.ndarray | None]:
+    """:func:`preference_metrics` over the last axes: for a stack of problems
+    (:class:`~testbed.problems.PreferenceBatch`) and policies (log_pi [S, X, Y]) one value per member,
+    bit for bit its unstacked value."""
+    pi = np.exp(log_pi)
+    return {"reward": None, "suboptimality": None, "kl_ref": problem.kl_ref(pi, log_pi), "kl_reg_gap": None,
+            "exploitability": problem.exploitability(pi),
             "exploitability_avg": None if avg_probs is None else problem.exploitability(avg_probs)}
+
+
+def stack_metric_arrays(problem, log_pi: np.ndarray, avg_probs: np.ndarray | None = None,
+                        target=None) -> dict[str, np.ndarray | None]:
+    """Every metric column of a stack of runs (log_pi [S, X, Y]) on a stack of reward or preference problems:
+    :func:`problem_metrics` member by member, in one array computation."""
+    if isinstance(problem, PreferenceBandit):
+        return preference_metric_arrays(problem, log_pi, avg_probs)
+    return bandit_metric_arrays(problem, log_pi, 0.0, target) | {"exploitability": None, "exploitability_avg": None}
 
 
 def hedge_regret_bound(problem: PreferenceBandit, pi0: Policy, eta: float, T):

@@ -138,7 +138,8 @@ class Algorithm:
     @staticmethod
     def batchable(config, kind: str) -> bool:
         """Whether ``update`` also takes a stack of S policies of ``kind`` on a
-        :class:`~testbed.problems.ProblemBatch` with a list of S generators (one per seed), giving
+        :class:`~testbed.problems.ProblemBatch` (preference algorithms: a
+        :class:`~testbed.problems.PreferenceBatch`) with a list of S generators (one per seed), giving
         member s bit-for-bit the update of the unstacked policy with generator s."""
         return False
 

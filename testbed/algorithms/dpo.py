@@ -159,7 +159,7 @@ class DPO(Algorithm):
 
     @staticmethod
     def batchable(config: DPOConfig, kind: str) -> bool:
-        return kind in ("tabular", "loglinear") and config.mode != "population" and config.labels != "preference"
+        return kind in ("tabular", "loglinear") and config.mode != "population"
 
     @staticmethod
     def kl_target(config: DPOConfig, problem) -> tuple[float, np.ndarray] | None:

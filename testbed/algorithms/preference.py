@@ -30,9 +30,10 @@ import torch
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from testbed.algorithms.base import Algorithm, Step, adam_fit, count, items, one_of, positive
+from testbed.algorithms.base import Algorithm, Step, adam_fit, count, items, one_of, positive, take
+from testbed.algorithms.preference_draws import at, draw, estimate_win_rates, labels, responses, win_rate_parts
 from testbed.errors import InputError
-from testbed.policies import PairRows, Policy, TabularSoftmax, lstsq_step
+from testbed.policies import PairRows, Policy, TabularSoftmax, lstsq_step, member, stack
 from testbed.problems.preference import PreferenceBandit
 
 
@@ -46,15 +47,17 @@ def population_pair_regression(w: np.ndarray, target: np.ndarray) -> tuple[np.nd
 
     With S = w + wᵀ the normal equations are the weighted graph Laplacian system
     (diag(S·1) − S)·f_x = (w∘t)·1 − (w∘t)ᵀ·1 per context; f is fixed up to a constant per
-    context (pseudo-inverse: minimum norm). Returns f [X, Y] and the loss at f.
+    context (pseudo-inverse: minimum norm). Returns f [X, Y] and the loss at f. Leading axes (a stack of
+    problems and policies, w [S, X, Y, Y]) are carried through: one f and loss each, bit for bit.
     """
-    S = w + np.swapaxes(w, 1, 2)
-    L = np.einsum("xab->xa", S)[:, :, None] * np.eye(w.shape[1]) - S
+    S = w + np.swapaxes(w, -1, -2)
+    L = np.einsum("...ab->...a", S)[..., None] * np.eye(w.shape[-1]) - S
     wt = w * target
-    b = wt.sum(axis=2) - wt.sum(axis=1)
-    f = np.einsum("xab,xb->xa", np.linalg.pinv(L, rtol=1e-12, hermitian=True), b)
-    resid = f[:, :, None] - f[:, None, :] - target
-    return f, float(np.sum(w * resid**2))
+    b = wt.sum(axis=-1) - wt.sum(axis=-2)
+    f = np.einsum("...ab,...b->...a", np.linalg.pinv(L, rtol=1e-12, hermitian=True), b)
+    resid = f[..., :, None] - f[..., None, :] - target
+    loss = np.sum((w * resid**2).reshape(w.shape[:-3] + (-1,)), axis=-1)  # one contiguous sum per member
+    return f, loss if loss.ndim else float(loss)
 
 
 class _PreferenceAlgorithm(Algorithm):
@@ -68,17 +71,15 @@ class _PreferenceAlgorithm(Algorithm):
                              f"(got {problem.name!r}, a {problem.kind} problem)")
         super().__init__(config, problem, rng)
 
-    def win_rates(self, policy: Policy) -> np.ndarray:
-        """r_t(x, y) = P(y ≻ pi_t | x), shape [X, Y]."""
-        return self.problem.win_rates(policy.probs())
+    @staticmethod
+    def batchable(config, kind: str) -> bool:
+        """Every preference algorithm updates a stack of tabular policies on a
+        :class:`~testbed.problems.PreferenceBatch` (draws: :mod:`testbed.algorithms.preference_draws`)."""
+        return kind == "tabular"
 
-    def estimate_win_rates(self, policy: Policy, rng, x, y, k: int, oracle: str) -> np.ndarray:
-        """r̂_t(x_i, y_i): mean of k comparisons of y_i against fresh y'' ~ pi_t (Bernoulli or exact P)."""
-        xs, ys = np.repeat(x, k), np.repeat(y, k)
-        opp = policy.sample(rng, xs)
-        out = (self.problem.sample_preferences(rng, xs, ys, opp) if oracle == "bernoulli"
-               else self.problem.preferences[xs, ys, opp])
-        return out.reshape(-1, k).mean(axis=1)
+    def win_rates(self, policy: Policy) -> np.ndarray:
+        """r_t(x, y) = P(y ≻ pi_t | x), shape [X, Y] ([S, X, Y] on a stack)."""
+        return self.problem.win_rates(policy.probs())
 
 
 # ----- REBEL with preferences ---------------------------------------------------------------------
@@ -113,7 +114,7 @@ class REBELPreference(_PreferenceAlgorithm):
         if self.config.target == "pair":
             return self.problem.preferences - 0.5
         r = self.win_rates(policy)
-        return r[:, :, None] - r[:, None, :]
+        return r[..., :, None] - r[..., None, :]
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         _tabular(policy, "rebel_pref")
@@ -121,29 +122,33 @@ class REBELPreference(_PreferenceAlgorithm):
 
     def _exact(self, policy: TabularSoftmax) -> Step:
         eta, pi = self.config.eta, policy.probs()
-        w = self.problem.rho[:, None, None] * pi[:, :, None] * self._mu(policy)[:, None, :]
+        w = self.problem.rho[..., None, None] * pi[..., None] * self._mu(policy)[..., None, :]
         f, loss = population_pair_regression(w, eta * self.exact_targets(policy))
         return Step(policy.with_params(policy.log_probs() + f), loss / eta**2, None)
 
-    def _sampled(self, policy: TabularSoftmax, rng: np.random.Generator) -> Step:
+    def _sampled(self, policy: TabularSoftmax, rng) -> Step:
         cfg, p = self.config, self.problem
-        N, Y = cfg.pairs, p.num_actions
-        x = p.sample_contexts(rng, N)
-        y = policy.sample(rng, x)
-        y2 = policy.sample(rng, x) if cfg.y_prime == "policy" else rng.integers(Y, size=N)
+        N, Y, k, P = cfg.pairs, p.num_actions, cfg.opponents, p.preferences
+        policy_y2 = cfg.y_prime == "policy"
+        opponents = win_rate_parts(N, k, cfg.oracle)
+        extra = ([("u", N)] if cfg.oracle == "bernoulli" else []) if cfg.target == "pair" else opponents * 2
+        d = draw(rng, p, [("x", N), ("u", N), ("u", N) if policy_y2 else ("i", Y, N)] + extra)
+        x = d[0]
+        y = responses(policy, x, d[1])
+        y2 = responses(policy, x, d[2]) if policy_y2 else d[2]
         drawn = 2 * N
         if cfg.target == "pair":
-            o = p.sample_preferences(rng, x, y, y2) if cfg.oracle == "bernoulli" else p.preferences[x, y, y2]
-            t = o - 0.5
+            t = (labels(P, x, y, y2, d[3]) if cfg.oracle == "bernoulli" else at(P, x, y, y2)) - 0.5
             queries = N  # one comparison of y with y' per pair
         else:
-            k = cfg.opponents
-            t = (self.estimate_win_rates(policy, rng, x, y, k, cfg.oracle)
-                 - self.estimate_win_rates(policy, rng, x, y2, k, cfg.oracle))
+            h = 3 + len(opponents)
+            t = (estimate_win_rates(policy, P, x, y, k, cfg.oracle, d[3:h])
+                 - estimate_win_rates(policy, P, x, y2, k, cfg.oracle, d[h:]))
             drawn += 2 * N * k
             queries = 2 * N * k  # k comparisons of each of y and y' with fresh opponents
         new, fitted = lstsq_step(policy, x, PairRows(y, y2, Y), cfg.eta * t)
-        return Step(new, float(np.mean((fitted / cfg.eta - t) ** 2)), drawn, queries)
+        loss = np.mean((fitted / cfg.eta - t) ** 2, axis=-1)
+        return Step(new, loss if loss.ndim else float(loss), drawn, queries)
 
 
 # ----- Hedge / optimistic Hedge ---------------------------------------------------------------------
@@ -228,7 +233,7 @@ class NashMD(_PreferenceAlgorithm):
         eta, tau = self.step_size(self.t), self.config.tau
         self.t += 1
         self.last_eta = eta
-        log_mix = log_softmax((1 - eta * tau) * policy.log_probs() + eta * tau * self.log_mu, axis=1)
+        log_mix = log_softmax((1 - eta * tau) * policy.log_probs() + eta * tau * self.log_mu, axis=-1)
         g = self.problem.win_rates(np.exp(log_mix))
         return Step(policy.with_params(log_mix + eta * g), None, None)
 
@@ -257,9 +262,16 @@ class SPPO(_PreferenceAlgorithm):
         return self._exact(policy) if self.config.mode == "exact" else self._sampled(policy, rng)
 
     def _exact(self, policy: TabularSoftmax) -> Step:
+        members = getattr(self.problem, "members", None)
+        if members is None:
+            return self._exact_one(policy, self.problem)
+        steps = [self._exact_one(member(policy, s), m) for s, m in enumerate(members)]  # a BFGS solve per context
+        return Step(stack([st.policy for st in steps]), np.array([st.loss for st in steps]), None)
+
+    def _exact_one(self, policy: TabularSoftmax, problem: PreferenceBandit) -> Step:
         """Per context: min_theta sum_y pi_t(y)·(log_softmax(theta)_y − ln pi_t(y) − eta(r_t(y) − ½))²."""
         eta, log_pi = self.config.eta, policy.log_probs()
-        pi, a = np.exp(log_pi), log_pi + eta * (self.win_rates(policy) - 0.5)
+        pi, a = np.exp(log_pi), log_pi + eta * (problem.win_rates(policy.probs()) - 0.5)
         new, total = np.empty_like(log_pi), 0.0
         for x in range(len(a)):
             def f(theta, x=x):
@@ -268,20 +280,20 @@ class SPPO(_PreferenceAlgorithm):
                 return float(e @ (lp - a[x])), 2 * (e - np.exp(lp) * e.sum())
             res = minimize(f, a[x], jac=True, method="BFGS", options={"gtol": 1e-13})
             new[x] = log_softmax(res.x)
-            total += self.problem.rho[x] * res.fun
+            total += problem.rho[x] * res.fun
         return Step(policy.with_params(new), total, None)
 
-    def _sampled(self, policy: TabularSoftmax, rng: np.random.Generator) -> Step:
+    def _sampled(self, policy: TabularSoftmax, rng) -> Step:
         cfg, p = self.config, self.problem
-        x = p.sample_contexts(rng, cfg.samples)
-        y = policy.sample(rng, x)
-        r_hat = self.estimate_win_rates(policy, rng, x, y, cfg.opponents, cfg.oracle)
-        lp_t = torch.as_tensor(policy.log_probs()[x, y])
+        d = draw(rng, p, [("x", cfg.samples), ("u", cfg.samples)] + win_rate_parts(cfg.samples, cfg.opponents, cfg.oracle))
+        x = d[0]
+        y = responses(policy, x, d[1])
+        r_hat = estimate_win_rates(policy, p.preferences, x, y, cfg.opponents, cfg.oracle, d[2:])
+        lp_t = torch.as_tensor(at(policy.log_probs(), x, y))
         target = torch.as_tensor(cfg.eta * (r_hat - 0.5))
 
         def loss_fn(theta: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-            i = torch.as_tensor(idx)
-            return sppo_loss(policy.torch_log_prob(theta, x[idx], y[idx]) - lp_t[i], target[i])
+            return sppo_loss(policy.torch_log_prob(theta, take(x, idx), take(y, idx)) - take(lp_t, idx), take(target, idx))
 
         new, loss = adam_fit(policy, loss_fn, cfg.samples, cfg.epochs, cfg.minibatch, cfg.lr, rng)
         return Step(new, loss, cfg.samples * (1 + cfg.opponents), cfg.samples * cfg.opponents)
@@ -291,11 +303,13 @@ def sppo_loss(logratio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SPPO's loss: mean_i (ln pi_θ(y_i|x_i)/pi_t(y_i|x_i) − eta·(P̂(y_i ≻ pi_t|x_i) − ½))².
 
     Wu, Sun, Yuan, Ji, Yang, Gu, "Self-Play Preference Optimization for Language Model Alignment",
-    2024, https://arxiv.org/abs/2405.00675, eq. (3.6). ``target`` = eta·(P̂ − ½), shape [N].
+    2024, https://arxiv.org/abs/2405.00675, eq. (3.6). ``target`` = eta·(P̂ − ½), shape [N] (a stack of seeds:
+    [S, N], one loss each).
     """
-    if logratio.ndim != 1 or logratio.shape != target.shape:
-        raise ValueError(f"expected 1-d tensors of one shape [N], got {tuple(logratio.shape)} and {tuple(target.shape)}")
-    return torch.mean((logratio - target) ** 2)
+    if logratio.ndim not in (1, 2) or logratio.shape != target.shape:
+        raise ValueError(f"expected tensors of one shape [N] or [S, N], got {tuple(logratio.shape)} and "
+                         f"{tuple(target.shape)}")
+    return torch.mean((logratio - target) ** 2, dim=-1)
 
 
 # ----- the reward-model pipeline: Bradley–Terry fit, then REBEL -------------------------------------

@@ -13,7 +13,7 @@ from testbed.algorithms.preference import _PreferenceAlgorithm, _tabular
 from testbed.algorithms.rebel import REBEL, REBELConfig
 from testbed.errors import InputError
 from testbed.policies import Policy, TabularSoftmax
-from testbed.problems.bandit import TabularBandit
+from testbed.problems.bandit import ProblemBatch, TabularBandit
 from testbed.problems.preference import bradley_terry_fit
 
 
@@ -40,32 +40,43 @@ class BTREBEL(_PreferenceAlgorithm):
     Config = BTREBELConfig
     report_iterate = "last"
 
-    def __init__(self, config: BTREBELConfig, problem, rng: np.random.Generator):
+    def __init__(self, config: BTREBELConfig, problem, rng):
         super().__init__(config, problem, rng)
-        p = problem
-        pair_w = p.pi_ref[:, :, None] * p.pi_ref[:, None, :]
-        if config.reward_model == "population":
-            self.rewards = bradley_terry_fit(p.preferences, pair_weights=pair_w)
-            self._pending = self._pending_queries = 0
-        else:
-            n = config.dataset
-            x = p.sample_contexts(rng, n)
-            ref = TabularSoftmax(p.log_pi_ref)
-            y, y2 = ref.sample(rng, x), ref.sample(rng, x)
-            o = p.sample_preferences(rng, x, y, y2)
-            X, Y = p.num_contexts, p.num_actions
-            counts, wins = np.zeros((X, Y, Y)), np.zeros((X, Y, Y))
-            np.add.at(counts, (x, y, y2), 1.0)
-            np.add.at(counts, (x, y2, y), 1.0)
-            np.add.at(wins, (x, y, y2), o)
-            np.add.at(wins, (x, y2, y), 1.0 - o)
-            P_hat = np.where(counts > 0, wins / np.maximum(counts, 1), 0.5)
-            self.rewards = bradley_terry_fit(P_hat, pair_weights=counts / (2 * n), l2=config.l2)
-            self._pending = 2 * n  # responses drawn for the data set, reported at the first step
-            self._pending_queries = n  # one preference query per comparison of the data set
-        self.reward_problem = TabularBandit(self.rewards, p.rho, p.pi_ref, name=f"{p.name}-bt-rewards")
+        members = getattr(problem, "members", None)  # a stack: each member's reward model from its own generator
+        pairs = list(zip(members, rng)) if members is not None else [(problem, rng)]
+        # the population fit is a function of the problem alone: once per distinct member (seeds share one problem)
+        distinct = {id(m): m for m, _ in pairs} if config.reward_model == "population" else {}
+        once = {k: self._fit(m, None) for k, m in distinct.items()}
+        fits = [once.get(id(m)) or self._fit(m, g) for m, g in pairs]
+        self._pending, self._pending_queries = fits[0][1:]
+        rewards = [TabularBandit(r, m.rho, m.pi_ref, name=f"{m.name}-bt-rewards")
+                   for (r, *_), m in zip(fits, members or [problem])]
+        self.reward_problem = ProblemBatch(rewards) if members is not None else rewards[0]
+        self.rewards = self.reward_problem.rewards
         rc = REBELConfig(eta=config.eta, beta=config.beta, mode=config.mode, pairs=config.pairs)
         self.rebel = REBEL(rc, self.reward_problem, rng)
+
+    def _fit(self, p, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+        """The Bradley–Terry rewards of one problem, and the responses and queries its data set cost (counted at
+        the first step)."""
+        config = self.config
+        pair_w = p.pi_ref[:, :, None] * p.pi_ref[:, None, :]
+        if config.reward_model == "population":
+            return bradley_terry_fit(p.preferences, pair_weights=pair_w), 0, 0
+        n = config.dataset
+        x = p.sample_contexts(rng, n)
+        ref = TabularSoftmax(p.log_pi_ref)
+        y, y2 = ref.sample(rng, x), ref.sample(rng, x)
+        o = p.sample_preferences(rng, x, y, y2)
+        X, Y = p.num_contexts, p.num_actions
+        counts, wins = np.zeros((X, Y, Y)), np.zeros((X, Y, Y))
+        np.add.at(counts, (x, y, y2), 1.0)
+        np.add.at(counts, (x, y2, y), 1.0)
+        np.add.at(wins, (x, y, y2), o)
+        np.add.at(wins, (x, y2, y), 1.0 - o)
+        P_hat = np.where(counts > 0, wins / np.maximum(counts, 1), 0.5)
+        # 2n responses drawn for the data set, one preference query per comparison
+        return bradley_terry_fit(P_hat, pair_weights=counts / (2 * n), l2=config.l2), 2 * n, n
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         _tabular(policy, "bt_rebel")

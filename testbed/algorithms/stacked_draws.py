@@ -15,8 +15,9 @@ import numpy as np
 
 from testbed.datasets import PreferenceOracle, sample_distinct
 from testbed.policies import SHORT_AXIS, Policy, count_at_most, inverse_cdf
-from testbed.problems import TabularBandit
+from testbed.problems import PreferenceBandit, TabularBandit
 
+_CONTEXTS = (TabularBandit.sample_contexts, PreferenceBandit.sample_contexts)  # both rng.choice(X, p=rho)'s draws
 _BASE = (TabularBandit.sample_contexts, Policy.sample, sample_distinct, PreferenceOracle.label, PreferenceOracle.prob)
 
 
@@ -34,7 +35,7 @@ def contexts_from_uniforms(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 def base_contexts(problem) -> bool:
     """Whether the problem (every member of a stack) draws contexts by the base inverse CDF."""
-    return all(type(m).sample_contexts is _BASE[0] for m in getattr(problem, "members", [problem]))
+    return all(type(m).sample_contexts in _CONTEXTS for m in getattr(problem, "members", [problem]))
 
 
 def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, distinct_fn) -> tuple | None:

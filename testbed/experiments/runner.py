@@ -29,12 +29,9 @@ from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.experiments.theory import kl_frontier, problem_theory, theory
 from testbed.io import atomic_write_text, save_npz
-from testbed.metrics import (
-    bandit_metric_arrays,
-    problem_metrics,
-)
-from testbed.policies import Policy, default_kind, initial_policy, member, stack
-from testbed.problems import PreferenceBandit, ProblemBatch, TabularBandit
+from testbed.metrics import problem_metrics, stack_metric_arrays
+from testbed.policies import Policy, default_kind, initial_policy, initial_stack, member
+from testbed.problems import PreferenceBandit, TabularBandit, problem_batch
 from testbed.results import COLUMNS, EXTRAS
 from testbed.training import NumericalError, check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
@@ -168,28 +165,29 @@ class BatchState:
     step_extras: dict
     elapsed: float
     wall: list
+    prob_sum: np.ndarray | None = None  # preference problems: sum of pi_0 … pi_{t−1} per member, as in run_one
 
 
-def _new_batch_state(plans: list[RunPlan], problems: list[TabularBandit]) -> BatchState:
+def _new_batch_state(plans: list[RunPlan], problems: list) -> BatchState:
     cls = ALGORITHMS[plans[0].algorithm]
     cfg = build_config(cls.Config, plans[0].config, plans[0].label)
     for plan, problem in zip(plans, problems):
         check_pairing(cls, problem, plan.label, cfg)
-    policies = [initial_policy(problem, **(plan.policy or {}),
-                               rng=np.random.default_rng(np.random.SeedSequence(plan.seed).spawn(1)[0]))
-                for plan, problem in zip(plans, problems)]
     rngs = [np.random.default_rng(plan.seed) for plan in plans]
-    algo = cls(cfg, ProblemBatch(problems), rngs)
-    return BatchState(0, stack(policies), algo, rngs, [[] for _ in plans], algo.initial_samples,
-                      algo.initial_queries, None, {}, 0.0, [])
+    batch = problem_batch(problems)
+    algo = cls(cfg, batch, rngs)
+    averaged = isinstance(batch, PreferenceBandit)
+    return BatchState(0, initial_stack(problems, **(plans[0].policy or {})), algo, rngs, [[] for _ in plans],
+                      algo.initial_samples, algo.initial_queries, None, {}, 0.0, [],
+                      np.zeros(batch.pi_ref.shape) if averaged else None)
 
 
-def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: Path | None = None,
+def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = None,
               every: int = 0) -> list[tuple[list[dict], Policy, dict]]:
     """Run S grid points that differ only in seed (and in the instance, of one shape) as one stack.
 
-    The same algorithm code as :func:`run_one`, on a stacked policy and a
-    :class:`~testbed.problems.ProblemBatch`: random draws come seed by seed from each run's own
+    The same algorithm code as :func:`run_one`, on a stacked policy and a :class:`~testbed.problems.ProblemBatch`
+    (or :class:`~testbed.problems.PreferenceBatch`): random draws come seed by seed from each run's own
     generator, the update and the exact metrics run on the whole stack in one array computation,
     and each run's rows, final policy and wall times are what :func:`run_one` gives it
     (``tests/test_batched.py`` checks bit-for-bit equality). Checkpoints as in :func:`run_one`.
@@ -198,24 +196,26 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
         st: BatchState = load_state(checkpoint)
     else:
         st = _new_batch_state(plans, problems)
-    cfg, first = st.algo.config, plans[0]
-    target = type(st.algo).kl_target(cfg, st.algo.problem)
+    cfg, first, averaged = st.algo.config, plans[0], st.prob_sum is not None
+    target = None if averaged else type(st.algo).kl_target(cfg, st.algo.problem)
     counted = type(st.algo).counted(cfg)
     start = time.perf_counter() - st.elapsed
 
     def record(t: int) -> None:
-        metrics = bandit_metric_arrays(st.algo.problem, st.policy.log_probs(), 0.0, target)
+        avg = st.prob_sum / t if averaged and t > 0 else None
+        metrics = stack_metric_arrays(st.algo.problem, st.policy.log_probs(), avg, target)
         check_finite([p.run_id for p in plans], t, metrics, checkpoint)
         loss = None if st.loss is None else np.broadcast_to(st.loss, (len(plans),))
         for s, plan in enumerate(plans):
             m = {k: None if v is None else float(v[s]) for k, v in metrics.items()}
-            st.rows[s].append(_row(plan, t, st.samples if counted else None, st.queries if counted else None,
-                                   m | {"exploitability": None, "exploitability_avg": None},
+            st.rows[s].append(_row(plan, t, st.samples if counted else None, st.queries if counted else None, m,
                                    None if loss is None else float(loss[s]),
                                    {k: float(v[s]) for k, v in st.step_extras.items()}))
         st.wall.append(time.perf_counter() - start)
 
     def step(t: int) -> None:
+        if averaged:
+            st.prob_sum += st.policy.probs()
         result = st.algo.update(st.policy, st.rngs)
         loss = None if result.loss is None else np.broadcast_to(result.loss, (len(plans),))
         check_finite([p.run_id for p in plans], t, {"the policy parameters": result.policy.params, "the loss": loss,
@@ -223,7 +223,9 @@ def run_batch(plans: list[RunPlan], problems: list[TabularBandit], checkpoint: P
         _keep(st, result)
 
     train(st, first.iterations, step, record, first.eval_every, _saver(st, checkpoint, start), every)
-    return [(rows, member(st.policy, s), {"wall": st.wall}) for s, rows in enumerate(st.rows)]
+    avg = st.prob_sum / first.iterations if averaged else None
+    return [(rows, member(st.policy, s), {"wall": st.wall} | ({"avg_probs": avg[s]} if averaged else {}))
+            for s, rows in enumerate(st.rows)]
 
 
 TRAJECTORY_COLUMNS = ("run_id", "iteration", "context", "action", "prob", "avg_prob")
@@ -249,10 +251,9 @@ def batch_groups(spec: Spec, jobs: int = 1, batch: bool = True) -> list[list[int
         problem = spec.problems[plan.problem]
         cls = ALGORITHMS[plan.algorithm]
         kind = (plan.policy or {}).get("kind") or default_kind(problem)
-        ok = (batch and not plan.trajectory and not isinstance(problem, PreferenceBandit)
-              and cls.batchable(build_config(cls.Config, plan.config, plan.label), kind))
+        ok = batch and not plan.trajectory and cls.batchable(build_config(cls.Config, plan.config, plan.label), kind)
         key = (("batch", plan.algorithm, plan.label, dump_yaml(plan.config), dump_yaml(plan.policy), plan.iterations,
-                plan.eval_every, type(problem).__name__, problem.rewards.shape,
+                plan.eval_every, type(problem).__name__, getattr(problem, "rewards", problem.pi_ref).shape,
                 getattr(problem, "features", np.empty(0)).shape) if ok else ("single", i))
         groups.setdefault(key, []).append(i)
     out = []

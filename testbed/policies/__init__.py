@@ -327,6 +327,16 @@ def initial_policy(problem: TabularBandit, kind: str | None = None, rng: np.rand
     raise InputError(f"policy must be one of {', '.join(POLICIES)} (got {kind!r})")
 
 
+def initial_stack(problems: list[TabularBandit], kind: str | None = None, **kw) -> Policy:
+    """pi_0 of S problems of one shape as one stacked policy (tabular or log-linear: they take no random
+    numbers); member s is bit for bit :func:`initial_policy` of problem s (a tabular stack is normalised row by
+    row, as each member alone)."""
+    kind = kind or default_kind(problems[0])
+    if kind == "tabular" and not _perturbation():
+        return TabularSoftmax(np.stack([p.log_pi_ref for p in problems]))
+    return stack([initial_policy(p, kind, **kw) for p in problems])
+
+
 def score_features(policy: Policy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """psi(x, y) with ln pi_theta(y|x) = theta·psi(x, y) - ln Z_theta(x): e_y in block x, or phi(x, y)."""
     if isinstance(policy, TabularSoftmax):

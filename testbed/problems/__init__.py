@@ -10,9 +10,10 @@ from testbed.problems.preference import (
     make_preference,
     minimax_winner,
 )
+from testbed.problems.preference_batch import PreferenceBatch, problem_batch
 
 register_envs()
 
-__all__ = ["ENV_IDS", "FAMILIES", "PREFERENCE_FAMILIES", "LinearBandit", "PreferenceBandit", "ProblemBatch",
-           "TabularBandit",
+__all__ = ["ENV_IDS", "FAMILIES", "PREFERENCE_FAMILIES", "LinearBandit", "PreferenceBandit", "PreferenceBatch", "ProblemBatch",
+           "TabularBandit", "problem_batch",
            "bradley_terry_fit", "load_problem", "make_linear", "make_preference", "make_tabular", "minimax_winner"]

@@ -93,11 +93,11 @@ class PreferenceBandit:
 
     @property
     def num_contexts(self) -> int:
-        return self.preferences.shape[0]
+        return self.preferences.shape[-3]
 
     @property
     def num_actions(self) -> int:
-        return self.preferences.shape[1]
+        return self.preferences.shape[-1]
 
     # ----- sampling -------------------------------------------------------------------------
     def sample_contexts(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -108,16 +108,23 @@ class PreferenceBandit:
         return (rng.random(len(x)) < self.preferences[x, y, y2]).astype(np.float64)
 
     # ----- exact quantities (testbed/THEORY.md §E) ---------------------------------------------------
+    # Each works over leading axes (a stack of problems and policies: one value per member) and sums only over
+    # the last axis of a contiguous array, so member s of a stack gets bit for bit its unstacked value.
     def win_rates(self, pi: np.ndarray) -> np.ndarray:
         """P(y ≻ pi | x) = sum_y' P[x, y, y']·pi(y'|x), shape [X, Y] (r_t of self-play when pi = pi_t)."""
-        return np.einsum("xab,xb->xa", self.preferences, pi)
+        return np.einsum("...xab,...xb->...xa", self.preferences, pi)
 
     def exploitability_per_context(self, pi: np.ndarray) -> np.ndarray:
-        return self.win_rates(pi).max(axis=1) - 0.5
+        return self.win_rates(pi).max(axis=-1) - 0.5
 
-    def exploitability(self, pi: np.ndarray) -> float:
+    def expect(self, per_context: np.ndarray) -> float | np.ndarray:
+        """E_{x~rho} of a per-context value [X] (a float; one per member of a stack)."""
+        v = np.sum(self.rho * per_context, axis=-1)
+        return float(v) if v.ndim == 0 else v
+
+    def exploitability(self, pi: np.ndarray) -> float | np.ndarray:
         """expl(pi) = E_{x~rho}[max_y P(y ≻ pi | x)] − ½ (≥ 0; 0 iff pi is a minimax winner on supp rho)."""
-        return float(self.rho @ self.exploitability_per_context(pi))
+        return self.expect(self.exploitability_per_context(pi))
 
     def minimax_winner(self) -> np.ndarray:
         """The minimax (von Neumann) winner per context, shape [X, Y] (cached)."""
@@ -125,9 +132,9 @@ class PreferenceBandit:
             self._winner = np.stack([minimax_winner(Px) for Px in self.preferences])
         return self._winner.copy()
 
-    def kl_ref(self, pi: np.ndarray, log_pi: np.ndarray | None = None) -> float:
+    def kl_ref(self, pi: np.ndarray, log_pi: np.ndarray | None = None) -> float | np.ndarray:
         """E_x KL(pi(.|x) || pi_ref(.|x))."""
-        return float(self.rho @ kl_per_context(pi, log_pi, self.log_pi_ref))
+        return self.expect(kl_per_context(pi, log_pi, self.log_pi_ref))
 
     def condorcet_winners(self) -> list[int | None]:
         """Per context: the action that beats every other with probability > ½, or None."""

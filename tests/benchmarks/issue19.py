@@ -2,7 +2,9 @@
 one run (interleaved repeats, medians, spread = (max - min) / median).
 
 6. a stack of 64 seeds x 10 iterations of each batchable sampled mode (20 x 10 tabular problem,
-   250 pairs / 500 responses) against the per-seed loop: target >= 20x, identical rows and policies;
+   250 pairs / 500 responses) against the per-seed loop: target >= 20x, identical rows and policies; and of
+   each preference algorithm's mode (issue19_pref.py; alone: ``python tests/benchmarks/issue19.py
+   --only-preference [--quick] [--mode LABEL ...]``);
 7. the exact log-linear REBEL (y' uniform) and NPG step at X = 1000, Y = 100, d = 64 on a misspecified
    problem against the numpy floor (the weighted centred second moments by ``einsum(optimize=True)``
    and one ``solve`` of the same system): target <= 2x; and the step's cost over X·Y·d = 1e4 … 1e7;
@@ -23,6 +25,9 @@ from testbed.experiments.runner import run_batch, run_one
 from testbed.experiments.spec import RunPlan
 from testbed.policies import LogLinear
 from testbed.problems import make_linear, make_tabular
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from issue19_pref import PREFERENCE_MODES, preference_modes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = {  # label: (algorithm, config): every batchable sampled mode, at the issue's sizes
@@ -70,22 +75,22 @@ def _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats):
 
 def batched_modes(seeds: int = 64, iterations: int = 10, repeats: int = 3) -> bool:
     problem = make_tabular(contexts=20, actions=10, seed=0)
-    ok = True
     print(f"6. {seeds} seeds x {iterations} iterations, 20 x 10 tabular problem: one stack vs the per-seed loop "
           f"({repeats} interleaved repeats, medians):")
-    for label, (name, cfg) in MODES.items():
+    ok = compare_modes(problem, MODES, seeds, iterations, repeats)
+    return ok & preference_modes(compare_modes, seeds, iterations, repeats)
+
+
+def compare_modes(problem, modes: dict, seeds: int, iterations: int, repeats: int) -> bool:
+    """Each mode of ``modes`` (label: (algorithm, config)) on ``problem``: one stack vs the per-seed loop, printed."""
+    ok = True
+    for label, (name, cfg) in modes.items():
         t, same = _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats)
         ratio = med(t["loop"]) / med(t["batched"])
         good = ratio >= 20 and same
         ok &= good
         print(f"   {label:28s} loop {med(t['loop']):7.2f} s {spread(t['loop']):>5s}, batched {med(t['batched']):6.3f} s "
               f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(good)}; identical: {same}")
-    alone = [n for n, c in ALGORITHMS.items() if c.problem_kind == "preference"
-             and not any(c.batchable(build_config(c.Config, {}, n), k) for k in ("tabular", "loglinear"))]
-    if alone:  # no stack is formed for them: the batched runner runs them seed by seed, the loop's cost
-        ok = False
-        print(f"   preference algorithms {', '.join(alone)}: not batchable (Algorithm.batchable is False), a stack runs "
-              f"seed by seed: 1x (target >= 20x) MISSED")
     return ok
 
 
@@ -179,3 +184,23 @@ def startup() -> bool:
     print(f"8. start-up: testbed --help {help_wall:.2f} s, imports torch: {help_torch}; testbed plot {plot_wall:.2f} s, "
           f"imports torch: {plot_torch} (target: neither) {verdict(ok)}")
     return ok
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import torch
+
+    ap = argparse.ArgumentParser(description="issue 19's workloads 6-8 (ratios.py prints them all)")
+    ap.add_argument("--only-preference", action="store_true", help="workload 6's preference algorithms only")
+    ap.add_argument("--mode", action="append", choices=sorted(PREFERENCE_MODES), help="with --only-preference: "
+                    "these modes only (repeatable)")
+    ap.add_argument("--quick", action="store_true", help="1 repeat instead of 3")
+    ap.add_argument("--iterations", type=int, default=10, help="with --only-preference: iterations per run (10)")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    reps = 1 if args.quick else 3
+    if args.only_preference:
+        print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
+        sys.exit(0 if preference_modes(compare_modes, iterations=args.iterations, repeats=reps, modes=args.mode) else 1)
+    sys.exit(0 if batched_modes(repeats=reps) & exact_loglinear(reps) & startup() else 1)
