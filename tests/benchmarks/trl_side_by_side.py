@@ -1,7 +1,7 @@
 """Side by side with TRL: seconds per step and peak memory of our REBEL, DPO and RLOO against TRL 1.16's
 RLOOTrainer and DPOTrainer, TRL 1.12's PPOTrainer, and a plain-PyTorch floor, on one workload.
 
-    python tests/benchmarks/trl_side_by_side.py --trl116 PY --trl112 PY [--iters 2]
+    python tests/benchmarks/trl_side_by_side.py --trl116 PY --trl112 PY [--iters 2] [--repeats 3]
     tox -e trl116,trl112,trl-bench          # builds the two TRL envs, then runs this script
 
 Workload (the same for every row): a Qwen2 config of 120M parameters (hidden 768, 12 layers, 12
@@ -15,14 +15,19 @@ units (negligible memory), and a value model the size of the policy (PPO's criti
 (prompt, chosen, rejected) rows of 16 + 32 + 32 tokens per step.
 
 Each row runs in its own process (ours with this interpreter, TRL with the interpreters of its two
-environments). Seconds per step: the mean over ``--iters`` steps after one warm-up step (TRL: time
-between consecutive ``on_step_end`` callbacks; ours: around ``algorithm.update``; PPO: one update =
-a rollout plus ``num_ppo_epochs`` = 4 passes). Peak memory: the child's peak resident set
-(``ru_maxrss``) minus its resident set after imports, before any model is loaded -- the same for every
-row, so models held, optimiser state and activations all count. The floor is plain PyTorch on the
-same model: one ``generate`` of 16 x 32 tokens, two no-grad forwards (pi_t and pi_ref log-probs) and
-one forward + backward + AdamW step over 16 x 48 tokens -- REBEL's work with 1 epoch; the floor compared
-against counts one no-grad forward (pi_ref), since our one-epoch REBEL takes pi_t from the step's own forward.
+environments), ``--repeats`` times: in interleaved rounds, round i running every row once in an order
+rotated by i·n/R (sbs_stats.rotations), so no row always goes first and machine drift hits every row
+alike. A repeat's seconds per step: the mean over ``--iters`` steps after one warm-up step (TRL: time
+between consecutive ``on_step_end`` callbacks; ours: around ``algorithm.lm_update``; PPO: one update =
+a rollout plus ``num_ppo_epochs`` = 4 passes); a row reports the median of its repeats and their spread
+((max - min) / median). Peak memory: the child's peak resident set (``ru_maxrss``) minus its resident set
+after imports, before any model is loaded -- the same for every row, so models held, optimiser state
+and activations all count; a row reports the median of its repeats. The floor is plain PyTorch on the
+same model, each part of REBEL's one-epoch work timed alone (``--iters`` times after a warm-up, in every
+repeat): ``generate`` of 16 x 32 tokens, a no-grad forward over 16 x 48 tokens (pi_ref's log-probs; our
+one-epoch REBEL takes pi_t from the step's own forward) and one forward + backward + AdamW step over
+16 x 48 tokens. The floor = the sum of each part's fastest repeat, a lower bound of that work: a row
+doing it (``rebel``, ``rebel_mb8``) whose fastest repeat is below the floor gets a warning.
 ``rebel_mb8`` is the same REBEL step accumulated over 2 micro-batches of 4 pairs (8 sequences per backward, as
 TRL PPO's micro-batch).
 """
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,7 +53,10 @@ WORDS = [f"w{i}" for i in range(VOCAB - 3)]  # ids 3..4095; [PAD]=0, [EOS]=1, [B
 OURS = ("rebel", "rebel_mb8", "rebel4", "rloo", "dpo", "floor")
 TRL116 = ("trl_rloo", "trl_dpo")
 TRL112 = ("trl_ppo",)
+FLOOR_PARTS = {"generate": 1, "forward_nograd": 1, "forward_backward_adamw": 1}  # times each runs in REBEL's step
+FLOOR_WORK = ("rebel", "rebel_mb8")  # the rows doing exactly the floor's work
 from llm_memory import rss_mb  # noqa: E402  (stdlib only: the TRL children's venvs lack the testbed)
+from sbs_stats import below_floor, floor_bound, rotations, summary  # noqa: E402  (stdlib only, too)
 
 
 def peak_mb(base: float) -> float:
@@ -127,14 +136,15 @@ def run_ours(system: str, folder: Path, iters: int) -> dict:
     times = []
     for i in range(iters + 1):
         t0 = time.perf_counter()
-        alg.update(q, qm)
+        alg.lm_update(q, qm)
+        ctx.scheduler.step()  # as the training loop (testbed/llm/train.py)
         if i:
             times.append(time.perf_counter() - t0)
     return {"s_per_step": sum(times) / len(times), "peak_mb": peak_mb(base), "torch_threads": torch.get_num_threads()}
 
 
 def run_floor(folder: Path, iters: int) -> dict:
-    """Plain PyTorch: the work of one REBEL step (1 epoch), timed piece by piece."""
+    """Plain PyTorch: the work of one REBEL step (1 epoch), each part timed alone: mean seconds of each."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,31 +154,37 @@ def run_floor(folder: Path, iters: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)  # as ours and TRL (adamw_torch_fused)
     prompts = [json.loads(x)["prompt"] for x in open(folder / "prompts.jsonl")] * 2
     enc = tok(prompts, return_tensors="pt")
-    parts = {"generate": [], "forward_nograd": [], "forward_backward_adamw": []}
     torch.manual_seed(0)
-    for i in range(iters + 1):
-        t0 = time.perf_counter()
-        out = model.generate(**enc, do_sample=True, temperature=1.0, max_new_tokens=NEW, min_new_tokens=NEW,
-                             pad_token_id=0, eos_token_id=1)
-        t1 = time.perf_counter()
+    out = None
+
+    def generate():
+        nonlocal out
+        # sampled as ours samples (no min_new_tokens: its logits processor made the floor's generate ~20% slower than
+        # ours on the tiny model); a batch that ended early at EOS would only make the floor smaller, still a bound
+        out = model.generate(**enc, do_sample=True, temperature=1.0, max_new_tokens=NEW, pad_token_id=0, eos_token_id=1)
+
+    def forward_nograd():
         with torch.no_grad():
             model(input_ids=out)
-        t2 = time.perf_counter()
+
+    def forward_backward_adamw():
         logits = model(input_ids=out).logits[:, PROMPT - 1:-1].float()
-        lp = torch.gather(logits.log_softmax(-1), 2, out[:, PROMPT:, None]).sum()
-        lp.backward()
+        torch.gather(logits.log_softmax(-1), 2, out[:, PROMPT:, None]).sum().backward()
         opt.step()
         opt.zero_grad()
-        t3 = time.perf_counter()
-        if i:
-            parts["generate"].append(t1 - t0)
-            parts["forward_nograd"].append(t2 - t1)
-            parts["forward_backward_adamw"].append(t3 - t2)
-    mean = {k: sum(v) / len(v) for k, v in parts.items()}
-    # the work our one-epoch REBEL step does: its pi_t log-probs come from the step's own forward, so one
-    # no-grad forward (pi_ref); "s_per_step_two_forwards" is REBEL as written (pi_t and pi_ref passes)
-    step = mean["generate"] + mean["forward_nograd"] + mean["forward_backward_adamw"]
-    return {"s_per_step": step, "s_per_step_two_forwards": step + mean["forward_nograd"], "peak_mb": peak_mb(base), **mean}
+
+    mean = {}
+    for name, fn in (("generate", generate), ("forward_nograd", forward_nograd),
+                     ("forward_backward_adamw", forward_backward_adamw)):
+        times = []
+        for i in range(iters + 1):  # a warm-up call, then ``iters`` timed ones of this part alone
+            t0 = time.perf_counter()
+            fn()
+            if i:
+                times.append(time.perf_counter() - t0)
+        mean[name] = sum(times) / len(times)
+    return {"s_per_step": sum(c * mean[k] for k, c in FLOOR_PARTS.items()), "peak_mb": peak_mb(base),
+            "torch_threads": torch.get_num_threads(), **mean}
 
 
 # ----- TRL -----------------------------------------------------------------------------------------
@@ -238,7 +254,17 @@ def run_trl(system: str, folder: Path, iters: int) -> dict:
             "torch_threads": torch.get_num_threads(), "steps_timed": len(gaps)}
 
 
-# ----- the parent: one child per row, then the table -----------------------------------------------
+# ----- the parent: one child per row and repeat, then the table -------------------------------------
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "n/a"
+
+
 def child(system: str, folder: Path, iters: int) -> dict:
     if system == "floor":
         return run_floor(folder, iters)
@@ -251,7 +277,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
-    ap.add_argument("--iters", type=int, default=2, help="timed steps per row, after one warm-up step")
+    ap.add_argument("--iters", type=positive, default=2, help="timed steps per row, after one warm-up step")
+    ap.add_argument("--repeats", type=positive, default=3, help="runs of each row, in interleaved rotated rounds")
     ap.add_argument("--trl116", default=".tox/trl116/bin/python", help="python of an env with trl==1.16.0")
     ap.add_argument("--trl112", default=".tox/trl112/bin/python", help="python of an env with trl==1.12.0")
     ap.add_argument("--only", nargs="+", help="rows to run (default: all)")
@@ -277,36 +304,51 @@ def main() -> int:
           f"{params / 1e6:.1f}M parameters, {B} prompts x {PROMPT} tokens, {NEW} new tokens, full fine-tune; "
           f"{args.iters} timed steps after 1 warm-up" + ("; live memory (MALLOC_MMAP_THRESHOLD_ = 1 MiB in every row)"
                                                          if args.live_memory else ""), flush=True)
-    plan = [(s, sys.executable) for s in OURS] + [(s, args.trl116) for s in TRL116] + [(s, args.trl112) for s in TRL112]
+    plan = dict([(s, sys.executable) for s in OURS] + [(s, args.trl116) for s in TRL116] + [(s, args.trl112) for s in TRL112])
     if args.only:
-        plan = [(s, py) for s, py in plan if s in args.only]
-    res = {}
+        plan = {s: py for s, py in plan.items() if s in args.only}
+    runs, failed = {s: [] for s in plan}, set()
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if args.live_memory else None
-    for system, py in plan:
-        t0 = time.perf_counter()
-        p = subprocess.run([py, __file__, "--child", system, "--folder", str(folder), "--iters", str(args.iters)],
-                           capture_output=True, text=True, env=env)
-        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-        if p.returncode or not line:
-            print(f"{system}: failed (exit {p.returncode})\n{p.stderr[-3000:]}", flush=True)
-            continue
-        res[system] = json.loads(line[-1][7:])
-        print(f"  {system}: {res[system]['s_per_step']:.2f} s/step, {res[system]['peak_mb']:.0f} MB "
-              f"({time.perf_counter() - t0:.0f}s wall)", flush=True)
+    for k, order in enumerate(rotations(list(plan), args.repeats)):
+        print(f"round {k + 1}/{args.repeats} (load average {load()}): {' '.join(order)}", flush=True)
+        for system in (s for s in order if s not in failed):
+            t0 = time.perf_counter()
+            p = subprocess.run([plan[system], __file__, "--child", system, "--folder", str(folder), "--iters",
+                                str(args.iters)], capture_output=True, text=True, env=env)
+            line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+            if p.returncode or not line:  # a row that fails once is not run again
+                print(f"{system}: failed (exit {p.returncode})\n{p.stderr[-3000:]}", flush=True)
+                failed.add(system)
+                continue
+            runs[system].append(json.loads(line[-1][7:]))
+            print(f"  {system}: {runs[system][-1]['s_per_step']:.2f} s/step, {runs[system][-1]['peak_mb']:.0f} MB "
+                  f"({time.perf_counter() - t0:.0f}s wall)", flush=True)
+    runs = {s: v for s, v in runs.items() if v and s not in failed}
+    stats = {s: summary([r["s_per_step"] for r in v]) for s, v in runs.items()}
+    res = {s: {"s_per_step": stats[s]["median"], "peak_mb": median([r["peak_mb"] for r in v])} for s, v in runs.items()}
+    if "floor" in runs:
+        parts = {k: [r[k] for r in runs["floor"]] for k in FLOOR_PARTS}
+        res["floor"]["s_per_step"] = floor_bound(parts, FLOOR_PARTS)
     label = {"rebel": "ours REBEL (1 epoch)", "rebel_mb8": "ours REBEL (1 epoch, 2 micro-batches)",
              "rebel4": "ours REBEL (4 epochs, official)", "rloo": "ours RLOO (k=2)",
              "dpo": "ours DPO (offline)", "floor": "plain PyTorch floor (REBEL's work)", "trl_rloo": "TRL 1.16 RLOO (2 gen.)",
              "trl_dpo": "TRL 1.16 DPO", "trl_ppo": "TRL 1.12 PPO (4 epochs)"}
-    print(f"\n{'system':<40}{'s/step':>9}{'peak MB':>10}")
+    print(f"\nload average at the end: {load()}; s/step: median of {args.repeats} repeats (each the mean of "
+          f"{args.iters} steps), spread = (max - min) / median; peak MB: median of the repeats")
+    print(f"{'system':<40}{'s/step':>9}{'spread':>8}{'min':>8}{'max':>8}{'peak MB':>10}")
     for s, r in res.items():
-        print(f"{label[s]:<40}{r['s_per_step']:>9.2f}{r['peak_mb']:>10.0f}")
+        st = stats[s]
+        print(f"{label[s]:<40}{r['s_per_step']:>9.2f}{st['spread_pct']:>7.0f}%{st['min']:>8.2f}{st['max']:>8.2f}"
+              f"{r['peak_mb']:>10.0f}")
     if "floor" in res:
-        f = res["floor"]
-        print(f"  floor parts: generate {f['generate']:.2f} s, no-grad forward {f['forward_nograd']:.2f} s, "
-              f"forward+backward+AdamW {f['forward_backward_adamw']:.2f} s; floor = generate + 1 no-grad forward + "
-              f"forward+backward+AdamW (the work of our 1-epoch REBEL step); with a second no-grad forward "
-              f"(a separate pi_t pass) {f['s_per_step_two_forwards']:.2f} s")
-    print("\nratios (target in brackets):")
+        print(f"  floor = the sum of each part's fastest repeat (each part timed alone, {len(runs['floor'])} repeats): "
+              + " + ".join(f"{k} {min(v):.3f} s" for k, v in parts.items()) + f" = {res['floor']['s_per_step']:.3f} s "
+              f"(the floor row's min/max: the sums of each repeat's parts; a second no-grad forward, a separate pi_t "
+              f"pass, would add {min(parts['forward_nograd']):.3f} s)")
+        for w in below_floor({s: [r["s_per_step"] for r in v] for s, v in runs.items()}, res["floor"]["s_per_step"],
+                             FLOOR_WORK):
+            print(w)
+    print("\nratios of medians (the floor: its lower bound; target in brackets):")
 
     def ratio(a, b, key, target=None):
         if a in res and b in res:
@@ -330,7 +372,8 @@ def main() -> int:
     ratio("dpo", "trl_dpo", "s_per_step")
     ratio("dpo", "trl_dpo", "peak_mb")
     if args.json:
-        Path(args.json).write_text(json.dumps({"params": params, "iters": args.iters, "results": res}, indent=2))
+        Path(args.json).write_text(json.dumps({"params": params, "iters": args.iters, "repeats": args.repeats,
+                                               "results": res, "stats": stats, "runs": runs}, indent=2))
     return 0
 
 
