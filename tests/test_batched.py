@@ -69,6 +69,16 @@ def test_groups_stack_seeds_and_instances_of_one_shape_and_leave_the_rest_alone(
     assert batch_groups(spec, batch=False) == [[i] for i in range(len(spec.runs))]
 
 
+def stacked_and_alone(spec):
+    """(plan, its member's result in the stack, its run alone) for every run of a stack of ``spec``'s groups."""
+    for g in batch_groups(spec):
+        plans = [spec.runs[i] for i in g]
+        if len(plans) > 1:
+            problems = [spec.problems[p.problem] for p in plans]
+            for s, batched in enumerate(run_batch(plans, problems)):
+                yield plans[s], batched, run_one(plans[s], problems[s])
+
+
 def test_stacked_runs_equal_runs_alone_bit_for_bit(spec, monkeypatch):
     import testbed.algorithms.dpo as dpo
 
@@ -80,15 +90,9 @@ def test_stacked_runs_equal_runs_alone_bit_for_bit(spec, monkeypatch):
         return out
 
     monkeypatch.setattr(dpo, "online_pairs", counted)
-    for g in batch_groups(spec):
-        plans = [spec.runs[i] for i in g]
-        if len(plans) == 1:
-            continue
-        problems = [spec.problems[p.problem] for p in plans]
-        for s, (rows, policy, _) in enumerate(run_batch(plans, problems)):
-            alone_rows, alone_policy, _ = run_one(plans[s], problems[s])
-            assert rows == alone_rows, plans[s].run_id  # every metric, loss, samples, queries: exactly equal
-            assert np.array_equal(policy.params, alone_policy.params)
+    for plan, (rows, policy, _), (alone_rows, alone_policy, _) in stacked_and_alone(spec):
+        assert rows == alone_rows, plan.run_id  # every metric, loss, samples, queries: exactly equal
+        assert np.array_equal(policy.params, alone_policy.params)
     assert fast and all(fast)  # online DPO's stacks and single runs drew through the one-array path
 
 

@@ -12,6 +12,7 @@ from testbed.experiments.spec import RunPlan, parse_spec
 from testbed.metrics import preference_metric_arrays, preference_metrics
 from testbed.policies import TabularSoftmax, stack
 from testbed.problems import PreferenceBandit, PreferenceBatch, make_preference
+from tests.test_batched import stacked_and_alone
 
 # Two preference instances of one shape (random raters, intransitive; random skew-symmetric with a
 # non-uniform pi_ref); every preference algorithm, in each of its modes: exact and sampled REBEL-preference
@@ -69,17 +70,11 @@ def test_every_preference_mode_but_population_dpo_stacks_seeds_and_instances(spe
 
 
 def test_stacked_preference_runs_equal_runs_alone_bit_for_bit(spec):
-    for g in batch_groups(spec):
-        plans = [spec.runs[i] for i in g]
-        if len(plans) == 1:
-            continue
-        problems = [spec.problems[p.problem] for p in plans]
-        for s, (rows, policy, extra) in enumerate(run_batch(plans, problems)):
-            alone_rows, alone_policy, alone_extra = run_one(plans[s], problems[s])
-            assert rows == alone_rows, plans[s].run_id  # metrics (exploitability of both iterates), loss, counts
-            assert np.array_equal(policy.params, alone_policy.params), plans[s].run_id
-            assert np.array_equal(extra["avg_probs"], alone_extra["avg_probs"]), plans[s].run_id
-            assert rows[-1]["exploitability_avg"] is not None and rows[0]["exploitability_avg"] is None
+    for plan, (rows, policy, extra), (alone_rows, alone_policy, alone_extra) in stacked_and_alone(spec):
+        assert rows == alone_rows, plan.run_id  # metrics (exploitability of both iterates), loss, counts
+        assert np.array_equal(policy.params, alone_policy.params), plan.run_id
+        assert np.array_equal(extra["avg_probs"], alone_extra["avg_probs"]), plan.run_id
+        assert rows[-1]["exploitability_avg"] is not None and rows[0]["exploitability_avg"] is None
 
 
 def test_online_dpo_on_a_preference_stack_draws_in_one_array_computation(spec):
