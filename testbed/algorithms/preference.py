@@ -31,7 +31,8 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from testbed.algorithms.base import Algorithm, Step, adam_fit, count, items, one_of, positive, take
-from testbed.algorithms.preference_draws import at, draw, estimate_win_rates, labels, responses, win_rate_parts
+from testbed.algorithms.preference_draws import draw, estimate_win_rates, labels, responses, win_rate_parts
+from testbed.algorithms.stacked_draws import at
 from testbed.errors import InputError
 from testbed.policies import PairRows, Policy, TabularSoftmax, lstsq_step, member, stack
 from testbed.problems.preference import PreferenceBandit

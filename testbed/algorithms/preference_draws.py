@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.algorithms.stacked_draws import base_contexts, contexts_from_uniforms
+from testbed.algorithms.stacked_draws import at, base_contexts, contexts_from_uniforms
 from testbed.policies import Policy, inverse_cdf, take_contexts
 
 
@@ -56,11 +56,6 @@ def responses(policy: Policy, x: np.ndarray, u: np.ndarray) -> np.ndarray:
     """y ~ pi_t(.|x) by the inverse CDF of uniforms u: :meth:`Policy.sample` (the table's cumulative sums,
     row by row the same arithmetic, gathered at x)."""
     return inverse_cdf(take_contexts(np.cumsum(policy.probs(), axis=-1), x), u)
-
-
-def at(table: np.ndarray, *idx: np.ndarray) -> np.ndarray:
-    """table[i, j, ...] per draw; for a stack (idx [S, N]) each member's own table[s, i, j, ...]."""
-    return table[idx] if idx[0].ndim == 1 else table[(np.arange(len(idx[0]))[:, None],) + idx]
 
 
 def labels(preferences: np.ndarray, x, y, y2, u: np.ndarray) -> np.ndarray:

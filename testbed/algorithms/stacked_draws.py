@@ -72,9 +72,9 @@ def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, 
     return x, np.where(win, y, y2), np.where(win, y2, y)
 
 
-def at(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """table[x_i, y_i] for one problem; table[s, x_si, y_si] for a stack (table [S, X, Y], x, y [S, N])."""
-    return table[x, y] if x.ndim == 1 else table[np.arange(len(x))[:, None], x, y]
+def at(table: np.ndarray, *idx: np.ndarray) -> np.ndarray:
+    """table[x_i, y_i, ...] for one problem; table[s, x_si, y_si, ...] for a stack (idx [S, N] each)."""
+    return table[idx] if idx[0].ndim == 1 else table[(np.arange(len(idx[0]))[:, None],) + idx]
 
 
 def pick(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
