@@ -140,7 +140,7 @@ def test_stacked_preference_metrics_match_member_by_member_and_closed_forms():
         assert alone["kl_ref"] == pytest.approx(kl, rel=1e-10, abs=1e-15)
 
 
-def test_a_stack_of_hedge_runs_on_few_draws_and_rho_with_zeros_equals_runs_alone():
+def test_sampled_preference_stacks_on_few_draws_and_rho_with_zeros_equal_runs_alone():
     rho = np.r_[0.0, np.full(5, 0.2)]
     problems = [PreferenceBandit(make_preference("raters", contexts=6, actions=3, seed=s).preferences, rho=rho,
                                  name=f"r{s}") for s in range(3)]

@@ -11,7 +11,6 @@
 import numpy as np
 import pytest
 
-from testbed.algorithms import ALGORITHMS, build_config
 from testbed.algorithms.stacked_draws import cdf_columns, cdf_draw, contexts_from_uniforms, policy_samples
 from testbed.experiments.runner import run_batch, run_one
 from testbed.experiments.spec import RunPlan
@@ -196,8 +195,6 @@ def test_sampled_npg_at_eta_10_stays_near_optimal():
     """The spec tabular_rebel_vs_npg's npg-sampled(eta=10), seed 0, 200 iterations: with the closed form no
     step blows up and the policy stays within 0.01 of the optimal value (the old solver fell to 0.69)."""
     problem = make_tabular(contexts=20, actions=10, seed=0)
-    cls = ALGORITHMS["npg"]
-    build_config(cls.Config, {"mode": "sampled", "samples": 500, "eta": 10}, "npg")
     plan = RunPlan("s0", problem.name, "npg", "npg", "npg", {"mode": "sampled", "samples": 500, "eta": 10},
                    {}, None, 0, 200, 200)
     rows, _, _ = run_one(plan, problem)

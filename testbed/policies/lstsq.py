@@ -171,7 +171,8 @@ def _demean_by_context(x: np.ndarray, a: np.ndarray, num_contexts: int) -> np.nd
     drawn — demean to exactly 0, not to the rounding of sum/n, which a solver whose every block is such noise
     would invert (sampled NPG at eta = 10 took steps of 500 and more that way)."""
     first = np.zeros(num_contexts, dtype=np.intp)
-    first[x[::-1]] = np.arange(len(x) - 1, -1, -1)  # the last write wins: each context's first row
+    seen, index = np.unique(x, return_index=True)  # each context's first row
+    first[seen] = index
     a = a - a[first[x]]
     n = np.bincount(x, minlength=num_contexts)
     sums = _block_sums(num_contexts, x, a)

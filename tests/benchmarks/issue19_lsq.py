@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from issue19 import MODES, _stack_vs_loop, med, spread, verdict  # noqa: E402
+from issue19 import MODES, compare_modes  # noqa: E402
 
 from testbed.problems import make_tabular  # noqa: E402
 
@@ -23,14 +23,8 @@ def main() -> int:
     args = ap.parse_args()
     load = lambda: open("/proc/loadavg").read().split()[:3]  # noqa: E731
     print(f"load average before: {load()}")
-    problem, ok = make_tabular(contexts=20, actions=10, seed=0), True
-    for label in LSQ:
-        name, cfg = MODES[label]
-        t, same = _stack_vs_loop(problem, name, cfg, 64, 10, args.repeats)
-        ratio = med(t["loop"]) / med(t["batched"])
-        ok &= ratio >= 20 and same
-        print(f"   {label:28s} loop {med(t['loop']):7.2f} s {spread(t['loop']):>5s}, batched {med(t['batched']):6.3f} s "
-              f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(ratio >= 20 and same)}; identical: {same}")
+    problem = make_tabular(contexts=20, actions=10, seed=0)
+    ok = compare_modes(problem, {label: MODES[label] for label in LSQ}, 64, 10, args.repeats)
     print(f"load average after: {load()}")
     return 0 if ok else 1
 
