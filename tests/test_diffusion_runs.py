@@ -147,6 +147,11 @@ def test_paper_spec_dry_run_counts_stable_diffusion_offline(capsys, monkeypatch)
     import re
     counts = {m[0]: float(m[1]) * 1e6 for m in re.findall(r"  (.+?): ([\d.]+) M parameters", out)}
     assert len(counts) == 6
+    # the published configs' sizes (SD v1.5's UNet 859.52 M, VAE 83.65 M; CLIP ViT-L/14 text 123.06 M, vision
+    # 303.97 M with its projection; the LAION MLP 768-1024-128-64-16-1; LoRA r 4 on to_q/k/v/out of 16 blocks)
+    assert {k: round(v / 1e6, 2) for k, v in counts.items()} == {
+        "UNet (SD v1.5)": 859.52, "VAE (SD v1.5)": 83.65, "CLIP ViT-L/14 text encoder": 123.06,
+        "CLIP ViT-L/14 image encoder": 303.97, "LAION aesthetic MLP": 0.93, "LoRA adapter (UNet attention)": 0.80}
     unet_vae_gb = 2 * (counts["UNet (SD v1.5)"] + counts["VAE (SD v1.5)"]) / 1e9
     reward_gb = 4 * (counts["CLIP ViT-L/14 image encoder"] + counts["LAION aesthetic MLP"]) / 1e9
     opt_gb = 16 * counts["LoRA adapter (UNet attention)"] / 1e9

@@ -224,6 +224,9 @@ def test_a_shard_is_encoded_as_its_prompts_alone():
     ({"shards": 3}, {}, "train.shards = 3 must divide train.batch = 32"),
     ({"shards": 2}, {"num_processes": 2}, "run it on one process (this run has 2)"),
     ({"shards": 2, "minibatch": 2, "grad_accum": 2}, {}, "not divisible by shards × grad_accum = 2 × 2"),
+    ({"shards": 2, "rollouts": "replicated"}, {}, "it needs train.rollouts: sharded and no accelerate.deepspeed"),
+    ({"shards": 2}, {"deepspeed": str(Path(__file__).resolve().parents[1] / "experiments" / "llm" / "ds_zero2.json")},
+     "it needs train.rollouts: sharded and no accelerate.deepspeed"),
 ])
 def test_bad_shards(tmp_path, capsys, train, accelerate, message):
     raw = toy_spec({"name": "rebel"}, **train)

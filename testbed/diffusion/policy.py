@@ -37,7 +37,7 @@ class UNetDenoiser(torch.nn.Module):
     def forward(self, x, t, cond):
         t = t.to(x.device) if torch.is_tensor(t) and t.ndim == 1 else torch.full((len(x),), int(t), dtype=torch.long,
                                                                                  device=x.device)
-        dtype = self.unet.dtype
+        dtype = next(self.unet.parameters()).dtype  # (diffusers' .dtype walks every module: per call, per step)
         if self.text:
             emb = self.prompt_embeds[cond] if self.prompt_embeds is not None else cond
             return self.unet(x.to(dtype), t, encoder_hidden_states=emb.to(dtype)).sample.to(x.dtype)

@@ -152,7 +152,7 @@ def stable_policy(spec, sampler, seed: int) -> tuple[StablePolicy, int]:
     logging.set_verbosity_error()
     m, dtype, dev = spec.model, _dtype(spec), device()
     kw, how = {**hub_kwargs(m["name"], m.get("revision")), "torch_dtype": dtype}, _how(m["name"])
-    unet = load(UNet2DConditionModel, m["name"], "model.name", how, "unet", **kw)
+    unet = load(UNet2DConditionModel, m["name"], "model.name", how, "unet", **kw).to(dev)  # before any copy (reference: copy)
     vae = load(AutoencoderKL, m["name"], "model.name", how, "vae", **kw).to(dev).requires_grad_(False).eval()
     kw["dtype"] = kw.pop("torch_dtype")  # transformers' name
     text = load(CLIPTextModel, m["name"], "model.name", how, "text_encoder", **kw).to(dev).eval()

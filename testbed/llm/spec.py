@@ -292,6 +292,9 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     if train.shards > 1 and W > 1:
         raise InputError(f"train.shards = {train.shards} stands for {train.shards} processes in one; run it on one "
                          f"process (this run has {W})")
+    if train.shards > 1 and (train.rollouts != "sharded" or acc.deepspeed):
+        raise InputError(f"train.shards = {train.shards} emulates sharded rollouts under DDP: it needs train.rollouts: "
+                         "sharded and no accelerate.deepspeed")
     P, procs = (train.shards, "shards") if train.shards > 1 else (W, "processes")  # the processes the batch is split over
     train_minibatch = "train.minibatch"
     if "per_device_train_batch_size" in hf_later:
