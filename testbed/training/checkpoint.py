@@ -5,11 +5,10 @@ as an ``.npz`` holding numeric arrays and one JSON document that describes the s
 anywhere (``np.load(..., allow_pickle=False)``). The JSON names, for each object, the class it was:
 
 - plain data: None, bool, int, float (NaN/inf included), str, list, tuple, dict (any such keys),
-  ``collections.OrderedDict``; a list of None, bool, int, str and floats, or of *records* (dicts with
+  ``collections.OrderedDict``; a list of None, bool, int, str and finite floats, or of *records* (dicts with
   str keys and such values: a run's metric rows), is stored as JSON as it stands, each record keeping its
   own id, so writing a run's rows costs one ``json.dumps`` rather than a walk of every value (exactly these
-  types: a subclass such as ``numpy.float64`` sends the list through the general walk; a NaN or inf in a record
-  is JSON's ``NaN`` / ``Infinity`` token);
+  types: a subclass such as ``numpy.float64``, or a NaN, sends the list through the general walk);
 - numpy arrays of numeric, boolean or fixed-width string dtype (no object arrays) and numpy scalars;
   torch tensors (dense; dtypes numpy lacks, such as bfloat16, as their raw bits);
 - ``numpy.random.Generator`` (its bit generator's JSON state and its ``SeedSequence``);
@@ -95,7 +94,7 @@ class _Writer:
         if set(map(type, chain.from_iterable(obj))) != {str}:  # the keys
             return None
         if not set(map(type, chain.from_iterable(rec.values() for rec in obj))) <= _RECORD_VALUES:
-            return None
+            return None  # (a NaN or inf among the floats: save_state's allow_nan=False, then the general walk)
         first = len(self.seen)
         for i, rec in enumerate(obj):
             self.seen[id(rec)] = first + i
@@ -141,10 +140,13 @@ class _Writer:
 
 
 def save_state(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as a data-only checkpoint (atomically). Outside records every non-finite float is already
-    {"float": repr}; inside one (a metric row's NaN) it is JSON's NaN / Infinity token, which ``json.loads`` reads."""
-    w = _Writer()
-    tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"), allow_nan=True)
+    """Write ``obj`` as a data-only checkpoint (atomically)."""
+    try:  # every other non-finite float is already {"float": repr}: a ValueError means one inside a record
+        w = _Writer()
+        tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        w = _Writer(records=False)
+        tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"), allow_nan=False)
     save_npz(path, {**w.arrays, TREE: np.frombuffer(tree.encode(), dtype=np.uint8)})
 
 
