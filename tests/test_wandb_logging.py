@@ -3,6 +3,7 @@ folder is the same with or without it. Skipped without wandb (the `tools` extra 
 
 import csv
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ BLOCK, HEADER = 32768, 7  # the .wandb file: ":W&B", a 2-byte magic and a versio
 
 def _records(path: Path) -> list[bytes]:
     """The payloads of a LevelDB-format log (W&B's transaction log): 7-byte record headers (checksum, length,
-    type: 1 full, 2 first, 3 middle, 4 last) in 32 KiB blocks whose tails of < 7 bytes are padding."""
+    type: 1 full, 2 first, 3 middle, 4 last; the CRC-32 covers the type byte and the data) in 32 KiB blocks
+    whose tails of < 7 bytes are padding."""
     data, pos, out, part = path.read_bytes(), HEADER, [], b""
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
@@ -30,7 +32,9 @@ def _records(path: Path) -> list[bytes]:
         if kind == 0:  # zero padding to the end of the block
             pos += left
             continue
-        part += data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7:pos + 7 + length]
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == int.from_bytes(data[pos:pos + 4], "little"), pos
+        part += chunk
         pos += 7 + length
         if kind in (1, 4):
             out.append(part)
@@ -42,12 +46,14 @@ def _history(logdir: Path) -> list[dict]:
     from wandb.proto import wandb_internal_pb2
 
     (path,) = logdir.glob("wandb/offline-run-*/run-*.wandb")
-    rows = []
+    rows, kinds = [], []
     for payload in _records(path):
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(payload)
+        kinds.append(rec.WhichOneof("record_type"))
         if rec.WhichOneof("record_type") == "history":
             rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item})
+    assert kinds[-1] == "exit", f"the transaction log ends with {kinds[-1]!r}: not flushed when the command returned"
     return rows
 
 

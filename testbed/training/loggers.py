@@ -58,7 +58,13 @@ class WandB:
         self.run.log({f"{row['run_id']}/{k}": v for k, v in {**_scalars(row), "iteration": row["iteration"]}.items()})
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() only asks wandb's service to close the run; its transaction log (the .wandb file) is
+        # flushed when the service gets to it. Tearing the service down waits for that, so the run folder
+        # is complete (ready for `wandb sync`) when the command returns.
+        wandb.teardown()
 
 
 def emit(row: dict) -> None:
