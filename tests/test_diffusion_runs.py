@@ -185,3 +185,29 @@ def check_study_table(tmp_path):
     assert ppo_row.split("|")[3].strip().startswith(f"{ppo_final:.4g} ± 0")
     assert plot_reward(tmp_path / "a", tmp_path / "r.png").stat().st_size > 0
     assert plot_samples(tmp_path / "a", tmp_path / "s.png").stat().st_size > 0
+
+
+def test_the_final_images_are_the_final_policys_sampled_once(tmp_path, monkeypatch):
+    """The run's final images (samples/<run>.npz) are those the last iteration's evaluation drew, not a second
+    sampling pass: an evaluation of the final policy made afterwards, independently, gives the same images,
+    and the policy is evaluated once per evaluated iteration (0, 2, 3) plus the reference once."""
+    import numpy as np
+
+    import testbed.diffusion.train as dtrain
+
+    real, calls = dtrain.evaluate, []
+
+    def counted(ctx, classes, n, seed, reference=False):
+        calls.append((ctx, classes, n, seed, reference))
+        return real(ctx, classes, n, seed, reference)
+
+    monkeypatch.setattr(dtrain, "evaluate", counted)
+    spec = tiny_spec(tmp_path, algorithms=[{"name": "rebel", "eta": 10.0}])
+    assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert [c[4] for c in calls] == [False, False, False, True]
+    ctx, classes, n, seed, _ = calls[-1]
+    again = real(ctx, classes, n, seed)
+    saved = np.load(tmp_path / "out" / "samples" / "rebel-0-s0.npz")
+    np.testing.assert_array_equal(saved["images"], again[2])
+    np.testing.assert_array_equal(saved["labels"], again[3])
+    assert not np.array_equal(saved["images"], np.load(tmp_path / "out" / "samples" / "reference-s0.npz")["images"])

@@ -47,7 +47,12 @@ class DiffusionBackend(LMBackend):
     def score(self, q, y) -> torch.Tensor:
         """The reward of each trajectory's final image for its prompt [B] (float64)."""
         pol = self.policy
-        return torch.as_tensor(self.reward(pol.decode(pol.images(y)).detach().cpu(), q.cpu()), dtype=torch.float64)
+        return self.score_images(pol.decode(pol.images(y)), q)
+
+    @torch.no_grad()
+    def score_images(self, images: torch.Tensor, q) -> torch.Tensor:
+        """The reward of decoded images for their prompts [B] (float64)."""
+        return torch.as_tensor(self.reward(images.detach().cpu(), q.cpu()), dtype=torch.float64)
 
     @torch.no_grad()
     def rollout_stats(self, q, qm, resp, policy_logprobs: bool = True) -> dict:

@@ -92,9 +92,10 @@ def evaluate(ctx: DiffusionBackend, classes: int, n: int, seed: int, reference: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(10_000_019 * (seed + 1))
         y = ctx.sample(q, qm, ref=reference)
-    score = ctx.score(q, y)
+    images = pol.decode(pol.images(y))  # decoded once: scored and returned
+    score = ctx.score_images(images, q)
     kl = pol.kl_to_reference(q, y) if not reference else torch.zeros(n)
-    return float(score.mean()), float(kl.mean()), pol.decode(pol.images(y)).float().cpu().numpy(), q.cpu().numpy()
+    return float(score.mean()), float(kl.mean()), images.float().cpu().numpy(), q.cpu().numpy()
 
 
 def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: str, checkpoint: Path | None = None,
@@ -108,7 +109,7 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
     ctx, algo, classes = build(spec, algo_name, algo_cfg, seed, tr)
     torch.manual_seed(seed)
     start, samples, queries, rows = time.perf_counter(), 0, 0, []
-    st = SimpleNamespace(t=0, step=None, secs=None)
+    st = SimpleNamespace(t=0, step=None, secs=None, final=None)
     if checkpoint is not None and checkpoint.is_file():
         state = load_state(checkpoint)
         restore_backend(ctx, state)
@@ -140,7 +141,8 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
             r["reward"], r["kl_ref"] = r["objective/scores"], r["objective/kl"]
             r["eps"] = st.step.samples / st.secs
         if t % tr.eval_every == 0 or t == tr.iterations:
-            r["eval/scores"], r["eval/kl"], _, _ = evaluate(ctx, classes, tr.eval_prompts, seed)
+            r["eval/scores"], r["eval/kl"], images, labels = evaluate(ctx, classes, tr.eval_prompts, seed)
+            st.final = (t, images, labels)  # the last iteration's: the run's final images, not sampled again
         rows.append(r)
         check_finite(run_id, t, {k: v for k, v in r.items() if isinstance(v, float)}, checkpoint)
         loggers.emit(r)  # --log tensorboard|wandb: live, the same names
@@ -150,7 +152,9 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
                                 "elapsed": time.perf_counter() - start})
 
     train(st, tr.iterations, step, record, 1, save if checkpoint is not None else None, every)
-    _, _, images, labels = evaluate(ctx, classes, tr.eval_prompts, seed)
+    done, images, labels = st.final if st.final is not None else (None, None, None)
+    if done != tr.iterations:
+        _, _, images, labels = evaluate(ctx, classes, tr.eval_prompts, seed)
     _, _, ref_images, _ = evaluate(ctx, classes, tr.eval_prompts, seed, reference=True)
     ctx.accelerator.free_memory()
     return rows, {"images": images, "labels": labels, "reference": ref_images}
