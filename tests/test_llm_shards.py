@@ -330,3 +330,27 @@ def test_a_failing_shard_raises_and_leaves_no_thread_waiting(case):
     with pytest.raises(ValueError if case == "raises" else RuntimeError, match="shard 1 failed|train.shards"):
         shards.update(algo, q, torch.ones_like(q))
     assert threading.active_count() == before
+
+
+def test_set_aside_sums_the_shards_and_leaves_an_untouched_parameter_without_a_gradient():
+    """DDP's sum of the shards' gradients: shard 1's moved aside, shard 2's added back (g1 + g2 exactly); a
+    parameter no shard gave a gradient keeps grad None (AdamW skips it, weight decay included, as in one
+    process), rather than getting a zero gradient that AdamW would step on."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from testbed.llm.backend import LMBackend
+
+    used, unused = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.ones(2))
+    fake = SimpleNamespace(params=[used, unused])
+    g1, g2 = torch.tensor([0.1, -2.0, 3.0]), torch.tensor([0.7, 1.5, -3.0])
+    used.grad = g1.clone()
+    aside = LMBackend._set_aside(fake, None)
+    assert used.grad is None and unused.grad is None
+    used.grad = g2.clone()
+    LMBackend._set_aside(fake, aside, back=True)
+    assert torch.equal(used.grad, g1 + g2)
+    assert unused.grad is None
+    torch.optim.AdamW([used, unused], lr=0.1, weight_decay=0.5).step()
+    assert torch.equal(unused.detach(), torch.ones(2))

@@ -99,13 +99,16 @@ class LMBackend:
 
     def _set_aside(self, aside: list | None, back: bool = False) -> list:
         """The shards' gradients summed as DDP sums the processes': each shard's own sum first (its G micro-batches),
-        then the shards' sums added. Moves the gradients into ``aside`` (added), or (``back``) adds ``aside`` to them."""
-        aside = aside if aside is not None else [torch.zeros_like(p) for p in self.params]
-        for p, a in zip(self.params, aside):
+        then the shards' sums added. Moves the gradients into ``aside`` (added), or (``back``) adds ``aside`` to them.
+        A parameter no shard gave a gradient keeps ``grad`` None, so AdamW skips it as it does in one process."""
+        aside = aside if aside is not None else [None] * len(self.params)
+        for i, p in enumerate(self.params):
+            a = aside[i]
             if back:
-                p.grad = a if p.grad is None else p.grad.add_(a)
+                if a is not None:
+                    p.grad = a if p.grad is None else p.grad.add_(a)
             elif p.grad is not None:
-                a.add_(p.grad)
+                aside[i] = p.grad if a is None else a.add_(p.grad)
                 p.grad = None
         return aside
 
