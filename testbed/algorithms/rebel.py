@@ -47,6 +47,7 @@ from testbed.algorithms.stacked_draws import (
     contexts_from_uniforms,
     flat_rows,
     table_draws,
+    with_noise,
 )
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward, rebel_loss, rebel_loss_official
@@ -208,10 +209,8 @@ class REBEL(Algorithm):
                 y2 = v if kind == "uniform" else self.offline[x, v]
             (y,), (lp, lp2) = table_draws(policy, x, [u], p.num_contexts, known=(y2,))
         r, r2 = at(p.rewards, x, y), at(p.rewards, x, y2)
-        if noisy:  # r + std·e where the problem has noise, r as drawn elsewhere
-            std = np.asarray(p.noise_std)[..., None] if stacked else p.noise_std
-            has = np.array([m.noise_std > 0 for m in members])[:, None] if stacked else p.noise_std > 0
-            r, r2 = np.where(has, r + std * e, r), np.where(has, r2 + std * e2, r2)
+        if noisy:
+            r, r2 = with_noise(p, r, e), with_noise(p, r2, e2)
         if cfg.beta > 0:
             r = kl_shaped_reward(r, lp, at(p.log_pi_ref, x, y), cfg.beta)
             r2 = kl_shaped_reward(r2, lp2, at(p.log_pi_ref, x, y2), cfg.beta)

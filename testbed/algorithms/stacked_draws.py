@@ -140,7 +140,16 @@ def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:
     x = contexts_from_uniforms(problem.rho, u[..., :n])
     (y,), (lp,) = table_draws(policy, x, [u[..., n:]], problem.num_contexts)
     r = at(problem.rewards, x, y)
-    if np.any(noisy):  # r + std·e where the problem has noise (sample_rewards' arithmetic), r as drawn elsewhere
-        std = np.asarray(problem.noise_std)[..., None] if stacked else problem.noise_std
-        r = np.where(noisy[..., None] if stacked else noisy, r + std * noise, r)
+    if np.any(noisy):
+        r = with_noise(problem, r, noise)
     return x, y, r, lp
+
+
+def with_noise(problem, r: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """r + std·e where the problem (a stack's member) has reward noise — :meth:`TabularBandit.sample_rewards`'
+    arithmetic — and r as drawn where it has none (r, noise [N], or a stack's [S, N])."""
+    members = getattr(problem, "members", None)
+    if members is None:
+        return r + problem.noise_std * noise if problem.noise_std > 0 else r
+    has = np.array([m.noise_std > 0 for m in members])[:, None]
+    return np.where(has, r + np.asarray(problem.noise_std)[:, None] * noise, r)

@@ -108,12 +108,7 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
         st.wall.append(time.perf_counter() - start)
 
     def step(t: int) -> None:
-        if averaged:
-            st.prob_sum += st.policy.probs()  # pi_{t-1}, the iterate this update plays
-        result = st.algo.update(st.policy, st.rng)
-        check_finite(plan.run_id, t, {"the policy parameters": result.policy.params, "the loss": result.loss,
-                                      **result.extras}, checkpoint)
-        _keep(st, result)
+        _update(st, st.rng, plan.run_id, t, checkpoint)
 
     train(st, plan.iterations, step, record, plan.eval_every, _saver(st, checkpoint, start), every)
     out: dict = {"wall": st.wall}
@@ -122,6 +117,17 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
     if st.trajectory is not None:
         out["trajectory"] = st.trajectory
     return st.rows, st.policy, out
+
+
+def _update(st, rng, ids, t: int, checkpoint) -> None:
+    """Update t of one run (``ids`` its run id) or a stack (a list of run ids, one loss each), checked finite."""
+    if st.prob_sum is not None:
+        st.prob_sum += st.policy.probs()  # pi_{t-1}, the iterate this update plays (the average's next term)
+    result = st.algo.update(st.policy, rng)
+    loss = result.loss if result.loss is None or isinstance(ids, str) else np.broadcast_to(result.loss, (len(ids),))
+    check_finite(ids, t, {"the policy parameters": result.policy.params, "the loss": loss, **result.extras},
+                 checkpoint)
+    _keep(st, result)
 
 
 def _keep(st, step: Step) -> None:
@@ -214,13 +220,7 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
         st.wall.append(time.perf_counter() - start)
 
     def step(t: int) -> None:
-        if averaged:
-            st.prob_sum += st.policy.probs()
-        result = st.algo.update(st.policy, st.rngs)
-        loss = None if result.loss is None else np.broadcast_to(result.loss, (len(plans),))
-        check_finite([p.run_id for p in plans], t, {"the policy parameters": result.policy.params, "the loss": loss,
-                                                    **result.extras}, checkpoint)
-        _keep(st, result)
+        _update(st, st.rngs, [p.run_id for p in plans], t, checkpoint)
 
     train(st, first.iterations, step, record, first.eval_every, _saver(st, checkpoint, start), every)
     avg = st.prob_sum / first.iterations if averaged else None
