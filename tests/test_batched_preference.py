@@ -169,3 +169,32 @@ def test_a_resumed_preference_stack_ends_with_the_numbers_of_an_uninterrupted_on
     resumed = run_batch(plans, problems, ckpt, every=4)
     for (r1, p1, e1), (r2, p2, e2) in zip(whole, resumed):
         assert r1 == r2 and np.array_equal(p1.params, p2.params) and np.array_equal(e1["avg_probs"], e2["avg_probs"])
+
+
+@pytest.mark.parametrize("kind", ["reward", "preference"])
+def test_a_stack_refuses_the_per_problem_methods_and_its_members_answer(kind, tmp_path):
+    """The methods that would read a stack's arrays as one problem's (draws, scalar values, minimax winners,
+    files) refuse on a batch in one line naming .members[s], and a refused save writes nothing; the members
+    give their own answers (J of the uniform policy: the mean reward under rho; the minimax winner:
+    exploitability 0, which the stack computes member by member)."""
+    from testbed.problems import ProblemBatch, make_tabular
+
+    rng, save = np.random.default_rng(0), str(tmp_path / "p.npz")
+    if kind == "reward":
+        members = [make_tabular(contexts=3, actions=4, seed=s) for s in range(2)]
+        batch = ProblemBatch(members)
+        calls = {"value": (np.full((3, 4), 0.25),), "optimal_policy": (), "sample_contexts": (rng, 5), "save": (save,)}
+    else:
+        members = [make_preference("raters", contexts=3, actions=4, raters=3, seed=s) for s in range(2)]
+        batch = PreferenceBatch(members)
+        calls = {"minimax_winner": (), "condorcet_winners": (), "sample_contexts": (rng, 5), "save": (save,)}
+    for name, args in calls.items():
+        with pytest.raises(TypeError, match=rf"{type(batch).__name__}\.{name}\(\) is per problem.*\.members\[s\]"):
+            getattr(batch, name)(*args)
+    assert not (tmp_path / "p.npz").exists()
+    if kind == "reward":
+        for m in members:
+            assert m.value(np.full((3, 4), 0.25)) == pytest.approx(m.rho @ m.rewards.mean(axis=1), abs=1e-15)
+    else:
+        winners = np.stack([m.minimax_winner() for m in members])
+        np.testing.assert_allclose(batch.exploitability(winners), 0.0, atol=1e-9)

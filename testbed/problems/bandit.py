@@ -169,6 +169,21 @@ class LinearBandit(TabularBandit):
         return out
 
 
+def per_member(*names: str):
+    """Class decorator for a stack of problems: the inherited per-problem methods ``names`` (draws, scalar
+    values, files), which would read the stacked arrays as one problem's, refuse in one line instead."""
+    def decorate(cls):
+        for name in names:
+            def refuse(self, *args, _name=name, **kwargs):
+                raise TypeError(f"{type(self).__name__}.{_name}() is per problem, not for a stack: call it on "
+                                f".members[s]")
+            setattr(cls, name, refuse)
+        return cls
+    return decorate
+
+
+@per_member("sample_contexts", "sample_rewards", "value", "optimal_value", "optimal_policy", "kl_ref",
+            "regularised_value", "kl_reg_gap", "arrays", "save")
 class ProblemBatch(TabularBandit):
     """S reward problems of one shape stacked along a leading axis: rewards [S, X, Y], rho [S, X],
     pi_ref [S, X, Y], noise_std [S] (and features [S, X, Y, d] when all are linear).

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.problems.bandit import ProblemBatch
+from testbed.problems.bandit import ProblemBatch, per_member
 from testbed.problems.preference import PreferenceBandit
 
 
+@per_member("sample_contexts", "sample_preferences", "minimax_winner", "condorcet_winners", "arrays", "save")
 class PreferenceBatch(PreferenceBandit):
     """S preference problems of one shape stacked along a leading axis (the members are validated already)."""
 
