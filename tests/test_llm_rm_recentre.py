@@ -119,3 +119,41 @@ def test_bad_recentre_options_exit_2_with_one_line(tmp_path, capsys, extra, mess
     assert main(["llm", "pipeline", str(tmp_path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("n, batch", [(50, 16), (33, 16), (16, 16), (5, 4)])
+def test_each_process_runs_the_same_number_of_forward_passes_and_the_sums_are_everyones(n, batch, monkeypatch):
+    """Across W = 3 processes (their shares computed one after another, the gather a sum) every process runs
+    ceil(n / (W·batch)) forward passes — ZeRO-3's forwards are collective, so a process with fewer would hang
+    the others — and the rows scored are each of the n rows exactly once: the mean of one process alone."""
+    import testbed.llm.rm as rm_mod
+
+    model = load_score_model({"name": "tiny:gpt2", "hidden": 32, "layers": 2, "heads": 2, "seed": 1}, PAD, seed=2)
+    q, r = reference_rows(n, seed=3)
+    ids = torch.cat([q, r], 1)
+    alone = recentre(model, ids, PAD, batch=batch)["recentre_mean_before"]
+    model.config.score_offset = 0.0
+    real, passes, shares = rm_mod.scores, [], []
+
+    class Acc:  # process `index` of 3: its share is recorded; the others' part of the gather is a stand-in row
+        num_processes = 3
+
+        def gather(self, t):
+            shares.append(t)
+            return torch.cat([t, torch.tensor([[0.0, 1.0]], dtype=t.dtype)])
+
+    def counted(m, rows, pad):
+        passes[-1] += 1
+        return real(m, rows, pad)
+
+    monkeypatch.setattr(rm_mod, "scores", counted)
+    for index in range(3):
+        acc, offset = Acc(), model.config.score_offset
+        acc.process_index = index
+        passes.append(0)
+        recentre(model, ids, PAD, batch=batch, acc=acc)
+        model.config.score_offset = offset
+    assert passes == [-(-n // (3 * batch))] * 3
+    total = torch.cat(shares).sum(0)
+    assert float(total[1]) == n
+    assert float(total[0] / total[1]) == pytest.approx(alone, abs=1e-12)

@@ -81,10 +81,14 @@ def recentre(model, ids: torch.Tensor, pad: int, batch: int = 16, acc=None) -> d
     dev = next(m.parameters()).device
     W, r = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
     total = torch.zeros(2, dtype=torch.float64, device=dev)
+    rounds = -(-len(ids) // (W * batch))  # every process runs this many forward passes (ZeRO-3's are collective)
     with eval_mode(m):
-        for s in range(r * batch, len(ids), W * batch):
-            sc = scores(m, ids[s:s + batch].to(dev), pad).double()
-            total += torch.stack([sc.sum(), torch.tensor(float(len(sc)), dtype=torch.float64, device=dev)])
+        for k in range(rounds):
+            s = (k * W + r) * batch
+            rows = ids[s:s + batch]
+            sc = scores(m, (rows if len(rows) else ids[:1]).to(dev), pad).double()  # a spare pass: rows of none
+            if len(rows):
+                total += torch.stack([sc.sum(), torch.tensor(float(len(sc)), dtype=torch.float64, device=dev)])
     if W > 1:
         total = acc.gather(total[None]).sum(0)
     if total[1] == 0:
