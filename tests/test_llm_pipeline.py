@@ -45,6 +45,11 @@ def test_rl_stages_start_from_the_sft_output_and_score_with_the_rm_stage(folder,
     assert f"{COUNTS[size]:,} parameters" in out
     assert "stage rebel (lm, rebel; reads rm/, sft/)" in out and "(from stage rm)" in out
     assert out.count("memory per GPU:") == 8 and "nothing downloaded" in out
+    # the eval stage loads one model at a time: its memory is the largest model's weights (the float32 reference
+    # policy, 4 bytes a parameter), not the four models' sum, so it fits one 80 GB GPU at every size
+    evals = out.split("stage eval")[1]
+    gib = float(evals.split("memory per GPU: ")[1].split(" GiB")[0])
+    assert gib == pytest.approx(4 * COUNTS[size] / 2**30, abs=0.05) and gib < 74.5
 
 
 def _tiny_pipeline(tmp_path: Path, stages: list) -> Path:

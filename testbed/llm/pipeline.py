@@ -271,7 +271,7 @@ def stage_plan(st: dict, stages: dict) -> dict:
         return {"models": [{"model": held[0].name, "parameters": P, "trainable": P, "dtype": dtype,
                             "from": st["model_from"]}], "total_gib": total / GIB, "processes": tr["processes"],
                 "detail": {k + "_gib": v / GIB for k, v in {**stt, "activations": act}.items()}}
-    models = []  # eval: each policy in turn, the reference policy, the reward model and the judge, no gradients
+    models = []  # eval: each policy, the reference policy, the reward model and the judge, one at a time, no gradients
     for role, src in (("policy under evaluation", st["policies"][0]), ("reference policy", st["reference"]),
                       ("reward model", st["reward"])):
         e = stages[src]["model"] if stages[src]["kind"] != "lm" else stages[src]["lm_spec"].model
@@ -281,7 +281,7 @@ def stage_plan(st: dict, stages: dict) -> dict:
     if "module" not in st["judge"]:
         models.append({"model": "judge", "parameters": _count(st["judge"], "score"), "trainable": 0, "dtype": "float32",
                        "from": st["judge_from"]})
-    weights = sum(m["parameters"] * DTYPE_BYTES[m["dtype"]] for m in models)
+    weights = max(m["parameters"] * DTYPE_BYTES[m["dtype"]] for m in models)  # the phases load one model each
     return {"models": models, "total_gib": weights / GIB, "processes": 1, "detail": {}}
 
 
@@ -298,7 +298,7 @@ def plan_pipeline_text(folder: str | Path) -> str:
             lines.append(f"      {m['model']}: {m['parameters']:,} parameters{train}, {m['dtype']}"
                          + (f" (from stage {m['from']})" if m.get("from") else ""))
         lines.append(f"      memory per GPU: {p['total_gib']:.1f} GiB on {p['processes']} process(es)"
-                     + (" (weights only: no gradients)" if st["kind"] == "eval" else "")
+                     + (" (the largest model's weights: one model at a time, no gradients)" if st["kind"] == "eval" else "")
                      + (f", ZeRO-{st['zero_stage']}" if st.get("zero_stage") else ""))
     lines.append("dry run: nothing downloaded, nothing trained")
     return "\n".join(lines)

@@ -61,9 +61,21 @@ def _reward(entry: dict, tok, device):
     return RewardModel(m.to(device).eval().requires_grad_(False), tok.pad_token_id, tok.eos_token_id)
 
 
+def _free(acc, *models) -> None:
+    """Release a phase's models (their weights leave the device before the next phase's load)."""
+    for m in models:
+        if hasattr(m, "to"):
+            m.to("cpu")
+    acc.free_memory()
+
+
 @torch.no_grad()
 def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[dict], dict[str, list[dict]]]:
-    """(one metric row per policy, the per-row records of each policy)."""
+    """(one metric row per policy, the per-row records of each policy).
+
+    In four phases, one model on the device at a time: each policy samples its responses (and their ln pi), then
+    the reference policy, the reward model and the judge score them all. The batches and the sampling seeds are
+    those of every model at once, so the numbers are the same; the memory is the largest model's, not the sum."""
     from accelerate.utils import gather_object
 
     from testbed.llm.distributed import accelerator
@@ -73,40 +85,61 @@ def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[di
     from testbed.llm.tldr import wilson_interval
 
     acc = accelerator(1)
-    ref_stage = stages[st["reference"]]
-    ref_entry = {**ref_stage["model"], "path": paths[st["reference"]]}
+    ref_entry = {**stages[st["reference"]]["model"], "path": paths[st["reference"]]}
     tok = load_tokenizer(ref_entry)
     pad = tok.pad_token_id
-    ref = load_policy(paths[st["reference"]], ref_entry).to(acc.device).requires_grad_(False)
-    rm = _reward({"path": paths[st["reward"]]}, tok, acc.device)
-    judge = _judge(st, tok, acc.device)
     data = load_rows(st["data"], folder)
     qf, rf = st["data"]["fields"][:2]
     mine = np.array_split(np.arange(len(data[qf])), acc.num_processes)[acc.process_index]
     T, L, bs = float(st.get("temperature", 0.01)), int(st.get("max_new_tokens", 53)), int(st["per_device_batch"])
-    rows, records = [], {}
-    for i, name in enumerate(st["policies"]):
+    batches = []
+    for s in range(0, len(mine), bs):
+        idx = torch.as_tensor(mine[s:s + bs])
+        q = data[qf][idx].to(acc.device)
+        batches.append((idx, q, (q != pad).long(), data[rf][idx].to(acc.device)))
+    out = {}  # policy name -> per batch: y, ln pi, mask, then ln pi_ref, scores, judge scores
+    for i, name in enumerate(st["policies"]):  # phase 1: each policy samples
         model = load_policy(paths[name], ref_entry).to(acc.device).requires_grad_(False)
         pol = LMPolicy(model, tok, temperature=T, max_new_tokens=L, ref=None)
-        recs = []
+        out[name] = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(st.get("seed", 0)) + 1_000_003 * (i + 1) + 7919 * acc.process_index)
-            for s in range(0, len(mine), bs):
-                idx = torch.as_tensor(mine[s:s + bs])
-                q = data[qf][idx].to(acc.device)
-                qm = (q != pad).long()
-                yref = data[rf][idx].to(acc.device)
+            for _, q, qm, _ in batches:
                 y = pol.generate(q, qm)
                 lp, mask = pol.logprobs(q, qm, y)
-                lref, _ = pol.logprobs(q, qm, y, model=ref)
-                score, rscore = rm(q, qm, y), rm(q, qm, yref)
-                j, jref = judge(q, qm, y, yref)
-                for k in range(len(idx)):
-                    recs.append({"row": int(idx[k]), "query": q[k][qm[k].bool()].tolist(),
-                                 "response": y[k][mask[k].bool()].tolist(), "reference": yref[k].tolist(),
-                                 "score": float(score[k]), "reference_score": float(rscore[k]),
-                                 "kl": float((lp[k] - lref[k]).sum()), "judge": float(j[k]), "judge_reference": float(jref[k]),
-                                 "win": 1.0 if j[k] > jref[k] else 0.5 if j[k] == jref[k] else 0.0})
+                out[name].append({"y": y, "lp": lp, "mask": mask})
+        _free(acc, model)
+        del model, pol
+    ref = LMPolicy(load_policy(paths[st["reference"]], ref_entry).to(acc.device).requires_grad_(False), tok,
+                   temperature=T, max_new_tokens=L, ref=None)
+    for name in out:  # phase 2: the reference policy's ln pi_ref of the responses
+        for b, (_, q, qm, _) in zip(out[name], batches):
+            b["lref"] = ref.logprobs(q, qm, b["y"])[0]
+    _free(acc, ref.model)
+    del ref
+    rm = _reward({"path": paths[st["reward"]]}, tok, acc.device)
+    for name in out:  # phase 3: the reward model
+        for b, (_, q, qm, yref) in zip(out[name], batches):
+            b["score"], b["rscore"] = rm(q, qm, b["y"]), rm(q, qm, yref)
+    _free(acc, rm.model)
+    del rm
+    judge = _judge(st, tok, acc.device)
+    for name in out:  # phase 4: the judge
+        for b, (_, q, qm, yref) in zip(out[name], batches):
+            b["j"], b["jref"] = judge(q, qm, b["y"], yref)
+    del judge
+    rows, records = [], {}
+    for name in st["policies"]:
+        recs = []
+        for b, (idx, q, qm, yref) in zip(out[name], batches):
+            y, mask, j, jref = b["y"], b["mask"], b["j"], b["jref"]
+            for k in range(len(idx)):
+                recs.append({"row": int(idx[k]), "query": q[k][qm[k].bool()].tolist(),
+                             "response": y[k][mask[k].bool()].tolist(), "reference": yref[k].tolist(),
+                             "score": float(b["score"][k]), "reference_score": float(b["rscore"][k]),
+                             "kl": float((b["lp"][k] - b["lref"][k]).sum()), "judge": float(j[k]),
+                             "judge_reference": float(jref[k]),
+                             "win": 1.0 if j[k] > jref[k] else 0.5 if j[k] == jref[k] else 0.0})
         recs = sorted(gather_object(recs) if acc.num_processes > 1 else recs, key=lambda r: r["row"])
         records[name] = recs
         n = len(recs)
@@ -120,5 +153,4 @@ def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[di
                                  "reward": float(np.mean([r["score"] - r["reference_score"] for r in recs]))})
         row["eval/scores"] = row["eval/rm_score"]
         rows.append(row)
-        del model, pol
     return rows, records
