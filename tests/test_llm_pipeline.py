@@ -88,6 +88,9 @@ def test_a_stage_reads_the_folder_the_previous_stage_writes(tmp_path):
        "data": {"hf_dataset": "x/y", "fields": ["query_token"]}, "train": {"lr": 1e-5}}], "missing ['adam_eps'"),
     ([{"name": "s", "kind": "sft", "model": "bad name!", "data": {"hf_dataset": "x/y", "fields": ["f"]}}],
      "stages[0] (s).model.name 'bad name!' is not a hub model id"),
+    ([{"name": "a", "kind": "lm", "spec": toy_spec({"name": "rebel", "eta": 1.0}, iterations=1)},
+      {"name": "e", "kind": "eval", "policies": ["a", "a"], "reference": "a", "reward": "a"}],
+     "stages[1] (e).policies[1]: 'a' is listed twice"),
 ])
 def test_bad_pipelines_exit_2_with_one_line(tmp_path, capsys, stages, message):
     folder = _tiny_pipeline(tmp_path, stages)

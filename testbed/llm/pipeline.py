@@ -213,6 +213,8 @@ def load_pipeline(folder: str | Path) -> dict:
                     raise InputError(f"{where}.policies must be a list of earlier stages")
             for j, p in enumerate(st["policies"]):
                 _resolve({"from": p}, f"{where}.policies[{j}]", done, out)
+                if p in st["policies"][:j]:
+                    raise InputError(f"{where}.policies[{j}]: {p!r} is listed twice (one row and one samples file each)")
             for k in ("reference", "reward"):
                 _resolve({"from": st.get(k)}, f"{where}.{k}", done, out)
             judge = st.get("judge")

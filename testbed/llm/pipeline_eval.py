@@ -61,14 +61,6 @@ def _reward(entry: dict, tok, device):
     return RewardModel(m.to(device).eval().requires_grad_(False), tok.pad_token_id, tok.eos_token_id)
 
 
-def _free(acc, *models) -> None:
-    """Release a phase's models (their weights leave the device before the next phase's load)."""
-    for m in models:
-        if hasattr(m, "to"):
-            m.to("cpu")
-    acc.free_memory()
-
-
 @torch.no_grad()
 def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[dict], dict[str, list[dict]]]:
     """(one metric row per policy, the per-row records of each policy).
@@ -97,41 +89,44 @@ def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[di
         idx = torch.as_tensor(mine[s:s + bs])
         q = data[qf][idx].to(acc.device)
         batches.append((idx, q, (q != pad).long(), data[rf][idx].to(acc.device)))
-    out = {}  # policy name -> per batch: y, ln pi, mask, then ln pi_ref, scores, judge scores
+    seed = int(st.get("seed", 0)) + 7919 * acc.process_index
+    out = []  # per policy (by position), per batch: y, ln pi, mask, then ln pi_ref, scores, judge scores
     for i, name in enumerate(st["policies"]):  # phase 1: each policy samples
         model = load_policy(paths[name], ref_entry).to(acc.device).requires_grad_(False)
         pol = LMPolicy(model, tok, temperature=T, max_new_tokens=L, ref=None)
-        out[name] = []
+        out.append([])
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(st.get("seed", 0)) + 1_000_003 * (i + 1) + 7919 * acc.process_index)
+            torch.manual_seed(seed + 1_000_003 * (i + 1))
             for _, q, qm, _ in batches:
                 y = pol.generate(q, qm)
                 lp, mask = pol.logprobs(q, qm, y)
-                out[name].append({"y": y, "lp": lp, "mask": mask})
-        _free(acc, model)
+                out[i].append({"y": y, "lp": lp, "mask": mask})
         del model, pol
+        acc.free_memory()  # the weights leave the device before the next load
     ref = LMPolicy(load_policy(paths[st["reference"]], ref_entry).to(acc.device).requires_grad_(False), tok,
                    temperature=T, max_new_tokens=L, ref=None)
-    for name in out:  # phase 2: the reference policy's ln pi_ref of the responses
-        for b, (_, q, qm, _) in zip(out[name], batches):
+    for pol_out in out:  # phase 2: the reference policy's ln pi_ref of the responses
+        for b, (_, q, qm, _) in zip(pol_out, batches):
             b["lref"] = ref.logprobs(q, qm, b["y"])[0]
-    _free(acc, ref.model)
     del ref
+    acc.free_memory()
     rm = _reward({"path": paths[st["reward"]]}, tok, acc.device)
-    for name in out:  # phase 3: the reward model
-        for b, (_, q, qm, yref) in zip(out[name], batches):
+    for pol_out in out:  # phase 3: the reward model
+        for b, (_, q, qm, yref) in zip(pol_out, batches):
             b["score"], b["rscore"] = rm(q, qm, b["y"]), rm(q, qm, yref)
-    _free(acc, rm.model)
     del rm
+    acc.free_memory()
     judge = _judge(st, tok, acc.device)
-    for name in out:  # phase 4: the judge
-        for b, (_, q, qm, yref) in zip(out[name], batches):
-            b["j"], b["jref"] = judge(q, qm, b["y"], yref)
+    for i, pol_out in enumerate(out):  # phase 4: the judge (a module judge draws from its own seeded stream)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1_000_003 * (i + 1) + 500_009)
+            for b, (_, q, qm, yref) in zip(pol_out, batches):
+                b["j"], b["jref"] = judge(q, qm, b["y"], yref)
     del judge
     rows, records = [], {}
-    for name in st["policies"]:
+    for name, pol_out in zip(st["policies"], out):
         recs = []
-        for b, (idx, q, qm, yref) in zip(out[name], batches):
+        for b, (idx, q, qm, yref) in zip(pol_out, batches):
             y, mask, j, jref = b["y"], b["mask"], b["j"], b["jref"]
             for k in range(len(idx)):
                 recs.append({"row": int(idx[k]), "query": q[k][qm[k].bool()].tolist(),

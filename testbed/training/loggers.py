@@ -60,11 +60,13 @@ class WandB:
     def close(self) -> None:
         import wandb
 
-        self.run.finish()
-        # finish() only asks wandb's service to close the run; its transaction log (the .wandb file) is
-        # flushed when the service gets to it. Tearing the service down waits for that, so the run folder
-        # is complete (ready for `wandb sync`) when the command returns.
-        wandb.teardown()
+        try:
+            self.run.finish()
+        finally:
+            # finish() only asks wandb's service to close the run; its transaction log (the .wandb file) is
+            # flushed when the service gets to it. Tearing the service down waits for that, so the run folder
+            # is complete (ready for `wandb sync`) when the command returns.
+            wandb.teardown()
 
 
 def emit(row: dict) -> None:
