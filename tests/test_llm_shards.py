@@ -354,3 +354,24 @@ def test_set_aside_sums_the_shards_and_leaves_an_untouched_parameter_without_a_g
     assert unused.grad is None
     torch.optim.AdamW([used, unused], lr=0.1, weight_decay=0.5).step()
     assert torch.equal(unused.detach(), torch.ones(2))
+
+
+@pytest.mark.parametrize("algorithm", [{"name": "rebel"}, {"name": "ppo"}])
+def test_the_dry_run_plan_of_k_shards_has_the_activations_of_one_of_k_processes(algorithm):
+    """One process running K shards runs the forward passes one of K processes runs: micro-batches of
+    M / (K·G) items and rollouts of batch / K prompts. Its planned activations and KV cache are those of the
+    K-process plan (the weights and optimiser state are not: one process holds them whole), and K times
+    smaller rollouts than the one-process plan's."""
+    from testbed.llm.plan import plan
+    from testbed.llm.spec import parse_lm_spec
+
+    train = {"batch": 16, "minibatch": 8, "grad_accum": 2}
+    shards = plan(parse_lm_spec(toy_spec(algorithm, shards=2, **train), world=1))["algorithms"][0]
+    two = plan(parse_lm_spec({**toy_spec(algorithm, **train), "accelerate": {"num_processes": 2}}, world=2))
+    one = plan(parse_lm_spec(toy_spec(algorithm, **train), world=1))["algorithms"][0]
+    two = two["algorithms"][0]
+    for k in ("micro_batch_sequences", "activations_gib", "kv_cache_gib"):
+        assert shards[k] == two[k], k
+    assert shards["micro_batch_sequences"] * 2 == one["micro_batch_sequences"]
+    assert shards["kv_cache_gib"] * 2 == pytest.approx(one["kv_cache_gib"], rel=1e-12)
+    assert shards["weights_gib"] == one["weights_gib"]

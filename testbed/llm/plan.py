@@ -76,11 +76,12 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
             held.append(Held("reward function (no model)", 0))
         st = state_bytes(held, Z, N, ds16)
         M, G = cfg.minibatch or tr.minibatch, cfg.grad_accum or tr.grad_accum
-        micro = max(1, M // (N * G)) * cls.sequences_per_item(cfg)
+        K = tr.shards  # one process running K shards: K x G micro-batches of M / (N·K·G) items per step
+        micro = max(1, M // (N * K * G)) * cls.sequences_per_item(cfg)
         act = activation_bytes(h, L, a, V, micro, seq, act_dtype, checkpointing, response=tr.max_new_tokens, **kw)
         if critic:  # the critic's backbone holds as much again, without logits
             act += activation_bytes(h, L, a, 0, micro, seq, act_dtype, checkpointing, **kw)
-        rollout = tr.batch // N * cls.items_per_prompt(cfg) if cls.needs_prompts(cfg) else 0
+        rollout = tr.batch // (N * K) * cls.items_per_prompt(cfg) if cls.needs_prompts(cfg) else 0  # a shard's
         kv = kv_cache_bytes(h, L, rollout, seq, dtype)
         total = st["weights"] + st["grads"] + st["optimizer"] + max(act, kv)
         out["algorithms"].append({"name": name, "models": [{"model": m.name, "parameters": m.parameters,
