@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.algorithms.stacked_draws import at, base_contexts, contexts_from_uniforms
-from testbed.policies import Policy, inverse_cdf, take_contexts
+from testbed.algorithms.stacked_draws import at, base_contexts, cdf_columns, cdf_draw, contexts_from_uniforms, flat_rows
+from testbed.policies import Policy
 
 
 def draw(rng, problem, parts: list[tuple]) -> list[np.ndarray]:
@@ -53,9 +53,10 @@ def draw(rng, problem, parts: list[tuple]) -> list[np.ndarray]:
 
 
 def responses(policy: Policy, x: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """y ~ pi_t(.|x) by the inverse CDF of uniforms u: :meth:`Policy.sample` (the table's cumulative sums,
-    row by row the same arithmetic, gathered at x)."""
-    return inverse_cdf(take_contexts(np.cumsum(policy.probs(), axis=-1), x), u)
+    """y ~ pi_t(.|x) by the inverse CDF of uniforms u: :meth:`Policy.sample` (the table's cumulative sums, row by
+    row the same arithmetic; :func:`cdf_draw` compares each draw with its row's entries, no N x Y array)."""
+    probs = policy.probs()
+    return cdf_draw(cdf_columns(np.cumsum(probs, axis=-1)), flat_rows(x, probs.shape[-2]), u)
 
 
 def labels(preferences: np.ndarray, x, y, y2, u: np.ndarray) -> np.ndarray:
