@@ -28,8 +28,10 @@ def contexts_from_uniforms(rho: np.ndarray, u: np.ndarray) -> np.ndarray:
     cdf /= cdf[..., -1:]
     if u.ndim == 1:
         return cdf.searchsorted(u, side="right")
-    if np.all(cdf == cdf[:1]):  # one rho for every member (seeds of one problem): one count for the stack
-        return count_at_most(cdf[0], u) if cdf.shape[-1] <= SHORT_AXIS else cdf[0].searchsorted(u, side="right")
+    if cdf.shape[-1] <= SHORT_AXIS:  # each member's count against its own row, on the whole stack
+        return count_at_most(cdf[:, None, :], u)
+    if np.all(cdf == cdf[:1]):  # one rho for every member (seeds of one problem): one search for the stack
+        return cdf[0].searchsorted(u, side="right")
     return np.stack([c.searchsorted(v, side="right") for c, v in zip(cdf, u)])  # member by member
 
 
