@@ -91,7 +91,7 @@ def test_a_context_with_one_response_drawn_gets_no_step_near_determinism():
     t = 10 * np.random.default_rng(0).random(len(x))
     new = npg_step(policy, x, y, t)
     assert np.array_equal(new.params, policy.params)
-    # the general solver, given the same rows, agrees with lstsq on a problem with information
+    # with information (y varies within contexts) the closed form agrees with the dense minimum-norm lstsq step
     y[::3] = 4
     new = npg_step(policy, x, y, t)
     want = dense_npg(x, y, t, X, Y)
