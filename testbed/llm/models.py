@@ -211,8 +211,7 @@ def _load_causal_lm(entry: dict):
     from testbed.llm.toy import tiny_causal_lm
 
     name, path = entry.get("name"), entry.get("path")
-    dtype = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
-             "float16": torch.float16}[entry.get("dtype", "float32")]
+    dtype = getattr(torch, entry.get("dtype", "float32"))  # one of checks.DTYPES: torch's own names
     if name in TINY and path is None:
         return tiny_causal_lm(name.split(":")[1], seed=entry.get("seed", 0), hidden=entry.get("hidden", 32),
                               layers=entry.get("layers", 2), heads=entry.get("heads", 2)).to(dtype)
