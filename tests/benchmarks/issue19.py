@@ -1,10 +1,10 @@
 """Workloads of the performance issue (19), printed by ratios.py: every ratio measured side by side in
-one run (interleaved repeats, medians, spread = (max - min) / median).
+one run (interleaved repeats, medians, spread ±(max - min) / (2·median)).
 
 6. a stack of 64 seeds x 10 iterations of each batchable sampled mode (20 x 10 tabular problem,
    250 pairs / 500 responses) against the per-seed loop: target >= 20x, identical rows and policies; and of
-   each preference algorithm's mode (issue19_pref.py; alone: ``python tests/benchmarks/issue19.py
-   --only-preference [--quick] [--mode LABEL ...]``);
+   each preference algorithm's mode (issue19_pref.py); alone: ``python tests/benchmarks/issue19.py
+   --only-preference [--quick]`` or ``--mode LABEL ...`` (bandit or preference labels);
 7. the exact log-linear REBEL (y' uniform) and NPG step at X = 1000, Y = 100, d = 64 on a misspecified
    problem against the numpy floor (the weighted centred second moments by ``einsum(optimize=True)``
    and one ``solve`` of the same system): target <= 2x; and the step's cost over X·Y·d = 1e4 … 1e7;
@@ -193,14 +193,20 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description="issue 19's workloads 6-8 (ratios.py prints them all)")
     ap.add_argument("--only-preference", action="store_true", help="workload 6's preference algorithms only")
-    ap.add_argument("--mode", action="append", choices=sorted(PREFERENCE_MODES), help="with --only-preference: "
-                    "these modes only (repeatable)")
+    ap.add_argument("--mode", action="append", choices=sorted(MODES | PREFERENCE_MODES),
+                    help="workload 6 for these modes only (repeatable; bandit and preference labels)")
     ap.add_argument("--quick", action="store_true", help="1 repeat instead of 3")
-    ap.add_argument("--iterations", type=int, default=10, help="with --only-preference: iterations per run (10)")
+    ap.add_argument("--iterations", type=int, default=10, help="workload 6: iterations per run (10)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     reps = 1 if args.quick else 3
-    if args.only_preference:
-        print(f"load average: {open('/proc/loadavg').read().split()[:3]}")
-        sys.exit(0 if preference_modes(compare_modes, iterations=args.iterations, repeats=reps, modes=args.mode) else 1)
+    if args.only_preference or args.mode:
+        print(f"load average: {os.getloadavg()}")
+        bandit = {m: MODES[m] for m in args.mode or [] if m in MODES}
+        pref = [m for m in args.mode or [] if m in PREFERENCE_MODES]
+        ok = compare_modes(make_tabular(contexts=20, actions=10, seed=0), bandit, 64, args.iterations, reps)
+        if pref or args.only_preference:  # no labels: every preference mode but the slow ones
+            ok &= preference_modes(compare_modes, iterations=args.iterations, repeats=reps, modes=pref or None)
+        print(f"load average: {os.getloadavg()}")
+        sys.exit(0 if ok else 1)
     sys.exit(0 if batched_modes(repeats=reps) & exact_loglinear(reps) & startup() else 1)
