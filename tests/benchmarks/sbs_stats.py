@@ -1,5 +1,6 @@
 """The statistics of the TRL side-by-side (trl_side_by_side.py): the rotated order of its interleaved rounds,
-the median and spread of a row's repeats, and the floor as a lower bound of the work it stands for.
+the median and spread of a row's repeats, and the floor: an estimate of a lower bound of the work it stands for
+(the fastest repeat of each part).
 
 Standard library only: the parent of the side-by-side imports it, whatever interpreter runs it.
 """

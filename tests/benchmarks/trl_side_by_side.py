@@ -26,7 +26,8 @@ and activations all count; a row reports the median of its repeats. The floor is
 same model, each part of REBEL's one-epoch work timed alone (``--iters`` times after a warm-up, in every
 repeat): ``generate`` of 16 x 32 tokens, a no-grad forward over 16 x 48 tokens (pi_ref's log-probs; our
 one-epoch REBEL takes pi_t from the step's own forward) and one forward + backward + AdamW step over
-16 x 48 tokens. The floor = the sum of each part's fastest repeat, a lower bound of that work: a row
+16 x 48 tokens. The floor = the sum of each part's fastest repeat, an estimate of a lower bound of that work
+(not strict: the step runs the LM head over fewer positions than the floor's forwards): a row
 doing it (``rebel``, ``rebel_mb8``) whose fastest repeat is below the floor gets a warning.
 ``rebel_mb8`` is the same REBEL step accumulated over 2 micro-batches of 4 pairs (8 sequences per backward, as
 TRL PPO's micro-batch).
