@@ -375,3 +375,24 @@ def test_the_dry_run_plan_of_k_shards_has_the_activations_of_one_of_k_processes(
     assert shards["micro_batch_sequences"] * 2 == one["micro_batch_sequences"]
     assert shards["kv_cache_gib"] * 2 == pytest.approx(one["kv_cache_gib"], rel=1e-12)
     assert shards["weights_gib"] == one["weights_gib"]
+
+
+def test_each_shard_keeps_its_own_algorithm_state_from_one_update_to_the_next():
+    """Process k keeps its own state between updates: a state that moves by 1 + rank per update is 1 + k after one
+    update and 2·(1 + k) after two, on shard k (not shard 0's value copied to every shard); the run's algorithm
+    holds process 0's."""
+    import torch
+
+    from testbed.algorithms.base import Step
+
+    def update(algo, q, qm):
+        c = algo.ctx
+        c.optimise(None, len(q), 1, lambda n: 0.0)
+        algo.cursor += 1 + c.rank
+        return Step(None, 0.0, len(q), len(q), {"cursor": torch.tensor([float(algo.cursor)])})
+
+    shards, algo = _toy_shards(update, K=3)
+    q = torch.arange(12).reshape(6, 2)
+    assert shards.update(algo, q, torch.ones_like(q)).extras["cursor"].tolist() == [1, 2, 3]
+    assert shards.update(algo, q, torch.ones_like(q)).extras["cursor"].tolist() == [2, 4, 6]
+    assert algo.cursor == 2

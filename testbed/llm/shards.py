@@ -89,10 +89,13 @@ class _View(LMBackend):
 
 
 class Shards:
-    """The K shards of one run: their torch RNG streams (saved in its checkpoints) and their joint update."""
+    """The K shards of one run: their torch RNG streams (saved in its checkpoints), each process's algorithm state
+    (``state_fields``: kept from one update to the next per shard, as each process keeps its own; a checkpoint saves
+    process 0's, which every process resumes from, as a multi-process resume does) and their joint update."""
 
     def __init__(self, ctx: LMBackend, K: int, seed: int, state_fields: tuple[str, ...]):
         self.ctx, self.K, self.fields = ctx, K, state_fields
+        self.states: list[dict] | None = None  # shard k's fields after the last update (None: all start as algo's)
         outer = rng_state()
         self.streams = []
         for k in range(K):
@@ -116,10 +119,10 @@ class Shards:
         algos, shards = [], []
         fields = {f.name: getattr(ctx, f.name) for f in dataclasses.fields(LMBackend)}
         for k in range(K):
-            a = copy.copy(algo)  # process k's algorithm: its own state, the same at the start
+            a = copy.copy(algo)  # process k's algorithm: its own state (the same at the start)
             for f in self.fields:
                 if hasattr(algo, f):
-                    setattr(a, f, copy.deepcopy(getattr(algo, f)))
+                    setattr(a, f, copy.deepcopy(getattr(algo, f)) if self.states is None else self.states[k][f])
             shard = _Shard(a, *parts[k])
             a.ctx = _View(**{**fields, "world": K, "rank": k}, shard=shard)
             algos.append(a)
@@ -137,9 +140,9 @@ class Shards:
                 if s.is_alive():
                     s.inbox.put(("abort", None))
                     s.join()
-        for f in self.fields:  # process 0's state (the one a multi-process checkpoint saves)
-            if hasattr(algos[0], f):
-                setattr(algo, f, getattr(algos[0], f))
+        self.states = [{f: getattr(a, f) for f in self.fields if hasattr(a, f)} for a in algos]
+        for f, v in self.states[0].items():  # process 0's state on the run's algorithm (what a checkpoint saves)
+            setattr(algo, f, copy.deepcopy(v))
         return merge([m[1] for m in msgs])
 
     def _segments(self, shards: list[_Shard], values: list) -> list[tuple]:
