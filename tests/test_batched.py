@@ -234,26 +234,29 @@ def test_contexts_from_uniforms_on_a_stack_are_each_problems_draws():
 
 @pytest.mark.parametrize("law", ["distinct", "independent"])
 @pytest.mark.parametrize("labels", ["bt", "deterministic"])
-def test_online_pairs_of_a_stack_are_each_seeds_own_draws(law, labels):
+@pytest.mark.parametrize("n", [5, 20, 300])
+def test_online_pairs_of_a_stack_are_each_seeds_own_draws(law, labels, n):
     # the stacked draw (one uniform call per seed, the rest on the stack) against DPO's seed-by-seed round;
-    # a near-deterministic policy row makes sample_distinct's "nothing left" branch happen
+    # a near-deterministic policy row makes sample_distinct's "nothing left" branch happen; n pairs: fewer than
+    # the 7 contexts (rows gathered per draw), fewer than the 28 (context, response) rows (y from the table,
+    # y' from rows per draw), more (both from tables)
     from testbed.algorithms.stacked_draws import online_pairs
     from testbed.datasets import sample_distinct
 
     cls = ALGORITHMS["dpo"]
-    cfg = build_config(cls.Config, {"mode": "online", "pairs": 300, "pair_law": law, "labels": labels}, "t")
+    cfg = build_config(cls.Config, {"mode": "online", "pairs": n, "pair_law": law, "labels": labels}, "t")
     problems = [make_tabular(contexts=7, actions=4, seed=s) for s in range(3)]
     batch = ProblemBatch(problems)
     logits = np.random.default_rng(0).normal(size=(3, 7, 4)) * 2
     logits[:, 0] = [800.0, 0.0, 0.0, 0.0]  # pi(.|x=0) puts all its mass on y = 0 (to rounding)
     pols = [TabularSoftmax(z) for z in logits]
     algo = cls(cfg, batch, [np.random.default_rng(s) for s in range(3)])
-    stacked = online_pairs(stack(pols), [np.random.default_rng(s) for s in range(3)], batch, algo.oracles, 300, law,
+    stacked = online_pairs(stack(pols), [np.random.default_rng(s) for s in range(3)], batch, algo.oracles, n, law,
                            sample_distinct)
     for s, (p, pol) in enumerate(zip(problems, pols)):
         alone = cls(cfg, p, np.random.default_rng(s))
         want = alone._pairs(pol, np.random.default_rng(s), p)
-        single = online_pairs(pol, np.random.default_rng(s), p, [alone.oracle], 300, law, sample_distinct)
+        single = online_pairs(pol, np.random.default_rng(s), p, [alone.oracle], n, law, sample_distinct)
         for w, a, b in zip(want, single, stacked):
             assert np.array_equal(w, a) and np.array_equal(w, b[s])
         if law == "distinct":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from testbed.datasets import PreferenceOracle, sample_distinct
-from testbed.policies import SHORT_AXIS, Policy, count_at_most, inverse_cdf
+from testbed.policies import SHORT_AXIS, Policy, count_at_most, inverse_cdf, take_contexts
 from testbed.problems import PreferenceBandit, TabularBandit
 
 _CONTEXTS = (TabularBandit.sample_contexts, PreferenceBandit.sample_contexts)  # both rng.choice(X, p=rho)'s draws
@@ -53,18 +53,19 @@ def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, 
         u = u[0]
     u = np.moveaxis(u, -2, 0)  # [4, (S,) N]: the contexts', y's, y''s and the label's uniforms
     x = contexts_from_uniforms(problem.rho, u[0])
-    probs = np.exp(policy.log_probs_at(x))
-    cdf = np.cumsum(probs, axis=-1)
-    y = inverse_cdf(cdf, u[1])
-    if law == "independent":
-        y2 = inverse_cdf(cdf, u[2])
-    else:  # sample_distinct: pi_t with y's mass removed (uniform over the others where nothing is left)
-        q = probs.copy()
-        np.put_along_axis(q, y[..., None], 0.0, axis=-1)
-        empty = q.sum(axis=-1) <= 0
-        q[empty] = 1.0
-        np.put_along_axis(q, y[..., None], 0.0, axis=-1)
-        y2 = inverse_cdf(np.cumsum(q, axis=-1), u[2])
+    X, Y = problem.num_contexts, problem.num_actions
+    if x.shape[-1] < X or type(policy).log_probs_at is not Policy.log_probs_at:
+        y, y2 = _pair_rows(np.exp(policy.log_probs_at(x)), u[1], u[2], law)
+    else:  # the rows' CDFs from the table (log_probs_at gathers its rows): the same numbers, no N x Y array
+        probs = np.exp(policy.log_probs())
+        flat = flat_rows(x, X)
+        y = cdf_draw(cdf_columns(np.cumsum(probs, axis=-1)), flat, u[1])
+        if law == "independent":
+            y2 = cdf_draw(cdf_columns(np.cumsum(probs, axis=-1)), flat, u[2])
+        elif x.shape[-1] < X * Y:
+            _, y2 = _pair_rows(take_contexts(probs, x), None, u[2], law, y)
+        else:  # every (x, y)'s row with y removed, once: [.., X, Y, Y]
+            y2 = cdf_draw(cdf_columns(np.cumsum(_without_each(probs), axis=-1)), flat * Y + y, u[2])
     if isinstance(rng, list):
         P = np.stack([o.P for o in oracles])
         p = P[np.arange(len(gens))[:, None], x, y, y2]
@@ -74,9 +75,41 @@ def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, 
     return x, np.where(win, y, y2), np.where(win, y2, y)
 
 
+def _pair_rows(probs: np.ndarray, u: np.ndarray | None, u2: np.ndarray, law: str, y: np.ndarray | None = None):
+    """y ~ probs rows [.., N, Y] at uniforms u (unless given), y' at u2: the same row (``law`` "independent") or
+    :func:`testbed.datasets.sample_distinct`'s row: y's mass removed, uniform over the others where none is left."""
+    cdf = np.cumsum(probs, axis=-1)
+    y = inverse_cdf(cdf, u) if y is None else y
+    if law == "independent":
+        return y, inverse_cdf(cdf, u2)
+    q = probs.copy()
+    np.put_along_axis(q, y[..., None], 0.0, axis=-1)
+    empty = q.sum(axis=-1) <= 0
+    q[empty] = 1.0
+    np.put_along_axis(q, y[..., None], 0.0, axis=-1)
+    return y, inverse_cdf(np.cumsum(q, axis=-1), u2)
+
+
+def _without_each(probs: np.ndarray) -> np.ndarray:
+    """[.., X, Y, Y]: row (x, y) is probs[.., x, :] with entry y set to 0 (all others 1 where that leaves nothing),
+    the rows :func:`_pair_rows` builds for a distinct y' after y."""
+    off = 1.0 - np.eye(probs.shape[-1])
+    q = probs[..., None, :] * off
+    empty = q.sum(axis=-1) <= 0
+    q[empty] = np.broadcast_to(off, q.shape)[empty]
+    return q
+
+
 def at(table: np.ndarray, *idx: np.ndarray) -> np.ndarray:
     """table[x_i, y_i, ...] for one problem; table[s, x_si, y_si, ...] for a stack (idx [S, N] each)."""
-    return table[idx] if idx[0].ndim == 1 else table[(np.arange(len(idx[0]))[:, None],) + idx]
+    if idx[0].ndim == 1:
+        return table[idx]
+    if len(idx) != table.ndim - 1:
+        return table[(np.arange(len(idx[0]))[:, None],) + idx]
+    flat = np.arange(len(idx[0]))[:, None]
+    for i, n in zip(idx, table.shape[1:]):  # one flat index, one 1-d gather (as cdf_draw)
+        flat = flat * n + i
+    return table.reshape(-1)[flat.reshape(-1)].reshape(flat.shape)
 
 
 def pick(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -116,11 +149,12 @@ def cdf_columns(cdf: np.ndarray) -> np.ndarray:
 def cdf_draw(columns: np.ndarray, flat: np.ndarray, u: np.ndarray) -> np.ndarray:
     """:func:`inverse_cdf` of the rows ``flat`` of a CDF table (``columns`` from :func:`cdf_columns`) at
     uniforms u: u scaled by each row's total, counted against the row's entries one column at a time."""
-    v = u * np.take(columns[-1], flat)
-    count = np.zeros(flat.shape, dtype=np.intp)
+    rows = flat.reshape(-1)  # (a 1-d gather: numpy's fancy index on an [S, N] array of indices is ~1.5x slower)
+    v = u.reshape(-1) * columns[-1][rows]
+    count = np.zeros(rows.shape, dtype=np.intp)
     for column in columns:
-        count += v >= np.take(column, flat)
-    return np.minimum(count, len(columns) - 1)
+        count += v >= column[rows]
+    return np.minimum(count, len(columns) - 1).reshape(flat.shape)
 
 
 def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:
