@@ -122,7 +122,7 @@ def test_stacked_npg_closed_form_is_each_members_bit_for_bit():
 
 def test_cdf_draw_is_inverse_cdf_on_the_gathered_rows():
     rng = np.random.default_rng(0)
-    for X, Y, N in ((3, 1, 10), (7, 10, 500), (2, 70, 40), (3, 127, 300), (2, 128, 300), (2, 300, 300)):  # (int8 counts below 128)
+    for X, Y, N in ((3, 1, 10), (7, 10, 500), (2, 70, 40), (3, 127, 300), (2, 128, 300), (2, 300, 300)):  # (int8 counts: < 128)
         cdf = np.cumsum(np.exp(log_softmax(rng.normal(size=(4, X, Y)) * 5)), axis=-1)
         x, u = rng.integers(X, size=(4, N)), rng.random((4, N))
         want = inverse_cdf(cdf[np.arange(4)[:, None], x], u)
