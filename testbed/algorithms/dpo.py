@@ -57,11 +57,11 @@ from testbed.algorithms.base import (
 )
 from testbed.algorithms.diffusion_dpo import diffusion_dpo_update
 from testbed.algorithms.preference import ipo_target_log
-from testbed.algorithms.stacked_draws import online_pairs
+from testbed.algorithms.stacked_draws import flat_rows, online_pairs
 from testbed.datasets import LABELS, PAIR_LAWS, PreferenceDataset, PreferenceOracle, load_preferences, pair_probs, sample_distinct
 from testbed.errors import InputError
 from testbed.losses import dpo_loss, ipo_loss
-from testbed.policies import Policy, take_contexts
+from testbed.policies import Policy
 from testbed.problems import TabularBandit
 
 
@@ -97,8 +97,9 @@ class DPOConfig:
 
 
 def ref_log_prob(log_ref: torch.Tensor, x: np.ndarray, y: np.ndarray) -> torch.Tensor:
-    """ln pi_ref(y_i|x_i) from the table [X, Y] (or a stack's, [S, X, Y] with x, y [S, N])."""
-    return take_contexts(log_ref, torch.as_tensor(x)).gather(-1, torch.as_tensor(y)[..., None])[..., 0]
+    """ln pi_ref(y_i|x_i) from the table [X, Y] (or a stack's, [S, X, Y] with x, y [S, N]): one flat gather."""
+    X, Y = log_ref.shape[-2:]
+    return log_ref.reshape(-1)[torch.as_tensor(flat_rows(x, X) * Y + y)]
 
 
 class DPO(Algorithm):
