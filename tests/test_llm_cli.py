@@ -34,7 +34,15 @@ def read_rows(d):
 def test_run_writes_metrics_samples_checkpoint_and_meta(tmp_path, capsys):
     raw = toy_spec({"name": "rebel"}, iterations=2, eval_every=1, save=True)
     spec = write(tmp_path, raw)
-    assert main(["llm", "run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2 if before != 2 else 3)
+    try:  # the run uses one thread and gives the caller's count back (in-process runs leave no trace)
+        assert main(["llm", "run", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+        assert torch.get_num_threads() == (2 if before != 2 else 3)
+    finally:
+        torch.set_num_threads(before)
     out = tmp_path / "run"
     rows = read_rows(out)
     assert [r["iteration"] for r in rows] == [0, 1, 2]

@@ -178,18 +178,29 @@ def test_lm_runs_set_torch_threads_like_the_bandit_workers_and_the_variable_over
     pytest.importorskip("transformers")
     import torch
 
-    from testbed.errors import THREADS_ENV, InputError
-    from testbed.llm.task import set_torch_threads
+    from testbed.errors import THREADS_ENV, InputError, env_threads
+    from testbed.training import torch_threads
 
     before = torch.get_num_threads()
+    other = 2 if before != 2 else 3
     try:
+        torch.set_num_threads(other)
         monkeypatch.delenv(THREADS_ENV, raising=False)
-        assert set_torch_threads() == 1 == torch.get_num_threads()
+        with torch_threads(env_threads()) as n:
+            assert n == 1 == torch.get_num_threads()
+        assert torch.get_num_threads() == other  # given back
         monkeypatch.setenv(THREADS_ENV, "2")
-        assert set_torch_threads() == 2 == torch.get_num_threads()
+        with torch_threads(env_threads()) as n:
+            assert n == 2 == torch.get_num_threads()
+        monkeypatch.setenv(THREADS_ENV, "0")  # torch's own
+        with torch_threads(env_threads()) as n:
+            assert n == other
         monkeypatch.setenv(THREADS_ENV, "-3")
         with pytest.raises(InputError, match=THREADS_ENV):
-            set_torch_threads()
+            env_threads()
+        with pytest.raises(RuntimeError), torch_threads(1):  # given back when the run raises
+            raise RuntimeError("a run that fails")
+        assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(before)
 

@@ -34,7 +34,7 @@ from testbed.llm.backend import backend_state, restore_backend
 from testbed.llm.checks import module_files, run_key
 from testbed.llm.task import peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
-from testbed.training import check_finite, loggers, train
+from testbed.training import check_finite, loggers, torch_threads, train
 from testbed.training.checkpoint import load_state, save_state
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -103,8 +103,12 @@ def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: st
     """One run's rows and its final eval images (and the reference's); ``train_over``: the algorithm's own
     ``train`` entries (its prompts per iteration)."""
     tr = dataclasses.replace(spec.train, **(train_over or {}))
-    if tr.threads:
-        torch.set_num_threads(tr.threads)
+    with torch_threads(tr.threads):  # (the caller's thread count given back after the run)
+        return _run_one(spec, tr, algo_name, algo_cfg, seed, run_id, checkpoint, every)
+
+
+def _run_one(spec: DiffusionSpec, tr, algo_name: str, algo_cfg, seed: int, run_id: str, checkpoint: Path | None,
+             every: int):
     mem_base = reset_peak_memory()
     ctx, algo, classes = build(spec, algo_name, algo_cfg, seed, tr)
     torch.manual_seed(seed)

@@ -9,7 +9,6 @@ import resource
 
 import torch
 
-from testbed.errors import env_threads
 from testbed.llm.models import load_reward_model
 from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward
 from testbed.llm.spec import PROMPT_COUNT, LMSpec
@@ -87,13 +86,3 @@ def peak_memory_mb(base: float = 0.0) -> float:
         return torch.cuda.max_memory_allocated() / 2**20 - base
     hwm = _status_mb("VmHWM")
     return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024) - base
-
-
-def set_torch_threads() -> int:
-    """torch's intra-op threads for an LM run: 1 per process, as the bandit runner's workers use (on a
-    shared or small machine torch's default of one thread per core made a tiny-model iteration 3-12x
-    slower); ``TESTBED_TORCH_THREADS=N`` sets N, ``0`` keeps torch's default. Returns the count in use."""
-    n = env_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    return torch.get_num_threads()

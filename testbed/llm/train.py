@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from testbed import results
 from testbed.algorithms import ALGORITHMS
-from testbed.errors import InputError
+from testbed.errors import InputError, env_threads
 from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend, backend_state, restore_backend
 from testbed.llm.checks import check_before_build, lm_input_files, run_key
@@ -45,9 +45,9 @@ from testbed.llm.models import load_causal_lm, load_tokenizer
 from testbed.llm.policy import LMPolicy, apply_lora, unwrap
 from testbed.llm.shards import Shards, stream_seed
 from testbed.llm.spec import LMSpec
-from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory, set_torch_threads
+from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
-from testbed.training import check_finite, loggers, train
+from testbed.training import check_finite, loggers, torch_threads, train
 from testbed.training.checkpoint import load_state, save_state
 
 
@@ -246,14 +246,17 @@ def run_lm_spec(spec: LMSpec, out: str | Path, overwrite: bool = False, progress
     unchanged, ``reuse`` keeps the finished runs that did not change. Process 0 holds a lock on ``out``."""
     out = Path(out)
     check_before_build(spec)
-    set_torch_threads()
-    acc = get_accelerator(spec)
-    if acc.is_main_process:
-        prepare_lm_out(out, overwrite)
-    with results.out_lock(out) if acc.is_main_process else contextlib.nullcontext():
+    # torch's intra-op threads: 1 per process, as the bandit runner's workers use (on a shared or small machine
+    # torch's default of one per core made a tiny-model iteration 3-12x slower); TESTBED_TORCH_THREADS=N sets N,
+    # 0 keeps torch's default; the caller's count is given back after the run
+    with torch_threads(env_threads()):
+        acc = get_accelerator(spec)
         if acc.is_main_process:
-            prepare_lm_out(out, overwrite)  # again, holding the lock: a run that just finished there is kept
-        return _run_lm_spec(spec, out, acc, overwrite, progress, resume or reuse, checkpoint_every, reuse)
+            prepare_lm_out(out, overwrite)
+        with results.out_lock(out) if acc.is_main_process else contextlib.nullcontext():
+            if acc.is_main_process:
+                prepare_lm_out(out, overwrite)  # again, holding the lock: a run that just finished there is kept
+            return _run_lm_spec(spec, out, acc, overwrite, progress, resume or reuse, checkpoint_every, reuse)
 
 
 def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, resume: bool,

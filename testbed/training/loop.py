@@ -10,10 +10,27 @@ integer attribute ``t`` (iterations done), so a checkpointed state resumes where
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """torch's intra-op threads set to ``n`` (0: left as they are) for the ``with`` block, and given back after
+    it: a run called in-process (a test, a notebook) leaves the caller's thread count as it found it. Yields the
+    count in use."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 class NumericalError(RuntimeError):

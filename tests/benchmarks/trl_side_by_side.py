@@ -26,9 +26,9 @@ and activations all count; a row reports the median of its repeats. The floor is
 same model, each part of REBEL's one-epoch work timed alone (``--iters`` times after a warm-up, in every
 repeat): ``generate`` of 16 x 32 tokens, a no-grad forward over 16 x 48 tokens (pi_ref's log-probs; our
 one-epoch REBEL takes pi_t from the step's own forward) and one forward + backward + AdamW step over
-16 x 48 tokens. The floor = the sum of each part's fastest repeat, an estimate of a lower bound of that work
-(not strict: the step runs the LM head over fewer positions than the floor's forwards): a row
-doing it (``rebel``, ``rebel_mb8``) whose fastest repeat is below the floor gets a warning.
+16 x 48 tokens, each forward running the LM head over the 33 positions the loss reads (``logits_to_keep``, as ours).
+The floor = the sum of each part's fastest repeat, a lower bound of that work: a row doing it (``rebel``,
+``rebel_mb8``) whose fastest repeat is below the floor gets a warning.
 ``rebel_mb8`` is the same REBEL step accumulated over 2 micro-batches of 4 pairs (8 sequences per backward, as
 TRL PPO's micro-batch).
 """
@@ -164,12 +164,12 @@ def run_floor(folder: Path, iters: int) -> dict:
         # ours on the tiny model); a batch that ended early at EOS would only make the floor smaller, still a bound
         out = model.generate(**enc, do_sample=True, temperature=1.0, max_new_tokens=NEW, pad_token_id=0, eos_token_id=1)
 
-    def forward_nograd():
+    def forward_nograd():  # the LM head over the response's L + 1 positions the loss reads, as ours (logits_to_keep)
         with torch.no_grad():
-            model(input_ids=out)
+            model(input_ids=out, logits_to_keep=out.shape[1] - PROMPT + 1)
 
     def forward_backward_adamw():
-        logits = model(input_ids=out).logits[:, PROMPT - 1:-1].float()
+        logits = model(input_ids=out, logits_to_keep=out.shape[1] - PROMPT + 1).logits[:, :-1].float()
         torch.gather(logits.log_softmax(-1), 2, out[:, PROMPT:, None]).sum().backward()
         opt.step()
         opt.zero_grad()

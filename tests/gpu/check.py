@@ -200,10 +200,10 @@ def main(argv=None) -> int:
     if bad:
         print(f"check.py: --algorithms: unknown or missing {bad}; expected a subset of {list(ALGOS)}", file=sys.stderr)
         return 2
+    from testbed.errors import env_threads
     from testbed.io import atomic_write_text
-    from testbed.llm.task import set_torch_threads
 
-    set_torch_threads()
+    torch.set_num_threads(env_threads() or torch.get_num_threads())  # as an LM run sets them (its own process)
     t0 = time.perf_counter()
     res = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "mode": "tiny" if args.tiny else "pythia-1.4b",
            "device": args.device, "torch": torch.__version__,
