@@ -59,9 +59,10 @@ def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, 
     else:  # the rows' CDFs from the table (log_probs_at gathers its rows): the same numbers, no N x Y array
         probs = np.exp(policy.log_probs())
         flat = flat_rows(x, X)
-        y = cdf_draw(cdf_columns(np.cumsum(probs, axis=-1)), flat, u[1])
+        columns = cdf_columns(np.cumsum(probs, axis=-1))
+        y = cdf_draw(columns, flat, u[1])
         if law == "independent":
-            y2 = cdf_draw(cdf_columns(np.cumsum(probs, axis=-1)), flat, u[2])
+            y2 = cdf_draw(columns, flat, u[2])
         elif x.shape[-1] < X * Y:
             _, y2 = _pair_rows(take_contexts(probs, x), None, u[2], law, y)
         else:  # every (x, y)'s row with y removed, once: [.., X, Y, Y]
