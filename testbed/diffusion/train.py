@@ -36,6 +36,7 @@ from testbed.llm.task import peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
 from testbed.training import check_finite, loggers, torch_threads, train
 from testbed.training.checkpoint import load_state, save_state
+from testbed.training.journal import remove_checkpoint, resume
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "timings.json", "samples"}
@@ -114,8 +115,8 @@ def _run_one(spec: DiffusionSpec, tr, algo_name: str, algo_cfg, seed: int, run_i
     torch.manual_seed(seed)
     start, samples, queries, rows = time.perf_counter(), 0, 0, []
     st = SimpleNamespace(t=0, step=None, secs=None, final=None)
-    if checkpoint is not None and checkpoint.is_file():
-        state = load_state(checkpoint)
+    ck, state = resume(checkpoint)
+    if state is not None:
         restore_backend(ctx, state)
         rows, samples, queries, st.t = state["rows"], state["samples"], state["queries"], state["t"]
         start = time.perf_counter() - state["elapsed"]
@@ -152,8 +153,8 @@ def _run_one(spec: DiffusionSpec, tr, algo_name: str, algo_cfg, seed: int, run_i
         loggers.emit(r)  # --log tensorboard|wandb: live, the same names
 
     def save() -> None:
-        save_state(checkpoint, {**backend_state(ctx), "rows": rows, "samples": samples, "queries": queries, "t": st.t,
-                                "elapsed": time.perf_counter() - start})
+        ck.save({**backend_state(ctx), "rows": rows, "samples": samples, "queries": queries, "t": st.t,
+                 "elapsed": time.perf_counter() - start})
 
     train(st, tr.iterations, step, record, 1, save if checkpoint is not None else None, every)
     done, images, labels = st.final if st.final is not None else (None, None, None)
@@ -211,7 +212,7 @@ def _run_diffusion_spec(spec: DiffusionSpec, out: Path, overwrite: bool, progres
                 rows, imgs = run_one(spec, name, cfg, seed, run_id, ckpt, checkpoint_every or 1, over)
                 if use_partial:
                     save_state(done, (rows, imgs))
-                    ckpt.unlink(missing_ok=True)
+                    remove_checkpoint(ckpt)
             timings[run_id] = time.perf_counter() - t0
             all_rows += rows
             save_npz(folder.tmp / "samples" / f"{run_id}.npz", {"images": imgs["images"], "labels": imgs["labels"]})

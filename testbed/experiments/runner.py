@@ -35,6 +35,7 @@ from testbed.problems import PreferenceBandit, TabularBandit, problem_batch
 from testbed.results import COLUMNS, EXTRAS
 from testbed.training import NumericalError, check_finite, loggers, train
 from testbed.training.checkpoint import load_state, save_state
+from testbed.training.journal import Checkpointer, remove_checkpoint, resume
 
 
 @dataclass
@@ -82,12 +83,11 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
     ``trajectory``: rows (iteration, context, action, prob, avg_prob) at every evaluated iteration.
     ``wall``: the wall time of each row (kept out of the rows so metrics.csv is deterministic).
 
-    With ``checkpoint`` the whole state is saved there (data only) every ``every`` iterations (atomically), and a
-    run whose checkpoint exists continues from it.
+    With ``checkpoint`` the state is saved there (data only; rows appended to ``<checkpoint>.log``) every ``every``
+    iterations (atomically), and a run whose checkpoint exists continues from it.
     """
-    if checkpoint is not None and checkpoint.is_file():
-        st: RunState = load_state(checkpoint)
-    else:
+    ck, st = resume(checkpoint)
+    if st is None:
         st = _new_state(plan, problem)
     cfg = st.algo.config
     target = None if isinstance(problem, PreferenceBandit) else type(st.algo).kl_target(cfg, problem)
@@ -110,7 +110,7 @@ def run_one(plan: RunPlan, problem: TabularBandit | PreferenceBandit, checkpoint
     def step(t: int) -> None:
         _update(st, st.rng, plan.run_id, t, checkpoint)
 
-    train(st, plan.iterations, step, record, plan.eval_every, _saver(st, checkpoint, start), every)
+    train(st, plan.iterations, step, record, plan.eval_every, _saver(st, ck, start), every)
     out: dict = {"wall": st.wall}
     if averaged:
         out["avg_probs"] = st.prob_sum / plan.iterations
@@ -137,14 +137,15 @@ def _keep(st, step: Step) -> None:
     st.queries += step.queries or 0
 
 
-def _saver(st, checkpoint: Path | None, start: float):
-    """The loop's checkpoint callback: the whole state, saved atomically as data (None without a checkpoint)."""
-    if checkpoint is None:
+def _saver(st, ck: Checkpointer | None, start: float):
+    """The loop's checkpoint callback (None without a checkpoint): the state, saved atomically as data, its rows and
+    wall times appended to the checkpoint's sidecar (:mod:`testbed.training.journal`)."""
+    if ck is None:
         return None
 
     def save() -> None:
         st.elapsed = time.perf_counter() - start
-        save_state(checkpoint, st)
+        ck.save(st)
     return save
 
 
@@ -198,9 +199,8 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
     and each run's rows, final policy and wall times are what :func:`run_one` gives it
     (``tests/test_batched.py`` checks bit-for-bit equality). Checkpoints as in :func:`run_one`.
     """
-    if checkpoint is not None and checkpoint.is_file():
-        st: BatchState = load_state(checkpoint)
-    else:
+    ck, st = resume(checkpoint)
+    if st is None:
         st = _new_batch_state(plans, problems)
     cfg, first, averaged = st.algo.config, plans[0], st.prob_sum is not None
     target = None if averaged else type(st.algo).kl_target(cfg, st.algo.problem)
@@ -222,7 +222,7 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
     def step(t: int) -> None:
         _update(st, st.rngs, [p.run_id for p in plans], t, checkpoint)
 
-    train(st, first.iterations, step, record, first.eval_every, _saver(st, checkpoint, start), every)
+    train(st, first.iterations, step, record, first.eval_every, _saver(st, ck, start), every)
     avg = st.prob_sum / first.iterations if averaged else None
     return [(rows, member(st.policy, s), {"wall": st.wall} | ({"avg_probs": avg[s]} if averaged else {}))
             for s, rows in enumerate(st.rows)]
@@ -281,7 +281,7 @@ def _worker(plans: list[RunPlan], problems: list, partial: str | None = None, ke
                extra["wall"][-1] if extra["wall"] else time.perf_counter() - t0) for rows, policy, extra in runs]
     if done is not None:
         save_state(done, result)
-        ckpt.unlink(missing_ok=True)
+        remove_checkpoint(ckpt)
     return result
 
 

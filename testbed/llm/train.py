@@ -49,6 +49,7 @@ from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_pe
 from testbed.results import LM_COLUMNS
 from testbed.training import check_finite, loggers, torch_threads, train
 from testbed.training.checkpoint import load_state, save_state
+from testbed.training.journal import Checkpointer, remove_checkpoint, resume
 
 
 def get_accelerator(spec: LMSpec):
@@ -107,12 +108,12 @@ def _gather_mean(acc, t: torch.Tensor, replicated: bool, total: bool = False) ->
 CHECKPOINTED_ALGO_FIELDS = ("cursor", "order", "rule_state")  # offline data position (DPO, SFT); a user rule's state
 
 
-def _save_checkpoint(path: Path, ctx: LMBackend, algo, loop: dict) -> None:
+def _save_checkpoint(ck: Checkpointer, ctx: LMBackend, algo, loop: dict) -> None:
     """Everything the loop needs to continue: trainable weights (policy, critic), optimiser and
     scheduler state, numpy and torch RNG states, the prompt order and cursor, rows and generations."""
     state = {**backend_state(ctx), "algo": {k: getattr(algo, k) for k in CHECKPOINTED_ALGO_FIELDS if hasattr(algo, k)},
              **loop}
-    save_state(path, state)
+    ck.save(state)  # rows and generations: appended to its sidecar (testbed.training.journal)
 
 
 def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=None,
@@ -168,8 +169,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
         return r
 
     st = SimpleNamespace(t=0, step=None, secs=None)
-    if checkpoint is not None and checkpoint.is_file():
-        state = load_state(checkpoint)
+    ck, state = resume(checkpoint)
+    if state is not None:
         restore_backend(ctx, state)
         restore_rng(state["torch_rngs"], acc)  # each process's own stream (sharded rollouts)
         if shards is not None:
@@ -213,7 +214,7 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     def save() -> None:
         rngs = gather_rng(acc)  # on every process (a collective), before process 0 writes
         if acc.is_main_process:
-            _save_checkpoint(checkpoint, ctx, algo, {"t": st.t, "order": order, "cursor": cursor, "rows": rows,
+            _save_checkpoint(ck, ctx, algo, {"t": st.t, "order": order, "cursor": cursor, "rows": rows,
                                                      "torch_rngs": rngs, "shard_rngs": shards and shards.streams,
                                                      "generations": generations, "samples": samples,
                                                      "queries": queries, "elapsed": time.perf_counter() - start})
@@ -303,7 +304,7 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
                         model.save_pretrained(partial / "checkpoints" / keys[run_id])
                         tok.save_pretrained(partial / "checkpoints" / keys[run_id])
                     save_state(done, (rows, gens))
-                    ckpt.unlink(missing_ok=True)
+                    remove_checkpoint(ckpt)
                 if use_partial:
                     acc.wait_for_everyone()
                     model = None  # saved above; copied from the partial folder

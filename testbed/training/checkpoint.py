@@ -19,6 +19,15 @@ Loading rebuilds exactly that: the class named by an object entry must live in a
 ``cls.__new__`` and given its attributes — no constructor, ``__reduce__`` or other code of the file's
 choosing runs. Shared references are kept (an object seen twice is stored once), so a resumed run
 holds the same aliasing as one that never stopped.
+
+:class:`testbed.training.journal.Checkpointer` saves the same path repeatedly at a cost linear in what is new: a
+long list of records or values (a run's rows, its wall times) goes to the *sidecar* ``<path>.log``, one JSON line
+``{"list": key, "items": [...]}`` per save holding only the elements appended since the last save (``key``: the
+byte offset of that list's first line). Such a checkpoint's tree has format ``testbed-checkpoint/2`` and
+``"journal": L``, the sidecar's committed length: :func:`load_state` reads the sidecar's first ``L`` bytes only and
+builds each journalled list (``{"journal": key, "count": n, "kind": "records"|"values", "first": id}``) from its
+lines, so bytes a crash left past ``L`` are never read, and the ``.npz`` (written atomically) stays the one commit
+point.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from testbed.io import save_npz
 TREE = "__tree__"
 _RECORD_VALUES = {type(None), bool, int, str, float}  # exactly these types (no subclasses): JSON keeps them
 FORMAT = "testbed-checkpoint/1"
+FORMAT_JOURNAL = "testbed-checkpoint/2"  # a tree that refers to its sidecar (``"journal"``: its committed length)
 
 
 class CheckpointError(InputError):
@@ -55,11 +65,39 @@ def _is_tensor(obj) -> bool:
     return type(obj).__module__.startswith("torch") and type(obj).__name__ in ("Tensor", "Parameter")
 
 
+def sidecar(path: str | os.PathLike) -> Path:
+    """The sidecar journal of checkpoint ``path``: ``<path>.log``."""
+    path = Path(path)
+    return path.with_name(path.name + ".log")
+
+
+def plain_kind(items: list, stored) -> str | None:
+    """"values" when every item is None, bool, int, str or float (exactly these types), "records" when every item is
+    a dict of str keys and such values, none of them ``stored`` already (a predicate on ids), else None. Non-finite
+    floats pass: JSON with ``allow_nan=False`` refuses them when written."""
+    kinds = set(map(type, items))
+    if kinds <= _RECORD_VALUES:
+        return "values"
+    if kinds != {dict} or any(map(stored, map(id, items))):
+        return None
+    if set(map(type, chain.from_iterable(items))) != {str}:  # the keys
+        return None
+    if not set(map(type, chain.from_iterable(rec.values() for rec in items))) <= _RECORD_VALUES:
+        return None
+    return "records"
+
+
 class _Writer:
-    def __init__(self, records: bool = True):
+    """Walks a state into a JSON tree and a dict of arrays. ``journal``: a save plan of
+    :class:`testbed.training.journal.Checkpointer` (``entry(writer, list)``: the tree entry of a list it journals,
+    or None; ``ref(obj_id)``: the id of a record of a list it journals in this save, or None)."""
+
+    def __init__(self, records: bool = True, journal=None):
         self.use_records = records
+        self.journal = journal
         self.arrays: dict[str, np.ndarray] = {}
         self.seen: dict[int, int] = {}
+        self.next = 0  # the next object id (records of a journalled list take a range of them)
         self.keep: list = []  # keeps memoised objects alive, so ids stay unique while writing
 
     def array(self, a: np.ndarray) -> str:
@@ -69,6 +107,10 @@ class _Writer:
         self.arrays[name] = a if a.flags.c_contiguous else np.ascontiguousarray(a)  # (keeps 0-d arrays 0-d)
         return name
 
+    def ids(self, n: int) -> int:
+        first, self.next = self.next, self.next + n
+        return first
+
     def node(self, obj):
         if obj is None or type(obj) in (bool, int, str):
             return obj
@@ -77,33 +119,41 @@ class _Writer:
         key = id(obj)
         if key in self.seen:
             return {"ref": self.seen[key]}
-        ref = len(self.seen)
+        if self.journal is not None and (ref := self.journal.ref(key)) is not None:
+            return {"ref": ref}
+        ref = self.ids(1)
         self.seen[key] = ref
         self.keep.append(obj)
         return {"id": ref, **self.body(obj)}
+
+    def stored(self, oid: int) -> bool:
+        """Whether the object of id ``oid`` has an id in this save already."""
+        return oid in self.seen or (self.journal is not None and self.journal.ref(oid) is not None)
+
+    def register(self, records: list, first: int) -> None:
+        """Give ``records`` the ids ``first``, ``first + 1``, … (a later reference to one is a ref)."""
+        self.seen.update(zip(map(id, records), range(first, first + len(records))))
+        self.keep.extend(records)
 
     def records(self, obj: list) -> dict | None:
         """A list of records as JSON as it stands ({"records": the list, "first": the first record's id}), or
         None when an entry is not a fresh record of plain keys and values (then the general walk stores it). A list
         of such values alone (a run's wall times) is stored as it stands too ({"values": the list})."""
-        kinds = set(map(type, obj))
-        if kinds <= _RECORD_VALUES:
+        kind = plain_kind(obj, self.stored)  # (a NaN or inf among the floats: save_state's allow_nan=False, then the walk)
+        if kind == "values":
             return {"values": obj}
-        if kinds != {dict} or any(id(rec) in self.seen for rec in obj):
+        if kind is None:
             return None
-        if set(map(type, chain.from_iterable(obj))) != {str}:  # the keys
-            return None
-        if not set(map(type, chain.from_iterable(rec.values() for rec in obj))) <= _RECORD_VALUES:
-            return None  # (a NaN or inf among the floats: save_state's allow_nan=False, then the general walk)
-        first = len(self.seen)
-        for i, rec in enumerate(obj):
-            self.seen[id(rec)] = first + i
-            self.keep.append(rec)
+        first = self.ids(len(obj))
+        self.register(obj, first)
         return {"records": obj, "first": first}
 
     def body(self, obj) -> dict:
-        if self.use_records and type(obj) is list and obj and (records := self.records(obj)) is not None:
-            return records
+        if type(obj) is list and obj:  # (a sidecar entry holds no NaN: it stays in save_state's second walk)
+            if self.journal is not None and (entry := self.journal.entry(self, obj)) is not None:
+                return entry
+            if self.use_records and (records := self.records(obj)) is not None:
+                return records
         if isinstance(obj, np.ndarray):
             return {"ndarray": self.array(obj)}
         if isinstance(obj, np.generic):
@@ -140,14 +190,27 @@ class _Writer:
 
 
 def save_state(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as a data-only checkpoint (atomically)."""
+    """Write ``obj`` as a data-only checkpoint (atomically), whole (no sidecar)."""
+    write_tree(path, obj)
+
+
+def write_tree(path: str | os.PathLike, obj, journal=None) -> None:
+    """Write ``obj``'s tree and arrays as an ``.npz`` (atomically). With ``journal`` (a save plan, see
+    :class:`_Writer`) long lists may be sidecar entries: ``journal.flush()`` appends their lines to the sidecar
+    before the ``.npz`` is written and returns the sidecar's new length, which the tree records."""
+    def tree(records: bool) -> tuple[_Writer, str]:
+        w = _Writer(records, journal)
+        root = w.node(obj)
+        head = {"format": FORMAT} if journal is None else {"format": FORMAT_JOURNAL, "journal": journal.flush()}
+        return w, json.dumps({**head, "root": root}, separators=(",", ":"), allow_nan=False)
+
     try:  # every other non-finite float is already {"float": repr}: a ValueError means one inside a record
-        w = _Writer()
-        tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"), allow_nan=False)
+        w, text = tree(True)
     except ValueError:
-        w = _Writer(records=False)
-        tree = json.dumps({"format": FORMAT, "root": w.node(obj)}, separators=(",", ":"), allow_nan=False)
-    save_npz(path, {**w.arrays, TREE: np.frombuffer(tree.encode(), dtype=np.uint8)})
+        if journal is not None:
+            journal = journal.restart()
+        w, text = tree(False)
+    save_npz(path, {**w.arrays, TREE: np.frombuffer(text.encode(), dtype=np.uint8)})
 
 
 def _class(name: str):
@@ -163,9 +226,23 @@ def _class(name: str):
 
 
 class _Reader:
-    def __init__(self, arrays):
+    def __init__(self, arrays, segments: dict[int, list] | None = None):
         self.arrays = arrays
+        self.segments = segments or {}  # the sidecar's lists, by key
         self.objs: dict[int, object] = {}
+        self.journalled: list[tuple[list, int, str]] = []  # (list, key, kind) of each sidecar entry read
+
+    def plain(self, out, kind: str, first) -> list:
+        """A values or records entry's list, checked (records keep the ids ``first``, ``first + 1``, …)."""
+        if kind == "values":
+            if not isinstance(out, list) or not set(map(type, out)) <= _RECORD_VALUES:
+                raise ValueError("malformed values entry")
+            return out
+        if not (kind == "records" and isinstance(out, list) and all(type(r) is dict for r in out)
+                and type(first) is int):
+            raise ValueError("malformed records entry")
+        self.objs.update(zip(range(first, first + len(out)), out))  # fresh dicts from json.loads
+        return out
 
     def node(self, n):
         if n is None or isinstance(n, (bool, int, str)):
@@ -209,15 +286,15 @@ class _Reader:
             for k, v in n["dict"]:
                 out[self.node(k)] = self.node(v)
         elif "values" in n:
-            out = n["values"]
-            if not isinstance(out, list) or not set(map(type, out)) <= _RECORD_VALUES:
-                raise ValueError("malformed values entry")
-        elif "records" in n:  # fresh dicts from json.loads; each keeps the id it was written with
-            out = n["records"]
-            if not (isinstance(out, list) and all(type(r) is dict for r in out) and type(n["first"]) is int):
-                raise ValueError("malformed records entry")
-            for i, rec in enumerate(out):
-                self.objs[n["first"] + i] = rec
+            out = self.plain(n["values"], "values", None)
+        elif "records" in n:
+            out = self.plain(n["records"], "records", n["first"])
+        elif "journal" in n:  # a list whose elements are in the sidecar
+            out = self.segments.get(n["journal"])
+            if out is None or len(out) != n["count"]:
+                raise ValueError(f"sidecar list {n['journal']!r} is missing or not {n['count']!r} long")
+            self.plain(out, n["kind"], n.get("first"))
+            self.journalled.append((out, n["journal"], n["kind"]))
         elif "list" in n:
             out = []
             self.objs[ref] = out
@@ -235,8 +312,28 @@ class _Reader:
         return out
 
 
-def load_state(path: str | os.PathLike):
-    """Read a checkpoint written by :func:`save_state`; anything else is a one-line CheckpointError."""
+def read_sidecar(path: Path, length: int) -> tuple[dict[int, list], dict[int, int]]:
+    """The lists in the first ``length`` bytes of ``path``'s sidecar (by key) and the bytes each one takes."""
+    if length == 0:  # (no sidecar written yet)
+        return {}, {}
+    with open(sidecar(path), "rb") as f:
+        data = f.read(length)
+    if len(data) != length or not data.endswith(b"\n"):
+        raise ValueError(f"its sidecar {sidecar(path).name} holds {len(data)} of the {length} bytes committed")
+    segments: dict[int, list] = {}
+    sizes: dict[int, int] = {}
+    for line in data.split(b"\n")[:-1]:
+        seg = json.loads(line)
+        if not (type(seg) is dict and type(seg.get("list")) is int and type(seg.get("items")) is list):
+            raise ValueError("malformed sidecar line")
+        segments.setdefault(seg["list"], []).extend(seg["items"])
+        sizes[seg["list"]] = sizes.get(seg["list"], 0) + len(line) + 1
+    return segments, sizes
+
+
+def read_state(path: str | os.PathLike) -> tuple[object, _Reader, int | None, dict[int, int]]:
+    """The state in checkpoint ``path``, the reader that built it, the sidecar's committed length (None without a
+    sidecar) and the bytes each sidecar list takes; anything but a checkpoint is a one-line CheckpointError."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -246,11 +343,24 @@ def load_state(path: str | os.PathLike):
                               "delete it or rerun with --overwrite") from None
     try:
         tree = json.loads(arrays.pop(TREE).tobytes().decode())
-        if tree.get("format") != FORMAT:
-            raise ValueError(f"format {tree.get('format')!r}, expected {FORMAT!r}")
-        return _Reader(arrays).node(tree["root"])
+        length, segments, sizes = None, {}, {}
+        if tree.get("format") == FORMAT_JOURNAL:
+            length = tree["journal"]
+            if type(length) is not int or length < 0:
+                raise ValueError(f"sidecar length {length!r}")
+            segments, sizes = read_sidecar(path, length)
+        elif tree.get("format") != FORMAT:
+            raise ValueError(f"format {tree.get('format')!r}, expected {FORMAT!r} or {FORMAT_JOURNAL!r}")
+        reader = _Reader(arrays, segments)
+        return reader.node(tree["root"]), reader, length, sizes
     except CheckpointError:
         raise
-    except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError, ImportError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, UnicodeDecodeError, ImportError, OSError) as e:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a data-only testbed checkpoint ({e}); "
                               "delete it or rerun with --overwrite") from None
+
+
+def load_state(path: str | os.PathLike):
+    """Read a checkpoint written by :func:`save_state` or :class:`~testbed.training.journal.Checkpointer` (with its
+    sidecar, up to the committed length); anything else is a one-line CheckpointError."""
+    return read_state(path)[0]
