@@ -79,10 +79,11 @@ def online_pairs(policy: Policy, rng, problem, oracles: list, n: int, law: str, 
 def _pair_rows(probs: np.ndarray, u: np.ndarray | None, u2: np.ndarray, law: str, y: np.ndarray | None = None):
     """y ~ probs rows [.., N, Y] at uniforms u (unless given), y' at u2: the same row (``law`` "independent") or
     :func:`testbed.datasets.sample_distinct`'s row: y's mass removed, uniform over the others where none is left."""
-    cdf = np.cumsum(probs, axis=-1)
-    y = inverse_cdf(cdf, u) if y is None else y
-    if law == "independent":
-        return y, inverse_cdf(cdf, u2)
+    if y is None or law == "independent":  # (the rows' own CDF: not needed for a distinct y' after a given y)
+        cdf = np.cumsum(probs, axis=-1)
+        y = inverse_cdf(cdf, u) if y is None else y
+        if law == "independent":
+            return y, inverse_cdf(cdf, u2)
     q = probs.copy()
     np.put_along_axis(q, y[..., None], 0.0, axis=-1)
     empty = q.sum(axis=-1) <= 0
