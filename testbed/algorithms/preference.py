@@ -27,14 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
-from scipy.special import log_softmax
+from scipy.special import log_softmax, logsumexp, wrightomega
 
 from testbed.algorithms.base import Algorithm, Step, adam_fit, count, items, one_of, positive, take
 from testbed.algorithms.preference_draws import draw, estimate_win_rates, labels, responses, win_rate_parts
 from testbed.algorithms.stacked_draws import at
 from testbed.errors import InputError
-from testbed.policies import PairRows, Policy, TabularSoftmax, lstsq_step, member, stack
+from testbed.policies import PairRows, Policy, TabularSoftmax, lstsq_step
 from testbed.problems.preference import PreferenceBandit
 
 
@@ -263,26 +262,11 @@ class SPPO(_PreferenceAlgorithm):
         return self._exact(policy) if self.config.mode == "exact" else self._sampled(policy, rng)
 
     def _exact(self, policy: TabularSoftmax) -> Step:
-        members = getattr(self.problem, "members", None)
-        if members is None:
-            return self._exact_one(policy, self.problem)
-        steps = [self._exact_one(member(policy, s), m) for s, m in enumerate(members)]  # a BFGS solve per context
-        return Step(stack([st.policy for st in steps]), np.array([st.loss for st in steps]), None)
-
-    def _exact_one(self, policy: TabularSoftmax, problem: PreferenceBandit) -> Step:
-        """Per context: min_theta sum_y pi_t(y)·(log_softmax(theta)_y − ln pi_t(y) − eta(r_t(y) − ½))²."""
-        eta, log_pi = self.config.eta, policy.log_probs()
-        pi, a = np.exp(log_pi), log_pi + eta * (problem.win_rates(policy.probs()) - 0.5)
-        new, total = np.empty_like(log_pi), 0.0
-        for x in range(len(a)):
-            def f(theta, x=x):
-                lp = log_softmax(theta)
-                e = pi[x] * (lp - a[x])
-                return float(e @ (lp - a[x])), 2 * (e - np.exp(lp) * e.sum())
-            res = minimize(f, a[x], jac=True, method="BFGS", options={"gtol": 1e-13})
-            new[x] = log_softmax(res.x)
-            total += problem.rho[x] * res.fun
-        return Step(policy.with_params(new), total, None)
+        """Per context: min over log-probabilities l of sum_y pi_t(y)·(l_y − ln pi_t(y) − eta(r_t(y) − ½))², in
+        closed form (:func:`sppo_population`); a stack of problems and policies in one call, bit for bit."""
+        shift = self.config.eta * (self.problem.win_rates(policy.probs()) - 0.5)
+        new, loss = sppo_population(policy.log_probs(), shift)
+        return Step(policy.with_params(new), self.problem.expect(loss), None)
 
     def _sampled(self, policy: TabularSoftmax, rng) -> Step:
         cfg, p = self.config, self.problem
@@ -311,6 +295,59 @@ def sppo_loss(logratio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected tensors of one shape [N] or [S, N], got {tuple(logratio.shape)} and "
                          f"{tuple(target.shape)}")
     return torch.mean((logratio - target) ** 2, dim=-1)
+
+
+def sppo_population(log_pi: np.ndarray, shift: np.ndarray, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """SPPO's exact step: per row (the last axis), the log-probabilities l minimising
+    sum_y pi(y)·(l_y − ln pi(y) − shift_y)², shift = eta·(P(y ≻ pi) − ½), and the minimum (testbed/THEORY.md §E).
+
+    Closed form (stationarity of the Lagrangian, with e^{−W(z)} = W(z)/z), W the Lambert W function:
+
+        l_y = ln pi(y) + shift_y − W(mu·e^{shift_y}),   mu >= 0 the root of  phi(mu) = sum_y pi(y)·W(mu·e^{shift_y}) − mu,
+
+    and the minimum is sum_y pi(y)·W(mu·e^{shift_y})². phi is concave with phi(0) = 0 and phi'(0) = sum_y pi·e^shift − 1
+    >= 0 (Jensen, as E_pi[shift] = 0), so the positive root is unique, mu_0 = ln sum_y pi·e^shift >= mu (Jensen on
+    the concave W), and Newton's iterates from mu_0 decrease monotonically to it. The objective is convex on
+    {sum e^l <= 1}, which holds the minimiser: this is the global minimum.
+
+    Numerics: W(mu·e^s) is Wright's omega at ln mu + s (no overflow at any eta). x_y = l_y − ln pi(y) = shift_y − W_y
+    = ln(W_y / mu) is taken from whichever form rounds less (the first at small shifts, the second where shift and W
+    are large and nearly cancel). phi is evaluated as mu·psi with psi = sum_y e^{l_y} − 1 = sum_y pi·expm1(x_y) and
+    phi' = psi − sum_y pi·W²/(1 + W)/mu: no term of size 1 cancels, so mu is accurate relative to the normaliser's
+    own size sum_y pi·e^shift − 1 (~eta²·Var r/2), even at tiny eta. Each row stops on its own — at a step below
+    4 ulp of mu, or at the rounding floor (a step no smaller than the one before) — so row i of a stack gets bit for
+    bit its unstacked result. Leading axes are carried through; returns l and the minimum per row."""
+    pi = np.exp(log_pi)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        small = np.max(np.abs(shift), axis=-1) < 1
+        start = np.where(small, np.log1p(np.sum(pi * np.expm1(np.minimum(shift, 1)), axis=-1)),
+                         logsumexp(log_pi + shift, axis=-1))  # ln sum pi·e^shift, accurately where it is small
+        mu = np.maximum(start, 0.0)
+        active, last = mu > 0, np.full(mu.shape, np.inf)
+        for _ in range(max_iter):
+            if not active.any():
+                break
+            w, x = _sppo_terms(mu, shift)
+            psi = np.sum(pi * np.expm1(x), axis=-1)
+            q = np.sum(pi * (w * w / (1 + w)), axis=-1)
+            step = np.where(active, mu * mu * psi / (mu * psi - q), 0.0)  # phi / phi'
+            mu = np.where(active, mu - step, mu)
+            active &= (np.abs(step) > 4 * np.finfo(float).eps * mu) & (np.abs(step) < last)
+            last = np.abs(step)
+        if active.any():
+            raise RuntimeError(f"SPPO's exact step: Newton's iteration did not settle in {max_iter} steps")
+        w, x = _sppo_terms(mu, shift)
+    return log_pi + x, np.sum(pi * w * w, axis=-1)
+
+
+def _sppo_terms(mu: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W_y = W(mu·e^{shift_y}) and x_y = shift_y − W_y = ln W_y − ln mu, in the form with the smaller rounding."""
+    lmu = np.log(mu)[..., None]
+    w = wrightomega(lmu + shift)
+    lw = np.log(w)
+    use_log = (np.abs(lw) + np.abs(lmu) < np.abs(shift) + w) & (w >= np.finfo(float).tiny)  # subnormal W: few digits
+    x = np.where(use_log, lw - lmu, shift - w)
+    return w, x
 
 
 # ----- the reward-model pipeline: Bradley–Terry fit, then REBEL -------------------------------------

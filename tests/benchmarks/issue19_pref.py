@@ -25,17 +25,11 @@ PREFERENCE_MODES = {  # label: (algorithm, config)
 }
 
 
-SLOW = ("SPPO exact",)  # measured only when named: 64 x 10 runs of it take minutes, stacked or not
-
-
 def preference_modes(compare_modes, seeds: int = 64, iterations: int = 10, repeats: int = 3, modes=None) -> bool:
     """Each preference mode (or those labelled in ``modes``) stacked vs the per-seed loop, by issue19's
     ``compare_modes`` (the bandit modes' measurement: rows, with the exploitability of both iterates, and
     policies compared)."""
     problem = make_preference("raters", contexts=20, actions=10, raters=3, seed=0)
     print(f"   preference algorithms, 20 x 10 random-raters problem, {seeds} seeds x {iterations} iterations:")
-    chosen = {k: v for k, v in PREFERENCE_MODES.items() if (k in modes if modes else k not in SLOW)}
-    if not modes:
-        print(f"   (left out: {', '.join(SLOW)}, a BFGS solve per seed and context, member by member: the stack "
-              f"costs what the loop costs, minutes per repeat; --only-preference --mode 'SPPO exact' measures it)")
+    chosen = {k: v for k, v in PREFERENCE_MODES.items() if not modes or k in modes}
     return compare_modes(problem, chosen, seeds, iterations, repeats)

@@ -1,0 +1,127 @@
+"""SPPO's exact step (``sppo_population``) against an independent high-precision solution of its problem.
+
+Per context, min over log-probabilities l of sum_y pi(y)·(l_y − ln pi(y) − shift_y)², shift = eta·(P(y ≻ pi) − ½).
+The reference solves the problem's own first-order (KKT) system, 2·pi_y·(l_y − a_y) + lam·e^{l_y} = 0 and
+sum_y e^{l_y} = 1 (a = ln pi + shift), by mpmath's Newton at 60 digits — no Lambert W — and checks lam >= 0, which
+makes the point the minimiser of the convex problem on {sum e^l <= 1}. Regimes: benign, tiny eta, huge eta
+(shift in the thousands: e^shift overflows float64), near-deterministic pi (1 − 1e-12, entries down to 1e-300).
+"""
+
+from __future__ import annotations
+
+import mpmath as mp
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import log_softmax
+
+from testbed.algorithms.preference import sppo_population
+from testbed.policies import TabularSoftmax, stack
+from testbed.problems import make_preference
+from tests.conftest import make_algo
+
+
+def kkt_reference(log_pi: np.ndarray, shift: np.ndarray, digits: int = 60):
+    """l, lam and the minimum from the KKT system at ``digits`` digits, by nested scalar root solves: for a given
+    lam > 0 each l_y = a_y − u_y with u_y > 0 the root of ln(2·pi_y·u) = ln lam + a_y − u (the y-th equation
+    rearranged; Newton from above, where it converges monotonically), then ln lam by bisection on
+    sum_y e^{l_y} = 1 (decreasing in lam). pi is e^log_pi normalised in mpmath."""
+    with mp.workdps(digits):
+        lp = [mp.mpf(float(v)) for v in log_pi]
+        z = mp.log(mp.fsum(mp.e**v for v in lp))
+        lp = [v - z for v in lp]
+        a = [v + mp.mpf(float(s)) for v, s in zip(lp, shift)]
+
+        def u_of(nu, y):  # u + ln u = nu + a_y − ln 2 − lp_y =: t, the root u > 0
+            t = nu + a[y] - mp.log(2) - lp[y]
+            u = t if t > 1 else mp.e**t  # above the root: u >= omega(t)
+            for _ in range(400):
+                new = u - (u + mp.log(u) - t) / (1 + 1 / u)
+                if abs(new - u) <= mp.mpf(10) ** (-digits + 5) * abs(u):
+                    return new
+                u = new
+            raise AssertionError("inner Newton did not converge")
+
+        def excess(nu):
+            return mp.fsum(mp.e ** (a[y] - u_of(nu, y)) for y in range(len(a))) - 1
+
+        lo, hi = mp.mpf(-200), mp.mpf(60)
+        assert excess(lo) > 0 > excess(hi)
+        while hi - lo > mp.mpf(10) ** (-digits + 5):  # bisection: excess decreases in nu
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if excess(mid) > 0 else (lo, mid)
+        nu = (lo + hi) / 2
+        u = [u_of(nu, y) for y in range(len(a))]
+        lam, pi = mp.e**nu, [mp.e**v for v in lp]
+        kkt = max(abs(2 * pi[y] * u[y] / (lam * mp.e ** (a[y] - u[y])) - 1) for y in range(len(a)))
+        assert kkt < mp.mpf(10) ** (-digits + 15)  # 2·pi_y·u_y = lam·e^{l_y}, relative (l_y − a_y = −u_y would cancel)
+        l = [a[y] - u[y] for y in range(len(a))]
+        loss = mp.fsum(pi[y] * u[y] ** 2 for y in range(len(a)))
+        return np.array([float(v) for v in l]), float(lam), float(loss)
+
+
+def win_shift(rng, Y: int, log_pi: np.ndarray, eta: float) -> np.ndarray:
+    """eta·(P(y ≻ pi) − ½) for a random skew-symmetric P (P + Pᵀ = 1)."""
+    U = np.triu(rng.uniform(size=(Y, Y)), 1)
+    P = U + np.tril(1 - U.T, -1) + 0.5 * np.eye(Y)
+    return eta * (P @ np.exp(log_pi) - 0.5)
+
+
+def cases():
+    rng = np.random.default_rng(7)
+    out = []
+    for eta in (1e-6, 0.5, 5.0, 1e4):  # tiny, benign, large, huge (shift ~ 1e3: e^shift overflows)
+        out.append((f"random eta={eta:g}", log_softmax(rng.normal(size=6) * 2), eta))
+    out.append(("near-deterministic eta=1", np.log(np.array([1 - 2e-12, 1e-12, 1e-12])), 1.0))
+    out.append(("near-deterministic eta=1e3", np.log(np.array([1 - 2e-12, 1e-12, 1e-12])), 1e3))
+    out.append(("tiny entries eta=10", log_softmax(np.array([0.0, -5.0, -200.0, -690.0])), 10.0))
+    out.append(("underflowing pi eta=50", np.array([0.0, -3.0, -800.0]) - np.logaddexp(0.0, -3.0), 50.0))
+    return out, rng
+
+
+CASES, _RNG = cases()
+
+
+@pytest.mark.parametrize("label,log_pi,eta", CASES, ids=[c[0] for c in CASES])
+def test_sppo_exact_step_equals_the_high_precision_kkt_solution(label, log_pi, eta):
+    shift = win_shift(np.random.default_rng(len(label)), len(log_pi), log_pi, eta)
+    assert abs(np.exp(log_pi) @ shift) <= 1e-9 * max(1.0, eta)  # E_pi[shift] = 0: the step's premise
+    l, loss = sppo_population(log_pi, shift)
+    finite = np.isfinite(log_pi) & (log_pi > -700)  # mpmath's reference keeps e^l_y; pi = 0 entries are not in it
+    ref, lam, ref_loss = kkt_reference(log_pi[finite], shift[finite])
+    assert lam >= 0  # the KKT point of the convex problem on {sum e^l <= 1}: its global minimiser
+    np.testing.assert_allclose(l[finite], ref, rtol=1e-10, atol=1e-10)
+    assert abs(loss - ref_loss) <= 1e-10 * max(ref_loss, 1e-300) + 1e-300
+    assert abs(np.exp(l).sum() - 1) <= 1e-13
+
+
+def test_sppo_exact_step_is_no_worse_than_bfgs_and_moves_nothing_at_eta_zero():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        log_pi = log_softmax(rng.normal(size=5))
+        shift = win_shift(rng, 5, log_pi, 2.0)
+        l, loss = sppo_population(log_pi, shift)
+        pi, a = np.exp(log_pi), log_pi + shift
+
+        def f(theta, pi=pi, a=a):
+            return float(pi @ (log_softmax(theta) - a) ** 2)
+
+        res = minimize(f, a, method="BFGS", options={"gtol": 1e-12})
+        assert loss <= res.fun * (1 + 1e-9)
+        np.testing.assert_allclose(l, log_softmax(res.x), atol=1e-5)
+    l, loss = sppo_population(log_pi, np.zeros(5))
+    assert np.array_equal(l, log_pi) and loss == 0.0
+
+
+def test_sppo_exact_stack_is_member_for_member_identical():
+    p = make_preference("raters", contexts=4, actions=5, raters=3, seed=0)
+    rng = np.random.default_rng(0)
+    pols = [TabularSoftmax(rng.normal(size=(4, 5)) * s) for s in (0.1, 1.0, 10.0)]
+    shifts = [3.0 * (p.win_rates(q.probs()) - 0.5) for q in pols]
+    one = [sppo_population(q.log_probs(), s) for q, s in zip(pols, shifts)]
+    l, loss = sppo_population(stack(pols).log_probs(), np.stack(shifts))
+    for i, (li, lossi) in enumerate(one):
+        assert np.array_equal(l[i], li) and np.array_equal(loss[i], lossi)
+    step = make_algo("sppo", p, eta=3.0).update(pols[1], None)
+    assert np.array_equal(step.policy.log_probs(), log_softmax(one[1][0], axis=-1))
+    assert step.loss == pytest.approx(p.expect(one[1][1]), rel=1e-15)
