@@ -4,6 +4,7 @@ gives the metrics of an uninterrupted run; the dry run of the paper spec counts 
 from its configs, offline."""
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -222,3 +223,26 @@ def test_the_final_images_are_the_final_policys_sampled_once(tmp_path, monkeypat
     np.testing.assert_array_equal(saved["images"], again[2])
     np.testing.assert_array_equal(saved["labels"], again[3])
     assert not np.array_equal(saved["images"], np.load(tmp_path / "out" / "samples" / "reference-s0.npz")["images"])
+
+
+def test_pretraining_runs_at_train_threads_whatever_the_callers_count_and_is_cached_per_count(tmp_path):
+    from testbed.diffusion.data import cache_dir, pretrained
+    from testbed.diffusion.spec import load_diffusion_spec
+
+    spec = load_diffusion_spec(tiny_spec(tmp_path))
+    before = torch.get_num_threads()
+    states = []
+    try:
+        for caller in (1, 2):  # the caller's count must not reach the pre-trained weights
+            torch.set_num_threads(caller)
+            pre = dataclasses.replace(spec.pretrain, cache=str(tmp_path / f"cache{caller}"))
+            net, _, _ = pretrained(spec.model, pre, spec.sampler, 0, threads=1)
+            assert torch.get_num_threads() == caller
+            states.append({k: v.clone() for k, v in net.state_dict().items()})
+            assert len(list(cache_dir(pre).glob("*.pt"))) == 1
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    pre = dataclasses.replace(spec.pretrain, cache=str(tmp_path / "cache1"))
+    pretrained(spec.model, pre, spec.sampler, 0, threads=2)  # another count: another model, not the cached one
+    assert len(list(cache_dir(pre).glob("*.pt"))) == 2

@@ -15,6 +15,7 @@ import torch
 from testbed.diffusion.models import tiny_unet
 from testbed.diffusion.sampler import make_scheduler
 from testbed.io import atomic_write
+from testbed.training import torch_threads
 
 
 def digits(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,12 +51,21 @@ def cache_dir(pre) -> Path:
     return Path(pre.cache or os.environ.get("TESTBED_CACHE") or Path.home() / ".cache" / "rebel-testbed") / "diffusion"
 
 
-def pretrained(model: dict, pre, sampler_cfg, seed: int, dtype=torch.float32):
-    """The tiny UNet pre-trained on the data (cached: the file's name hashes everything that determines it)."""
+def pretrained(model: dict, pre, sampler_cfg, seed: int, dtype=torch.float32, threads: int = 1):
+    """The tiny UNet pre-trained on the data (cached: the file's name hashes everything that determines it).
+
+    Pre-training runs at ``threads`` torch threads (the spec's ``train.threads``; 0: torch's default) and the
+    count in use is part of the cache key: float32 convolutions round differently with the thread count, so a
+    model trained at another count is another model, never served from the cache for this one."""
+    with torch_threads(threads) as used:
+        return _pretrained(model, pre, sampler_cfg, seed, dtype, used)
+
+
+def _pretrained(model: dict, pre, sampler_cfg, seed: int, dtype, threads: int):
     key = json.dumps({"model": model, "pre": {k: getattr(pre, k) for k in ("data", "steps", "batch", "lr", "uncond")},
                       "T": sampler_cfg.train_timesteps, "betas": [sampler_cfg.beta_schedule, sampler_cfg.beta_start,
                                                                     sampler_cfg.beta_end], "seed": seed,
-                      "torch": torch.__version__}, sort_keys=True)
+                      "torch": torch.__version__, "threads": threads}, sort_keys=True)
     path = cache_dir(pre) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     x, labels = dataset(pre, model)
     classes = int(labels.max()) + 1

@@ -74,7 +74,8 @@ def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, tr=None):
     else:
         from testbed.diffusion.data import pretrained
         pre_seed = seed if spec.pretrain.seed is None else spec.pretrain.seed
-        net, classes, data = pretrained(spec.model, spec.pretrain, s, pre_seed, DTYPES[spec.train.dtype])
+        net, classes, data = pretrained(spec.model, spec.pretrain, s, pre_seed, DTYPES[spec.train.dtype],
+                                        spec.train.threads)
         m = spec.model
         policy = DiffusionPolicy(with_lora(net, spec.lora, ("conv1", "conv2")), sampler,
                                  (m["channels"], m["size"], m["size"]), s.guidance, classes, spec.reference)
@@ -171,7 +172,7 @@ def _pretrain_all(spec: DiffusionSpec) -> None:
     if spec.model["kind"] != "tiny":
         return
     for seed in sorted({s if spec.pretrain.seed is None else spec.pretrain.seed for s in spec.seeds}):
-        pretrained(spec.model, spec.pretrain, spec.sampler, seed)
+        pretrained(spec.model, spec.pretrain, spec.sampler, seed, threads=spec.train.threads)
 
 
 def run_diffusion_spec(spec: DiffusionSpec, out: str | Path, overwrite: bool = False, progress: bool = True,
