@@ -1,6 +1,6 @@
 """The CPU task's data and pre-training, fully offline: scikit-learn's bundled 8×8 handwritten digits (upsampled)
 or procedural shapes, and a class-conditional tiny UNet pre-trained on them with the denoising (epsilon) loss
-(Ho et al. 2020), cached per (config, seed) so that every run of a study starts from the same weights."""
+(Ho et al. 2020), cached per (config, seed, thread count) so that every run of a study starts from the same weights."""
 
 from __future__ import annotations
 

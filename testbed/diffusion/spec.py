@@ -76,7 +76,8 @@ class DiffusionTrainConfig:
     eval_every: int = count(5, "evaluate on the fixed eval prompts and noise every k iterations")
     eval_prompts: int = count(20, "eval prompts (cycled through the prompt list), with fixed noise")
     dtype: str = one_of("float32", DTYPE_NAMES, "the denoiser's dtype (Stable Diffusion: model.dtype when given)")
-    threads: int = dataclasses.field(default=1, metadata={"doc": "torch CPU threads (0: torch's default)"})
+    threads: int = dataclasses.field(default=1, metadata={"doc": "torch CPU threads of the runs and of the tiny model's "
+                                                                  "pre-training (0: torch's default)"})
     save: bool = flag(False, "save the final denoiser weights")
     rollouts: str = one_of("sharded", ("sharded",), "one process: its share is the whole batch")
 
