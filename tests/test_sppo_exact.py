@@ -45,7 +45,7 @@ def kkt_reference(log_pi: np.ndarray, shift: np.ndarray, digits: int = 60):
         def excess(nu):
             return mp.fsum(mp.e ** (a[y] - u_of(nu, y)) for y in range(len(a))) - 1
 
-        lo, hi = mp.mpf(-200), mp.mpf(60)
+        lo, hi = mp.mpf(-2000), mp.mpf(60)
         assert excess(lo) > 0 > excess(hi)
         while hi - lo > mp.mpf(10) ** (-digits + 5):  # bisection: excess decreases in nu
             mid = (lo + hi) / 2
@@ -91,8 +91,32 @@ def test_sppo_exact_step_equals_the_high_precision_kkt_solution(label, log_pi, e
     ref, lam, ref_loss = kkt_reference(log_pi[finite], shift[finite])
     assert lam >= 0  # the KKT point of the convex problem on {sum e^l <= 1}: its global minimiser
     np.testing.assert_allclose(l[finite], ref, rtol=1e-10, atol=1e-10)
-    assert abs(loss - ref_loss) <= 1e-10 * max(ref_loss, 1e-300) + 1e-300
+    # mu (hence the loss) is fixed by psi = sum pi·expm1(x), whose terms (~|shift|) round at eps·sum pi|shift| against
+    # its size d = sum pi·expm1(shift): a relative floor of eps·sum pi|shift|/d (~1e-9 at eta = 1e-6), stated a priori
+    pi = np.exp(log_pi)
+    floor = 8 * np.finfo(float).eps * (pi @ np.abs(shift)) / (pi @ np.expm1(np.minimum(shift, 700)))
+    assert abs(loss - ref_loss) <= (1e-10 + floor) * max(ref_loss, 1e-300) + 1e-300
     assert abs(np.exp(l).sum() - 1) <= 1e-13
+
+
+def test_sppo_exact_step_at_a_vertex_whose_expected_shift_rounds_below_zero_is_finite_and_normalised():
+    P = np.array([[0.5, 0.1], [0.9, 0.5]])
+    pi = np.array([1 - 1e-200, 1e-200])
+    for eta in (1e-12, 1.0, 10.0):
+        shift = eta * (P @ pi - 0.5)
+        l, loss = sppo_population(np.log(pi), shift)
+        assert np.all(np.isfinite(l)) and abs(np.exp(l).sum() - 1) <= 1e-15 and 0 <= loss <= 1e-300
+    for e, eta in ((1e-60, 1e3), (1e-100, 1e6), (1e-300, 1e6)):  # the root 70-350 e-folds below its upper bound
+        pi = np.array([1 - e, e])
+        l, loss = sppo_population(np.array([np.log1p(-e), np.log(e)]), eta * (P @ pi - 0.5))  # used to raise
+        assert np.all(np.isfinite(l)) and abs(np.exp(l).sum() - 1) <= 1e-15 and loss >= 0
+        assert l[1] > np.log(e)  # the dispreferred-by-nobody response (P[1, 0] = 0.9) gains mass
+    p = make_preference("raters", contexts=4, actions=5, raters=3, seed=0)
+    for eta in (10.0, 100.0):  # long runs drive pi to a vertex (this made NaN at step 22 / 4 before the fix)
+        algo, pol = make_algo("sppo", p, eta=eta), TabularSoftmax(np.zeros((4, 5)))
+        for _ in range(40):
+            pol = algo.update(pol, None).policy
+            assert np.all(np.isfinite(pol.log_probs())) and np.allclose(np.exp(pol.log_probs()).sum(-1), 1, atol=1e-14)
 
 
 def test_sppo_exact_step_is_no_worse_than_bfgs_and_moves_nothing_at_eta_zero():

@@ -297,7 +297,7 @@ def sppo_loss(logratio: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.mean((logratio - target) ** 2, dim=-1)
 
 
-def sppo_population(log_pi: np.ndarray, shift: np.ndarray, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def sppo_population(log_pi: np.ndarray, shift: np.ndarray, max_iter: int = 200) -> tuple[np.ndarray, np.ndarray]:
     """SPPO's exact step: per row (the last axis), the log-probabilities l minimising
     sum_y pi(y)·(l_y − ln pi(y) − shift_y)², shift = eta·(P(y ≻ pi) − ½), and the minimum (testbed/THEORY.md §E).
 
@@ -305,44 +305,57 @@ def sppo_population(log_pi: np.ndarray, shift: np.ndarray, max_iter: int = 100) 
 
         l_y = ln pi(y) + shift_y − W(mu·e^{shift_y}),   mu >= 0 the root of  phi(mu) = sum_y pi(y)·W(mu·e^{shift_y}) − mu,
 
-    and the minimum is sum_y pi(y)·W(mu·e^{shift_y})². phi is concave with phi(0) = 0 and phi'(0) = sum_y pi·e^shift − 1
-    >= 0 (Jensen, as E_pi[shift] = 0), so the positive root is unique, mu_0 = ln sum_y pi·e^shift >= mu (Jensen on
-    the concave W), and Newton's iterates from mu_0 decrease monotonically to it. The objective is convex on
-    {sum e^l <= 1}, which holds the minimiser: this is the global minimum.
+    and the minimum is sum_y pi(y)·W(mu·e^{shift_y})². phi is concave with phi(0) = 0 and phi'(0) = d = sum_y pi·e^shift − 1
+    >= 0 (Jensen, as E_pi[shift] = 0), so the positive root is unique. The objective is convex on {sum e^l <= 1},
+    which holds the minimiser: this is the global minimum.
 
-    Numerics: W(mu·e^s) is Wright's omega at ln mu + s (no overflow at any eta). x_y = l_y − ln pi(y) = shift_y − W_y
-    = ln(W_y / mu) is taken from whichever form rounds less (the first at small shifts, the second where shift and W
-    are large and nearly cancel). phi is evaluated as mu·psi with psi = sum_y e^{l_y} − 1 = sum_y pi·expm1(x_y) and
-    phi' = psi − sum_y pi·W²/(1 + W)/mu: no term of size 1 cancels, so mu is accurate relative to the normaliser's
-    own size sum_y pi·e^shift − 1 (~eta²·Var r/2), even at tiny eta. Each row stops on its own — at a step below
-    4 ulp of mu, or at the rounding floor (a step no smaller than the one before) — so row i of a stack gets bit for
+    Numerics. The unknown is nu = ln mu, so nothing underflows: W(mu·e^s) is Wright's omega at nu + s (no overflow at
+    any eta), and x_y = l_y − ln pi(y) = shift_y − W_y = ln W_y − nu is taken from whichever form rounds less. The root
+    is that of psi = phi/mu = sum_y e^{l_y} − 1 = sum_y pi·expm1(x_y), decreasing in nu, with dpsi/dnu =
+    −sum_y pi·e^{x_y}·W_y/(1 + W_y); no term of size 1 cancels, so mu's relative error is ~eps·sum_y pi·|shift_y|/d
+    (its terms' rounding over the normaliser's size d ~ eta²·Var r/2): ~1e-10 at eta = 1e-6, not 1.
+    It is bracketed by ln(d / sum_y pi·e^{2 shift}) (psi is convex in mu: its tangent at 0 bounds it below) and
+    ln ln(1 + d) (Jensen on the concave W), and found by Newton's method in nu safeguarded by bisection (rtsafe):
+    near-deterministic policies put the root dozens of e-folds below the upper bound, where plain Newton crawls.
+    A row whose computed d is <= 0 (E_pi[shift] rounds below 0: a policy at a vertex) takes mu = 0, l = ln pi + shift.
+    Each row stops on its own (a step or half-bracket below 4 ulp of max(1, |nu|), or a refused Newton step below
+    1e-8·max(1, |nu|): the rounding floor of psi), so row i of a stack gets bit for
     bit its unstacked result. Leading axes are carried through; returns l and the minimum per row."""
     pi = np.exp(log_pi)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    tol = 4 * np.finfo(float).eps
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
         small = np.max(np.abs(shift), axis=-1) < 1
-        start = np.where(small, np.log1p(np.sum(pi * np.expm1(np.minimum(shift, 1)), axis=-1)),
-                         logsumexp(log_pi + shift, axis=-1))  # ln sum pi·e^shift, accurately where it is small
-        mu = np.maximum(start, 0.0)
-        active, last = mu > 0, np.full(mu.shape, np.inf)
+        d_small = np.sum(pi * np.expm1(np.minimum(shift, 1)), axis=-1)
+        m0 = np.where(small, np.log1p(d_small), logsumexp(log_pi + shift, axis=-1))  # ln(1 + d), accurate when small
+        log_d = np.where(small, np.log(d_small), m0 + np.log(-np.expm1(-m0)))
+        active = (m0 > 0) & np.isfinite(log_d)
+        hi = np.where(active, np.log(m0), 0.0)
+        lo = np.where(active, np.minimum(log_d - logsumexp(log_pi + 2 * shift, axis=-1), hi), 0.0)
+        nu = np.where(active, hi, -np.inf)
+        dx = dx_old = hi - lo
         for _ in range(max_iter):
             if not active.any():
                 break
-            w, x = _sppo_terms(mu, shift)
+            w, x = _sppo_terms(nu, shift)
             psi = np.sum(pi * np.expm1(x), axis=-1)
-            q = np.sum(pi * (w * w / (1 + w)), axis=-1)
-            step = np.where(active, mu * mu * psi / (mu * psi - q), 0.0)  # phi / phi'
-            mu = np.where(active, mu - step, mu)
-            active &= (np.abs(step) > 4 * np.finfo(float).eps * mu) & (np.abs(step) < last)
-            last = np.abs(step)
+            slope = np.sum(pi * (np.exp(x) * w / (1 + w)), axis=-1)  # −dpsi/dnu >= 0
+            lo, hi = np.where(active & (psi > 0), nu, lo), np.where(active & (psi <= 0), nu, hi)
+            step = psi / slope
+            ok = (nu + step > lo) & (nu + step < hi) & (np.abs(2 * psi) <= np.abs(dx_old * slope))
+            floor = ~ok & (np.abs(step) <= 1e-8 * np.maximum(1.0, np.abs(nu)))  # a tiny step refused: rounding noise
+            dx_old = dx
+            dx = np.where(ok, step, (hi - lo) / 2)
+            nu = np.where(active & ~floor, np.where(ok, nu + step, (lo + hi) / 2), nu)
+            active &= (np.abs(dx) > tol * np.maximum(1.0, np.abs(nu))) & ~floor
         if active.any():
-            raise RuntimeError(f"SPPO's exact step: Newton's iteration did not settle in {max_iter} steps")
-        w, x = _sppo_terms(mu, shift)
+            raise RuntimeError(f"SPPO's exact step: the root did not settle in {max_iter} steps")
+        w, x = _sppo_terms(nu, shift)
     return log_pi + x, np.sum(pi * w * w, axis=-1)
 
 
-def _sppo_terms(mu: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """W_y = W(mu·e^{shift_y}) and x_y = shift_y − W_y = ln W_y − ln mu, in the form with the smaller rounding."""
-    lmu = np.log(mu)[..., None]
+def _sppo_terms(nu: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """W_y = W(e^{nu + shift_y}) and x_y = shift_y − W_y = ln W_y − nu, in the form with the smaller rounding."""
+    lmu = nu[..., None]
     w = wrightomega(lmu + shift)
     lw = np.log(w)
     use_log = (np.abs(lw) + np.abs(lmu) < np.abs(shift) + w) & (w >= np.finfo(float).tiny)  # subnormal W: few digits
