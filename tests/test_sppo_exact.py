@@ -2,9 +2,11 @@
 
 Per context, min over log-probabilities l of sum_y pi(y)·(l_y − ln pi(y) − shift_y)², shift = eta·(P(y ≻ pi) − ½).
 The reference solves the problem's own first-order (KKT) system, 2·pi_y·(l_y − a_y) + lam·e^{l_y} = 0 and
-sum_y e^{l_y} = 1 (a = ln pi + shift), by mpmath's Newton at 60 digits — no Lambert W — and checks lam >= 0, which
-makes the point the minimiser of the convex problem on {sum e^l <= 1}. Regimes: benign, tiny eta, huge eta
-(shift in the thousands: e^shift overflows float64), near-deterministic pi (1 − 1e-12, entries down to 1e-300).
+sum_y e^{l_y} = 1 (a = ln pi + shift), at 60 digits by nested scalar root solves — no Lambert W. It searches lam > 0
+only (lam = e^nu), so the point it finds is the KKT point of the convex problem on {sum e^l <= 1}: its minimiser.
+Regimes: benign, tiny eta, huge eta (shift in the thousands: e^shift overflows float64), near-deterministic pi
+(1 − 1e-12, entries down to 1e-300). Two-response vertices (1 − pi_0 down to 1e-300) are checked against a 1-d
+reference: the stationary point of the objective in ln pi(y_1), by bisection at 400 digits.
 """
 
 from __future__ import annotations
@@ -88,8 +90,7 @@ def test_sppo_exact_step_equals_the_high_precision_kkt_solution(label, log_pi, e
     assert abs(np.exp(log_pi) @ shift) <= 1e-9 * max(1.0, eta)  # E_pi[shift] = 0: the step's premise
     l, loss = sppo_population(log_pi, shift)
     finite = np.isfinite(log_pi) & (log_pi > -700)  # mpmath's reference keeps e^l_y; pi = 0 entries are not in it
-    ref, lam, ref_loss = kkt_reference(log_pi[finite], shift[finite])
-    assert lam >= 0  # the KKT point of the convex problem on {sum e^l <= 1}: its global minimiser
+    ref, _, ref_loss = kkt_reference(log_pi[finite], shift[finite])
     np.testing.assert_allclose(l[finite], ref, rtol=1e-10, atol=1e-10)
     # mu (hence the loss) is fixed by psi = sum pi·expm1(x), whose terms (~|shift|) round at eps·sum pi|shift| against
     # its size d = sum pi·expm1(shift): a relative floor of eps·sum pi|shift|/d (~1e-9 at eta = 1e-6), stated a priori
@@ -99,18 +100,39 @@ def test_sppo_exact_step_equals_the_high_precision_kkt_solution(label, log_pi, e
     assert abs(np.exp(l).sum() - 1) <= 1e-13
 
 
+def two_response_reference(log_pi: np.ndarray, shift: np.ndarray, digits: int = 400) -> np.ndarray:
+    """(ln(1 − q), ln q) for q the minimiser of pi_0·(ln(1 − q) − a_0)² + pi_1·(ln q − a_1)² over q in (0, 1): the
+    root in t = ln q of the derivative's sign, g(t) = pi_1(t − a_1) − pi_0·(ln(1 − q) − a_0)·q/(1 − q), by
+    bisection (g < 0 as q -> 0, g > 0 at q = 1/2 on these instances: asserted)."""
+    with mp.workdps(digits):
+        lp = [mp.mpf(float(v)) for v in log_pi]
+        z = mp.log(mp.fsum(mp.e**v for v in lp))
+        pi = [mp.e ** (v - z) for v in lp]
+        a = [v - z + mp.mpf(float(s)) for v, s in zip(lp, shift)]
+
+        def g(t):
+            q = mp.e**t
+            return pi[1] * (t - a[1]) - pi[0] * (mp.log1p(-q) - a[0]) * q / (1 - q)
+
+        lo, hi = mp.mpf(-2000), mp.log(mp.mpf(0.5))
+        assert g(lo) < 0 < g(hi)
+        while hi - lo > mp.mpf(10) ** (-60):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if g(mid) > 0 else (mid, hi)
+        t = (lo + hi) / 2
+        return np.array([float(mp.log1p(-mp.e**t)), float(t)])
+
+
 def test_sppo_exact_step_at_a_vertex_whose_expected_shift_rounds_below_zero_is_finite_and_normalised():
     P = np.array([[0.5, 0.1], [0.9, 0.5]])
-    pi = np.array([1 - 1e-200, 1e-200])
-    for eta in (1e-12, 1.0, 10.0):
-        shift = eta * (P @ pi - 0.5)
-        l, loss = sppo_population(np.log(pi), shift)
-        assert np.all(np.isfinite(l)) and abs(np.exp(l).sum() - 1) <= 1e-15 and 0 <= loss <= 1e-300
-    for e, eta in ((1e-60, 1e3), (1e-100, 1e6), (1e-300, 1e6)):  # the root 70-350 e-folds below its upper bound
-        pi = np.array([1 - e, e])
-        l, loss = sppo_population(np.array([np.log1p(-e), np.log(e)]), eta * (P @ pi - 0.5))  # used to raise
+    cases = [(1e-200, eta) for eta in (1e-12, 1.0, 10.0)]  # E_pi[shift] rounds to 0 or below (was 0/0: NaN)
+    cases += [(1e-60, 1e3), (1e-100, 1e6), (1e-300, 1e6)]  # the root 70-350 e-folds below its upper bound (raised)
+    for e, eta in cases:
+        log_pi = np.array([np.log1p(-e), np.log(e)])
+        shift = eta * (P @ np.exp(log_pi) - 0.5)
+        l, loss = sppo_population(log_pi, shift)
         assert np.all(np.isfinite(l)) and abs(np.exp(l).sum() - 1) <= 1e-15 and loss >= 0
-        assert l[1] > np.log(e)  # the dispreferred-by-nobody response (P[1, 0] = 0.9) gains mass
+        np.testing.assert_allclose(l, two_response_reference(log_pi, shift), rtol=1e-10, atol=1e-300)
     p = make_preference("raters", contexts=4, actions=5, raters=3, seed=0)
     for eta in (10.0, 100.0):  # long runs drive pi to a vertex (this made NaN at step 22 / 4 before the fix)
         algo, pol = make_algo("sppo", p, eta=eta), TabularSoftmax(np.zeros((4, 5)))
