@@ -34,30 +34,13 @@ from testbed.algorithms.preference_draws import draw, estimate_win_rates, labels
 from testbed.algorithms.stacked_draws import at
 from testbed.errors import InputError
 from testbed.policies import PairRows, Policy, TabularSoftmax, lstsq_step
+from testbed.policies.lstsq_onehot import product_pair_regression
 from testbed.problems.preference import PreferenceBandit
 
 
 def _tabular(policy: Policy, name: str) -> None:
     if not isinstance(policy, TabularSoftmax):
         raise InputError(f"{name} needs a tabular policy (got {type(policy).__name__})")
-
-
-def population_pair_regression(w: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
-    """min_f sum_{x,y,y'} w[x,y,y']·(f[x,y] − f[x,y'] − target[x,y,y'])², by its normal equations.
-
-    With S = w + wᵀ the normal equations are the weighted graph Laplacian system
-    (diag(S·1) − S)·f_x = (w∘t)·1 − (w∘t)ᵀ·1 per context; f is fixed up to a constant per
-    context (pseudo-inverse: minimum norm). Returns f [X, Y] and the loss at f. Leading axes (a stack of
-    problems and policies, w [S, X, Y, Y]) are carried through: one f and loss each, bit for bit.
-    """
-    S = w + np.swapaxes(w, -1, -2)
-    L = np.einsum("...ab->...a", S)[..., None] * np.eye(w.shape[-1]) - S
-    wt = w * target
-    b = wt.sum(axis=-1) - wt.sum(axis=-2)
-    f = np.einsum("...ab,...b->...a", np.linalg.pinv(L, rtol=1e-12, hermitian=True), b)
-    resid = f[..., :, None] - f[..., None, :] - target
-    loss = np.sum((w * resid**2).reshape(w.shape[:-3] + (-1,)), axis=-1)  # one contiguous sum per member
-    return f, loss if loss.ndim else float(loss)
 
 
 class _PreferenceAlgorithm(Algorithm):
@@ -105,9 +88,9 @@ class REBELPreference(_PreferenceAlgorithm):
     def bound(config) -> str | None:  # exact with y' ~ pi_t is exact Hedge (testbed/THEORY.md §E)
         return "hedge_regret" if config.mode == "exact" and config.y_prime == "policy" else None
 
-    def _mu(self, policy: Policy) -> np.ndarray:
+    def _log_mu(self, policy: Policy) -> np.ndarray:
         X, Y = self.problem.num_contexts, self.problem.num_actions
-        return policy.probs() if self.config.y_prime == "policy" else np.full((X, Y), 1.0 / Y)
+        return policy.log_probs() if self.config.y_prime == "policy" else np.full((X, Y), -np.log(Y))
 
     def exact_targets(self, policy: Policy) -> np.ndarray:
         """The regression target t[x, y, y'] of the population problem."""
@@ -121,10 +104,15 @@ class REBELPreference(_PreferenceAlgorithm):
         return self._exact(policy) if self.config.mode == "exact" else self._sampled(policy, rng)
 
     def _exact(self, policy: TabularSoftmax) -> Step:
-        eta, pi = self.config.eta, policy.probs()
-        w = self.problem.rho[..., None, None] * pi[..., None] * self._mu(policy)[..., None, :]
-        f, loss = population_pair_regression(w, eta * self.exact_targets(policy))
-        return Step(policy.with_params(policy.log_probs() + f), loss / eta**2, None)
+        eta, log_pi, log_mu = self.config.eta, policy.log_probs(), self._log_mu(policy)
+        with np.errstate(divide="ignore"):  # the pair weights w[x, y, y'] = rho(x)·pi_t(y|x)·mu(y'|x): a product
+            log_a = np.log(self.problem.rho)[..., None] + log_pi
+        target = eta * self.exact_targets(policy)
+        f = product_pair_regression(log_a, log_mu, target)  # exact per context, however small the weights
+        resid = f[..., :, None] - f[..., None, :] - target
+        w = np.exp(log_a)[..., None] * np.exp(log_mu)[..., None, :]
+        loss = np.sum((w * resid**2).reshape(w.shape[:-3] + (-1,)), axis=-1)  # one contiguous sum per member
+        return Step(policy.with_params(policy.log_probs() + f), (loss if loss.ndim else float(loss)) / eta**2, None)
 
     def _sampled(self, policy: TabularSoftmax, rng) -> Step:
         cfg, p = self.config, self.problem
@@ -378,13 +366,12 @@ def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.nda
     squares over the pair law P(y, y') (:func:`~testbed.datasets.pair_probs` of mu), pi ∝ pi_ref·exp(h).
     ``mu`` None (online: pairs from pi_t itself): the fixed point pi = pi_ref·exp(h(pi)), by damped
     iteration from pi_ref; None if it does not converge."""
-    from testbed.datasets import pair_probs
     from testbed.policies import log_softmax
 
     t = (2 * pref - 1) / (2 * tau)
 
     def solve(m: np.ndarray) -> np.ndarray:
-        h, _ = population_pair_regression(pair_probs(m, law), t)
+        h = product_pair_regression(*_pair_law_factors(m, law), t)
         return log_softmax(log_ref + h)
 
     if mu is not None:
@@ -396,3 +383,17 @@ def ipo_target_log(log_ref: np.ndarray, pref: np.ndarray, tau: float, mu: np.nda
             return new
         log_pi = new
     return None
+
+
+def _pair_law_factors(mu: np.ndarray, law: str) -> tuple[np.ndarray, np.ndarray]:
+    """ln a, ln b with P(y, y' | x) = a_y·b_y' for y != y' (:func:`~testbed.datasets.pair_probs`; the diagonal carries
+    no preference): ``independent`` a = b = mu; ``distinct`` a_y = mu_y / sum_{y' != y} mu_y', b = mu, or, in a
+    context where mu puts all mass on one response, a = mu and b uniform (y' uniform over the others)."""
+    with np.errstate(divide="ignore"):
+        log_mu = np.log(mu)
+        if law == "independent":
+            return log_mu, log_mu
+        rest = np.sum(mu[..., None, :] * (1.0 - np.eye(mu.shape[-1])), axis=-1)  # sum_{y' != y} mu_y', as distinct_pair_probs
+        one = np.any(rest <= 0, axis=-1, keepdims=True)
+        log_a = np.where(one, log_mu, log_mu - np.log(rest))
+        return log_a, np.where(one, -np.log(mu.shape[-1] - 1.0), log_mu)

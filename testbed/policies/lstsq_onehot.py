@@ -26,6 +26,11 @@ problems decouple per context and depend on the samples only through counts:
   squarings, batched over all contexts; faster at Y = 10 than label propagation or scipy's
   connected_components on the block-diagonal graph, measured).
 
+- **Population pair regression with product weights** (:func:`product_pair_regression`, REBEL on
+  preferences, exact): min_f sum_{y,y'} a_y·b_y'·(f_y - f_y' - t_yy')² has the Laplacian
+  diag(a·Σb + b·Σa) - abᵀ - baᵀ, a diagonal plus rank two, so it is solved in closed form per context
+  (no eigen-decomposition, no cut-off: exact however small the weights; testbed/THEORY.md §E).
+
 Counts come from ``np.bincount`` (integers; sums of targets accumulated per bin in sample order), so
 member s of a stack gets bit for bit its unstacked result, and no N x Y or N x Y² array is built.
 """
@@ -33,6 +38,7 @@ member s of a stack gets bit for bit its unstacked result, and no N x Y or N x Y
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 
 def context_counts(blocks: np.ndarray, y: np.ndarray, targets: np.ndarray, num_blocks: int, Y: int):
@@ -97,3 +103,36 @@ def pair_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     reach = components(gram)
     proj = reach / reach.sum(axis=2)[:, :, None]  # 1_c1_cᵀ/|c|: the component of y, divided by its size
     return np.linalg.solve(gram + proj, rhs[..., None])[..., 0]
+
+
+def product_pair_regression(log_a: np.ndarray, log_b: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The minimiser f [..., Y] of sum_{y,y'} a_y·b_y'·(f_y − f_y' − t_yy')² per row, the weights given by their
+    logarithms (ln a, ln b [..., Y], −inf for 0; t [..., Y, Y]), centred to mean 0 over the responses with
+    a_y + b_y > 0 (the minimum-norm solution; 0 on the others and on rows without weight).
+
+    With sa = Σa, sb = Σb the normal equations are (Δ − abᵀ − baᵀ)f = β, Δ = diag(δ), δ = a·sb + b·sa, and
+    β = a∘(t·b) − b∘(tᵀ·a). Writing f = Δ⁻¹(β + a·(bᵀf) + b·(aᵀf)) and solving for the two scalars gives, up to a
+    constant,
+
+        f = p∘(t·b) − q∘(tᵀ·a) + q·Σ_z p_z·β_z / (1 − Σ_z a_z·q_z),      p = a/δ, q = b/δ,
+
+    where Σ a∘q = Σ_y uv/(u + v) (u = a/sa, v = b/sb) is half a sum of harmonic means, <= ½: the denominator is
+    >= ½. p and q are logistic functions of ln(a·sb) − ln(b·sa), a ratio of one response's own weights, so f is
+    exact to rounding however small the weights — near-deterministic policies, probabilities that underflow to
+    0 while their logarithms are finite — where a pseudo-inverse with a relative cut-off drops the rare
+    responses' directions. Elementwise and last-axis sums only: row i of a stack gets bit for bit its
+    unstacked result."""
+    a, b = np.exp(log_a), np.exp(log_b)
+    sa, sb = np.sum(a, axis=-1, keepdims=True), np.sum(b, axis=-1, keepdims=True)
+    has = ((log_a > -np.inf) | (log_b > -np.inf)) & (sa > 0) & (sb > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(has, (log_a + np.log(sb)) - (log_b + np.log(sa)), 0.0)  # ln(a·sb / (b·sa))
+        p = np.where(has, expit(z) / sb, 0.0)
+        q = np.where(has, expit(-z) / sa, 0.0)
+    tb = np.einsum("...ab,...b->...a", target, b)
+    ta = np.einsum("...ab,...a->...b", target, a)
+    kappa = np.sum(p * (a * tb - b * ta), axis=-1, keepdims=True) / (1.0 - np.sum(a * q, axis=-1, keepdims=True))
+    f = np.where(has, p * tb - q * ta + q * kappa, 0.0)
+    n = np.sum(has, axis=-1, keepdims=True)
+    mean = np.divide(np.sum(f, axis=-1, keepdims=True), n, out=np.zeros_like(sa), where=n > 0)
+    return np.where(has, f - mean, 0.0)
