@@ -183,6 +183,18 @@ class Algorithm:
         """Validate inputs that depend on the problem (e.g. a dataset's indices); raise InputError."""
 
 
+def mirror_step(log_pi: np.ndarray, eta: float, s: np.ndarray) -> np.ndarray:
+    """ln pi + eta·s, the logits of pi·exp(eta·s), row by row (the last axis); a row where eta·s overflows takes
+    eta·(s − max s) instead, the same distribution in finite numbers (inf − inf in the log-softmax gave NaN at eta
+    = 1e308). Decided per row, so a stack's member gets its unstacked bits."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        step = eta * s
+        over = ~np.all(np.isfinite(step), axis=-1, keepdims=True)
+        if over.any():
+            step = np.where(over, eta * (s - np.max(s, axis=-1, keepdims=True)), step)
+    return log_pi + step
+
+
 def per_seed(draw, policy: Policy, rng, problem) -> tuple[np.ndarray, ...]:
     """``draw(policy, rng, problem)`` -> arrays, for one seed; for a stack (``rng`` a list of
     generators, ``problem`` a ProblemBatch) member by member, each from its own generator, stacked.

@@ -16,8 +16,9 @@ reward q = r - beta·(ln pi_t - ln pi_ref) (Cen et al. 2021's regularised NPG).
   scores with a free intercept per context — Kakade's compatible-function-approximation view.
   Without the baseline the raw-moment estimate blows up as pi_t becomes near-deterministic.
   ``damping`` lam > 0 solves (F̂ + lam·s·I)·delta = ĝ with s the mean eigenvalue of F̂ (scale-free,
-  as TRPO's damped conjugate gradient); the default 0 is the pseudo-inverse, with eigenvalues below
-  1e-9 of the largest treated as zero.
+  as TRPO's damped conjugate gradient); the default 0 is the minimum-norm solution: tabular in closed
+  form (its non-zero eigenvalues are >= 1, none is cut), log-linear by the pseudo-inverse of the
+  rows with numpy lstsq's cut-off (singular values below eps·max(N, d) of the largest treated as zero).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.algorithms.base import Algorithm, Step, items, nonneg, one_of, per_seed, positive
+from testbed.algorithms.base import Algorithm, Step, items, mirror_step, nonneg, one_of, per_seed, positive
 from testbed.algorithms.stacked_draws import at, policy_samples
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward
@@ -83,7 +84,7 @@ class NPG(Algorithm):
         log_pi = policy.log_probs()
         q = self.shaped(p.rewards, log_pi, p.log_pi_ref)
         if isinstance(policy, TabularSoftmax):
-            new = log_pi + eta * (q - q.mean(axis=-1, keepdims=True))
+            new = mirror_step(log_pi, eta, q - q.mean(axis=-1, keepdims=True))
             if not self._all_rho_positive:  # F is zero on contexts with rho(x) = 0: no step there
                 new = np.where(p.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), None, None)

@@ -34,6 +34,7 @@ from testbed.algorithms.base import (
     grad_accum_field,
     items,
     minibatch_field,
+    mirror_step,
     nonneg,
     one_of,
     positive,
@@ -169,7 +170,7 @@ class REBEL(Algorithm):
         eta = self.config.eta
         if isinstance(policy, TabularSoftmax):
             log_pi = policy.log_probs()
-            new = log_pi + eta * self.shaped_rewards(log_pi)
+            new = mirror_step(log_pi, eta, self.shaped_rewards(log_pi))
             if not self._all_rho_positive:  # contexts never drawn get no data: min-norm leaves them
                 new = np.where(self.problem.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), 0.0, None)
