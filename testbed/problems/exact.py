@@ -70,18 +70,29 @@ def regularised_minimax(P: np.ndarray, mu: np.ndarray, tau: float) -> np.ndarray
 
     pi*_tau maximises min_pi' P(pi ≻ pi') − tau·KL(pi‖mu) + tau·KL(pi'‖mu); it is the unique fixed point
     pi = softmax(ln mu + P(· ≻ pi)/tau) (derived from the first-order conditions of the strongly
-    concave–convex game), solved in log space with ``scipy.optimize.root`` to ~1e-14.
+    concave–convex game), solved in log space with ``scipy.optimize.root`` to ~1e-14; where that fails (small
+    tau: the map is stiff), by continuation in tau from max(1, tau), four steps per decade, each solve
+    started at the previous solution. The residual is checked on the normalised logits (finite even where
+    pi underflows).
     """
     P, log_mu = np.asarray(P, dtype=np.float64), np.log(np.asarray(mu, dtype=np.float64))
 
     def F(logit):
         return logit - log_softmax(log_mu + P @ np.exp(log_softmax(logit)) / tau)
 
-    sol = root(F, log_mu.copy(), method="hybr", tol=1e-15)
-    pi = np.exp(log_softmax(sol.x))
-    if np.max(np.abs(F(np.log(pi)))) > 1e-10:
+    def solve(start, t):
+        g = lambda logit: logit - log_softmax(log_mu + P @ np.exp(log_softmax(logit)) / t)  # noqa: E731
+        sol = root(g, start, method="hybr", tol=1e-15)
+        return log_softmax(sol.x), sol
+
+    logit, sol = solve(log_mu.copy(), tau)
+    if np.max(np.abs(F(logit))) > 1e-10:  # small tau is stiff: continue from tau' = max(1, tau) down to tau
+        logit = log_mu.copy()
+        for t in np.geomspace(max(1.0, tau), tau, max(2, int(np.ceil(4 * np.log10(max(1.0, tau) / tau))) + 1)):
+            logit, sol = solve(logit, t)
+    if np.max(np.abs(F(logit))) > 1e-10:
         raise RuntimeError(f"regularised minimax fixed point did not converge: {sol.message}")
-    return pi
+    return np.exp(logit)
 
 
 def bradley_terry_fit(P: np.ndarray, pair_weights: np.ndarray | None = None, x0: np.ndarray | None = None,
