@@ -33,7 +33,8 @@ def run(spec, out=None, *, overrides=(), overwrite: bool = False, progress: bool
     if isinstance(spec, (str, Path)):
         path = Path(spec)
         if not path.is_file():
-            raise InputError(f"spec file {str(path)!r} does not exist")
+            raise InputError(f"spec file {str(path)!r} "
+                             + ("is a folder, not a YAML spec file" if path.is_dir() else "does not exist"))
         data, source, base = read_yaml(path, "spec"), str(path), path.parent
     elif isinstance(spec, dict):
         data, source, base = spec, "spec", Path.cwd()

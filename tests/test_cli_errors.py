@@ -91,6 +91,7 @@ CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "plot-x-unknown": ({"spec.yaml": spec_text(extra="plot: {x: wallclock}\n")}, ("plot.x", "wallclock")),
     # the spec file itself
     "spec-file-missing": ({}, ("spec.yaml", "does not exist")),
+    "spec-file-is-a-folder": ({"spec.yaml/inner.yaml": spec_text()}, ("spec.yaml", "is a folder")),
     "spec-not-yaml": ({"spec.yaml": "problems: [unclosed\n  : : :\n"}, ("spec.yaml", "not valid YAML")),
     "spec-not-a-mapping": ({"spec.yaml": "- just\n- a list\n"}, ("spec.yaml", "mapping")),
     # instance files
@@ -127,6 +128,7 @@ SUBPROCESS_IDS = ["eta-negative", "algorithm-name-unknown", "eta-times-beta-abov
 def write_files(root: Path, files: dict) -> None:
     for name, content in files.items():
         path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, bytes):
             path.write_bytes(content)
         elif isinstance(content, str):

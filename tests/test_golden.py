@@ -62,6 +62,18 @@ def test_compare_flags_moves_beyond_tolerance_only():
     assert [x["column"] for x in d] == ["(row)", "(row)"]
 
 
+def test_compare_flags_a_nan_on_either_side():
+    """A NaN compared with anything made every inequality False, so it passed silently (inf was caught)."""
+    tol = {c: {"rtol": 1e-6, "atol": 1e-9} for c in golden.VALUES}
+    row = {"problem": "p", "algorithm": "a", "iteration": 5, **{c: None for c in golden.VALUES}, "reward": 0.5}
+    nan = dict(row, reward=float("nan"))
+    for g, n in ((row, nan), (nan, row), (nan, nan)):
+        d = golden.compare([g], [n], tol)
+        assert len(d) == 1 and d[0]["column"] == "reward"
+    chaotic = dict(row, reward=0.5, _n=5, _sd={"reward": float("nan")})  # a NaN seed interval: no pass either
+    assert len(golden.compare([row], [chaotic], tol, {"a"})) == 1
+
+
 @pytest.mark.parametrize("its,expected", [([0, 1, 2, 3], [0, 1, 2, 3]),
                                           (list(range(0, 201)), None)])
 def test_checkpoints_include_first_and_last(its, expected):

@@ -120,7 +120,7 @@ def compare(golden: list[dict], now: list[dict], tolerances: dict, chaotic: set[
             confidence: float = 0.999, drifting: dict[str, float] | None = None) -> list[dict]:
     """Every difference beyond tolerance: |now - golden| > atol + rtol·|golden| (plus, for an algorithm in
     ``chaotic``, the seed interval :func:`seed_interval` of the run being checked; for one in ``drifting``,
-    rtol = max(rtol, its drift tolerance)), a value that appeared
+    rtol = max(rtol, its drift tolerance)), a NaN on either side, a value that appeared
     or disappeared, or a (problem, algorithm, iteration) row present on one side only."""
     g = {tuple(r[k] for k in KEY): r for r in golden}
     n = {tuple(r[k] for k in KEY): r for r in now}
@@ -139,7 +139,8 @@ def compare(golden: list[dict], now: list[dict], tolerances: dict, chaotic: set[
                 continue
             ci = (seed_interval(n[key].get("_sd", {}).get(c, 0.0), n[key].get("_n", 1), confidence)
                   if key[1] in chaotic else 0.0)
-            if a is None or b is None or abs(b - a) > tol["atol"] + tol["rtol"] * abs(a) + ci:
+            # "not <=": a NaN on either side (or in the seed interval) is a difference, never a silent pass
+            if a is None or b is None or not abs(b - a) <= tol["atol"] + tol["rtol"] * abs(a) + ci:
                 diffs.append({"key": key, "column": c, "golden": a, "now": b,
                               "tolerance": f"{tol['atol']:g} + {tol['rtol']:g}·|golden|"
                               + (f" + seed CI {ci:.3g}" if key[1] in chaotic else "")})

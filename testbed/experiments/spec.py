@@ -381,7 +381,8 @@ def load_spec(path: str | Path, overrides=()) -> Spec:
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"spec file {str(path)!r} does not exist")
+        raise InputError(f"spec file {str(path)!r} "
+                             + ("is a folder, not a YAML spec file" if path.is_dir() else "does not exist"))
     data = read_yaml(path, "spec")
     return parse_spec(apply_overrides(data, overrides, TOP_KEYS) if overrides else data, str(path), path.parent)
 
