@@ -19,3 +19,22 @@ def pytest_configure(config):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def mp_exact_update_log_probs(log_pi, pi_ref, rewards, eta, beta=0.0, dps=50):
+    """The exact tabular REBEL/NPG step in closed form, computed in mpmath (independent of the package):
+    ln pi' = log_softmax((1 - eta·beta)·ln pi + eta·beta·ln pi_ref + eta·r) per context (THEORY.md C; with
+    beta > 0 the KL-shaped reward r - beta·(ln pi - ln pi_ref)). Every float64 input is taken exactly, the
+    arithmetic is done at `dps` digits and the result rounded once to float64."""
+    import mpmath as mp
+
+    with mp.workdps(dps):
+        e, b = mp.mpf(float(eta)), mp.mpf(float(beta))
+        out = np.empty(np.shape(log_pi))
+        for x in range(out.shape[0]):
+            z = [(1 - e * b) * mp.mpf(float(lp)) + e * b * mp.log(mp.mpf(float(q))) + e * mp.mpf(float(rv))
+                 for lp, q, rv in zip(log_pi[x], pi_ref[x], rewards[x])]
+            top = max(z)
+            lse = top + mp.log(mp.fsum(mp.exp(v - top) for v in z))
+            out[x] = [float(v - lse) for v in z]
+    return out

@@ -138,9 +138,9 @@ def test_the_one_step_policy_is_the_closed_form_gaussian():
     a, b, sig = closed_form()
     s = sampler()
     assert s.steps == 1 and s.stochastic(0)
-    assert abs(s.std(0) - sig) < 1e-7
+    assert abs(s.std(0) - sig) < 1e-12
     x, eps = torch.randn(2, *SHAPE, dtype=torch.float64), torch.randn(2, *SHAPE, dtype=torch.float64)
-    torch.testing.assert_close(s.mean(eps, 0, x), a * x + b * eps, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.mean(eps, 0, x), a * x + b * eps, rtol=1e-12, atol=1e-12)
 
 
 def test_one_step_diffusion_rebel_update_equals_the_bandit_update(monkeypatch):

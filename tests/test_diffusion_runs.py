@@ -125,7 +125,7 @@ def test_an_algorithms_own_batch_and_diffusion_dpo_from_the_spec(tmp_path):
     r = rows(tmp_path / "a")
     final = {x["algorithm"]: x for x in r if x["iteration"] == "2"}
     assert final["ppo"]["queries"] == "16" and final["dpo"]["queries"] == "16"  # 2 × 8 prompts; 2 × 4 prompts × 2
-    assert float(final["dpo"]["eval/kl"]) > 0 and float(final["dpo"]["rewards/accuracies"]) >= 0
+    assert float(final["dpo"]["eval/kl"]) > 0  # the DPO update moved the policy off the reference
 
 
 def test_a_second_run_into_a_held_folder_is_refused(tmp_path, capsys):

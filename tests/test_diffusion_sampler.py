@@ -54,9 +54,9 @@ def test_ddim_step_logprob_is_the_gaussian_density_of_diffusers_step(unet, eta):
         prev = s.scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
         mean = s.mean(eps, i, x)
         assert s.std(i) > 0
-        torch.testing.assert_close(prev, mean + s.std(i) * noise, rtol=0, atol=1e-6)
+        torch.testing.assert_close(prev, mean + s.std(i) * noise, rtol=0, atol=1e-12)
         lp = step_logprob(s, eps, i, x, prev).detach().numpy()
-        np.testing.assert_allclose(lp, scipy_logpdf(prev, mean.detach(), s.std(i)), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(lp, scipy_logpdf(prev, mean.detach(), s.std(i)), rtol=1e-12, atol=1e-12)
         # and it is not a density of anything else: a shifted point has a lower one
         assert np.all(step_logprob(s, eps, i, x, prev + 0.5).detach().numpy() < lp)
         x = prev.detach()
@@ -76,9 +76,9 @@ def test_ddpm_step_logprob_is_the_gaussian_density_of_diffusers_step(unet):
             assert torch.all(step_logprob(s, eps, i, x, prev) == 0)
             continue
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5 + i), dtype=torch.float64)
-        torch.testing.assert_close(prev, mean + s.std(i) * z, rtol=0, atol=1e-6)
+        torch.testing.assert_close(prev, mean + s.std(i) * z, rtol=0, atol=1e-12)
         lp = step_logprob(s, eps, i, x, prev).detach().numpy()
-        np.testing.assert_allclose(lp, scipy_logpdf(prev, mean.detach(), s.std(i)), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(lp, scipy_logpdf(prev, mean.detach(), s.std(i)), rtol=1e-12, atol=1e-12)
         x = prev.detach()
 
 
@@ -99,8 +99,8 @@ def test_trajectory_logprob_is_the_sum_of_its_step_densities(unet, kind):
                 torch.testing.assert_close(eps, u + 2.0 * (c - u))
                 total += scipy_logpdf(f[:, i + 1], s.mean(eps, i, f[:, i]), s.std(i))
     lp, mask = pol.logprobs(q, qm, y)
-    np.testing.assert_allclose(pol.seq_logprob(q, qm, y).detach().numpy(), total, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(lp.sum(1).detach().numpy(), total, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pol.seq_logprob(q, qm, y).detach().numpy(), total, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lp.sum(1).detach().numpy(), total, rtol=1e-12, atol=1e-12)
     assert mask.sum(1).tolist() == [float(sum(s.stochastic(i) for i in range(3)))] * 4
 
 

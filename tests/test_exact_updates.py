@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_algo
-from scipy.special import log_softmax, softmax
+from conftest import make_algo, mp_exact_update_log_probs
+from scipy.special import softmax
 
 from testbed.policies import LogLinear, TabularSoftmax, initial_policy
 from testbed.problems import LinearBandit, TabularBandit, make_linear, make_tabular
@@ -223,5 +223,10 @@ def test_log_softmax_policy_stays_normalised_at_huge_eta():
     pol = random_policy(15, *p.rewards.shape)
     new = make_algo("rebel", p, eta=1e6).update(pol, None).policy
     assert np.all(np.isfinite(new.log_probs()))
-    np.testing.assert_allclose(np.exp(log_softmax(new.log_probs(), axis=1)).sum(axis=1), 1.0)
+    # the package's own output is normalised (not a re-normalised copy of it) ...
+    np.testing.assert_allclose(new.probs().sum(axis=1), 1.0, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(np.logaddexp.reduce(new.log_probs(), axis=1), 0.0, rtol=0, atol=1e-15)
+    # ... and is the closed form log_softmax(ln pi + eta·r) in mpmath, to 1e-12·eta·|r|max in log-probability
+    want = mp_exact_update_log_probs(pol.log_probs(), p.pi_ref, p.rewards, 1e6)
+    np.testing.assert_allclose(new.log_probs(), want, rtol=0, atol=1e-12 * 1e6 * np.abs(p.rewards).max())
     np.testing.assert_allclose(new.probs(), p.optimal_policy(), atol=1e-12)

@@ -79,7 +79,9 @@ def test_reported_average_is_the_mean_of_pi_0_to_pi_t_minus_1(run_dir):
     for r in rows[1:]:
         t = r["iteration"]
         assert r["exploitability_avg"] == pytest.approx(p.exploitability(np.mean(probs[:t], axis=0)), abs=1e-12)
-        assert r["exploitability_avg"] <= float(hedge_regret_bound(p, initial_policy(p), 0.5, t))
+        bound = (float(p.rho @ np.max(-np.log(probs[0]), axis=1)) / 0.5 + 0.5 * t / 8) / t  # (L/eta + eta·t/8)/t
+        assert float(hedge_regret_bound(p, initial_policy(p), 0.5, t)) == pytest.approx(bound, rel=1e-12)
+        assert r["exploitability_avg"] <= bound
     traj = read_trajectory(run_dir)["rps:hedge-exact:s0"]
     np.testing.assert_allclose(traj["avg_prob"][-1], np.mean(probs, axis=0), atol=1e-12)
 

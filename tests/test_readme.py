@@ -43,3 +43,16 @@ def test_theory_citations_point_at_sections_that_exist():
     cited = {m for f in files for m in re.findall(r"testbed/THEORY\.md §([A-Z])", f.read_text())}
     assert cited and cited <= sections, f"citations of missing sections: {sorted(cited - sections)}"
     assert not any(re.search(r"(?<!testbed/)THEORY\.md", f.read_text()) for f in files if f.suffix == ".py")
+
+
+def test_tox_test_env_installs_the_readmes_test_extras():
+    """`tox` runs the suite with the extras the README's test command installs: with fewer, the diffusion and
+    tensorboard tests skip under tox (importorskip) and tox passes a suite it did not run."""
+    import configparser
+
+    m = re.search(r'pip install -e "\.\[([\w,]+)\]" && python -m pytest', (ROOT / "README.md").read_text())
+    assert m, "README.md lost its test command"
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini")
+    extras = {e.strip() for e in re.split(r"[,\n]", tox["testenv"]["extras"]) if e.strip()}
+    assert extras == set(m.group(1).split(",")), f"tox [testenv] extras {sorted(extras)} != README's {m.group(1)}"
