@@ -155,7 +155,7 @@ class LMPolicy:
         m = unwrap(self.model)
         was_training = m.training
         m.eval()
-        kw = dict(do_sample=True, temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p,
+        kw = dict(do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                   max_new_tokens=self.max_new_tokens, min_new_tokens=0,
                   pad_token_id=self.pad_id if self.in_vocab_pad else self.eos_id,  # fed back for finished rows
                   eos_token_id=self.eos_id)
@@ -163,7 +163,16 @@ class LMPolicy:
             kw["suppress_tokens"] = [self.suppress]
         if sampler is not None:
             kw.update(do_sample=False, temperature=None, top_k=None, top_p=None, logits_processor=sampler)
-        out = m.generate(input_ids=masked_ids(query, query_mask), attention_mask=query_mask, **kw)
+        # sampling follows the spec only: a model folder's generation_config.json (repetition_penalty,
+        # no_repeat_ngram_size, bad_words_ids, top_k, ...) would change sampling but not the log-probs, so
+        # generate sees a blank one (transformers fills unset fields from the model's, then global defaults)
+        from transformers import GenerationConfig
+
+        saved, m.generation_config = m.generation_config, GenerationConfig()
+        try:
+            out = m.generate(input_ids=masked_ids(query, query_mask), attention_mask=query_mask, **kw)
+        finally:
+            m.generation_config = saved
         m.train(was_training)
         resp = out[:, query.shape[1]:]
         L = self.max_new_tokens
