@@ -8,11 +8,12 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from testbed.llm.models import load_causal_lm  # noqa: E402
-from testbed.llm.policy import LMPolicy  # noqa: E402
+from testbed.llm.policy import LMPolicy, apply_lora  # noqa: E402
 from testbed.llm.toy import toy_tokenizer  # noqa: E402
 
 
-def test_samples_follow_the_scored_distribution_not_the_saved_generation_config(tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_samples_follow_the_scored_distribution_not_the_saved_generation_config(tmp_path, lora):
     from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config
 
     tok = toy_tokenizer()
@@ -26,6 +27,8 @@ def test_samples_follow_the_scored_distribution_not_the_saved_generation_config(
     m.save_pretrained(tmp_path)
     m = load_causal_lm({"path": str(tmp_path)})
     assert m.generation_config.repetition_penalty == 3.0
+    if lora:  # peft's generate uses its base model's generation_config
+        m = apply_lora(m, r=2)
     pol = LMPolicy(m, tok, temperature=1.0, max_new_tokens=1, ref=None)
     N = 4000
     q, qm = pol.encode(["good good cat"] * N)

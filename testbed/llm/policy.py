@@ -168,11 +168,12 @@ class LMPolicy:
         # generate sees a blank one (transformers fills unset fields from the model's, then global defaults)
         from transformers import GenerationConfig
 
-        saved, m.generation_config = m.generation_config, GenerationConfig()
+        holder = m.get_base_model() if is_peft(m) else m  # a peft model generates with its base model's config
+        saved, holder.generation_config = holder.generation_config, GenerationConfig()
         try:
             out = m.generate(input_ids=masked_ids(query, query_mask), attention_mask=query_mask, **kw)
         finally:
-            m.generation_config = saved
+            holder.generation_config = saved
         m.train(was_training)
         resp = out[:, query.shape[1]:]
         L = self.max_new_tokens
