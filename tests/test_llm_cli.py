@@ -138,6 +138,21 @@ def test_dataset_missing_the_chosen_column(tmp_path, capsys):
          files={"pairs.jsonl": json.dumps({"prompt": "good cat", "rejected": "bad"}) + "\n"})
 
 
+@pytest.mark.parametrize("prompts", [["", ""], ["good cat", "", "red"]])
+def test_an_empty_prompt_is_refused(tmp_path, capsys, prompts):
+    raw = toy_spec({"name": "rebel"})
+    raw["prompts"] = raw["eval_prompts"] = {"file": str(tmp_path / "p.jsonl")}
+    bad = prompts.index("") + 1
+    _bad(tmp_path, capsys, raw, f"prompts (file {str(tmp_path / 'p.jsonl')!r}): prompt {bad} ('') has no tokens",
+         files={"p.jsonl": "".join(json.dumps({"prompt": p}) + "\n" for p in prompts)})
+
+
+def test_an_empty_prompt_in_a_pairs_dataset_is_refused(tmp_path, capsys):
+    raw = toy_spec({"name": "dpo", "mode": "offline", "dataset": str(tmp_path / "pairs.jsonl")})
+    _bad(tmp_path, capsys, raw, "pairs.jsonl': prompt 1 ('') has no tokens",
+         files={"pairs.jsonl": json.dumps({"prompt": "", "chosen": "good", "rejected": "bad"}) + "\n"})
+
+
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 

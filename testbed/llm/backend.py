@@ -64,6 +64,11 @@ class LMBackend:
             for s in range(0, n, m):
                 yield perm[s:s + m]
 
+    def mean_over_minibatch(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of per-item ``x`` over the whole (global) minibatch being optimised: every process's part."""
+        m = x[torch.as_tensor(self.minibatch_index, dtype=torch.long, device=x.device)].mean()
+        return self.accelerator.reduce(m, "mean") if self.world > 1 else m
+
     def optimise(self, config, n: int, epochs: int, loss_fn) -> float:
         """``epochs`` passes of minibatch AdamW on ``loss_fn(idx) -> scalar`` (mean over idx)."""
         return self.optimise_shards(config, n, epochs, [loss_fn])[0]
@@ -80,6 +85,7 @@ class LMBackend:
         losses = [[] for _ in loss_fns]
         for _ in range(epochs):
             for mb in self.minibatches(n, self.minibatch(config) // K):
+                self.minibatch_index = mb  # this process's part of the minibatch (a weighted loss's normaliser)
                 aside = None
                 for k, loss_fn in enumerate(loss_fns):
                     aside = self._set_aside(aside) if k else None

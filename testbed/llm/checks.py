@@ -131,8 +131,23 @@ def check_local_copy(entry: dict, where: str) -> None:
 
 def check_before_build(spec) -> None:
     """What a real run (not a dry run) must have before it builds a model: local copies of hub models when
-    offline, and a count_token reward's token as one token of the policy's tokenizer."""
+    offline, a count_token reward's token as one token of the policy's tokenizer, and no prompt (in a prompts file or
+    an algorithm's dataset) that tokenises to nothing."""
+    from testbed.llm.spec import PREFERENCES
+
     check_local_copy(spec.model, "model")
+    files = [(f"{field} (file {str(e['file'])!r})", e["file"]) for field, e in
+             (("prompts", spec.prompts), ("eval_prompts", spec.eval_prompts)) if "file" in e]
+    files += [(f"dataset {str(c.dataset)!r}", c.dataset) for _, c, _ in spec.algorithms
+              if getattr(c, "dataset", "") and c.dataset != PREFERENCES]
+    if files:
+        from testbed.io import read_jsonl
+        from testbed.llm.data import check_prompts
+        from testbed.llm.models import load_tokenizer
+
+        tok = load_tokenizer(spec.model)
+        for where, path in files:
+            check_prompts(tok, [row["prompt"] for row in read_jsonl(path, ("prompt",))], where)
     r = spec.reward
     if r.get("kind") == "model" and "name" in r:
         check_local_copy({k: r[k] for k in ("name", "path") if k in r}, "reward")

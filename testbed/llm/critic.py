@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from testbed.llm.policy import forward_logits
+from testbed.llm.policy import forward_logits, masked_ids
 
 
 class ValueModel(nn.Module):
@@ -54,6 +54,6 @@ class PolicyAndValue(nn.Module):
         ids = torch.cat([query, response], 1)
         mask = torch.cat([query_mask, resp_mask.to(query_mask.dtype)], 1)
         pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-        v = self.critic(ids, mask, pos)
+        v = self.critic(masked_ids(ids, mask), mask, pos)
         Q = query.shape[1]
         return logits, v[:, Q - 1:-1]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from testbed.errors import InputError
 from testbed.io import read_jsonl
 
 
@@ -21,6 +22,14 @@ def encode_responses(tokenizer, texts: list[str], length: int | None = None) -> 
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
     L = length or max(len(x) for x in ids)
     return torch.tensor([(x + [pad] * L)[:L] for x in ids], dtype=torch.long)
+
+
+def check_prompts(tokenizer, prompts: list[str], where: str) -> None:
+    """A one-line InputError for the first prompt that tokenises to no tokens: the first response token would have
+    nothing to be conditioned on (generate and the log-prob forward would then disagree on its positions)."""
+    for i, ids in enumerate(tokenizer(prompts)["input_ids"] if prompts else []):
+        if not ids:
+            raise InputError(f"{where}: prompt {i + 1} ({prompts[i]!r}) has no tokens; every prompt needs at least one")
 
 
 def encode_prompts(policy, prompts: list[str], max_length: int | None):

@@ -11,6 +11,9 @@ PPO/RLOO trainers:
   (:func:`response_mask`), with the logits divided by the sampling temperature;
 - position ids count real tokens only, so padding never shifts positions: a padded batch gives the
   log-probs of each sequence run alone;
+- padding never reaches a model as an input id: masked positions go in as id 0 (as the official code's
+  ``masked_fill(..., ~attention_mask, 0)``), so a pad token added to a tokenizer without resizing the
+  embeddings (a tokenizer with no pad token: its id is the vocabulary size) is never looked up;
 - the reference policy is the same model with its LoRA adapter disabled (no second copy), a frozen
   copy for a full fine-tune, or log-probs computed once in advance (offline DPO).
 """
@@ -59,6 +62,11 @@ def has_eos(response: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (response == eos_id).any(dim=1)
 
 
+def masked_ids(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``ids`` with the masked-out positions set to 0 (a valid id however the pad token was added)."""
+    return ids.masked_fill(~mask.bool(), 0)
+
+
 def forward_logits(model, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
                    resp_mask: torch.Tensor) -> torch.Tensor:
     """Logits predicting each response token: [B, L, V]. ``query`` must be left-padded."""
@@ -66,7 +74,7 @@ def forward_logits(model, query: torch.Tensor, query_mask: torch.Tensor, respons
     mask = torch.cat([query_mask, resp_mask.to(query_mask.dtype)], dim=1)
     pos = (mask.long().cumsum(1) - 1).clamp(min=0)
     # only the L + 1 last positions go through the LM head (logits_to_keep): the rest are never read
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+    out = model(input_ids=masked_ids(ids, mask), attention_mask=mask, position_ids=pos, use_cache=False,
                 logits_to_keep=response.shape[1] + 1)
     return out.logits[:, :-1]
 
@@ -80,7 +88,8 @@ def token_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: fl
     with mask 0 (after the first EOS) are set to exactly 0.
     """
     lg = _suppressed(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, suppress)
-    lp = torch.gather(lg, 2, response[..., None])[..., 0] - torch.logsumexp(lg, dim=-1)
+    idx = response if mask is None else masked_ids(response, mask)  # a pad after EOS may be out of the vocabulary
+    lp = torch.gather(lg, 2, idx[..., None])[..., 0] - torch.logsumexp(lg, dim=-1)
     return lp if mask is None else torch.where(mask.bool(), lp, torch.zeros_like(lp))
 
 
@@ -110,7 +119,9 @@ class LMPolicy:
         self.model, self.tokenizer = model, tokenizer
         self.temperature, self.top_k, self.top_p, self.max_new_tokens = temperature, top_k, top_p, max_new_tokens
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-        self.suppress = self.pad_id if self.pad_id != self.eos_id else None
+        # a pad id outside the model's vocabulary (added to a tokenizer without one) can never be sampled
+        self.in_vocab_pad = self.pad_id < unwrap(model).get_input_embeddings().num_embeddings
+        self.suppress = self.pad_id if self.pad_id != self.eos_id and self.in_vocab_pad else None
         if ref == "auto":
             ref = "adapter" if is_peft(model) else "copy"
         self.ref_kind = ref
@@ -144,14 +155,25 @@ class LMPolicy:
         m = unwrap(self.model)
         was_training = m.training
         m.eval()
-        kw = dict(do_sample=True, temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p,
-                  max_new_tokens=self.max_new_tokens, min_new_tokens=0, pad_token_id=self.pad_id,
+        kw = dict(do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                  max_new_tokens=self.max_new_tokens, min_new_tokens=0,
+                  pad_token_id=self.pad_id if self.in_vocab_pad else self.eos_id,  # fed back for finished rows
                   eos_token_id=self.eos_id)
         if self.suppress is not None:
             kw["suppress_tokens"] = [self.suppress]
         if sampler is not None:
             kw.update(do_sample=False, temperature=None, top_k=None, top_p=None, logits_processor=sampler)
-        out = m.generate(input_ids=query, attention_mask=query_mask, **kw)
+        # sampling follows the spec only: a model folder's generation_config.json (repetition_penalty,
+        # no_repeat_ngram_size, bad_words_ids, top_k, ...) would change sampling but not the log-probs, so
+        # generate sees a blank one (transformers fills unset fields from the model's, then global defaults)
+        from transformers import GenerationConfig
+
+        holder = m.get_base_model() if is_peft(m) else m  # a peft model generates with its base model's config
+        saved, holder.generation_config = holder.generation_config, GenerationConfig()
+        try:
+            out = m.generate(input_ids=masked_ids(query, query_mask), attention_mask=query_mask, **kw)
+        finally:
+            holder.generation_config = saved
         m.train(was_training)
         resp = out[:, query.shape[1]:]
         L = self.max_new_tokens

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from testbed.errors import InputError
-from testbed.llm.policy import first_eos_index, left_pad, response_mask, unwrap
+from testbed.llm.policy import first_eos_index, left_pad, masked_ids, response_mask, unwrap
 from testbed.losses import dpo_loss
 
 
@@ -46,7 +46,7 @@ class RewardModel:
         m = unwrap(self.model)
         backbone = getattr(m, m.base_model_prefix)
         pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-        h = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        h = backbone(input_ids=masked_ids(ids, mask), attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
         head = m.score if hasattr(m, "score") else m.classifier
         return head(h)[..., 0].float() + score_offset(m)
 

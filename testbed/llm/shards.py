@@ -83,9 +83,14 @@ class _View(LMBackend):
     """The back-end as process k of K sees it; its solver calls wait for the other shards."""
 
     shard: _Shard | None = None
+    parent: LMBackend | None = None
 
     def optimise(self, config, n: int, epochs: int, loss_fn) -> float:
         return self.shard.solve((config, n, epochs, loss_fn))
+
+    def mean_over_minibatch(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over this shard's part of the minibatch (not over all K shards' parts, as K processes' would)."""
+        return x[torch.as_tensor(self.parent.minibatch_index, dtype=torch.long, device=x.device)].mean()
 
 
 class Shards:
@@ -124,7 +129,7 @@ class Shards:
                 if hasattr(algo, f):
                     setattr(a, f, copy.deepcopy(getattr(algo, f)) if self.states is None else self.states[k][f])
             shard = _Shard(a, *parts[k])
-            a.ctx = _View(**{**fields, "world": K, "rank": k}, shard=shard)
+            a.ctx = _View(**{**fields, "world": K, "rank": k}, shard=shard, parent=ctx)
             algos.append(a)
             shards.append(shard)
         try:

@@ -66,8 +66,9 @@ class TrainConfig:
     weight_decay: float = nonneg(0.0, "AdamW weight decay")
     max_grad_norm: float = nonneg(1.0, "gradient-norm clipping (0: off)")
     temperature: float = positive(0.7, "sampling temperature, also dividing the logits of every log-prob (official: 0.7)")
-    top_k: int = dataclasses.field(default=0, metadata={"doc": "top-k sampling (0: off)"})
-    top_p: float = positive(1.0, "nucleus sampling (1: off)")
+    top_k: int = dataclasses.field(default=0, metadata={"doc": "top-k sampling (0: off); sampling only: log-probs, KL "
+                                                            "and ratios use the full softmax (as TRL)"})
+    top_p: float = positive(1.0, "nucleus sampling (1: off); sampling only, like top_k")
     max_new_tokens: int = count(16, "fixed response length; tokens after the first EOS become padding (official: 53)")
     max_prompt_length: int = count(512, "prompts are truncated to this many tokens")
     missing_eos_penalty: float | None = dataclasses.field(default=1.0, metadata={

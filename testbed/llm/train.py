@@ -39,6 +39,7 @@ from testbed.experiments.spec import dump_yaml
 from testbed.llm.backend import LMBackend, backend_state, restore_backend
 from testbed.llm.checks import check_before_build, lm_input_files, run_key
 from testbed.llm.critic import PolicyAndValue, make_critic
+from testbed.llm.data import check_prompts
 from testbed.llm.distributed import gather_rng, restore_rng
 from testbed.llm.evaluation import evaluate
 from testbed.llm.models import load_causal_lm, load_tokenizer
@@ -132,6 +133,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     shards = Shards(ctx, tr.shards, seed, CHECKPOINTED_ALGO_FIELDS) if tr.shards > 1 else None  # K processes' streams
     prompts = make_prompts(spec.prompts) if algo.needs_prompts(algo.config) else []
     eval_prompts = make_prompts(spec.eval_prompts) if ctx.reward is not None else []
+    for field, entry, texts in (("prompts", spec.prompts, prompts), ("eval_prompts", spec.eval_prompts, eval_prompts)):
+        check_prompts(ctx.policy.tokenizer, texts, field + (f" (file {str(entry['file'])!r})" if "file" in entry else ""))
     order, cursor = ctx.rng.permutation(len(prompts)) if prompts else None, 0
     start, samples, queries = time.perf_counter(), 0, 0
     rows, generations = [], []
