@@ -106,6 +106,15 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
+def _vocabulary_size(model, default: int) -> int:
+    """The number of token ids the model embeds: its input embedding's rows, else ``config.vocab_size``, else
+    ``default`` (a toy model without either: every id is taken to be in range)."""
+    embed = getattr(model, "get_input_embeddings", None)
+    if embed is not None and embed() is not None:
+        return embed().num_embeddings
+    return getattr(getattr(model, "config", None), "vocab_size", None) or default
+
+
 class LMPolicy:
     """A causal LM as a policy over responses.
 
@@ -120,7 +129,7 @@ class LMPolicy:
         self.temperature, self.top_k, self.top_p, self.max_new_tokens = temperature, top_k, top_p, max_new_tokens
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         # a pad id outside the model's vocabulary (added to a tokenizer without one) can never be sampled
-        self.in_vocab_pad = self.pad_id < unwrap(model).get_input_embeddings().num_embeddings
+        self.in_vocab_pad = self.pad_id < _vocabulary_size(unwrap(model), self.pad_id + 1)
         self.suppress = self.pad_id if self.pad_id != self.eos_id and self.in_vocab_pad else None
         if ref == "auto":
             ref = "adapter" if is_peft(model) else "copy"
