@@ -28,13 +28,11 @@ def run(spec, out=None, *, overrides=(), overwrite: bool = False, progress: bool
 
     from testbed.errors import InputError
     from testbed.experiments.overrides import apply_overrides
+    from testbed.experiments.spec import spec_file
     from testbed.io import read_yaml
 
     if isinstance(spec, (str, Path)):
-        path = Path(spec)
-        if not path.is_file():
-            raise InputError(f"spec file {str(path)!r} "
-                             + ("is a folder, not a YAML spec file" if path.is_dir() else "does not exist"))
+        path = spec_file(spec)
         data, source, base = read_yaml(path, "spec"), str(path), path.parent
     elif isinstance(spec, dict):
         data, source, base = spec, "spec", Path.cwd()

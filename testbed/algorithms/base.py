@@ -183,16 +183,26 @@ class Algorithm:
         """Validate inputs that depend on the problem (e.g. a dataset's indices); raise InputError."""
 
 
-def mirror_step(log_pi: np.ndarray, eta: float, s: np.ndarray) -> np.ndarray:
+def mirror_step(log_pi: np.ndarray, eta: float, s: np.ndarray, safe: bool = False) -> np.ndarray:
     """ln pi + eta·s, the logits of pi·exp(eta·s), row by row (the last axis); a row where eta·s overflows takes
     eta·(s − max s) instead, the same distribution in finite numbers (inf − inf in the log-softmax gave NaN at eta
-    = 1e308). Decided per row, so a stack's member gets its unstacked bits."""
+    = 1e308). ``safe`` (:func:`no_overflow`, fixed per problem and eta) skips the per-row test, which costs ~1.5x the
+    step itself. Rows that do not overflow get ln pi + eta·s either way: a stack's member gets its unstacked bits."""
+    if safe:
+        return log_pi + eta * s
     with np.errstate(over="ignore", invalid="ignore"):
         step = eta * s
         over = ~np.all(np.isfinite(step), axis=-1, keepdims=True)
         if over.any():
             step = np.where(over, eta * (s - np.max(s, axis=-1, keepdims=True)), step)
     return log_pi + step
+
+
+def no_overflow(eta: float, rewards: np.ndarray) -> bool:
+    """Whether eta·s cannot overflow in an exact step whose s is the (KL-shaped, centred) reward: eta·max|r| <=
+    max float / 16. The centring at most doubles |s|, and the KL term adds at most |ln pi| + |ln pi_ref| to eta·|s|
+    (eta·beta <= 1 is validated), finite log-probabilities far below the float range."""
+    return bool(eta * float(np.max(np.abs(rewards))) <= np.finfo(float).max / 16)
 
 
 def per_seed(draw, policy: Policy, rng, problem) -> tuple[np.ndarray, ...]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.algorithms.base import Algorithm, Step, items, mirror_step, nonneg, one_of, per_seed, positive
+from testbed.algorithms.base import Algorithm, Step, items, mirror_step, no_overflow, nonneg, one_of, per_seed, positive
 from testbed.algorithms.stacked_draws import at, policy_samples
 from testbed.errors import InputError
 from testbed.losses import kl_shaped_reward
@@ -64,6 +64,7 @@ class NPG(Algorithm):
     def __init__(self, config: NPGConfig, problem, rng: np.random.Generator):
         super().__init__(config, problem, rng)
         self._all_rho_positive = bool(np.all(problem.rho > 0))
+        self._no_overflow = no_overflow(config.eta, problem.rewards)
 
     @staticmethod
     def batchable(config: NPGConfig, kind: str) -> bool:
@@ -84,7 +85,7 @@ class NPG(Algorithm):
         log_pi = policy.log_probs()
         q = self.shaped(p.rewards, log_pi, p.log_pi_ref)
         if isinstance(policy, TabularSoftmax):
-            new = mirror_step(log_pi, eta, q - q.mean(axis=-1, keepdims=True))
+            new = mirror_step(log_pi, eta, q - q.mean(axis=-1, keepdims=True), self._no_overflow)
             if not self._all_rho_positive:  # F is zero on contexts with rho(x) = 0: no step there
                 new = np.where(p.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), None, None)

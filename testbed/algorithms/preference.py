@@ -112,7 +112,7 @@ class REBELPreference(_PreferenceAlgorithm):
         resid = f[..., :, None] - f[..., None, :] - target
         w = np.exp(log_a)[..., None] * np.exp(log_mu)[..., None, :]
         loss = np.sum((w * resid**2).reshape(w.shape[:-3] + (-1,)), axis=-1)  # one contiguous sum per member
-        return Step(policy.with_params(policy.log_probs() + f), (loss if loss.ndim else float(loss)) / eta**2, None)
+        return Step(policy.with_params(log_pi + f), (loss if loss.ndim else float(loss)) / eta**2, None)
 
     def _sampled(self, policy: TabularSoftmax, rng) -> Step:
         cfg, p = self.config, self.problem

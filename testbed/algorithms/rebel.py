@@ -35,6 +35,7 @@ from testbed.algorithms.base import (
     items,
     minibatch_field,
     mirror_step,
+    no_overflow,
     nonneg,
     one_of,
     positive,
@@ -130,6 +131,7 @@ class REBEL(Algorithm):
             ref = TabularSoftmax(problem.log_pi_ref)
             self.offline = ref.sample(rng, np.repeat(np.arange(X), config.offline_size)).reshape(X, config.offline_size)
         self._all_rho_positive = bool(np.all(problem.rho > 0))
+        self._no_overflow = no_overflow(config.eta, problem.rewards)
         self._adam: dict = {}
 
     @staticmethod
@@ -170,7 +172,7 @@ class REBEL(Algorithm):
         eta = self.config.eta
         if isinstance(policy, TabularSoftmax):
             log_pi = policy.log_probs()
-            new = mirror_step(log_pi, eta, self.shaped_rewards(log_pi))
+            new = mirror_step(log_pi, eta, self.shaped_rewards(log_pi), self._no_overflow)
             if not self._all_rho_positive:  # contexts never drawn get no data: min-norm leaves them
                 new = np.where(self.problem.rho[..., None] > 0, new, log_pi)
             return Step(policy.with_params(new), 0.0, None)

@@ -375,14 +375,20 @@ def _tune(value, seeds: list[int]) -> dict | None:
     return {"seeds": t}
 
 
+def spec_file(path: str | Path) -> Path:
+    """``path`` as a Path if it is a file; else a one-line InputError (missing, or a folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"spec file {str(path)!r} " + ("is a folder, not a YAML spec file" if path.is_dir()
+                                                        else "does not exist"))
+    return path
+
+
 def load_spec(path: str | Path, overrides=()) -> Spec:
     """A spec file, with ``key=value`` overrides applied (:mod:`testbed.experiments.overrides`)."""
     from testbed.experiments.overrides import apply_overrides
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"spec file {str(path)!r} "
-                             + ("is a folder, not a YAML spec file" if path.is_dir() else "does not exist"))
+    path = spec_file(path)
     data = read_yaml(path, "spec")
     return parse_spec(apply_overrides(data, overrides, TOP_KEYS) if overrides else data, str(path), path.parent)
 

@@ -109,9 +109,10 @@ def unwrap(model):
 def _vocabulary_size(model, default: int) -> int:
     """The number of token ids the model embeds: its input embedding's rows, else ``config.vocab_size``, else
     ``default`` (a toy model without either: every id is taken to be in range)."""
-    embed = getattr(model, "get_input_embeddings", None)
-    if embed is not None and embed() is not None:
-        return embed().num_embeddings
+    get = getattr(model, "get_input_embeddings", None)
+    embed = get() if get is not None else None
+    if embed is not None:
+        return embed.num_embeddings
     return getattr(getattr(model, "config", None), "vocab_size", None) or default
 
 

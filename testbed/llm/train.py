@@ -134,7 +134,8 @@ def run_one(spec: LMSpec, algo_name: str, algo_cfg, seed: int, run_id: str, bar=
     prompts = make_prompts(spec.prompts) if algo.needs_prompts(algo.config) else []
     eval_prompts = make_prompts(spec.eval_prompts) if ctx.reward is not None else []
     for field, entry, texts in (("prompts", spec.prompts, prompts), ("eval_prompts", spec.eval_prompts, eval_prompts)):
-        check_prompts(ctx.policy.tokenizer, texts, field + (f" (file {str(entry['file'])!r})" if "file" in entry else ""))
+        if "file" not in entry:  # prompt files were checked before any model was built (check_before_build)
+            check_prompts(ctx.policy.tokenizer, texts, field)
     order, cursor = ctx.rng.permutation(len(prompts)) if prompts else None, 0
     start, samples, queries = time.perf_counter(), 0, 0
     rows, generations = [], []

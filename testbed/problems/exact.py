@@ -77,12 +77,11 @@ def regularised_minimax(P: np.ndarray, mu: np.ndarray, tau: float) -> np.ndarray
     """
     P, log_mu = np.asarray(P, dtype=np.float64), np.log(np.asarray(mu, dtype=np.float64))
 
-    def F(logit):
-        return logit - log_softmax(log_mu + P @ np.exp(log_softmax(logit)) / tau)
+    def F(logit, t=tau):
+        return logit - log_softmax(log_mu + P @ np.exp(log_softmax(logit)) / t)
 
     def solve(start, t):
-        g = lambda logit: logit - log_softmax(log_mu + P @ np.exp(log_softmax(logit)) / t)  # noqa: E731
-        sol = root(g, start, method="hybr", tol=1e-15)
+        sol = root(F, start, args=(t,), method="hybr", tol=1e-15)
         return log_softmax(sol.x), sol
 
     logit, sol = solve(log_mu.copy(), tau)
