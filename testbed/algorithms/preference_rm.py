@@ -44,10 +44,16 @@ class BTREBEL(_PreferenceAlgorithm):
         super().__init__(config, problem, rng)
         members = getattr(problem, "members", None)  # a stack: each member's reward model from its own generator
         pairs = list(zip(members, rng)) if members is not None else [(problem, rng)]
-        # the population fit is a function of the problem alone: once per distinct member (seeds share one problem)
-        distinct = {id(m): m for m, _ in pairs} if config.reward_model == "population" else {}
-        once = {k: self._fit(m, None) for k, m in distinct.items()}
-        fits = [once.get(id(m)) or self._fit(m, g) for m, g in pairs]
+        # the population fit is a function of the problem alone: once per distinct member (seeds share one problem);
+        # every fit of the stack is one batched Newton solve (each context's fit is the same in any batch)
+        if config.reward_model == "population":
+            distinct = list({id(m): m for m, _ in pairs}.values())
+            data = [self._data(m, None) for m in distinct]
+            fitted = dict(zip(map(id, distinct), self._fit_all(data)))
+            fits = [(fitted[id(m)], 0, 0) for m, _ in pairs]
+        else:
+            data = [self._data(m, g) for m, g in pairs]
+            fits = [(r, *d[3:]) for r, d in zip(self._fit_all(data), data)]
         self._pending, self._pending_queries = fits[0][1:]
         rewards = [TabularBandit(r, m.rho, m.pi_ref, name=f"{m.name}-bt-rewards")
                    for (r, *_), m in zip(fits, members or [problem])]
@@ -56,13 +62,12 @@ class BTREBEL(_PreferenceAlgorithm):
         rc = REBELConfig(eta=config.eta, beta=config.beta, mode=config.mode, pairs=config.pairs)
         self.rebel = REBEL(rc, self.reward_problem, rng)
 
-    def _fit(self, p, rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
-        """The Bradley–Terry rewards of one problem, and the responses and queries its data set cost (counted at
-        the first step)."""
+    def _data(self, p, rng: np.random.Generator | None) -> tuple:
+        """One problem's Bradley–Terry data: (P, pair weights, ridge, responses, queries its data set cost, counted
+        at the first step): the exact P over pi_ref pairs, or the win rates of a sampled data set."""
         config = self.config
-        pair_w = p.pi_ref[:, :, None] * p.pi_ref[:, None, :]
         if config.reward_model == "population":
-            return bradley_terry_fit(p.preferences, pair_weights=pair_w), 0, 0
+            return p.preferences, p.pi_ref[:, :, None] * p.pi_ref[:, None, :], 0.0, 0, 0
         n = config.dataset
         x = p.sample_contexts(rng, n)
         ref = TabularSoftmax(p.log_pi_ref)
@@ -76,7 +81,15 @@ class BTREBEL(_PreferenceAlgorithm):
         np.add.at(wins, (x, y2, y), 1.0 - o)
         P_hat = np.where(counts > 0, wins / np.maximum(counts, 1), 0.5)
         # 2n responses drawn for the data set, one preference query per comparison
-        return bradley_terry_fit(P_hat, pair_weights=counts / (2 * n), l2=config.l2), 2 * n, n
+        return P_hat, counts / (2 * n), config.l2, 2 * n, n
+
+    @staticmethod
+    def _fit_all(data: list[tuple]) -> list[np.ndarray]:
+        """The Bradley–Terry rewards [X, Y] of each problem's data, all contexts in one batched fit."""
+        X = data[0][0].shape[0]
+        rewards = bradley_terry_fit(np.concatenate([d[0] for d in data]), pair_weights=np.concatenate([d[1] for d in data]),
+                                    l2=data[0][2])
+        return [rewards[i * X:(i + 1) * X] for i in range(len(data))]
 
     def update(self, policy: Policy, rng: np.random.Generator) -> Step:
         _tabular(policy, "bt_rebel")

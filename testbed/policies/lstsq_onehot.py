@@ -40,6 +40,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from testbed.problems.exact import components
+
 
 def context_counts(blocks: np.ndarray, y: np.ndarray, targets: np.ndarray, num_blocks: int, Y: int):
     """Counts c[b, y] of the samples (blocks[i], y[i]) and the sums of their targets, [num_blocks, Y] each."""
@@ -81,17 +83,6 @@ def npg_step(policy, x: np.ndarray, y: np.ndarray, targets: np.ndarray, ridge: f
     counts, sums = context_counts(flat, y.ravel(), targets.ravel(), S * X, Y)
     delta = npg_delta(counts.reshape(lead + (X, Y)), sums.reshape(lead + (X, Y)), ridge)
     return policy.with_params(policy.params + delta)
-
-
-def components(gram: np.ndarray) -> np.ndarray:
-    """Whether responses y and y' are connected in each block's graph (edge y-y' iff gram[b, y, y'] != 0),
-    [B, Y, Y] boolean: the closure of I + adjacency by ceil(log2 Y) boolean squarings, batched over blocks."""
-    Y = gram.shape[-1]
-    reach = (gram != 0) | np.eye(Y, dtype=bool)
-    for _ in range(max(int(np.ceil(np.log2(Y))), 0)):
-        r = reach.astype(np.float32)
-        reach = np.matmul(r, r) > 0
-    return reach
 
 
 def pair_solve(gram: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ rounding would otherwise print values like -1e-17)."""
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linprog, minimize, root
+from scipy.optimize import linprog, root
 from scipy.special import expit, log_expit, log_softmax, rel_entr
 
 
@@ -94,8 +94,55 @@ def regularised_minimax(P: np.ndarray, mu: np.ndarray, tau: float) -> np.ndarray
     return np.exp(logit)
 
 
+def components(gram: np.ndarray) -> np.ndarray:
+    """Whether responses y and y' are connected in each block's graph (edge y-y' iff gram[b, y, y'] != 0),
+    [B, Y, Y] boolean: the closure of I + adjacency by ceil(log2 Y) boolean squarings, batched over blocks."""
+    Y = gram.shape[-1]
+    reach = (gram != 0) | np.eye(Y, dtype=bool)
+    for _ in range(max(int(np.ceil(np.log2(Y))), 0)):
+        r = reach.astype(np.float32)
+        reach = np.matmul(r, r) > 0
+    return reach
+
+
+def _bt_objective(r: np.ndarray, wins: np.ndarray, Ws: np.ndarray, l2: float, derivatives: bool = True):
+    """The negative BT log-likelihood plus the ridge of each block's rewards r [B, Y]; with ``derivatives`` also its
+    gradient [B, Y] and Hessian [B, Y, Y]. ``wins`` = Ws·P, Ws the symmetrised pair weights. Every block's numbers
+    come from its own rows only (a block's fit is the same in any batch)."""
+    B = r.shape[0]
+    d = r[:, :, None] - r[:, None, :]
+    val = -np.sum((wins * log_expit(d)).reshape(B, -1), axis=1) + l2 * np.sum(r * r, axis=1)
+    if not derivatives:
+        return val
+    sig = expit(d)
+    grad = -np.sum(wins - Ws * sig, axis=2) + 2 * l2 * r  # Ws·(P − σ(d)) summed over y' (Ws symmetric, P + Pᵀ = 1)
+    s = Ws * sig * expit(-d)
+    H = -s
+    i = np.arange(r.shape[1])
+    H[:, i, i] += np.sum(s, axis=2) + 2 * l2
+    return val, grad, H
+
+
+def _newton_step(H: np.ndarray, g: np.ndarray, reach: np.ndarray | None) -> np.ndarray:
+    """The minimum-norm solution p of H·p = −g [B, Y] (``reach``: the connected sets spanning H's null space, or
+    None when H is positive definite), solved with H scaled to unit diagonal, D^-½HD^-½, so that the rows of
+    responses with tiny comparison weights (π_ref near 0) keep their relative accuracy; the scaled null space
+    D^½1_c is filled by D^½1_c1_cᵀD^½/(1_cᵀD1_c), and each set's mean of p is then removed (p + const·1_c
+    solves the same system)."""
+    d = np.diagonal(H, axis1=1, axis2=2).copy()
+    d[d <= 0] = 1.0  # a response compared with none (its row of H is 0)
+    sq = np.sqrt(d)
+    A = H / sq[:, :, None] / sq[:, None, :]
+    if reach is not None:
+        A = A + reach * sq[:, :, None] * sq[:, None, :] / np.sum(reach * d[:, None, :], axis=2)[:, :, None]
+    p = np.linalg.solve(A, (-g / sq)[..., None])[..., 0] / sq
+    if reach is not None:
+        p = p - np.sum(reach * p[:, None, :], axis=2) / np.sum(reach, axis=2)
+    return p
+
+
 def bradley_terry_fit(P: np.ndarray, pair_weights: np.ndarray | None = None, x0: np.ndarray | None = None,
-                      l2: float = 0.0) -> np.ndarray:
+                      l2: float = 0.0, gtol: float = 1e-12, maxiter: int = 1000) -> np.ndarray:
     """Bradley–Terry maximum-likelihood rewards of a preference tensor (the population reward model).
 
     Per context, maximises the expected log-likelihood of comparisons (y, y') drawn with weights
@@ -103,44 +150,59 @@ def bradley_terry_fit(P: np.ndarray, pair_weights: np.ndarray | None = None, x0:
 
         L(r) = sum_{y,y'} w(y,y')·[P(y≻y')·ln σ(r_y − r_y') + P(y'≻y)·ln σ(r_y' − r_y)] − l2·|r|²
 
-    (Bradley & Terry 1952; the reward-model step of RLHF, Ouyang et al. 2022). L is concave; r is
-    identified up to a constant, fixed by r_0 = 0 during the fit (the ridge l2 acts in that gauge),
-    then centred to mean 0. Solved
-    by ``scipy.optimize.minimize`` (trust-exact, analytic gradient and Hessian) from ``x0``
-    (default 0). Deterministic transitive data (P ∈ {0, 1}) has no finite MLE unless l2 > 0.
+    (Bradley & Terry 1952; the reward-model step of RLHF, Ouyang et al. 2022). L is concave, and symmetric in the
+    responses' labels. With l2 = 0, r is identified up to a constant on each set of responses connected by
+    comparisons of positive weight: Newton's minimum-norm step (the Hessian plus the projector onto those sets'
+    indicators is solved, testbed/THEORY.md §E) moves no set's mean, so each keeps the mean of ``x0`` (default 0)
+    on it; with l2 > 0 the maximiser is unique and has mean 0. The result is centred to mean 0 per context.
+    Newton's method with Armijo backtracking, every context of the batch at once, each stopping on its own once its
+    gradient is below ``gtol`` (or the step at rounding level) and the steps no longer shrink quadratically, or
+    after ``maxiter`` steps. Deterministic transitive data (P ∈ {0, 1}) has no finite MLE unless l2 > 0: the fit
+    stops where the gradient falls below ``gtol``.
 
     Args:
       P: preferences [X, Y, Y] (or [Y, Y]).
       pair_weights: w [X, Y, Y] or [Y, Y], non-negative (default uniform).
       x0: starting rewards [X, Y] or [Y].
-    Returns: rewards [X, Y] (or [Y]), mean zero per context.
+    Returns: rewards [X, Y] (or [Y]), mean zero per context. A context's result does not depend on the
+    other contexts given with it.
     """
     P = np.asarray(P, dtype=np.float64)
     single = P.ndim == 2
     P = P[None] if single else P
     X, Y, _ = P.shape
     W = np.ones((X, Y, Y)) / Y**2 if pair_weights is None else np.broadcast_to(pair_weights, (X, Y, Y))
-    x0 = np.zeros((X, Y)) if x0 is None else np.broadcast_to(np.asarray(x0, dtype=np.float64), (X, Y))
-    out = np.zeros((X, Y))
-    for x in range(X):
-        Ws = W[x] + W[x].T  # each unordered comparison, either order
-        Px = P[x]
-
-        def nll(z, Px=Px, Ws=Ws):
-            r = np.concatenate([[0.0], z])
-            d = r[:, None] - r[None, :]
-            val = -np.sum(Ws * Px * log_expit(d)) + l2 * (r @ r)
-            G = Ws * (Px - expit(d))  # −d val/d r_y = sum_y' G[y, y'] (Ws symmetric, P + Pᵀ = 1)
-            grad = -G.sum(axis=1) + 2 * l2 * r
-            s = Ws * expit(d) * expit(-d)
-            H = np.diag(s.sum(axis=1)) - s + 2 * l2 * np.eye(Y)
-            return val, grad[1:], H[1:, 1:]
-
-        z0 = x0[x, 1:] - x0[x, 0]
-        res = minimize(lambda z: nll(z)[0], z0, jac=lambda z: nll(z)[1], hess=lambda z: nll(z)[2],
-                       method="trust-exact", options={"gtol": 1e-12, "maxiter": 1000})
-        r = np.concatenate([[0.0], res.x])
-        out[x] = r - r.mean()
+    z = np.zeros((X, Y)) if x0 is None else np.array(np.broadcast_to(np.asarray(x0, dtype=np.float64), (X, Y)))
+    Ws = W + W.swapaxes(1, 2)  # each unordered comparison, either order
+    wins = Ws * P
+    reach = components(Ws) if l2 == 0 else None  # with l2 = 0 the Hessian's null space: each connected set's 1_c
+    active, prev = np.arange(X), np.full(X, np.inf)
+    for _ in range(maxiter):
+        val, g, H = _bt_objective(z[active], wins[active], Ws[active], l2)
+        step = _newton_step(H, g, None if reach is None else reach[active])
+        size = np.max(np.abs(step), axis=1)
+        near = (np.sqrt(np.sum(g * g, axis=1)) <= gtol) | (size <= 1e-12 * np.maximum(1.0, np.max(np.abs(z[active]), axis=1)))
+        going = ~(near & (size >= prev[active] / 2) | (size == 0))  # near, and the step no longer shrinks quadratically
+        active, val, g, step, size = active[going], val[going], g[going], step[going], size[going]
+        if not active.size:
+            break
+        prev[active] = size
+        slope = np.sum(g * step, axis=1)  # −(Newton decrement)²
+        t = np.ones(len(active))
+        search = -slope > 1e-13 * np.maximum(1.0, np.abs(val))  # else the decrease is below rounding: a full step
+        z[active[~search]] += step[~search]
+        todo = np.flatnonzero(search)
+        for _ in range(60):  # Armijo: halve each context's step until its objective decreases enough
+            if not todo.size:
+                break
+            trial = z[active[todo]] + t[todo, None] * step[todo]
+            ok = (_bt_objective(trial, wins[active[todo]], Ws[active[todo]], l2, False)
+                  <= val[todo] + 1e-4 * t[todo] * slope[todo])
+            z[active[todo[ok]]] = trial[ok]
+            todo = todo[~ok]
+            t[todo] *= 0.5
+        active = np.setdiff1d(active, active[todo])  # no decrease along the Newton step: at rounding level
+    out = z - z.mean(axis=1, keepdims=True)
     return out[0] if single else out
 
 
