@@ -25,6 +25,24 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), pos, -1).max(dim=1).values
 
 
+def score_head(model):
+    """The one-label head of a sequence classifier (``score``, else ``classifier``)."""
+    m = unwrap(model)
+    return m.score if hasattr(m, "score") else m.classifier
+
+
+def padded_inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Forward arguments for padded ids: pads go in as id 0 (never looked up), masked out of attention; real-token
+    positions."""
+    pos = (mask.long().cumsum(1) - 1).clamp(min=0)
+    return dict(input_ids=masked_ids(ids, mask), attention_mask=mask, position_ids=pos, use_cache=False)
+
+
+def last_token_score(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each row of ``per_token`` [B, T] at its last mask-1 position (the last non-pad token). Shape [B]."""
+    return per_token.gather(1, last_token_index(mask)[:, None])[:, 0]
+
+
 def score_offset(model) -> float:
     """The constant a re-centred reward model adds to its head's output (``config.score_offset``, 0 if none; set by
     :func:`testbed.llm.rm.recentre`)."""
@@ -44,11 +62,8 @@ class RewardModel:
 
     def scores_at_every_token(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = unwrap(self.model)
-        backbone = getattr(m, m.base_model_prefix)
-        pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-        h = backbone(input_ids=masked_ids(ids, mask), attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-        head = m.score if hasattr(m, "score") else m.classifier
-        return head(h)[..., 0].float() + score_offset(m)
+        h = getattr(m, m.base_model_prefix)(**padded_inputs(ids, mask)).last_hidden_state
+        return score_head(m)(h)[..., 0].float() + score_offset(m)
 
     def score(self, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
               grad: bool = False) -> torch.Tensor:
@@ -56,8 +71,7 @@ class RewardModel:
         ids = torch.cat([query, response], 1)
         mask = torch.cat([query_mask, response_mask(response, self.eos_id).to(query_mask.dtype)], 1)
         with torch.set_grad_enabled(grad):
-            s = self.scores_at_every_token(ids, mask)
-        return s.gather(1, last_token_index(mask)[:, None])[:, 0]
+            return last_token_score(self.scores_at_every_token(ids, mask), mask)
 
     __call__ = score
 

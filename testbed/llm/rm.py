@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from testbed.errors import InputError
-from testbed.llm.rewards import score_offset
+from testbed.llm.rewards import last_token_score, padded_inputs, score_head, score_offset
 from testbed.losses import dpo_loss
 
 RECENTRE = ("none", "reference_mean")
@@ -40,7 +40,7 @@ def load_score_model(entry: dict, pad: int, seed: int):
 
     model = load_reward_model(entry)
     model.config.pad_token_id = pad
-    head = model.score if hasattr(model, "score") else model.classifier
+    head = score_head(model)
     h = head.weight.shape[1]
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -51,13 +51,18 @@ def load_score_model(entry: dict, pad: int, seed: int):
 
 
 def scores(model, ids: torch.Tensor, pad: int) -> torch.Tensor:
-    """The score of each right-padded sequence: the head at its last non-pad token (through the model's forward,
-    so a DDP / DeepSpeed wrapper sees the pass; transformers pools at the last token that is not ``pad``, so the
-    ids go in unmasked: a pad column is masked out of attention and never read)."""
-    mask = ids != pad
-    pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=pos, use_cache=False).logits[:, 0].float()
-    return out + score_offset(model)
+    """The score of each right-padded sequence: the head at its last non-pad token. Through the model's forward (a DDP /
+    DeepSpeed wrapper sees the pass), pads fed as id 0; a hook catches the head's output at every token, read at the
+    mask's last position as :class:`testbed.llm.rewards.RewardModel` does (transformers pools at the last id that is
+    not ``config.pad_token_id``: wrong once pads go in as 0, identical for an in-vocabulary pad)."""
+    mask = (ids != pad).long()
+    caught = []
+    hook = score_head(model).register_forward_hook(lambda _m, _args, out: caught.append(out))
+    try:
+        model(**padded_inputs(ids, mask))
+    finally:
+        hook.remove()
+    return last_token_score(caught[0][..., 0].float(), mask) + score_offset(model)
 
 
 @torch.no_grad()
