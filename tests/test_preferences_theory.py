@@ -174,6 +174,37 @@ def test_nash_md_one_step_inequality_and_rate(tau, schedule):
             assert np.all(kl[1:] <= 8 / (tau**2 * (Ts[:, None] + 1)) + 1e-12), name
 
 
+@pytest.mark.parametrize("schedule,eta", [("decreasing", None), ("constant", 0.7), ("constant", 3.0)])
+def test_nash_md_step_is_the_geometric_mixture_then_hedge_against_it_in_mpmath(schedule, eta):
+    """One step against Munos et al. (2023), at 50 digits: pi^mu ∝ pi^(1−eta·tau)·mu^(eta·tau), then
+    pi' ∝ pi^mu·exp(eta·P(y ≻ pi^mu)). The win rates are those of the mixture, not of pi (a step against pi_t has
+    the same fixed point and passed every other test); pi with log-probabilities down to −400, mu non-uniform."""
+    import mpmath as mp
+    mp.mp.dps = 50
+    tau = 0.3
+    p = make_preference("skew", contexts=3, actions=5, seed=2, pi_ref=[0.05, 0.1, 0.15, 0.3, 0.4])
+    algo = make_algo("nash_md", p, tau=tau, schedule=schedule, **({} if eta is None else {"eta": eta}))
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(3, 5)) * 3
+    logits[0, 2] = -400.0
+    policy = TabularSoftmax(logits)
+    for t in range(3):
+        e = algo.step_size(t)
+        new = algo.update(policy, None).policy.log_probs()
+        for x in range(3):
+            lp = [mp.mpf(float(v)) for v in policy.log_probs()[x]]
+            lmu = [mp.mpf(float(v)) for v in np.log(p.pi_ref[x])]
+            mix = [(1 - e * tau) * a + e * tau * b for a, b in zip(lp, lmu)]
+            z = mp.log(mp.fsum(mp.e ** v for v in mix))
+            mix = [v - z for v in mix]
+            g = [mp.fsum(mp.mpf(float(p.preferences[x, y, k])) * mp.e ** mix[k] for k in range(5)) for y in range(5)]
+            out = [m + e * gy for m, gy in zip(mix, g)]
+            z = mp.log(mp.fsum(mp.e ** v for v in out))
+            want = np.array([float(v - z) for v in out])
+            np.testing.assert_allclose(new[x], want, rtol=1e-12, atol=1e-12)
+        policy = TabularSoftmax(new)
+
+
 def test_nash_md_schedule_is_two_over_tau_t_plus_two():
     p = make_preference("rps")
     algo = make_algo("nash_md", p, tau=0.2)

@@ -100,6 +100,34 @@ def test_sppo_exact_step_equals_the_high_precision_kkt_solution(label, log_pi, e
     assert abs(np.exp(l).sum() - 1) <= 1e-13
 
 
+@pytest.mark.parametrize("log_pi,shift", [
+    (np.array([-1006.6, -3322.3, 0.0]), np.array([750.0, -750.0, 0.0])),  # rps at eta = 1500, reached at iteration 11
+    (np.array([-900.0, -20.0, 0.0]), np.array([2000.0, -3000.0, 10.0])),
+], ids=["rps-eta1500", "three-scales"])
+def test_sppo_exact_step_counts_responses_whose_probability_underflows(log_pi, shift):
+    """pi_0 = e^-1006.6 underflows to 0 but pi_0·e^x_0 = e^-500.5 does not: the root's equation must count it (it
+    raised 'did not settle' before: psi summed pi·expm1(x) with pi = 0 while the bracket counted it). Against the
+    KKT system at 400 digits (the terms decide at ~e^-500 against 1), every entry compared."""
+    log_pi = log_pi - np.logaddexp.reduce(log_pi)
+    shift = shift - np.exp(log_pi) @ shift  # E_pi[shift] = 0 as for a win-rate shift
+    l, _ = sppo_population(log_pi, shift)
+    ref, _, _ = kkt_reference(log_pi, shift, digits=400)
+    np.testing.assert_allclose(l, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("eta", [1500.0, 3000.0, 1e4, 1e6])
+def test_sppo_exact_runs_at_huge_eta_from_a_skewed_reference(eta):
+    """rps from pi_ref = (0.6, 0.3, 0.1): at eta >= 1500 responses underflow within a few steps (before: a
+    RuntimeError at iteration 11, 13, 1 and 1). Each of 40 steps stays finite and normalised."""
+    p = make_preference("rps", pi_ref=[0.6, 0.3, 0.1])
+    algo, policy = make_algo("sppo", p, eta=eta), TabularSoftmax(p.log_pi_ref)
+    for _ in range(40):
+        policy = algo.update(policy, None).policy
+        lp = policy.log_probs()
+        assert np.all(lp <= 0) and not np.any(np.isnan(lp))
+        assert abs(np.exp(lp).sum() - 1) <= 1e-13
+
+
 def two_response_reference(log_pi: np.ndarray, shift: np.ndarray, digits: int = 400) -> np.ndarray:
     """(ln(1 − q), ln q) for q the minimiser of pi_0·(ln(1 − q) − a_0)² + pi_1·(ln q − a_1)² over q in (0, 1): the
     root in t = ln q of the derivative's sign, g(t) = pi_1(t − a_1) − pi_0·(ln(1 − q) − a_0)·q/(1 − q), by

@@ -12,7 +12,9 @@ iterate (the runner averages pi_0 … pi_{t−1} in probability space, see ``tes
 - ``optimistic_hedge``: pi_{t+1} ∝ pi_t·exp(eta(2r_t − r_{t−1})) (Daskalakis & Panageas 2019).
 - ``nash_md``: Nash-MD (Munos et al. 2023, "Nash Learning from Human Feedback"),
   pi^mu_t ∝ pi_t^{1−eta·tau}·mu^{eta·tau}, pi_{t+1} ∝ pi^mu_t·exp(eta·P(y ≻ pi^mu_t)), mu = pi_ref
-  (or uniform); it converges to the regularised equilibrium pi*_tau, not to the minimax winner.
+  (or uniform); with the decreasing schedule eta_t = 2/(tau(t+2)) it converges to the regularised equilibrium
+  pi*_tau (not to the minimax winner); with a constant eta its fixed point is pi ∝ mu·exp(P·pi^mu/tau), which
+  differs from pi*_tau by O(eta).
 - ``sppo``: SPPO (Wu et al. 2024, "Self-Play Preference Optimization"), regress ln(pi_θ/pi_t)(y)
   onto eta·(P(y ≻ pi_t) − ½) with y ~ pi_t (no normaliser: the square loss pins ln Z).
 - ``bt_rebel``: the reward-model pipeline: fit Bradley–Terry rewards to comparisons of pi_ref
@@ -306,6 +308,8 @@ def sppo_population(log_pi: np.ndarray, shift: np.ndarray, max_iter: int = 200) 
     ln ln(1 + d) (Jensen on the concave W), and found by Newton's method in nu safeguarded by bisection (rtsafe):
     near-deterministic policies put the root dozens of e-folds below the upper bound, where plain Newton crawls.
     A row whose computed d is <= 0 (E_pi[shift] rounds below 0: a policy at a vertex) takes mu = 0, l = ln pi + shift.
+    psi's terms are pi·expm1(x) or, where x > 1, e^{ln pi + x} − pi (the same, with no cancellation), so a response
+    whose pi underflows to 0 while pi·e^x does not (huge eta) counts in psi as it does in the bracket's logsumexp.
     Each row stops on its own (a step or half-bracket below 4 ulp of max(1, |nu|), or a refused Newton step below
     1e-8·max(1, |nu|): the rounding floor of psi), so row i of a stack gets bit for
     bit its unstacked result. Leading axes are carried through; returns l and the minimum per row."""
@@ -325,8 +329,9 @@ def sppo_population(log_pi: np.ndarray, shift: np.ndarray, max_iter: int = 200) 
             if not active.any():
                 break
             w, x = _sppo_terms(nu, shift)
-            psi = np.sum(pi * np.expm1(x), axis=-1)
-            slope = np.sum(pi * (np.exp(x) * w / (1 + w)), axis=-1)  # −dpsi/dnu >= 0
+            grown = np.exp(log_pi + x)  # pi·e^x, also where pi underflows to 0 and pi·e^x does not (huge eta)
+            psi = np.sum(np.where(x > 1, grown - pi, pi * np.expm1(x)), axis=-1)
+            slope = np.sum(grown * w / (1 + w), axis=-1)  # −dpsi/dnu >= 0
             lo, hi = np.where(active & (psi > 0), nu, lo), np.where(active & (psi <= 0), nu, hi)
             step = psi / slope
             ok = (nu + step > lo) & (nu + step < hi) & (np.abs(2 * psi) <= np.abs(dx_old * slope))
