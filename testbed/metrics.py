@@ -8,7 +8,8 @@ On a preference problem ``exploitability`` is expl(pi_t) of the last iterate and
 ``exploitability_avg`` is expl(pi_bar_t) of the average iterate pi_bar_t = (1/t)·sum_{s<t} pi_s (in
 probability space, per context): the iterates pi_0 … pi_{t−1} whose win rates produced pi_1 … pi_t.
 For self-play Hedge, expl(pi_bar_t) = Regret_t/t exactly (derived: P(pi_s ≻ pi_s) = ½), so it
-obeys the regret bound (ln K/eta + eta·t/8)/t of :func:`hedge_regret_bound`; it is empty at t = 0.
+obeys the regret bound (L/eta + eta·t/8)/t, L = E_x max_y ln(1/pi_0) (ln K for uniform pi_0), of
+:func:`hedge_regret_bound`; it is empty at t = 0.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ trajectory.csv), never from live objects.
 - ``simplex``: trajectories of the last iterate (solid) and the average iterate (dashed) on the
   3-action simplex, one panel per (problem, algorithm), with the minimax winner (star);
 - ``exploitability``: expl of the last (solid) and average (dashed) iterate vs T on log–log axes,
-  mean over seeds with 95% bootstrap bands, the Hedge regret bound (ln K/eta + eta·T/8)/T dotted;
+  mean over seeds with 95% bootstrap bands, the Hedge regret bound (L/eta + eta·T/8)/T dotted (L = E_x max_y ln(1/pi_0));
 - ``eps_sweep``: the NLHF ε-example — final mass on each action vs ε per algorithm (each
   algorithm's ``report_iterate``: average for self-play, last otherwise) and the minimax winner.
 """
@@ -158,7 +158,7 @@ def plot_exploitability(run_dir: Path, config: dict, out: str | Path | None = No
         T = np.arange(1, config["runs"][0]["iterations"] + 1, dtype=float)
         for eta, L in sorted(bounds[prob].items()):
             ax.plot(T, (L / eta + eta * T / 8) / T, ":", color="k", lw=1.2,
-                    label=f"Hedge regret bound (ln K/η + ηT/8)/T, η={eta}")
+                    label=f"Hedge regret bound (L/η + ηT/8)/T, L = ln(1/π₀) = {L:.3g}, η={eta}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(bottom=1e-12)
