@@ -13,10 +13,12 @@ from testbed.errors import InputError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename."""
+    """Call ``write(tmp_path)`` and move the result to ``path`` in one rename. The temporary file
+    ``.<name>.<pid>.XXXX.tmp`` names its writer: a process killed mid-write (SIGKILL: no clean-up runs) leaves it,
+    and the next write of ``path`` removes those of writers that no longer run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; a written file gets the mode open() would give
     os.close(fd)
     try:
@@ -25,6 +27,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    prefix = f".{path.name}."
+    for p in path.parent.iterdir():
+        pid = p.name[len(prefix):].split(".", 1)[0] if p.name.startswith(prefix) and p.name.endswith(".tmp") else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
+            p.unlink(missing_ok=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (someone else's process counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def umask() -> int:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.errors import InputError
-from testbed.io import atomic_write_text, replace_dir, sha256
+from testbed.io import alive, atomic_write_text, replace_dir, sha256
 from testbed.run_table import runs_csv_text
 
 try:
@@ -225,16 +225,6 @@ def open_partial(out: Path, config_text: str, resume: bool, overwrite: bool, cre
     return partial
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def remove_stale(out: Path) -> list[Path]:
     """Remove what a killed run left beside ``out``: the ``.<out>.tmp-PID`` folder it was building and the
     ``.<out>.old-PID`` one it was replacing, when process PID no longer runs."""
@@ -244,7 +234,7 @@ def remove_stale(out: Path) -> list[Path]:
     if out.parent.is_dir():
         for p in out.parent.iterdir():
             m = pattern.fullmatch(p.name)
-            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:

@@ -248,3 +248,38 @@ def test_the_lock_file_names_its_holder_and_goes_on_release(tmp_path):
         with out_lock(tmp_path / "out"):
             assert (tmp_path / ".out.lock").read_text().strip() == str(os.getpid())
         assert not (tmp_path / ".out.lock").exists()
+
+
+def test_a_write_killed_mid_way_leaves_its_temporary_file_only_until_the_next_write(tmp_path):
+    """SIGKILL inside ``atomic_write`` runs no clean-up: the target keeps its old bytes and the writer's
+    ``.<name>.<pid>.XXXX.tmp`` stays. The next write of the same file removes it (its writer is dead), but not the
+    temporary file of a writer that still runs."""
+    import signal
+    import time
+
+    from testbed.io import atomic_write, atomic_write_text
+
+    target = tmp_path / "metrics.csv"
+    atomic_write_text(target, "old\n")
+    pid = os.fork()
+    if pid == 0:  # the child starts a write and hangs in it
+        def slow(p):
+            p.write_text("half")
+            time.sleep(60)
+        try:
+            atomic_write(target, slow)
+        finally:
+            os._exit(0)
+    deadline = time.time() + 20
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(f".metrics.csv.{pid}.")] and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    left = [p.name for p in tmp_path.iterdir() if p.name != "metrics.csv"]
+    assert len(left) == 1 and left[0].startswith(f".metrics.csv.{pid}.") and target.read_text() == "old\n"
+    running = tmp_path / f".metrics.csv.{os.getppid()}.abcd.tmp"  # a writer that still runs (our parent)
+    running.write_text("in progress")
+    atomic_write_text(target, "new\n")
+    assert target.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["metrics.csv", running.name])
