@@ -22,6 +22,26 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(message)
 
 
+PLOT_ALIASES = {"curves": "curve"}
+"""Other names ``testbed plot --kind`` takes for a kind of :data:`testbed.plotting.draw.KINDS`."""
+
+
+class _PlotKinds:
+    """The choices of ``testbed plot --kind``: the kinds of :data:`testbed.plotting.draw.KINDS` and
+    :data:`PLOT_ALIASES`, looked up when argparse needs them (so that other commands do not import matplotlib)."""
+
+    def _names(self) -> list[str]:
+        from testbed.plotting.draw import KINDS
+
+        return [*KINDS, *PLOT_ALIASES]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __contains__(self, value) -> bool:
+        return value in self._names()
+
+
 def _cmd_run(args) -> None:
     from testbed.experiments import load_spec, run_spec
     from testbed.experiments.backends import backend_session
@@ -76,16 +96,17 @@ def _cmd_list(args) -> None:
 
 def _cmd_plot(args) -> None:
     from testbed.plotting import draw, read_config
+    from testbed.plotting.draw import MARKDOWN
 
     entries = read_config(Path(args.dir)).get("plot") or [{"kind": "curve"}]
-    kind = {"curves": "curve"}.get(args.kind, args.kind) or entries[0].get("kind", "curve")
+    kind = PLOT_ALIASES.get(args.kind, args.kind) or entries[0].get("kind", "curve")
     entry = next((e for e in entries if e.get("kind") == kind), {"kind": kind})
     entry = {**entry, **{k: v for k, v in (("panel_by", args.panel_by), ("x", args.x), ("y", args.y)) if v}}
     from testbed.plotting.llm import is_lm_folder
 
     y_name = (args.y or ("reward" if is_lm_folder(args.dir) else "suboptimality")).replace("/", "_")
     out = args.out or str(Path(args.dir) / (f"{y_name}.png" if kind == "curve" else
-                                           f"{kind}.md" if kind == "table" else f"{kind}.png"))
+                                           f"{kind}.md" if kind in MARKDOWN else f"{kind}.png"))
     print(draw(args.dir, entry, out))
 
 
@@ -258,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_cmd_list)
     pl = sub.add_parser("plot", help="draw a run folder's metric vs iteration")
     pl.add_argument("dir")
-    pl.add_argument("--out", help="output path (default DIR/<y>.png, DIR/<kind>.png or DIR/table.md)")
-    pl.add_argument("--kind", choices=["curve", "curves", "frontier", "sensitivity", "table", "simplex", "exploitability",
-                                       "eps_sweep"], help="default: the spec's first plot entry")
+    pl.add_argument("--out", help="output path (default DIR/<y>.png, DIR/<kind>.png, or DIR/<kind>.md for a table)")
+    pl.add_argument("--kind", choices=_PlotKinds(), metavar="KIND", help="a kind of testbed.plotting.draw.KINDS, e.g. "
+                    "curve, table, aggregate (a wrong one lists them all); default: the spec's first plot entry")
     pl.add_argument("--panel-by", help="hyper-parameter that splits panels, e.g. eta")
     pl.add_argument("--x", help="iteration | samples")
     pl.add_argument("--y", help="suboptimality | reward | kl_ref | kl_reg_gap | loss | exploitability | exploitability_avg")

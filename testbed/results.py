@@ -335,23 +335,50 @@ class RunFolder:
         return self.out
 
 
+REQUIRED = ("run_id", "seed", "iteration")
+"""The columns without which metrics.csv's rows cannot be told apart: :func:`read_metrics` refuses a file that
+lacks one."""
+
+
+def _cell(path: Path, line: int, k: str, v: str):
+    """One metrics.csv cell parsed (text columns as they are, empty cells None), or an InputError naming it."""
+    if k in TEXT:
+        return v
+    if v == "":
+        return None
+    try:
+        return int(v) if k in INTS else float(v)
+    except ValueError:
+        raise InputError(f"{path} line {line}, column {k!r}: {v!r} is not {'an integer' if k in INTS else 'a number'} "
+                         "(expected a number, or an empty cell for none)") from None
+
+
 def read_metrics(run_dir: str | Path, columns: tuple[str, ...] | None = None) -> list[dict]:
     """metrics.csv of any run folder as a list of dicts, numbers parsed (empty cells None), the measured
     columns merged back from timings.json, in schema order (``columns``: COLUMNS, or LM_COLUMNS when the
-    file has LM columns). Old column names (``clipfrac``, …) are read under the new ones."""
+    file has LM columns). Old column names (``clipfrac``, …) are read under the new ones. A header without
+    :data:`REQUIRED`, a row with more or fewer cells than the header, or a cell that is not a number (in a
+    number column) is an InputError naming the file, the line and the column."""
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise InputError(f"{str(run_dir)!r} is not a run folder (no metrics.csv)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         header = [OLD_NAMES.get(c, c) for c in reader.fieldnames or []]
+        missing = [c for c in REQUIRED if c not in header]
+        if not header:
+            raise InputError(f"{path} is empty; expected a header row with the run-folder schema "
+                             f"({', '.join(file_columns(COLUMNS))}), then one row per evaluated iteration")
+        if missing:
+            raise InputError(f"{path}: the header lacks column(s) {', '.join(missing)}; expected the run-folder "
+                             f"schema ({', '.join(file_columns(COLUMNS))})")
         rows = []
         for raw in reader:
-            r = {}
-            for k, v in raw.items():
-                k = OLD_NAMES.get(k, k)
-                r[k] = v if k in TEXT else None if v == "" else int(v) if k in INTS else float(v)
-            rows.append(r)
+            extra, cells = raw.pop(None, []), sum(v is not None for v in raw.values())
+            if extra or cells < len(raw):
+                raise InputError(f"{path} line {reader.line_num}: {cells + len(extra)} cells where the header has "
+                                 f"{len(header)} (expected one cell per column, empty for none)")
+            rows.append({OLD_NAMES.get(k, k): _cell(path, reader.line_num, OLD_NAMES.get(k, k), v) for k, v in raw.items()})
     if columns is None:
         columns = LM_COLUMNS if any(c in header for c in LM_COLUMNS[len(COLUMNS):]) else COLUMNS
     timings = Path(run_dir) / "timings.json"

@@ -38,3 +38,31 @@ def mp_exact_update_log_probs(log_pi, pi_ref, rewards, eta, beta=0.0, dps=50):
             lse = top + mp.log(mp.fsum(mp.exp(v - top) for v in z))
             out[x] = [float(v - lse) for v in z]
     return out
+
+
+# ----- tiny run folders for `testbed plot` (tests/test_cli_errors.py, tests/test_plot_axes.py) -------------
+BANDIT_RUN = """name: tiny
+problems: [{kind: tabular, contexts: 2, actions: 3}]
+algorithms: [{name: rebel, mode: sampled, pairs: 20}, {name: ppo, batch: 20}]
+seeds: 2
+iterations: 4
+eval_every: 2
+"""
+PREFERENCE_RUN = """name: tinypref
+problems: [{kind: preference, family: nlhf, eps: [0.0, 0.1]}]
+algorithms: [{name: rebel_pref, mode: exact, eta: 0.5}]
+iterations: 4
+plot: {kind: eps_sweep}
+"""
+
+
+@pytest.fixture(scope="session")
+def run_folders(tmp_path_factory):
+    """Two real run folders (testbed run): a bandit one and a preference one."""
+    root = tmp_path_factory.mktemp("plot-runs")
+    from testbed.cli import main
+
+    for name, text in (("bandit", BANDIT_RUN), ("preference", PREFERENCE_RUN)):
+        (root / f"{name}.yaml").write_text(text)
+        assert main(["run", str(root / f"{name}.yaml"), "--out", str(root / name), "--quiet"]) == 0
+    return root

@@ -27,11 +27,67 @@ ROOT = Path(__file__).resolve().parents[1]
     (-3.0, -1.0, (-claims.INF, -0.4), claims.SUPPORTED),
     (-0.3, 0.2, (-claims.INF, -0.4), claims.NOT_SUPPORTED),
     (float("nan"), float("nan"), (0.0, 1.0), claims.INCONCLUSIVE),  # one seed: no interval
-    (0.3, 0.49999999999999994, (0.5, 1.0), claims.INCONCLUSIVE),  # touches ½ up to rounding: not wholly outside
+    (0.3, 0.49999999999999994, (0.5, 1.0), claims.NOT_SUPPORTED),  # compared exactly: no rounding tolerance
     (0.3, 0.4999999, (0.5, 1.0), claims.NOT_SUPPORTED),
 ])
 def test_verdict_rule(lo, hi, region, expected):
     assert claims.verdict(lo, hi, region) == expected
+
+
+@pytest.mark.parametrize("bands,expected", [
+    (((0.28, 0.3), (0.49, 0.495)), claims.NOT_SUPPORTED),  # ½ outside both Monte-Carlo bands: the interval decides
+    (((0.28, 0.3), (0.49, 0.5)), claims.INCONCLUSIVE),     # ½ within the upper end's Monte-Carlo error
+    (((0.28, 0.3), (0.49, 0.51)), claims.INCONCLUSIVE),
+])
+def test_a_boundary_within_monte_carlo_error_is_inconclusive(bands, expected):
+    assert claims.verdict(0.29, 0.4925, (0.5, 1.0), bands) == expected
+    # every resample on the closed region's boundary (P = 1 in all of them): inside, no side in doubt
+    assert claims.verdict(1.0, 1.0, (0.5, 1.0), ((1.0, 1.0), (1.0, 1.0))) == claims.SUPPORTED
+
+
+# compare_tuned's final scores, REBEL (sampled) and PPO, as ranks within each problem in seed order (the
+# probability of improvement depends on the order alone): P = 0.3875, and with 2000 resamples at bootstrap seed
+# 0 the upper end was 0.49999999999999994 (read as ½: inconclusive) while 19 seeds of 20 gave 0.4875-0.4975.
+CLAIM6_RANKS = {"rebel-sampled": [[2, 4, 0, 6, 3, 5, 19, 1, 7, 8], [10, 13, 14, 15, 12, 16, 11, 17, 9, 18],
+                                  [6, 12, 16, 4, 18, 11, 1, 9, 7, 17], [15, 11, 8, 17, 18, 13, 10, 14, 12, 16]],
+                "ppo": [[11, 10, 17, 9, 14, 16, 15, 18, 13, 12], [3, 7, 6, 8, 2, 5, 0, 19, 4, 1],
+                        [5, 15, 13, 3, 2, 10, 0, 19, 14, 8], [2, 3, 19, 4, 9, 6, 7, 5, 1, 0]]}
+
+
+def test_claim_6_verdict_does_not_hang_on_the_bootstrap_seed(tmp_path):
+    """The ideal (B = ∞) upper end is below ½ (P(resample ≥ ½) ≈ 0.0205 < 0.025): every bootstrap seed must
+    say *not supported*; the 2000-resample end at seed 0 is within Monte-Carlo error of ½, so more are drawn."""
+    finals = {m: {f"p{j}": [(r + 1) / 100 for r in ranks] for j, ranks in enumerate(by_problem)}
+              for m, by_problem in CLAIM6_RANKS.items()}
+    _write_run_folder(tmp_path / "compare_tuned", finals, list(range(10)))
+    c = claims.bandit_vs("ppo")(tmp_path)
+    assert c.value[0] == 0.3875 and c.verdict == claims.NOT_SUPPORTED, (c.value, c.bands)
+    assert "bootstrap resamples" in c.note and c.value[2] < 0.5
+    scores, _ = aggregate.score_matrices(tmp_path / "compare_tuned")
+    for seed in range(8):
+        iv = aggregate.poi_bootstrap(scores["rebel-sampled"], scores["ppo"], (0.5, 1.0), seed=seed)
+        assert claims.verdict(iv.low, iv.high, (0.5, 1.0), iv.bands) == claims.NOT_SUPPORTED, (seed, iv)
+
+
+def test_the_probability_of_improvement_is_exact_at_one_half():
+    """One ratio of integer counts, rounded once: the 2000-resample upper end of claim 6 at seed 0 is a resample
+    worth exactly ½ (the mean over problems of per-problem fractions gave 0.49999999999999994)."""
+    x, y = (np.array(CLAIM6_RANKS[m], dtype=float).T for m in ("rebel-sampled", "ppo"))
+    assert aggregate.poi_interval(x, y)[2] == 0.5
+    assert aggregate.probability_of_improvement(x, y) == 0.3875
+
+
+def test_monte_carlo_band_brackets_the_ideal_quantile():
+    """The band of a percentile end holds the quantile of the distribution the resamples are drawn from."""
+    def draw(rng, k):
+        return rng.standard_normal(k)
+    q = 1.959963984540054
+    hits = sum(iv.bands[1][0] <= q <= iv.bands[1][1] and iv.bands[0][0] <= -q <= iv.bands[0][1]
+               for iv in (aggregate.bootstrap_interval(0.0, draw, seed=s) for s in range(40)))
+    assert hits >= 38
+    iv = aggregate.bootstrap_interval(0.0, draw, (q, np.inf), seed=0)
+    assert iv.reps > aggregate.REPS  # the boundary was inside the 2000-resample band: doubled
+    assert iv.reps <= aggregate.MAX_REPS
 
 
 def _write_run_folder(d: Path, finals: dict[str, dict[str, list[float]]], seeds: list[int], gap0: float = 1.0,
@@ -242,3 +298,45 @@ def test_the_committed_lm_claims_are_the_rows_of_figures_claims_md():
     n = len(claims.LM_CLAIMS)
     rows = claims.claims_markdown(kept).splitlines()[-n:]
     assert rows == (root / "figures" / "claims.md").read_text().splitlines()[-n:]
+
+
+def test_reproduce_llm_quick_writes_the_lm_rows_of_the_study_it_ran(tmp_path, monkeypatch):
+    """`testbed reproduce --llm --quick` with runs/tldr_smollm2 (the full study) also there: the LM rows come
+    from tldr_smollm2_quick, the study just run (testbed/llm/study.py), not from the full study's folder."""
+    import types
+
+    import testbed.llm.spec
+    import testbed.llm.train
+    import testbed.plotting.llm
+    from testbed.llm.study import reproduce_llm
+
+    runs = tmp_path / "runs"
+    _lm_folder(runs / "tldr_smollm2", {"rebel": [0.1, 0.12, 0.11], "ppo": [0.8, 0.82, 0.85]})  # REBEL behind
+    monkeypatch.setattr(testbed.llm.spec, "load_lm_spec",
+                        lambda path: types.SimpleNamespace(model={}, reward={}, algorithms=[1, 2], seeds=[0, 1, 2]))
+    monkeypatch.setattr(testbed.llm.train, "run_lm_spec", lambda spec, out, **kw: _lm_folder(
+        out, {"rebel": [0.7, 0.75, 0.8], "ppo": [0.5, 0.52, 0.6]}))  # REBEL ahead
+    for name in ("plot_llm_reward_kl", "plot_llm_winrate", "llm_table"):
+        monkeypatch.setattr(testbed.plotting.llm, name, lambda run_dir, out, **kw: out)
+    reproduce_llm(figures=tmp_path / "figs", runs=runs, quick=True, progress=False)
+    n = len(claims.LM_CLAIMS)
+    rows = (tmp_path / "figs" / "claims.md").read_text().splitlines()[-n:]
+    assert all("`tldr_smollm2_quick`" in r for r in rows), rows
+    assert "**supported**" in rows[0] and "| 0.21 [" in rows[0]  # mean REBEL − PPO win rate of the quick study
+    kept = claims.collect(tmp_path / "nothing", tmp_path / "figs" / "claims-llm.json")[-n:]
+    assert [c.experiment for c in kept] == ["tldr_smollm2_quick"] * n  # and claims-llm.json stores those rows
+    assert claims.write_claims(runs, tmp_path / "f2" / "claims.md", lm_study="tldr_smollm2").read_text() \
+        .splitlines()[-n] != rows[0]  # naming the full study reads the full study
+
+
+@pytest.mark.parametrize("rate,expected", [(-0.45, claims.NOT_SUPPORTED), (-0.55, claims.SUPPORTED)])
+def test_inexact_regression_claim_asks_for_the_n_to_the_minus_half_rate(tmp_path, rate, expected):
+    """Claim 3 says "at least like N^-1/2" (the √(C·ε) term of REBEL's bound, ε ∝ 1/N): a slope of −0.45 falls
+    short of it, −0.55 meets it."""
+    rng = np.random.default_rng(0)
+    finals = {"rebel-exact": {"p": [0.1] * 10}}
+    for n in (100, 400, 1600, 6400):
+        finals[f"rebel-sampled(pairs={n})"] = {"p": list(0.1 + n ** rate * (1 + 0.01 * rng.standard_normal(10)))}
+    _write_run_folder(tmp_path / "rebel_error_vs_n", finals, list(range(10)))
+    c = claims.inexact_regression(tmp_path)
+    assert c.value[0] == pytest.approx(rate, abs=0.01) and c.verdict == expected, c.value

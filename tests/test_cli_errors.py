@@ -384,3 +384,86 @@ def test_misplaced_debug_flag_is_a_usage_error(tmp_path, monkeypatch, capsys):
         pytest.fail(f"usage error re-raised instead of one line: {e}")
     assert rc == 2
     assert_one_error_line(err, "--debug")
+
+
+# ----- `testbed plot` on a run folder with bad contents -----------------------------------------------
+def _edit_metrics(path: Path, edit) -> None:
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def _replace_cell(lines, row: int, column: str, value: str):
+    header = lines[0].split(",")
+    cells = lines[row].split(",")
+    cells[header.index(column)] = value
+    return [*lines[:row], ",".join(cells), *lines[row + 1:]]
+
+
+# id -> (which folder, how to break it, extra plot arguments, substrings the one error line must name)
+PLOT_BAD = {
+    "wrong-columns": ("bandit", lambda d: (d / "metrics.csv").write_text("a,b\n1,2\n"), (),
+                      ("metrics.csv", "run_id", "header")),
+    "non-numeric-cell": ("bandit", lambda d: _edit_metrics(d / "metrics.csv", lambda ls: _replace_cell(ls, 2, "reward", "abc")),
+                         (), ("metrics.csv", "line 3", "'reward'", "'abc'", "number")),
+    "non-integer-seed": ("bandit", lambda d: _edit_metrics(d / "metrics.csv", lambda ls: _replace_cell(ls, 1, "seed", "x")),
+                         (), ("metrics.csv", "line 2", "'seed'", "integer")),
+    "ragged-row": ("bandit", lambda d: _edit_metrics(d / "metrics.csv", lambda ls: [*ls[:2], ls[2].rsplit(",", 2)[0], *ls[3:]]),
+                   (), ("metrics.csv", "line 3", "cells", "header")),
+    "long-row": ("bandit", lambda d: _edit_metrics(d / "metrics.csv", lambda ls: [*ls[:2], ls[2] + ",7", *ls[3:]]),
+                 (), ("metrics.csv", "line 3", "cells", "header")),
+    "empty-metrics": ("bandit", lambda d: (d / "metrics.csv").write_text(""), (), ("metrics.csv", "empty", "header")),
+    "run-id-not-in-config": ("bandit",
+                             lambda d: _edit_metrics(d / "metrics.csv", lambda ls: _replace_cell(ls, 1, "run_id", "zzz")),
+                             (), ("metrics.csv", "'zzz'", "config.yaml")),
+    "malformed-config": ("bandit", lambda d: (d / "config.yaml").write_text(": : :\n"), (), ("config.yaml", "YAML", "mapping")),
+    "empty-config": ("bandit", lambda d: (d / "config.yaml").write_text(""), (), ("config.yaml", "empty", "mapping")),
+    "config-a-list": ("bandit", lambda d: (d / "config.yaml").write_text("- 1\n"), (), ("config.yaml", "list", "mapping")),
+    "config-without-runs": ("bandit", lambda d: (d / "config.yaml").write_text("name: x\n"), (),
+                            ("config.yaml", "'runs'")),
+    "eps-sweep-without-policies": ("preference", lambda d: (d / "policies.npz").unlink(), ("--kind", "eps_sweep"),
+                                   ("policies.npz", "eps_sweep")),
+    "frontier-on-preference-runs": ("preference", lambda d: None, ("--kind", "frontier"),
+                                    ("metrics.csv", "'reward'", "frontier")),
+    "table-without-suboptimality": ("preference", lambda d: None, ("--kind", "table"),
+                                    ("metrics.csv", "'suboptimality'", "table")),
+}
+
+
+@pytest.mark.parametrize(("folder", "breaks", "extra", "expect"), [pytest.param(*v, id=k) for k, v in PLOT_BAD.items()])
+def test_plot_bad_run_folder(tmp_path, monkeypatch, capsys, run_folders, folder, breaks, extra, expect):
+    """One line naming the file and field and the expected form, exit 2, nothing written."""
+    import shutil
+
+    shutil.copytree(run_folders / folder, tmp_path / "run1")
+    breaks(tmp_path / "run1")
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    rc, out, err = run_in_process(capsys, "plot", "run1", *extra)
+    assert rc == 2, err
+    assert out == ""
+    assert_one_error_line(err, *expect)
+    assert snapshot(tmp_path) == before  # no figure or table written
+
+
+@pytest.mark.parametrize("kind", ["aggregate", "tuned_table", "curves"])
+def test_plot_kind_takes_every_kind_of_draw(kind):
+    """--kind's choices are testbed.plotting.draw.KINDS (and the alias 'curves'): none left out."""
+    from testbed.cli import build_parser
+    from testbed.plotting.draw import KINDS
+
+    args = build_parser().parse_args(["plot", "run1", "--kind", kind])
+    assert args.kind == kind
+    assert set(KINDS) <= set(next(a for a in build_parser()._subparsers._group_actions[0].choices["plot"]._actions
+                                  if a.dest == "kind").choices)
+
+
+def test_plot_kind_aggregate_on_a_run_folder(tmp_path, monkeypatch, capsys, run_folders):
+    import shutil
+
+    shutil.copytree(run_folders / "bandit", tmp_path / "run1")
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_in_process(capsys, "plot", "run1", "--kind", "aggregate")
+    assert rc == 0, err
+    assert (tmp_path / "run1" / "aggregate.png").is_file() and (tmp_path / "run1" / "aggregate.md").is_file()
+    rc, _, err = run_in_process(capsys, "plot", "run1", "--kind", "tuned_table")
+    assert rc == 2 and "selection" in err  # not a tuned run: an InputError, not a usage error

@@ -5,8 +5,18 @@ that the claim asserts. The verdict is computed, never typed, by one rule (:func
 
 - **supported** — the whole 95% interval lies inside the claimed region;
 - **not supported** — the whole interval lies outside it;
-- **inconclusive** — the interval straddles a boundary of the region, or there is no data (e.g. the
-  LM study was not run, or ran with one seed so there is no interval over seeds).
+- **inconclusive** — the interval straddles or touches a boundary of the region; or a boundary lies within
+  the Monte-Carlo error of a bootstrap interval's end (below); or there is no data (e.g. the LM study was
+  not run, or ran with one seed so there is no interval over seeds).
+
+Boundaries are compared exactly (no rounding tolerance). A bootstrap interval's ends are estimates from B
+resamples; the verdict must not hang on which resamples were drawn. So each end carries a Monte-Carlo
+band — the order statistics at ranks B·q ± 3·√(B·q(1 − q)), q = 0.025 or 0.975, which bracket the ideal
+(B = ∞) end — and while a boundary of the claimed region lies inside a band, the resamples are doubled
+(:func:`testbed.plotting.aggregate.bootstrap_interval`: from 2000 up to 256000). A boundary still inside a
+band after that gives *inconclusive* ("within Monte-Carlo error"); otherwise the rule above is applied to
+the interval, whose ends are then well clear of the boundary compared with their Monte-Carlo error. The
+probability of improvement is a ratio of integer counts rounded once, so a resample worth exactly ½ is 0.5.
 
 Exact experiments (no sampling) have a degenerate interval [x, x]. Intervals: a stratified bootstrap
 over seeds (:mod:`testbed.plotting.aggregate`) for the bandit comparison; a percentile bootstrap over
@@ -25,31 +35,27 @@ from scipy import stats
 
 from testbed.algorithms import ALGORITHMS, build_config
 from testbed.io import atomic_write
-from testbed.plotting.aggregate import poi_interval, score_matrices
+from testbed.plotting.aggregate import MAX_REPS, REPS, Interval, bootstrap_interval, poi_bootstrap, score_matrices, within_error
 from testbed.plotting.common import _load
 from testbed.plotting.llm import read_lm_metrics, seconds_per_iteration
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 INF = math.inf
-REPS = 2000
 
 
-ROUNDING = 1e-12
-"""Relative tolerance at the region's boundaries: a bootstrap quantile of 0.49999999999999994 is ½
-(floating-point rounding of a rational mean), so it touches the boundary ½ rather than falling short of it."""
-
-
-def verdict(low: float, high: float, region: tuple[float, float]) -> str:
+def verdict(low: float, high: float, region: tuple[float, float], bands=None) -> str:
     """The rule: *supported* if [low, high] ⊆ region, *not supported* if the two do not meet,
-    *inconclusive* otherwise (or if the interval is not finite-valued: no data). Boundaries are compared
-    up to :data:`ROUNDING` (relative)."""
+    *inconclusive* otherwise, or if the interval is not finite-valued (no data), or if ``bands`` (the
+    Monte-Carlo band (lo, hi) of each bootstrap end) has values on both sides of a boundary of the region
+    (:func:`~testbed.plotting.aggregate.within_error`). Boundaries are compared exactly."""
     a, b = region
     if any(v is None or math.isnan(v) for v in (low, high)) or low > high:
         return INCONCLUSIVE
-    ta, tb = ROUNDING * max(1.0, abs(a)) if math.isfinite(a) else 0.0, ROUNDING * max(1.0, abs(b)) if math.isfinite(b) else 0.0
-    if a - ta <= low and high <= b + tb:
+    if bands and within_error(bands, region):
+        return INCONCLUSIVE
+    if a <= low and high <= b:
         return SUPPORTED
-    if high < a - ta or low > b + tb:
+    if high < a or low > b:
         return NOT_SUPPORTED
     return INCONCLUSIVE
 
@@ -62,10 +68,21 @@ class Claim:
     region: tuple[float, float]
     value: tuple[float, float, float] | None = None  # (point, low, high)
     note: str = ""
+    bands: tuple | None = None  # a bootstrap interval's Monte-Carlo band of each end (Interval.bands)
 
     @property
     def verdict(self) -> str:
-        return INCONCLUSIVE if self.value is None else verdict(self.value[1], self.value[2], self.region)
+        return INCONCLUSIVE if self.value is None else verdict(self.value[1], self.value[2], self.region, self.bands)
+
+    def set_interval(self, iv: Interval, note: str = "") -> None:
+        """The value and bands of a bootstrap interval; the note says how many resamples when more than
+        the first :data:`REPS` were needed, and when a boundary stayed within Monte-Carlo error."""
+        self.value, self.bands = iv.value, iv.bands
+        mc = ("" if iv.reps == REPS else f"{iv.reps} bootstrap resamples (fewer left a boundary within the "
+              "Monte-Carlo error of an interval end)")
+        if iv.near(self.region):
+            mc = f"a boundary is within the Monte-Carlo error of an interval end after {iv.reps} bootstrap resamples"
+        self.note = "; ".join(t for t in (note, mc) if t)
 
 
 def _region(r: tuple[float, float]) -> str:
@@ -73,11 +90,12 @@ def _region(r: tuple[float, float]) -> str:
     return f"≤ {b:g}" if a == -INF else f"≥ {a:g}" if b == INF else f"[{a:g}, {b:g}]"
 
 
-def _boot(samples: list[np.ndarray], stat, seed: int = 0) -> tuple[float, float, float]:
-    """stat(*samples) with a 95% percentile bootstrap resampling each sample independently."""
-    rng = np.random.default_rng(seed)
-    boot = [stat(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(REPS)]
-    return float(stat(*samples)), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+def _boot(samples: list[np.ndarray], stat, region: tuple[float, float]) -> Interval:
+    """stat(*samples) with a 95% percentile bootstrap resampling each sample independently (more resamples
+    while a boundary of ``region`` is within Monte-Carlo error of an end)."""
+    def draw(rng, k):
+        return [stat(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(k)]
+    return bootstrap_interval(stat(*samples), draw, region)
 
 
 def _finals(run_dir: Path, column: str) -> dict[tuple[str, str], dict[int, float]]:
@@ -138,7 +156,7 @@ def inexact_regression(runs: Path) -> Claim:
     c = Claim("REBEL keeps the guarantee with an inexact regression: the excess sub-optimality over the exact update "
               "shrinks at least like N^-1/2 in the pairs N per iteration", "rebel_error_vs_n",
               "slope of log abs(J_exact(π_T) − J_sampled(π_T)) (mean over seeds) against log N, N = 100…6400, T = 20",
-              (-INF, -0.4))
+              (-INF, -0.5))
     d = runs / "rebel_error_vs_n"
     if not (d / "metrics.csv").is_file():
         return c
@@ -155,7 +173,7 @@ def inexact_regression(runs: Path) -> Claim:
         y = [math.log(max(abs(float(np.mean(s))), 1e-300)) for s in samples]
         return float(np.polyfit(np.log(ns), y, 1)[0])
 
-    c.value = _boot([by_n[n] for n in ns], slope)
+    c.set_interval(_boot([by_n[n] for n in ns], slope, c.region))
     return c
 
 
@@ -205,9 +223,10 @@ def bandit_vs(other: str, study: str = "compare_tuned", rebel: str = "rebel-samp
         d = _tuned(runs, study)
         if d:
             scores, problems = score_matrices(d)
-            c.value = poi_interval(scores[rebel], scores[other])
-            c.note = f"{len(problems)} problem(s) × {scores[rebel].shape[0]} seeds" + (
-                "; online DPO makes half the oracle queries (one preference per pair)" if other.startswith("dpo") else "")
+            c.set_interval(poi_bootstrap(scores[rebel], scores[other], c.region),
+                           f"{len(problems)} problem(s) × {scores[rebel].shape[0]} seeds" + (
+                               "; online DPO makes half the oracle queries (one preference per pair)"
+                               if other.startswith("dpo") else ""))
         return c
     return claim
 
@@ -223,8 +242,8 @@ def kl_vs_ppo_bandit(runs: Path) -> Claim:
     if d:
         rebel, ppo = _pooled(d, "rebel-sampled", "kl_ref"), _pooled(d, "ppo", "kl_ref")
         k = len(rebel)
-        c.value = _boot(rebel + ppo, lambda *s: float(np.mean(np.concatenate(s[:k])) / np.mean(np.concatenate(s[k:]))))
-        c.note = "'slightly larger' read as a ratio in [1, 2]; the bandit runs have β = 0"
+        c.set_interval(_boot(rebel + ppo, lambda *s: float(np.mean(np.concatenate(s[:k])) / np.mean(np.concatenate(s[k:]))),
+                             c.region), "'slightly larger' read as a ratio in [1, 2]; the bandit runs have β = 0")
     return c
 
 
@@ -257,19 +276,24 @@ def step_cost_bandit(runs: Path) -> Claim:
             if run["seed"] == min(s["seed"] for s in runs_.values()) and np.all(np.isfinite(w)):
                 per.setdefault(run["label"], []).append(np.diff(w) / its)
         if "rebel-sampled" in per and "ppo" in per:
-            c.value = _boot([np.concatenate(per["rebel-sampled"]), np.concatenate(per["ppo"])],
-                            lambda a, b: float(np.mean(a) / np.mean(b)))
-            c.note = "machine-dependent (wall time)"
+            c.set_interval(_boot([np.concatenate(per["rebel-sampled"]), np.concatenate(per["ppo"])],
+                                 lambda a, b: float(np.mean(a) / np.mean(b)), c.region), "machine-dependent (wall time)")
     return c
 
 
-# ----- the LM study (testbed reproduce --llm: runs/tldr_smollm2, else its quick variant) ----------------
+# ----- the LM study (testbed reproduce --llm [--quick]: the study it ran; else runs/tldr_smollm2, else quick) ---
 LM_STUDIES = ("tldr_smollm2", "tldr_smollm2_quick")
 
 
-def _lm(runs: Path):
+def _lm_dir(runs: Path, study: str | None = None) -> Path | None:
+    """The LM study's folder under ``runs``: ``study`` (the one just run) if named, else the first of
+    :data:`LM_STUDIES` there; None if it is not there."""
+    return next((runs / n for n in ((study,) if study else LM_STUDIES) if (runs / n / "metrics.csv").is_file()), None)
+
+
+def _lm(runs: Path, study: str | None = None):
     """(study name, method → seed → final row, method → seed → rows) of the LM study folder, or None."""
-    d = next((runs / n for n in LM_STUDIES if (runs / n / "metrics.csv").is_file()), None)
+    d = _lm_dir(runs, study)
     if d is None:
         return None
     finals, all_rows = {}, {}
@@ -283,9 +307,9 @@ def _lm(runs: Path):
 def _lm_claim(claim: str, statistic: str, region, per_seed) -> Claim:
     """A claim on the LM study: ``per_seed(finals, rows, seed)`` gives one value per seed that both methods ran;
     the interval is Student's t over seeds (none for one seed: inconclusive)."""
-    def fn(runs: Path) -> Claim:
+    def fn(runs: Path, study: str | None = None) -> Claim:
         c = Claim(claim, "LM study (`testbed reproduce --llm`)", statistic, region)
-        lm = _lm(runs)
+        lm = _lm(runs, study)
         if lm is None:
             c.note = "not run: testbed reproduce --llm [--quick]"
             return c
@@ -339,17 +363,20 @@ BANDIT_CLAIMS = (rebel_is_npg, mirror_descent_bound, inexact_regression, minimax
                  kl_vs_ppo_bandit, models_held, step_cost_bandit)
 
 
-def collect(runs: str | Path, kept: str | Path | None = None) -> list[Claim]:
+def collect(runs: str | Path, kept: str | Path | None = None, lm_study: str | None = None) -> list[Claim]:
     """Every claim from the run folders under ``runs`` (a claim whose experiment is missing stays without
-    a value: inconclusive). ``kept``: the JSON file of the LM study's claims (:func:`write_claims` writes it
-    whenever the LM study's folder is under ``runs``), read when it is not — so a bandit-only
-    ``testbed reproduce`` keeps the rows of the last ``testbed reproduce --llm``."""
+    a value: inconclusive). The LM rows: from ``runs/lm_study`` when the LM study of that name was just run
+    (``testbed reproduce --llm [--quick]``); otherwise from ``kept``, the JSON file of the last LM study's
+    claims (:func:`write_claims` writes it), so a bandit-only ``testbed reproduce`` keeps the rows of the last
+    ``testbed reproduce --llm``; without that file, from the LM study folder under ``runs`` (:data:`LM_STUDIES`,
+    in order)."""
     runs = Path(runs)
-    lm = [f(runs) for f in LM_CLAIMS]
-    if _lm(runs) is None and kept is not None and Path(kept).is_file():
+    if lm_study is None and kept is not None and Path(kept).is_file():
         stored = json.loads(Path(kept).read_text())
         lm = [Claim(**{**c, "region": tuple(c["region"]), "value": None if c["value"] is None else
                        tuple(math.nan if v is None else v for v in c["value"])}) for c in stored["claims"]]
+    else:
+        lm = [f(runs, lm_study) for f in LM_CLAIMS]
     return [*(f(runs) for f in BANDIT_CLAIMS), *lm]
 
 
@@ -369,23 +396,27 @@ def claims_markdown(claims: list[Claim]) -> str:
                      f"**{c.verdict}** | {c.note} |")
     rule = ("Verdict rule (testbed/experiments/claims.py): *supported* if the whole 95% interval lies in the claimed "
             "region, *not supported* if it lies wholly outside, *inconclusive* if it straddles or touches a boundary, "
-            "or there is no data (boundaries compared up to 1e-12, relative: rounding). Exact experiments have a "
+            "if a boundary is within the Monte-Carlo error of a bootstrap end, or there is no data (boundaries "
+            "compared exactly; while a boundary is within an end's Monte-Carlo band, ranks B·q ± 3√(B·q(1 − q)), "
+            f"the {REPS} bootstrap resamples are doubled, up to {MAX_REPS}). Exact experiments have a "
             "one-point interval.")
     return "\n".join(["# The paper's claims, checked", "", rule, "", *lines, ""])
 
 
-def write_claims(runs: str | Path, out: str | Path) -> Path:
-    """figures/claims.md: the claims table from the run folders under ``runs``; beside it, ``claims-llm.json``
-    holds the LM study's claims (rewritten when that study's folder is under ``runs``, read otherwise)."""
+def write_claims(runs: str | Path, out: str | Path, lm_study: str | None = None) -> Path:
+    """figures/claims.md: the claims table from the run folders under ``runs``; ``lm_study``: the LM study
+    just run (its folder under ``runs`` gives the LM rows). Beside the table, ``claims-llm.json`` holds the LM
+    study's claims: rewritten when they were read from a study folder, read otherwise (:func:`collect`)."""
     out = Path(out)
     kept = out.parent / "claims-llm.json"
-    claims = collect(runs, kept)
-    if _lm(Path(runs)) is not None:
-        lm = [{**asdict(c), "value": c.value and [None if math.isnan(v) else v for v in c.value]}
-              for c in claims[len(BANDIT_CLAIMS):]]
-        text = json.dumps({"note": "the LM study's claims, from the last testbed reproduce --llm", "claims": lm},
-                          indent=1, ensure_ascii=False) + "\n"
-        atomic_write(kept, lambda p: p.write_text(text))
+    claims = collect(runs, kept, lm_study)
+    if lm_study is not None or not kept.is_file():
+        if _lm_dir(Path(runs), lm_study) is not None:
+            lm = [{**asdict(c), "value": c.value and [None if math.isnan(v) else v for v in c.value]}
+                  for c in claims[len(BANDIT_CLAIMS):]]
+            text = json.dumps({"note": "the LM study's claims, from the last testbed reproduce --llm", "claims": lm},
+                              indent=1, ensure_ascii=False) + "\n"
+            atomic_write(kept, lambda p: p.write_text(text))
     text = claims_markdown(claims)
     atomic_write(out, lambda p: p.write_text(text))
     return out

@@ -22,13 +22,14 @@ from testbed.experiments.runner import run_spec
 from testbed.experiments.spec import load_spec
 from testbed.experiments.tuning import run_tuned
 from testbed.plotting import draw
+from testbed.plotting.draw import MARKDOWN
 
 
 def outputs(spec_name: str, plots: list[dict]) -> list[tuple[dict, str]]:
     """File name of each plot entry: its ``name``, else <spec>.png for the first and <spec>-<kind> after."""
     names = []
     for i, entry in enumerate(plots):
-        ext = ".md" if entry.get("kind") in ("table", "tuned_table") else ".png"
+        ext = ".md" if entry.get("kind") in MARKDOWN else ".png"
         stem = entry.get("name") or (spec_name if i == 0 else f"{spec_name}-{entry.get('kind', 'curve')}")
         names.append((entry, stem + ext))
     if len({n for _, n in names}) != len(names):

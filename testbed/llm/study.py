@@ -15,8 +15,8 @@ LLM_STUDY = "tldr_smollm2"
 def reproduce_llm(experiments: str | Path = "experiments", figures: str | Path = "figures", runs: str | Path = "runs",
                   quick: bool = False, progress: bool = True) -> list[Path]:
     """Run the LM study spec (one process) and draw its two figures and its table; then rewrite
-    figures/claims.md, whose LM rows read this study's run folder (the bandit rows read the bandit runs under
-    the same ``runs``, when there)."""
+    figures/claims.md, whose LM rows read this study's run folder — the one just run, even when the other
+    variant's folder is also under ``runs`` (the bandit rows read the bandit runs under the same ``runs``, when there)."""
     from testbed.experiments.claims import write_claims
     from testbed.llm.models import PACKAGED, gguf_source, packaged_path
     from testbed.llm.spec import load_lm_spec
@@ -42,7 +42,7 @@ def reproduce_llm(experiments: str | Path = "experiments", figures: str | Path =
     written = [plot_llm_reward_kl(run_dir, figures / f"llm_reward_kl{suffix}.png"),
                plot_llm_winrate(run_dir, figures / f"llm_winrate{suffix}.png"),
                llm_table(run_dir, figures / f"llm-table{suffix}.md", wall_seconds=wall)]
-    written.append(write_claims(runs, figures / "claims.md"))
+    written.append(write_claims(runs, figures / "claims.md", lm_study=name))
     print(f"{name}: {len(spec.algorithms) * len(spec.seeds)} runs in {wall / 60:.1f} min -> "
           + ", ".join(str(f) for f in written), file=sys.stderr)
     return written

@@ -6,12 +6,21 @@ each problem, problems are kept). The ``rliable`` package does not import in thi
 ``arch`` dependency fails against pandas 3), so the same estimators are written on numpy/scipy here
 and ``tests/test_claims.py`` checks them against direct computations.
 
+Monte-Carlo error of an interval end (:func:`bootstrap_interval`): a percentile end estimated from B resamples
+is the order statistic at rank B·q; the number of resamples below the ideal (B = ∞) quantile is binomial, so
+the order statistics at ranks B·q ± z·√(B·q(1 − q)) (z = :data:`MC_Z`) bracket the ideal end — the end's
+Monte-Carlo band. Given the boundaries a decision compares the interval with, the resamples are doubled
+(new draws added to the old) while a boundary lies inside an end's band, up to :data:`MAX_REPS`.
+
 Scores: the normalised final sub-optimality (J* − J(π_T)) / (J* − J(π_0)) of each run (lower is
 better; 0 = optimal, 1 = no progress). A score matrix is [runs, problems] per method.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +35,9 @@ from testbed.errors import InputError  # noqa: E402
 from testbed.io import atomic_write  # noqa: E402
 from testbed.plotting.common import _load, save_figure  # noqa: E402
 
-REPS = 2000  # bootstrap resamples
+REPS = 2000  # bootstrap resamples (to start with, where a decision is taken: bootstrap_interval)
+MAX_REPS = 256_000  # at most this many when a boundary stays within the Monte-Carlo band of an interval end
+MC_Z = 3.0  # the Monte-Carlo band of an interval end: ±3 binomial standard deviations of its rank
 CONFIDENCE = 0.95
 TAUS = np.logspace(-4, 0, 41)  # performance-profile thresholds on the normalised sub-optimality
 
@@ -41,6 +52,62 @@ def _strata(rng: np.random.Generator, n: int, tasks: int, reps: int) -> np.ndarr
     return rng.integers(0, n, size=(reps, n, tasks))
 
 
+def _ends(boot: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap statistics (along axis 0)."""
+    a = (1 - CONFIDENCE) / 2
+    return np.quantile(boot, a, axis=0), np.quantile(boot, 1 - a, axis=0)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic, its 95% percentile-bootstrap interval, the Monte-Carlo band of each end
+    ((low of the low end, high of the low end), (… of the high end)) and the resamples drawn."""
+    point: float
+    low: float
+    high: float
+    bands: tuple[tuple[float, float], tuple[float, float]]
+    reps: int
+
+    @property
+    def value(self) -> tuple[float, float, float]:
+        return self.point, self.low, self.high
+
+    def near(self, region: tuple[float, float] | None) -> bool:
+        """Whether a boundary of ``region`` is within the Monte-Carlo error of an interval end
+        (:func:`within_error`)."""
+        return region is not None and within_error(self.bands, region)
+
+
+def within_error(bands, region: tuple[float, float]) -> bool:
+    """Whether the Monte-Carlo band (lo, hi) of an interval end holds values on both sides of a boundary of the
+    closed ``region`` [a, b] — below a and at or above it (lo < a ≤ hi), or at or below b and above it
+    (lo ≤ b < hi): which side the ideal end is on, and so a verdict, is then not settled by the resamples."""
+    a, b = region
+    return any((math.isfinite(a) and lo < a <= hi) or (math.isfinite(b) and lo <= b < hi) for lo, hi in bands)
+
+
+def bootstrap_interval(point: float, draw: Callable[[np.random.Generator, int], np.ndarray],
+                       region: tuple[float, float] | None = None, reps: int = REPS, seed: int = 0,
+                       max_reps: int = MAX_REPS) -> Interval:
+    """The percentile interval of ``draw(rng, k)`` (k bootstrap statistics), with ``reps`` resamples, doubled
+    while a boundary of ``region`` is within the Monte-Carlo band of an interval end (up to ``max_reps``):
+    the band's ends are the order statistics at ranks B·q ± z·√(B·q(1 − q)), B resamples, q = 0.025 or 0.975,
+    z = :data:`MC_Z` (the count of resamples below the ideal quantile is binomial(B, q))."""
+    rng = np.random.default_rng(seed)
+    boot = np.asarray(draw(rng, reps), dtype=float)
+    while True:
+        b, ordered = len(boot), np.sort(boot)
+        bands = []
+        for q in ((1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2):
+            h = MC_Z * math.sqrt(b * q * (1 - q))
+            bands.append((float(ordered[max(0, math.floor(b * q - h))]), float(ordered[min(b - 1, math.ceil(b * q + h))])))
+        low, high = _ends(boot)
+        out = Interval(float(point), float(low), float(high), (bands[0], bands[1]), b)
+        if b >= max_reps or not out.near(region):
+            return out
+        boot = np.concatenate([boot, np.asarray(draw(rng, min(b, max_reps - b)), dtype=float)])
+
+
 def stratified_interval(scores: np.ndarray, stat, reps: int = REPS, seed: int = 0) -> tuple[float, float, float]:
     """(point, low, high): ``stat`` of [runs, problems] scores and its 95% percentile interval over a
     bootstrap that resamples runs within each problem."""
@@ -48,27 +115,43 @@ def stratified_interval(scores: np.ndarray, stat, reps: int = REPS, seed: int = 
     n, tasks = scores.shape
     idx = _strata(np.random.default_rng(seed), n, tasks, reps)
     boot = np.array([stat(np.take_along_axis(scores, i, axis=0)) for i in idx])
-    a = (1 - CONFIDENCE) / 2
-    return float(stat(scores)), float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+    low, high = _ends(boot)
+    return float(stat(scores)), float(low), float(high)
 
 
-def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
+def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float | np.ndarray:
     """P(X better than Y): the mean over problems of P(x < y) + ½P(x = y) for a run x of method X and a
-    run y of Y on that problem (lower scores are better; rliable's Mann–Whitney form)."""
+    run y of Y on that problem (lower scores are better; rliable's Mann–Whitney form). ``x`` [runs, problems]
+    and ``y`` [runs', problems], or stacks of them [..., runs, problems] (one value per stack). Computed as one
+    ratio of integer counts, Σ(2·#(x < y) + #(x = y)) / (2·runs·runs'·problems), so the value is the rational
+    rounded once: a value of exactly ½ is 0.5, never 0.49999999999999994."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    per = [(np.mean(x[:, j, None] < y[None, :, j]) + 0.5 * np.mean(x[:, j, None] == y[None, :, j]))
-           for j in range(x.shape[1])]
-    return float(np.mean(per))
+    xs, ys = x[..., :, None, :], y[..., None, :, :]
+    counts = 2 * np.sum(xs < ys, axis=(-3, -2, -1)) + np.sum(xs == ys, axis=(-3, -2, -1))
+    out = counts / (2 * x.shape[-2] * y.shape[-2] * x.shape[-1])
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def poi_bootstrap(x: np.ndarray, y: np.ndarray, region: tuple[float, float] | None = None, reps: int = REPS,
+                  seed: int = 0) -> Interval:
+    """Probability of improvement with its 95% interval: X's and Y's runs resampled independently within
+    each problem (rliable's ``StratifiedIndependentBootstrap``); more resamples while a boundary of ``region``
+    is within the Monte-Carlo band of an end (:func:`bootstrap_interval`)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    chunk = max(1, 2 ** 22 // (x.shape[0] * y.shape[0] * x.shape[1]))  # comparisons held at once
+
+    def draw(rng, k):
+        ix, iy = _strata(rng, x.shape[0], x.shape[1], k), _strata(rng, y.shape[0], y.shape[1], k)
+        return np.concatenate([probability_of_improvement(np.take_along_axis(x[None], ix[i:i + chunk], 1),
+                                                          np.take_along_axis(y[None], iy[i:i + chunk], 1))
+                               for i in range(0, k, chunk)])
+
+    return bootstrap_interval(probability_of_improvement(x, y), draw, region, reps, seed)
 
 
 def poi_interval(x: np.ndarray, y: np.ndarray, reps: int = REPS, seed: int = 0) -> tuple[float, float, float]:
-    """Probability of improvement with its 95% interval: X's and Y's runs resampled independently within
-    each problem (rliable's ``StratifiedIndependentBootstrap``)."""
-    rng = np.random.default_rng(seed)
-    ix, iy = _strata(rng, x.shape[0], x.shape[1], reps), _strata(rng, y.shape[0], y.shape[1], reps)
-    boot = [probability_of_improvement(np.take_along_axis(x, a, 0), np.take_along_axis(y, b, 0)) for a, b in zip(ix, iy)]
-    a = (1 - CONFIDENCE) / 2
-    return probability_of_improvement(x, y), float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+    """:func:`poi_bootstrap`'s (point, low, high) with ``reps`` resamples."""
+    return poi_bootstrap(x, y, None, reps, seed).value
 
 
 def profile(scores: np.ndarray, taus: np.ndarray = TAUS) -> np.ndarray:
@@ -81,8 +164,7 @@ def profile_band(scores: np.ndarray, taus: np.ndarray = TAUS, reps: int = REPS, 
     n, tasks = scores.shape
     idx = _strata(np.random.default_rng(seed), n, tasks, reps)
     boot = np.array([profile(np.take_along_axis(scores, i, axis=0), taus) for i in idx])
-    a = (1 - CONFIDENCE) / 2
-    return profile(scores, taus), np.quantile(boot, a, axis=0), np.quantile(boot, 1 - a, axis=0)
+    return (profile(scores, taus), *_ends(boot))
 
 
 def score_matrices(run_dir: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -20,6 +20,7 @@ from testbed.results import read_metrics  # noqa: E402
 
 FLOOR = 1e-16  # log-axis floor: exact updates reach J* to machine precision
 LOG_Y = {"suboptimality", "kl_reg_gap", "loss", "exploitability", "exploitability_avg"}
+"""Metrics drawn on a log axis — when every plotted value is positive; else a linear axis (plot_run)."""
 
 
 def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,6 +38,7 @@ def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 
 
 def read_config(run_dir: Path) -> dict:
+    """A run folder's config.yaml (the resolved spec): a mapping, or an InputError naming the file."""
     cfg_path = run_dir / "config.yaml"
     if run_dir.is_file():
         raise InputError(f"{str(run_dir)!r} is a file, not a run folder")
@@ -44,8 +46,16 @@ def read_config(run_dir: Path) -> dict:
         raise InputError(f"run folder {str(run_dir)!r} does not exist")
     if not cfg_path.is_file():
         raise InputError(f"{str(run_dir)!r} is not a run folder (no config.yaml)")
-    return yaml.safe_load(cfg_path.read_text())
-
+    expected = "expected the resolved spec a run writes (a mapping: name, problems, runs, ...)"
+    try:
+        config = yaml.safe_load(cfg_path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        raise InputError(f"{cfg_path}: not valid YAML ({getattr(e, 'problem', None) or 'unreadable'}"
+                         + (f" at line {where.line + 1}" if where else "") + f"); {expected}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{cfg_path}: " + ("empty" if config is None else f"a {type(config).__name__}") + f"; {expected}")
+    return config
 
 
 def legend_entries(axes) -> tuple[list, list[str]]:
@@ -72,12 +82,30 @@ def save_figure(fig, out: Path, tight: bool = True) -> Path:
 
 
 def _load(run_dir: Path) -> tuple[dict, dict, dict]:
-    """config, runs by id, and each run's metric rows."""
+    """config, runs by id, and each run's metric rows; a metrics row whose run is not in config.yaml's
+    ``runs`` (or no ``runs`` list) is an InputError."""
     config = read_config(run_dir)
+    listed = config.get("runs")
+    if not isinstance(listed, list) or not all(isinstance(r, dict) and "run_id" in r for r in listed):
+        raise InputError(f"{run_dir / 'config.yaml'}: no 'runs' list of runs with a run_id; expected the resolved "
+                         "spec of a bandit or preference run (testbed run)")
+    runs = {r["run_id"]: r for r in listed}
     per_run = defaultdict(list)
     for r in read_metrics(run_dir):
+        if r["run_id"] not in runs:
+            raise InputError(f"{run_dir / 'metrics.csv'}: run_id {r['run_id']!r} is not one of config.yaml's runs "
+                             f"(expected one of {', '.join(sorted(runs)[:3])}{', ...' if len(runs) > 3 else ''})")
         per_run[r["run_id"]].append(r)
-    return config, {r["run_id"]: r for r in config["runs"]}, per_run
+    return config, runs, per_run
+
+
+def require_values(per_run: dict, columns: tuple[str, ...], run_dir: Path, kind: str) -> None:
+    """An InputError unless every one of ``columns`` has a value in some row of the run folder (``kind``: the
+    figure or table that needs them)."""
+    for c in columns:
+        if not any(r.get(c) is not None for rows in per_run.values() for r in rows):
+            raise InputError(f"{run_dir / 'metrics.csv'}: no {c!r} values; --kind {kind} needs a run folder whose "
+                             f"runs record {', '.join(columns)} (a bandit run with a reward oracle)")
 
 
 def _final(per_run: dict, run_ids: list[str], key: str) -> np.ndarray:

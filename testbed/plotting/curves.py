@@ -24,10 +24,10 @@ from testbed.plotting.common import (  # noqa: E402
     _legend_below,
     _load,
     read_config,
+    require_values,
     save_figure,
     seed_band,
 )
-from testbed.results import read_metrics  # noqa: E402
 
 
 def _line_name(run: dict, panel_by: str | None) -> str:
@@ -52,8 +52,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
     x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples", "queries"))
     y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss",
                                                             "exploitability", "exploitability_avg"))
-    runs = {r["run_id"]: r for r in config["runs"]}
-    rows = read_metrics(run_dir)
+    _, runs, per_run = _load(run_dir)
     known = sorted({k for r in runs.values() for k in (*r["swept"], *r["config"])})
     if panel_by and panel_by not in known:
         raise InputError(f"panel_by (--panel-by) {panel_by!r} is not a hyper-parameter of these runs; expected one of "
@@ -67,9 +66,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
         return run["config"].get(panel_by)
 
     series = defaultdict(lambda: defaultdict(list))  # (problem, panel) -> line -> [(seed, xs, ys)]
-    per_run = defaultdict(list)
-    for r in rows:
-        per_run[r["run_id"]].append(r)
     theory = {}
     for run_id, rr in per_run.items():
         run = runs[run_id]
@@ -83,6 +79,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
             theory.setdefault(key, {})[run["theory"]["eta"]] = run["theory"]
     if not series:
         raise InputError(f"no values of {y!r} against {x!r} in {str(run_dir)!r}")
+    plotted = np.concatenate([m[1] for lines in series.values() for members in lines.values() for m in members])
+    log = y in LOG_Y and bool(np.all(plotted[~np.isnan(plotted)] > 0))  # a log axis cannot show a value <= 0
 
     problems = sorted({k[0] for k in series})
     panels = sorted({k[1] for k in series}, key=lambda v: (v is None, v))
@@ -98,7 +96,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
                 n = min(len(m[1]) for m in members)
                 xs = members[0][0][:n]
                 vals = np.stack([m[1][:n] for m in members])
-                if y in LOG_Y:
+                if log:
                     vals = np.maximum(vals, FLOOR)
                 mean, lo, hi = seed_band(vals)
                 c = colours.setdefault(line, f"C{len(colours) % 10}")
@@ -111,7 +109,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
                 bound = (th["kl_star_init_over_eta"] + th["gap0"]) / T
                 ax.plot(T, bound, ":", color="k", lw=1.2,
                         label="bound KL(π*‖π₀)/(ηT) + gap₀/T" + (f" (η={eta})" if pv is None else ""))
-            if y in LOG_Y:
+            if log:
                 ax.set_yscale("log")
             ax.set_title(f"{prob}" + (f"\n{panel_by} = {pv}" if panel_by else ""), fontsize=9)
             ax.set_xlabel(x)
@@ -129,6 +127,7 @@ def plot_frontier(run_dir: str | Path, out: str | Path) -> Path:
     give their path over the evaluated iterations. Error bars: 95% bootstrap over seeds."""
     run_dir = Path(run_dir)
     config, runs, per_run = _load(run_dir)
+    require_values(per_run, ("reward", "kl_ref"), run_dir, "frontier")
     groups = defaultdict(lambda: defaultdict(list))  # (problem, line) -> beta -> run ids
     for run_id, run in runs.items():
         rest = [f"{k}={v}" for k, v in run["swept"].items() if k != "beta"]
@@ -211,6 +210,7 @@ def results_table(run_dir: str | Path, out: str | Path) -> Path:
     95% percentile-bootstrap interval), with the responses and oracle queries each used."""
     run_dir = Path(run_dir)
     config, runs, per_run = _load(run_dir)
+    require_values(per_run, ("suboptimality",), run_dir, "table")
     groups = defaultdict(list)
     for run_id, run in runs.items():
         groups[(run["problem"], run["label"])].append(run_id)

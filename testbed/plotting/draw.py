@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from testbed.plotting import aggregate, curves, preference
-from testbed.plotting.common import read_config
+from testbed.plotting.common import _load
 
 
 def _preference(fn, with_context: bool):
     def draw_it(run_dir, entry, out):
         extra = {"context": entry.get("context", 0)} if with_context else {}
-        return fn(Path(run_dir), read_config(Path(run_dir)), out, **extra)
+        return fn(Path(run_dir), _load(Path(run_dir))[0], out, **extra)
     return draw_it
 
 
@@ -27,6 +27,8 @@ KINDS = {
     "tuned_table": lambda run_dir, entry, out: aggregate.tuned_table(run_dir, out),
     "aggregate": lambda run_dir, entry, out: aggregate.plot_aggregate(run_dir, out),
 }
+MARKDOWN = {"table", "tuned_table"}
+"""The kinds that write a markdown table, not a figure."""
 
 
 def draw(run_dir: str | Path, entry: dict, out: str | Path) -> Path:

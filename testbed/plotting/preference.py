@@ -22,8 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from testbed.errors import InputError  # noqa: E402
-from testbed.plotting.common import FLOOR, legend_entries, save_figure, seed_band  # noqa: E402
-from testbed.results import read_metrics  # noqa: E402
+from testbed.plotting.common import FLOOR, _load, legend_entries, save_figure, seed_band  # noqa: E402
 
 VERTICES = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
 ACTION_NAMES = {"rps": ("rock", "paper", "scissors"), "dice": ("{2,4,9}", "{1,6,8}", "{3,5,7}")}
@@ -117,10 +116,7 @@ def plot_simplex(run_dir: Path, config: dict, out: str | Path | None = None, con
 
 def plot_exploitability(run_dir: Path, config: dict, out: str | Path | None = None) -> Path:
     """expl(pi_t) (solid) and expl(pi_bar_t) (dashed) vs t, log–log, one panel per problem."""
-    runs = {r["run_id"]: r for r in config["runs"]}
-    per_run = defaultdict(list)
-    for r in read_metrics(run_dir):
-        per_run[r["run_id"]].append(r)
+    _, runs, per_run = _load(run_dir)
     series = defaultdict(lambda: defaultdict(list))  # problem -> line -> [(t, last, avg)]
     bounds = defaultdict(dict)
     for run_id, rr in per_run.items():
@@ -181,6 +177,9 @@ def plot_eps_sweep(run_dir: Path, config: dict, out: str | Path | None = None, c
     problems = {name: e for name, e in config["problems"].items() if "eps" in e}
     if not problems:
         raise InputError("plot.kind eps_sweep needs problems with an 'eps' field (family nlhf)")
+    if not (run_dir / "policies.npz").is_file():
+        raise InputError(f"{str(run_dir)!r} has no policies.npz; --kind eps_sweep reads the final policies that a "
+                         "preference run saves there (run folder of testbed run)")
     with np.load(run_dir / "policies.npz") as z:
         pol = {k: z[k] for k in z.files}
     mass = defaultdict(lambda: defaultdict(list))  # line -> eps -> [probs per seed]
