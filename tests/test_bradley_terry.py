@@ -9,10 +9,10 @@ import pytest
 from testbed.problems import bradley_terry_fit, make_preference
 
 
+@mp.workdps(40)
 def mp_fit(P, W, l2=0.0):
     """The maximiser at 40 digits: Newton in mpmath on the full reward vector (l2 > 0: the Hessian is positive
     definite) or with r_0 = 0 (l2 = 0, comparisons connected), centred to mean 0."""
-    mp.mp.dps = 40
     Y = P.shape[0]
     Ws = W + W.T
     gauge = l2 == 0
@@ -120,14 +120,14 @@ def test_unanimous_data_without_a_ridge_stops_where_the_gradient_is_below_gtol()
 
 def test_two_responses_with_a_ridge_solve_the_stationarity_equation():
     """Y = 2: the gap δ solves Ws·(p − σ(δ)) = l2·δ (r = ±δ/2, ridge l2·δ²/2), found by mpmath's findroot."""
-    mp.mp.dps = 40
     for p, w, l2 in [(0.8, 0.5, 0.0), (0.99, 0.01, 1e-3), (1.0, 1.0, 0.1), (0.3, 2.0, 5.0)]:
         P = np.array([[0.5, p], [1 - p, 0.5]])
         W = np.array([[0.0, w], [0.0, 0.0]])
         if l2 == 0:
             want = mp.log(p / (1 - p))
         else:
-            want = mp.findroot(lambda d, w=w, p=p, l2=l2: w * (p - 1 / (1 + mp.exp(-d))) - l2 * d, 1.0)
+            with mp.workdps(40):
+                want = mp.findroot(lambda d, w=w, p=p, l2=l2: w * (p - 1 / (1 + mp.exp(-d))) - l2 * d, 1.0)
         r = bradley_terry_fit(P, pair_weights=W, l2=l2)
         assert abs((r[0] - r[1]) - float(want)) <= 1e-12 * max(1.0, abs(float(want)))
 

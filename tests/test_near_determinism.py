@@ -18,9 +18,10 @@ from testbed.policies import LogLinear, TabularSoftmax, initial_policy
 from testbed.policies.natural import natural_step
 from testbed.problems import LinearBandit, PreferenceBandit, TabularBandit, make_linear, minimax_winner
 
-mp.mp.dps = 80
+DIGITS = 80
 
 
+@mp.workdps(DIGITS)  # not the global precision: another test file's setting must not change it
 def mp_npg_step(rho, phi, theta, q, eta):
     """eta·F⁺∇J in 80-digit arithmetic: F = E_x Cov_pi(φ), ∇J = E_x Cov_pi(φ, q), min-norm through a
     symmetric eigendecomposition with the exact zeros (rank deficiency) cut at 1e-60 of the largest."""
@@ -198,7 +199,8 @@ def test_minimax_winner_when_nearly_every_pair_is_a_tie(Y, eps, seed):
     P = near_tie_game(Y, eps, seed)
     pi = minimax_winner(P)
     assert pi.min() >= 0 and abs(pi.sum() - 1) < 1e-12
-    expl = max(mp.fsum(mp.mpf(float(P[y, z])) * mp.mpf(float(pi[z])) for z in range(Y)) for y in range(Y)) - mp.mpf(0.5)
+    with mp.workdps(DIGITS):
+        expl = max(mp.fsum(mp.mpf(float(P[y, z])) * mp.mpf(float(pi[z])) for z in range(Y)) for y in range(Y)) - mp.mpf(0.5)
     assert float(expl) <= 1e-12 * eps * 1e3 + 1e-16
 
 

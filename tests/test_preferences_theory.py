@@ -180,7 +180,6 @@ def test_nash_md_step_is_the_geometric_mixture_then_hedge_against_it_in_mpmath(s
     pi' ∝ pi^mu·exp(eta·P(y ≻ pi^mu)). The win rates are those of the mixture, not of pi (a step against pi_t has
     the same fixed point and passed every other test); pi with log-probabilities down to −400, mu non-uniform."""
     import mpmath as mp
-    mp.mp.dps = 50
     tau = 0.3
     p = make_preference("skew", contexts=3, actions=5, seed=2, pi_ref=[0.05, 0.1, 0.15, 0.3, 0.4])
     algo = make_algo("nash_md", p, tau=tau, schedule=schedule, **({} if eta is None else {"eta": eta}))
@@ -192,17 +191,23 @@ def test_nash_md_step_is_the_geometric_mixture_then_hedge_against_it_in_mpmath(s
         e = algo.step_size(t)
         new = algo.update(policy, None).policy.log_probs()
         for x in range(3):
-            lp = [mp.mpf(float(v)) for v in policy.log_probs()[x]]
-            lmu = [mp.mpf(float(v)) for v in np.log(p.pi_ref[x])]
-            mix = [(1 - e * tau) * a + e * tau * b for a, b in zip(lp, lmu)]
-            z = mp.log(mp.fsum(mp.e ** v for v in mix))
-            mix = [v - z for v in mix]
-            g = [mp.fsum(mp.mpf(float(p.preferences[x, y, k])) * mp.e ** mix[k] for k in range(5)) for y in range(5)]
-            out = [m + e * gy for m, gy in zip(mix, g)]
-            z = mp.log(mp.fsum(mp.e ** v for v in out))
-            want = np.array([float(v - z) for v in out])
+            with mp.workdps(50):
+                want = _nash_md_step_mp(policy.log_probs()[x], np.log(p.pi_ref[x]), p.preferences[x], e, tau)
             np.testing.assert_allclose(new[x], want, rtol=1e-12, atol=1e-12)
         policy = TabularSoftmax(new)
+
+
+def _nash_md_step_mp(log_pi, log_mu, P, e, tau):
+    """One Nash-MD step of one context in mpmath at the current precision: the mixture, then Hedge against it."""
+    import mpmath as mp
+    Y = len(log_pi)
+    mix = [(1 - e * tau) * mp.mpf(float(a)) + e * tau * mp.mpf(float(b)) for a, b in zip(log_pi, log_mu)]
+    z = mp.log(mp.fsum(mp.e ** v for v in mix))
+    mix = [v - z for v in mix]
+    g = [mp.fsum(mp.mpf(float(P[y, k])) * mp.e ** mix[k] for k in range(Y)) for y in range(Y)]
+    out = [m + e * gy for m, gy in zip(mix, g)]
+    z = mp.log(mp.fsum(mp.e ** v for v in out))
+    return np.array([float(v - z) for v in out])
 
 
 def test_nash_md_schedule_is_two_over_tau_t_plus_two():
