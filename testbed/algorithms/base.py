@@ -339,6 +339,7 @@ def path(doc: str, **kw):
 
 LM = ("lm",)
 BANDIT = ("bandit",)
+DIFFUSION = ("diffusion",)
 
 
 def minibatch_field(default: int, doc: str):
