@@ -61,13 +61,13 @@ class PPOConfig:
                          "policy is); diffusion: prompt (DDPO's per-prompt reward mean and std, no value model)",
                          lm="backbone", diffusion="prompt")
     critic_lr: float = positive(0.1, "critic Adam learning rate", tracks=BANDIT)
-    value_clip: float = nonneg(0.0, "value clipping range (0: off)", lm=0.2)
-    vf_coef: float = positive(1.0, "value-loss coefficient", lm=0.1)
+    value_clip: float = nonneg(0.0, "value clipping range (0: off)", lm=0.2, not_on=DIFFUSION)
+    vf_coef: float = positive(1.0, "value-loss coefficient", lm=0.1, not_on=DIFFUSION)
     normalize_advantage: bool = flag(True, "standardise advantages within each batch (LM: whitened over valid tokens)")
     ent_coef: float = nonneg(0.0, "entropy bonus coefficient", tracks=BANDIT)
-    gamma: float = positive(1.0, "GAE discount", tracks=LM)
-    lam: float = positive(0.95, "GAE lambda", tracks=LM)
-    whiten_rewards: bool = flag(False, "whiten the per-token rewards before GAE", tracks=LM)
+    gamma: float = positive(1.0, "GAE discount", tracks=LM, not_on=DIFFUSION)
+    lam: float = positive(0.95, "GAE lambda", tracks=LM, not_on=DIFFUSION)
+    whiten_rewards: bool = flag(False, "whiten the per-token rewards before GAE", tracks=LM, not_on=DIFFUSION)
     logprob: str = one_of("sum", ("sum", "mean"), "diffusion: a denoising step's log-probability in the clipped ratio, "
                           "its Gaussian density summed over the D pixels (sum: the density) or averaged (mean: "
                           "DDPO's; the log-ratio divided by D)", tracks=DIFFUSION)
