@@ -143,3 +143,54 @@ def test_diffusion_dpo_ranks_each_pair_by_its_reward_and_weights_ties_out():
     np.testing.assert_allclose(step.loss, float(diffusion_dpo_loss(*seen["errors"], 0.5, ctx.train_timesteps, w)),
                                rtol=1e-12)
     assert abs(step.loss - math.log(2)) > 1e-6  # off the reference the margins are not 0
+
+
+def _minibatch_gradient(grad_accum: int, score: torch.Tensor):
+    """The gradient at Diffusion-DPO's one optimiser step (4 pairs, one minibatch, ``grad_accum`` micro-batches)
+    and the logged loss, with the rewards ``score`` and deterministic denoising errors (t = 5, eps = 0: no draws per
+    micro-batch), the policy moved off the reference."""
+    import dataclasses
+
+    ctx, algo = _backend(epochs=1)
+    ctx.train = dataclasses.replace(ctx.train, batch=4, minibatch=4, grad_accum=grad_accum, max_grad_norm=0.0)
+    pol = ctx.policy
+    with torch.no_grad():
+        for p in pol.model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+    ctx.score = lambda q, y: score
+
+    def errors(q, xw, xl):
+        t = torch.full((2 * len(q),), 5)
+        xt = pol.sampler.scheduler.add_noise(torch.cat([xw, xl]), torch.zeros_like(torch.cat([xw, xl])), t)
+        e = (pol.model(xt, t, torch.cat([q, q])) ** 2).flatten(1).sum(1)
+        with torch.no_grad():
+            r = (pol.ref_model(xt, t, torch.cat([q, q])) ** 2).flatten(1).sum(1)
+        n = len(q)
+        return e[:n], e[n:], r[:n], r[n:]
+
+    ctx.denoising_errors = errors
+    inner = getattr(ctx.optimizer, "optimizer", ctx.optimizer)
+    grads, real_step = [], inner.step
+
+    def step(*a, **k):
+        grads.append(torch.cat([p.grad.flatten().clone() for p in ctx.params]))
+        return real_step(*a, **k)
+
+    inner.step = step
+    torch.manual_seed(0)
+    out = algo.diffusion_update(*pol.encode([0, 1, 2, 0]))
+    assert len(grads) == 1  # one optimiser step: the minibatch's
+    return grads[0], out.loss
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["one-tie", "no-tie"])
+def test_diffusion_dpo_minibatch_gradient_does_not_depend_on_grad_accum(tie):
+    """grad_accum 2 splits the 4 pairs into two micro-batches of 2; with pair 0 tied (weight 0) one of them weighs
+    1 and the other 2. The minibatch gradient must be that of the tie-weighted mean over all 4 pairs, as with one
+    micro-batch (each micro-batch normalised by its own weight sum was 36% off). The logged loss too."""
+    score = torch.tensor([1.0 if tie else 2.0, 5, 5, 5, 1, 0, 0, 0], dtype=torch.float64)  # pair 0: 1 vs 1
+    g1, l1 = _minibatch_gradient(1, score)
+    g2, l2 = _minibatch_gradient(2, score)
+    assert float(g1.norm()) > 0
+    assert float((g2 - g1).norm() / g1.norm()) < 1e-10
+    np.testing.assert_allclose(l2, l1, rtol=1e-10)

@@ -37,3 +37,7 @@ def test_shipped_image_specs_validate(name):
     assert [n for n, _, _ in spec.algorithms] == ["rebel", "ppo", "dpo"] and len(spec.seeds) >= 3
     ppo = spec.algorithms[1][1]
     assert ppo.critic == "prompt"  # the diffusion default: DDPO's per-prompt baseline
+    # the paper spec is DDPO's PPO (per-pixel mean log-probs, advantage clip 5, no KL); the CPU studies keep the
+    # summed densities their committed tables were made with
+    want = ("mean", 5.0, 0.0) if name == "sd15_aesthetic" else ("sum", 0.0, 0.0)
+    assert (ppo.logprob, ppo.adv_clip, ppo.beta) == want

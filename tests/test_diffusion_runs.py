@@ -53,8 +53,25 @@ def tiny_spec(tmp_path, **over):
     ({"algorithms": [{"name": "ppo", "critic": "table"}]}, "critic"),
     ({"algorithms": [{"name": "ppo", "train": {"iterations": 3}}]}, "algorithms[0].train"),
     ({"algorithms": [{"name": "ppo", "train": {"batch": 0}}]}, "algorithms[0].train.batch"),
+    ({"model": {"seed": "a"}}, "model.seed must be a non-negative integer"),
+    ({"lora": {"r": 2, "alpha": "x"}}, "lora.alpha must be a positive number"),
+    ({"lora": {"r": 2, "target_modules": ["nonexistent"]}}, "lora.target_modules: 'nonexistent' names no module"),
+    ({"lora": {"r": 2, "target_modules": "conv1"}}, "lora.target_modules must be a non-empty list"),
+    ({"sampler": {"steps": 100, "train_timesteps": 100}}, "sampler.steps = 100 must be below"),
+    ({"model": {"channels": 3}}, "model.channels = 3 does not match pretrain.data digits"),
+    ({"model": {"channels": 3}, "pretrain": {"data": "shapes"}}, "model.channels = 3 does not match pretrain.data shapes"),
+    ({"train": {"dtype": "bfloat16"}}, "train.dtype bfloat16 is not supported for the tiny model"),
+    ({"train": {"dtype": "float16"}}, "train.dtype float16 needs a GPU"),
+    *[({"algorithms": [{"name": "ppo", k: v}]}, f"algorithms[0] (ppo).{k} does not apply to diffusion runs")
+      for k, v in (("gamma", 0.9), ("lam", 0.9), ("whiten_rewards", True), ("vf_coef", 0.5), ("value_clip", 0.2))],
+    ({"reward": {"kind": "classifier", "steps": 10}}, "reward: unknown key(s) ['steps']"),
+    ({"prompts": {"kind": "classes", "bogus": 1}}, "prompts: unknown key(s) ['bogus']"),
+    ({"seeds": [0, 0]}, "seeds must be distinct"),
 ], ids=["unknown-reward", "steps-0", "negative-guidance", "size-not-divisible", "offline-dpo", "bandit-critic",
-        "algorithm-train-key", "algorithm-batch-0"])
+        "algorithm-train-key", "algorithm-batch-0", "model-seed-str", "lora-alpha-str", "lora-target-missing",
+        "lora-targets-not-a-list", "ddim-steps-eq-T", "channels-digits", "channels-shapes", "bfloat16", "float16-cpu",
+        "ppo-gamma", "ppo-lam", "ppo-whiten-rewards", "ppo-vf-coef", "ppo-value-clip", "reward-steps", "prompts-key",
+        "duplicate-seeds"])
 def test_bad_specs_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, over, field):
     spec = tiny_spec(tmp_path, **over)
     out = tmp_path / "out"

@@ -179,7 +179,9 @@ def test_aesthetic_score_is_the_normalised_clip_embedding_through_the_mlp(comps)
     ({"reward": {"weights": "/nonexistent/aesthetic.pth"}}, "reward.weights"),
     ({"reward": {"clip": "nobody/no-such-clip"}}, "reward.clip"),
     ({"model": {"dtype": "float16"}}, "model.dtype float16 needs a GPU"),
-], ids=["model", "aesthetic-weights", "clip", "fp16-on-cpu"])
+    ({"lora": {"target_modules": ["to_q", "nonexistent"]}},
+     "lora.target_modules: 'nonexistent' names no module of the Stable Diffusion UNet"),
+], ids=["model", "aesthetic-weights", "clip", "fp16-on-cpu", "lora-target-missing"])
 def test_missing_weights_and_fp16_on_cpu_are_one_line_exit_2_nothing_written(comps, tmp_path, capsys, monkeypatch,
                                                                               over, field):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -188,7 +190,7 @@ def test_missing_weights_and_fp16_on_cpu_are_one_line_exit_2_nothing_written(com
     assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and field in err, err
-    if "name" in field or "clip" in field:
+    if field.startswith(("model.name", "reward.clip")):
         assert "huggingface-cli download nobody/" in err
     assert sorted(os.listdir(tmp_path)) == before
 

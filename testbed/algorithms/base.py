@@ -241,6 +241,8 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None):
         only = f.metadata.get("tracks")
         if track and only and track not in only and not (track == "diffusion" and "lm" in only) and f.name in params:
             raise InputError(f"{where}.{f.name} applies to {' and '.join(only)} runs only, not to {track} runs")
+        if track in f.metadata.get("not_on", ()) and f.name in params:
+            raise InputError(f"{where}.{f.name} does not apply to {track} runs (their update never reads it): remove it")
         if seq and f.name not in params and (track in f.metadata or "lm" in f.metadata):
             params[f.name] = f.metadata.get(track, f.metadata.get("lm"))
     cfg = cls(**params)
@@ -279,9 +281,13 @@ _UNSET = object()
 
 
 def _field(default, meta: dict, lm=_UNSET, tracks: tuple[str, ...] | None = None, lm_check: str | None = None,
-           diffusion=_UNSET):
+           diffusion=_UNSET, not_on: tuple[str, ...] = ()):
     """A config field; ``lm``: its default on the LM back-end (``lm_check``: its check there, e.g. 0 allowed);
-    ``diffusion``: its default on the diffusion back-end (else the LM one); ``tracks``: the back-ends it applies to."""
+    ``diffusion``: its default on the diffusion back-end (else the LM one); ``tracks``: the back-ends it applies to;
+    ``not_on``: back-ends that refuse it when given (e.g. an LM field the diffusion update does not read, which the
+    diffusion back-end would otherwise take with the LM's fields)."""
+    if not_on:
+        meta["not_on"] = not_on
     if lm is not _UNSET:
         meta["lm"] = lm
     if diffusion is not _UNSET:
@@ -339,6 +345,7 @@ def path(doc: str, **kw):
 
 LM = ("lm",)
 BANDIT = ("bandit",)
+DIFFUSION = ("diffusion",)
 
 
 def minibatch_field(default: int, doc: str):

@@ -34,9 +34,10 @@ def diffusion_dpo_update(algo, q, qm) -> Step:
         ew, el, rw, rl = ctx.denoising_errors(q[i], xw[i], xl[i])
         if sum(len(h) for h, _ in margins) < B:  # the first epoch's pass over the pairs: each pair once, at theta_t
             margins.append(((rw - ew).detach(), (rl - el).detach()))  # the implicit log-ratios (per unit beta·T)
+        share = ctx.minibatch_share(weight, i)  # the minibatch's tie-weighted mean, as the LM DPO update's
         if float(weight[i].sum()) == 0:
             return (ew + el).sum() * 0.0
-        return diffusion_dpo_loss(ew, el, rw, rl, cfg.beta, ctx.train_timesteps, weight[i])
+        return diffusion_dpo_loss(ew, el, rw, rl, cfg.beta, ctx.train_timesteps, weight[i]) * share
 
     loss = ctx.optimise(cfg, B, cfg.epochs, loss_fn)
     hw, hl = (torch.cat(a) for a in zip(*margins))

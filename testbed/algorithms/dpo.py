@@ -351,11 +351,10 @@ class DPO(Algorithm):
         margins = []
 
         def loss_fn(i):
-            # sum(w·loss)/sum(w) over the whole minibatch: each micro-batch's weighted mean divided by the
-            # minibatch's mean weight over the micro-batch's (equal) share of it, so the backend's average of
-            # the micro-batches' losses is the minibatch's tie-weighted mean (ties: weight 0)
-            wbar = ctx.mean_over_minibatch(weight)
-            loss, hw, hl = self._lm_loss(q[i], qm[i], yc[i], yr[i], ref_c[i], ref_r[i], weight[i], wbar)
+            # sum(w·loss)/sum(w) over the whole minibatch (ties: weight 0); on every process and micro-batch
+            # (its mean is a collective with several processes)
+            share = ctx.minibatch_share(weight, i)
+            loss, hw, hl = self._lm_loss(q[i], qm[i], yc[i], yr[i], ref_c[i], ref_r[i], weight[i], share)
             margins.append((hw.detach(), hl.detach()))
             return loss
 
@@ -369,10 +368,10 @@ class DPO(Algorithm):
         """loss: diffusion — Diffusion-DPO (:func:`diffusion_dpo_update`); dpo — online DPO on trajectory log-ratios."""
         return diffusion_dpo_update(self, q, qm) if self.config.loss == "diffusion" else self.lm_update(q, qm)
 
-    def _lm_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None, wbar=None):
+    def _lm_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None, share=None):
         """The loss of one LM minibatch and the log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no
-        preference); ``wbar``: normalise by ``wbar·len(q)`` (the whole minibatch's mean weight) instead of this
-        part's weight sum."""
+        preference); ``share``: the factor that makes this part's weighted mean its share of the whole
+        minibatch's (:meth:`~testbed.llm.backend.LMBackend.minibatch_share`)."""
         pol, n = self.ctx.policy, len(q)
         with self.ctx.logprob_temperature(self.config.logprob_temperature):
             new = pol.seq_logprob(torch.cat([q, q]), torch.cat([qm, qm]), torch.cat([yc, yr]))
@@ -381,8 +380,8 @@ class DPO(Algorithm):
             return new.sum() * 0.0, hw, hl
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
         loss = fn(hw, hl, self.config.beta, weight)
-        if wbar is not None:
-            loss = loss * (weight.sum() / (wbar * n))
+        if share is not None:
+            loss = loss * share
         return loss, hw, hl
 
     def batch_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None):

@@ -23,6 +23,7 @@ import torch
 
 from testbed.algorithms.base import (
     BANDIT,
+    DIFFUSION,
     LM,
     Algorithm,
     Step,
@@ -60,13 +61,18 @@ class PPOConfig:
                          "policy is); diffusion: prompt (DDPO's per-prompt reward mean and std, no value model)",
                          lm="backbone", diffusion="prompt")
     critic_lr: float = positive(0.1, "critic Adam learning rate", tracks=BANDIT)
-    value_clip: float = nonneg(0.0, "value clipping range (0: off)", lm=0.2)
-    vf_coef: float = positive(1.0, "value-loss coefficient", lm=0.1)
+    value_clip: float = nonneg(0.0, "value clipping range (0: off)", lm=0.2, not_on=DIFFUSION)
+    vf_coef: float = positive(1.0, "value-loss coefficient", lm=0.1, not_on=DIFFUSION)
     normalize_advantage: bool = flag(True, "standardise advantages within each batch (LM: whitened over valid tokens)")
     ent_coef: float = nonneg(0.0, "entropy bonus coefficient", tracks=BANDIT)
-    gamma: float = positive(1.0, "GAE discount", tracks=LM)
-    lam: float = positive(0.95, "GAE lambda", tracks=LM)
-    whiten_rewards: bool = flag(False, "whiten the per-token rewards before GAE", tracks=LM)
+    gamma: float = positive(1.0, "GAE discount", tracks=LM, not_on=DIFFUSION)
+    lam: float = positive(0.95, "GAE lambda", tracks=LM, not_on=DIFFUSION)
+    whiten_rewards: bool = flag(False, "whiten the per-token rewards before GAE", tracks=LM, not_on=DIFFUSION)
+    logprob: str = one_of("sum", ("sum", "mean"), "diffusion: a denoising step's log-probability in the clipped ratio, "
+                          "its Gaussian density summed over the D pixels (sum: the density) or averaged (mean: "
+                          "DDPO's; the log-ratio divided by D)", tracks=DIFFUSION)
+    adv_clip: float = nonneg(0.0, "diffusion: clip the advantages to [-adv_clip, adv_clip] (0: none; DDPO: 5)",
+                             tracks=DIFFUSION)
 
 
 class PPO(Algorithm):
@@ -245,8 +251,10 @@ class PPO(Algorithm):
     def diffusion_update(self, q, qm) -> Step:
         """DDPO (Black et al. 2023, https://arxiv.org/abs/2305.13301, §4.3): one trajectory per prompt, the
         (KL-shaped) reward of its image, the per-prompt baseline (advantage standardised within each prompt's
-        samples of the batch), and the clipped surrogate on every stochastic denoising step with its
-        trajectory's advantage, by the back-end's AdamW solver."""
+        samples of the batch; optionally clipped to ``adv_clip``), and the clipped surrogate on every stochastic
+        denoising step with its trajectory's advantage, by the back-end's AdamW solver. The step's ratio is that of
+        its Gaussian densities (``logprob: sum``) or, DDPO's, of their per-pixel means (``mean``: the log-ratio / D);
+        the KL shaping uses the trajectory's log-density either way."""
         cfg, ctx = self.config, self.ctx
         pol = ctx.policy
         y = ctx.sample(q, qm)
@@ -254,12 +262,21 @@ class PPO(Algorithm):
         mask = ro["mask"]
         r = kl_shaped_reward(ro["score"], (ro["lp"] * mask).sum(1).double(), (ro["ref"] * mask).sum(1).double(), cfg.beta)
         adv = per_prompt_advantage(r, q.reshape(len(q), -1), scale=cfg.normalize_advantage).to(ro["lp"].dtype)
+        if cfg.adv_clip:
+            adv = adv.clamp(-cfg.adv_clip, cfg.adv_clip)
         lp_old, adv_steps = ro["lp"], adv[:, None].expand_as(ro["lp"])
 
         def loss_fn(i):
             lp, _ = pol.logprobs(q[i], qm[i], y[i])
             m = mask[i].bool()
-            return ppo_clip_loss((lp - lp_old[i])[m], adv_steps[i][m], cfg.clip_eps)
+            return ppo_clip_loss(step_logratio(lp, lp_old[i], cfg.logprob, pol.dim)[m], adv_steps[i][m], cfg.clip_eps)
 
         loss = ctx.optimise(cfg, len(y), cfg.epochs, loss_fn)
         return Step(None, loss, len(y), len(y), ctx.trl_stats(ro, cfg.beta))
+
+
+def step_logratio(lp: torch.Tensor, lp_old: torch.Tensor, logprob: str, dim: int) -> torch.Tensor:
+    """The per-step log-ratio of PPO on the image track from step log-densities summed over the ``dim`` pixels:
+    their difference (``logprob: sum``) or, as DDPO's per-pixel mean log-probabilities give it, that divided by
+    ``dim`` (``mean``)."""
+    return (lp - lp_old) / dim if logprob == "mean" else lp - lp_old

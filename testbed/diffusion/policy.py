@@ -21,6 +21,7 @@ import copy
 import torch
 
 from testbed.diffusion.sampler import Sampler, step_kl, step_logprob
+from testbed.errors import InputError
 
 
 class UNetDenoiser(torch.nn.Module):
@@ -52,6 +53,20 @@ def with_lora(net, lora: dict | None, targets):
     from peft import LoraConfig, get_peft_model
     return get_peft_model(net, LoraConfig(r=lora["r"], lora_alpha=lora.get("alpha", lora["r"]),
                                           target_modules=list(lora.get("target_modules", targets))))
+
+
+def check_lora_targets(net, lora: dict | None, targets, what: str) -> None:
+    """Each of the ``lora`` block's ``target_modules`` (default ``targets``) names a module of ``net`` as peft matches
+    a list (the module's full name or its last dotted parts); else one line naming the first that does not."""
+    if not lora:
+        return
+    names = [n for n, _ in net.named_modules()]
+    for t in lora.get("target_modules", targets):
+        if not any(n == t or n.endswith("." + t) for n in names):
+            layers = sorted({n.rsplit(".", 1)[-1] for n, m in net.named_modules()
+                             if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and not n.rsplit(".", 1)[-1].isdigit()})
+            raise InputError(f"lora.target_modules: {t!r} names no module of the {what} (its layers: "
+                             f"{', '.join(layers[:10])}{', ...' if len(layers) > 10 else ''})")
 
 
 def unwrap(model):

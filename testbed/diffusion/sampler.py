@@ -12,7 +12,8 @@ A step from x_t to x_{t'} (t' the scheduler's previous timestep) with the noise 
   deterministic function of x_1 and carries no log-probability (mask 0).
 
 ln N(x'; mu, sigma² I) = -|x' - mu|²/(2 sigma²) - D·ln sigma - (D/2)·ln 2 pi, summed over the D pixels
-(DDPO averages them instead; the sum is the density). Clipping of x0_hat is off, so the mean is smooth in eps.
+(DDPO averages them instead, PPO's ``logprob: mean``; the sum is the density). Clipping of x0_hat is off, so the
+mean is smooth in eps.
 """
 
 from __future__ import annotations

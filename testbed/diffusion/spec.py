@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.algorithms.base import build_config, count, flag, nonneg, one_of, positive
-from testbed.errors import InputError, positive_int
+from testbed.errors import InputError, nonneg_int, positive_int, positive_number
 from testbed.io import read_yaml
 
 TOP_KEYS = {"name", "description", "kind", "model", "pretrain", "sampler", "prompts", "reward", "algorithms", "seeds",
@@ -35,6 +35,7 @@ TOP_KEYS = {"name", "description", "kind", "model", "pretrain", "sampler", "prom
 REWARDS = ("jpeg_compressibility", "jpeg_incompressibility", "classifier", "aesthetic")
 MODEL_KINDS = ("tiny", "stable_diffusion")
 DATA = ("digits", "shapes")
+DATA_CHANNELS = {"digits": 1, "shapes": 1}  # both grayscale
 DTYPE_NAMES = ("float32", "float64", "bfloat16", "float16")
 
 
@@ -133,6 +134,7 @@ def _check_model(raw: dict) -> dict:
     m = {"kind": "tiny", "size": 16, "channels": 1, "widths": [16, 32], "layers": 1, "seed": 0, **m}
     for k in ("size", "channels", "layers"):
         positive_int(f"model.{k}", m[k])
+    nonneg_int("model.seed", m["seed"])
     w = m["widths"]
     if not isinstance(w, list) or not w or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in w):
         raise InputError(f"model.widths must be a non-empty list of positive integers (got {w!r})")
@@ -154,10 +156,9 @@ def _check_reward(raw) -> dict:
     kind = r.get("kind")
     if kind not in REWARDS:
         raise InputError(f"reward.kind must be one of {', '.join(REWARDS)} or a reward.module PKG.MOD:FN (got {kind!r})")
-    bad = sorted(set(r) - {"kind", "quality", "steps", "weights", "clip"})
+    bad = sorted(set(r) - {"kind", "quality", "weights", "clip"})
     if bad:
-        raise InputError(f"reward: unknown key(s) {bad}; expected kind, quality (JPEG), steps (classifier), "
-                         f"weights and clip (aesthetic)")
+        raise InputError(f"reward: unknown key(s) {bad}; expected kind, quality (JPEG), weights and clip (aesthetic)")
     if kind == "aesthetic":
         for k, what in (("weights", "the path of the LAION predictor's state dict"), ("clip", "a CLIP model name")):
             if k in r or k == "weights":
@@ -186,16 +187,24 @@ def parse_diffusion_spec(raw: dict, source: str = "<spec>") -> DiffusionSpec:
         raise InputError(f"sampler.beta_end must be in (beta_start, 1) (got {sampler.beta_end!r})")
     if sampler.steps > sampler.train_timesteps:
         raise InputError(f"sampler.steps = {sampler.steps} exceeds sampler.train_timesteps = {sampler.train_timesteps}")
+    if sampler.scheduler == "ddim" and sampler.steps >= sampler.train_timesteps:
+        raise InputError(f"sampler.steps = {sampler.steps} must be below sampler.train_timesteps = "
+                         f"{sampler.train_timesteps} for DDIM (its timesteps are offset by 1: the first would be t = T)")
     pretrain = build_config(PretrainConfig, _mapping(raw.get("pretrain", {}), "pretrain"), "pretrain")
     if pretrain.seed is not None and (isinstance(pretrain.seed, bool) or not isinstance(pretrain.seed, int)
                                       or pretrain.seed < 0):
         raise InputError(f"pretrain.seed must be null or a non-negative integer (got {pretrain.seed!r})")
+    if model["kind"] == "tiny" and model["channels"] != DATA_CHANNELS[pretrain.data]:
+        raise InputError(f"model.channels = {model['channels']} does not match pretrain.data {pretrain.data}, whose images "
+                         f"have {DATA_CHANNELS[pretrain.data]} channel(s)")
     train = build_config(DiffusionTrainConfig, _mapping(raw.get("train", {}), "train"), "train")
     if isinstance(train.threads, bool) or not isinstance(train.threads, int) or train.threads < 0:
         raise InputError(f"train.threads must be a non-negative integer (got {train.threads!r})")
     prompts = _mapping(raw.get("prompts", {"kind": "classes"}), "prompts")
     if prompts.get("kind") not in ("classes", "animals"):
         raise InputError(f"prompts.kind must be classes (the tiny model's labels) or animals (got {prompts.get('kind')!r})")
+    if set(prompts) - {"kind"}:
+        raise InputError(f"prompts: unknown key(s) {sorted(set(prompts) - {'kind'})}; expected kind")
     if (prompts["kind"] == "animals") != (model["kind"] == "stable_diffusion"):
         raise InputError("prompts.kind: animals goes with model.kind stable_diffusion, classes with tiny")
     reward = _check_reward(raw.get("reward"))
@@ -232,6 +241,8 @@ def parse_diffusion_spec(raw: dict, source: str = "<spec>") -> DiffusionSpec:
         seeds = list(range(positive_int("seeds", seeds)))
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise InputError(f"seeds must be a positive count or a list of non-negative integers (got {seeds!r})")
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seeds must be distinct (got {seeds!r}: a repeated seed would repeat its runs' ids)")
     lora = raw.get("lora")
     if lora is not None:
         lora = _mapping(lora, "lora")
@@ -239,6 +250,11 @@ def parse_diffusion_spec(raw: dict, source: str = "<spec>") -> DiffusionSpec:
         if bad:
             raise InputError(f"lora: unknown key(s) {bad}; expected r, alpha, target_modules")
         positive_int("lora.r", lora.setdefault("r", 4))
+        if "alpha" in lora:
+            positive_number("lora.alpha", lora["alpha"])
+        t = lora.get("target_modules")
+        if "target_modules" in lora and (not isinstance(t, list) or not t or any(not isinstance(v, str) or not v for v in t)):
+            raise InputError(f"lora.target_modules must be a non-empty list of module names (got {t!r})")
     reference = raw.get("reference", "adapter" if lora else "copy")
     if reference not in ("adapter", "copy"):
         raise InputError(f"reference must be adapter or copy (got {reference!r})")

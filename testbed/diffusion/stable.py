@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from testbed.diffusion.plan import LORA_TARGETS
-from testbed.diffusion.policy import DiffusionPolicy, UNetDenoiser, with_lora
+from testbed.diffusion.policy import DiffusionPolicy, UNetDenoiser, check_lora_targets, with_lora
 from testbed.errors import InputError
 
 ANIMALS = ("cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow", "goat",
@@ -82,7 +82,12 @@ def check_stable(spec) -> None:
         raise InputError("model.dtype float16 needs a GPU (CUDA): on CPU half precision is partly unsupported and slow; "
                          "use float32 (or bfloat16) here")
     kw, how = hub_kwargs(m["name"], m.get("revision")), _how(m["name"])
-    load(UNet2DConditionModel, m["name"], "model.name", how, "unet", config_only=True, **kw)
+    unet_config = load(UNet2DConditionModel, m["name"], "model.name", how, "unet", config_only=True, **kw)
+    if spec.lora:  # its targets exist: on the UNet built from its config on the meta device (no weights)
+        from accelerate import init_empty_weights
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(unet_config)
+        check_lora_targets(unet, spec.lora, LORA_TARGETS, "Stable Diffusion UNet")
     load(AutoencoderKL, m["name"], "model.name", how, "vae", config_only=True, **kw)
     load(AutoConfig, m["name"], "model.name", how, "text_encoder", **kw)
     if spec.reward.get("kind") == "aesthetic":

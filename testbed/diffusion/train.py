@@ -25,9 +25,10 @@ import torch
 from testbed import results
 from testbed.algorithms import ALGORITHMS
 from testbed.diffusion.backend import DiffusionBackend
-from testbed.diffusion.policy import DiffusionPolicy, with_lora
+from testbed.diffusion.policy import DiffusionPolicy, check_lora_targets, with_lora
 from testbed.diffusion.sampler import Sampler, make_scheduler
 from testbed.diffusion.spec import DiffusionSpec
+from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
 from testbed.io import save_npz
 from testbed.llm.backend import backend_state, restore_backend
@@ -39,6 +40,7 @@ from testbed.training.checkpoint import load_state, save_state
 from testbed.training.journal import remove_checkpoint, resume
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TINY_LORA_TARGETS = ("conv1", "conv2")
 RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "timings.json", "samples"}
 
 
@@ -77,7 +79,7 @@ def build(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, tr=None):
         net, classes, data = pretrained(spec.model, spec.pretrain, s, pre_seed, DTYPES[spec.train.dtype],
                                         spec.train.threads)
         m = spec.model
-        policy = DiffusionPolicy(with_lora(net, spec.lora, ("conv1", "conv2")), sampler,
+        policy = DiffusionPolicy(with_lora(net, spec.lora, TINY_LORA_TARGETS), sampler,
                                  (m["channels"], m["size"], m["size"]), s.guidance, classes, spec.reference)
     reward = make_reward(spec.reward, data)
     ctx, algo = make_backend(policy, reward, tr or spec.train, np.random.default_rng(seed), algo_name, algo_cfg)
@@ -175,6 +177,25 @@ def _pretrain_all(spec: DiffusionSpec) -> None:
         pretrained(spec.model, spec.pretrain, spec.sampler, seed, threads=spec.train.threads)
 
 
+def check_tiny(spec: DiffusionSpec) -> None:
+    """Before any work (pre-training included): the tiny model's dtype runs here, and its LoRA targets exist (checked
+    on the UNet built from the spec, random weights)."""
+    from testbed.diffusion.models import tiny_unet
+    from testbed.diffusion.stable import device
+
+    dtype = spec.train.dtype
+    if dtype == "bfloat16":
+        raise InputError("train.dtype bfloat16 is not supported for the tiny model (its sampler and rewards run in "
+                         "the model's dtype, which numpy lacks): use float32 or float64")
+    if dtype == "float16" and device().type == "cpu":
+        raise InputError("train.dtype float16 needs a GPU (CUDA): on CPU the tiny model's half-precision sampler gives "
+                         "NaN losses; use float32 or float64 here")
+    m = spec.model
+    with torch.random.fork_rng(devices=[]):  # (tiny_unet seeds torch's generator)
+        net = tiny_unet(m["size"], m["channels"], 1, tuple(m["widths"]), m["layers"])
+    check_lora_targets(net, spec.lora, TINY_LORA_TARGETS, "tiny UNet")
+
+
 def run_diffusion_spec(spec: DiffusionSpec, out: str | Path, overwrite: bool = False, progress: bool = True,
                        resume: bool = False, checkpoint_every: int = 0, reuse: bool = False) -> Path:
     """Every (algorithm, seed) of ``spec`` into the run folder ``out`` (written atomically); with
@@ -184,6 +205,8 @@ def run_diffusion_spec(spec: DiffusionSpec, out: str | Path, overwrite: bool = F
     if spec.model["kind"] == "stable_diffusion":
         from testbed.diffusion.stable import check_stable
         check_stable(spec)  # dtype on this device, weights found: before anything is written
+    else:
+        check_tiny(spec)
     results.prepare_out(out, overwrite, RUN_FILES)
     with results.out_lock(out):  # one writer per folder, stale leftovers removed (as every track)
         results.prepare_out(out, overwrite, RUN_FILES)

@@ -69,6 +69,14 @@ class LMBackend:
         m = x[torch.as_tensor(self.minibatch_index, dtype=torch.long, device=x.device)].mean()
         return self.accelerator.reduce(m, "mean") if self.world > 1 else m
 
+    def minibatch_share(self, weight: torch.Tensor, idx) -> torch.Tensor:
+        """sum(weight[idx]) / (mean_over_minibatch(weight)·len(idx)): the factor that turns the weighted mean over
+        micro-batch ``idx`` (weights ``weight[idx]``) into its share of the whole minibatch's weighted mean
+        sum(w·loss)/sum(w), since the solver averages the micro-batches' (equal-sized) losses. A micro-batch of
+        weight 0 (ties only) then adds nothing instead of counting as a zero loss in that average."""
+        w = weight[idx]
+        return w.sum() / (self.mean_over_minibatch(weight) * len(w))
+
     def optimise(self, config, n: int, epochs: int, loss_fn) -> float:
         """``epochs`` passes of minibatch AdamW on ``loss_fn(idx) -> scalar`` (mean over idx)."""
         return self.optimise_shards(config, n, epochs, [loss_fn])[0]
