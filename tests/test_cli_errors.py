@@ -457,6 +457,15 @@ def test_plot_kind_takes_every_kind_of_draw(kind):
                                   if a.dest == "kind").choices)
 
 
+def test_a_specs_plot_kinds_are_the_kinds_draw_draws():
+    """experiments.spec validates ``plot:`` entries by name without importing matplotlib (PLOT_KINDS); the names
+    must be draw.KINDS exactly, or a spec would be refused a kind ``testbed plot`` draws (or accepted one it cannot)."""
+    from testbed.experiments.spec import PLOT_KINDS
+    from testbed.plotting.draw import KINDS
+
+    assert sorted(PLOT_KINDS) == sorted(KINDS)
+
+
 def test_plot_kind_aggregate_on_a_run_folder(tmp_path, monkeypatch, capsys, run_folders):
     import shutil
 

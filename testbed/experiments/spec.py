@@ -56,8 +56,8 @@ PROBLEM_KEYS = {
                    "name"},
     "file": {"file", "name"},
 }
-PLOT_KINDS = ("curve", "frontier", "sensitivity", "table", "simplex", "exploitability", "eps_sweep", "tuned_table",
-              "aggregate")
+PLOT_KINDS = (  # = testbed.plotting.draw.KINDS (tested), named here so a spec check needs no matplotlib
+    "curve", "frontier", "sensitivity", "table", "simplex", "exploitability", "eps_sweep", "tuned_table", "aggregate")
 PLOT_KEYS = {"kind", "name", "panel_by", "x", "y", "context"}
 PLOT_Y = ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss", "exploitability", "exploitability_avg")
 
