@@ -263,3 +263,27 @@ def test_pretraining_runs_at_train_threads_whatever_the_callers_count_and_is_cac
     pre = dataclasses.replace(spec.pretrain, cache=str(tmp_path / "cache1"))
     pretrained(spec.model, pre, spec.sampler, 0, threads=2)  # another count: another model, not the cached one
     assert len(list(cache_dir(pre).glob("*.pt"))) == 2
+
+
+def test_pretraining_cache_is_keyed_by_the_library_versions_and_the_code(tmp_path, monkeypatch):
+    """A cached model is served only to the same diffusers (UNet, scheduler) and the same pre-training code: after
+    an upgrade or an edit the key changes and the model is trained again, not silently reused."""
+    import diffusers
+
+    import testbed.diffusion.data as data
+    from testbed.diffusion.spec import load_diffusion_spec
+
+    spec = load_diffusion_spec(tiny_spec(tmp_path))
+    pre = dataclasses.replace(spec.pretrain, cache=str(tmp_path / "cache"))
+    data.pretrained(spec.model, pre, spec.sampler, 0, threads=1)
+    data.pretrained(spec.model, pre, spec.sampler, 0, threads=1)
+    assert len(list(data.cache_dir(pre).glob("*.pt"))) == 1  # served from the cache
+    monkeypatch.setattr(diffusers, "__version__", diffusers.__version__ + ".post1")
+    data.pretrained(spec.model, pre, spec.sampler, 0, threads=1)
+    assert len(list(data.cache_dir(pre).glob("*.pt"))) == 2
+    monkeypatch.undo()
+    edited = tmp_path / "data.py"  # the same module with one comment added
+    edited.write_bytes(Path(data.__file__).read_bytes() + b"# edited\n")
+    monkeypatch.setattr(data, "__file__", str(edited))
+    data.pretrained(spec.model, pre, spec.sampler, 0, threads=1)
+    assert len(list(data.cache_dir(pre).glob("*.pt"))) == 3

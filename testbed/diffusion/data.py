@@ -52,7 +52,8 @@ def cache_dir(pre) -> Path:
 
 
 def pretrained(model: dict, pre, sampler_cfg, seed: int, dtype=torch.float32, threads: int = 1):
-    """The tiny UNet pre-trained on the data (cached: the file's name hashes everything that determines it).
+    """The tiny UNet pre-trained on the data (cached: the file's name hashes everything that determines it, the
+    library versions and this code included: :func:`_code_version`).
 
     Pre-training runs at ``threads`` torch threads (the spec's ``train.threads``; 0: torch's default) and the
     count in use is part of the cache key: float32 convolutions round differently with the thread count, so a
@@ -61,11 +62,24 @@ def pretrained(model: dict, pre, sampler_cfg, seed: int, dtype=torch.float32, th
         return _pretrained(model, pre, sampler_cfg, seed, dtype, used)
 
 
+def _code_version() -> str:
+    """What else decides the pre-trained weights: the versions of diffusers (the UNet, the scheduler), numpy and
+    scikit-learn (the data), and the source of the data, model and sampler modules (an edit re-trains)."""
+    import diffusers
+    import sklearn
+
+    from testbed.diffusion import models, sampler
+    h = hashlib.sha256(f"{diffusers.__version__} {np.__version__} {sklearn.__version__}".encode())
+    for module in (__file__, models.__file__, sampler.__file__):
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _pretrained(model: dict, pre, sampler_cfg, seed: int, dtype, threads: int):
     key = json.dumps({"model": model, "pre": {k: getattr(pre, k) for k in ("data", "steps", "batch", "lr", "uncond")},
                       "T": sampler_cfg.train_timesteps, "betas": [sampler_cfg.beta_schedule, sampler_cfg.beta_start,
                                                                     sampler_cfg.beta_end], "seed": seed,
-                      "torch": torch.__version__, "threads": threads}, sort_keys=True)
+                      "torch": torch.__version__, "threads": threads, "code": _code_version()}, sort_keys=True)
     path = cache_dir(pre) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     x, labels = dataset(pre, model)
     classes = int(labels.max()) + 1
