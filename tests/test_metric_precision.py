@@ -84,3 +84,21 @@ def test_overflow_rows_leave_other_rows_and_stack_members_bit_identical():
     assert np.array_equal(both[1], mirror_step(log_pi[1:], 1e307, s[1:])[0])
     assert np.array_equal(both[1], log_pi[1] + 1e307 * s[1])
     assert np.all(np.isfinite(both[0]) | (both[0] == -np.inf)) and both[0, 1] == log_pi[0, 1]
+
+
+@pytest.mark.parametrize("beta", [1e-300, 1e-310, 5e-324, 0.0])
+def test_the_regularised_optimum_at_a_vanishing_beta_is_pi_ref_on_the_best_responses(beta):
+    """pi*_beta ∝ pi_ref·exp(r/beta): as beta → 0 it is pi_ref restricted to argmax r, normalised. r/beta overflowed
+    at beta ~ 1e-310 (inf − inf: NaN, and a PPO run with beta 1e-310 stopped with 'kl_reg_gap became nan'); DPO's
+    c = beta·s can underflow to 0. A tie at the maximum keeps pi_ref's ratio."""
+    p = make_tabular(contexts=3, actions=5, seed=1)
+    r = p.rewards.copy()
+    r[0, 3] = r[0].max()  # a tie in context 0
+    rng = np.random.default_rng(0)
+    pi_ref = rng.dirichlet(np.ones(5), size=3)
+    q = TabularBandit(r, p.rho, pi_ref)
+    best = r == r.max(axis=1, keepdims=True)
+    want = np.where(best, pi_ref, 0.0)
+    want /= want.sum(axis=1, keepdims=True)
+    got = np.exp(q.regularised_optimum_log(beta))
+    np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)

@@ -83,8 +83,14 @@ class TabularBandit:
         return best / best.sum(axis=1, keepdims=True)
 
     def regularised_optimum_log(self, beta: float) -> np.ndarray:
-        """ln pi*_beta with pi*_beta(y|x) ∝ pi_ref(y|x)·exp(r(x,y)/beta) (Rafailov et al. 2023)."""
-        return log_softmax(self.log_pi_ref + self.rewards / beta, axis=-1)
+        """ln pi*_beta with pi*_beta(y|x) ∝ pi_ref(y|x)·exp(r(x,y)/beta) (Rafailov et al. 2023), computed as
+        log_softmax(ln pi_ref + (r − max_y r)/beta): the same distribution, and the shifted term is <= 0 and exactly
+        0 at the best responses, so a tiny beta neither overflows (r/beta at beta ~ 1e-310 did: NaN) nor absorbs
+        ln pi_ref there: pi*_beta → pi_ref restricted to the best responses, also at beta = 0."""
+        shifted = self.rewards - self.rewards.max(axis=-1, keepdims=True)
+        with np.errstate(over="ignore", divide="ignore"):
+            scaled = np.where(shifted == 0, 0.0, shifted / beta)  # beta may have underflowed to 0 (DPO's beta·s)
+        return log_softmax(self.log_pi_ref + scaled, axis=-1)
 
     def regularised_optimum(self, beta: float) -> np.ndarray:
         return np.exp(self.regularised_optimum_log(beta))
