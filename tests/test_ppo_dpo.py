@@ -177,6 +177,23 @@ def test_dpo_and_ipo_step_equals_the_analytic_gradient(monkeypatch, mode, loss):
     np.testing.assert_allclose(_normalised(step.policy.params), _normalised(pol.params - lr * g), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("optimizer", ["gd", "adam", "newton"])
+def test_population_dpo_reports_the_loss_at_the_returned_policy(optimizer):
+    """Every population solver reports the full-batch loss at the policy it returns (gd reported the loss before its
+    step): recomputed here in numpy from the returned logits and the pair weights, to 1e-12."""
+    p = make_tabular(family="random", contexts=3, actions=4, seed=0)
+    algo = make_algo("dpo", p, mode="population", optimizer=optimizer, lr=1.0, beta=0.5)
+    pol = initial_policy(p, kind="tabular")
+    for _ in range(2):
+        step = algo.update(pol, np.random.default_rng(0))
+        assert not np.allclose(step.policy.params, pol.params)
+        pol = step.policy
+    h = log_softmax(pol.params, axis=1) - p.log_pi_ref
+    d, w = algo.data, algo.weight.numpy()
+    per = np.logaddexp(0, -0.5 * (h[d.prompt, d.chosen] - h[d.prompt, d.rejected]))
+    assert step.loss == pytest.approx(np.sum(w * per) / np.sum(w), rel=1e-12)
+
+
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_population_dpo_reaches_pi_star_beta(beta):
     """Bradley–Terry (temperature 1) with full coverage: the DPO optimum is pi*_beta ∝ pi_ref·exp(r/beta)."""

@@ -28,7 +28,8 @@ carries no preference; the population loss is then over the law of (x, y, y') gi
 preference`` is DPO on a preference problem (what was ``dpo_pref``): the oracle is the problem's own
 P[x, y, y'], with the preference family's conventions — a tabular policy, a fresh Adam each iteration,
 and an offline data set counted at update 1 (as ``bt_rebel``'s). ``optimizer:
-gd`` (population) takes one gradient step of size ``lr`` per iteration.
+gd`` (population) takes one gradient step of size ``lr`` per iteration; like every solver it reports the loss at the
+updated policy.
 """
 
 from __future__ import annotations
@@ -275,12 +276,13 @@ class DPO(Algorithm):
         if cfg.mode == "population" and cfg.optimizer == "newton":
             return self._population(policy)
         if cfg.mode == "population" and cfg.optimizer == "gd":
+            idx = np.arange(len(self.data))
             theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
-            loss = self._loss(policy, theta, self.data, np.arange(len(self.data)), self.weight)
-            loss.backward()
+            self._loss(policy, theta, self.data, idx, self.weight).backward()
             with torch.no_grad():
-                new = (theta - cfg.lr * theta.grad).numpy().copy()
-            return Step(policy.with_params(new), float(loss.detach()), None, None)
+                new = theta - cfg.lr * theta.grad
+                loss = float(self._loss(policy, new, self.data, idx, self.weight))  # at the new policy, as every solver
+            return Step(policy.with_params(new.numpy().copy()), loss, None, None)
         if cfg.mode == "population":
             n = len(self.data)
             new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, self.data, idx, self.weight[idx]), n,
