@@ -41,11 +41,13 @@ import torch
 
 from testbed.algorithms.base import (
     BANDIT,
+    DIFFUSION,
     LM,
     Algorithm,
     Step,
     adam_fit,
     count,
+    flag,
     grad_accum_field,
     items,
     minibatch_field,
@@ -91,6 +93,11 @@ class DPOConfig:
     grad_accum: int = grad_accum_field()
     logprob_temperature: float = nonneg(0.0, "LM: temperature of DPO's log-probs (0: the sampling temperature; TRL "
                                              "and the DPO paper: 1)", tracks=LM)
+    ipo_length_normalize: bool = flag(True, "LM, loss: ipo: divide each response's log-ratio by its length (tokens up "
+                                            "to and including the first EOS) before (h_w - h_l - 1/(2·tau))², as "
+                                            "TRL's loss_type ipo; false: summed sequence log-ratios (the paper's "
+                                            "form; a bandit response is one token, where both agree)",
+                                      tracks=LM, not_on=DIFFUSION, diffusion=False)
 
     def validate(self, where: str) -> None:
         if self.labels == "tensor" and not self.preferences:
@@ -371,9 +378,9 @@ class DPO(Algorithm):
         return diffusion_dpo_update(self, q, qm) if self.config.loss == "diffusion" else self.lm_update(q, qm)
 
     def _lm_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None, share=None):
-        """The loss of one LM minibatch and the log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no
-        preference); ``share``: the factor that makes this part's weighted mean its share of the whole
-        minibatch's (:meth:`~testbed.llm.backend.LMBackend.minibatch_share`)."""
+        """The loss of one LM minibatch and the (summed) log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no
+        preference; IPO with ``ipo_length_normalize`` takes h/length, TRL's); ``share``: the factor that makes this
+        part's weighted mean its share of the whole minibatch's (:meth:`~testbed.llm.backend.LMBackend.minibatch_share`)."""
         pol, n = self.ctx.policy, len(q)
         with self.ctx.logprob_temperature(self.config.logprob_temperature):
             new = pol.seq_logprob(torch.cat([q, q]), torch.cat([qm, qm]), torch.cat([yc, yr]))
@@ -381,7 +388,10 @@ class DPO(Algorithm):
         if weight is not None and float(weight.sum()) == 0:
             return new.sum() * 0.0, hw, hl
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
-        loss = fn(hw, hl, self.config.beta, weight)
+        hc, hr = hw, hl
+        if self.config.loss == "ipo" and self.config.ipo_length_normalize:  # TRL: over the completion length (>= 1)
+            hc, hr = (h / self.ctx.response_mask(y).sum(1).clamp(min=1) for h, y in ((hw, yc), (hl, yr)))
+        loss = fn(hc, hr, self.config.beta, weight)
         if share is not None:
             loss = loss * share
         return loss, hw, hl
