@@ -75,8 +75,10 @@ class DPOConfig:
                        "Diffusion-DPO (Wallace et al. 2023: denoising errors at a sampled timestep, beta·T)")
     mode: str = one_of("online", ("offline", "online", "population"), "fixed dataset, fresh pairs from pi_t, or "
                        "infinite data (LM default: offline; LM: offline or online)", lm="offline")
-    pairs: int = items(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT)
-    mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs", tracks=BANDIT)
+    pairs: int = items(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT,
+                       unread_when={"mode": ("population",)})
+    mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs", tracks=BANDIT,
+                     unread_when={"mode": ("online",)})
     labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), a tensor, or "
                          "preference (a preference problem's own P)", tracks=BANDIT)
     pair_law: str = one_of("distinct", PAIR_LAWS, "pairs from mu (online: pi_t): y' given y' != y, or y, y' "
