@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from testbed.algorithms import DPO, PPO, REBEL, DPOConfig, PPOConfig, REBELConfig  # noqa: E402
+from testbed.algorithms import DPO, PPO, REBEL, DPOConfig, PPOConfig, REBELConfig, build_config  # noqa: E402
+from testbed.errors import InputError  # noqa: E402
 from testbed.llm.backend import LMBackend  # noqa: E402
 from testbed.llm.critic import PolicyAndValue, make_critic  # noqa: E402
 from testbed.llm.policy import LMPolicy, response_mask  # noqa: E402
@@ -147,6 +148,11 @@ def test_lm_ipo_loss_is_trls_length_normalised_form_or_the_summed_one(setup, nor
     summed = float(((score_c - score_r - 1 / (2 * tau)) ** 2).mean())
     assert abs(trl - summed) > 0.1
     assert lm == pytest.approx(trl if normalize else summed, rel=1e-6)
+    # a named option of IPO only: given with loss: dpo (which never reads it) it is refused
+    with pytest.raises(InputError, match=r"^dpo\.ipo_length_normalize is not read with loss: dpo"):
+        build_config(DPOConfig, {"mode": "online", "ipo_length_normalize": normalize}, "dpo", "lm")
+    assert build_config(DPOConfig, {"mode": "online", "loss": "ipo", "ipo_length_normalize": normalize}, "dpo",
+                        "lm").ipo_length_normalize is normalize
 
 
 def test_rloo_advantage_is_leave_one_out_and_one_epoch_is_reinforce(setup):

@@ -99,7 +99,7 @@ class DPOConfig:
                                             "to and including the first EOS) before (h_w - h_l - 1/(2·tau))², as "
                                             "TRL's loss_type ipo; false: summed sequence log-ratios (the paper's "
                                             "form; a bandit response is one token, where both agree)",
-                                      tracks=LM, not_on=DIFFUSION, diffusion=False)
+                                      tracks=LM, not_on=DIFFUSION, diffusion=False, unread_when={"loss": ("dpo",)})
 
     def validate(self, where: str) -> None:
         if self.labels == "tensor" and not self.preferences:
