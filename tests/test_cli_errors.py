@@ -50,6 +50,12 @@ def instance(**arrays) -> dict:
 
 VALID = {"spec.yaml": spec_text()}
 
+# (algorithm, its params, the field its mode never reads, that mode): each runs without the field (test_unread_*)
+UNREAD = [("dpo", "mode: population, pairs: 100", "pairs", "mode: population"),
+          ("dpo", "mode: online, mu: uniform", "mu", "mode: online"),
+          ("sft", "mode: population, solver: exact, demonstrator: best_of_n, lr: 0.1", "lr", "solver: exact"),
+          ("rebel", "mode: exact, pairs: 10", "pairs", "mode: exact")]
+
 # id -> (files to write into tmp_path, substrings the error message must contain)
 CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     # problems
@@ -80,6 +86,10 @@ CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "policy-mlp-exact-rebel": (algo("eta: 1, policy: mlp"), ("algorithms[0].policy", "mlp", "solver: adam")),
     "policy-loglinear-on-tabular": (algo("eta: 1, policy: loglinear"), ("policy", "loglinear")),
     "algorithms-empty": ({"spec.yaml": spec_text(algorithms="[]")}, ("algorithms",)),
+    # a field given where the configuration never reads it (metadata unread_when); its default is never refused
+    **{f"unread-{name}-{field}": ({"spec.yaml": spec_text(algorithms=f"[{{name: {name}, {params}}}]")},
+                                  (f"algorithms[0].{field} is not read with {mode}",))
+       for name, params, field, mode in UNREAD},
     # top level
     "top-level-key-unknown": ({"spec.yaml": spec_text(extra="learning_rate: 0.1\n")}, ("learning_rate",)),
     "iterations-missing": ({"spec.yaml": spec_text(iterations=None)}, ("iterations",)),
@@ -199,6 +209,16 @@ def test_run_bad_input_subprocess(tmp_path, files, expect):
     assert proc.stdout == ""
     assert_one_error_line(proc.stderr, *expect)
     assert_nothing_written(tmp_path, before)
+
+
+@pytest.mark.parametrize(("name", "params", "field"), [u[:3] for u in UNREAD], ids=[f"{u[0]}-{u[2]}" for u in UNREAD])
+def test_unread_field_left_out_is_its_default_not_an_error(tmp_path, monkeypatch, capsys, name, params, field):
+    """The configurations refused above with the unread field run without it (the default is never refused)."""
+    kept = ", ".join(kv for kv in params.split(", ") if not kv.startswith(f"{field}:"))
+    write_files(tmp_path, {"spec.yaml": spec_text(algorithms=f"[{{name: {name}, {kept}}}]")})
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "out", "--quiet")
+    assert rc == 0, err
 
 
 def test_valid_spec_runs(tmp_path, monkeypatch, capsys):

@@ -34,6 +34,8 @@ def test_one_gradient_step_is_the_closed_form_gradient_of_the_independent_pair_l
     coef = w * (-beta * expit(-m))  # d L / d (h(y) - h(y')) for the row (x, chosen y, rejected y')
     grad = coef.sum(axis=2) - coef.sum(axis=1)
     np.testing.assert_allclose(step.policy.log_probs(), log_softmax(theta - lr * grad, axis=1), rtol=0, atol=1e-13)
+    h = log_softmax(theta - lr * grad, axis=1) - np.log(p.pi_ref)  # the reported loss: at the updated policy
+    m = beta * (h[:, :, None] - h[:, None, :])
     assert step.loss == pytest.approx(float(np.sum(w * np.logaddexp(0.0, -m))), rel=1e-13)
     assert (step.samples, step.queries) == (None, None) and X == p.num_contexts
 

@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from testbed.algorithms import DPO, PPO, REBEL, DPOConfig, PPOConfig, REBELConfig  # noqa: E402
+from testbed.algorithms import DPO, PPO, REBEL, DPOConfig, PPOConfig, REBELConfig, build_config  # noqa: E402
+from testbed.errors import InputError  # noqa: E402
 from testbed.llm.backend import LMBackend  # noqa: E402
 from testbed.llm.critic import PolicyAndValue, make_critic  # noqa: E402
 from testbed.llm.policy import LMPolicy, response_mask  # noqa: E402
@@ -120,6 +121,38 @@ def test_lm_dpo_loss_equals_the_bandit_dpo_loss(setup):
     lm = algo.batch_loss(s.q, s.qm, s.y1, s.y2, ref_c, ref_r)
     bandit = dpo_loss(_bandit_lp(s, s.a1) - ref_c, _bandit_lp(s, s.a2) - ref_r, 0.1)
     assert abs(float(lm) - float(bandit)) < 1e-6
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_lm_ipo_loss_is_trls_length_normalised_form_or_the_summed_one(setup, normalize):
+    """IPO on responses of 1-4 tokens (an EOS ends some early): with ipo_length_normalize (the LM default) the loss is
+    TRL's loss_type ipo, computed here from the per-token log-probs and masks, mean over pairs of
+    ((sum lp_w - sum ref_w)/|y_w| - (sum lp_l - sum ref_l)/|y_l| - 1/(2·tau))²; without it the summed form."""
+    s, tau, L, eos = setup, 0.3, 4, setup.pol.eos_id
+    assert DPOConfig().ipo_length_normalize
+    algo = DPO(DPOConfig(beta=tau, loss="ipo", ipo_length_normalize=normalize), backend(s.pol), None)
+    g = torch.Generator().manual_seed(4)
+    yc, yr = (torch.randint(2, 15, (s.N, L), generator=g) for _ in range(2))
+    for y in (yc, yr):  # response lengths 1..4: an EOS at a random position, or none
+        end = torch.randint(0, L + 1, (s.N,), generator=g)
+        y[end < L, :] = torch.where(torch.arange(L)[None, :] == end[end < L, None], eos, y[end < L, :])
+    tok_ref_c, tok_ref_r = (torch.randn(s.N, L, generator=g) - 3 for _ in range(2))
+    with torch.no_grad():
+        (lp_c, m_c), (lp_r, m_r) = s.pol.logprobs(s.q, s.qm, yc), s.pol.logprobs(s.q, s.qm, yr)
+    assert sorted(set(m_c.sum(1).tolist()) | set(m_r.sum(1).tolist())) == [1, 2, 3, 4]
+    ref_c, ref_r = (tok_ref_c * m_c).sum(1), (tok_ref_r * m_r).sum(1)
+    with torch.no_grad():
+        lm = float(algo.batch_loss(s.q, s.qm, yc, yr, ref_c, ref_r))
+    score_c, score_r = (lp_c * m_c).sum(1) - ref_c, (lp_r * m_r).sum(1) - ref_r
+    trl = float((((score_c / m_c.sum(1).clamp(min=1)) - score_r / m_r.sum(1).clamp(min=1) - 1 / (2 * tau)) ** 2).mean())
+    summed = float(((score_c - score_r - 1 / (2 * tau)) ** 2).mean())
+    assert abs(trl - summed) > 0.1
+    assert lm == pytest.approx(trl if normalize else summed, rel=1e-6)
+    # a named option of IPO only: given with loss: dpo (which never reads it) it is refused
+    with pytest.raises(InputError, match=r"^dpo\.ipo_length_normalize is not read with loss: dpo"):
+        build_config(DPOConfig, {"mode": "online", "ipo_length_normalize": normalize}, "dpo", "lm")
+    assert build_config(DPOConfig, {"mode": "online", "loss": "ipo", "ipo_length_normalize": normalize}, "dpo",
+                        "lm").ipo_length_normalize is normalize
 
 
 def test_rloo_advantage_is_leave_one_out_and_one_epoch_is_reinforce(setup):

@@ -6,6 +6,7 @@ import torch
 from conftest import make_algo
 from scipy.special import expit, log_softmax
 
+import testbed.algorithms.dpo as dpo_module
 from testbed.datasets import PreferenceDataset, PreferenceOracle
 from testbed.losses import dpo_loss, ipo_loss, ppo_clip_loss, value_loss
 from testbed.policies import LogLinear, MLPPolicy, TabularSoftmax, initial_policy, mlp_features
@@ -54,9 +55,77 @@ def test_ppo_ratio_can_exceed_the_clip_range_and_clipped_samples_have_zero_gradi
     logratio = pol.torch_log_prob(theta, batch["x"], batch["y"]) - batch["lp_old"]
     ppo_clip_loss(logratio[rest], batch["adv"][rest], 0.2).backward()
     assert theta.grad.abs().max() > 1e-6
-    # logged extras are what they say
-    assert step.extras["policy/clipfrac"] == pytest.approx(float(((ratio - 1).abs() > 0.2).double().mean()))
-    assert step.extras["policy/approx_kl"] >= 0
+    # logged extras are what they say, recomputed in numpy from the returned logits: the share of ratios outside
+    # [0.8, 1.2] (a count, here neither 0 nor all) and the k3 estimator mean((rho - 1) - ln rho)
+    lp_new = log_softmax(step.policy.params, axis=1)[batch["x"], batch["y"]]
+    rho = np.exp(lp_new - batch["lp_old"].numpy())
+    outside = int(np.sum(np.abs(rho - 1) > 0.2))
+    assert 0 < outside < len(rho)
+    assert step.extras["policy/clipfrac"] == outside / len(rho)
+    assert step.extras["policy/approx_kl"] == pytest.approx(np.mean(rho - 1 - np.log(rho)), rel=1e-12)
+    assert step.extras["policy/ratio_max"] == pytest.approx(rho.max(), rel=1e-12)
+
+
+def sgd_for_adam(monkeypatch):
+    """torch.optim.Adam replaced by plain SGD (same learning rates): one step is then theta - lr·grad, comparable
+    with a gradient written out by hand."""
+    monkeypatch.setattr(torch.optim, "Adam", lambda groups, lr=1.0: torch.optim.SGD(groups, lr=lr))
+
+
+def _normalised(logits):
+    return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+
+
+def test_ppo_policy_and_critic_step_equal_the_hand_gradient(monkeypatch):
+    """One PPO step (one epoch, one minibatch, SGD in place of Adam) with KL shaping, per-batch advantage
+    standardisation, an entropy bonus, ratios off 1 (some clipped) and value clipping (some values clipped): the
+    new logits and critic weights equal theta - lr·g written out here in numpy (to 1e-12)."""
+    sgd_for_adam(monkeypatch)
+    p = make_tabular("random", contexts=3, actions=4, seed=2)
+    pol = TabularSoftmax(np.random.default_rng(0).normal(size=(3, 4)))
+    c_ent, beta, vclip, vf, eps, lr, clr = 0.5, 0.2, 0.05, 0.7, 0.2, 0.1, 0.3
+    algo = make_algo("ppo", p, batch=40, minibatch=40, epochs=1, lr=lr, critic_lr=clr, ent_coef=c_ent, beta=beta,
+                     value_clip=vclip, vf_coef=vf, clip_eps=eps)
+    w0, w1 = np.r_[0.3, -0.2, 0.1, 0.05], np.r_[0.32, -0.4, 0.3, 0.05]  # V moves 0.02 (inside the clip) or 0.2
+    algo.w = torch.tensor(w0)
+    rng = np.random.default_rng(1)
+    b = algo.collect(pol, rng)
+    x, y = b["x"], b["y"]
+    N = len(x)
+    lpi = log_softmax(pol.params, axis=1)
+    pi = np.exp(lpi)
+    r = p.rewards[x, y] - beta * (lpi[x, y] - p.log_pi_ref[x, y])
+    v_old = w0[:3][x] + w0[3]
+    A = r - v_old
+    A = (A - A.mean()) / (A.std(ddof=1) + 1e-8)
+    np.testing.assert_allclose(b["r"].numpy(), r, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(b["adv"].numpy(), A, rtol=0, atol=1e-12)
+    # ratios off 1: pretend the batch came from other logits; the critic has moved since (w1)
+    b["lp_old"] = b["lp_old"] + torch.as_tensor(np.random.default_rng(3).normal(scale=0.3, size=N))
+    algo.w = torch.tensor(w1)
+    step = algo.optimise(pol, b, rng)
+
+    rho = np.exp(lpi[x, y] - b["lp_old"].numpy())
+    clipped = np.clip(rho, 1 - eps, 1 + eps) * A < rho * A  # the clipped term is the min: no gradient
+    assert 0 < clipped.sum() < N
+    g = np.zeros((3, 4))
+    for xi, yi, ai, ri, ci in zip(x, y, A, rho, clipped):
+        e = -pi[xi].copy()
+        e[yi] += 1
+        g[xi] -= 0 if ci else ai * ri * e / N
+        # entropy bonus: + c·mean sum_y p ln p, whose gradient in the logits is p·(ln p - sum p ln p)
+        g[xi] += c_ent * pi[xi] * (lpi[xi] - np.sum(pi[xi] * lpi[xi])) / N
+    np.testing.assert_allclose(_normalised(step.policy.params), _normalised(pol.params - lr * g), rtol=0, atol=1e-12)
+
+    v = w1[:3][x] + w1[3]
+    vc = v_old + np.clip(v - v_old, -vclip, vclip)
+    use_clipped = (vc - r) ** 2 > (v - r) ** 2
+    dv = np.where(use_clipped, (vc - r) * (np.abs(v - v_old) < vclip), v - r)  # 0.5·max(...)'s gradient in V
+    assert use_clipped.sum() > 0 and np.sum(dv == 0) > 0 and np.sum(dv != 0) > 0
+    gw = np.zeros(4)
+    np.add.at(gw, x, vf * dv / N)
+    gw[3] = vf * dv.sum() / N
+    np.testing.assert_allclose(algo.w.numpy(), w1 - clr * gw, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("critic", ["table", "linear", "mlp"])
@@ -75,6 +144,56 @@ def test_ppo_critic_learns_the_context_value(critic):
 
 
 # ----- DPO / IPO --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["online", "offline"])
+@pytest.mark.parametrize("loss", ["dpo", "ipo"])
+def test_dpo_and_ipo_step_equals_the_analytic_gradient(monkeypatch, mode, loss):
+    """One DPO / IPO step on its pairs (fresh from pi_t online, the fixed dataset offline; one minibatch, SGD in
+    place of Adam) equals theta - lr·g, g written out here: d/dh of -ln sigma(beta·h) is -beta·sigma(-beta·h), of
+    (h - 1/(2·tau))² is 2·(h - 1/(2·tau)), and dh/dtheta = e_w - e_l in the row of x (to 1e-12)."""
+    sgd_for_adam(monkeypatch)
+    p = make_tabular("random", contexts=3, actions=4, seed=2)
+    pol = TabularSoftmax(np.random.default_rng(0).normal(size=(3, 4)))
+    beta, lr = 0.7, 0.3
+    seen = []
+
+    class Spy(PreferenceDataset):
+        def __init__(self, *a):
+            super().__init__(*a)
+            seen.append(a)
+
+    monkeypatch.setattr(dpo_module, "PreferenceDataset", Spy)
+    algo = make_algo("dpo", p, np.random.default_rng(4), mode=mode, pairs=30, minibatch=30, lr=lr, beta=beta,
+                     loss=loss)
+    step = algo.update(pol, np.random.default_rng(1))
+    x, yw, yl = seen[-1] if mode == "online" else (algo.data.prompt, algo.data.chosen, algo.data.rejected)
+    assert len(x) == 30 and np.all(yw != yl)
+    lpi, lref = log_softmax(pol.params, axis=1), p.log_pi_ref
+    g = np.zeros((3, 4))
+    for xi, w, lo in zip(x, yw, yl):
+        h = (lpi[xi, w] - lref[xi, w]) - (lpi[xi, lo] - lref[xi, lo])
+        c = -beta * expit(-beta * h) if loss == "dpo" else 2 * (h - 1 / (2 * beta))
+        g[xi, w] += c / len(x)
+        g[xi, lo] -= c / len(x)
+    np.testing.assert_allclose(_normalised(step.policy.params), _normalised(pol.params - lr * g), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["gd", "adam", "newton"])
+def test_population_dpo_reports_the_loss_at_the_returned_policy(optimizer):
+    """Every population solver reports the full-batch loss at the policy it returns (gd reported the loss before its
+    step): recomputed here in numpy from the returned logits and the pair weights, to 1e-12."""
+    p = make_tabular(family="random", contexts=3, actions=4, seed=0)
+    algo = make_algo("dpo", p, mode="population", optimizer=optimizer, lr=1.0, beta=0.5)
+    pol = initial_policy(p, kind="tabular")
+    for _ in range(2):
+        step = algo.update(pol, np.random.default_rng(0))
+        assert not np.allclose(step.policy.params, pol.params)
+        pol = step.policy
+    h = log_softmax(pol.params, axis=1) - p.log_pi_ref
+    d, w = algo.data, algo.weight.numpy()
+    per = np.logaddexp(0, -0.5 * (h[d.prompt, d.chosen] - h[d.prompt, d.rejected]))
+    assert step.loss == pytest.approx(np.sum(w * per) / np.sum(w), rel=1e-12)
+
+
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_population_dpo_reaches_pi_star_beta(beta):
     """Bradley–Terry (temperature 1) with full coverage: the DPO optimum is pi*_beta ∝ pi_ref·exp(r/beta)."""

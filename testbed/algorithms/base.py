@@ -230,8 +230,12 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None):
 
     ``track`` ("bandit" or "lm"): fields declared for one track only (metadata ``tracks``) are refused on
     the other, and a field's per-track default (metadata ``lm``: the LM back-end's default, e.g. the
-    official REBEL code's beta = 0.05) replaces the dataclass default when the field is not given."""
+    official REBEL code's beta = 0.05) replaces the dataclass default when the field is not given. A field given
+    where the configuration never reads it (metadata ``unread_when``: {other field: its values that leave this one
+    unread}, e.g. DPO's ``pairs`` under ``mode: population``) is refused with ``track`` given (a spec's entry; a run's
+    stored config, every field, is rebuilt without it); its default never is."""
     fields = {f.name for f in dataclasses.fields(cls)}
+    given = set(params)
     seq = track in SEQUENCE_TRACKS
     unknown = sorted(set(params) - fields)
     if unknown:
@@ -246,6 +250,10 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None):
         if seq and f.name not in params and (track in f.metadata or "lm" in f.metadata):
             params[f.name] = f.metadata.get(track, f.metadata.get("lm"))
     cfg = cls(**params)
+    for f in dataclasses.fields(cls):
+        for other, values in f.metadata.get("unread_when", {}).items():
+            if track and f.name in given and getattr(cfg, other) in values:
+                raise InputError(f"{where}.{f.name} is not read with {other}: {getattr(cfg, other)} (remove it)")
     for f in dataclasses.fields(cls):
         v = getattr(cfg, f.name)
         meta = f.metadata
@@ -281,13 +289,16 @@ _UNSET = object()
 
 
 def _field(default, meta: dict, lm=_UNSET, tracks: tuple[str, ...] | None = None, lm_check: str | None = None,
-           diffusion=_UNSET, not_on: tuple[str, ...] = ()):
+           diffusion=_UNSET, not_on: tuple[str, ...] = (), unread_when: dict | None = None):
     """A config field; ``lm``: its default on the LM back-end (``lm_check``: its check there, e.g. 0 allowed);
     ``diffusion``: its default on the diffusion back-end (else the LM one); ``tracks``: the back-ends it applies to;
     ``not_on``: back-ends that refuse it when given (e.g. an LM field the diffusion update does not read, which the
-    diffusion back-end would otherwise take with the LM's fields)."""
+    diffusion back-end would otherwise take with the LM's fields); ``unread_when``: {another field: the values of it
+    under which the update never reads this one}, refused when given there (e.g. {"mode": ("exact",)})."""
     if not_on:
         meta["not_on"] = not_on
+    if unread_when:
+        meta["unread_when"] = unread_when
     if lm is not _UNSET:
         meta["lm"] = lm
     if diffusion is not _UNSET:

@@ -28,7 +28,8 @@ carries no preference; the population loss is then over the law of (x, y, y') gi
 preference`` is DPO on a preference problem (what was ``dpo_pref``): the oracle is the problem's own
 P[x, y, y'], with the preference family's conventions — a tabular policy, a fresh Adam each iteration,
 and an offline data set counted at update 1 (as ``bt_rebel``'s). ``optimizer:
-gd`` (population) takes one gradient step of size ``lr`` per iteration.
+gd`` (population) takes one gradient step of size ``lr`` per iteration; like every solver it reports the loss at the
+updated policy.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ import torch
 
 from testbed.algorithms.base import (
     BANDIT,
+    DIFFUSION,
     LM,
     Algorithm,
     Step,
     adam_fit,
     count,
+    flag,
     grad_accum_field,
     items,
     minibatch_field,
@@ -72,8 +75,10 @@ class DPOConfig:
                        "Diffusion-DPO (Wallace et al. 2023: denoising errors at a sampled timestep, beta·T)")
     mode: str = one_of("online", ("offline", "online", "population"), "fixed dataset, fresh pairs from pi_t, or "
                        "infinite data (LM default: offline; LM: offline or online)", lm="offline")
-    pairs: int = items(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT)
-    mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs", tracks=BANDIT)
+    pairs: int = items(250, "online: pairs per round; offline: dataset size (LM: train.batch)", tracks=BANDIT,
+                       unread_when={"mode": ("population",)})
+    mu: str = one_of("ref", ("ref", "uniform"), "offline/population: the policy that proposes pairs", tracks=BANDIT,
+                     unread_when={"mode": ("online",)})
     labels: str = one_of("bt", LABELS, "oracle: Bradley–Terry on r, deterministic (better wins), a tensor, or "
                          "preference (a preference problem's own P)", tracks=BANDIT)
     pair_law: str = one_of("distinct", PAIR_LAWS, "pairs from mu (online: pi_t): y' given y' != y, or y, y' "
@@ -90,6 +95,11 @@ class DPOConfig:
     grad_accum: int = grad_accum_field()
     logprob_temperature: float = nonneg(0.0, "LM: temperature of DPO's log-probs (0: the sampling temperature; TRL "
                                              "and the DPO paper: 1)", tracks=LM)
+    ipo_length_normalize: bool = flag(True, "LM, loss: ipo: divide each response's log-ratio by its length (tokens up "
+                                            "to and including the first EOS) before (h_w - h_l - 1/(2·tau))², as "
+                                            "TRL's loss_type ipo; false: summed sequence log-ratios (the paper's "
+                                            "form; a bandit response is one token, where both agree)",
+                                      tracks=LM, not_on=DIFFUSION, diffusion=False, unread_when={"loss": ("dpo",)})
 
     def validate(self, where: str) -> None:
         if self.labels == "tensor" and not self.preferences:
@@ -275,12 +285,13 @@ class DPO(Algorithm):
         if cfg.mode == "population" and cfg.optimizer == "newton":
             return self._population(policy)
         if cfg.mode == "population" and cfg.optimizer == "gd":
+            idx = np.arange(len(self.data))
             theta = torch.tensor(policy.params, dtype=torch.float64, requires_grad=True)
-            loss = self._loss(policy, theta, self.data, np.arange(len(self.data)), self.weight)
-            loss.backward()
+            self._loss(policy, theta, self.data, idx, self.weight).backward()
             with torch.no_grad():
-                new = (theta - cfg.lr * theta.grad).numpy().copy()
-            return Step(policy.with_params(new), float(loss.detach()), None, None)
+                new = theta - cfg.lr * theta.grad
+                loss = float(self._loss(policy, new, self.data, idx, self.weight))  # at the new policy, as every solver
+            return Step(policy.with_params(new.numpy().copy()), loss, None, None)
         if cfg.mode == "population":
             n = len(self.data)
             new, loss = adam_fit(policy, lambda th, idx: self._loss(policy, th, self.data, idx, self.weight[idx]), n,
@@ -369,9 +380,9 @@ class DPO(Algorithm):
         return diffusion_dpo_update(self, q, qm) if self.config.loss == "diffusion" else self.lm_update(q, qm)
 
     def _lm_loss(self, q, qm, yc, yr, ref_c, ref_r, weight=None, share=None):
-        """The loss of one LM minibatch and the log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no
-        preference); ``share``: the factor that makes this part's weighted mean its share of the whole
-        minibatch's (:meth:`~testbed.llm.backend.LMBackend.minibatch_share`)."""
+        """The loss of one LM minibatch and the (summed) log-ratios h(y_w), h(y_l) (pairs of weight 0, ties, carry no
+        preference; IPO with ``ipo_length_normalize`` takes h/length, TRL's); ``share``: the factor that makes this
+        part's weighted mean its share of the whole minibatch's (:meth:`~testbed.llm.backend.LMBackend.minibatch_share`)."""
         pol, n = self.ctx.policy, len(q)
         with self.ctx.logprob_temperature(self.config.logprob_temperature):
             new = pol.seq_logprob(torch.cat([q, q]), torch.cat([qm, qm]), torch.cat([yc, yr]))
@@ -379,7 +390,10 @@ class DPO(Algorithm):
         if weight is not None and float(weight.sum()) == 0:
             return new.sum() * 0.0, hw, hl
         fn = dpo_loss if self.config.loss == "dpo" else ipo_loss
-        loss = fn(hw, hl, self.config.beta, weight)
+        hc, hr = hw, hl
+        if self.config.loss == "ipo" and self.config.ipo_length_normalize:  # TRL: over the completion length (>= 1)
+            hc, hr = (h / self.ctx.response_mask(y).sum(1).clamp(min=1) for h, y in ((hw, yc), (hl, yr)))
+        loss = fn(hc, hr, self.config.beta, weight)
         if share is not None:
             loss = loss * share
         return loss, hw, hl

@@ -76,7 +76,7 @@ class REBELConfig:
     mode: str = one_of("exact", ("exact", "sampled"), "exact population update or sampled pairs (LM: sampled)",
                        lm="sampled")
     pairs: int = items(1000, "sampled: (y, y') pairs per iteration (2 responses each); LM: train.batch prompts",
-                       tracks=BANDIT)
+                       tracks=BANDIT, unread_when={"mode": ("exact",)})
     y_prime: str = one_of("policy", Y_PRIME, "where y' comes from: pi_t (official), uniform, pi_ref, or a fixed "
                                              "offline set (LM: policy or ref)")
     offline_size: int = count(4, "y_prime=offline: responses per context, drawn once from pi_ref", tracks=BANDIT)

@@ -56,7 +56,7 @@ class SFTConfig:
     demonstrations: int = items(250, "sampled: contexts x ~ rho per iteration, one demonstration each", tracks=BANDIT)
     solver: str = one_of("adam", ("adam", "exact"), "Adam on the NLL, or (population, tabular) its minimiser pi = d",
                          tracks=BANDIT)
-    lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT)
+    lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT, unread_when={"solver": ("exact",)})
     epochs: int = count(1, "passes over each batch (population: full-batch Adam steps per iteration)")
     minibatch: int = minibatch_field(64, "rows per optimiser step")
     grad_accum: int = grad_accum_field()
