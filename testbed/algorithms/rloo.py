@@ -5,7 +5,8 @@ y_1 … y_k ~ pi_t per prompt, one reward query each, the sequence reward KL-sha
 r - beta·(ln pi_t - ln pi_ref), the advantage A_j = r_j - mean_{l != j} r_l
 (:func:`testbed.losses.leave_one_out_advantage`), then ``epochs`` passes of minibatch Adam (AdamW on an
 LM) on the clipped surrogate :func:`testbed.losses.ppo_clip_loss` of ln pi_theta - ln pi_t — plain
-REINFORCE with the baseline when epochs = 1 (the ratio is 1 at theta_t, so nothing is clipped).
+REINFORCE with the baseline when one minibatch covers the batch and epochs = 1 (the ratio is 1 at theta_t, so
+nothing is clipped); with several minibatches per epoch the ratio moves off 1 after the first step and clips.
 :class:`~testbed.algorithms.grpo.GRPO` is this method with another advantage.
 """
 
