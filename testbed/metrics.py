@@ -18,6 +18,7 @@ import numpy as np
 
 from testbed.policies import Policy
 from testbed.problems import PreferenceBandit, TabularBandit
+from testbed.problems.bandit import regularised_gap
 from testbed.problems.exact import kl_per_context
 from testbed.results import COLUMNS, EXTRAS  # noqa: F401  (the schema lives with the run folder)
 
@@ -108,7 +109,8 @@ def bandit_metric_arrays(problem: TabularBandit, log_pi: np.ndarray, beta: float
     regret = problem.rewards.max(axis=-1, keepdims=True) - problem.rewards
     return {"reward": reward, "suboptimality": expect(np.sum(pi * regret, axis=-1)),
             "kl_ref": kl(problem.log_pi_ref),
-            "kl_reg_gap": target[0] * kl(target[1]) if target is not None else None}
+            "kl_reg_gap": None if target is None else expect(regularised_gap(pi, log_pi, problem.rewards,
+                                                                            problem.log_pi_ref, *target))}
 
 
 def mirror_descent_bound(problem: TabularBandit, pi0: Policy, eta: float, T):

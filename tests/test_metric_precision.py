@@ -102,3 +102,35 @@ def test_the_regularised_optimum_at_a_vanishing_beta_is_pi_ref_on_the_best_respo
     want /= want.sum(axis=1, keepdims=True)
     got = np.exp(q.regularised_optimum_log(beta))
     np.testing.assert_allclose(got, want, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("beta", [0.3, 1e-3, 1e-300, 1e-310, 5e-324, 0.0])
+def test_the_regularised_gap_at_any_beta_equals_its_definition_in_mpmath(beta):
+    """kl_reg_gap = J_beta(pi*_beta) − J_beta(pi), J_beta(pi*_beta) = beta·ln sum_y pi_ref·e^{r/beta}, at 60 digits.
+    At beta ~ 1e-310, pi*_beta underflows to 0 off the best responses and beta·KL(pi‖pi*_beta) was inf (a PPO run
+    with beta 1e-310 stopped 'kl_reg_gap became inf'); the gap is finite, → E_pi[max r − r] as beta → 0."""
+    p = make_tabular(contexts=3, actions=4, seed=2)
+    rng = np.random.default_rng(3)
+    q = TabularBandit(p.rewards, p.rho, rng.dirichlet(np.ones(4), size=3))
+    log_pi = np.log(rng.dirichlet(np.ones(4), size=3))
+    pi = np.exp(log_pi)
+    got = q.kl_reg_gap(pi, beta, log_pi)
+    via_metrics = bandit_metrics(q, TabularSoftmax(log_pi), beta)["kl_reg_gap"] if beta > 0 else got
+    with mp.workdps(60):
+        want = mp.mpf(0)
+        for x in range(3):
+            r = [mp.mpf(float(v)) for v in q.rewards[x]]
+            ref = [mp.mpf(float(v)) for v in q.pi_ref[x]]
+            px = [mp.e ** mp.mpf(float(v)) for v in log_pi[x]]
+            m = max(r)
+            value = mp.fsum(a * b for a, b in zip(px, r))
+            if beta == 0:
+                gap = m - value
+            else:
+                b = mp.mpf(beta)
+                opt = m + b * mp.log(mp.fsum(w * mp.e ** ((v - m) / b) for w, v in zip(ref, r)))
+                kl = mp.fsum(a * (mp.log(a) - mp.log(w)) for a, w in zip(px, ref))
+                gap = opt - (value - b * kl)
+            want += mp.mpf(float(q.rho[x])) * gap
+    assert abs(got - float(want)) <= 1e-12 * abs(float(want))
+    assert via_metrics == pytest.approx(got, rel=1e-14)

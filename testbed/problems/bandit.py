@@ -12,12 +12,40 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import log_softmax, logsumexp
 
 from testbed.errors import InputError, check_finite, check_shape, context_and_reference, nonneg_number
 from testbed.io import atomic_write
 from testbed.problems.exact import kl_per_context
 from testbed.problems.preference import PreferenceBandit
+
+
+def scaled_rewards(rewards: np.ndarray, beta: float) -> np.ndarray:
+    """(r − max_y r)/beta: the exponent of pi*_beta ∝ pi_ref·exp(r/beta) up to a per-context constant. It is <= 0
+    and exactly 0 at the best responses, so a tiny beta neither overflows (r/beta at beta ~ 1e-310 did: NaN) nor
+    absorbs ln pi_ref there: pi*_beta → pi_ref restricted to the best responses, also at beta = 0."""
+    shifted = rewards - rewards.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return np.where(shifted == 0, 0.0, shifted / beta)  # beta may have underflowed to 0 (DPO's beta·s)
+
+
+def regularised_gap(pi: np.ndarray, log_pi: np.ndarray | None, rewards: np.ndarray, log_pi_ref: np.ndarray,
+                    c: float, log_target: np.ndarray) -> np.ndarray:
+    """c·KL(pi‖target) per context (the last axis: responses), the regularised gap J_c(pi*_c) − J_c(pi) when the
+    target is pi*_c. Where that product is not finite — pi*_c has underflowed to 0 on responses pi has (c ~ 1e-310)
+    — it is the same gap written without the overflowing term: E_pi[max r − r] + c·(KL(pi‖pi_ref) + ln Z_c),
+    Z_c = sum_y pi_ref·exp((r − max r)/c) (finite: >= pi_ref of the best responses). Targets with no −inf entry
+    (IPO's) never take that branch."""
+    with np.errstate(invalid="ignore", over="ignore"):  # 0·inf at c = 0: taken by the other branch
+        gap = c * kl_per_context(pi, log_pi, log_target)
+    bad = ~np.isfinite(gap) & np.any(np.isneginf(log_target), axis=-1)
+    if np.any(bad):
+        regret = np.sum(pi * (rewards.max(axis=-1, keepdims=True) - rewards), axis=-1)
+        log_z = logsumexp(log_pi_ref + scaled_rewards(rewards, c), axis=-1)
+        with np.errstate(invalid="ignore"):
+            alt = regret + c * (kl_per_context(pi, log_pi, log_pi_ref) + log_z)
+        gap = np.where(bad, alt, gap)
+    return gap
 
 
 class TabularBandit:
@@ -84,13 +112,8 @@ class TabularBandit:
 
     def regularised_optimum_log(self, beta: float) -> np.ndarray:
         """ln pi*_beta with pi*_beta(y|x) ∝ pi_ref(y|x)·exp(r(x,y)/beta) (Rafailov et al. 2023), computed as
-        log_softmax(ln pi_ref + (r − max_y r)/beta): the same distribution, and the shifted term is <= 0 and exactly
-        0 at the best responses, so a tiny beta neither overflows (r/beta at beta ~ 1e-310 did: NaN) nor absorbs
-        ln pi_ref there: pi*_beta → pi_ref restricted to the best responses, also at beta = 0."""
-        shifted = self.rewards - self.rewards.max(axis=-1, keepdims=True)
-        with np.errstate(over="ignore", divide="ignore"):
-            scaled = np.where(shifted == 0, 0.0, shifted / beta)  # beta may have underflowed to 0 (DPO's beta·s)
-        return log_softmax(self.log_pi_ref + scaled, axis=-1)
+        log_softmax(ln pi_ref + (r − max_y r)/beta) (:func:`scaled_rewards`)."""
+        return log_softmax(self.log_pi_ref + scaled_rewards(self.rewards, beta), axis=-1)
 
     def regularised_optimum(self, beta: float) -> np.ndarray:
         return np.exp(self.regularised_optimum_log(beta))
@@ -104,8 +127,10 @@ class TabularBandit:
         return self.value(pi) - beta * self.kl_ref(pi, log_pi)
 
     def kl_reg_gap(self, pi: np.ndarray, beta: float, log_pi: np.ndarray | None = None) -> float:
-        """J_beta(pi*_beta) - J_beta(pi), which equals beta * E_x KL(pi || pi*_beta) (derived)."""
-        return beta * self._kl(pi, log_pi, self.regularised_optimum_log(beta))
+        """J_beta(pi*_beta) - J_beta(pi), which equals beta * E_x KL(pi || pi*_beta) (derived;
+        :func:`regularised_gap`)."""
+        return float(self.rho @ regularised_gap(pi, log_pi, self.rewards, self.log_pi_ref, beta,
+                                                self.regularised_optimum_log(beta)))
 
     def _kl(self, pi, log_pi, log_q) -> float:
         return float(self.rho @ kl_per_context(pi, log_pi, log_q))
