@@ -18,6 +18,7 @@ parameters, exact tables (population methods) and sampled oracles that count the
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -115,7 +116,10 @@ def _import(mod_name: str, where: str):
         path = Path(mod_name)
         if not path.is_file():
             raise InputError(f"{where}: file {mod_name!r} does not exist")
-        name = f"testbed_user_{path.resolve().as_posix().replace('/', '_').replace('.', '_')}"
+        # keyed by path and content: an edited file is imported afresh (in a notebook too), so the code that runs is
+        # the code whose sha256 the run folder records
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        name = f"testbed_user_{path.resolve().as_posix().replace('/', '_').replace('.', '_')}_{digest}"
         if name in sys.modules:
             return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
