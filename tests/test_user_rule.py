@@ -4,8 +4,11 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
+import yaml
 
 import testbed
+from testbed.cli import main
 from testbed.results import read_metrics
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -33,3 +36,76 @@ def test_an_edited_rule_file_runs_its_new_code_in_the_same_process(tmp_path):
     assert still != moving
     digest = hashlib.sha256((tmp_path / "my_rules.py").read_bytes()).hexdigest()
     assert digest in config2 and digest not in config1
+
+
+ODD = '''
+import sys
+import numpy as np
+
+
+class Ok:
+    family, eta = "mirror_descent", 1.0
+
+    def update(self, api, p, rng):
+        return p
+
+
+class InitRaises(Ok):
+    def __init__(self):
+        raise ValueError("boom")
+
+
+class InitExits(Ok):
+    def __init__(self):
+        sys.exit(0)
+
+
+class Exits(Ok):
+    def update(self, api, p, rng):
+        raise SystemExit(0)
+
+
+class KindsStr(Ok):
+    kinds = "tabular"
+
+
+class BadKind(Ok):
+    kinds = ("tabular", "frobnicate")
+
+
+class WrongShape(Ok):
+    def update(self, api, p, rng):
+        return np.zeros(3)
+'''
+
+
+def _odd(tmp_path, rule: str) -> str:
+    (tmp_path / "odd.py").write_text(ODD)
+    (tmp_path / "exit_at_import.py").write_text("raise SystemExit(0)\n")
+    return f"{tmp_path / ('exit_at_import.py' if rule == 'AtImport' else 'odd.py')}:{rule}"
+
+
+BROKEN = [("Exits", "raised SystemExit(0)"), ("InitExits", "raised SystemExit(0)"), ("AtImport", "raised SystemExit(0)"),
+          ("InitRaises", "making the rule failed (ValueError: boom)"), ("KindsStr", "kinds must be a non-empty tuple"),
+          ("BadKind", "kinds lists unknown 'frobnicate'"), ("WrongShape", "update returned shape (3,)")]
+
+
+@pytest.mark.parametrize("command,rule,expect", [(c, r, e) for c in ("check", "run") for r, e in BROKEN
+                                                 if (c, r) != ("check", "WrongShape")])  # check: a failed row
+def test_a_broken_user_rule_is_one_line_naming_it_exit_2_nothing_written(tmp_path, capsys, command, rule, expect):
+    """A rule that exits (in update, in its constructor, at import), whose constructor raises, whose kinds are a string
+    or unknown, or that returns the wrong shape: one line naming file:Class, exit 2, no run folder and no .partial
+    (the next plain run into the same --out is not blocked)."""
+    target = _odd(tmp_path, rule)
+    if command == "check":
+        argv = ["check", target]
+    else:
+        spec = {"problems": [{"kind": "tabular", "contexts": 6, "actions": 4}], "seeds": 2, "iterations": 3,
+                "algorithms": [{"name": "rebel", "mode": "exact"}, {"module": target}]}
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+        argv = ["run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0] and target.rsplit("/", 1)[1] in err[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -17,6 +17,7 @@ parameters, exact tables (population methods) and sampled oracles that count the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -30,16 +31,51 @@ import torch
 
 from testbed.algorithms.base import Algorithm, Step
 from testbed.errors import InputError
-from testbed.policies import LogLinear, MLPPolicy, Policy, TabularSoftmax
+from testbed.policies import POLICIES, LogLinear, MLPPolicy, Policy, TabularSoftmax
 from testbed.problems import PreferenceBandit, TabularBandit
 
 FAMILIES = ("mirror_descent", "equilibrium", "dpo", "sampled")
 METHODS = {"update": "update(api, params, rng)", "lm_update": "lm_update(api, query, query_mask)"}
+KINDS = (*POLICIES, "lm")
+"""What a rule's ``kinds`` may list: the policy kinds, and ``lm`` (the LM back-end, through ``lm_update``)."""
 
 
 def method_for(kind: str) -> str:
     """The method a rule needs to update a policy of ``kind`` (or to run on the back-end ``kind``)."""
     return "lm_update" if kind == "lm" else "update"
+
+
+def rule_kinds(rule, where: str = "the rule") -> tuple[str, ...]:
+    """The rule's ``kinds`` (default ``("tabular",)``), checked: a non-empty tuple or list of :data:`KINDS`."""
+    kinds = getattr(rule, "kinds", ("tabular",))
+    if not isinstance(kinds, tuple | list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise InputError(f"{where}: kinds must be a non-empty tuple of {', '.join(KINDS)}, e.g. ('tabular',) "
+                         f"(got {kinds!r})")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise InputError(f"{where}: kinds lists unknown {', '.join(map(repr, unknown))}; known: {', '.join(KINDS)}")
+    return tuple(kinds)
+
+
+@contextlib.contextmanager
+def user_code(where: str):
+    """Around a call of the user's code: a SystemExit it raises (``sys.exit()``, ``exit()``) is a one-line input
+    error naming ``where``, not the end of ``testbed`` with that exit status (0, nothing printed)."""
+    try:
+        yield
+    except SystemExit as e:
+        raise InputError(f"{where} raised SystemExit({e.code!r}) (a rule returns its result; it must not exit)") from e
+
+
+def _guarded(fn, where: str):
+    """``fn()``, user code run while loading a rule: anything it raises is a one-line input error naming ``where``."""
+    try:
+        with user_code(where):
+            return fn()
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{where} ({type(e).__name__}: {e})") from None
 
 
 def missing_method(rule, kind: str) -> str | None:
@@ -142,18 +178,14 @@ def load_factory(target: str, where: str = "module", families: tuple[str, ...] |
     if not isinstance(target, str) or target.count(":") != 1:
         raise InputError(f"{where} must look like MODULE:OBJECT or path/to/file.py:OBJECT (got {target!r})")
     mod_name, obj_name = target.split(":")
-    try:
-        module = _import(mod_name, where)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"{where}: cannot import {mod_name!r} ({type(e).__name__}: {e})") from None
+    module = _guarded(lambda: _import(mod_name, where), f"{where} {target!r}: cannot import {mod_name!r}")
     if not hasattr(module, obj_name):
         raise InputError(f"{where}: {mod_name!r} has no object {obj_name!r}")
     obj = getattr(module, obj_name)
     is_factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "update"))
     factory = obj if is_factory else (lambda: copy.deepcopy(obj))
-    rule = factory()
+    rule = _guarded(factory, f"{where} {target!r}: making the rule failed")
+    rule_kinds(rule, f"{where} {target!r}")
     if not callable(getattr(rule, "update", None)) and not callable(getattr(rule, "lm_update", None)):
         raise InputError(f"{where} {target!r}: the rule needs a method {METHODS['update']} "
                          f"(or {METHODS['lm_update']} for the LM back-end)")
@@ -238,7 +270,7 @@ class UserRule(Algorithm):
 
     @staticmethod
     def check_policy(config, kind: str) -> str | None:
-        kinds = tuple(getattr(make_rule(config), "kinds", ("tabular",)))
+        kinds = rule_kinds(make_rule(config))
         return None if kind in kinds else f"the rule updates {', '.join(kinds)} policies (its 'kinds')"
 
     @staticmethod
@@ -261,7 +293,8 @@ class UserRule(Algorithm):
         before = self.api.queries
         rule = make_rule(self.config)
         vars(rule).update(self.rule_state)
-        new = np.asarray(rule.update(self.api, policy.params, rng), dtype=np.float64)
+        with user_code(f"user rule {self.config.module!r}: update"):
+            new = np.asarray(rule.update(self.api, policy.params, rng), dtype=np.float64)
         self.rule_state = dict(vars(rule))
         if new.shape != np.shape(policy.params):
             raise InputError(f"user rule {self.config.module!r}: update returned shape {new.shape}, "
@@ -275,7 +308,8 @@ class UserRule(Algorithm):
 
         rule = make_rule(self.config)
         vars(rule).update(self.rule_state)
-        loss, samples, queries, stats = lm_update(rule, self.ctx, self.config, q, qm)
+        with user_code(f"user rule {self.config.module!r}: lm_update"):
+            loss, samples, queries, stats = lm_update(rule, self.ctx, self.config, q, qm)
         self.rule_state = dict(vars(rule))
         return Step(None, loss, samples, queries, stats)
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.special import log_softmax
 
-from testbed.algorithms.user import BanditAPI
+from testbed.algorithms.user import BanditAPI, rule_kinds
 from testbed.errors import env_threads
 from testbed.policies import LogLinear, MLPPolicy
 from testbed.policies.natural import natural_step
@@ -222,7 +222,7 @@ def check_steps(factory, Result) -> list:
 
 
 def _check_steps(factory, Result) -> list:
-    kinds = tuple(getattr(factory(), "kinds", ("tabular",)))
+    kinds = rule_kinds(factory())
     out = check_step_tabular(factory, Result) if "tabular" in kinds else []
     if "lm" in kinds:  # the rule's lm_update on a toy LM: testbed/llm/conformance.py registers it (the llm extra)
         if "lm" not in STEP_BATTERIES:
