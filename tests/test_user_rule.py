@@ -1,6 +1,8 @@
-"""The user-rule plug-in (testbed/algorithms/user.py) in one process: an edited rule file runs its new code."""
+"""The user-rule plug-in (testbed/algorithms/user.py): an edited rule file runs its new code in the same process; a
+broken rule or a bad override is one line naming the rule, exit 2, nothing written."""
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,47 @@ def test_a_broken_user_rule_is_one_line_naming_it_exit_2_nothing_written(tmp_pat
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and expect in err[0] and target.rsplit("/", 1)[1] in err[0], err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+DECLARES = '''
+class Declares:
+    family, eta, epochs, flip, mode = "mirror_descent", 1.0, 1, False, "pi"
+    param_checks = {"eta": "positive"}
+
+    def update(self, api, p, rng):
+        return p
+'''
+
+
+@pytest.mark.parametrize("rule,override,expect", [
+    ("PopulationREBEL", "eta=abc", "takes a finite number for 'eta', like its default 1.0 (got 'abc')"),
+    ("PopulationREBEL", "eta=.inf", "takes a finite number for 'eta'"),
+    ("PopulationREBEL", "eta=.nan", "takes a finite number for 'eta'"),
+    ("PopulationREBEL", "eta=true", "takes a finite number for 'eta'"),
+    ("PopulationREBEL", "epochs=1.5", "takes a finite integer for 'epochs'"),
+    ("Declares", "mode=3", "takes a string for 'mode'"),
+    ("Declares", "flip=1", "takes true or false for 'flip'"),
+    ("Declares", "eta=-1", "must be a positive number (got -1)"),
+])
+def test_a_user_rules_overrides_are_checked_against_its_defaults(tmp_path, capsys, rule, override, expect):
+    """An override must have the type of the rule's own default (a finite number, not a bool, for a number), and pass
+    what the rule declares in param_checks: one line naming the rule, exit 2, nothing written."""
+    shutil.copy(Path(__file__).with_name("conformance_mutants.py"), tmp_path / "my_rules.py")
+    (tmp_path / "declares.py").write_text(DECLARES)
+    target = f"{'declares.py' if rule == 'Declares' else 'my_rules.py'}:{rule}"
+    spec = {"problems": [{"kind": "tabular", "contexts": 6, "actions": 4}], "iterations": 3,
+            "algorithms": [{"name": "rebel", "mode": "exact"}, {"module": target}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    argv = ["run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "out"), "--quiet", f"algorithms.1.{override}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0] and target in err[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_user_rule_without_declared_checks_takes_any_finite_eta(tmp_path):
+    """eta = -1 is the user's business unless the rule declares param_checks (no positivity is invented)."""
+    shutil.copy(Path(__file__).with_name("conformance_mutants.py"), tmp_path / "my_rules.py")
+    spec = {"problems": [{"kind": "tabular", "contexts": 6, "actions": 4}], "iterations": 2,
+            "algorithms": [{"module": f"{tmp_path / 'my_rules.py'}:PopulationREBEL", "eta": -1}]}
+    assert len(read_metrics(testbed.run(spec, tmp_path / "out"))) == 3

@@ -4,7 +4,8 @@ The plug-in point of ``testbed check`` (:mod:`testbed.experiments.conformance`) 
 is the same object: a class (called with no arguments), a zero-argument factory, or an instance
 (deep-copied), with ``update(api, params, rng) -> new params``. The other fields of the spec entry
 (``eta``, ``beta``, anything the rule reads) are set as attributes on each fresh rule, so one rule
-sweeps like a built-in (``eta: [0.1, 1]``). Optional attributes: ``name`` (the curve's label),
+sweeps like a built-in (``eta: [0.1, 1]``); each value must have the type of the rule's default, and pass what the
+rule declares in ``param_checks`` (:func:`check_override`). Optional attributes: ``name`` (the curve's label),
 ``family`` (which ``testbed check`` battery applies; ``equilibrium`` rules run on preference
 problems), ``kinds`` (the policy kinds it updates, default ``("tabular",)``). State a rule keeps on itself
 between updates must be data (numbers, arrays, tensors, lists, dicts) for ``testbed run`` to checkpoint it.
@@ -22,6 +23,8 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import math
+import numbers
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 from testbed.algorithms.base import Algorithm, Step
-from testbed.errors import InputError
+from testbed.errors import InputError, nonneg_int, nonneg_number, positive_int, positive_number
 from testbed.policies import POLICIES, LogLinear, MLPPolicy, Policy, TabularSoftmax
 from testbed.problems import PreferenceBandit, TabularBandit
 
@@ -216,6 +219,36 @@ def rule_name(target: str) -> str:
     return str(getattr(load_factory(target)(), "name", None) or target.rsplit(":", 1)[1])
 
 
+PARAM_CHECKS = {"positive": positive_number, "nonneg": nonneg_number, "positive_int": positive_int,
+                "nonneg_int": nonneg_int}
+"""What a rule may declare of its parameters, ``param_checks = {"eta": "positive"}``: checked on every override."""
+
+
+def check_override(rule, target: str, name: str, value, where: str) -> None:
+    """``value`` may replace the rule's attribute ``name``: of its default's type (true or false for a bool, a finite
+    number for a number, an integer for an int, a string for a string; other defaults take anything), and what the
+    rule declares for it in ``param_checks``. No other rule (e.g. eta > 0) is assumed."""
+    default = getattr(rule, name)
+    want = None
+    if isinstance(default, bool | np.bool_):
+        want = None if isinstance(value, bool | np.bool_) else "true or false"
+    elif isinstance(default, numbers.Real):
+        kind = numbers.Integral if isinstance(default, numbers.Integral) else numbers.Real
+        ok = isinstance(value, kind) and not isinstance(value, bool | np.bool_) and math.isfinite(value)
+        want = None if ok else f"a finite {'integer' if kind is numbers.Integral else 'number'}"
+    elif isinstance(default, str):
+        want = None if isinstance(value, str) else "a string"
+    if want:
+        raise InputError(f"{where}: the rule {target!r} takes {want} for {name!r}, like its default {default!r} "
+                         f"(got {value!r})")
+    declared = (getattr(rule, "param_checks", None) or {}).get(name)
+    if declared is not None:
+        if declared not in PARAM_CHECKS:
+            raise InputError(f"{where}: the rule {target!r} declares param_checks[{name!r}] = {declared!r}; "
+                             f"known: {', '.join(PARAM_CHECKS)}")
+        PARAM_CHECKS[declared](f"{where} (the rule {target!r})", value)
+
+
 @dataclass
 class UserConfig:
     module: str = field(default="", metadata={"doc": "MODULE:OBJECT or path/to/file.py:OBJECT of the rule"})
@@ -231,6 +264,7 @@ class UserConfig:
             if not hasattr(rule, k):
                 known = sorted(a for a in dir(rule) if not a.startswith("_") and not callable(getattr(rule, a)))
                 raise InputError(f"{where}.{k}: the rule {self.module!r} has no attribute {k!r} (it has {known})")
+            check_override(rule, self.module, k, v, f"{where}.{k}")
             try:
                 setattr(rule, k, v)
             except AttributeError:
