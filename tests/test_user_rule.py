@@ -3,6 +3,7 @@ broken rule or a bad override is one line naming the rule, exit 2, nothing writt
 
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,33 @@ def test_a_user_rule_without_declared_checks_takes_any_finite_eta(tmp_path):
     spec = {"problems": [{"kind": "tabular", "contexts": 6, "actions": 4}], "iterations": 2,
             "algorithms": [{"module": f"{tmp_path / 'my_rules.py'}:PopulationREBEL", "eta": -1}]}
     assert len(read_metrics(testbed.run(spec, tmp_path / "out"))) == 3
+
+
+def test_a_rule_file_imports_a_sibling_module(tmp_path, capsys):
+    """The rule file's folder is on sys.path while it is imported, so `from my_rules import MyRebel` beside it works
+    from any working directory."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "my_rules.py").write_text(RULE)
+    (tmp_path / "rules" / "derived.py").write_text("from my_rules import MyRebel\n\n\nclass Derived(MyRebel):\n"
+                                                    "    name = 'derived'\n")
+    spec = {"problems": [{"kind": "tabular", "contexts": 5, "actions": 4}], "iterations": 2,
+            "algorithms": [{"module": f"{tmp_path / 'rules' / 'derived.py'}:Derived"}]}
+    rows = read_metrics(testbed.run(spec, tmp_path / "out"))
+    assert {r["algorithm"] for r in rows} == {"derived"}
+    assert str(tmp_path / "rules") not in sys.path  # only while importing
+
+
+def test_the_readme_notebook_example_keeps_two_user_rules_apart(tmp_path):
+    """The README's notebook line groups by the curve's label: two user rules at the same eta stay two groups (both
+    have name == "user")."""
+    readme_line = re.search(r"^df\[df\.iteration == 50\]\.(groupby\(.*?\))\.suboptimality\.mean\(\)", README, re.M)
+    (tmp_path / "my_rules.py").write_text(RULE + "\n\nclass Slow(MyRebel):\n    name = 'slow'\n\n"
+                                          "    def update(self, api, params, rng):\n"
+                                          "        return (params + super().update(api, params, rng)) / 2\n")
+    spec = {"problems": [{"kind": "tabular", "contexts": 5, "actions": 4}], "iterations": 50,
+            "algorithms": [{"name": "npg", "eta": 1}, {"module": f"{tmp_path / 'my_rules.py'}:MyRebel", "eta": 1},
+                           {"module": f"{tmp_path / 'my_rules.py'}:Slow", "eta": 1}]}
+    df = testbed.load(testbed.run(spec, tmp_path / "out"))
+    assert readme_line, "README lost its notebook example"
+    final = eval(f"df[df.iteration == 50].{readme_line.group(1)}.suboptimality.mean()", {}, {"df": df})  # noqa: S307
+    assert len(final) == 3 and final.nunique() >= 2, final

@@ -164,11 +164,18 @@ def _import(mod_name: str, where: str):
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        folder = str(path.resolve().parent)  # the file's own folder, while it runs: it may import a sibling module
+        added = folder not in sys.path
+        if added:
+            sys.path.insert(0, folder)
         try:
             spec.loader.exec_module(module)
         except BaseException:
             del sys.modules[name]
             raise
+        finally:
+            if added:
+                sys.path.remove(folder)
         return module
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
