@@ -120,7 +120,7 @@ def _cmd_check(args) -> int:
     factories = [load_rule(t) for t in targets]  # every target is valid before any check runs
     ok = True
     for target, factory in zip(targets, factories):
-        results = run_checks(factory)
+        results = run_checks(factory, target)
         print(format_table(target, results))
         ok &= all(r.passed for r in results)
     return 0 if ok else 1

@@ -165,3 +165,23 @@ class ClaimsTen(ClaimsHalf):
     """Claims eta = 10 but steps with 1."""
 
     eta = 10.0
+
+
+class StaleFiveX(PopulationREBEL):
+    """Exact on its first call; then state it keeps makes every later step 5·eta (an accumulating-state bug)."""
+
+    calls = 0
+
+    def update(self, api, params, rng):
+        self.calls += 1
+        theta = torch.as_tensor(np.asarray(params, dtype=np.float64))
+        return self.step(api, theta, self.eta * (5.0 if self.calls > 1 else 1.0)).numpy()
+
+
+class StaleHalf(StaleFiveX):
+    """Exact on its first call; then 0.5·eta."""
+
+    def update(self, api, params, rng):
+        self.calls += 1
+        theta = torch.as_tensor(np.asarray(params, dtype=np.float64))
+        return self.step(api, theta, self.eta * (0.5 if self.calls > 1 else 1.0)).numpy()

@@ -31,6 +31,9 @@ TABLE = {
     "RewardOfYForBoth": ("step: mirror descent", {"eta = 1, beta = 0:": 0.0}, None),
     "ClaimsHalf": ("eta = 0.5, beta = 0:", {"eta = 0.5, beta = 0:": 2.0}, None),
     "ClaimsTen": ("eta = 10, beta = 0:", {"eta = 10, beta = 0:": 0.1}, None),
+    # stateful: exact on the first call of an instance, not after (the worst of updates 1-3 is update 2 or 3)
+    "StaleFiveX": ("step: mirror descent", {"eta = 1, beta = 0:": 5.0, "eta = 0.3, beta = 0:": 5.0}, None),
+    "StaleHalf": ("step: mirror descent", {"eta = 1, beta = 0:": 0.5, "eta = 3, beta = 0:": 0.5}, None),
 }
 
 

@@ -4,7 +4,8 @@ The plug-in point of ``testbed check`` (:mod:`testbed.experiments.conformance`) 
 is the same object: a class (called with no arguments), a zero-argument factory, or an instance
 (deep-copied), with ``update(api, params, rng) -> new params``. The other fields of the spec entry
 (``eta``, ``beta``, anything the rule reads) are set as attributes on each fresh rule, so one rule
-sweeps like a built-in (``eta: [0.1, 1]``). Optional attributes: ``name`` (the curve's label),
+sweeps like a built-in (``eta: [0.1, 1]``); each value must have the type of the rule's default, and pass what the
+rule declares in ``param_checks`` (:func:`check_override`). Optional attributes: ``name`` (the curve's label),
 ``family`` (which ``testbed check`` battery applies; ``equilibrium`` rules run on preference
 problems), ``kinds`` (the policy kinds it updates, default ``("tabular",)``). State a rule keeps on itself
 between updates must be data (numbers, arrays, tensors, lists, dicts) for ``testbed run`` to checkpoint it.
@@ -17,9 +18,13 @@ parameters, exact tables (population methods) and sampled oracles that count the
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import importlib
 import importlib.util
+import math
+import numbers
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +33,52 @@ import numpy as np
 import torch
 
 from testbed.algorithms.base import Algorithm, Step
-from testbed.errors import InputError
-from testbed.policies import LogLinear, MLPPolicy, Policy, TabularSoftmax
+from testbed.errors import InputError, nonneg_int, nonneg_number, positive_int, positive_number
+from testbed.policies import POLICIES, LogLinear, MLPPolicy, Policy, TabularSoftmax
 from testbed.problems import PreferenceBandit, TabularBandit
 
 FAMILIES = ("mirror_descent", "equilibrium", "dpo", "sampled")
 METHODS = {"update": "update(api, params, rng)", "lm_update": "lm_update(api, query, query_mask)"}
+KINDS = (*POLICIES, "lm")
+"""What a rule's ``kinds`` may list: the policy kinds, and ``lm`` (the LM back-end, through ``lm_update``)."""
 
 
 def method_for(kind: str) -> str:
     """The method a rule needs to update a policy of ``kind`` (or to run on the back-end ``kind``)."""
     return "lm_update" if kind == "lm" else "update"
+
+
+def rule_kinds(rule, where: str = "the rule") -> tuple[str, ...]:
+    """The rule's ``kinds`` (default ``("tabular",)``), checked: a non-empty tuple or list of :data:`KINDS`."""
+    kinds = getattr(rule, "kinds", ("tabular",))
+    if not isinstance(kinds, tuple | list) or not kinds or not all(isinstance(k, str) for k in kinds):
+        raise InputError(f"{where}: kinds must be a non-empty tuple of {', '.join(KINDS)}, e.g. ('tabular',) "
+                         f"(got {kinds!r})")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise InputError(f"{where}: kinds lists unknown {', '.join(map(repr, unknown))}; known: {', '.join(KINDS)}")
+    return tuple(kinds)
+
+
+@contextlib.contextmanager
+def user_code(where: str):
+    """Around a call of the user's code: a SystemExit it raises (``sys.exit()``, ``exit()``) is a one-line input
+    error naming ``where``, not the end of ``testbed`` with that exit status (0, nothing printed)."""
+    try:
+        yield
+    except SystemExit as e:
+        raise InputError(f"{where} raised SystemExit({e.code!r}) (a rule returns its result; it must not exit)") from e
+
+
+def _guarded(fn, where: str):
+    """``fn()``, user code run while loading a rule: anything it raises is a one-line input error naming ``where``."""
+    try:
+        with user_code(where):
+            return fn()
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{where} ({type(e).__name__}: {e})") from None
 
 
 def missing_method(rule, kind: str) -> str | None:
@@ -115,17 +155,27 @@ def _import(mod_name: str, where: str):
         path = Path(mod_name)
         if not path.is_file():
             raise InputError(f"{where}: file {mod_name!r} does not exist")
-        name = f"testbed_user_{path.resolve().as_posix().replace('/', '_').replace('.', '_')}"
+        # keyed by path and content: an edited file is imported afresh (in a notebook too), so the code that runs is
+        # the code whose sha256 the run folder records
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        name = f"testbed_user_{path.resolve().as_posix().replace('/', '_').replace('.', '_')}_{digest}"
         if name in sys.modules:
             return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        folder = str(path.resolve().parent)  # the file's own folder, while it runs: it may import a sibling module
+        added = folder not in sys.path
+        if added:
+            sys.path.insert(0, folder)
         try:
             spec.loader.exec_module(module)
         except BaseException:
             del sys.modules[name]
             raise
+        finally:
+            if added:
+                sys.path.remove(folder)
         return module
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
@@ -138,18 +188,14 @@ def load_factory(target: str, where: str = "module", families: tuple[str, ...] |
     if not isinstance(target, str) or target.count(":") != 1:
         raise InputError(f"{where} must look like MODULE:OBJECT or path/to/file.py:OBJECT (got {target!r})")
     mod_name, obj_name = target.split(":")
-    try:
-        module = _import(mod_name, where)
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"{where}: cannot import {mod_name!r} ({type(e).__name__}: {e})") from None
+    module = _guarded(lambda: _import(mod_name, where), f"{where} {target!r}: cannot import {mod_name!r}")
     if not hasattr(module, obj_name):
         raise InputError(f"{where}: {mod_name!r} has no object {obj_name!r}")
     obj = getattr(module, obj_name)
     is_factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "update"))
     factory = obj if is_factory else (lambda: copy.deepcopy(obj))
-    rule = factory()
+    rule = _guarded(factory, f"{where} {target!r}: making the rule failed")
+    rule_kinds(rule, f"{where} {target!r}")
     if not callable(getattr(rule, "update", None)) and not callable(getattr(rule, "lm_update", None)):
         raise InputError(f"{where} {target!r}: the rule needs a method {METHODS['update']} "
                          f"(or {METHODS['lm_update']} for the LM back-end)")
@@ -180,6 +226,36 @@ def rule_name(target: str) -> str:
     return str(getattr(load_factory(target)(), "name", None) or target.rsplit(":", 1)[1])
 
 
+PARAM_CHECKS = {"positive": positive_number, "nonneg": nonneg_number, "positive_int": positive_int,
+                "nonneg_int": nonneg_int}
+"""What a rule may declare of its parameters, ``param_checks = {"eta": "positive"}``: checked on every override."""
+
+
+def check_override(rule, target: str, name: str, value, where: str) -> None:
+    """``value`` may replace the rule's attribute ``name``: of its default's type (true or false for a bool, a finite
+    number for a number, an integer for an int, a string for a string; other defaults take anything), and what the
+    rule declares for it in ``param_checks``. No other rule (e.g. eta > 0) is assumed."""
+    default = getattr(rule, name)
+    want = None
+    if isinstance(default, bool | np.bool_):
+        want = None if isinstance(value, bool | np.bool_) else "true or false"
+    elif isinstance(default, numbers.Real):
+        kind = numbers.Integral if isinstance(default, numbers.Integral) else numbers.Real
+        ok = isinstance(value, kind) and not isinstance(value, bool | np.bool_) and math.isfinite(value)
+        want = None if ok else f"a finite {'integer' if kind is numbers.Integral else 'number'}"
+    elif isinstance(default, str):
+        want = None if isinstance(value, str) else "a string"
+    if want:
+        raise InputError(f"{where}: the rule {target!r} takes {want} for {name!r}, like its default {default!r} "
+                         f"(got {value!r})")
+    declared = (getattr(rule, "param_checks", None) or {}).get(name)
+    if declared is not None:
+        if declared not in PARAM_CHECKS:
+            raise InputError(f"{where}: the rule {target!r} declares param_checks[{name!r}] = {declared!r}; "
+                             f"known: {', '.join(PARAM_CHECKS)}")
+        PARAM_CHECKS[declared](f"{where} (the rule {target!r})", value)
+
+
 @dataclass
 class UserConfig:
     module: str = field(default="", metadata={"doc": "MODULE:OBJECT or path/to/file.py:OBJECT of the rule"})
@@ -195,6 +271,7 @@ class UserConfig:
             if not hasattr(rule, k):
                 known = sorted(a for a in dir(rule) if not a.startswith("_") and not callable(getattr(rule, a)))
                 raise InputError(f"{where}.{k}: the rule {self.module!r} has no attribute {k!r} (it has {known})")
+            check_override(rule, self.module, k, v, f"{where}.{k}")
             try:
                 setattr(rule, k, v)
             except AttributeError:
@@ -234,7 +311,7 @@ class UserRule(Algorithm):
 
     @staticmethod
     def check_policy(config, kind: str) -> str | None:
-        kinds = tuple(getattr(make_rule(config), "kinds", ("tabular",)))
+        kinds = rule_kinds(make_rule(config))
         return None if kind in kinds else f"the rule updates {', '.join(kinds)} policies (its 'kinds')"
 
     @staticmethod
@@ -257,7 +334,8 @@ class UserRule(Algorithm):
         before = self.api.queries
         rule = make_rule(self.config)
         vars(rule).update(self.rule_state)
-        new = np.asarray(rule.update(self.api, policy.params, rng), dtype=np.float64)
+        with user_code(f"user rule {self.config.module!r}: update"):
+            new = np.asarray(rule.update(self.api, policy.params, rng), dtype=np.float64)
         self.rule_state = dict(vars(rule))
         if new.shape != np.shape(policy.params):
             raise InputError(f"user rule {self.config.module!r}: update returned shape {new.shape}, "
@@ -271,7 +349,8 @@ class UserRule(Algorithm):
 
         rule = make_rule(self.config)
         vars(rule).update(self.rule_state)
-        loss, samples, queries, stats = lm_update(rule, self.ctx, self.config, q, qm)
+        with user_code(f"user rule {self.config.module!r}: lm_update"):
+            loss, samples, queries, stats = lm_update(rule, self.ctx, self.config, q, qm)
         self.rule_state = dict(vars(rule))
         return Step(None, loss, samples, queries, stats)
 

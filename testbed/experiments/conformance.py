@@ -42,7 +42,16 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.special import log_softmax, softmax
 
-from testbed.algorithms.user import FAMILIES, METHODS, BanditAPI, BudgetExceeded, load_factory, missing_method
+from testbed.algorithms.user import (
+    FAMILIES,
+    METHODS,
+    BanditAPI,
+    BudgetExceeded,
+    load_factory,
+    missing_method,
+    rule_kinds,
+    user_code,
+)
 from testbed.errors import InputError
 from testbed.experiments.conformance_exact import check_steps, fresh, one_thread
 from testbed.problems import PreferenceBandit, TabularBandit, make_preference, make_tabular
@@ -58,7 +67,7 @@ def load_rule(target: str):
         return BUILTINS[name]
     factory = load_factory(target, "check target", FAMILIES)
     rule = factory()
-    for kind in tuple(getattr(rule, "kinds", ("tabular",))):
+    for kind in rule_kinds(rule):
         missing = missing_method(rule, kind)
         if missing:
             raise InputError(f"check target {target!r}: its kinds include {kind!r}, which needs a method {missing}")
@@ -97,7 +106,7 @@ def _run(factory, api: BanditAPI, logits: np.ndarray, T: int, rng: np.random.Gen
 
 def check_mirror_descent(factory) -> list[Result]:
     out = check_steps(factory, Result)
-    if "tabular" not in tuple(getattr(factory(), "kinds", ("tabular",))):
+    if "tabular" not in rule_kinds(factory()):
         return out  # an LM-only rule: the bounds below are about its tabular update
     if hasattr(factory(), "beta"):  # the bound and monotonicity are about J: the unregularised rule
         factory = (lambda f: lambda: fresh(f, beta=0.0))(factory)
@@ -194,9 +203,10 @@ BATTERIES = {"mirror_descent": check_mirror_descent, "equilibrium": check_equili
              "sampled": check_sampled}
 
 
-def run_checks(factory) -> list[Result]:
-    """The battery of the rule's family, on one torch thread (:func:`~testbed.experiments.conformance_exact.one_thread`)."""
-    with one_thread():
+def run_checks(factory, target: str = "the rule") -> list[Result]:
+    """The battery of the rule's family, on one torch thread (:func:`~testbed.experiments.conformance_exact.one_thread`);
+    a SystemExit the rule raises is an input error naming ``target``."""
+    with one_thread(), user_code(f"check target {target!r}: the rule"):
         return _run_battery(factory)
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from testbed import results
 from testbed.algorithms import ALGORITHMS, Step, build_config, check_pairing
+from testbed.errors import InputError
 from testbed.experiments.backends import map_tasks
 from testbed.experiments.spec import RunPlan, Spec, dump_yaml
 from testbed.experiments.theory import kl_frontier, problem_theory, theory
@@ -372,6 +373,10 @@ def _run_spec(spec: Spec, out: Path, overwrite: bool, progress: bool, jobs: int,
     except NumericalError:
         if not any(p.suffix in (".ckpt", ".done") for p in partial.iterdir()):
             shutil.rmtree(partial)  # nothing to keep
+        raise
+    except InputError:  # a user rule's own code failed (a wrong-shape return, an exit): nothing of this run is kept
+        if not resume:  # (a resumed run's earlier work stays for --resume / --reuse)
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     rows, policies, timings, trajectory = [], {}, {}, []
     for plan, (run_rows, params, probs, extra, seconds) in zip(spec.runs, finished):
