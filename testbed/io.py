@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,8 @@ from testbed.errors import InputError
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and move the result to ``path`` in one rename. The temporary file
-    ``.<name>.<pid>.XXXX.tmp`` names its writer: a process killed mid-write (SIGKILL: no clean-up runs) leaves it,
-    and the next write of ``path`` removes those of writers that no longer run."""
+    ``.<name>.<pid>.XXXXXXXX.tmp`` names its writer: a process killed mid-write (SIGKILL: no clean-up runs) leaves
+    it, and a later process's first write into that folder removes those of writers that no longer run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -27,11 +28,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    prefix = f".{path.name}."
-    for p in path.parent.iterdir():
-        pid = p.name[len(prefix):].split(".", 1)[0] if p.name.startswith(prefix) and p.name.endswith(".tmp") else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
-            p.unlink(missing_ok=True)
+    folder = path.parent.resolve()
+    if folder not in _SWEPT:  # once per folder and process: a listing per write cost 17 ms in a 20 000-file folder
+        _SWEPT.add(folder)
+        for p in folder.iterdir():
+            m = _TEMPORARY.fullmatch(p.name)
+            if m and int(m.group(2)) != os.getpid() and not alive(int(m.group(2))):
+                p.unlink(missing_ok=True)
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.(\d+)\.[A-Za-z0-9_]{8}\.tmp")
+"""atomic_write's temporary file, .<name>.<pid>.<mkstemp's 8 characters>.tmp (a file named x.99999.json has the
+temporary .x.99999.json.<pid>.XXXXXXXX.tmp: the pid is the group before the 8 characters, never the name's)."""
+_SWEPT: set[Path] = set()
 
 
 def alive(pid: int) -> bool:

@@ -221,6 +221,24 @@ def test_unread_field_left_out_is_its_default_not_an_error(tmp_path, monkeypatch
     assert rc == 0, err
 
 
+@pytest.mark.parametrize("algorithms,runs", [
+    ("[{name: rebel, mode: [exact, sampled], pairs: 20}]", 2),  # pairs is read by the sampled point
+    ("[{name: dpo, mode: population, pairs: 20, beta: [0.1, 0.2]}]", None),  # pairs: read by neither point
+    ("[{name: dpo, mode: [offline, online], mu: uniform}]", 2),  # mu: read offline
+])
+def test_a_swept_entry_refuses_only_a_field_no_point_reads(tmp_path, monkeypatch, capsys, algorithms, runs):
+    """A sweep over the deciding field: the entry's field is refused only when no point of the sweep reads it
+    (the user cannot 'remove it' for one point of a sweep)."""
+    write_files(tmp_path, {"spec.yaml": spec_text(algorithms=algorithms)})
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "out", "--quiet")
+    if runs is None:
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "pairs is not read with mode: population" in err
+        assert not (tmp_path / "out").exists()
+    else:
+        assert rc == 0, err
+
+
 def test_valid_spec_runs(tmp_path, monkeypatch, capsys):
     """Sanity check for the fixtures above: the unmodified tiny spec is accepted."""
     write_files(tmp_path, VALID)

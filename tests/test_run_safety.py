@@ -252,8 +252,8 @@ def test_the_lock_file_names_its_holder_and_goes_on_release(tmp_path):
 
 def test_a_write_killed_mid_way_leaves_its_temporary_file_only_until_the_next_write(tmp_path):
     """SIGKILL inside ``atomic_write`` runs no clean-up: the target keeps its old bytes and the writer's
-    ``.<name>.<pid>.XXXX.tmp`` stays. The next write of the same file removes it (its writer is dead), but not the
-    temporary file of a writer that still runs."""
+    ``.<name>.<pid>.XXXXXXXX.tmp`` stays. The next process that writes into the folder removes it (its writer is
+    dead), but not the temporary file of a writer that still runs, nor one whose file name holds digits."""
     import signal
     import time
 
@@ -278,8 +278,11 @@ def test_a_write_killed_mid_way_leaves_its_temporary_file_only_until_the_next_wr
     os.waitpid(pid, 0)
     left = [p.name for p in tmp_path.iterdir() if p.name != "metrics.csv"]
     assert len(left) == 1 and left[0].startswith(f".metrics.csv.{pid}.") and target.read_text() == "old\n"
-    running = tmp_path / f".metrics.csv.{os.getppid()}.abcd.tmp"  # a writer that still runs (our parent)
-    running.write_text("in progress")
-    atomic_write_text(target, "new\n")
+    live = [tmp_path / f".metrics.csv.{os.getpid()}.abcd1234.tmp",  # a writer that still runs (this process)
+            tmp_path / f".metrics.csv.{pid}.json.{os.getpid()}.abcd1234.tmp"]  # of 'metrics.csv.<dead pid>.json'
+    for p in live:
+        p.write_text("in progress")
+    subprocess.run([sys.executable, "-c", f"from testbed.io import atomic_write_text; "
+                    f"atomic_write_text({str(target)!r}, 'new\\n')"], check=True)
     assert target.read_text() == "new\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["metrics.csv", running.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["metrics.csv", *(p.name for p in live)])

@@ -225,7 +225,16 @@ def check_pairing(cls: type[Algorithm], problem, where: str, config=None) -> Non
                          f"but problem {problem.name!r} is a {kind} problem" + cls.pairing_hint(kind))
 
 
-def build_config(cls: type, params: dict, where: str, track: str | None = None):
+class UnreadField(InputError):
+    """Fields given where the configuration never reads them (:func:`build_config`'s ``unread_when`` rule):
+    ``messages`` {field: its one-line error}; the error reads as the first."""
+
+    def __init__(self, messages: dict[str, str]):
+        super().__init__(next(iter(messages.values())))
+        self.messages = messages
+
+
+def build_config(cls: type, params: dict, where: str, track: str | None = None, check_unread: bool = True):
     """Build and validate a config dataclass from a dict, naming the bad field on error.
 
     ``track`` ("bandit" or "lm"): fields declared for one track only (metadata ``tracks``) are refused on
@@ -233,7 +242,8 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None):
     official REBEL code's beta = 0.05) replaces the dataclass default when the field is not given. A field given
     where the configuration never reads it (metadata ``unread_when``: {other field: its values that leave this one
     unread}, e.g. DPO's ``pairs`` under ``mode: population``) is refused with ``track`` given (a spec's entry; a run's
-    stored config, every field, is rebuilt without it); its default never is."""
+    stored config, every field, is rebuilt without it) and ``check_unread`` (a sweep checks it over its points: a
+    field read by one point is not refused at another, :class:`UnreadField`); its default never is."""
     fields = {f.name for f in dataclasses.fields(cls)}
     given = set(params)
     seq = track in SEQUENCE_TRACKS
@@ -250,10 +260,11 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None):
         if seq and f.name not in params and (track in f.metadata or "lm" in f.metadata):
             params[f.name] = f.metadata.get(track, f.metadata.get("lm"))
     cfg = cls(**params)
-    for f in dataclasses.fields(cls):
-        for other, values in f.metadata.get("unread_when", {}).items():
-            if track and f.name in given and getattr(cfg, other) in values:
-                raise InputError(f"{where}.{f.name} is not read with {other}: {getattr(cfg, other)} (remove it)")
+    unread = {f.name: f"{where}.{f.name} is not read with {other}: {getattr(cfg, other)} (remove it)"
+              for f in dataclasses.fields(cls) for other, values in f.metadata.get("unread_when", {}).items()
+              if track and check_unread and f.name in given and getattr(cfg, other) in values}
+    if unread:
+        raise UnreadField(unread)
     for f in dataclasses.fields(cls):
         v = getattr(cfg, f.name)
         meta = f.metadata

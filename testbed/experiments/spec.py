@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from testbed.algorithms import ITEM_BYTES, build_config, check_pairing, on_track
+from testbed.algorithms.base import UnreadField
 from testbed.algorithms.user import spec_entry, spec_params
 from testbed.errors import ROW_BYTES, InputError, check_memory, choice, positive_int
 from testbed.io import read_yaml
@@ -299,6 +300,7 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             points, swept = _grid(entry)
         except InputError as e:
             raise InputError(f"{where}.{e}") from None
+        unread = []  # a field unread at every point of the entry is refused; one a swept point reads is not
         for point in points:
             params = {k: v for k, v in point.items() if k not in ("name", "label", "policy", "iterations")}
             params, shown = spec_params(params, base) if point["name"] == "user" else (params, point["name"])
@@ -308,7 +310,11 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
                 v = params.get(f.name)
                 if f.metadata.get("check") == "path" and isinstance(v, str) and v and not Path(v).is_absolute():
                     params[f.name] = str((base / v).resolve())
-            cfg = build_config(cls.Config, params, where, "bandit")
+            try:
+                cfg = build_config(cls.Config, params, where, "bandit")
+            except UnreadField as e:
+                unread.append(e)
+                cfg = build_config(cls.Config, params, where, "bandit", check_unread=False)
             dim = max(getattr(p, "features", np.empty((1, 1, 1))).shape[-1] for p in problems.values())
             for fname, items in cls.items_per_iteration(cfg):
                 check_memory(f"{where}.{fname}", f"{items:.3g} drawn items per iteration", items * ITEM_BYTES * dim)
@@ -318,6 +324,9 @@ def _parse(data: dict, source: str, base: Path) -> Spec:
             policy = _policy(point.get("policy"), f"{where}.policy")
             label, base_label = _label(shown, cfg, swept, point, entry.get("label"))
             configs.append((point["name"], (label, base_label), cfg, {k: point[k] for k in swept}, policy, where, its))
+        everywhere = set.intersection(*(set(e.messages) for e in unread)) if len(unread) == len(points) else set()
+        if everywhere:
+            raise InputError(unread[0].messages[sorted(everywhere)[0]])
     labels = [c[1][0] for c in configs]
     for (_, (label, _), _, _, _, where, _) in configs:
         if ":" in label:  # run ids are problem:label:sN
