@@ -18,9 +18,10 @@ from testbed.errors import InputError  # noqa: E402
 from testbed.io import atomic_write  # noqa: E402
 from testbed.results import read_metrics  # noqa: E402
 
-FLOOR = 1e-16  # log-axis floor: exact updates reach J* to machine precision
+FLOOR = 1e-16  # log-axis floor: exact updates reach J* to machine precision (0 included)
 LOG_Y = {"suboptimality", "kl_reg_gap", "loss", "exploitability", "exploitability_avg"}
-"""Metrics drawn on a log axis — when every plotted value is positive; else a linear axis (plot_run)."""
+"""Metrics drawn on a log axis (values below FLOOR, 0 included, at FLOOR) — unless a plotted value is negative:
+then a linear axis, values unclipped (plot_run)."""
 
 
 def seed_band(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -80,7 +80,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
     if not series:
         raise InputError(f"no values of {y!r} against {x!r} in {str(run_dir)!r}")
     plotted = np.concatenate([m[1] for lines in series.values() for members in lines.values() for m in members])
-    log = y in LOG_Y and bool(np.all(plotted[~np.isnan(plotted)] > 0))  # a log axis cannot show a value <= 0
+    # a log axis cannot show a negative value; an exact 0 (an exact run at J*) is drawn at FLOOR, as 1e-17 is
+    log = y in LOG_Y and bool(np.all(plotted[~np.isnan(plotted)] >= 0))
 
     problems = sorted({k[0] for k in series})
     panels = sorted({k[1] for k in series}, key=lambda v: (v is None, v))
