@@ -116,7 +116,7 @@ def _bt_objective(r: np.ndarray, wins: np.ndarray, Ws: np.ndarray, l2: float, de
         return val
     sig = expit(d)
     grad = -np.sum(wins - Ws * sig, axis=2) + 2 * l2 * r  # Ws·(P − σ(d)) summed over y' (Ws symmetric, P + Pᵀ = 1)
-    s = Ws * sig * expit(-d)
+    s = Ws * sig * sig.swapaxes(1, 2)  # σ(−d) = σ(d)ᵀ bit for bit: d is antisymmetric exactly (fl(a−b) = −fl(b−a))
     H = -s
     i = np.arange(r.shape[1])
     H[:, i, i] += np.sum(s, axis=2) + 2 * l2
