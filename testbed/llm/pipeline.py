@@ -12,7 +12,8 @@ A pipeline folder holds ``pipeline.yaml``::
       - {name: eval, kind: eval, policies: [rebel, ...], reference: sft, reward: rm, judge: {...}, data: {...}}
 
 ``{from: S}`` names an earlier stage; it becomes ``path: <out>/S/checkpoints/<run id>`` (the model that stage saves:
-its first algorithm and seed, ``<algorithm>-0-s<seed>``) with the architecture of S's model, so a dry run counts
+its first algorithm and first seed of its merged spec, a ``like:`` stage's inherited ones included,
+``<algorithm>-0-s<seed>``: :func:`stage_model_path`, the one place writers and readers take it from) with the architecture of S's model, so a dry run counts
 parameters before the folder exists. ``sft`` and ``reward_model`` stages train on a hub data set's pre-tokenised
 fields (the official ``sft.py``/``rm.py``); ``lm`` stages are LM specs (:mod:`testbed.llm.spec`, validated by it);
 ``eval`` scores each policy with the reward stage's model, its KL to the reference stage, and its win rate against
@@ -29,6 +30,7 @@ from pathlib import Path
 from testbed.errors import InputError, nonneg_int, positive_int
 from testbed.io import read_yaml
 from testbed.llm.memory import DTYPE_BYTES, GIB, Held, activation_bytes, config_sizes, layer_values, state_bytes
+from testbed.run_table import make_run_id
 
 KINDS = ("sft", "reward_model", "lm", "eval")
 TRAIN_KEYS = {"lr": float, "adam_eps": float, "scheduler": str, "epochs": int, "per_device_batch": int,
@@ -38,13 +40,20 @@ OPTIONAL_TRAIN_KEYS = {"weight_decay": float, "max_grad_norm": float}  # officia
 DATA_KEYS = {"hf_dataset", "file", "split", "fields", "count"}
 
 
-def _stage_model_path(out: Path, stage: dict) -> str:
-    """Where a stage's trained model lands: <out>/<stage>/checkpoints/<algorithm>-0-s<seed>."""
+def stage_run_id(stage: dict) -> str:
+    """The run id of the model a validated stage saves (its ``checkpoints/`` sub-folder): an lm stage's first
+    algorithm and first seed of its merged spec (a ``like:`` stage's inherited keys included), as
+    :mod:`testbed.llm.train` names it; an sft / reward_model stage's ``<kind>-0-s<seed>``."""
     if stage["kind"] == "lm":
-        algo, seed = stage["spec"]["algorithms"][0]["name"], (stage["spec"].get("seeds") or [0])[0]
-    else:
-        algo, seed = stage["kind"], stage.get("seed", 0)
-    return str(out / stage["name"] / "checkpoints" / f"{algo}-0-s{seed}")
+        spec = stage["lm_spec"]
+        return make_run_id(spec.algorithms[0][0], 0, spec.seeds[0])
+    return make_run_id(stage["kind"], 0, stage.get("seed", 0))
+
+
+def stage_model_path(out: Path, stage: dict) -> str:
+    """Where a validated stage's trained model lands: ``<out>/<stage>/checkpoints/<run id>`` (the writers and
+    every reader: ``{from: S}``, the eval stage)."""
+    return str(out / stage["name"] / "checkpoints" / stage_run_id(stage))
 
 
 def _resolve(entry, where: str, done: dict, out: Path, keep: tuple = ()):
@@ -56,7 +65,7 @@ def _resolve(entry, where: str, done: dict, out: Path, keep: tuple = ()):
         if done[src]["kind"] == "eval":
             raise InputError(f"{where}.from: stage {src!r} is an evaluation; it saves no model")
         base = {k: v for k, v in done[src]["model"].items() if k in ("name", "hidden", "layers", "heads", "seed")}
-        return {**base, **{k: v for k, v in entry.items() if k != "from"}, "path": _stage_model_path(out, done[src])}, src
+        return {**base, **{k: v for k, v in entry.items() if k != "from"}, "path": stage_model_path(out, done[src])}, src
     return entry, None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from testbed import results
 from testbed.experiments.spec import dump_yaml
-from testbed.llm.pipeline import _stage_model_path, load_pipeline
+from testbed.llm.pipeline import load_pipeline, stage_model_path, stage_run_id
 
 
 def _config(st: dict) -> dict:
@@ -37,7 +37,7 @@ def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
     pl = load_pipeline(folder)
     every = pl["checkpoint_every"]
     stages, out = pl["stages"], pl["out"]
-    paths = {n: _stage_model_path(out, st) for n, st in stages.items() if st["kind"] != "eval"}
+    paths = {n: stage_model_path(out, st) for n, st in stages.items() if st["kind"] != "eval"}
     for name, st in stages.items():
         dest = out / name
         if (dest / "meta.json").is_file():
@@ -84,7 +84,7 @@ def _write_stage(dest: Path, st: dict, rows, summary: dict, model, tok, state_di
     prepare_lm_out(dest, overwrite=False)
     with results.RunFolder(dest) as f:
         if model is not None:
-            ck = f.tmp / "checkpoints" / f"{st['kind']}-0-s{st.get('seed', 0)}"
+            ck = f.tmp / "checkpoints" / stage_run_id(st)
             model.save_pretrained(ck, state_dict=state_dict)
             tok.save_pretrained(ck)
         for name, recs in records.items():

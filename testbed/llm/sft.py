@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from testbed.errors import InputError
+from testbed.llm.pipeline import stage_run_id
 from testbed.results import LM_COLUMNS
 
 LOSSES = ("sequence", "response")
@@ -163,7 +164,7 @@ def train_stage(st: dict, acc, model, n_rows: int, loss_fn):
 
     def record(t: int) -> None:
         row = {c: None for c in LM_COLUMNS}
-        row.update(run_id=f"{st['kind']}-0-s{seed}", problem=st["name"], algorithm=st["kind"], seed=seed, iteration=t,
+        row.update(run_id=stage_run_id(st), problem=st["name"], algorithm=st["kind"], seed=seed, iteration=t,
                    samples=t * B, queries=0, wall_time=time.perf_counter() - start, lr=sched.get_last_lr()[0])
         if t:
             row["loss"] = row["loss/policy"] = state.stats["loss"]

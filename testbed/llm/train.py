@@ -48,6 +48,7 @@ from testbed.llm.shards import Shards, stream_seed
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
+from testbed.run_table import make_run_id
 from testbed.training import check_finite, loggers, torch_threads, train
 from testbed.training.checkpoint import load_state, save_state
 from testbed.training.journal import Checkpointer, remove_checkpoint, resume
@@ -273,8 +274,8 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
                                    reuse=reuse) if main else results.partial_dir(out)
     acc.wait_for_everyone()  # process 0 has made (or checked) <out>.partial
     use_partial = partial.is_dir() and (checkpoint_every or resume)
-    runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
-    keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
+    runs = [(n, c, s, make_run_id(n, i, s)) for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
+    keys = {make_run_id(n, i, s): run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
     total = spec.train.iterations * len(runs)
     all_rows, timings = [], {}
     folder = results.RunFolder(out).__enter__() if main else None
