@@ -194,3 +194,39 @@ def test_a_bad_checkpoint_every_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "pipeline.checkpoint_every must be a non-negative integer" in err[0], err
         assert not (tmp_path / "runs").exists()
+
+
+
+def _from(i: int, key: str, src: str):
+    def edit(stages: list) -> None:
+        (stages[i]["spec"] if stages[i]["kind"] == "lm" else stages[i])[key] = {"from": src}
+    return edit
+
+
+def _like_rebel(spec: dict):
+    def edit(stages: list) -> None:
+        stages.insert(4, {"name": "again", "kind": "lm", "like": "rebel", "spec": spec})
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_from(3, "reward", "sft"), "stages[3] (rebel).spec.reward.from: stage 'sft' is a sft stage, not a reward_model stage"),
+    (_like_rebel({"reward": {"from": "rebel"}}),
+     "stages[4] (again).spec.reward.from: stage 'rebel' is a lm stage, not a reward_model stage"),
+    (_from(3, "model", "rm"), "stages[3] (rebel).spec.model.from: stage 'rm' is a reward_model stage, not a policy"),
+    (_like_rebel({"model": {"from": "judge"}}),
+     "stages[4] (again).spec.model.from: stage 'judge' is a reward_model stage, not a policy"),
+    (_from(4, "judge", "sft"), "stages[4] (eval).judge.from: stage 'sft' is a sft stage, not a reward_model stage"),
+], ids=["reward-from-sft", "reward-from-lm", "model-from-rm", "like-model-from-rm", "judge-from-sft"])
+def test_a_from_of_the_wrong_stage_kind_is_one_line(tmp_path, capsys, edit, message):
+    """An lm stage's reward from an sft stage would train against a random score head; its model from an rm
+    stage would load the policy from a reward model: refused before anything runs, as the eval stage's are."""
+    folder = pipeline(tmp_path)
+    raw = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    edit(raw["stages"])
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    for args in (["--dry-run"], ["--quiet"]):
+        assert main(["llm", "pipeline", str(folder), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()

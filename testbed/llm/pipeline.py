@@ -12,9 +12,11 @@ A pipeline folder holds ``pipeline.yaml``::
       - {name: eval, kind: eval, policies: [rebel, ...], reference: sft, reward: rm, judge: {...}, data: {...}}
 
 ``{from: S}`` names an earlier stage; it becomes ``path: <out>/S/checkpoints/<run id>`` (the model that stage saves:
-its first algorithm and first seed of its merged spec, a ``like:`` stage's inherited ones included,
-``<algorithm>-0-s<seed>``: :func:`stage_model_path`, the one place writers and readers take it from) with the architecture of S's model, so a dry run counts
-parameters before the folder exists. ``sft`` and ``reward_model`` stages train on a hub data set's pre-tokenised
+``<algorithm>-0-s<seed>``, the first algorithm and first seed of its merged spec, a ``like:`` stage's inherited ones
+included; :func:`stage_model_path`, which the writers and readers share) with the architecture of S's model, so a
+dry run counts parameters before the folder exists. A policy (an lm stage's ``model``, eval's ``policies`` and
+``reference``) comes from an sft or lm stage, a reward (an lm stage's ``reward``, eval's ``reward`` and ``judge``)
+from a reward_model stage. ``sft`` and ``reward_model`` stages train on a hub data set's pre-tokenised
 fields (the official ``sft.py``/``rm.py``); ``lm`` stages are LM specs (:mod:`testbed.llm.spec`, validated by it);
 ``eval`` scores each policy with the reward stage's model, its KL to the reference stage, and its win rate against
 the data set's reference summaries judged by ``judge`` (a held-out reward model, or ``module: pkg.mod:fn`` for an
@@ -144,15 +146,23 @@ def _check_recentre(st: dict, where: str) -> None:
                          f"(got {d['fields']})")
 
 
+POLICY, REWARD = ("sft", "lm"), ("reward_model",)  # the stage kinds that save a policy / a reward model
+
+
+def _check_source(where: str, src: str | None, done: dict, kinds: tuple) -> None:
+    """A stage read as a policy (``kinds`` POLICY) or as a reward model (REWARD) must be one."""
+    if src is not None and done[src]["kind"] not in kinds:
+        what = "a policy (an sft or lm stage)" if kinds == POLICY else "a reward_model stage"
+        raise InputError(f"{where}: stage {src!r} is a {done[src]['kind']} stage, not {what}")
+
+
 def _check_eval(st: dict, where: str, done: dict) -> None:
     from testbed.errors import positive_number
     for j, p in enumerate(st["policies"]):
-        if done[p]["kind"] not in ("sft", "lm"):
-            raise InputError(f"{where}.policies[{j}]: stage {p!r} is a {done[p]['kind']} stage, not a policy")
-    if done[st["reference"]]["kind"] not in ("sft", "lm"):
-        raise InputError(f"{where}.reference: stage {st['reference']!r} is not a policy (an sft or lm stage)")
-    if done[st["reward"]]["kind"] != "reward_model":
-        raise InputError(f"{where}.reward: stage {st['reward']!r} is not a reward_model stage")
+        _check_source(f"{where}.policies[{j}]", p, done, POLICY)
+    _check_source(f"{where}.reference", st["reference"], done, POLICY)
+    _check_source(f"{where}.reward", st["reward"], done, REWARD)
+    _check_source(f"{where}.judge.from", st.get("judge_from"), done, REWARD)
     if len(st["data"]["fields"]) != 2:
         raise InputError(f"{where}.data.fields must be [query, reference_response] (got {st['data']['fields']})")
     positive_number(f"{where}.temperature", st.get("temperature", 0.01))
@@ -208,9 +218,11 @@ def load_pipeline(folder: str | Path) -> dict:
                 spec = {**copy.deepcopy(done[like]["raw_spec"]), **spec}
             st["raw_spec"] = copy.deepcopy(spec)
             spec["model"], st["model_from"] = _resolve(spec.get("model"), f"{where}.spec.model", done, out)
+            _check_source(f"{where}.spec.model.from", st["model_from"], done, POLICY)
             rw = spec.get("reward")
             if isinstance(rw, dict) and "from" in rw:
                 m, st["reward_from"] = _resolve({"from": rw["from"]}, f"{where}.spec.reward", done, out)
+                _check_source(f"{where}.spec.reward.from", st["reward_from"], done, REWARD)
                 spec["reward"] = {**{k: v for k, v in rw.items() if k != "from"}, "kind": "model",
                                   **{k: v for k, v in m.items() if k in ("name", "path")}}
             spec.setdefault("name", f"{raw.get('name', folder.name)}_{name}")
