@@ -230,3 +230,49 @@ def test_a_from_of_the_wrong_stage_kind_is_one_line(tmp_path, capsys, edit, mess
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def _short(folder: Path, n: int) -> dict:
+    """The toy pipeline's first n stages, one epoch each (sft, rm, judge, rebel, ...)."""
+    raw = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    raw["stages"] = raw["stages"][:n]
+    for s in raw["stages"]:
+        if "train" in s and "epochs" in s["train"]:
+            s["train"]["epochs"] = 1
+    return raw
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda st: st[0]["train"].__setitem__("lr", 2e-2), "train.lr (saved 0.01, now 0.02)"),
+    (lambda st: st[0].__setitem__("seed", 9), "seed (saved 3, now 9)"),
+    (lambda st: st[3]["spec"]["algorithms"][0].__setitem__("eta", 2.0), "algorithms[0].eta (saved 1.0, now 2.0)"),
+], ids=["sft-lr", "sft-seed", "rebel-eta"])
+def test_a_finished_stage_with_another_config_is_refused(tmp_path, capsys, edit, field):
+    """Editing a finished stage's lr / seed / eta and rerunning printed `done` and kept the old results."""
+    folder = pipeline(tmp_path)
+    raw = _short(folder, 4)
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0  # unchanged: every stage reused
+    assert capsys.readouterr().err.count(": done (") == 4
+    edit(raw["stages"])
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = raw["stages"][0 if field != "algorithms[0].eta (saved 1.0, now 2.0)" else 3]["name"]
+    assert len(err) == 1 and f"stage {name}: the finished" in err[0] and field in err[0] and "delete" in err[0], err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
+
+
+def test_a_missing_upstream_model_is_one_line(tmp_path, capsys):
+    """An lm stage that saves no model (train.save false) read by a later stage: exit 2 before that stage starts."""
+    folder = pipeline(tmp_path)
+    raw = _short(folder, 6)
+    raw["stages"][3]["spec"]["train"]["save"] = False
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("testbed:")]  # after the stages' progress
+    assert len(err) == 1 and "stage eval: reads stage rebel's model" in err[0] and "does not exist" in err[0], err
+    assert not (tmp_path / "runs" / "eval").exists()

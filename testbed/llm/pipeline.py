@@ -58,6 +58,15 @@ def stage_model_path(out: Path, stage: dict) -> str:
     return str(out / stage["name"] / "checkpoints" / stage_run_id(stage))
 
 
+def stage_reads(st: dict) -> list[str]:
+    """The earlier stages whose saved models a validated stage loads (``{from: S}``, eval's policies and models)."""
+    if st["kind"] == "eval":
+        names = [*st["policies"], st["reference"], st["reward"], st.get("judge_from")]
+    else:
+        names = [st.get("model_from"), st.get("reward_from")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
 def _resolve(entry, where: str, done: dict, out: Path, keep: tuple = ()):
     """A model entry with ``from: STAGE`` replaced by that stage's output folder and architecture."""
     if isinstance(entry, dict) and "from" in entry:
@@ -200,7 +209,7 @@ def load_pipeline(folder: str | Path) -> dict:
             _check_train(st.get("train"), f"{where}.train")
             nonneg_int(f"{where}.seed", st.get("seed", 0))
             st["zero_stage"], st["deepspeed_16bit"] = _deepspeed(st.get("deepspeed"), f"{where}.deepspeed", folder)
-            st["deepspeed_path"] = str(folder / st["deepspeed"]) if st.get("deepspeed") else None
+            st["deepspeed_path"] = os.path.abspath(folder / st["deepspeed"]) if st.get("deepspeed") else None
             if st.get("eval_data") is not None:
                 _check_data(st["eval_data"], f"{where}.eval_data")
             from testbed.llm.sft import LOSSES

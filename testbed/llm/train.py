@@ -238,6 +238,14 @@ LM_RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "timings.json", "samp
                 "preferences.jsonl", "reward_model.pt"}
 
 
+def resolved_spec(spec: LMSpec) -> dict:
+    """A finished run folder's config.yaml, but its process count and input hashes: the spec with every algorithm's
+    resolved configuration, the seeds and every train field."""
+    return {**spec.raw, "algorithms": [{**a, "sequences_per_item": ALGORITHMS[n].sequences_per_item(c)}
+                                       for n, c, a in spec.algorithms],
+            "seeds": spec.seeds, "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__}}
+
+
 def prepare_lm_out(out: Path, overwrite: bool) -> None:
     results.prepare_out(out, overwrite, LM_RUN_FILES)
 
@@ -326,11 +334,7 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
         acc.wait_for_everyone()
         if not main:
             return None
-        resolved = {**spec.raw, "algorithms": [{**a, "sequences_per_item": ALGORITHMS[n].sequences_per_item(c)}
-                                                   for n, c, a in spec.algorithms],
-                    "seeds": spec.seeds,
-                    "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__},
-                    "processes": acc.num_processes, **({"inputs": inputs} if inputs else {})}
+        resolved = {**resolved_spec(spec), "processes": acc.num_processes, **({"inputs": inputs} if inputs else {})}
         measured_times = {"seconds": timings}
         if study_summary:
             study_summary = dict(study_summary)
