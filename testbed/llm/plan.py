@@ -81,7 +81,7 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
         act = activation_bytes(h, L, a, V, micro, seq, act_dtype, checkpointing, response=tr.max_new_tokens, **kw)
         if critic:  # the critic's backbone holds as much again, without logits
             act += activation_bytes(h, L, a, 0, micro, seq, act_dtype, checkpointing, **kw)
-        rollout = tr.batch // (N * K) * cls.items_per_prompt(cfg) if cls.needs_prompts(cfg) else 0  # a shard's
+        rollout = tr.batch // (N * K) * cls.generated_per_prompt(cfg) if cls.needs_prompts(cfg) else 0  # a shard's
         kv = kv_cache_bytes(h, L, rollout, seq, dtype)
         total = st["weights"] + st["grads"] + st["optimizer"] + max(act, kv)
         out["algorithms"].append({"name": name, "models": [{"model": m.name, "parameters": m.parameters,
