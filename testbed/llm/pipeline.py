@@ -311,8 +311,8 @@ def stage_plan(st: dict, stages: dict) -> dict:
         models.append({"model": role, "parameters": _count(e, kindm), "trainable": 0,
                        "dtype": e.get("dtype", "float32") if kindm == "causal" else "float32", "from": src})
     if "module" not in st["judge"]:
-        models.append({"model": "judge", "parameters": _count(st["judge"], "score"), "trainable": 0, "dtype": "float32",
-                       "from": st["judge_from"]})
+        models.append({"model": "judge", "parameters": _count(st["judge"], "score"), "trainable": 0,
+                       "dtype": st["judge"].get("dtype", "float32"), "from": st["judge_from"]})
     weights = max(m["parameters"] * DTYPE_BYTES[m["dtype"]] for m in models)  # the phases load one model each
     return {"models": models, "total_gib": weights / GIB, "processes": 1, "detail": {}}
 

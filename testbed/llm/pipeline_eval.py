@@ -55,9 +55,9 @@ def _module_judge(fn, tok, q, qm, y, yref):
 
 
 def _reward(entry: dict, tok, device):
-    from testbed.llm.models import load_reward_model
+    from testbed.llm.models import load_reward_model, reward_model_entry
     from testbed.llm.rewards import RewardModel
-    m = load_reward_model({k: entry[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in entry})
+    m = load_reward_model(reward_model_entry(entry))
     return RewardModel(m.to(device).eval().requires_grad_(False), tok.pad_token_id, tok.eos_token_id)
 
 

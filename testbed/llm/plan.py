@@ -15,7 +15,7 @@ from pathlib import Path
 
 from testbed.algorithms import ALGORITHMS
 from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, kv_cache_bytes, layer_values, state_bytes
-from testbed.llm.models import TINY, count_parameters, lora_parameters, model_config
+from testbed.llm.models import TINY, count_parameters, lora_parameters, model_config, reward_model_entry
 from testbed.llm.spec import LMSpec
 
 
@@ -32,10 +32,6 @@ def deepspeed_16bit(spec) -> bool:
     return bool(ds) and any((ds.get(k) or {}).get("enabled") in (True, "auto") for k in ("bf16", "fp16"))
 
 
-def _reward_entry(rm: dict) -> dict:
-    return {k: rm[k] for k in ("name", "path", "hidden", "layers", "heads") if k in rm}
-
-
 def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
     """Models held, parameters and estimated memory per process for each algorithm of the spec (activations with
     gradient checkpointing when ``checkpointing`` or the spec's ``model.gradient_checkpointing``)."""
@@ -46,7 +42,7 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
     trainable = lora_parameters(spec.model, lora["r"], lora.get("target_modules")) if lora else P
     tdtype = "float32" if lora else dtype
     rm = spec.reward
-    R = count_parameters(_reward_entry(rm), "score") if rm.get("kind") == "model" else 0
+    R = count_parameters(reward_model_entry(rm), "score") if rm.get("kind") == "model" else 0
     critic_full = count_parameters(spec.model, "score")  # backbone + a one-output head
     ref_copy = spec.reference == "copy" or (spec.reference == "auto" and not lora)
     N, Z, ds16 = spec.accelerate.num_processes, zero_stage(spec), deepspeed_16bit(spec)
@@ -71,7 +67,7 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
         if online and rm.get("kind") == "bradley_terry":  # its size is the installed embedder's, not counted here
             held.append(Held("reward model (frozen MiniLM embedder + Bradley–Terry head, not counted)", 0))
         elif online and R:
-            held.append(Held("reward model", R, 0, "float32"))
+            held.append(Held("reward model", R, 0, rm.get("dtype", "float32")))
         elif online:
             held.append(Held("reward function (no model)", 0))
         st = state_bytes(held, Z, N, ds16)

@@ -35,11 +35,11 @@ from testbed.algorithms.base import build_config, count, flag, nonneg, nonneg_co
 from testbed.errors import ROW_BYTES, InputError, check_memory, positive_int
 from testbed.io import read_yaml
 from testbed.llm.checks import PROMPT_BYTES, check_lora, check_prompt_lengths, check_reward_module
-from testbed.llm.models import check_model
+from testbed.llm.models import REWARD_MODEL_KEYS, check_model, reward_model_entry
 
 TOP_KEYS = {"name", "description", "kind", "model", "lora", "prompts", "eval_prompts", "reward", "algorithms", "seeds",
             "train", "accelerate", "reference"}
-REWARD_KEYS = {"kind", "name", "path", "token", "hidden", "layers", "heads", "seed", "module"}
+REWARD_KEYS = {"kind", "token", "module", *REWARD_MODEL_KEYS}
 BT_KEYS = {"kind", "pairs", "epochs", "lr", "seed", "holdout", "target_words", "length_penalty", "temperature"}
 PREFERENCES = "preferences"
 """DPO's ``dataset: preferences``: the oracle-labelled pairs a bradley_terry reward builds in the run folder."""
@@ -165,7 +165,7 @@ def _check_reward(entry, where: str, base: Path) -> dict:
         if "token" in entry and (not isinstance(entry["token"], str) or not entry["token"]):
             raise InputError(f"{where}.token must be a word (a token of the tokenizer) (got {entry['token']!r})")
     elif kind == "model":
-        model = {k: entry[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in entry}
+        model = reward_model_entry(entry)
         if "path" in model and not Path(model["path"]).is_absolute():
             model["path"] = str(base / model["path"])
         check_model(model, where)
