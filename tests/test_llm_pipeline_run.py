@@ -276,3 +276,63 @@ def test_a_missing_upstream_model_is_one_line(tmp_path, capsys):
     err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("testbed:")]  # after the stages' progress
     assert len(err) == 1 and "stage eval: reads stage rebel's model" in err[0] and "does not exist" in err[0], err
     assert not (tmp_path / "runs" / "eval").exists()
+
+
+def _set(path: str, value):
+    """An edit of the toy pipeline: ``path`` like ``stages.4.policies`` (``.`` between keys and list indices)."""
+    def edit(raw: dict) -> None:
+        *head, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node = raw
+        for k in head:
+            node = node[k]
+        node[last] = value
+    return edit
+
+
+def _ds_file(text: str):
+    def edit(raw: dict, folder: Path) -> None:
+        (folder / "ds.json").write_text(text)
+        raw["stages"][0]["deepspeed"] = "ds.json"
+    return edit
+
+
+OOV = [5, 6, 70000, 1, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("edit, message, dry", [
+    (_set("stages.1.model", {"from": ["sft"]}),
+     "stages[1] (rm).model.from must be the name of an earlier stage (got ['sft'])", 1),
+    (_set("stages.3.spec.reward", {"from": ["rm"]}), "stages[3] (rebel).spec.reward.from must be the name of an earlier", 1),
+    (_set("stages.4.policies", [["rebel"]]), "stages[4] (eval).policies[0].from must be the name of an earlier stage", 1),
+    (_set("stages.4.reference", ["sft"]), "stages[4] (eval).reference.from must be the name of an earlier stage", 1),
+    (lambda raw: raw["stages"].insert(4, {"name": "x", "kind": "lm", "like": ["rebel"], "spec": {}}),
+     "stages[4] (x).like: ['rebel'] is not an earlier lm stage", 1),
+    (_set("out", 5), "pipeline.out must be a folder path (got 5)", 1),
+    (_set("stages.0.deepspeed", 5), "stages[0] (sft).deepspeed must be the path of a DeepSpeed JSON config (got 5)", 1),
+    (_ds_file('{"zero_optimization": {"stage": "x"}}'), "(sft).deepspeed: zero_optimization.stage must be 0, 1, 2 or 3", 1),
+    (_ds_file('{"zero_optimization": [1]}'), "(sft).deepspeed: zero_optimization must be a JSON object", 1),
+    (_ds_file('{"bf16": true}'), "(sft).deepspeed: bf16 must be a JSON object", 1),
+    (_ds_file("[1, 2]"), "must hold a JSON object (a DeepSpeed config)", 1),
+    (_set("stages.0.name", "a/b"), "stages[0] (a/b).name must be a folder name", 1),
+    (_set("stages.2.name", ".."), "stages[2] (..).name must be a folder name", 1),
+    (_set("stages.1.eval_data.fields", ["query_chosen_token"]),
+     "stages[1] (rm).eval_data.fields must be [chosen, rejected] sequences (got ['query_chosen_token'])", 1),
+    (_set("stages.0.data.file", "oov.jsonl"), "stage sft.data.fields: 'query_reference_response_token' holds token id "
+     "70000, outside the model's vocabulary [0, 15)", 0),
+    (_set("stages.0.data.file", "neg.jsonl"), "holds token id -3, outside the model's vocabulary [0, 15)", 0),
+], ids=["model-from-list", "reward-from-list", "policies-list", "reference-list", "like-list", "out-int",
+        "deepspeed-int", "ds-stage-str", "ds-zero-list", "ds-bf16-bool", "ds-list", "name-slash", "name-dotdot",
+        "rm-eval-data-1-field", "oov-token", "negative-token"])
+def test_bad_inputs_are_one_line_naming_the_field(tmp_path, capsys, edit, message, dry):
+    """Each ended in an internal error (rc 1: TypeError, AttributeError, ValueError, IndexError)."""
+    folder = pipeline(tmp_path)
+    for name, ids in (("oov", OOV), ("neg", [5, 6, -3, 1, 0, 0, 0, 0])):
+        (folder / f"{name}.jsonl").write_text(json.dumps({"query_reference_response_token": ids}) + "\n")
+    raw = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    if not dry:
+        raw["stages"] = raw["stages"][:1]
+    edit(raw, folder) if edit.__code__.co_argcount == 2 else edit(raw)
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "pipeline", str(folder), "--dry-run" if dry else "--quiet"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("testbed:")]
+    assert len(err) == 1 and message in err[0], err

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 from testbed.errors import InputError, nonneg_int, positive_int
@@ -71,6 +72,8 @@ def _resolve(entry, where: str, done: dict, out: Path, keep: tuple = ()):
     """A model entry with ``from: STAGE`` replaced by that stage's output folder and architecture."""
     if isinstance(entry, dict) and "from" in entry:
         src = entry["from"]
+        if not isinstance(src, str):
+            raise InputError(f"{where}.from must be the name of an earlier stage (got {src!r})")
         if src not in done:
             raise InputError(f"{where}.from: {src!r} is not an earlier stage (earlier: {', '.join(done) or 'none'})")
         if done[src]["kind"] == "eval":
@@ -103,16 +106,13 @@ def _check_data(entry, where: str) -> dict:
 
 def _deepspeed(path, where: str, folder: Path) -> tuple[int, bool]:
     """(ZeRO stage, 16-bit) of a stage's DeepSpeed JSON config (none: (0, False), plain torch AdamW)."""
-    import json
+    from testbed.llm.distributed import deepspeed_settings, read_deepspeed
     if path is None:
         return 0, False
+    if not isinstance(path, str) or not path:
+        raise InputError(f"{where} must be the path of a DeepSpeed JSON config (got {path!r})")
     p = Path(path) if Path(path).is_absolute() else folder / path
-    try:
-        cfg = json.loads(p.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{where}: {str(p)!r} is not a readable JSON file") from None
-    return (int(cfg.get("zero_optimization", {}).get("stage", 0)),
-            any((cfg.get(k) or {}).get("enabled") in (True, "auto") for k in ("bf16", "fp16")))
+    return deepspeed_settings(read_deepspeed(str(p), where), where)
 
 
 def _check_train(entry, where: str) -> dict:
@@ -190,6 +190,8 @@ def load_pipeline(folder: str | Path) -> dict:
     raw = read_yaml(f, "pipeline")
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
         raise InputError("pipeline.stages must be a non-empty list of stages")
+    if raw.get("out") is not None and (not isinstance(raw["out"], str) or not raw["out"]):
+        raise InputError(f"pipeline.out must be a folder path (got {raw['out']!r})")
     out = Path(raw.get("out") or f"runs/{raw.get('name') or folder.name}").absolute()  # as --out: from the working folder
     done: dict[str, dict] = {}
     for i, st in enumerate(raw["stages"]):
@@ -199,19 +201,24 @@ def load_pipeline(folder: str | Path) -> dict:
         st = copy.deepcopy(st)
         name, kind = st["name"], st.get("kind")
         where = f"stages[{i}] ({name})"
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):  # <out>/<name>/ is its folder
+            raise InputError(f"{where}.name must be a folder name: letters, digits, '_', '-', '.', not starting "
+                             f"with '.' or '-' (got {name!r})")
         if name in done:
             raise InputError(f"{where}.name: a stage {name!r} comes earlier")
         if kind not in KINDS:
             raise InputError(f"{where}.kind must be one of {', '.join(KINDS)} (got {kind!r})")
         if kind in ("sft", "reward_model"):
             st["model"], st["model_from"] = _model(st.get("model"), f"{where}.model", done, out)
-            _check_data(st.get("data"), f"{where}.data")
+            for k in ("data", "eval_data"):
+                if k == "data" or st.get(k) is not None:
+                    fields = _check_data(st.get(k), f"{where}.{k}")["fields"]
+                    if kind == "reward_model" and len(fields) != 2:
+                        raise InputError(f"{where}.{k}.fields must be [chosen, rejected] sequences (got {fields})")
             _check_train(st.get("train"), f"{where}.train")
             nonneg_int(f"{where}.seed", st.get("seed", 0))
             st["zero_stage"], st["deepspeed_16bit"] = _deepspeed(st.get("deepspeed"), f"{where}.deepspeed", folder)
             st["deepspeed_path"] = os.path.abspath(folder / st["deepspeed"]) if st.get("deepspeed") else None
-            if st.get("eval_data") is not None:
-                _check_data(st["eval_data"], f"{where}.eval_data")
             from testbed.llm.sft import LOSSES
             if st.get("loss", "sequence") not in LOSSES or kind == "reward_model" and "loss" in st:
                 raise InputError(f"{where}.loss must be one of {', '.join(LOSSES)} (sft stages only; got {st.get('loss')!r})")
@@ -222,7 +229,7 @@ def load_pipeline(folder: str | Path) -> dict:
                 raise InputError(f"{where}.spec must be an LM spec mapping")
             like = st.get("like")
             if like is not None:  # another lm stage's spec with these top-level keys replaced
-                if like not in done or done[like]["kind"] != "lm":
+                if not isinstance(like, str) or like not in done or done[like]["kind"] != "lm":
                     raise InputError(f"{where}.like: {like!r} is not an earlier lm stage")
                 spec = {**copy.deepcopy(done[like]["raw_spec"]), **spec}
             st["raw_spec"] = copy.deepcopy(spec)

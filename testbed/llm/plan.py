@@ -10,26 +10,17 @@ rollout's KV cache.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from testbed.algorithms import ALGORITHMS
+from testbed.llm.distributed import deepspeed_settings, read_deepspeed
 from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, kv_cache_bytes, layer_values, state_bytes
 from testbed.llm.models import TINY, count_parameters, lora_parameters, model_config, reward_model_entry
 from testbed.llm.spec import LMSpec
 
 
-def deepspeed_config(spec) -> dict:
-    return json.loads(Path(spec.accelerate.deepspeed).read_text()) if spec.accelerate.deepspeed else {}
-
-
-def zero_stage(spec: LMSpec) -> int:
-    return int(deepspeed_config(spec).get("zero_optimization", {}).get("stage", 0))
-
-
-def deepspeed_16bit(spec) -> bool:
-    ds = deepspeed_config(spec)
-    return bool(ds) and any((ds.get(k) or {}).get("enabled") in (True, "auto") for k in ("bf16", "fp16"))
+def deepspeed(spec: LMSpec) -> tuple[int, bool]:
+    """(ZeRO stage, 16-bit) of the spec's accelerate.deepspeed config ((0, False): none)."""
+    a = spec.accelerate.deepspeed
+    return deepspeed_settings(read_deepspeed(a, "accelerate.deepspeed"), "accelerate.deepspeed") if a else (0, False)
 
 
 def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
@@ -45,7 +36,7 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
     R = count_parameters(reward_model_entry(rm), "score") if rm.get("kind") == "model" else 0
     critic_full = count_parameters(spec.model, "score")  # backbone + a one-output head
     ref_copy = spec.reference == "copy" or (spec.reference == "auto" and not lora)
-    N, Z, ds16 = spec.accelerate.num_processes, zero_stage(spec), deepspeed_16bit(spec)
+    N, (Z, ds16) = spec.accelerate.num_processes, deepspeed(spec)
     mcfg = model_config(spec.model)
     h, L, a, V = config_sizes(mcfg)
     kw = {"values": layer_values(mcfg), "eager_attention": spec.model.get("name") in TINY}  # tiny models: eager

@@ -24,7 +24,6 @@ Every bad field raises :class:`InputError` with a one-line message before any mo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -277,10 +276,8 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     if acc.deepspeed:
         p = Path(acc.deepspeed)
         acc.deepspeed = str(p if p.is_absolute() else base / p)
-        try:
-            json.loads(Path(acc.deepspeed).read_text())
-        except (OSError, ValueError):
-            raise InputError(f"accelerate.deepspeed: {acc.deepspeed!r} is not a readable JSON file") from None
+        from testbed.llm.distributed import deepspeed_settings, read_deepspeed
+        deepspeed_settings(read_deepspeed(acc.deepspeed, "accelerate.deepspeed"), "accelerate.deepspeed")
     if acc.fsdp is not None:
         from testbed.llm.distributed import check_fsdp
         check_fsdp(acc.fsdp)
