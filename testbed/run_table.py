@@ -18,6 +18,12 @@ import yaml
 KEYS = ("run_id", "problem", "algorithm", "name", "seed", "iterations")
 
 
+def make_run_id(algorithm: str, index: int, seed: int) -> str:
+    """A run's id in an LM / diffusion run folder: ``<algorithm>-<index in algorithms>-s<seed>`` (also its
+    ``checkpoints/`` sub-folder); the one place the name is made."""
+    return f"{algorithm}-{index}-s{seed}"
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out: dict = {}
     for k, v in d.items():
@@ -49,7 +55,7 @@ def runs_from_config(config: dict, reserved=()) -> list[dict]:
         rows = []
         for i, a in enumerate(config["algorithms"]):
             for s in config["seeds"]:
-                rows.append({"run_id": f"{a['name']}-{i}-s{s}", "problem": config.get("name"),
+                rows.append({"run_id": make_run_id(a["name"], i, s), "problem": config.get("name"),
                              "algorithm": a.get("label", a["name"]), "name": a["name"], "seed": s, "iterations": iterations,
                              **_hyper({k: v for k, v in a.items() if k not in ("name", "label")}, reserved)})
         return rows

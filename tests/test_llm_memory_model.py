@@ -145,3 +145,25 @@ def test_the_plan_of_the_paper_spec_moves_with_checkpointing(monkeypatch):
     for p in (a, c):
         assert p["total_gib"] == pytest.approx(p["weights_gib"] + p["grads_gib"] + p["optimizer_gib"]
                                                + max(p["activations_gib"], p["kv_cache_gib"]), rel=1e-12)
+
+
+@pytest.mark.parametrize("algorithm, per_prompt", [
+    ({"name": "rebel", "eta": 1.0}, 2), ({"name": "rebel", "eta": 1.0, "y_prime": "ref"}, 1),
+    ({"name": "dpo", "mode": "online", "beta": 0.1}, 2), ({"name": "rloo", "k": 3}, 3), ({"name": "ppo"}, 1),
+], ids=["rebel", "rebel-yprime-ref", "dpo-online", "rloo-k3", "ppo"])
+def test_the_plans_rollout_is_the_algorithms_largest_generate_call(tmp_path, monkeypatch, algorithm, per_prompt):
+    """The KV cache is sized for the sequences one generate call samples: REBEL and online DPO draw both
+    responses of a batch of B prompts in one call (2B), RLOO k·B (the plan counted B for REBEL/DPO)."""
+    from llm_helpers import toy_spec
+
+    from testbed.llm.backend import LMBackend
+    from testbed.llm.plan import plan
+    from testbed.llm.spec import parse_lm_spec
+    from testbed.llm.train import run_lm_spec
+
+    spec = parse_lm_spec(toy_spec(algorithm, iterations=1, batch=8, minibatch=8, eval_every=1))
+    calls, real = [], LMBackend.sample
+    monkeypatch.setattr(LMBackend, "sample", lambda self, q, qm, ref=False: calls.append(len(q)) or real(self, q, qm, ref))
+    run_lm_spec(spec, tmp_path / "out", progress=False)
+    assert max(calls) == 8 * per_prompt
+    assert plan(spec)["algorithms"][0]["rollout_sequences"] == max(calls)

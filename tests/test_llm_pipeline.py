@@ -132,3 +132,34 @@ def test_count_limits_an_hf_dataset_split(monkeypatch):
     assert make_prompts({"hf_dataset": "a/b", "split": "validation", "field": "query", "count": 3}) == ["q0", "q1", "q2"]
     assert len(make_prompts({"hf_dataset": "a/b", "field": "query", "count": 30})) == 10
     assert len(make_prompts({"hf_dataset": "a/b", "field": "query"})) == 10
+
+
+def test_a_like_stage_resolves_the_folder_its_run_writes(tmp_path):
+    """A `like:` stage inherits its base's keys (seeds, algorithms): `{from: S}` and the eval stage read
+    <out>/S/checkpoints/<first algorithm>-0-s<first inherited seed>, the folder `testbed llm run` writes."""
+    from testbed.llm.pipeline import stage_model_path
+    from testbed.llm.train import run_lm_spec
+    a = toy_spec({"name": "rebel", "eta": 1.0}, seeds=(7,), iterations=1, save=True)
+    stages = [{"name": "a", "kind": "lm", "spec": a},
+              {"name": "b", "kind": "lm", "like": "a", "spec": {"algorithms": [{"name": "rloo", "k": 2}]}},
+              {"name": "c", "kind": "lm", "like": "a", "spec": {"seeds": [3]}},  # algorithms inherited
+              {"name": "d", "kind": "lm", "like": "a", "spec": {"model": {"from": "b"}}}]
+    pl = load_pipeline(_tiny_pipeline(tmp_path, stages))
+    st, out = pl["stages"], pl["out"]
+    assert stage_model_path(out, st["b"]) == str(out / "b" / "checkpoints" / "rloo-0-s7")
+    assert stage_model_path(out, st["c"]) == str(out / "c" / "checkpoints" / "rebel-0-s3")
+    path = st["d"]["lm_spec"].model["path"]
+    assert path == stage_model_path(out, st["b"]) and not Path(path).exists()
+    run_lm_spec(st["b"]["lm_spec"], out / "b", progress=False)
+    assert (Path(path) / "config.json").is_file()
+
+
+@pytest.mark.parametrize("folder", [p.parent for p in PIPELINES], ids=lambda p: p.name)
+def test_the_shipped_like_stages_resolve_their_inherited_seed(folder, monkeypatch):
+    from testbed.llm.pipeline import stage_model_path
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pl = load_pipeline(folder)
+    st, out = pl["stages"], pl["out"]
+    seed = st["rebel"]["raw_spec"]["seeds"][0]
+    for name in ("rebel", "ppo", "dpo", "rloo"):
+        assert stage_model_path(out, st[name]) == str(out / name / "checkpoints" / f"{name}-0-s{seed}"), name

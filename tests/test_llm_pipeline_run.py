@@ -194,3 +194,145 @@ def test_a_bad_checkpoint_every_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "pipeline.checkpoint_every must be a non-negative integer" in err[0], err
         assert not (tmp_path / "runs").exists()
+
+
+
+def _from(i: int, key: str, src: str):
+    def edit(stages: list) -> None:
+        (stages[i]["spec"] if stages[i]["kind"] == "lm" else stages[i])[key] = {"from": src}
+    return edit
+
+
+def _like_rebel(spec: dict):
+    def edit(stages: list) -> None:
+        stages.insert(4, {"name": "again", "kind": "lm", "like": "rebel", "spec": spec})
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_from(3, "reward", "sft"), "stages[3] (rebel).spec.reward.from: stage 'sft' is a sft stage, not a reward_model stage"),
+    (_like_rebel({"reward": {"from": "rebel"}}),
+     "stages[4] (again).spec.reward.from: stage 'rebel' is a lm stage, not a reward_model stage"),
+    (_from(3, "model", "rm"), "stages[3] (rebel).spec.model.from: stage 'rm' is a reward_model stage, not a policy"),
+    (_like_rebel({"model": {"from": "judge"}}),
+     "stages[4] (again).spec.model.from: stage 'judge' is a reward_model stage, not a policy"),
+    (_from(4, "judge", "sft"), "stages[4] (eval).judge.from: stage 'sft' is a sft stage, not a reward_model stage"),
+], ids=["reward-from-sft", "reward-from-lm", "model-from-rm", "like-model-from-rm", "judge-from-sft"])
+def test_a_from_of_the_wrong_stage_kind_is_one_line(tmp_path, capsys, edit, message):
+    """An lm stage's reward from an sft stage would train against a random score head; its model from an rm
+    stage would load the policy from a reward model: refused before anything runs, as the eval stage's are."""
+    folder = pipeline(tmp_path)
+    raw = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    edit(raw["stages"])
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    for args in (["--dry-run"], ["--quiet"]):
+        assert main(["llm", "pipeline", str(folder), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def _short(folder: Path, n: int) -> dict:
+    """The toy pipeline's first n stages, one epoch each (sft, rm, judge, rebel, ...)."""
+    raw = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    raw["stages"] = raw["stages"][:n]
+    for s in raw["stages"]:
+        if "train" in s and "epochs" in s["train"]:
+            s["train"]["epochs"] = 1
+    return raw
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda st: st[0]["train"].__setitem__("lr", 2e-2), "train.lr (saved 0.01, now 0.02)"),
+    (lambda st: st[0].__setitem__("seed", 9), "seed (saved 3, now 9)"),
+    (lambda st: st[3]["spec"]["algorithms"][0].__setitem__("eta", 2.0), "algorithms[0].eta (saved 1.0, now 2.0)"),
+], ids=["sft-lr", "sft-seed", "rebel-eta"])
+def test_a_finished_stage_with_another_config_is_refused(tmp_path, capsys, edit, field):
+    """Editing a finished stage's lr / seed / eta and rerunning printed `done` and kept the old results."""
+    folder = pipeline(tmp_path)
+    raw = _short(folder, 4)
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0  # unchanged: every stage reused
+    assert capsys.readouterr().err.count(": done (") == 4
+    edit(raw["stages"])
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = raw["stages"][0 if field != "algorithms[0].eta (saved 1.0, now 2.0)" else 3]["name"]
+    assert len(err) == 1 and f"stage {name}: the finished" in err[0] and field in err[0] and "delete" in err[0], err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
+
+
+def test_a_missing_upstream_model_is_one_line(tmp_path, capsys):
+    """An lm stage that saves no model (train.save false) read by a later stage: exit 2 before that stage starts."""
+    folder = pipeline(tmp_path)
+    raw = _short(folder, 6)
+    raw["stages"][3]["spec"]["train"]["save"] = False
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("testbed:")]  # after the stages' progress
+    assert len(err) == 1 and "stage eval: reads stage rebel's model" in err[0] and "does not exist" in err[0], err
+    assert not (tmp_path / "runs" / "eval").exists()
+
+
+def _set(path: str, value):
+    """An edit of the toy pipeline: ``path`` like ``stages.4.policies`` (``.`` between keys and list indices)."""
+    def edit(raw: dict) -> None:
+        *head, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node = raw
+        for k in head:
+            node = node[k]
+        node[last] = value
+    return edit
+
+
+def _ds_file(text: str):
+    def edit(raw: dict, folder: Path) -> None:
+        (folder / "ds.json").write_text(text)
+        raw["stages"][0]["deepspeed"] = "ds.json"
+    return edit
+
+
+OOV = [5, 6, 70000, 1, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("edit, message, dry", [
+    (_set("stages.1.model", {"from": ["sft"]}),
+     "stages[1] (rm).model.from must be the name of an earlier stage (got ['sft'])", 1),
+    (_set("stages.3.spec.reward", {"from": ["rm"]}), "stages[3] (rebel).spec.reward.from must be the name of an earlier", 1),
+    (_set("stages.4.policies", [["rebel"]]), "stages[4] (eval).policies[0].from must be the name of an earlier stage", 1),
+    (_set("stages.4.reference", ["sft"]), "stages[4] (eval).reference.from must be the name of an earlier stage", 1),
+    (lambda raw: raw["stages"].insert(4, {"name": "x", "kind": "lm", "like": ["rebel"], "spec": {}}),
+     "stages[4] (x).like: ['rebel'] is not an earlier lm stage", 1),
+    (_set("out", 5), "pipeline.out must be a folder path (got 5)", 1),
+    (_set("stages.0.deepspeed", 5), "stages[0] (sft).deepspeed must be the path of a DeepSpeed JSON config (got 5)", 1),
+    (_ds_file('{"zero_optimization": {"stage": "x"}}'), "(sft).deepspeed: zero_optimization.stage must be 0, 1, 2 or 3", 1),
+    (_ds_file('{"zero_optimization": [1]}'), "(sft).deepspeed: zero_optimization must be a JSON object", 1),
+    (_ds_file('{"bf16": true}'), "(sft).deepspeed: bf16 must be a JSON object", 1),
+    (_ds_file("[1, 2]"), "must hold a JSON object (a DeepSpeed config)", 1),
+    (_set("stages.0.name", "a/b"), "stages[0] (a/b).name must be a folder name", 1),
+    (_set("stages.2.name", ".."), "stages[2] (..).name must be a folder name", 1),
+    (_set("stages.1.eval_data.fields", ["query_chosen_token"]),
+     "stages[1] (rm).eval_data.fields must be [chosen, rejected] sequences (got ['query_chosen_token'])", 1),
+    (_set("stages.0.data.file", "oov.jsonl"), "stage sft.data.fields: 'query_reference_response_token' holds token id "
+     "70000, outside the model's vocabulary [0, 15)", 0),
+    (_set("stages.0.data.file", "neg.jsonl"), "holds token id -3, outside the model's vocabulary [0, 15)", 0),
+], ids=["model-from-list", "reward-from-list", "policies-list", "reference-list", "like-list", "out-int",
+        "deepspeed-int", "ds-stage-str", "ds-zero-list", "ds-bf16-bool", "ds-list", "name-slash", "name-dotdot",
+        "rm-eval-data-1-field", "oov-token", "negative-token"])
+def test_bad_inputs_are_one_line_naming_the_field(tmp_path, capsys, edit, message, dry):
+    """Each ended in an internal error (rc 1: TypeError, AttributeError, ValueError, IndexError)."""
+    folder = pipeline(tmp_path)
+    for name, ids in (("oov", OOV), ("neg", [5, 6, -3, 1, 0, 0, 0, 0])):
+        (folder / f"{name}.jsonl").write_text(json.dumps({"query_reference_response_token": ids}) + "\n")
+    raw = yaml.safe_load((folder / "pipeline.yaml").read_text())
+    if not dry:
+        raw["stages"] = raw["stages"][:1]
+    edit(raw, folder) if edit.__code__.co_argcount == 2 else edit(raw)
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "pipeline", str(folder), "--dry-run" if dry else "--quiet"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("testbed:")]
+    assert len(err) == 1 and message in err[0], err

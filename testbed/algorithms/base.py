@@ -124,6 +124,12 @@ class Algorithm:
         """Minibatch items each prompt of a batch gives (k for k samples scored one by one)."""
         return 1
 
+    @classmethod
+    def generated_per_prompt(cls, config) -> int:
+        """Sequences its largest LM generate call samples per prompt of the batch (the rollout's KV cache): by
+        default one per minibatch item of that prompt; 2 where a pair comes from pi_t in one call."""
+        return cls.items_per_prompt(config)
+
     @staticmethod
     def bound(config) -> str | None:
         """The theory bound its curves are drawn against (experiments/theory.py: "mirror_descent",

@@ -136,6 +136,10 @@ class DPO(Algorithm):
     def sequences_per_item(config) -> int:
         return 2
 
+    @classmethod
+    def generated_per_prompt(cls, config) -> int:
+        return 2  # online: two samples of every prompt from pi_t in one generate call (lm_update)
+
     @staticmethod
     def needs_reward(config) -> bool:
         return config.mode == "online"

@@ -110,6 +110,10 @@ class REBEL(Algorithm):
     def sequences_per_item(config) -> int:
         return 2
 
+    @classmethod
+    def generated_per_prompt(cls, config) -> int:
+        return 2 if config.y_prime == "policy" else 1  # both from pi_t in one call (lm_update), else one call each
+
     @staticmethod
     def bound(config) -> str | None:
         return "mirror_descent" if config.mode == "exact" and not config.beta else None

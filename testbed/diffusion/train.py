@@ -35,6 +35,7 @@ from testbed.llm.backend import backend_state, restore_backend
 from testbed.llm.checks import module_files, run_key
 from testbed.llm.task import peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
+from testbed.run_table import make_run_id
 from testbed.training import check_finite, loggers, torch_threads, train
 from testbed.training.checkpoint import load_state, save_state
 from testbed.training.journal import remove_checkpoint, resume
@@ -220,8 +221,8 @@ def _run_diffusion_spec(spec: DiffusionSpec, out: Path, overwrite: bool, progres
     partial = results.open_partial(out, spec_text, resume, overwrite, create=bool(checkpoint_every or resume),
                                    reuse=reuse)
     use_partial = partial.is_dir() and bool(checkpoint_every or resume)
-    runs = [(n, c, s, f"{n}-{i}-s{s}", e.get("train")) for i, (n, c, e) in enumerate(spec.algorithms) for s in spec.seeds]
-    keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
+    runs = [(n, c, s, make_run_id(n, i, s), e.get("train")) for i, (n, c, e) in enumerate(spec.algorithms) for s in spec.seeds]
+    keys = {make_run_id(n, i, s): run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
     all_rows, timings = [], {}
     _pretrain_all(spec)  # before any run's memory window and timer: a pipeline step, cached
     with results.RunFolder(out) as folder:

@@ -41,6 +41,20 @@ def read_deepspeed(path: str, where: str) -> dict:
     return cfg
 
 
+def deepspeed_settings(cfg: dict, where: str) -> tuple[int, bool]:
+    """(ZeRO stage, 16-bit) of a DeepSpeed config read by :func:`read_deepspeed`, its blocks checked."""
+    zero = cfg.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise InputError(f"{where}: zero_optimization must be a JSON object (got {zero!r})")
+    stage = zero.get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise InputError(f"{where}: zero_optimization.stage must be 0, 1, 2 or 3 (got {stage!r})")
+    for k in ("bf16", "fp16"):
+        if not isinstance(cfg.get(k) or {}, dict):
+            raise InputError(f"{where}: {k} must be a JSON object such as {{\"enabled\": \"auto\"}} (got {cfg[k]!r})")
+    return int(stage), any((cfg.get(k) or {}).get("enabled") in (True, "auto") for k in ("bf16", "fp16"))
+
+
 def resolve_deepspeed(cfg: dict, *, micro: int, grad_accum: int, world: int, mixed_precision: str = "no",
                       max_grad_norm: float = 0.0, where: str = "deepspeed") -> dict:
     """The DeepSpeed config with every ``auto`` the spec determines filled in (see the module docstring)."""

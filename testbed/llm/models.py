@@ -228,16 +228,27 @@ def _load_causal_lm(entry: dict):
     return AutoModelForCausalLM.from_pretrained(path or name, dtype=dtype).eval()
 
 
+REWARD_MODEL_KEYS = ("name", "path", "hidden", "layers", "heads", "seed", "dtype")  # of a reward entry: the model
+
+
+def reward_model_entry(entry: dict) -> dict:
+    """The model entry of a reward entry (``kind: model``, an eval stage's reward or judge)."""
+    return {k: entry[k] for k in REWARD_MODEL_KEYS if k in entry}
+
+
 def load_reward_model(entry: dict):
+    """A one-label sequence classifier, in float32 (what the memory plans count) unless the entry sets ``dtype``,
+    whatever dtype its checkpoint was saved in."""
     from transformers import AutoModelForSequenceClassification
 
     from testbed.llm.toy import tiny_reward_model
 
     name, path = entry.get("name"), entry.get("path")
+    dtype = getattr(torch, entry.get("dtype", "float32"))  # one of checks.DTYPES: torch's own names
     if name in TINY and path is None:
         return tiny_reward_model(name.split(":")[1], seed=entry.get("seed", 0), hidden=entry.get("hidden", 32),
-                                 layers=entry.get("layers", 2), heads=entry.get("heads", 2))
-    return AutoModelForSequenceClassification.from_pretrained(path or name, num_labels=1).eval()
+                                 layers=entry.get("layers", 2), heads=entry.get("heads", 2)).to(dtype)
+    return AutoModelForSequenceClassification.from_pretrained(path or name, num_labels=1, dtype=dtype).eval()
 
 
 def load_tokenizer(entry: dict):

@@ -12,8 +12,11 @@ A pipeline folder holds ``pipeline.yaml``::
       - {name: eval, kind: eval, policies: [rebel, ...], reference: sft, reward: rm, judge: {...}, data: {...}}
 
 ``{from: S}`` names an earlier stage; it becomes ``path: <out>/S/checkpoints/<run id>`` (the model that stage saves:
-its first algorithm and seed, ``<algorithm>-0-s<seed>``) with the architecture of S's model, so a dry run counts
-parameters before the folder exists. ``sft`` and ``reward_model`` stages train on a hub data set's pre-tokenised
+``<algorithm>-0-s<seed>``, the first algorithm and first seed of its merged spec, a ``like:`` stage's inherited ones
+included; :func:`stage_model_path`, which the writers and readers share) with the architecture of S's model, so a
+dry run counts parameters before the folder exists. A policy (an lm stage's ``model``, eval's ``policies`` and
+``reference``) comes from an sft or lm stage, a reward (an lm stage's ``reward``, eval's ``reward`` and ``judge``)
+from a reward_model stage. ``sft`` and ``reward_model`` stages train on a hub data set's pre-tokenised
 fields (the official ``sft.py``/``rm.py``); ``lm`` stages are LM specs (:mod:`testbed.llm.spec`, validated by it);
 ``eval`` scores each policy with the reward stage's model, its KL to the reference stage, and its win rate against
 the data set's reference summaries judged by ``judge`` (a held-out reward model, or ``module: pkg.mod:fn`` for an
@@ -24,11 +27,13 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 
 from testbed.errors import InputError, nonneg_int, positive_int
 from testbed.io import read_yaml
 from testbed.llm.memory import DTYPE_BYTES, GIB, Held, activation_bytes, config_sizes, layer_values, state_bytes
+from testbed.run_table import make_run_id
 
 KINDS = ("sft", "reward_model", "lm", "eval")
 TRAIN_KEYS = {"lr": float, "adam_eps": float, "scheduler": str, "epochs": int, "per_device_batch": int,
@@ -38,25 +43,43 @@ OPTIONAL_TRAIN_KEYS = {"weight_decay": float, "max_grad_norm": float}  # officia
 DATA_KEYS = {"hf_dataset", "file", "split", "fields", "count"}
 
 
-def _stage_model_path(out: Path, stage: dict) -> str:
-    """Where a stage's trained model lands: <out>/<stage>/checkpoints/<algorithm>-0-s<seed>."""
+def stage_run_id(stage: dict) -> str:
+    """The run id of the model a validated stage saves (its ``checkpoints/`` sub-folder): an lm stage's first
+    algorithm and first seed of its merged spec (a ``like:`` stage's inherited keys included), as
+    :mod:`testbed.llm.train` names it; an sft / reward_model stage's ``<kind>-0-s<seed>``."""
     if stage["kind"] == "lm":
-        algo, seed = stage["spec"]["algorithms"][0]["name"], (stage["spec"].get("seeds") or [0])[0]
+        spec = stage["lm_spec"]
+        return make_run_id(spec.algorithms[0][0], 0, spec.seeds[0])
+    return make_run_id(stage["kind"], 0, stage.get("seed", 0))
+
+
+def stage_model_path(out: Path, stage: dict) -> str:
+    """Where a validated stage's trained model lands: ``<out>/<stage>/checkpoints/<run id>`` (the writers and
+    every reader: ``{from: S}``, the eval stage)."""
+    return str(out / stage["name"] / "checkpoints" / stage_run_id(stage))
+
+
+def stage_reads(st: dict) -> list[str]:
+    """The earlier stages whose saved models a validated stage loads (``{from: S}``, eval's policies and models)."""
+    if st["kind"] == "eval":
+        names = [*st["policies"], st["reference"], st["reward"], st.get("judge_from")]
     else:
-        algo, seed = stage["kind"], stage.get("seed", 0)
-    return str(out / stage["name"] / "checkpoints" / f"{algo}-0-s{seed}")
+        names = [st.get("model_from"), st.get("reward_from")]
+    return list(dict.fromkeys(n for n in names if n))
 
 
 def _resolve(entry, where: str, done: dict, out: Path, keep: tuple = ()):
     """A model entry with ``from: STAGE`` replaced by that stage's output folder and architecture."""
     if isinstance(entry, dict) and "from" in entry:
         src = entry["from"]
+        if not isinstance(src, str):
+            raise InputError(f"{where}.from must be the name of an earlier stage (got {src!r})")
         if src not in done:
             raise InputError(f"{where}.from: {src!r} is not an earlier stage (earlier: {', '.join(done) or 'none'})")
         if done[src]["kind"] == "eval":
             raise InputError(f"{where}.from: stage {src!r} is an evaluation; it saves no model")
         base = {k: v for k, v in done[src]["model"].items() if k in ("name", "hidden", "layers", "heads", "seed")}
-        return {**base, **{k: v for k, v in entry.items() if k != "from"}, "path": _stage_model_path(out, done[src])}, src
+        return {**base, **{k: v for k, v in entry.items() if k != "from"}, "path": stage_model_path(out, done[src])}, src
     return entry, None
 
 
@@ -83,16 +106,13 @@ def _check_data(entry, where: str) -> dict:
 
 def _deepspeed(path, where: str, folder: Path) -> tuple[int, bool]:
     """(ZeRO stage, 16-bit) of a stage's DeepSpeed JSON config (none: (0, False), plain torch AdamW)."""
-    import json
+    from testbed.llm.distributed import deepspeed_settings, read_deepspeed
     if path is None:
         return 0, False
+    if not isinstance(path, str) or not path:
+        raise InputError(f"{where} must be the path of a DeepSpeed JSON config (got {path!r})")
     p = Path(path) if Path(path).is_absolute() else folder / path
-    try:
-        cfg = json.loads(p.read_text())
-    except (OSError, ValueError):
-        raise InputError(f"{where}: {str(p)!r} is not a readable JSON file") from None
-    return (int(cfg.get("zero_optimization", {}).get("stage", 0)),
-            any((cfg.get(k) or {}).get("enabled") in (True, "auto") for k in ("bf16", "fp16")))
+    return deepspeed_settings(read_deepspeed(str(p), where), where)
 
 
 def _check_train(entry, where: str) -> dict:
@@ -135,15 +155,23 @@ def _check_recentre(st: dict, where: str) -> None:
                          f"(got {d['fields']})")
 
 
+POLICY, REWARD = ("sft", "lm"), ("reward_model",)  # the stage kinds that save a policy / a reward model
+
+
+def _check_source(where: str, src: str | None, done: dict, kinds: tuple) -> None:
+    """A stage read as a policy (``kinds`` POLICY) or as a reward model (REWARD) must be one."""
+    if src is not None and done[src]["kind"] not in kinds:
+        what = "a policy (an sft or lm stage)" if kinds == POLICY else "a reward_model stage"
+        raise InputError(f"{where}: stage {src!r} is a {done[src]['kind']} stage, not {what}")
+
+
 def _check_eval(st: dict, where: str, done: dict) -> None:
     from testbed.errors import positive_number
     for j, p in enumerate(st["policies"]):
-        if done[p]["kind"] not in ("sft", "lm"):
-            raise InputError(f"{where}.policies[{j}]: stage {p!r} is a {done[p]['kind']} stage, not a policy")
-    if done[st["reference"]]["kind"] not in ("sft", "lm"):
-        raise InputError(f"{where}.reference: stage {st['reference']!r} is not a policy (an sft or lm stage)")
-    if done[st["reward"]]["kind"] != "reward_model":
-        raise InputError(f"{where}.reward: stage {st['reward']!r} is not a reward_model stage")
+        _check_source(f"{where}.policies[{j}]", p, done, POLICY)
+    _check_source(f"{where}.reference", st["reference"], done, POLICY)
+    _check_source(f"{where}.reward", st["reward"], done, REWARD)
+    _check_source(f"{where}.judge.from", st.get("judge_from"), done, REWARD)
     if len(st["data"]["fields"]) != 2:
         raise InputError(f"{where}.data.fields must be [query, reference_response] (got {st['data']['fields']})")
     positive_number(f"{where}.temperature", st.get("temperature", 0.01))
@@ -162,6 +190,8 @@ def load_pipeline(folder: str | Path) -> dict:
     raw = read_yaml(f, "pipeline")
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
         raise InputError("pipeline.stages must be a non-empty list of stages")
+    if raw.get("out") is not None and (not isinstance(raw["out"], str) or not raw["out"]):
+        raise InputError(f"pipeline.out must be a folder path (got {raw['out']!r})")
     out = Path(raw.get("out") or f"runs/{raw.get('name') or folder.name}").absolute()  # as --out: from the working folder
     done: dict[str, dict] = {}
     for i, st in enumerate(raw["stages"]):
@@ -171,19 +201,24 @@ def load_pipeline(folder: str | Path) -> dict:
         st = copy.deepcopy(st)
         name, kind = st["name"], st.get("kind")
         where = f"stages[{i}] ({name})"
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):  # <out>/<name>/ is its folder
+            raise InputError(f"{where}.name must be a folder name: letters, digits, '_', '-', '.', not starting "
+                             f"with '.' or '-' (got {name!r})")
         if name in done:
             raise InputError(f"{where}.name: a stage {name!r} comes earlier")
         if kind not in KINDS:
             raise InputError(f"{where}.kind must be one of {', '.join(KINDS)} (got {kind!r})")
         if kind in ("sft", "reward_model"):
             st["model"], st["model_from"] = _model(st.get("model"), f"{where}.model", done, out)
-            _check_data(st.get("data"), f"{where}.data")
+            for k in ("data", "eval_data"):
+                if k == "data" or st.get(k) is not None:
+                    fields = _check_data(st.get(k), f"{where}.{k}")["fields"]
+                    if kind == "reward_model" and len(fields) != 2:
+                        raise InputError(f"{where}.{k}.fields must be [chosen, rejected] sequences (got {fields})")
             _check_train(st.get("train"), f"{where}.train")
             nonneg_int(f"{where}.seed", st.get("seed", 0))
             st["zero_stage"], st["deepspeed_16bit"] = _deepspeed(st.get("deepspeed"), f"{where}.deepspeed", folder)
-            st["deepspeed_path"] = str(folder / st["deepspeed"]) if st.get("deepspeed") else None
-            if st.get("eval_data") is not None:
-                _check_data(st["eval_data"], f"{where}.eval_data")
+            st["deepspeed_path"] = os.path.abspath(folder / st["deepspeed"]) if st.get("deepspeed") else None
             from testbed.llm.sft import LOSSES
             if st.get("loss", "sequence") not in LOSSES or kind == "reward_model" and "loss" in st:
                 raise InputError(f"{where}.loss must be one of {', '.join(LOSSES)} (sft stages only; got {st.get('loss')!r})")
@@ -194,14 +229,16 @@ def load_pipeline(folder: str | Path) -> dict:
                 raise InputError(f"{where}.spec must be an LM spec mapping")
             like = st.get("like")
             if like is not None:  # another lm stage's spec with these top-level keys replaced
-                if like not in done or done[like]["kind"] != "lm":
+                if not isinstance(like, str) or like not in done or done[like]["kind"] != "lm":
                     raise InputError(f"{where}.like: {like!r} is not an earlier lm stage")
                 spec = {**copy.deepcopy(done[like]["raw_spec"]), **spec}
             st["raw_spec"] = copy.deepcopy(spec)
             spec["model"], st["model_from"] = _resolve(spec.get("model"), f"{where}.spec.model", done, out)
+            _check_source(f"{where}.spec.model.from", st["model_from"], done, POLICY)
             rw = spec.get("reward")
             if isinstance(rw, dict) and "from" in rw:
                 m, st["reward_from"] = _resolve({"from": rw["from"]}, f"{where}.spec.reward", done, out)
+                _check_source(f"{where}.spec.reward.from", st["reward_from"], done, REWARD)
                 spec["reward"] = {**{k: v for k, v in rw.items() if k != "from"}, "kind": "model",
                                   **{k: v for k, v in m.items() if k in ("name", "path")}}
             spec.setdefault("name", f"{raw.get('name', folder.name)}_{name}")
@@ -281,8 +318,8 @@ def stage_plan(st: dict, stages: dict) -> dict:
         models.append({"model": role, "parameters": _count(e, kindm), "trainable": 0,
                        "dtype": e.get("dtype", "float32") if kindm == "causal" else "float32", "from": src})
     if "module" not in st["judge"]:
-        models.append({"model": "judge", "parameters": _count(st["judge"], "score"), "trainable": 0, "dtype": "float32",
-                       "from": st["judge_from"]})
+        models.append({"model": "judge", "parameters": _count(st["judge"], "score"), "trainable": 0,
+                       "dtype": st["judge"].get("dtype", "float32"), "from": st["judge_from"]})
     weights = max(m["parameters"] * DTYPE_BYTES[m["dtype"]] for m in models)  # the phases load one model each
     return {"models": models, "total_gib": weights / GIB, "processes": 1, "detail": {}}
 

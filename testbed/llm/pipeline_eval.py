@@ -55,9 +55,9 @@ def _module_judge(fn, tok, q, qm, y, yref):
 
 
 def _reward(entry: dict, tok, device):
-    from testbed.llm.models import load_reward_model
+    from testbed.llm.models import load_reward_model, reward_model_entry
     from testbed.llm.rewards import RewardModel
-    m = load_reward_model({k: entry[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in entry})
+    m = load_reward_model(reward_model_entry(entry))
     return RewardModel(m.to(device).eval().requires_grad_(False), tok.pad_token_id, tok.eos_token_id)
 
 
@@ -71,7 +71,7 @@ def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[di
     from accelerate.utils import gather_object
 
     from testbed.llm.distributed import accelerator
-    from testbed.llm.models import load_tokenizer
+    from testbed.llm.models import load_tokenizer, model_config
     from testbed.llm.policy import LMPolicy
     from testbed.llm.sft import load_rows
     from testbed.llm.tldr import wilson_interval
@@ -80,7 +80,7 @@ def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[di
     ref_entry = {**stages[st["reference"]]["model"], "path": paths[st["reference"]]}
     tok = load_tokenizer(ref_entry)
     pad = tok.pad_token_id
-    data = load_rows(st["data"], folder)
+    data = load_rows(st["data"], folder, model_config(ref_entry).vocab_size, f"stage {st['name']}.data")
     qf, rf = st["data"]["fields"][:2]
     mine = np.array_split(np.arange(len(data[qf])), acc.num_processes)[acc.process_index]
     T, L, bs = float(st.get("temperature", 0.01)), int(st.get("max_new_tokens", 53)), int(st["per_device_batch"])

@@ -11,7 +11,10 @@ Stage S writes the run folder ``<out>/S/`` (built under a temporary name, rename
 
 A stage whose folder is complete (``meta.json`` present) is not run again, so an interrupted pipeline continues
 at the first unfinished stage (an ``lm`` stage with ``checkpoint_every: K`` in ``pipeline.yaml`` continues from its
-last checkpoint).
+last checkpoint). A complete folder whose ``config.yaml`` differs from what ``pipeline.yaml`` now says for that
+stage (an edited lr, seed, eta, ...) is refused, naming the first differing field: delete the folder to rerun the
+stage (and the stages reading it). A stage whose upstream model folder is missing (that stage saved none) is
+refused before it starts.
 """
 
 from __future__ import annotations
@@ -21,14 +24,61 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from testbed import results
+from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
-from testbed.llm.pipeline import _stage_model_path, load_pipeline
+from testbed.llm.pipeline import load_pipeline, stage_model_path, stage_reads, stage_run_id
 
 
 def _config(st: dict) -> dict:
     drop = {"lm_spec", "raw_spec"}
     return {k: v for k, v in copy.deepcopy({k: v for k, v in st.items() if k not in drop}).items() if v is not None}
+
+
+def _config_text(st: dict) -> str:
+    """What a stage's run folder saves as config.yaml (an lm stage: its resolved spec, but the process count and
+    the input hashes)."""
+    if st["kind"] == "lm":
+        from testbed.llm.train import resolved_spec
+        return dump_yaml(resolved_spec(st["lm_spec"]))
+    return dump_yaml(_config(st))
+
+
+def _first_difference(saved, now, where: str = "") -> str | None:
+    """The first field (``a.b[2]``) where two loaded configs differ, None when they are equal."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for k in list(saved) + [k for k in now if k not in saved]:
+            d = _first_difference(saved.get(k), now.get(k), f"{where}.{k}" if where else str(k))
+            if d:
+                return d
+        return None
+    if isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now):
+        return next((d for i, (a, b) in enumerate(zip(saved, now)) if (d := _first_difference(a, b, f"{where}[{i}]"))), None)
+    return None if saved == now else f"{where or 'config'} (saved {saved!r}, now {now!r})"
+
+
+def _check_finished(name: str, st: dict, dest: Path) -> None:
+    """A complete stage folder is reused only if it was made from what pipeline.yaml says now."""
+    try:
+        saved = yaml.safe_load((dest / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        saved = None
+    if isinstance(saved, dict) and st["kind"] == "lm":
+        for k in ("inputs", "processes"):  # input-file hashes: checked by the run itself on a resume
+            saved.pop(k, None)
+    diff = _first_difference(saved, yaml.safe_load(_config_text(st)))
+    if diff:
+        raise InputError(f"stage {name}: the finished {dest} was run with another config, {diff}; "
+                         f"delete that folder to rerun the stage (and the stages that read it)")
+
+
+def _check_upstream(name: str, st: dict, paths: dict) -> None:
+    for src in stage_reads(st):
+        if not (Path(paths[src]) / "config.json").is_file():
+            raise InputError(f"stage {name}: reads stage {src}'s model {paths[src]}, which does not exist "
+                             f"(stage {src} saved no model there; an lm stage saves with train.save: true)")
 
 
 def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
@@ -37,12 +87,16 @@ def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
     pl = load_pipeline(folder)
     every = pl["checkpoint_every"]
     stages, out = pl["stages"], pl["out"]
-    paths = {n: _stage_model_path(out, st) for n, st in stages.items() if st["kind"] != "eval"}
+    paths = {n: stage_model_path(out, st) for n, st in stages.items() if st["kind"] != "eval"}
+    for name, st in stages.items():  # before any stage runs: a finished one made from another config is refused
+        if (out / name / "meta.json").is_file():
+            _check_finished(name, st, out / name)
     for name, st in stages.items():
         dest = out / name
         if (dest / "meta.json").is_file():
             print(f"stage {name}: done ({dest})", file=sys.stderr)
             continue
+        _check_upstream(name, st, paths)
         t0 = time.perf_counter()
         print(f"stage {name} ({st['kind']}) -> {dest}", file=sys.stderr, flush=True)
         if st["kind"] == "lm":
@@ -84,11 +138,11 @@ def _write_stage(dest: Path, st: dict, rows, summary: dict, model, tok, state_di
     prepare_lm_out(dest, overwrite=False)
     with results.RunFolder(dest) as f:
         if model is not None:
-            ck = f.tmp / "checkpoints" / f"{st['kind']}-0-s{st.get('seed', 0)}"
+            ck = f.tmp / "checkpoints" / stage_run_id(st)
             model.save_pretrained(ck, state_dict=state_dict)
             tok.save_pretrained(ck)
         for name, recs in records.items():
             write_jsonl(f.tmp / "samples" / f"{name}.jsonl", recs)
         meta = {"stage": st["name"], "kind": st["kind"], "summary": summary, "git_commit": results.git_commit(),
                 "versions": results.versions(("transformers", "peft", "accelerate"))}
-        f.finish(dump_yaml(_config(st)), rows, LM_COLUMNS, meta, timings={"seconds": seconds})
+        f.finish(_config_text(st), rows, LM_COLUMNS, meta, timings={"seconds": seconds})

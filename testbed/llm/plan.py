@@ -10,30 +10,17 @@ rollout's KV cache.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from testbed.algorithms import ALGORITHMS
+from testbed.llm.distributed import deepspeed_settings, read_deepspeed
 from testbed.llm.memory import GIB, Held, activation_bytes, config_sizes, kv_cache_bytes, layer_values, state_bytes
-from testbed.llm.models import TINY, count_parameters, lora_parameters, model_config
+from testbed.llm.models import TINY, count_parameters, lora_parameters, model_config, reward_model_entry
 from testbed.llm.spec import LMSpec
 
 
-def deepspeed_config(spec) -> dict:
-    return json.loads(Path(spec.accelerate.deepspeed).read_text()) if spec.accelerate.deepspeed else {}
-
-
-def zero_stage(spec: LMSpec) -> int:
-    return int(deepspeed_config(spec).get("zero_optimization", {}).get("stage", 0))
-
-
-def deepspeed_16bit(spec) -> bool:
-    ds = deepspeed_config(spec)
-    return bool(ds) and any((ds.get(k) or {}).get("enabled") in (True, "auto") for k in ("bf16", "fp16"))
-
-
-def _reward_entry(rm: dict) -> dict:
-    return {k: rm[k] for k in ("name", "path", "hidden", "layers", "heads") if k in rm}
+def deepspeed(spec: LMSpec) -> tuple[int, bool]:
+    """(ZeRO stage, 16-bit) of the spec's accelerate.deepspeed config ((0, False): none)."""
+    a = spec.accelerate.deepspeed
+    return deepspeed_settings(read_deepspeed(a, "accelerate.deepspeed"), "accelerate.deepspeed") if a else (0, False)
 
 
 def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
@@ -46,10 +33,10 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
     trainable = lora_parameters(spec.model, lora["r"], lora.get("target_modules")) if lora else P
     tdtype = "float32" if lora else dtype
     rm = spec.reward
-    R = count_parameters(_reward_entry(rm), "score") if rm.get("kind") == "model" else 0
+    R = count_parameters(reward_model_entry(rm), "score") if rm.get("kind") == "model" else 0
     critic_full = count_parameters(spec.model, "score")  # backbone + a one-output head
     ref_copy = spec.reference == "copy" or (spec.reference == "auto" and not lora)
-    N, Z, ds16 = spec.accelerate.num_processes, zero_stage(spec), deepspeed_16bit(spec)
+    N, (Z, ds16) = spec.accelerate.num_processes, deepspeed(spec)
     mcfg = model_config(spec.model)
     h, L, a, V = config_sizes(mcfg)
     kw = {"values": layer_values(mcfg), "eager_attention": spec.model.get("name") in TINY}  # tiny models: eager
@@ -71,7 +58,7 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
         if online and rm.get("kind") == "bradley_terry":  # its size is the installed embedder's, not counted here
             held.append(Held("reward model (frozen MiniLM embedder + Bradley–Terry head, not counted)", 0))
         elif online and R:
-            held.append(Held("reward model", R, 0, "float32"))
+            held.append(Held("reward model", R, 0, rm.get("dtype", "float32")))
         elif online:
             held.append(Held("reward function (no model)", 0))
         st = state_bytes(held, Z, N, ds16)
@@ -81,7 +68,7 @@ def plan(spec: LMSpec, checkpointing: bool = False) -> dict:
         act = activation_bytes(h, L, a, V, micro, seq, act_dtype, checkpointing, response=tr.max_new_tokens, **kw)
         if critic:  # the critic's backbone holds as much again, without logits
             act += activation_bytes(h, L, a, 0, micro, seq, act_dtype, checkpointing, **kw)
-        rollout = tr.batch // (N * K) * cls.items_per_prompt(cfg) if cls.needs_prompts(cfg) else 0  # a shard's
+        rollout = tr.batch // (N * K) * cls.generated_per_prompt(cfg) if cls.needs_prompts(cfg) else 0  # a shard's
         kv = kv_cache_bytes(h, L, rollout, seq, dtype)
         total = st["weights"] + st["grads"] + st["optimizer"] + max(act, kv)
         out["algorithms"].append({"name": name, "models": [{"model": m.name, "parameters": m.parameters,

@@ -107,20 +107,19 @@ def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, 
     """Train the reward-model stage: (metric rows, summary with held-out accuracy before and after, model, tokenizer,
     the model's state dict to save)."""
     from testbed.llm.models import load_tokenizer
-    from testbed.llm.sft import load_rows, stage_accelerator, train_stage
+    from testbed.llm.sft import load_rows, stage_accelerator, train_stage, vocab_size
 
-    fields = st["data"]["fields"]
-    if len(fields) != 2:
-        raise InputError(f"stage {st['name']}.data.fields must be [chosen, rejected] sequences (got {fields})")
+    fields = st["data"]["fields"]  # [chosen, rejected]: checked by load_pipeline
     acc = stage_accelerator(st)
     tok = load_tokenizer(st["model"])
     pad = tok.pad_token_id
     model = load_score_model(st["model"], pad, st.get("seed", 0)).to(acc.device)
-    rows_ = load_rows(st["data"], folder)
+    V = vocab_size(model)
+    rows_ = load_rows(st["data"], folder, V, f"stage {st['name']}.data")
     c, r = rows_[fields[0]], rows_[fields[1]]
     held = None
     if st.get("eval_data"):
-        ev = load_rows(st["eval_data"], folder)
+        ev = load_rows(st["eval_data"], folder, V, f"stage {st['name']}.eval_data")
         held = (ev[st["eval_data"]["fields"][0]], ev[st["eval_data"]["fields"][1]])
     before = pairwise_accuracy(model, *held, pad) if held else None
 
@@ -139,6 +138,7 @@ def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, 
     summary = {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "pairs": len(c)}
     if st.get("recentre", "none") == "reference_mean":
         from testbed.llm.sft import sequences
-        ids, _ = sequences(load_rows(st["recentre_data"], folder), st["recentre_data"]["fields"])
+        ids, _ = sequences(load_rows(st["recentre_data"], folder, V, f"stage {st['name']}.recentre_data"),
+                           st["recentre_data"]["fields"])
         summary.update(recentre(model, ids, pad, st["train"]["per_device_batch"], acc))
     return rows, summary, model, tok, state_dict

@@ -30,13 +30,15 @@ import torch
 import torch.nn.functional as F
 
 from testbed.errors import InputError
+from testbed.llm.pipeline import stage_run_id
 from testbed.results import LM_COLUMNS
 
 LOSSES = ("sequence", "response")
 
 
-def load_rows(entry: dict, folder: Path) -> dict[str, torch.Tensor]:
-    """Each field of a data entry as a LongTensor [rows, length] (the first ``count`` rows)."""
+def load_rows(entry: dict, folder: Path, vocab: int, where: str = "data") -> dict[str, torch.Tensor]:
+    """Each field of a data entry as a LongTensor [rows, length] (the first ``count`` rows), every id a row of the
+    model's embedding (``vocab`` of them)."""
     fields, n = entry["fields"], entry.get("count")
     if "file" in entry:
         from testbed.io import read_jsonl
@@ -60,7 +62,16 @@ def load_rows(entry: dict, folder: Path) -> dict[str, torch.Tensor]:
             raise InputError(f"data.fields: {f!r} must hold lists of token ids of one length per row") from None
         if out[f].ndim != 2:
             raise InputError(f"data.fields: {f!r} must hold a list of token ids per row")
+        bad = out[f][(out[f] < 0) | (out[f] >= vocab)]
+        if len(bad):
+            raise InputError(f"{where}.fields: {f!r} holds token id {int(bad[0])}, outside the model's vocabulary "
+                             f"[0, {vocab})")
     return out
+
+
+def vocab_size(model) -> int:
+    """Rows of the model's input embedding: the token ids it takes."""
+    return model.get_input_embeddings().num_embeddings
 
 
 def sequences(rows: dict, fields: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -163,7 +174,7 @@ def train_stage(st: dict, acc, model, n_rows: int, loss_fn):
 
     def record(t: int) -> None:
         row = {c: None for c in LM_COLUMNS}
-        row.update(run_id=f"{st['kind']}-0-s{seed}", problem=st["name"], algorithm=st["kind"], seed=seed, iteration=t,
+        row.update(run_id=stage_run_id(st), problem=st["name"], algorithm=st["kind"], seed=seed, iteration=t,
                    samples=t * B, queries=0, wall_time=time.perf_counter() - start, lr=sched.get_last_lr()[0])
         if t:
             row["loss"] = row["loss/policy"] = state.stats["loss"]
@@ -190,10 +201,11 @@ def run_sft(st: dict, folder: Path) -> tuple[list[dict], dict, object, object, d
     fields = st["data"]["fields"]
     if how == "response" and len(fields) != 2:
         raise InputError(f"stage {st['name']}.loss: response needs data.fields [query, response] (got {fields})")
-    ids, resp = sequences(load_rows(st["data"], folder), fields)
+    V = vocab_size(model)
+    ids, resp = sequences(load_rows(st["data"], folder, V, f"stage {st['name']}.data"), fields)
     held = None
     if st.get("eval_data"):
-        held = sequences(load_rows(st["eval_data"], folder), st["eval_data"]["fields"])
+        held = sequences(load_rows(st["eval_data"], folder, V, f"stage {st['name']}.eval_data"), st["eval_data"]["fields"])
     hresp = lambda h: h[1] if how == "response" else None  # noqa: E731
     before = heldout_ce(model, held[0], pad, hresp(held)) if held else None
 

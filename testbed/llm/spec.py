@@ -24,7 +24,6 @@ Every bad field raises :class:`InputError` with a one-line message before any mo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -35,11 +34,11 @@ from testbed.algorithms.base import build_config, count, flag, nonneg, nonneg_co
 from testbed.errors import ROW_BYTES, InputError, check_memory, positive_int
 from testbed.io import read_yaml
 from testbed.llm.checks import PROMPT_BYTES, check_lora, check_prompt_lengths, check_reward_module
-from testbed.llm.models import check_model
+from testbed.llm.models import REWARD_MODEL_KEYS, check_model, reward_model_entry
 
 TOP_KEYS = {"name", "description", "kind", "model", "lora", "prompts", "eval_prompts", "reward", "algorithms", "seeds",
             "train", "accelerate", "reference"}
-REWARD_KEYS = {"kind", "name", "path", "token", "hidden", "layers", "heads", "seed", "module"}
+REWARD_KEYS = {"kind", "token", "module", *REWARD_MODEL_KEYS}
 BT_KEYS = {"kind", "pairs", "epochs", "lr", "seed", "holdout", "target_words", "length_penalty", "temperature"}
 PREFERENCES = "preferences"
 """DPO's ``dataset: preferences``: the oracle-labelled pairs a bradley_terry reward builds in the run folder."""
@@ -165,7 +164,7 @@ def _check_reward(entry, where: str, base: Path) -> dict:
         if "token" in entry and (not isinstance(entry["token"], str) or not entry["token"]):
             raise InputError(f"{where}.token must be a word (a token of the tokenizer) (got {entry['token']!r})")
     elif kind == "model":
-        model = {k: entry[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in entry}
+        model = reward_model_entry(entry)
         if "path" in model and not Path(model["path"]).is_absolute():
             model["path"] = str(base / model["path"])
         check_model(model, where)
@@ -277,10 +276,8 @@ def parse_lm_spec(raw: dict, source: str = "<spec>", world: int | None = None) -
     if acc.deepspeed:
         p = Path(acc.deepspeed)
         acc.deepspeed = str(p if p.is_absolute() else base / p)
-        try:
-            json.loads(Path(acc.deepspeed).read_text())
-        except (OSError, ValueError):
-            raise InputError(f"accelerate.deepspeed: {acc.deepspeed!r} is not a readable JSON file") from None
+        from testbed.llm.distributed import deepspeed_settings, read_deepspeed
+        deepspeed_settings(read_deepspeed(acc.deepspeed, "accelerate.deepspeed"), "accelerate.deepspeed")
     if acc.fsdp is not None:
         from testbed.llm.distributed import check_fsdp
         check_fsdp(acc.fsdp)

@@ -9,7 +9,7 @@ import resource
 
 import torch
 
-from testbed.llm.models import load_reward_model
+from testbed.llm.models import load_reward_model, reward_model_entry
 from testbed.llm.rewards import FunctionReward, RewardModel, copy_prompt_reward, count_token_reward
 from testbed.llm.spec import PROMPT_COUNT, LMSpec
 
@@ -30,7 +30,7 @@ def make_reward(spec: LMSpec, tokenizer, device, study=None):
             tid = tokenizer.convert_tokens_to_ids(r.get("token", "good"))
             return FunctionReward(count_token_reward(tid, spec.train.max_new_tokens), pad, eos)
         return FunctionReward(copy_prompt_reward, pad, eos)
-    model = load_reward_model({k: r[k] for k in ("name", "path", "hidden", "layers", "heads", "seed") if k in r})
+    model = load_reward_model(reward_model_entry(r))
     return RewardModel(model.to(device).requires_grad_(False), pad, eos)
 
 

@@ -48,6 +48,7 @@ from testbed.llm.shards import Shards, stream_seed
 from testbed.llm.spec import LMSpec
 from testbed.llm.task import make_prompts, make_reward, peak_memory_mb, reset_peak_memory
 from testbed.results import LM_COLUMNS
+from testbed.run_table import make_run_id
 from testbed.training import check_finite, loggers, torch_threads, train
 from testbed.training.checkpoint import load_state, save_state
 from testbed.training.journal import Checkpointer, remove_checkpoint, resume
@@ -237,6 +238,14 @@ LM_RUN_FILES = {"config.yaml", "metrics.csv", "meta.json", "timings.json", "samp
                 "preferences.jsonl", "reward_model.pt"}
 
 
+def resolved_spec(spec: LMSpec) -> dict:
+    """A finished run folder's config.yaml, but its process count and input hashes: the spec with every algorithm's
+    resolved configuration, the seeds and every train field."""
+    return {**spec.raw, "algorithms": [{**a, "sequences_per_item": ALGORITHMS[n].sequences_per_item(c)}
+                                       for n, c, a in spec.algorithms],
+            "seeds": spec.seeds, "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__}}
+
+
 def prepare_lm_out(out: Path, overwrite: bool) -> None:
     results.prepare_out(out, overwrite, LM_RUN_FILES)
 
@@ -273,8 +282,8 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
                                    reuse=reuse) if main else results.partial_dir(out)
     acc.wait_for_everyone()  # process 0 has made (or checked) <out>.partial
     use_partial = partial.is_dir() and (checkpoint_every or resume)
-    runs = [(n, c, s, f"{n}-{i}-s{s}") for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
-    keys = {f"{n}-{i}-s{s}": run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
+    runs = [(n, c, s, make_run_id(n, i, s)) for i, (n, c, _) in enumerate(spec.algorithms) for s in spec.seeds]
+    keys = {make_run_id(n, i, s): run_key(spec, e, s, inputs) for i, (n, _, e) in enumerate(spec.algorithms) for s in spec.seeds}
     total = spec.train.iterations * len(runs)
     all_rows, timings = [], {}
     folder = results.RunFolder(out).__enter__() if main else None
@@ -325,11 +334,7 @@ def _run_lm_spec(spec: LMSpec, out: Path, acc, overwrite: bool, progress: bool, 
         acc.wait_for_everyone()
         if not main:
             return None
-        resolved = {**spec.raw, "algorithms": [{**a, "sequences_per_item": ALGORITHMS[n].sequences_per_item(c)}
-                                                   for n, c, a in spec.algorithms],
-                    "seeds": spec.seeds,
-                    "train": {k: getattr(spec.train, k) for k in spec.train.__dataclass_fields__},
-                    "processes": acc.num_processes, **({"inputs": inputs} if inputs else {})}
+        resolved = {**resolved_spec(spec), "processes": acc.num_processes, **({"inputs": inputs} if inputs else {})}
         measured_times = {"seconds": timings}
         if study_summary:
             study_summary = dict(study_summary)
