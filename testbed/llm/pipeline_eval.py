@@ -80,7 +80,7 @@ def run_eval(st: dict, stages: dict, paths: dict, folder: Path) -> tuple[list[di
     ref_entry = {**stages[st["reference"]]["model"], "path": paths[st["reference"]]}
     tok = load_tokenizer(ref_entry)
     pad = tok.pad_token_id
-    data = load_rows(st["data"], folder, model_config(ref_entry).vocab_size, f"stage {st['name']}.data")
+    data = load_rows(st["data"], folder, model_config(ref_entry).vocab_size, f"stage {st['name']}.data", pad)
     qf, rf = st["data"]["fields"][:2]
     mine = np.array_split(np.arange(len(data[qf])), acc.num_processes)[acc.process_index]
     T, L, bs = float(st.get("temperature", 0.01)), int(st.get("max_new_tokens", 53)), int(st["per_device_batch"])

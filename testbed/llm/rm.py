@@ -115,11 +115,11 @@ def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, 
     pad = tok.pad_token_id
     model = load_score_model(st["model"], pad, st.get("seed", 0)).to(acc.device)
     V = vocab_size(model)
-    rows_ = load_rows(st["data"], folder, V, f"stage {st['name']}.data")
+    rows_ = load_rows(st["data"], folder, V, f"stage {st['name']}.data", pad)
     c, r = rows_[fields[0]], rows_[fields[1]]
     held = None
     if st.get("eval_data"):
-        ev = load_rows(st["eval_data"], folder, V, f"stage {st['name']}.eval_data")
+        ev = load_rows(st["eval_data"], folder, V, f"stage {st['name']}.eval_data", pad)
         held = (ev[st["eval_data"]["fields"][0]], ev[st["eval_data"]["fields"][1]])
     before = pairwise_accuracy(model, *held, pad) if held else None
 
@@ -138,7 +138,7 @@ def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, 
     summary = {"heldout_accuracy_before": before, "heldout_accuracy_after": after, "pairs": len(c)}
     if st.get("recentre", "none") == "reference_mean":
         from testbed.llm.sft import sequences
-        ids, _ = sequences(load_rows(st["recentre_data"], folder, V, f"stage {st['name']}.recentre_data"),
+        ids, _ = sequences(load_rows(st["recentre_data"], folder, V, f"stage {st['name']}.recentre_data", pad),
                            st["recentre_data"]["fields"])
         summary.update(recentre(model, ids, pad, st["train"]["per_device_batch"], acc))
     return rows, summary, model, tok, state_dict

@@ -36,9 +36,9 @@ from testbed.results import LM_COLUMNS
 LOSSES = ("sequence", "response")
 
 
-def load_rows(entry: dict, folder: Path, vocab: int, where: str = "data") -> dict[str, torch.Tensor]:
+def load_rows(entry: dict, folder: Path, vocab: int, where: str = "data", pad: int | None = None) -> dict[str, torch.Tensor]:
     """Each field of a data entry as a LongTensor [rows, length] (the first ``count`` rows), every id a row of the
-    model's embedding (``vocab`` of them)."""
+    model's embedding (``vocab`` of them) or the tokenizer's ``pad`` (never looked up: pads go in as id 0)."""
     fields, n = entry["fields"], entry.get("count")
     if "file" in entry:
         from testbed.io import read_jsonl
@@ -62,7 +62,7 @@ def load_rows(entry: dict, folder: Path, vocab: int, where: str = "data") -> dic
             raise InputError(f"data.fields: {f!r} must hold lists of token ids of one length per row") from None
         if out[f].ndim != 2:
             raise InputError(f"data.fields: {f!r} must hold a list of token ids per row")
-        bad = out[f][(out[f] < 0) | (out[f] >= vocab)]
+        bad = out[f][(out[f] < 0) | ((out[f] >= vocab) & (out[f] != pad))]  # a pad-less tokenizer's [PAD] may be >= vocab
         if len(bad):
             raise InputError(f"{where}.fields: {f!r} holds token id {int(bad[0])}, outside the model's vocabulary "
                              f"[0, {vocab})")
@@ -202,10 +202,10 @@ def run_sft(st: dict, folder: Path) -> tuple[list[dict], dict, object, object, d
     if how == "response" and len(fields) != 2:
         raise InputError(f"stage {st['name']}.loss: response needs data.fields [query, response] (got {fields})")
     V = vocab_size(model)
-    ids, resp = sequences(load_rows(st["data"], folder, V, f"stage {st['name']}.data"), fields)
+    ids, resp = sequences(load_rows(st["data"], folder, V, f"stage {st['name']}.data", pad), fields)
     held = None
     if st.get("eval_data"):
-        held = sequences(load_rows(st["eval_data"], folder, V, f"stage {st['name']}.eval_data"), st["eval_data"]["fields"])
+        held = sequences(load_rows(st["eval_data"], folder, V, f"stage {st['name']}.eval_data", pad), st["eval_data"]["fields"])
     hresp = lambda h: h[1] if how == "response" else None  # noqa: E731
     before = heldout_ce(model, held[0], pad, hresp(held)) if held else None
 
