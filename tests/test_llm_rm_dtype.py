@@ -39,3 +39,19 @@ def test_every_reward_model_loader_honours_the_entry_dtype(bf16_rm, extra, want)
     assert _dtype(make_reward(spec, toy_tokenizer(), "cpu").model) == want  # lm stages, `testbed llm run`
     rm = [m for m in plan(spec)["algorithms"][0]["models"] if m["model"] == "reward model"]
     assert rm[0]["dtype"] == str(want).split(".")[1]  # the plan counts the dtype it loads in
+
+
+def test_an_encoder_classifier_is_refused_as_a_reward_model_in_one_line(tmp_path):
+    """A BERT-style classifier scores its pooled output, not a head at every token: the rm stage's hook and
+    RewardModel's per-token read would crash (IndexError) or score something else. Refused when loaded, naming it."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from testbed.errors import InputError
+    from testbed.llm.models import load_reward_model
+    cfg = BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                     num_labels=1)
+    BertForSequenceClassification(cfg).save_pretrained(tmp_path / "bert")
+    with pytest.raises(InputError) as e:
+        load_reward_model({"path": str(tmp_path / "bert")})
+    msg = str(e.value)
+    assert "\n" not in msg and "BertForSequenceClassification" in msg and "pooled" in msg

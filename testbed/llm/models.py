@@ -248,7 +248,12 @@ def load_reward_model(entry: dict):
     if name in TINY and path is None:
         return tiny_reward_model(name.split(":")[1], seed=entry.get("seed", 0), hidden=entry.get("hidden", 32),
                                  layers=entry.get("layers", 2), heads=entry.get("heads", 2)).to(dtype)
-    return AutoModelForSequenceClassification.from_pretrained(path or name, num_labels=1, dtype=dtype).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path or name, num_labels=1, dtype=dtype).eval()
+    if not hasattr(model, "score"):  # BERT-style: a classifier on a pooled output, not a head at every token
+        raise InputError(f"reward model {path or name!r}: {type(model).__name__} scores a pooled output (an encoder's "
+                         "classifier); a reward model here is a decoder's sequence classifier (a 'score' head at every "
+                         "token, read at the last real one)")
+    return model
 
 
 def load_tokenizer(entry: dict):

@@ -26,9 +26,9 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def score_head(model):
-    """The one-label head of a sequence classifier (``score``, else ``classifier``)."""
-    m = unwrap(model)
-    return m.score if hasattr(m, "score") else m.classifier
+    """The one-label head of a decoder's sequence classifier, applied at every token (``score``; encoder classifiers,
+    which pool first, are refused when loaded: :func:`testbed.llm.models.load_reward_model`)."""
+    return unwrap(model).score
 
 
 def padded_inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict:
