@@ -237,6 +237,9 @@ def test_a_swept_entry_refuses_only_a_field_no_point_reads(tmp_path, monkeypatch
         assert not (tmp_path / "out").exists()
     else:
         assert rc == 0, err
+        import yaml
+        runs_written = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["runs"]
+        assert len(runs_written) == runs  # every point of the sweep ran (none dropped with the field)
 
 
 def test_valid_spec_runs(tmp_path, monkeypatch, capsys):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import importlib
 import importlib.util
 import math
@@ -34,6 +33,7 @@ import torch
 
 from testbed.algorithms.base import Algorithm, Step
 from testbed.errors import InputError, nonneg_int, nonneg_number, positive_int, positive_number
+from testbed.io import sha256
 from testbed.policies import POLICIES, LogLinear, MLPPolicy, Policy, TabularSoftmax
 from testbed.problems import PreferenceBandit, TabularBandit
 
@@ -150,6 +150,19 @@ class BanditAPI:
         return (self._rng.random(len(x)) < self.preference_table()[x, y, y2]).astype(float)
 
 
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _digest(path: Path) -> str:
+    """The file's sha256 (16 hex digits), read once per (path, mtime, size): the rule is made at every step, and
+    reading and hashing the file each time cost that much per iteration."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256(path)[:16]
+    return _DIGESTS[key]
+
+
 def _import(mod_name: str, where: str):
     if mod_name.endswith(".py"):
         path = Path(mod_name)
@@ -157,7 +170,7 @@ def _import(mod_name: str, where: str):
             raise InputError(f"{where}: file {mod_name!r} does not exist")
         # keyed by path and content: an edited file is imported afresh (in a notebook too), so the code that runs is
         # the code whose sha256 the run folder records
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        digest = _digest(path)
         name = f"testbed_user_{path.resolve().as_posix().replace('/', '_').replace('.', '_')}_{digest}"
         if name in sys.modules:
             return sys.modules[name]

@@ -101,7 +101,7 @@ def bootstrap_interval(point: float, draw: Callable[[np.random.Generator, int], 
         for q in ((1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2):
             h = MC_Z * math.sqrt(b * q * (1 - q))
             bands.append((float(ordered[max(0, math.floor(b * q - h))]), float(ordered[min(b - 1, math.ceil(b * q + h))])))
-        low, high = _ends(boot)
+        low, high = _ends(ordered)
         out = Interval(float(point), float(low), float(high), (bands[0], bands[1]), b)
         if b >= max_reps or not out.near(region):
             return out
