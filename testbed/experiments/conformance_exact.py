@@ -182,6 +182,7 @@ def check_step_mlp(factory, Result) -> list:
     to first order, tangent·(theta_t+1 - theta_t), equals eta·tangent·F⁺∇J (centred per context)."""
     out, rule = [], factory()
     p, pol = mlp_problem()
+    start = pol.params.copy(), pol.log_probs(), _tangent(pol)  # every setting's one update starts here
     for seed, (eta, beta) in enumerate(settings(rule)):
         g = np.random.default_rng(300 + seed)
         r, api = fresh(factory, **step_attrs(rule, eta, beta)), BanditAPI(p, g, policy=pol)
@@ -190,8 +191,11 @@ def check_step_mlp(factory, Result) -> list:
             return np.asarray(r.update(api, theta.copy(), g), dtype=np.float64)
 
         def exact(theta, new, eta=eta, beta=beta):
-            at = pol.with_params(theta)
-            old, tangent = at.log_probs(), _tangent(at)
+            if np.array_equal(theta, start[0]):
+                old, tangent = start[1], start[2]
+            else:
+                at = pol.with_params(theta)
+                old, tangent = at.log_probs(), _tangent(at)
             q = p.rewards - beta * (old - p.log_pi_ref)
             want = _centred(np.einsum("xyd,d->xy", tangent, natural_step(p.rho, tangent, q, np.exp(old), None, eta)))
             got = _centred(np.einsum("xyd,d->xy", tangent, new - theta))

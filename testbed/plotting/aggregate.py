@@ -33,7 +33,7 @@ from scipy.stats import trim_mean  # noqa: E402
 
 from testbed.errors import InputError  # noqa: E402
 from testbed.io import atomic_write  # noqa: E402
-from testbed.plotting.common import _load, save_figure  # noqa: E402
+from testbed.plotting.common import _load, read_config, save_figure  # noqa: E402
 
 REPS = 2000  # bootstrap resamples (to start with, where a decision is taken: bootstrap_interval)
 MAX_REPS = 256_000  # at most this many when a boundary stays within the Monte-Carlo band of an interval end
@@ -252,7 +252,7 @@ def plot_aggregate(run_dir: str | Path, out: str | Path) -> Path:
     axes[2].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3, lw=0.4)
-    fig.suptitle(f"{_load(Path(run_dir))[0]['name']}: aggregates over {len(agg['problems'])} problems, 95% stratified "
+    fig.suptitle(f"{read_config(Path(run_dir))['name']}: aggregates over {len(agg['problems'])} problems, 95% stratified "
                  "bootstrap intervals", fontsize=10)
     fig.tight_layout()
     aggregate_table(run_dir, Path(out).with_suffix(".md"), agg)

@@ -82,10 +82,10 @@ def save_figure(fig, out: Path, tight: bool = True) -> Path:
     return out
 
 
-def _load(run_dir: Path) -> tuple[dict, dict, dict]:
-    """config, runs by id, and each run's metric rows; a metrics row whose run is not in config.yaml's
-    ``runs`` (or no ``runs`` list) is an InputError."""
-    config = read_config(run_dir)
+def _load(run_dir: Path, config: dict | None = None) -> tuple[dict, dict, dict]:
+    """config (``config``: the folder's, already read), runs by id, and each run's metric rows; a metrics row whose
+    run is not in config.yaml's ``runs`` (or no ``runs`` list) is an InputError."""
+    config = read_config(run_dir) if config is None else config
     listed = config.get("runs")
     if not isinstance(listed, list) or not all(isinstance(r, dict) and "run_id" in r for r in listed):
         raise InputError(f"{run_dir / 'config.yaml'}: no 'runs' list of runs with a run_id; expected the resolved "

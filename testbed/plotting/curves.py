@@ -52,7 +52,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, panel_by: str |
     x = choice("--x", x or opts.get("x", "iteration"), ("iteration", "samples", "queries"))
     y = choice("--y", y or opts.get("y", "suboptimality"), ("suboptimality", "reward", "kl_ref", "kl_reg_gap", "loss",
                                                             "exploitability", "exploitability_avg"))
-    _, runs, per_run = _load(run_dir)
+    _, runs, per_run = _load(run_dir, config)
     known = sorted({k for r in runs.values() for k in (*r["swept"], *r["config"])})
     if panel_by and panel_by not in known:
         raise InputError(f"panel_by (--panel-by) {panel_by!r} is not a hyper-parameter of these runs; expected one of "

@@ -116,7 +116,7 @@ def plot_simplex(run_dir: Path, config: dict, out: str | Path | None = None, con
 
 def plot_exploitability(run_dir: Path, config: dict, out: str | Path | None = None) -> Path:
     """expl(pi_t) (solid) and expl(pi_bar_t) (dashed) vs t, log–log, one panel per problem."""
-    _, runs, per_run = _load(run_dir)
+    _, runs, per_run = _load(run_dir, config)
     series = defaultdict(lambda: defaultdict(list))  # problem -> line -> [(t, last, avg)]
     bounds = defaultdict(dict)
     for run_id, rr in per_run.items():
