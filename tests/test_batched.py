@@ -65,7 +65,10 @@ def test_groups_stack_seeds_and_instances_of_one_shape_and_leave_the_rest_alone(
     assert sorted(sizes["rebel"] + sizes["npg"] + sizes["ppo"] + sizes["dpo"]) == [1] * 36 + [6] * 24
     assert sorted(i for g in groups for i in g) == list(range(len(spec.runs)))
     split = batch_groups(spec, jobs=4)  # stacks split so that every process gets work
-    assert sorted(len(g) for g in split if spec.runs[g[0]].label == "rebel-exact") == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert sorted(len(g) for g in split if spec.runs[g[0]].label == "rebel-sampled") == [1, 1, 1, 1, 2, 2, 2, 2]
+    # ... except the seeds of a configuration that draws nothing on one problem: one computation, one stack
+    exact = [[spec.runs[i] for i in g] for g in split if spec.runs[g[0]].label == "rebel-exact"]
+    assert sorted(len(g) for g in exact) == [3, 3, 3, 3] and all(len({p.problem for p in g}) == 1 for g in exact)
     assert batch_groups(spec, batch=False) == [[i] for i in range(len(spec.runs))]
 
 

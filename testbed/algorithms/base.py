@@ -166,6 +166,15 @@ class Algorithm:
         return (beta, problem.regularised_optimum_log(beta)) if beta > 0 else None
 
     @staticmethod
+    def draws(config) -> bool:
+        """Whether a run of this configuration takes random numbers from its generator (at construction or in an
+        update). False: the run is a function of its problem, its configuration and pi_0 alone, so the batched
+        runner computes the seeds of a stack that share a problem once (a stack's pi_0 takes no random numbers:
+        :func:`~testbed.policies.initial_stack`) and checks afterwards that their generators were never used.
+        Default True (a user rule may draw in any mode)."""
+        return True
+
+    @staticmethod
     def counted(config) -> bool:
         """Whether its runs report ``samples``/``queries`` (the counts its Steps and ``initial_*``
         give); False leaves both columns empty. Default: every mode but exact/population."""

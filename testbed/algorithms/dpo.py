@@ -173,6 +173,10 @@ class DPO(Algorithm):
             PreferenceOracle(problem, "tensor", preferences=load_preferences(config.preferences))
 
     @staticmethod
+    def draws(config: DPOConfig) -> bool:  # population Adam shuffles its full batch (the order of the loss's sum)
+        return config.mode != "population" or config.optimizer == "adam"
+
+    @staticmethod
     def batchable(config: DPOConfig, kind: str) -> bool:
         return kind in ("tabular", "loglinear") and config.mode != "population"
 

@@ -67,6 +67,10 @@ class NPG(Algorithm):
         self._no_overflow = no_overflow(config.eta, problem.rewards)
 
     @staticmethod
+    def draws(config: NPGConfig) -> bool:
+        return config.mode != "exact"
+
+    @staticmethod
     def batchable(config: NPGConfig, kind: str) -> bool:
         return kind in ("tabular", "loglinear")
 

@@ -57,6 +57,10 @@ class _PreferenceAlgorithm(Algorithm):
         super().__init__(config, problem, rng)
 
     @staticmethod
+    def draws(config) -> bool:
+        return config.mode != "exact"
+
+    @staticmethod
     def batchable(config, kind: str) -> bool:
         """Every preference algorithm updates a stack of tabular policies on a
         :class:`~testbed.problems.PreferenceBatch` (draws: :mod:`testbed.algorithms.preference_draws`)."""

@@ -40,6 +40,10 @@ class BTREBEL(_PreferenceAlgorithm):
     Config = BTREBELConfig
     report_iterate = "last"
 
+    @staticmethod
+    def draws(config: BTREBELConfig) -> bool:
+        return config.mode != "exact" or config.reward_model != "population"  # a sampled data set: drawn at construction
+
     def __init__(self, config: BTREBELConfig, problem, rng):
         super().__init__(config, problem, rng)
         members = getattr(problem, "members", None)  # a stack: each member's reward model from its own generator

@@ -139,6 +139,10 @@ class REBEL(Algorithm):
         self._adam: dict = {}
 
     @staticmethod
+    def draws(config: REBELConfig) -> bool:
+        return config.mode != "exact" or config.y_prime == "offline"  # offline: its responses drawn at construction
+
+    @staticmethod
     def batchable(config: REBELConfig, kind: str) -> bool:
         return kind in ("tabular", "loglinear") and config.y_prime != "offline"
 

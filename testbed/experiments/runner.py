@@ -176,16 +176,26 @@ class BatchState:
     prob_sum: np.ndarray | None = None  # preference problems: sum of pi_0 … pi_{t−1} per member, as in run_one
 
 
-def _new_batch_state(plans: list[RunPlan], problems: list) -> BatchState:
-    cls = ALGORITHMS[plans[0].algorithm]
-    cfg = build_config(cls.Config, plans[0].config, plans[0].label)
+def shared_members(cls, cfg, problems: list) -> list[int]:
+    """owner[s]: the stack member that computes grid point s. A configuration that draws no random numbers
+    (:meth:`Algorithm.draws` False) runs a function of its problem, its configuration and pi_0 alone (a stack's
+    pi_0 takes none: :func:`~testbed.policies.initial_stack`), so the points of one stack that share a problem
+    are one computation, done once (the first of them); otherwise every point is its own member."""
+    if cls.draws(cfg):
+        return list(range(len(problems)))
+    first: dict = {}
+    return [first.setdefault(id(p), len(first)) for p in problems]
+
+
+def _new_batch_state(plans: list[RunPlan], problems: list, cls, cfg, lead: list[int]) -> BatchState:
     for plan, problem in zip(plans, problems):
         check_pairing(cls, problem, plan.label, cfg)
-    rngs = [np.random.default_rng(plan.seed) for plan in plans]
-    batch = problem_batch(problems)
+    rngs = [np.random.default_rng(plans[s].seed) for s in lead]
+    members = [problems[s] for s in lead]
+    batch = problem_batch(members)
     algo = cls(cfg, batch, rngs)
     averaged = isinstance(batch, PreferenceBandit)
-    return BatchState(0, initial_stack(problems, **(plans[0].policy or {})), algo, rngs, [[] for _ in plans],
+    return BatchState(0, initial_stack(members, **(plans[0].policy or {})), algo, rngs, [[] for _ in plans],
                       algo.initial_samples, algo.initial_queries, None, {}, 0.0, [],
                       np.zeros(batch.pi_ref.shape) if averaged else None)
 
@@ -198,34 +208,48 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
     (or :class:`~testbed.problems.PreferenceBatch`): random draws come seed by seed from each run's own
     generator, the update and the exact metrics run on the whole stack in one array computation,
     and each run's rows, final policy and wall times are what :func:`run_one` gives it
-    (``tests/test_batched.py`` checks bit-for-bit equality). Checkpoints as in :func:`run_one`.
+    (``tests/test_batched.py`` checks bit-for-bit equality). Points whose runs are one computation (a
+    configuration that draws nothing, on a shared problem: :func:`shared_members`) are computed once and each
+    gets its own rows. Checkpoints as in :func:`run_one`.
     """
+    cls = ALGORITHMS[plans[0].algorithm]
+    cfg = build_config(cls.Config, plans[0].config, plans[0].label)
+    owner = shared_members(cls, cfg, problems)
+    lead = [owner.index(m) for m in range(max(owner) + 1)]  # the grid point that stands for each member
+    ids = [plans[s].run_id for s in lead]
     ck, st = resume(checkpoint)
     if st is None:
-        st = _new_batch_state(plans, problems)
+        st = _new_batch_state(plans, problems, cls, cfg, lead)
     cfg, first, averaged = st.algo.config, plans[0], st.prob_sum is not None
-    target = None if averaged else type(st.algo).kl_target(cfg, st.algo.problem)
-    counted = type(st.algo).counted(cfg)
+    target = None if averaged else cls.kl_target(cfg, st.algo.problem)
+    counted = cls.counted(cfg)
     start = time.perf_counter() - st.elapsed
 
     def record(t: int) -> None:
         avg = st.prob_sum / t if averaged and t > 0 else None
         metrics = stack_metric_arrays(st.algo.problem, st.policy.log_probs(), avg, target)
-        check_finite([p.run_id for p in plans], t, metrics, checkpoint)
-        loss = None if st.loss is None else np.broadcast_to(st.loss, (len(plans),))
+        check_finite(ids, t, metrics, checkpoint)
+        values = {k: None if v is None else np.asarray(v, dtype=float).tolist() for k, v in metrics.items()}
+        loss = None if st.loss is None else np.broadcast_to(np.asarray(st.loss, dtype=float), (len(lead),)).tolist()
+        extras = {k: np.asarray(v, dtype=float).tolist() for k, v in st.step_extras.items()}
+        samples, queries = (st.samples, st.queries) if counted else (None, None)
         for s, plan in enumerate(plans):
-            m = {k: None if v is None else float(v[s]) for k, v in metrics.items()}
-            st.rows[s].append(_row(plan, t, st.samples if counted else None, st.queries if counted else None, m,
-                                   None if loss is None else float(loss[s]),
-                                   {k: float(v[s]) for k, v in st.step_extras.items()}))
+            m = owner[s]
+            st.rows[s].append(_row(plan, t, samples, queries, {k: None if v is None else v[m] for k, v in values.items()},
+                                   None if loss is None else loss[m], {k: v[m] for k, v in extras.items()}))
         st.wall.append(time.perf_counter() - start)
 
     def step(t: int) -> None:
-        _update(st, st.rngs, [p.run_id for p in plans], t, checkpoint)
+        _update(st, st.rngs, ids, t, checkpoint)
 
     train(st, first.iterations, step, record, first.eval_every, _saver(st, ck, start), every)
+    if len(lead) < len(plans):
+        for rng, s in zip(st.rngs, lead):  # the shared members' runs must not have depended on their seed
+            if rng.bit_generator.state != np.random.default_rng(plans[s].seed).bit_generator.state:
+                raise RuntimeError(f"{cls.__name__}.draws says {plans[s].label!r} takes no random numbers, but its run "
+                                   "used its generator: its seeds cannot share one computation")
     avg = st.prob_sum / first.iterations if averaged else None
-    return [(rows, member(st.policy, s), {"wall": st.wall} | ({"avg_probs": avg[s]} if averaged else {}))
+    return [(rows, member(st.policy, owner[s]), {"wall": st.wall} | ({"avg_probs": avg[owner[s]]} if averaged else {}))
             for s, rows in enumerate(st.rows)]
 
 
@@ -245,22 +269,30 @@ def batch_groups(spec: Spec, jobs: int = 1, batch: bool = True) -> list[list[int
 
     Points that differ only in seed, or in an instance of the same kind and shape, form a group when
     their algorithm can update a stack (``Algorithm.batchable``); with ``jobs`` > 1 a group is split
-    into ``jobs`` near-equal stacks so that every process gets work. ``batch=False``: one point each.
+    into ``jobs`` near-equal stacks so that every process gets work, except that the seeds of a configuration that
+    draws nothing (``Algorithm.draws``) on one problem, one computation, stay together. ``batch=False``: one point
+    each.
     """
     groups: dict = {}
     for i, plan in enumerate(spec.runs):
         problem = spec.problems[plan.problem]
         cls = ALGORITHMS[plan.algorithm]
         kind = (plan.policy or {}).get("kind") or default_kind(problem)
-        ok = batch and not plan.trajectory and cls.batchable(build_config(cls.Config, plan.config, plan.label), kind)
+        cfg = build_config(cls.Config, plan.config, plan.label)
+        ok = batch and not plan.trajectory and cls.batchable(cfg, kind)
         key = (("batch", plan.algorithm, plan.label, dump_yaml(plan.config), dump_yaml(plan.policy), plan.iterations,
                 plan.eval_every, type(problem).__name__, getattr(problem, "rewards", problem.pi_ref).shape,
                 getattr(problem, "features", np.empty(0)).shape) if ok else ("single", i))
-        groups.setdefault(key, []).append(i)
+        # the seeds of a configuration that draws nothing, on one problem, are one computation (shared_members):
+        # they stay in one stack
+        unit = i if cls.draws(cfg) else plan.problem
+        groups.setdefault(key, {}).setdefault(unit, []).append(i)
     out = []
-    for members in groups.values():
-        parts = min(max(jobs, 1), len(members))
-        out += [list(a) for a in np.array_split(members, parts)]
+    for units in groups.values():
+        units = list(units.values())
+        parts = min(max(jobs, 1), len(units))
+        out += [sorted(i for u in part for i in u) for part in np.array_split(np.arange(len(units)), parts)
+                for part in [[units[k] for k in part]]]
     return out
 
 
