@@ -152,7 +152,7 @@ def test_a_nan_in_one_member_of_a_stack_names_that_run(tmp_path, capsys, monkeyp
 
     spec = tmp_path / "spec.yaml"
     spec.write_text("problems: [{kind: tabular, contexts: 2, actions: 3}]\n"
-                    "algorithms: [{name: rebel, mode: exact, eta: 1.0}]\nseeds: 3\niterations: 6\n")
+                    "algorithms: [{name: rebel, mode: sampled, pairs: 20, eta: 1.0}]\nseeds: 3\niterations: 6\n")
     real = REBEL.update
 
     def update(self, policy, rng):

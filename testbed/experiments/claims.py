@@ -35,7 +35,16 @@ from scipy import stats
 
 from testbed.algorithms import ALGORITHMS, build_config
 from testbed.io import atomic_write
-from testbed.plotting.aggregate import MAX_REPS, REPS, Interval, bootstrap_interval, poi_bootstrap, score_matrices, within_error
+from testbed.plotting.aggregate import (
+    BETTER,
+    MAX_REPS,
+    REPS,
+    Interval,
+    bootstrap_interval,
+    poi_bootstrap,
+    score_matrices,
+    within_error,
+)
 from testbed.plotting.common import _load
 from testbed.plotting.llm import read_lm_metrics, seconds_per_iteration
 
@@ -219,7 +228,7 @@ def bandit_vs(other: str, study: str = "compare_tuned", rebel: str = "rebel-samp
     def claim(runs: Path) -> Claim:
         c = Claim(f"REBEL ≥ {other.split('-')[0].upper()} at a matched budget of responses ({where}, tuned)",
                   study, f"probability that a {rebel} run ends with a lower normalised sub-optimality than a "
-                  f"{other} run (fresh seeds, every problem of the study)", (0.5, 1.0))
+                  f"{other} run (fresh seeds, every problem of the study)", BETTER)
         d = _tuned(runs, study)
         if d:
             scores, problems = score_matrices(d)

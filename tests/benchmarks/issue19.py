@@ -61,14 +61,16 @@ def spread(v: list[float]) -> str:
     return f"±{(max(v) - min(v)) / med(v) * 50:.0f}%" if len(v) > 1 else "(1 repeat)"
 
 
-def _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats):
-    plans = [RunPlan(f"s{s}", problem.name, name, name, name, cfg, {}, None, s, iterations, iterations)
-             for s in range(seeds)]
-    warm = [RunPlan(f"w{s}", problem.name, name, name, name, cfg, {}, None, s, 1, 1) for s in range(2)]
-    run_batch(warm, [problem] * 2), run_one(warm[0], problem)  # warm-up, untimed (torch's first calls cost ~1.5 s)
+def _stack_vs_loop(problems, name, cfg, seeds, iterations, repeats):
+    """One stack of ``seeds`` runs vs the per-seed loop; ``problems``: one problem (every seed's) or one per seed."""
+    problems = problems if isinstance(problems, list) else [problems] * seeds
+    plans = [RunPlan(f"s{s}", p.name, name, name, name, cfg, {}, None, s, iterations, iterations)
+             for s, p in enumerate(problems)]
+    warm = [RunPlan(f"w{s}", problems[s].name, name, name, name, cfg, {}, None, s, 1, 1) for s in range(2)]
+    run_batch(warm, problems[:2]), run_one(warm[0], problems[0])  # warm-up, untimed (torch's first calls cost ~1.5 s)
     out = {}
-    t = timed({"batched": lambda: out.__setitem__("b", run_batch(plans, [problem] * seeds)),
-               "loop": lambda: out.__setitem__("l", [run_one(p, problem) for p in plans])}, repeats)
+    t = timed({"batched": lambda: out.__setitem__("b", run_batch(plans, problems)),
+               "loop": lambda: out.__setitem__("l", [run_one(p, q) for p, q in zip(plans, problems)])}, repeats)
     same = all(a[0] == b[0] and np.array_equal(a[1].params, b[1].params) for a, b in zip(out["b"], out["l"]))
     return t, same
 
@@ -77,20 +79,33 @@ def batched_modes(seeds: int = 64, iterations: int = 10, repeats: int = 3) -> bo
     problem = make_tabular(contexts=20, actions=10, seed=0)
     print(f"6. {seeds} seeds x {iterations} iterations, 20 x 10 tabular problem: one stack vs the per-seed loop "
           f"({repeats} interleaved repeats, medians):")
-    ok = compare_modes(problem, MODES, seeds, iterations, repeats)
+    ok = compare_modes(problem, MODES, seeds, iterations, repeats,
+                       instances=lambda s: make_tabular(contexts=20, actions=10, seed=s))
     return ok & preference_modes(compare_modes, seeds, iterations, repeats)
 
 
-def compare_modes(problem, modes: dict, seeds: int, iterations: int, repeats: int) -> bool:
-    """Each mode of ``modes`` (label: (algorithm, config)) on ``problem``: one stack vs the per-seed loop, printed."""
+def compare_modes(problem, modes: dict, seeds: int, iterations: int, repeats: int, instances=None) -> bool:
+    """Each mode of ``modes`` (label: (algorithm, config)) on ``problem``: one stack vs the per-seed loop, printed.
+    A configuration that draws nothing (``Algorithm.draws`` False: its seeds on one problem are one computation,
+    run once) is also measured on ``seeds`` distinct instances (``instances(s)``, s = 0 … seeds - 1), where each
+    member is computed: that line shows the stacked array work itself (printed, no target)."""
     ok = True
     for label, (name, cfg) in modes.items():
         t, same = _stack_vs_loop(problem, name, cfg, seeds, iterations, repeats)
         ratio = med(t["loop"]) / med(t["batched"])
         good = ratio >= 20 and same
         ok &= good
+        cls = ALGORITHMS[name]
+        shared = not cls.draws(build_config(cls.Config, cfg, label))
         print(f"   {label:28s} loop {med(t['loop']):7.2f} s {spread(t['loop']):>5s}, batched {med(t['batched']):6.3f} s "
-              f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(good)}; identical: {same}")
+              f"{spread(t['batched']):>5s}: {ratio:5.1f}x (target >= 20x) {verdict(good)}; identical: {same}"
+              + ("; draws nothing: the seeds are one computation" if shared else ""))
+        if shared and instances is not None:
+            t, same = _stack_vs_loop([instances(s) for s in range(seeds)], name, cfg, seeds, iterations, repeats)
+            ok &= same
+            print(f"   {'':28s} {seeds} distinct instances: loop {med(t['loop']):7.2f} s {spread(t['loop']):>5s}, batched "
+                  f"{med(t['batched']):6.3f} s {spread(t['batched']):>5s}: {med(t['loop']) / med(t['batched']):5.1f}x "
+                  f"(every member computed; no target); identical: {same}")
     return ok
 
 
@@ -206,7 +221,8 @@ if __name__ == "__main__":
         print(f"load average: {os.getloadavg()}")
         bandit = {m: MODES[m] for m in args.mode or [] if m in MODES}
         pref = [m for m in args.mode or [] if m in PREFERENCE_MODES]
-        ok = compare_modes(make_tabular(contexts=20, actions=10, seed=0), bandit, 64, args.iterations, reps)
+        ok = compare_modes(make_tabular(contexts=20, actions=10, seed=0), bandit, 64, args.iterations, reps,
+                           instances=lambda s: make_tabular(contexts=20, actions=10, seed=s))
         if pref or args.only_preference:  # no labels: every preference mode but the slow ones
             ok &= preference_modes(compare_modes, iterations=args.iterations, repeats=reps, modes=pref or None)
         print(f"load average: {os.getloadavg()}")

@@ -32,4 +32,5 @@ def preference_modes(compare_modes, seeds: int = 64, iterations: int = 10, repea
     problem = make_preference("raters", contexts=20, actions=10, raters=3, seed=0)
     print(f"   preference algorithms, 20 x 10 random-raters problem, {seeds} seeds x {iterations} iterations:")
     chosen = {k: v for k, v in PREFERENCE_MODES.items() if not modes or k in modes}
-    return compare_modes(problem, chosen, seeds, iterations, repeats)
+    return compare_modes(problem, chosen, seeds, iterations, repeats,
+                         instances=lambda s: make_preference("raters", contexts=20, actions=10, raters=3, seed=s))
