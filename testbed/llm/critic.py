@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from testbed.llm.policy import forward_logits, masked_ids
+from testbed.llm.policy import forward_logits, joined_inputs
 
 
 class ValueModel(nn.Module):
@@ -24,9 +24,9 @@ class ValueModel(nn.Module):
         nn.init.normal_(self.head.weight, std=1 / np.sqrt(hidden + 1))
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids):
-        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state
+    def forward(self, **inputs):
+        """V at every position of a batch's :func:`~testbed.llm.policy.padded_inputs`."""
+        h = self.backbone(**inputs).last_hidden_state
         v = self.head(h)[..., 0]
         return v.to(torch.promote_types(v.dtype, torch.float32))
 
@@ -50,10 +50,8 @@ class PolicyAndValue(nn.Module):
         self.policy, self.critic = policy, critic
 
     def forward(self, query, query_mask, response, resp_mask):
-        logits = forward_logits(self.policy, query, query_mask, response, resp_mask)
-        ids = torch.cat([query, response], 1)
-        mask = torch.cat([query_mask, resp_mask.to(query_mask.dtype)], 1)
-        pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-        v = self.critic(masked_ids(ids, mask), mask, pos)
+        inputs = joined_inputs(query, query_mask, response, resp_mask)
+        logits = forward_logits(self.policy, query, query_mask, response, resp_mask, inputs)
+        v = self.critic(**inputs)
         Q = query.shape[1]
         return logits, v[:, Q - 1:-1]

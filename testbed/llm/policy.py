@@ -67,16 +67,25 @@ def masked_ids(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ids.masked_fill(~mask.bool(), 0)
 
 
-def forward_logits(model, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
-                   resp_mask: torch.Tensor) -> torch.Tensor:
-    """Logits predicting each response token: [B, L, V]. ``query`` must be left-padded."""
-    ids = torch.cat([query, response], dim=1)
-    mask = torch.cat([query_mask, resp_mask.to(query_mask.dtype)], dim=1)
+def padded_inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Forward arguments for padded ids: pads go in as id 0 (never looked up), masked out of attention; position ids
+    count real tokens only."""
     pos = (mask.long().cumsum(1) - 1).clamp(min=0)
+    return dict(input_ids=masked_ids(ids, mask), attention_mask=mask, position_ids=pos, use_cache=False)
+
+
+def joined_inputs(query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor, resp_mask: torch.Tensor) -> dict:
+    """:func:`padded_inputs` of query + response, one sequence per row [B, Q + L] (``query`` left-padded)."""
+    return padded_inputs(torch.cat([query, response], dim=1), torch.cat([query_mask, resp_mask.to(query_mask.dtype)], dim=1))
+
+
+def forward_logits(model, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
+                   resp_mask: torch.Tensor, inputs: dict | None = None) -> torch.Tensor:
+    """Logits predicting each response token: [B, L, V]. ``query`` must be left-padded. ``inputs``: the batch's
+    :func:`joined_inputs`, when the caller has built them already."""
+    inputs = inputs if inputs is not None else joined_inputs(query, query_mask, response, resp_mask)
     # only the L + 1 last positions go through the LM head (logits_to_keep): the rest are never read
-    out = model(input_ids=masked_ids(ids, mask), attention_mask=mask, position_ids=pos, use_cache=False,
-                logits_to_keep=response.shape[1] + 1)
-    return out.logits[:, :-1]
+    return model(**inputs, logits_to_keep=response.shape[1] + 1).logits[:, :-1]
 
 
 def token_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: float,
@@ -106,7 +115,7 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def _vocabulary_size(model, default: int) -> int:
+def vocabulary_size(model, default: int | None = None) -> int | None:
     """The number of token ids the model embeds: its input embedding's rows, else ``config.vocab_size``, else
     ``default`` (a toy model without either: every id is taken to be in range)."""
     get = getattr(model, "get_input_embeddings", None)
@@ -130,7 +139,7 @@ class LMPolicy:
         self.temperature, self.top_k, self.top_p, self.max_new_tokens = temperature, top_k, top_p, max_new_tokens
         self.pad_id, self.eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         # a pad id outside the model's vocabulary (added to a tokenizer without one) can never be sampled
-        self.in_vocab_pad = self.pad_id < _vocabulary_size(unwrap(model), self.pad_id + 1)
+        self.in_vocab_pad = self.pad_id < vocabulary_size(unwrap(model), self.pad_id + 1)
         self.suppress = self.pad_id if self.pad_id != self.eos_id and self.in_vocab_pad else None
         if ref == "auto":
             ref = "adapter" if is_peft(model) else "copy"

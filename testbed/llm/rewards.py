@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from testbed.errors import InputError
-from testbed.llm.policy import first_eos_index, left_pad, masked_ids, response_mask, unwrap
+from testbed.llm.policy import first_eos_index, left_pad, padded_inputs, response_mask, unwrap
 from testbed.losses import dpo_loss
 
 
@@ -29,13 +29,6 @@ def score_head(model):
     """The one-label head of a decoder's sequence classifier, applied at every token (``score``; encoder classifiers,
     which pool first, are refused when loaded: :func:`testbed.llm.models.load_reward_model`)."""
     return unwrap(model).score
-
-
-def padded_inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict:
-    """Forward arguments for padded ids: pads go in as id 0 (never looked up), masked out of attention; real-token
-    positions."""
-    pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-    return dict(input_ids=masked_ids(ids, mask), attention_mask=mask, position_ids=pos, use_cache=False)
 
 
 def last_token_score(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from testbed.errors import InputError
-from testbed.llm.rewards import last_token_score, padded_inputs, score_head, score_offset
+from testbed.llm.policy import padded_inputs
+from testbed.llm.rewards import last_token_score, score_head, score_offset
 from testbed.losses import dpo_loss
 
 RECENTRE = ("none", "reference_mean")
@@ -107,14 +108,15 @@ def run_reward_model(st: dict, folder: Path) -> tuple[list[dict], dict, object, 
     """Train the reward-model stage: (metric rows, summary with held-out accuracy before and after, model, tokenizer,
     the model's state dict to save)."""
     from testbed.llm.models import load_tokenizer
-    from testbed.llm.sft import load_rows, stage_accelerator, train_stage, vocab_size
+    from testbed.llm.policy import vocabulary_size
+    from testbed.llm.sft import load_rows, stage_accelerator, train_stage
 
     fields = st["data"]["fields"]  # [chosen, rejected]: checked by load_pipeline
     acc = stage_accelerator(st)
     tok = load_tokenizer(st["model"])
     pad = tok.pad_token_id
     model = load_score_model(st["model"], pad, st.get("seed", 0)).to(acc.device)
-    V = vocab_size(model)
+    V = vocabulary_size(model)
     rows_ = load_rows(st["data"], folder, V, f"stage {st['name']}.data", pad)
     c, r = rows_[fields[0]], rows_[fields[1]]
     held = None

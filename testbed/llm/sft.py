@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from testbed.errors import InputError
 from testbed.llm.pipeline import stage_run_id
+from testbed.llm.policy import padded_inputs, vocabulary_size
 from testbed.results import LM_COLUMNS
 
 LOSSES = ("sequence", "response")
@@ -69,11 +70,6 @@ def load_rows(entry: dict, folder: Path, vocab: int, where: str = "data", pad: i
     return out
 
 
-def vocab_size(model) -> int:
-    """Rows of the model's input embedding: the token ids it takes."""
-    return model.get_input_embeddings().num_embeddings
-
-
 def sequences(rows: dict, fields: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(token ids [N, T], response mask [N, T] or None): one field, or [query, response] concatenated."""
     if len(fields) == 1:
@@ -83,10 +79,8 @@ def sequences(rows: dict, fields: list[str]) -> tuple[torch.Tensor, torch.Tensor
 
 
 def lm_forward(model, ids: torch.Tensor, pad: int):
-    """The model's output on padded ids: attention mask = ids ≠ pad, pads replaced by 0, real-token positions."""
-    mask = ids != pad
-    pos = (mask.long().cumsum(1) - 1).clamp(min=0)
-    return model(input_ids=ids.masked_fill(~mask, 0), attention_mask=mask.long(), position_ids=pos, use_cache=False)
+    """The model's output on padded ids: attention mask = ids ≠ pad (:func:`~testbed.llm.policy.padded_inputs`)."""
+    return model(**padded_inputs(ids, (ids != pad).long()))
 
 
 def token_nll(model, ids: torch.Tensor, pad: int, response: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +195,7 @@ def run_sft(st: dict, folder: Path) -> tuple[list[dict], dict, object, object, d
     fields = st["data"]["fields"]
     if how == "response" and len(fields) != 2:
         raise InputError(f"stage {st['name']}.loss: response needs data.fields [query, response] (got {fields})")
-    V = vocab_size(model)
+    V = vocabulary_size(model)
     ids, resp = sequences(load_rows(st["data"], folder, V, f"stage {st['name']}.data", pad), fields)
     held = None
     if st.get("eval_data"):
