@@ -60,10 +60,10 @@ def check_lora_targets(net, lora: dict | None, targets, what: str) -> None:
     a list (the module's full name or its last dotted parts); else one line naming the first that does not."""
     if not lora:
         return
-    names = [n for n, _ in net.named_modules()]
+    modules = list(net.named_modules())
     for t in lora.get("target_modules", targets):
-        if not any(n == t or n.endswith("." + t) for n in names):
-            layers = sorted({n.rsplit(".", 1)[-1] for n, m in net.named_modules()
+        if not any(n == t or n.endswith("." + t) for n, _ in modules):
+            layers = sorted({n.rsplit(".", 1)[-1] for n, m in modules
                              if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and not n.rsplit(".", 1)[-1].isdigit()})
             raise InputError(f"lora.target_modules: {t!r} names no module of the {what} (its layers: "
                              f"{', '.join(layers[:10])}{', ...' if len(layers) > 10 else ''})")
