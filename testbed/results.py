@@ -364,7 +364,7 @@ def read_metrics(run_dir: str | Path, columns: tuple[str, ...] | None = None) ->
         raise InputError(f"{str(run_dir)!r} is not a run folder (no metrics.csv)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        header = [OLD_NAMES.get(c, c) for c in reader.fieldnames or []]
+        header = reader.fieldnames = [OLD_NAMES.get(c, c) for c in reader.fieldnames or []]  # rows keyed by new names
         missing = [c for c in REQUIRED if c not in header]
         if not header:
             raise InputError(f"{path} is empty; expected a header row with the run-folder schema "
@@ -378,7 +378,7 @@ def read_metrics(run_dir: str | Path, columns: tuple[str, ...] | None = None) ->
             if extra or cells < len(raw):
                 raise InputError(f"{path} line {reader.line_num}: {cells + len(extra)} cells where the header has "
                                  f"{len(header)} (expected one cell per column, empty for none)")
-            rows.append({OLD_NAMES.get(k, k): _cell(path, reader.line_num, OLD_NAMES.get(k, k), v) for k, v in raw.items()})
+            rows.append({k: _cell(path, reader.line_num, k, v) for k, v in raw.items()})
     if columns is None:
         columns = LM_COLUMNS if any(c in header for c in LM_COLUMNS[len(COLUMNS):]) else COLUMNS
     timings = Path(run_dir) / "timings.json"

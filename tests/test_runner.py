@@ -187,3 +187,21 @@ def test_swept_problem_fields_name_the_instances(tmp_path):
 def test_default_problems():
     p = make_tabular()
     assert p.rewards.shape == (20, 10) and p.name == "tabular-random-20x10-s0"
+
+
+def test_a_run_folder_with_the_old_column_names_reads_under_the_new_ones(tmp_path, run_dir):
+    """metrics.csv written before PPO's diagnostics moved to policy/… (clipfrac, approx_kl, ratio_max) reads under
+    the new names, each cell where it was."""
+    from testbed.results import OLD_NAMES
+
+    old = tmp_path / "old"
+    old.mkdir()
+    text = (run_dir / "metrics.csv").read_text()
+    header, rest = text.split("\n", 1)
+    renamed = {new: name for name, new in OLD_NAMES.items()}
+    (old / "metrics.csv").write_text(",".join(renamed.get(c, c) for c in header.split(",")) + "\n" + rest)
+    assert any(c in renamed for c in header.split(","))  # the file read here holds at least one renamed column
+    new_rows, old_rows = read_metrics(run_dir), read_metrics(old)
+    drop = ("wall_time",)  # timings.json is not copied
+    assert [{k: v for k, v in r.items() if k not in drop} for r in old_rows] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in new_rows]
