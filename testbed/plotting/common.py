@@ -82,15 +82,20 @@ def save_figure(fig, out: Path, tight: bool = True) -> Path:
     return out
 
 
-def _load(run_dir: Path, config: dict | None = None) -> tuple[dict, dict, dict]:
-    """config (``config``: the folder's, already read), runs by id, and each run's metric rows; a metrics row whose
-    run is not in config.yaml's ``runs`` (or no ``runs`` list) is an InputError."""
-    config = read_config(run_dir) if config is None else config
+def listed_runs(run_dir: Path, config: dict) -> dict:
+    """config.yaml's runs by id; an InputError unless it holds a 'runs' list of runs with a run_id."""
     listed = config.get("runs")
     if not isinstance(listed, list) or not all(isinstance(r, dict) and "run_id" in r for r in listed):
         raise InputError(f"{run_dir / 'config.yaml'}: no 'runs' list of runs with a run_id; expected the resolved "
                          "spec of a bandit or preference run (testbed run)")
-    runs = {r["run_id"]: r for r in listed}
+    return {r["run_id"]: r for r in listed}
+
+
+def _load(run_dir: Path, config: dict | None = None) -> tuple[dict, dict, dict]:
+    """config (``config``: the folder's, already read), runs by id, and each run's metric rows; a metrics row whose
+    run is not in config.yaml's ``runs`` (or no ``runs`` list) is an InputError."""
+    config = read_config(run_dir) if config is None else config
+    runs = listed_runs(run_dir, config)
     per_run = defaultdict(list)
     for r in read_metrics(run_dir):
         if r["run_id"] not in runs:

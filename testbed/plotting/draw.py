@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from testbed.plotting import aggregate, curves, preference
-from testbed.plotting.common import _load
+from testbed.plotting.common import listed_runs, read_config
 
 
 def _preference(fn, with_context: bool):
     def draw_it(run_dir, entry, out):
         extra = {"context": entry.get("context", 0)} if with_context else {}
-        return fn(Path(run_dir), _load(Path(run_dir))[0], out, **extra)
+        config = read_config(Path(run_dir))
+        listed_runs(Path(run_dir), config)  # (the metrics rows are read by the figures that draw them)
+        return fn(Path(run_dir), config, out, **extra)
     return draw_it
 
 
