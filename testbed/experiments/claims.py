@@ -374,19 +374,21 @@ BANDIT_CLAIMS = (rebel_is_npg, mirror_descent_bound, inexact_regression, minimax
 
 def collect(runs: str | Path, kept: str | Path | None = None, lm_study: str | None = None) -> list[Claim]:
     """Every claim from the run folders under ``runs`` (a claim whose experiment is missing stays without
-    a value: inconclusive). The LM rows: from ``runs/lm_study`` when the LM study of that name was just run
-    (``testbed reproduce --llm [--quick]``); otherwise from ``kept``, the JSON file of the last LM study's
-    claims (:func:`write_claims` writes it), so a bandit-only ``testbed reproduce`` keeps the rows of the last
-    ``testbed reproduce --llm``; without that file, from the LM study folder under ``runs`` (:data:`LM_STUDIES`,
-    in order)."""
-    runs = Path(runs)
+    a value: inconclusive); the LM rows as :func:`_lm_claims` finds them."""
+    return [*(f(Path(runs)) for f in BANDIT_CLAIMS), *_lm_claims(Path(runs), kept, lm_study)[0]]
+
+
+def _lm_claims(runs: Path, kept: str | Path | None, lm_study: str | None) -> tuple[list[Claim], bool]:
+    """The LM claims, and whether they were computed from an LM study folder (then :func:`write_claims` keeps them).
+    From ``runs/lm_study`` when the LM study of that name was just run (``testbed reproduce --llm [--quick]``);
+    otherwise from ``kept``, the JSON file of the last LM study's claims, so a bandit-only ``testbed reproduce``
+    keeps the rows of the last ``testbed reproduce --llm``; without that file, from the LM study folder under
+    ``runs`` (:data:`LM_STUDIES`, in order)."""
     if lm_study is None and kept is not None and Path(kept).is_file():
         stored = json.loads(Path(kept).read_text())
-        lm = [Claim(**{**c, "region": tuple(c["region"]), "value": None if c["value"] is None else
-                       tuple(math.nan if v is None else v for v in c["value"])}) for c in stored["claims"]]
-    else:
-        lm = [f(runs, lm_study) for f in LM_CLAIMS]
-    return [*(f(runs) for f in BANDIT_CLAIMS), *lm]
+        return [Claim(**{**c, "region": tuple(c["region"]), "value": None if c["value"] is None else
+                         tuple(math.nan if v is None else v for v in c["value"])}) for c in stored["claims"]], False
+    return [f(runs, lm_study) for f in LM_CLAIMS], _lm_dir(runs, lm_study) is not None
 
 
 def _fmt(v: float) -> str:
@@ -416,17 +418,15 @@ def write_claims(runs: str | Path, out: str | Path, lm_study: str | None = None)
     """figures/claims.md: the claims table from the run folders under ``runs``; ``lm_study``: the LM study
     just run (its folder under ``runs`` gives the LM rows). Beside the table, ``claims-llm.json`` holds the LM
     study's claims: rewritten when they were read from a study folder, read otherwise (:func:`collect`)."""
-    out = Path(out)
+    out, runs = Path(out), Path(runs)
     kept = out.parent / "claims-llm.json"
-    claims = collect(runs, kept, lm_study)
-    if lm_study is not None or not kept.is_file():
-        if _lm_dir(Path(runs), lm_study) is not None:
-            lm = [{**asdict(c), "value": c.value and [None if math.isnan(v) else v for v in c.value]}
-                  for c in claims[len(BANDIT_CLAIMS):]]
-            text = json.dumps({"note": "the LM study's claims, from the last testbed reproduce --llm", "claims": lm},
-                              indent=1, ensure_ascii=False) + "\n"
-            atomic_write(kept, lambda p: p.write_text(text))
-    text = claims_markdown(claims)
+    lm, fresh = _lm_claims(runs, kept, lm_study)
+    if fresh:
+        rows = [{**asdict(c), "value": c.value and [None if math.isnan(v) else v for v in c.value]} for c in lm]
+        text = json.dumps({"note": "the LM study's claims, from the last testbed reproduce --llm", "claims": rows},
+                          indent=1, ensure_ascii=False) + "\n"
+        atomic_write(kept, lambda p: p.write_text(text))
+    text = claims_markdown([*(f(runs) for f in BANDIT_CLAIMS), *lm])
     atomic_write(out, lambda p: p.write_text(text))
     return out
 
