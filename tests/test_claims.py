@@ -278,6 +278,38 @@ def test_lm_claims_use_a_t_interval_over_seeds_and_one_seed_is_inconclusive(tmp_
     assert one.verdict == claims.INCONCLUSIVE and "one seed" in one.note
 
 
+def _with_kl(d: Path, kl: dict[str, list[float]]) -> Path:
+    """An LM study folder (:func:`_lm_folder`) whose final rows hold these eval/kl values per method and seed."""
+    d = _lm_folder(d / "tldr_smollm2_quick", {m: [0.5] * len(v) for m, v in kl.items()})
+    text = (d / "metrics.csv").read_text().splitlines()
+    col = text[0].split(",").index("eval/kl")
+    for m, vals in kl.items():
+        for s, v in enumerate(vals):
+            i = next(i for i in range(len(text) - 1, 0, -1) if text[i].startswith(f"{m}-") and f"-s{s}," in text[i])
+            cells = text[i].split(",")
+            cells[col] = str(v)
+            text[i] = ",".join(cells)
+    (d / "metrics.csv").write_text("\n".join(text) + "\n")
+    return d.parent
+
+
+def test_lm_ratio_claims_take_the_t_interval_of_the_log_ratios(tmp_path):
+    """A ratio's interval is Student's t on the log ratios, exponentiated: the geometric mean, an interval > 0 (on the
+    ratios themselves, 1.2, 3 and 5 give a lower end below 0); a ratio <= 0 keeps the arithmetic interval."""
+    from scipy import stats
+
+    rebel = [1.2, 3.0, 5.0]
+    c = claims.LM_CLAIMS[2](_with_kl(tmp_path / "a", {"rebel": rebel, "ppo": [1.0] * 3}))
+    logs = np.log(rebel)
+    lo, hi = stats.t.interval(0.95, 2, loc=logs.mean(), scale=stats.sem(logs))
+    assert c.value == pytest.approx((np.exp(logs.mean()), np.exp(lo), np.exp(hi)), rel=1e-12)
+    assert 0 < c.value[1] < c.value[0] < c.value[2]
+    assert stats.t.interval(0.95, 2, loc=np.mean(rebel), scale=stats.sem(rebel))[0] < 0  # the arithmetic one
+    neg = claims.LM_CLAIMS[2](_with_kl(tmp_path / "b", {"rebel": [-0.2, 3.0, 5.0], "ppo": [1.0] * 3}))
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean([-0.2, 3, 5]), scale=stats.sem([-0.2, 3, 5]))
+    assert neg.value == pytest.approx((np.mean([-0.2, 3, 5]), lo, hi), rel=1e-12) and "a ratio ≤ 0" in neg.note
+
+
 def test_a_bandit_only_reproduce_keeps_the_lm_studys_claims(tmp_path):
     """write_claims stores the LM study's claims beside claims.md when its folder is under --runs, and reads
     them back when it is not (a bandit-only `testbed reproduce` on a fresh machine): the LM rows survive."""
