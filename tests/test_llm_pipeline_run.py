@@ -266,6 +266,47 @@ def test_a_finished_stage_with_another_config_is_refused(tmp_path, capsys, edit,
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
 
 
+def test_a_finished_stage_made_from_another_run_of_its_upstream_is_refused(tmp_path, capsys):
+    """Deleting a stage's folder (to rerun it) left the finished stages that read it in place, reused as `done` though
+    they were made from the old run: now they are refused before anything runs, naming the stage to delete; and a
+    stage whose upstream was rerun since with other results (made_from.json holds the digest of the meta.json it read:
+    the sha256 of that stage's config and metrics) is refused too; an identical rerun is the same content."""
+    import shutil
+
+    folder = pipeline(tmp_path)
+    raw = _short(folder, 4)  # sft, rm (reads sft), judge (reads sft), rebel (reads sft and rm)
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "runs"
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    made = json.loads((runs / "made_from.json").read_text())
+    assert made == {"sft": {}, **{n: {"sft": made["rm"]["sft"]} for n in ("rm", "judge")},
+                    "rebel": {"sft": made["rm"]["sft"], "rm": made["rebel"]["rm"]}}
+    shutil.rmtree(runs / "rm")
+    capsys.readouterr()
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stage rebel: the finished" in err[0] and "reads stage rm, which is not finished" in err[0], err
+    assert not (runs / "rm").exists()  # refused before anything ran
+    only = {**raw, "stages": raw["stages"][:2]}  # rm again, alone, as before: the same config and metrics
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(only))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0  # rebel read that very content: reused
+    assert json.loads((runs / "made_from.json").read_text()) == made
+    shutil.rmtree(runs / "rm")  # rm again with another learning rate (in the pipeline too): other metrics, same path
+    raw["stages"][1]["train"] = {**raw["stages"][1]["train"], "lr": 2e-2}
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump({**raw, "stages": raw["stages"][:2]}))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stage rebel: the finished" in err[0] and "earlier run of stage rm" in err[0], err
+    shutil.rmtree(runs / "rebel")  # as the message says: rebel runs again, from the new rm
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
+    assert json.loads((runs / "made_from.json").read_text())["rebel"]["rm"] != made["rebel"]["rm"]
+
+
 def test_a_missing_upstream_model_is_one_line(tmp_path, capsys):
     """An lm stage that saves no model (train.save false) read by a later stage: exit 2 before that stage starts."""
     folder = pipeline(tmp_path)

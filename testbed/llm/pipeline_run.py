@@ -13,13 +13,17 @@ A stage whose folder is complete (``meta.json`` present) is not run again, so an
 at the first unfinished stage (an ``lm`` stage with ``checkpoint_every: K`` in ``pipeline.yaml`` continues from its
 last checkpoint). A complete folder whose ``config.yaml`` differs from what ``pipeline.yaml`` now says for that
 stage (an edited lr, seed, eta, ...) is refused, naming the first differing field: delete the folder to rerun the
-stage (and the stages reading it). A stage whose upstream model folder is missing (that stage saved none) is
-refused before it starts.
+stage (and the stages reading it). So is a complete folder made from another run of a stage it reads: ``<out>/made_from.json``
+records, for each finished stage, the digest of each upstream stage's ``meta.json`` when it ran (it holds the sha256
+of that stage's config.yaml and metrics.csv), and a finished stage whose upstream folder is gone (it will run again)
+or was rerun since with other results is refused before anything runs (an identical rerun is the same content). A stage whose
+upstream model folder is missing (that stage saved none) is refused before it starts.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +33,7 @@ import yaml
 from testbed import results
 from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
+from testbed.io import atomic_write_text, sha256
 from testbed.llm.pipeline import load_pipeline, stage_model_path, stage_reads, stage_run_id
 
 
@@ -74,6 +79,37 @@ def _check_finished(name: str, st: dict, dest: Path) -> None:
                          f"delete that folder to rerun the stage (and the stages that read it)")
 
 
+MADE_FROM = "made_from.json"
+"""In a pipeline's output folder: {stage: {upstream stage it reads: sha256 of that stage's meta.json when it ran}}."""
+
+
+def _made_from(out: Path) -> dict:
+    try:
+        ledger = json.loads((out / MADE_FROM).read_text())
+    except (OSError, ValueError):
+        return {}
+    return ledger if isinstance(ledger, dict) else {}
+
+
+def _record_made_from(out: Path, name: str, st: dict) -> None:
+    """Stage ``name`` has finished: note which run of each stage it read (the digest of that stage's meta.json)."""
+    ledger = _made_from(out)
+    ledger[name] = {src: sha256(out / src / "meta.json") for src in stage_reads(st)}
+    atomic_write_text(out / MADE_FROM, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+
+
+def _check_made_from(name: str, st: dict, out: Path, ledger: dict) -> None:
+    """A finished stage is reused only if every stage it reads is finished and is the run it was made from."""
+    for src in stage_reads(st):
+        if not (out / src / "meta.json").is_file():
+            raise InputError(f"stage {name}: the finished {out / name} reads stage {src}, which is not finished (it will "
+                             f"run again); delete {out / name} to rerun it from the new {src}")
+        made = ledger.get(name, {}).get(src) if isinstance(ledger.get(name), dict) else None
+        if made is not None and made != sha256(out / src / "meta.json"):
+            raise InputError(f"stage {name}: the finished {out / name} was made from an earlier run of stage {src} "
+                             f"({out / src} has been rerun since); delete {out / name} to rerun it")
+
+
 def _check_upstream(name: str, st: dict, paths: dict) -> None:
     for src in stage_reads(st):
         if not (Path(paths[src]) / "config.json").is_file():
@@ -88,9 +124,11 @@ def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
     every = pl["checkpoint_every"]
     stages, out = pl["stages"], pl["out"]
     paths = {n: stage_model_path(out, st) for n, st in stages.items() if st["kind"] != "eval"}
-    for name, st in stages.items():  # before any stage runs: a finished one made from another config is refused
-        if (out / name / "meta.json").is_file():
+    ledger = _made_from(out)
+    for name, st in stages.items():  # before any stage runs: a finished one made from another config, or from
+        if (out / name / "meta.json").is_file():  # another run of a stage it reads, is refused
             _check_finished(name, st, out / name)
+            _check_made_from(name, st, out, ledger)
     for name, st in stages.items():
         dest = out / name
         if (dest / "meta.json").is_file():
@@ -103,6 +141,9 @@ def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
             from testbed.llm.train import run_lm_spec
             partial = results.partial_dir(dest).is_dir()
             run_lm_spec(st["lm_spec"], dest, progress=progress, resume=partial, checkpoint_every=every)
+            if _is_main():
+                _record_made_from(out, name, st)
+            _barrier()
             continue
         if st["kind"] == "eval":
             from testbed.llm.pipeline_eval import run_eval
@@ -116,6 +157,7 @@ def run_pipeline(folder: str | Path, progress: bool = True) -> Path:
             records = {}
         if _is_main():
             _write_stage(dest, st, rows, summary, model, tok, state_dict, records, time.perf_counter() - t0)
+            _record_made_from(out, name, st)
         _barrier()
     return out
 
