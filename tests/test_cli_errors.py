@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from testbed.algorithms.preference import PREFERENCE_ALGORITHMS
 from testbed.cli import main
 from testbed.errors import InputError
 
@@ -54,7 +55,57 @@ VALID = {"spec.yaml": spec_text()}
 UNREAD = [("dpo", "mode: population, pairs: 100", "pairs", "mode: population"),
           ("dpo", "mode: online, mu: uniform", "mu", "mode: online"),
           ("sft", "mode: population, solver: exact, demonstrator: best_of_n, lr: 0.1", "lr", "solver: exact"),
-          ("rebel", "mode: exact, pairs: 10", "pairs", "mode: exact")]
+          ("rebel", "mode: exact, pairs: 10", "pairs", "mode: exact"),
+          # REBEL: the solver and the Adam solver's fields (its loss form too) under the exact update and least squares
+          ("rebel", "mode: exact, solver: adam", "solver", "mode: exact"),
+          ("rebel", "mode: exact, epochs: 3", "epochs", "mode: exact"),
+          ("rebel", "mode: exact, lr: 0.1", "lr", "mode: exact"),
+          ("rebel", "mode: exact, minibatch: 8", "minibatch", "mode: exact"),
+          ("rebel", "mode: exact, form: official", "form", "mode: exact"),
+          ("rebel", "mode: sampled, solver: lstsq, pairs: 10, minibatch: 8", "minibatch", "solver: lstsq"),
+          ("rebel", "mode: sampled, pairs: 10, epochs: 2", "epochs", "solver: lstsq"),
+          ("rebel", "mode: sampled, pairs: 10, lr: 0.1", "lr", "solver: lstsq"),
+          ("rebel", "mode: sampled, pairs: 10, form: official", "form", "solver: lstsq"),
+          ("rebel", "offline_size: 3", "offline_size", "y_prime: policy"),
+          ("rebel", "mode: sampled, pairs: 10, y_prime: ref, offline_size: 3", "offline_size", "y_prime: ref"),
+          ("npg", "mode: exact, samples: 10", "samples", "mode: exact"),
+          ("npg", "mode: exact, damping: 0.1", "damping", "mode: exact"),
+          ("dpo", "mode: online, pairs: 10, optimizer: adam", "optimizer", "mode: online"),
+          ("dpo", "mode: offline, pairs: 10, optimizer: gd", "optimizer", "mode: offline"),
+          ("dpo", "mode: population, minibatch: 8", "minibatch", "mode: population"),
+          ("dpo", "pairs: 10, labels: deterministic, temperature: 2.0", "temperature", "labels: deterministic"),
+          ("dpo", "pairs: 10, preferences: prefs.npz", "preferences", "labels: bt"),
+          ("sft", "demonstrations: 10, n: 3", "n", "demonstrator: optimal"),
+          ("sft", "mode: population, demonstrator: best_of_n, demonstrations: 10", "demonstrations", "mode: population"),
+          ("sft", "demonstrations: 10, solver: adam", "solver", "mode: sampled"),
+          ("sft", "mode: population, solver: exact, demonstrator: best_of_n, epochs: 2", "epochs", "solver: exact"),
+          ("sft", "mode: population, demonstrator: best_of_n, minibatch: 8", "minibatch", "mode: population"),
+          # preference algorithms (on PREFERENCE)
+          ("rebel_pref", "mode: exact, pairs: 3", "pairs", "mode: exact"),
+          ("rebel_pref", "mode: exact, oracle: probability", "oracle", "mode: exact"),
+          ("rebel_pref", "mode: exact, target: self_play, opponents: 2", "opponents", "mode: exact"),
+          ("rebel_pref", "mode: sampled, pairs: 10, opponents: 2", "opponents", "target: pair"),
+          ("sppo", "mode: exact, samples: 10", "samples", "mode: exact"),
+          ("sppo", "mode: exact, opponents: 2", "opponents", "mode: exact"),
+          ("sppo", "mode: exact, oracle: probability", "oracle", "mode: exact"),
+          ("sppo", "mode: exact, epochs: 2", "epochs", "mode: exact"),
+          ("sppo", "mode: exact, minibatch: 8", "minibatch", "mode: exact"),
+          ("sppo", "mode: exact, lr: 0.5", "lr", "mode: exact"),
+          ("bt_rebel", "mode: exact, pairs: 30", "pairs", "mode: exact"),
+          ("bt_rebel", "dataset: 30", "dataset", "reward_model: population"),
+          ("bt_rebel", "l2: 0.1", "l2", "reward_model: population"),
+          ("nash_md", "tau: 0.1, eta: 0.5", "eta", "schedule: decreasing")]
+PREFERENCE = "[{kind: preference, family: rps}]"
+
+
+def unread_spec(name: str, params: str) -> dict:
+    """The spec of one UNREAD row: its algorithm on a problem of the kind it runs on."""
+    problems = PREFERENCE if name in PREFERENCE_ALGORITHMS else TABULAR
+    files = {"spec.yaml": spec_text(problems=problems, algorithms=f"[{{name: {name}, {params}}}]")}
+    if "prefs.npz" in params:  # an existing, valid file (as labels: tensor reads it)
+        files["prefs.npz"] = {"preferences": np.full((2, 3, 3), 0.5)}
+    return files
+
 
 # id -> (files to write into tmp_path, substrings the error message must contain)
 CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
@@ -87,8 +138,8 @@ CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "policy-loglinear-on-tabular": (algo("eta: 1, policy: loglinear"), ("policy", "loglinear")),
     "algorithms-empty": ({"spec.yaml": spec_text(algorithms="[]")}, ("algorithms",)),
     # a field given where the configuration never reads it (metadata unread_when); its default is never refused
-    **{f"unread-{name}-{field}": ({"spec.yaml": spec_text(algorithms=f"[{{name: {name}, {params}}}]")},
-                                  (f"algorithms[0].{field} is not read with {mode}",))
+    **{f"unread-{name}-{field}-{mode.replace(': ', '-')}": (unread_spec(name, params),
+                                                          (f"algorithms[0].{field} is not read with {mode} (remove it)",))
        for name, params, field, mode in UNREAD},
     # top level
     "top-level-key-unknown": ({"spec.yaml": spec_text(extra="learning_rate: 0.1\n")}, ("learning_rate",)),
@@ -211,18 +262,62 @@ def test_run_bad_input_subprocess(tmp_path, files, expect):
     assert_nothing_written(tmp_path, before)
 
 
-@pytest.mark.parametrize(("name", "params", "field"), [u[:3] for u in UNREAD], ids=[f"{u[0]}-{u[2]}" for u in UNREAD])
+@pytest.mark.parametrize(("name", "params", "field"), [u[:3] for u in UNREAD],
+                         ids=[f"{u[0]}-{u[2]}-{u[3].replace(': ', '-')}" for u in UNREAD])
 def test_unread_field_left_out_is_its_default_not_an_error(tmp_path, monkeypatch, capsys, name, params, field):
     """The configurations refused above with the unread field run without it (the default is never refused)."""
     kept = ", ".join(kv for kv in params.split(", ") if not kv.startswith(f"{field}:"))
-    write_files(tmp_path, {"spec.yaml": spec_text(algorithms=f"[{{name: {name}, {kept}}}]")})
+    write_files(tmp_path, unread_spec(name, kept))
     monkeypatch.chdir(tmp_path)
     rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "out", "--quiet")
     assert rc == 0, err
 
 
+# (algorithm, params giving fields UNREAD refuses elsewhere, under the setting that reads them)
+READ = [("rebel", "mode: sampled, solver: adam, pairs: 10, epochs: 2, minibatch: 4, lr: 0.1, form: official"),
+        ("rebel", "mode: sampled, pairs: 10, y_prime: offline, offline_size: 3"),
+        ("npg", "mode: sampled, samples: 10, damping: 0.1"),
+        ("dpo", "mode: population, optimizer: adam, epochs: 2"),
+        ("dpo", "mode: offline, pairs: 10, minibatch: 4, temperature: 2.0"),
+        ("dpo", "pairs: 10, labels: tensor, preferences: prefs.npz"),
+        ("sft", "mode: population, demonstrator: best_of_n, n: 2, solver: exact"),
+        ("sft", "demonstrator: best_of_n, n: 2, demonstrations: 10, epochs: 2, minibatch: 4"),
+        ("rebel_pref", "mode: sampled, target: self_play, pairs: 10, oracle: probability, opponents: 2"),
+        ("sppo", "mode: sampled, samples: 10, opponents: 2, oracle: probability, epochs: 2, minibatch: 4, lr: 0.5"),
+        ("bt_rebel", "mode: sampled, pairs: 10, reward_model: sampled, dataset: 30, l2: 0.1"),
+        ("nash_md", "tau: 0.1, eta: 0.5, schedule: constant")]
+
+
+@pytest.mark.parametrize(("name", "params"), READ, ids=[f"{r[0]}-{i}" for i, r in enumerate(READ)])
+def test_a_field_is_not_refused_where_its_configuration_reads_it(tmp_path, monkeypatch, capsys, name, params):
+    """The fields UNREAD refuses run where the configuration reads them (unread_when is no broader than the code)."""
+    write_files(tmp_path, unread_spec(name, params))
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_in_process(capsys, "run", "spec.yaml", "--out", "out", "--quiet")
+    assert rc == 0, err
+
+
+def test_lm_defaults_decide_what_is_unread_on_the_lm_track():
+    """REBEL on the LM track defaults to mode: sampled, solver: adam, so the Adam solver's fields are read there (the
+    bandit defaults, exact and lstsq, would leave them unread); given an exact mode, they are refused as on bandits."""
+    from testbed.algorithms import ALGORITHMS, build_config
+    from testbed.algorithms.base import UnreadField
+
+    cls = ALGORITHMS["rebel"]
+    given = {"epochs": 2, "minibatch": 4, "grad_accum": 2, "form": "paper"}
+    cfg = build_config(cls.Config, given, "algorithms[0]", "lm")
+    assert (cfg.mode, cfg.solver, cfg.epochs, cfg.grad_accum, cfg.form) == ("sampled", "adam", 2, 2, "paper")
+    with pytest.raises(UnreadField) as e:
+        build_config(cls.Config, {"mode": "exact", "grad_accum": 2}, "algorithms[0]", "lm")
+    assert str(e.value) == "algorithms[0].grad_accum is not read with mode: exact (remove it)"
+    with pytest.raises(UnreadField) as e:  # the first deciding field that leaves it unread names the reason
+        build_config(cls.Config, {"epochs": 2}, "algorithms[0]", "bandit")
+    assert str(e.value) == "algorithms[0].epochs is not read with mode: exact (remove it)"
+
+
 @pytest.mark.parametrize("algorithms,runs", [
     ("[{name: rebel, mode: [exact, sampled], pairs: 20}]", 2),  # pairs is read by the sampled point
+    ("[{name: rebel, mode: sampled, pairs: 20, solver: [lstsq, adam], epochs: 2}]", 2),  # epochs: read by adam
     ("[{name: dpo, mode: population, pairs: 20, beta: [0.1, 0.2]}]", None),  # pairs: read by neither point
     ("[{name: dpo, mode: [offline, online], mu: uniform}]", 2),  # mu: read offline
 ])

@@ -256,7 +256,8 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None, 
     the other, and a field's per-track default (metadata ``lm``: the LM back-end's default, e.g. the
     official REBEL code's beta = 0.05) replaces the dataclass default when the field is not given. A field given
     where the configuration never reads it (metadata ``unread_when``: {other field: its values that leave this one
-    unread}, e.g. DPO's ``pairs`` under ``mode: population``) is refused with ``track`` given (a spec's entry; a run's
+    unread}, e.g. DPO's ``pairs`` under ``mode: population``; any one of them leaves it unread, and the error names the
+    first that does, in that order) is refused with ``track`` given (a spec's entry; a run's
     stored config, every field, is rebuilt without it) and ``check_unread`` (a sweep checks it over its points: a
     field read by one point is not refused at another, :class:`UnreadField`); its default never is."""
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -275,9 +276,11 @@ def build_config(cls: type, params: dict, where: str, track: str | None = None, 
         if seq and f.name not in params and (track in f.metadata or "lm" in f.metadata):
             params[f.name] = f.metadata.get(track, f.metadata.get("lm"))
     cfg = cls(**params)
-    unread = {f.name: f"{where}.{f.name} is not read with {other}: {getattr(cfg, other)} (remove it)"
-              for f in dataclasses.fields(cls) for other, values in f.metadata.get("unread_when", {}).items()
-              if track and check_unread and f.name in given and getattr(cfg, other) in values}
+    unread: dict[str, str] = {}  # each field's first deciding field (in its unread_when's order) that leaves it unread
+    for f in dataclasses.fields(cls):
+        for other, values in f.metadata.get("unread_when", {}).items():
+            if track and check_unread and f.name in given and getattr(cfg, other) in values:
+                unread.setdefault(f.name, f"{where}.{f.name} is not read with {other}: {getattr(cfg, other)} (remove it)")
     if unread:
         raise UnreadField(unread)
     for f in dataclasses.fields(cls):
@@ -385,15 +388,16 @@ BANDIT = ("bandit",)
 DIFFUSION = ("diffusion",)
 
 
-def minibatch_field(default: int, doc: str):
+def minibatch_field(default: int, doc: str, **kw):
     """Items per optimiser step; on the LM back-end 0 (its default) means ``train.minibatch``."""
-    return count(default, doc + "; LM: 0 = train.minibatch (items as in train.minibatch)", lm=0, lm_check="nonneg_int")
+    return count(default, doc + "; LM: 0 = train.minibatch (items as in train.minibatch)", lm=0, lm_check="nonneg_int",
+                 **kw)
 
 
-def grad_accum_field():
+def grad_accum_field(**kw):
     """LM: micro-batches per minibatch for this algorithm (0: train.grad_accum), overriding the train block's."""
     return nonneg_count(0, "LM: micro-batches per minibatch (0: train.grad_accum): the same optimiser steps on fewer "
-                           "sequences per backward pass", tracks=LM)
+                           "sequences per backward pass", tracks=LM, **kw)
 
 
 def permutations(rng, n: int) -> np.ndarray:

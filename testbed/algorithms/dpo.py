@@ -83,15 +83,19 @@ class DPOConfig:
                          "preference (a preference problem's own P)", tracks=BANDIT)
     pair_law: str = one_of("distinct", PAIR_LAWS, "pairs from mu (online: pi_t): y' given y' != y, or y, y' "
                            "independently (ties carry no preference)", tracks=BANDIT)
-    temperature: float = positive(1.0, "bt: p(y ≻ y') = sigma((r(y) - r(y'))/temperature)", tracks=BANDIT)
-    preferences: str = path("labels=tensor: .npz with array 'preferences' [X, Y, Y]", tracks=BANDIT)
+    temperature: float = positive(1.0, "bt: p(y ≻ y') = sigma((r(y) - r(y'))/temperature)", tracks=BANDIT,
+                                  unread_when={"labels": tuple(v for v in LABELS if v != "bt")})
+    preferences: str = path("labels=tensor: .npz with array 'preferences' [X, Y, Y]", tracks=BANDIT,
+                            unread_when={"labels": tuple(v for v in LABELS if v != "tensor")})
     dataset: str = path("offline/population: a .npz/.jsonl dataset (prompt, chosen, rejected) to train on; LM: "
                         "a JSONL of texts (required offline)")
     optimizer: str = one_of("newton", ("newton", "adam", "gd"), "population: damped Newton step, full-batch Adam "
-                            "(lr), or one gradient step of size lr", tracks=BANDIT)
+                            "(lr), or one gradient step of size lr", tracks=BANDIT,
+                            unread_when={"mode": ("offline", "online")})
     lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT)
     epochs: int = count(1, "passes over the pairs per iteration (offline/online)")
-    minibatch: int = minibatch_field(64, "pairs per optimiser step")
+    minibatch: int = minibatch_field(64, "pairs per optimiser step (population: the full batch)",
+                                     unread_when={"mode": ("population",)})
     grad_accum: int = grad_accum_field()
     logprob_temperature: float = nonneg(0.0, "LM: temperature of DPO's log-probs (0: the sampling temperature; TRL "
                                              "and the DPO paper: 1)", tracks=LM)

@@ -41,8 +41,9 @@ class NPGConfig:
     eta: float = positive(1.0, "step size eta > 0")
     beta: float = nonneg(0.0, "KL coefficient of J_beta = J - beta·KL(pi || pi_ref)")
     mode: str = one_of("exact", ("exact", "sampled"), "exact Fisher, or sample Fisher and gradient")
-    samples: int = items(1000, "sampled: responses per iteration")
-    damping: float = nonneg(0.0, "sampled: damping lam, solves (F̂ + lam·s·I)·delta = ĝ, s = mean eigenvalue (0: pinv)")
+    samples: int = items(1000, "sampled: responses per iteration", unread_when={"mode": ("exact",)})
+    damping: float = nonneg(0.0, "sampled: damping lam, solves (F̂ + lam·s·I)·delta = ĝ, s = mean eigenvalue (0: pinv)",
+                            unread_when={"mode": ("exact",)})
 
     def validate(self, where: str) -> None:
         if self.beta > 0 and self.eta * self.beta > 1:

@@ -71,6 +71,10 @@ class _PreferenceAlgorithm(Algorithm):
         return self.problem.win_rates(policy.probs())
 
 
+EXACT = {"mode": ("exact",)}
+"""``unread_when`` of the fields only the sampled update reads."""
+
+
 # ----- REBEL with preferences ---------------------------------------------------------------------
 @dataclass
 class REBELPrefConfig:
@@ -78,10 +82,12 @@ class REBELPrefConfig:
     target: str = one_of("pair", ("pair", "self_play"), "P(y ≻ y') − ½, or r_t(y) − r_t(y') with r_t(y) = P(y ≻ pi_t)")
     mode: str = one_of("exact", ("exact", "sampled"), "exact population regression, or sampled pairs")
     y_prime: str = one_of("policy", ("policy", "uniform"), "where y' comes from: pi_t (self-play) or uniform")
-    pairs: int = items(1000, "sampled: (y, y') pairs per iteration")
-    oracle: str = one_of("bernoulli", ("bernoulli", "probability"), "sampled: a 0/1 preference label, or P itself")
+    pairs: int = items(1000, "sampled: (y, y') pairs per iteration", unread_when=EXACT)
+    oracle: str = one_of("bernoulli", ("bernoulli", "probability"), "sampled: a 0/1 preference label, or P itself",
+                         unread_when=EXACT)
     opponents: int = items(1, per_item=True,
-                           doc="sampled, target self_play: comparisons y vs y'' ~ pi_t per response to estimate r_t")
+                           doc="sampled, target self_play: comparisons y vs y'' ~ pi_t per response to estimate r_t",
+                           unread_when={"mode": ("exact",), "target": ("pair",)})
 
 
 class REBELPreference(_PreferenceAlgorithm):
@@ -190,7 +196,7 @@ class OptimisticHedge(_PreferenceAlgorithm):
 @dataclass
 class NashMDConfig:
     tau: float = positive(0.1, "KL regularisation tau > 0 towards mu = pi_ref")
-    eta: float = positive(1.0, "schedule constant: step size, eta·tau <= 1")
+    eta: float = positive(1.0, "schedule constant: step size, eta·tau <= 1", unread_when={"schedule": ("decreasing",)})
     schedule: str = one_of("decreasing", ("decreasing", "constant"), "eta_t = 2/(tau(t+2)) (testbed/THEORY.md §E), or eta")
     mu: str = one_of("ref", ("ref", "uniform"), "the mixture's anchor mu: pi_ref, or uniform")
     mode: str = one_of("exact", ("exact",), "exact update")
@@ -237,12 +243,14 @@ class NashMD(_PreferenceAlgorithm):
 class SPPOConfig:
     eta: float = positive(1.0, "step size eta > 0 (target eta·(P(y ≻ pi_t) − ½))")
     mode: str = one_of("exact", ("exact", "sampled"), "exact population square loss, or sampled responses")
-    samples: int = items(500, "sampled: responses y ~ pi_t per iteration")
-    opponents: int = items(4, per_item=True, doc="sampled: comparisons against y'' ~ pi_t per response to estimate P(y ≻ pi_t)")
-    oracle: str = one_of("bernoulli", ("bernoulli", "probability"), "sampled: a 0/1 preference label, or P itself")
-    epochs: int = count(4, "sampled: Adam epochs per batch")
-    minibatch: int = count(64, "sampled: minibatch size")
-    lr: float = positive(0.1, "sampled: Adam learning rate")
+    samples: int = items(500, "sampled: responses y ~ pi_t per iteration", unread_when=EXACT)
+    opponents: int = items(4, per_item=True, doc="sampled: comparisons against y'' ~ pi_t per response to estimate "
+                           "P(y ≻ pi_t)", unread_when=EXACT)
+    oracle: str = one_of("bernoulli", ("bernoulli", "probability"), "sampled: a 0/1 preference label, or P itself",
+                         unread_when=EXACT)
+    epochs: int = count(4, "sampled: Adam epochs per batch", unread_when=EXACT)
+    minibatch: int = count(64, "sampled: minibatch size", unread_when=EXACT)
+    lr: float = positive(0.1, "sampled: Adam learning rate", unread_when=EXACT)
 
 
 class SPPO(_PreferenceAlgorithm):

@@ -22,11 +22,13 @@ class BTREBELConfig:
     eta: float = positive(1.0, "REBEL step size on the fitted rewards")
     beta: float = nonneg(0.0, "REBEL KL coefficient towards pi_ref")
     mode: str = one_of("exact", ("exact", "sampled"), "REBEL: exact update or sampled pairs")
-    pairs: int = items(1000, "sampled REBEL: pairs per iteration")
+    pairs: int = items(1000, "sampled REBEL: pairs per iteration", unread_when={"mode": ("exact",)})
     reward_model: str = one_of("population", ("population", "sampled"),
                                "BT fit to the exact P over pi_ref pairs, or to a sampled data set")
-    dataset: int = items(2000, "reward_model sampled: labelled comparisons (x ~ rho, y, y' ~ pi_ref)")
-    l2: float = nonneg(1e-4, "reward_model sampled: ridge on the BT rewards (finite MLE for unanimous pairs)")
+    dataset: int = items(2000, "reward_model sampled: labelled comparisons (x ~ rho, y, y' ~ pi_ref)",
+                         unread_when={"reward_model": ("population",)})
+    l2: float = nonneg(1e-4, "reward_model sampled: ridge on the BT rewards (finite MLE for unanimous pairs)",
+                       unread_when={"reward_model": ("population",)})
 
     def validate(self, where: str) -> None:
         if self.beta > 0 and self.eta * self.beta > 1:

@@ -66,6 +66,8 @@ from testbed.policies.natural import natural_step
 from testbed.problems import TabularBandit
 
 Y_PRIME = ("policy", "uniform", "ref", "offline")
+ADAM_ONLY = {"mode": ("exact",), "solver": ("lstsq",)}
+"""The fields only the Adam solver reads (its loss and optimiser): unread by the exact update and by least squares."""
 
 
 @dataclass
@@ -79,15 +81,18 @@ class REBELConfig:
                        tracks=BANDIT, unread_when={"mode": ("exact",)})
     y_prime: str = one_of("policy", Y_PRIME, "where y' comes from: pi_t (official), uniform, pi_ref, or a fixed "
                                              "offline set (LM: policy or ref)")
-    offline_size: int = count(4, "y_prime=offline: responses per context, drawn once from pi_ref", tracks=BANDIT)
+    offline_size: int = count(4, "y_prime=offline: responses per context, drawn once from pi_ref", tracks=BANDIT,
+                              unread_when={"y_prime": ("policy", "uniform", "ref")})
     solver: str = one_of("lstsq", ("lstsq", "adam"), "sampled: exact least squares, or Adam on the loss (LM: "
-                                                     "AdamW through accelerate)", lm="adam")
-    epochs: int = count(4, "adam: epochs per batch (reshuffled), as in the official code")
-    minibatch: int = minibatch_field(64, "adam: pairs per optimiser step")
-    grad_accum: int = grad_accum_field()
-    lr: float = positive(0.05, "adam: learning rate (LM: train.lr)", tracks=BANDIT)
-    form: str = one_of("paper", ("paper", "official"), "loss form: the paper's ((1/eta)Δlogratio - Δr)² or the "
-                       "official code's (Δlogratio - eta·Δr)² (LM default)", lm="official")
+                                                     "AdamW through accelerate)", lm="adam",
+                         unread_when={"mode": ("exact",)})
+    epochs: int = count(4, "adam: epochs per batch (reshuffled), as in the official code", unread_when=ADAM_ONLY)
+    minibatch: int = minibatch_field(64, "adam: pairs per optimiser step", unread_when=ADAM_ONLY)
+    grad_accum: int = grad_accum_field(unread_when=ADAM_ONLY)
+    lr: float = positive(0.05, "adam: learning rate (LM: train.lr)", tracks=BANDIT, unread_when=ADAM_ONLY)
+    form: str = one_of("paper", ("paper", "official"), "loss form of the Adam solver: the paper's ((1/eta)Δlogratio - "
+                       "Δr)² or the official code's (Δlogratio - eta·Δr)² (LM default)", lm="official",
+                       unread_when=ADAM_ONLY)
 
     def validate(self, where: str) -> None:
         if self.beta > 0 and self.eta * self.beta > 1:

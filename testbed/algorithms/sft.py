@@ -52,13 +52,17 @@ class SFTConfig:
                        "cross-entropy to the demonstrator", tracks=BANDIT)
     demonstrator: str = one_of("optimal", ("optimal", "best_of_n"), "argmax_y r(x, y), or the best of n samples of "
                                "pi_ref by reward", tracks=BANDIT)
-    n: int = items(4, per_item=True, doc="best_of_n: samples of pi_ref per demonstration", tracks=BANDIT)
-    demonstrations: int = items(250, "sampled: contexts x ~ rho per iteration, one demonstration each", tracks=BANDIT)
+    n: int = items(4, per_item=True, doc="best_of_n: samples of pi_ref per demonstration", tracks=BANDIT,
+                   unread_when={"demonstrator": ("optimal",)})
+    demonstrations: int = items(250, "sampled: contexts x ~ rho per iteration, one demonstration each", tracks=BANDIT,
+                                unread_when={"mode": ("population",)})
     solver: str = one_of("adam", ("adam", "exact"), "Adam on the NLL, or (population, tabular) its minimiser pi = d",
-                         tracks=BANDIT)
+                         tracks=BANDIT, unread_when={"mode": ("sampled",)})
     lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT, unread_when={"solver": ("exact",)})
-    epochs: int = count(1, "passes over each batch (population: full-batch Adam steps per iteration)")
-    minibatch: int = minibatch_field(64, "rows per optimiser step")
+    epochs: int = count(1, "passes over each batch (population: full-batch Adam steps per iteration)",
+                        unread_when={"solver": ("exact",)})
+    minibatch: int = minibatch_field(64, "rows per optimiser step (population: the full batch)",
+                                     unread_when={"mode": ("population",)})
     grad_accum: int = grad_accum_field()
 
     def validate(self, where: str) -> None:
