@@ -77,7 +77,6 @@ UNREAD = [("dpo", "mode: population, pairs: 100", "pairs", "mode: population"),
           ("dpo", "pairs: 10, preferences: prefs.npz", "preferences", "labels: bt"),
           ("sft", "demonstrations: 10, n: 3", "n", "demonstrator: optimal"),
           ("sft", "mode: population, demonstrator: best_of_n, demonstrations: 10", "demonstrations", "mode: population"),
-          ("sft", "demonstrations: 10, solver: adam", "solver", "mode: sampled"),
           ("sft", "mode: population, solver: exact, demonstrator: best_of_n, epochs: 2", "epochs", "solver: exact"),
           ("sft", "mode: population, demonstrator: best_of_n, minibatch: 8", "minibatch", "mode: population"),
           # preference algorithms (on PREFERENCE)

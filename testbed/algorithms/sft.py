@@ -57,7 +57,7 @@ class SFTConfig:
     demonstrations: int = items(250, "sampled: contexts x ~ rho per iteration, one demonstration each", tracks=BANDIT,
                                 unread_when={"mode": ("population",)})
     solver: str = one_of("adam", ("adam", "exact"), "Adam on the NLL, or (population, tabular) its minimiser pi = d",
-                         tracks=BANDIT, unread_when={"mode": ("sampled",)})
+                         tracks=BANDIT)  # solver: exact with mode: sampled is validate's one line (what exact needs)
     lr: float = positive(0.05, "Adam learning rate (LM: train.lr)", tracks=BANDIT, unread_when={"solver": ("exact",)})
     epochs: int = count(1, "passes over each batch (population: full-batch Adam steps per iteration)",
                         unread_when={"solver": ("exact",)})
