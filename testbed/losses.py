@@ -271,6 +271,51 @@ def per_prompt_advantage(reward: torch.Tensor, prompt: torch.Tensor, eps: float 
     return out
 
 
+def prompt_key(row: torch.Tensor) -> str:
+    """A prompt row's key in :func:`tracked_prompt_advantage`'s buffers: the hex of its bytes (dtype and shape
+    fixed within a run), or their SHA-256 when over 64 bytes (an embedding)."""
+    import hashlib
+
+    raw = row.detach().cpu().contiguous().numpy().tobytes()
+    return raw.hex() if len(raw) <= 64 else hashlib.sha256(raw).hexdigest()
+
+
+def tracked_prompt_advantage(reward: torch.Tensor, prompt: torch.Tensor, stats: dict, buffer: int, min_count: int,
+                             scale: bool = True) -> torch.Tensor:
+    """DDPO's ``PerPromptStatTracker.update`` (ddpo_pytorch/stat_tracking.py): each prompt's rewards are appended
+    to its buffer of the last ``buffer`` rewards (kept across iterations in ``stats``, {:func:`prompt_key`: float64
+    array}, updated in place), then A = (r - mean)/(std + 1e-6) over the buffer once it holds ``min_count``
+    rewards, over the whole batch's rewards before; population std, float64 numpy arithmetic as DDPO's.
+    ``scale`` False: r - mean only. Returns float64 [N].
+
+    Black et al., "Training Diffusion Models with Reinforcement Learning", 2023, https://arxiv.org/abs/2305.13301,
+    App. B.
+
+    Args:
+      reward: [N]; prompt: [N] or [N, ...] (rows equal for the same prompt).
+    """
+    import numpy as np
+
+    if reward.ndim != 1 or len(prompt) != len(reward):
+        raise ValueError(f"reward must be [N] and prompt [N, ...] (got {tuple(reward.shape)}, {tuple(prompt.shape)})")
+    if buffer < 1 or min_count < 1:
+        raise ValueError(f"buffer and min_count must be positive (got {buffer}, {min_count})")
+    rewards = reward.detach().cpu().double().numpy()
+    rows, group = torch.unique(prompt.reshape(len(prompt), -1), dim=0, return_inverse=True)
+    group = group.cpu().numpy()
+    out = np.empty_like(rewards)
+    for g, row in enumerate(rows):
+        idx = group == g
+        mine = rewards[idx]
+        key = prompt_key(row)
+        buf = np.concatenate([stats.get(key, np.empty(0)), mine])[-buffer:]  # deque(maxlen=buffer).extend
+        stats[key] = buf
+        pool = rewards if len(buf) < min_count else buf
+        centred = mine - np.mean(pool)
+        out[idx] = centred / (np.std(pool) + 1e-6) if scale else centred
+    return torch.from_numpy(out)
+
+
 def diffusion_dpo_loss(err_chosen: torch.Tensor, err_rejected: torch.Tensor, err_ref_chosen: torch.Tensor,
                        err_ref_rejected: torch.Tensor, beta: float, timesteps: int = 1,
                        weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -136,6 +136,11 @@ CASES: dict[str, tuple[dict, tuple[str, ...]]] = {
     "policy-mlp-exact-rebel": (algo("eta: 1, policy: mlp"), ("algorithms[0].policy", "mlp", "solver: adam")),
     "policy-loglinear-on-tabular": (algo("eta: 1, policy: loglinear"), ("policy", "loglinear")),
     "algorithms-empty": ({"spec.yaml": spec_text(algorithms="[]")}, ("algorithms",)),
+    # image-only PPO fields (DDPO's per-prompt stat tracker) on a bandit run
+    "ppo-prompt-buffer-on-bandits": ({"spec.yaml": spec_text(algorithms="[{name: ppo, prompt_buffer: 16}]")},
+                                     ("algorithms[0].prompt_buffer applies to diffusion runs only",)),
+    "ppo-prompt-min-count-on-bandits": ({"spec.yaml": spec_text(algorithms="[{name: ppo, prompt_min_count: 8}]")},
+                                        ("algorithms[0].prompt_min_count applies to diffusion runs only",)),
     # a field given where the configuration never reads it (metadata unread_when); its default is never refused
     **{f"unread-{name}-{field}-{mode.replace(': ', '-')}": (unread_spec(name, params),
                                                           (f"algorithms[0].{field} is not read with {mode} (remove it)",))

@@ -1,6 +1,8 @@
 """PPO on the image track (DDPO's update, ``PPO.diffusion_update``) against an independent computation on a tiny
 float64 UNet: the per-step log-ratio (``logprob: sum`` or DDPO's per-pixel ``mean``: the sum's / D), the clipped
-surrogate at an optimiser step where the ratios are off 1, the per-prompt advantages and their clip ``adv_clip``."""
+surrogate at an optimiser step where the ratios are off 1, the per-prompt advantages and their clip ``adv_clip``;
+the advantages the update feeds the surrogate, within the batch (``prompt_buffer`` 0, bit for bit) or from DDPO's
+stat tracker across updates (``prompt_buffer`` N)."""
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ pytest.importorskip("diffusers")
 from testbed.algorithms import build_config  # noqa: E402
 from testbed.algorithms.ppo import PPOConfig, step_logratio  # noqa: E402
 from testbed.errors import InputError  # noqa: E402
+from testbed.losses import per_prompt_advantage  # noqa: E402
+from tests.test_diffusion_losses import DDPOTracker  # noqa: E402
 
 PROMPTS = [0, 0, 1, 1, 1, 2]  # prompt 2 alone: the batch's mean and std
 
@@ -114,10 +118,81 @@ def test_ppo_diffusion_step_is_the_clipped_surrogate_of_its_log_ratio(logprob, a
     np.testing.assert_allclose(out.loss, (first + float(loss)) / 2, rtol=1e-10)
 
 
-@pytest.mark.parametrize("field, value", [("logprob", "mean"), ("adv_clip", 5.0)])
+def _update_advantages(ctx, algo, q, qm, monkeypatch):
+    """Run one update; (the per-trajectory advantages its clipped surrogate was given [N], the scores [N])."""
+    import testbed.algorithms.ppo as ppo_mod
+
+    real_loss, real_optimise, real_sample = ppo_mod.ppo_clip_loss, ctx.optimise, ctx.sample
+    seen, idx, ys = [], [], []
+    monkeypatch.setattr(ppo_mod, "ppo_clip_loss", lambda lr, adv, eps: (seen.append(adv.detach().clone()),
+                                                                         real_loss(lr, adv, eps))[1])
+    monkeypatch.setattr(ctx, "optimise", lambda cfg, n, epochs, fn: real_optimise(
+        cfg, n, epochs, lambda i: (idx.append(i.clone()), fn(i))[1]))
+    monkeypatch.setattr(ctx, "sample", lambda q, qm, ref=False: (ys.append(real_sample(q, qm, ref)), ys[-1])[1])
+    algo.diffusion_update(q, qm)
+    monkeypatch.undo()
+    adv = torch.full((len(q),), float("nan"), dtype=torch.float64)
+    for i, a in zip(idx, seen):
+        a = a.reshape(len(i), -1)  # every step stochastic: a trajectory's advantage on each of its steps
+        assert torch.equal(a, a[:, :1].expand_as(a))
+        adv[i] = a[:, 0]
+    assert not bool(adv.isnan().any())  # every trajectory once (one epoch)
+    return adv, ctx.score(q, ys[0])
+
+
+def test_prompt_buffer_0_gives_the_within_batch_advantages_bit_for_bit(monkeypatch):
+    ctx, algo = _backend(clip_eps=0.2)
+    assert algo.config.prompt_buffer == 0
+    torch.manual_seed(0)
+    q, qm = ctx.policy.encode(PROMPTS)
+    for _ in range(2):
+        adv, r = _update_advantages(ctx, algo, q, qm, monkeypatch)
+        assert torch.equal(adv, per_prompt_advantage(r, q.reshape(len(q), -1)))
+    assert algo.prompt_stats == {}
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_prompt_buffer_gives_ddpos_stat_tracker_advantages_across_updates(monkeypatch, scale):
+    """prompt_buffer 3, min_count 2 over three updates of PROMPTS: prompt 2 (one sample each update) takes the batch's
+    statistics until its second update, prompt 0's buffer overflows at the second; the advantages equal a copy of
+    DDPO's PerPromptStatTracker's (unscaled: r - its mean), and differ from the within-batch ones."""
+    ctx, algo = _backend(clip_eps=0.2, prompt_buffer=3, prompt_min_count=2, normalize_advantage=scale)
+    ref = DDPOTracker(3, 2)
+    torch.manual_seed(0)
+    q, qm = ctx.policy.encode(PROMPTS)
+    far = []
+    for _ in range(3):
+        adv, r = _update_advantages(ctx, algo, q, qm, monkeypatch)
+        want = ref.update(PROMPTS, r.numpy())
+        if not scale:  # r - the tracker's mean: undo its division by std + 1e-6
+            pools = {c: np.array(ref.stats[c]) if len(ref.stats[c]) >= 2 else r.numpy() for c in set(PROMPTS)}
+            want = np.array([r[i].item() - pools[c].mean() for i, c in enumerate(PROMPTS)])
+        np.testing.assert_allclose(adv.numpy(), want, rtol=0, atol=1e-12)
+        far.append(float((adv - per_prompt_advantage(r, q, scale=scale)).abs().max() / adv.abs().max()))
+    assert far[1] > 0.1 and far[2] > 0.1  # the buffer acts (relative to the largest advantage)
+    assert sorted(len(v) for v in algo.prompt_stats.values()) == [3, 3, 3]
+
+
+@pytest.mark.parametrize("field, value", [("logprob", "mean"), ("adv_clip", 5.0), ("prompt_buffer", 16),
+                                          ("prompt_min_count", 8)])
 def test_image_only_ppo_fields_are_refused_elsewhere(field, value):
     for track in ("lm", "bandit"):
         with pytest.raises(InputError, match=f"ppo.{field} applies to diffusion runs only"):
             build_config(PPOConfig, {field: value}, "ppo", track)
     with pytest.raises(InputError, match="ppo.logprob"):
         build_config(PPOConfig, {"logprob": "median"}, "ppo", "diffusion")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"prompt_buffer": -1}, "ppo.prompt_buffer must be a non-negative integer (got -1)"),
+    ({"prompt_buffer": 2.5}, "ppo.prompt_buffer must be a non-negative integer (got 2.5)"),
+    ({"prompt_buffer": True}, "ppo.prompt_buffer must be a non-negative integer (got True)"),
+    ({"prompt_buffer": 32, "prompt_min_count": 0}, "ppo.prompt_min_count must be a positive integer (got 0)"),
+    ({"prompt_buffer": 32, "prompt_min_count": "16"}, "ppo.prompt_min_count must be a positive integer (got '16')"),
+    ({"prompt_buffer": 8, "prompt_min_count": 16}, "ppo.prompt_min_count 16 exceeds prompt_buffer 8"),
+    ({"prompt_min_count": 8}, "ppo.prompt_min_count is not read with prompt_buffer: 0"),
+])
+def test_bad_prompt_buffer_values_are_one_line_errors_naming_the_field(params, message):
+    with pytest.raises(InputError) as e:
+        build_config(PPOConfig, params, "ppo", "diffusion")
+    assert message in str(e.value) and len(str(e.value).splitlines()) == 1

@@ -67,11 +67,20 @@ def tiny_spec(tmp_path, **over):
     ({"reward": {"kind": "classifier", "steps": 10}}, "reward: unknown key(s) ['steps']"),
     ({"prompts": {"kind": "classes", "bogus": 1}}, "prompts: unknown key(s) ['bogus']"),
     ({"seeds": [0, 0]}, "seeds must be distinct"),
+    ({"algorithms": [{"name": "ppo", "prompt_buffer": -1}]}, "algorithms[0] (ppo).prompt_buffer must be a non-negative integer"),
+    ({"algorithms": [{"name": "ppo", "prompt_buffer": 2.5}]}, "algorithms[0] (ppo).prompt_buffer must be a non-negative integer"),
+    ({"algorithms": [{"name": "ppo", "prompt_buffer": 8, "prompt_min_count": 0}]},
+     "algorithms[0] (ppo).prompt_min_count must be a positive integer"),
+    ({"algorithms": [{"name": "ppo", "prompt_buffer": 8, "prompt_min_count": 16}]},
+     "algorithms[0] (ppo).prompt_min_count 16 exceeds prompt_buffer 8"),
+    ({"algorithms": [{"name": "ppo", "prompt_min_count": 8}]},
+     "algorithms[0] (ppo).prompt_min_count is not read with prompt_buffer: 0"),
 ], ids=["unknown-reward", "steps-0", "negative-guidance", "size-not-divisible", "offline-dpo", "bandit-critic",
         "algorithm-train-key", "algorithm-batch-0", "model-seed-str", "lora-alpha-str", "lora-target-missing",
         "lora-targets-not-a-list", "ddim-steps-eq-T", "channels-digits", "channels-shapes", "bfloat16", "float16-cpu",
         "ppo-gamma", "ppo-lam", "ppo-whiten-rewards", "ppo-vf-coef", "ppo-value-clip", "reward-steps", "prompts-key",
-        "duplicate-seeds"])
+        "duplicate-seeds", "ppo-prompt-buffer-negative", "ppo-prompt-buffer-float", "ppo-prompt-min-count-0",
+        "ppo-prompt-min-count-above-buffer", "ppo-prompt-min-count-unread"])
 def test_bad_specs_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, over, field):
     spec = tiny_spec(tmp_path, **over)
     out = tmp_path / "out"
@@ -130,6 +139,47 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_run(tmp_path):
     assert rows(tmp_path / "out") == rows(tmp_path / "ref")
     assert not partial.exists()
     assert not list(tmp_path.glob(".out.*"))  # the killed run's .out.tmp-PID removed on the resume; no lock left
+
+
+def test_ppo_with_the_prompt_buffer_interrupted_and_resumed_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    """PPO with DDPO's per-prompt stat tracker (buffer 4, min count 2, 8 of 10 digit prompts per iteration): a run
+    stopped inside its third update and resumed from the checkpoint of the second gives the rows of an uninterrupted
+    run, its buffers restored from the checkpoint (a resumed run with empty buffers gives other losses); without the
+    buffer the losses differ, so the buffer is read."""
+    from testbed.algorithms.ppo import PPO
+    from testbed.training.checkpoint import load_state
+
+    ppo = {"name": "ppo", "clip_eps": 0.1, "epochs": 1, "prompt_buffer": 4, "prompt_min_count": 2}
+    spec = tiny_spec(tmp_path, algorithms=[ppo], train={"iterations": 4, "batch": 8})
+    assert main(["diffusion", "run", str(spec), "--out", str(tmp_path / "ref"), "--quiet"]) == 0
+    real, calls, saved = PPO.diffusion_update, [], []
+
+    def interrupted(self, q, qm):
+        calls.append(len(q))
+        if len(calls) == 3:
+            saved.extend(partial.glob("*.ckpt"))
+            saved.append(load_state(saved[0])["algo"]["prompt_stats"])
+            raise KeyboardInterrupt
+        return real(self, q, qm)
+
+    partial = tmp_path / "out.partial"
+    monkeypatch.setattr(PPO, "diffusion_update", interrupted)
+    out = ["diffusion", "run", str(spec), "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(out + ["--checkpoint-every", "1"]) != 0
+    monkeypatch.undo()
+    assert not (tmp_path / "out").exists() and len(saved) == 2
+    stats = saved[1]  # after two updates of 8 prompts: 16 rewards, one prompt drawn 5 times keeps its last 4
+    assert sorted(map(len, stats.values())) == [2, 2, 2, 2, 3, 4]
+    assert all(v.dtype == "float64" for v in stats.values())
+    assert main(out + ["--resume"]) == 0
+    assert rows(tmp_path / "out") == rows(tmp_path / "ref")
+    spec0 = tiny_spec(tmp_path, algorithms=[{k: v for k, v in ppo.items() if not k.startswith("prompt_")}],
+                      train={"iterations": 4, "batch": 8})
+    assert main(["diffusion", "run", str(spec0), "--out", str(tmp_path / "within"), "--quiet"]) == 0
+    ref, within = rows(tmp_path / "ref"), rows(tmp_path / "within")
+    loss = [(float(a["loss"]), float(b["loss"])) for a, b in zip(ref[1:], within[1:])]
+    assert abs(loss[0][0] - loss[0][1]) < 1e-2 * abs(loss[0][1])  # iteration 1: the fallbacks' eps (1e-6 vs 1e-8)
+    assert all(abs(a - b) > 1e-3 for a, b in loss[1:])  # then the buffers' statistics
 
 
 def test_an_algorithms_own_batch_and_diffusion_dpo_from_the_spec(tmp_path):

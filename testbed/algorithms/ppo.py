@@ -33,6 +33,7 @@ from testbed.algorithms.base import (
     items,
     minibatch_field,
     nonneg,
+    nonneg_count,
     one_of,
     per_seed,
     permutations,
@@ -40,7 +41,16 @@ from testbed.algorithms.base import (
     take,
     unit_open,
 )
-from testbed.losses import gae, kl_shaped_reward, per_prompt_advantage, ppo_clip_loss, value_loss, whiten
+from testbed.errors import InputError
+from testbed.losses import (
+    gae,
+    kl_shaped_reward,
+    per_prompt_advantage,
+    ppo_clip_loss,
+    tracked_prompt_advantage,
+    value_loss,
+    whiten,
+)
 from testbed.policies import Policy, take_contexts
 from testbed.problems import LinearBandit, TabularBandit
 
@@ -73,6 +83,17 @@ class PPOConfig:
                           "DDPO's; the log-ratio divided by D)", tracks=DIFFUSION)
     adv_clip: float = nonneg(0.0, "diffusion: clip the advantages to [-adv_clip, adv_clip] (0: none; DDPO: 5)",
                              tracks=DIFFUSION)
+    prompt_buffer: int = nonneg_count(0, "diffusion: 0 = per-prompt statistics within the batch; N > 0 = DDPO's "
+                                         "PerPromptStatTracker: each prompt's last N rewards across iterations, the "
+                                         "batch's mean and std until it holds prompt_min_count (DDPO: 16, aesthetic "
+                                         "32)", tracks=DIFFUSION)
+    prompt_min_count: int = count(16, "diffusion: rewards a prompt's buffer holds before its own mean and std are "
+                                      "used (DDPO: 16)", tracks=DIFFUSION, unread_when={"prompt_buffer": (0,)})
+
+    def validate(self, where: str) -> None:
+        if self.prompt_buffer and self.prompt_min_count > self.prompt_buffer:
+            raise InputError(f"{where}.prompt_min_count {self.prompt_min_count} exceeds prompt_buffer "
+                             f"{self.prompt_buffer}: a buffer never holds that many rewards")
 
 
 class PPO(Algorithm):
@@ -105,6 +126,7 @@ class PPO(Algorithm):
     def __init__(self, config: PPOConfig, problem: TabularBandit, rng):
         super().__init__(config, problem, rng)
         if self.ctx is not None:
+            self.prompt_stats: dict = {}  # image track, prompt_buffer > 0: each prompt's buffer of rewards (checkpointed)
             return
         X = problem.num_contexts
         members = getattr(problem, "members", None)  # a stack of problems: one critic each
@@ -251,7 +273,8 @@ class PPO(Algorithm):
     def diffusion_update(self, q, qm) -> Step:
         """DDPO (Black et al. 2023, https://arxiv.org/abs/2305.13301, §4.3): one trajectory per prompt, the
         (KL-shaped) reward of its image, the per-prompt baseline (advantage standardised within each prompt's
-        samples of the batch; optionally clipped to ``adv_clip``), and the clipped surrogate on every stochastic
+        samples of the batch, or with ``prompt_buffer`` N > 0 DDPO's PerPromptStatTracker over each prompt's last N
+        rewards across iterations; optionally clipped to ``adv_clip``), and the clipped surrogate on every stochastic
         denoising step with its trajectory's advantage, by the back-end's AdamW solver. The step's ratio is that of
         its Gaussian densities (``logprob: sum``) or, DDPO's, of their per-pixel means (``mean``: the log-ratio / D);
         the KL shaping uses the trajectory's log-density either way."""
@@ -261,7 +284,12 @@ class PPO(Algorithm):
         ro = ctx.rollout_stats(q, qm, y)
         mask = ro["mask"]
         r = kl_shaped_reward(ro["score"], (ro["lp"] * mask).sum(1).double(), (ro["ref"] * mask).sum(1).double(), cfg.beta)
-        adv = per_prompt_advantage(r, q.reshape(len(q), -1), scale=cfg.normalize_advantage).to(ro["lp"].dtype)
+        if cfg.prompt_buffer:  # DDPO's stat tracker: one process, so the batch is every prompt (DDPO gathers them)
+            adv = tracked_prompt_advantage(r, q.reshape(len(q), -1), self.prompt_stats, cfg.prompt_buffer,
+                                           cfg.prompt_min_count, scale=cfg.normalize_advantage)
+            adv = adv.to(r.device).to(ro["lp"].dtype)
+        else:
+            adv = per_prompt_advantage(r, q.reshape(len(q), -1), scale=cfg.normalize_advantage).to(ro["lp"].dtype)
         if cfg.adv_clip:
             adv = adv.clamp(-cfg.adv_clip, cfg.adv_clip)
         lp_old, adv_steps = ro["lp"], adv[:, None].expand_as(ro["lp"])

@@ -103,6 +103,9 @@ def evaluate(ctx: DiffusionBackend, classes: int, n: int, seed: int, reference: 
     return float(score.mean()), float(kl.mean()), images.float().cpu().numpy(), q.cpu().numpy()
 
 
+CHECKPOINTED_ALGO_FIELDS = ("prompt_stats",)  # PPO's per-prompt reward buffers (prompt_buffer > 0), across iterations
+
+
 def run_one(spec: DiffusionSpec, algo_name: str, algo_cfg, seed: int, run_id: str, checkpoint: Path | None = None,
             every: int = 0, train_over: dict | None = None):
     """One run's rows and its final eval images (and the reference's); ``train_over``: the algorithm's own
@@ -122,6 +125,8 @@ def _run_one(spec: DiffusionSpec, tr, algo_name: str, algo_cfg, seed: int, run_i
     ck, state = resume(checkpoint)
     if state is not None:
         restore_backend(ctx, state)
+        for k, v in state.get("algo", {}).items():  # (a checkpoint written before the field: none)
+            setattr(algo, k, v)
         rows, samples, queries, st.t = state["rows"], state["samples"], state["queries"], state["t"]
         start = time.perf_counter() - state["elapsed"]
 
@@ -157,7 +162,8 @@ def _run_one(spec: DiffusionSpec, tr, algo_name: str, algo_cfg, seed: int, run_i
         loggers.emit(r)  # --log tensorboard|wandb: live, the same names
 
     def save() -> None:
-        ck.save({**backend_state(ctx), "rows": rows, "samples": samples, "queries": queries, "t": st.t,
+        algo_state = {k: getattr(algo, k) for k in CHECKPOINTED_ALGO_FIELDS if hasattr(algo, k)}
+        ck.save({**backend_state(ctx), "algo": algo_state, "rows": rows, "samples": samples, "queries": queries, "t": st.t,
                  "elapsed": time.perf_counter() - start})
 
     train(st, tr.iterations, step, record, 1, save if checkpoint is not None else None, every)
