@@ -281,6 +281,9 @@ def test_a_finished_stage_made_from_another_run_of_its_upstream_is_refused(tmp_p
     made = json.loads((runs / "made_from.json").read_text())
     assert made == {"sft": {}, **{n: {"sft": made["rm"]["sft"]} for n in ("rm", "judge")},
                     "rebel": {"sft": made["rm"]["sft"], "rm": made["rebel"]["rm"]}}
+    meta = json.loads((runs / "sft" / "meta.json").read_text())  # the same results on another commit and versions
+    (runs / "sft" / "meta.json").write_text(json.dumps({**meta, "git_commit": "0" * 40, "versions": {}}))
+    assert main(["llm", "pipeline", str(folder), "--quiet"]) == 0
     shutil.rmtree(runs / "rm")
     capsys.readouterr()
     assert main(["llm", "pipeline", str(folder), "--quiet"]) == 2

@@ -98,3 +98,27 @@ def test_split_stacks_keep_the_seeds_of_one_computation_together():
                 whole = [p for p in spec.runs if p.label == plans[0].label and p.problem in problems]
                 assert len(whole) == len(plans), (jobs, plans[0].label)  # every seed of its problems is here
     assert runner.batch_groups(spec, batch=False) == [[i] for i in range(len(spec.runs))]
+
+
+def test_a_checkpoint_with_a_member_per_seed_is_started_again_and_ends_as_an_uninterrupted_run(monkeypatch, tmp_path):
+    """A stack checkpointed by the code before shared members holds a member per seed; resumed by the shared layout
+    it was read as one member per problem (a false 'used its generator' on [A, A, B], a broadcast error on a
+    log-linear loss). It is now dropped and the stack runs again: the same rows as an uninterrupted run."""
+    from testbed.problems import make_linear
+
+    pref = [make_preference("raters", contexts=4, actions=3, raters=3, seed=s) for s in range(2)]
+    linear = make_linear(contexts=4, actions=3, dim=2, seed=0)
+    for name, cfg, problems in (("hedge", {"eta": 0.5}, [pref[0], pref[0], pref[1]]),
+                                ("rebel", {"mode": "exact", "eta": 1.0}, [linear] * 3)):
+        plans = [RunPlan(f"{name}-s{s}", p.name, name, name, name, cfg, {}, None, s, 6, 2) for s, p in enumerate(problems)]
+        whole = run_batch(plans, problems)
+        ckpt = tmp_path / f"{name}.ckpt"
+        with monkeypatch.context() as m:  # the old layout: every seed its own member
+            m.setattr(runner, "shared_members", lambda cls, cfg, problems: list(range(len(problems))))
+            run_batch(plans, problems, ckpt, every=4)
+        from testbed.training.checkpoint import load_state
+
+        assert len(load_state(ckpt).rngs) == 3 and load_state(ckpt).t == 4
+        resumed = run_batch(plans, problems, ckpt, every=4)
+        for (r1, p1, _), (r2, p2, _) in zip(whole, resumed):
+            assert r1 == r2 and np.array_equal(p1.params, p2.params), name

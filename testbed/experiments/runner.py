@@ -218,6 +218,9 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
     lead = [owner.index(m) for m in range(max(owner) + 1)]  # the grid point that stands for each member
     ids = [plans[s].run_id for s in lead]
     ck, st = resume(checkpoint)
+    if st is not None and len(st.rngs) != len(lead):  # written with a member per seed (before shared members): start
+        remove_checkpoint(checkpoint)                  # again (the same run: it draws nothing)
+        ck, st = resume(checkpoint)
     if st is None:
         st = _new_batch_state(plans, problems, cls, cfg, lead)
     cfg, first, averaged = st.algo.config, plans[0], st.prob_sum is not None
@@ -245,7 +248,9 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
     train(st, first.iterations, step, record, first.eval_every, _saver(st, ck, start), every)
     if len(lead) < len(plans):
         for rng, s in zip(st.rngs, lead):  # the shared members' runs must not have depended on their seed
-            if rng.bit_generator.state != np.random.default_rng(plans[s].seed).bit_generator.state:
+            fresh = np.random.default_rng(plans[s].seed).bit_generator
+            if rng.bit_generator.state != fresh.state or \
+                    rng.bit_generator.seed_seq.n_children_spawned != fresh.seed_seq.n_children_spawned:
                 raise RuntimeError(f"{cls.__name__}.draws says {plans[s].label!r} takes no random numbers, but its run "
                                    "used its generator: its seeds cannot share one computation")
     avg = st.prob_sum / first.iterations if averaged else None

@@ -14,15 +14,18 @@ at the first unfinished stage (an ``lm`` stage with ``checkpoint_every: K`` in `
 last checkpoint). A complete folder whose ``config.yaml`` differs from what ``pipeline.yaml`` now says for that
 stage (an edited lr, seed, eta, ...) is refused, naming the first differing field: delete the folder to rerun the
 stage (and the stages reading it). So is a complete folder made from another run of a stage it reads: ``<out>/made_from.json``
-records, for each finished stage, the digest of each upstream stage's ``meta.json`` when it ran (it holds the sha256
-of that stage's config.yaml and metrics.csv), and a finished stage whose upstream folder is gone (it will run again)
-or was rerun since with other results is refused before anything runs (an identical rerun is the same content). A stage whose
+records, for each finished stage, the digest of each upstream stage's results when it ran (the sha256 of its
+config.yaml, metrics.csv and runs.csv, which its meta.json lists), and a finished stage whose upstream folder is gone
+(it will run again) or was rerun since with other results is refused before anything runs (an identical rerun, on
+another commit, package version or device, is the same content; the model weights are not hashed, and a stage
+finished before the ledger existed is checked for a deleted upstream only). A stage whose
 upstream model folder is missing (that stage saved none) is refused before it starts.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sys
 import time
@@ -33,7 +36,7 @@ import yaml
 from testbed import results
 from testbed.errors import InputError
 from testbed.experiments.spec import dump_yaml
-from testbed.io import atomic_write_text, sha256
+from testbed.io import atomic_write_text
 from testbed.llm.pipeline import load_pipeline, stage_model_path, stage_reads, stage_run_id
 
 
@@ -80,7 +83,14 @@ def _check_finished(name: str, st: dict, dest: Path) -> None:
 
 
 MADE_FROM = "made_from.json"
-"""In a pipeline's output folder: {stage: {upstream stage it reads: sha256 of that stage's meta.json when it ran}}."""
+"""In a pipeline's output folder: {stage: {upstream stage it reads: the digest of that stage's results when it ran}}."""
+
+
+def _results_digest(folder: Path) -> str:
+    """sha256 of the ``sha256`` map a stage's meta.json holds (its config.yaml, metrics.csv, runs.csv): what it
+    computed, not where or with which versions (git commit, package versions, device)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    return hashlib.sha256(json.dumps(meta.get("sha256"), sort_keys=True).encode()).hexdigest()
 
 
 def _made_from(out: Path) -> dict:
@@ -94,7 +104,7 @@ def _made_from(out: Path) -> dict:
 def _record_made_from(out: Path, name: str, st: dict) -> None:
     """Stage ``name`` has finished: note which run of each stage it read (the digest of that stage's meta.json)."""
     ledger = _made_from(out)
-    ledger[name] = {src: sha256(out / src / "meta.json") for src in stage_reads(st)}
+    ledger[name] = {src: _results_digest(out / src) for src in stage_reads(st)}
     atomic_write_text(out / MADE_FROM, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
 
 
@@ -105,7 +115,7 @@ def _check_made_from(name: str, st: dict, out: Path, ledger: dict) -> None:
             raise InputError(f"stage {name}: the finished {out / name} reads stage {src}, which is not finished (it will "
                              f"run again); delete {out / name} to rerun it from the new {src}")
         made = ledger.get(name, {}).get(src) if isinstance(ledger.get(name), dict) else None
-        if made is not None and made != sha256(out / src / "meta.json"):
+        if made is not None and made != _results_digest(out / src):
             raise InputError(f"stage {name}: the finished {out / name} was made from an earlier run of stage {src} "
                              f"({out / src} has been rerun since); delete {out / name} to rerun it")
 

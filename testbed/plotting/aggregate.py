@@ -41,6 +41,7 @@ MC_Z = 3.0  # the Monte-Carlo band of an interval end: ±3 binomial standard dev
 CONFIDENCE = 0.95
 TAUS = np.logspace(-4, 0, 41)  # performance-profile thresholds on the normalised sub-optimality
 BETTER = (0.5, 1.0)  # a probability of improvement's question: is X better than Y more often than not?
+HALF = (0.5, 0.5)  # ½ from either side: the aggregate table resamples a pair while ½ is within error of an end
 
 
 def iqm(scores: np.ndarray) -> float:
@@ -137,8 +138,15 @@ def poi_bootstrap(x: np.ndarray, y: np.ndarray, region: tuple[float, float] | No
                   seed: int = 0) -> Interval:
     """Probability of improvement with its 95% interval: X's and Y's runs resampled independently within
     each problem (rliable's ``StratifiedIndependentBootstrap``); more resamples while a boundary of ``region``
-    is within the Monte-Carlo band of an end (:func:`bootstrap_interval`)."""
+    is within the Monte-Carlo band of an end (:func:`bootstrap_interval`). The resamples do not depend on the order
+    of the two arguments: the pair is bootstrapped in a canonical order (by the score arrays' bytes), and P(Y better
+    than X) is 1 − P(X better than Y) in every resample, so the interval of (y, x) is the mirror of that of (x, y)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if (x.shape, x.tobytes()) > (y.shape, y.tobytes()):
+        iv = poi_bootstrap(y, x, None if region is None else (1.0 - region[1], 1.0 - region[0]), reps, seed)
+        (a, b), (c, d) = iv.bands
+        bands = ((1.0 - d, 1.0 - c), (1.0 - b, 1.0 - a))
+        return Interval(probability_of_improvement(x, y), 1.0 - iv.high, 1.0 - iv.low, bands, iv.reps)
     chunk = max(1, 2 ** 22 // (x.shape[0] * y.shape[0] * x.shape[1]))  # comparisons held at once
 
     def draw(rng, k):
@@ -191,8 +199,20 @@ def aggregates(run_dir: str | Path) -> dict:
     methods = sorted(scores)
     return {"problems": problems, "seeds": {m: int(scores[m].shape[0]) for m in methods},
             "iqm": {m: stratified_interval(scores[m], iqm) for m in methods},
-            "poi": {(a, b): poi_bootstrap(scores[a], scores[b], BETTER).value for a in methods for b in methods if a != b},
+            "poi": _poi_table(scores, methods),
             "profiles": {m: profile_band(scores[m]) for m in methods}}
+
+
+def _poi_table(scores: dict, methods: list[str]) -> dict:
+    """P(a better than b) with its interval for every ordered pair: each unordered pair bootstrapped once (more
+    resamples while ½ is within the Monte-Carlo error of an end, from either side: :data:`HALF`) and its mirror cell
+    the complement (1 − p, 1 − high, 1 − low), so the two cells of a pair add up to 1 as the statistic does."""
+    out = {}
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            p, low, high = poi_bootstrap(scores[a], scores[b], HALF).value
+            out[(a, b)], out[(b, a)] = (p, low, high), (1.0 - p, 1.0 - high, 1.0 - low)
+    return out
 
 
 def _fmt(t) -> str:
@@ -207,7 +227,7 @@ def aggregate_table(run_dir: str | Path, out: str | Path, agg: dict | None = Non
              f"Problems: {', '.join(agg['problems'])}. Score of a run: (J* − J(π_T)) / (J* − J(π_0)). 95% percentile "
              f"intervals from {REPS} stratified bootstrap resamples (runs resampled within each problem); for a probability of "
              f"improvement, doubled (up to {MAX_REPS}) while ½ lies within the Monte-Carlo error of an interval end, as "
-             f"in the claims (claims.md).", "",
+             f"in the claims (claims.md), once per pair (P(column better than row) = 1 − P(row better than column)).", "",
              "| method | runs per problem | IQM [95% CI] |", "|---|---:|---|"]
     lines += [f"| {m} | {agg['seeds'][m]} | {_fmt(agg['iqm'][m])} |" for m in sorted(methods, key=lambda m: agg["iqm"][m][0])]
     lines += ["", "Probability of improvement P(row better than column) [95% CI]:", "",
