@@ -95,5 +95,6 @@ class TableCritic(torch.nn.Module):
         super().__init__()
         self.values = torch.nn.Parameter(torch.zeros(vocab, dtype=torch.float64))
 
-    def forward(self, input_ids, attention_mask, position_ids):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        """V at every position of a batch's :func:`~testbed.llm.policy.padded_inputs` (a critic's interface)."""
         return self.values[input_ids]
