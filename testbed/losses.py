@@ -8,6 +8,9 @@ bit-for-bit the loss of that seed's [N] tensors.
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 
 
@@ -274,8 +277,6 @@ def per_prompt_advantage(reward: torch.Tensor, prompt: torch.Tensor, eps: float 
 def prompt_key(row: torch.Tensor) -> str:
     """A prompt row's key in :func:`tracked_prompt_advantage`'s buffers: the hex of its bytes (dtype and shape
     fixed within a run), or their SHA-256 when over 64 bytes (an embedding)."""
-    import hashlib
-
     raw = row.detach().cpu().contiguous().numpy().tobytes()
     return raw.hex() if len(raw) <= 64 else hashlib.sha256(raw).hexdigest()
 
@@ -294,8 +295,6 @@ def tracked_prompt_advantage(reward: torch.Tensor, prompt: torch.Tensor, stats: 
     Args:
       reward: [N]; prompt: [N] or [N, ...] (rows equal for the same prompt).
     """
-    import numpy as np
-
     if reward.ndim != 1 or len(prompt) != len(reward):
         raise ValueError(f"reward must be [N] and prompt [N, ...] (got {tuple(reward.shape)}, {tuple(prompt.shape)})")
     if buffer < 1 or min_count < 1:

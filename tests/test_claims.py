@@ -259,7 +259,8 @@ def test_readme_claims_table_is_figures_claims_md():
     assert text.index("<!-- claims:start -->") < text.index("## Figures"), "the claims table must lead the results"
 
 
-def _lm_folder(d: Path, wins: dict[str, list[float]]) -> Path:
+def _lm_folder(d: Path, wins: dict[str, list[float]], kl: dict[str, list[float]] | None = None) -> Path:
+    """An LM study folder: each method's final rows with these win rates (and ``kl``: these eval/kl, else 1)."""
     import csv
 
     from testbed.results import LM_COLUMNS
@@ -271,7 +272,8 @@ def _lm_folder(d: Path, wins: dict[str, list[float]]) -> Path:
                 r = {c: "" for c in LM_COLUMNS}
                 r.update(run_id=f"{method}-{i}-s{seed}", problem="p", algorithm=method, seed=seed, iteration=t)
                 if t == 2:
-                    r.update({"eval/win_rate": w, "eval/win_rate_lo": 0, "eval/win_rate_hi": 1, "eval/kl": 1.0})
+                    r.update({"eval/win_rate": w, "eval/win_rate_lo": 0, "eval/win_rate_hi": 1,
+                              "eval/kl": kl[method][seed] if kl else 1.0})
                 rows.append(r)
     with open(d / "metrics.csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=LM_COLUMNS)
@@ -294,34 +296,21 @@ def test_lm_claims_use_a_t_interval_over_seeds_and_one_seed_is_inconclusive(tmp_
     assert one.verdict == claims.INCONCLUSIVE and "one seed" in one.note
 
 
-def _with_kl(d: Path, kl: dict[str, list[float]]) -> Path:
-    """An LM study folder (:func:`_lm_folder`) whose final rows hold these eval/kl values per method and seed."""
-    d = _lm_folder(d / "tldr_smollm2_quick", {m: [0.5] * len(v) for m, v in kl.items()})
-    text = (d / "metrics.csv").read_text().splitlines()
-    col = text[0].split(",").index("eval/kl")
-    for m, vals in kl.items():
-        for s, v in enumerate(vals):
-            i = next(i for i in range(len(text) - 1, 0, -1) if text[i].startswith(f"{m}-") and f"-s{s}," in text[i])
-            cells = text[i].split(",")
-            cells[col] = str(v)
-            text[i] = ",".join(cells)
-    (d / "metrics.csv").write_text("\n".join(text) + "\n")
-    return d.parent
-
-
 def test_lm_ratio_claims_take_the_t_interval_of_the_log_ratios(tmp_path):
     """A ratio's interval is Student's t on the log ratios, exponentiated: the geometric mean, an interval > 0 (on the
     ratios themselves, 1.2, 3 and 5 give a lower end below 0); a ratio <= 0 keeps the arithmetic interval."""
     from scipy import stats
 
     rebel = [1.2, 3.0, 5.0]
-    c = claims.LM_CLAIMS[2](_with_kl(tmp_path / "a", {"rebel": rebel, "ppo": [1.0] * 3}))
+    c = claims.LM_CLAIMS[2](_lm_folder(tmp_path / "a" / "tldr_smollm2_quick", {"rebel": [0.5] * 3, "ppo": [0.5] * 3},
+                                       {"rebel": rebel, "ppo": [1.0] * 3}).parent)
     logs = np.log(rebel)
     lo, hi = stats.t.interval(0.95, 2, loc=logs.mean(), scale=stats.sem(logs))
     assert c.value == pytest.approx((np.exp(logs.mean()), np.exp(lo), np.exp(hi)), rel=1e-12)
     assert 0 < c.value[1] < c.value[0] < c.value[2]
     assert stats.t.interval(0.95, 2, loc=np.mean(rebel), scale=stats.sem(rebel))[0] < 0  # the arithmetic one
-    neg = claims.LM_CLAIMS[2](_with_kl(tmp_path / "b", {"rebel": [-0.2, 3.0, 5.0], "ppo": [1.0] * 3}))
+    neg = claims.LM_CLAIMS[2](_lm_folder(tmp_path / "b" / "tldr_smollm2_quick", {"rebel": [0.5] * 3, "ppo": [0.5] * 3},
+                                         {"rebel": [-0.2, 3.0, 5.0], "ppo": [1.0] * 3}).parent)
     lo, hi = stats.t.interval(0.95, 2, loc=np.mean([-0.2, 3, 5]), scale=stats.sem([-0.2, 3, 5]))
     assert neg.value == pytest.approx((np.mean([-0.2, 3, 5]), lo, hi), rel=1e-12) and "a ratio ≤ 0" in neg.note
 

@@ -10,10 +10,11 @@ import yaml
 
 from testbed.algorithms import ALGORITHMS, build_config
 from testbed.experiments import runner
-from testbed.experiments.runner import batch_groups, run_batch, run_one, shared_members
+from testbed.experiments.runner import batch_groups, generator_used, run_batch, run_one, shared_members
 from testbed.experiments.spec import RunPlan, parse_spec
 from testbed.policies import default_kind, initial_policy
-from testbed.problems import make_preference, make_tabular
+from testbed.problems import make_linear, make_preference, make_tabular
+from testbed.training.checkpoint import load_state
 from tests import test_batched, test_batched_preference
 
 
@@ -41,13 +42,11 @@ def _configurations():
 @pytest.mark.parametrize("label, cls, cfg, problem", _configurations(), ids=lambda v: v if isinstance(v, str) else "")
 def test_a_configuration_uses_its_generator_exactly_when_draws_says_so(label, cls, cfg, problem):
     rng = np.random.default_rng(3)
-    before = rng.bit_generator.state
-    kind = default_kind(problem)
-    policy = initial_policy(problem, kind, rng=np.random.default_rng(4))
+    policy = initial_policy(problem, default_kind(problem), rng=np.random.default_rng(4))
     algo = cls(cfg, problem, rng)
     for _ in range(3):
         policy = algo.update(policy, rng).policy
-    assert (rng.bit_generator.state != before) == cls.draws(cfg), label
+    assert generator_used(rng, 3) == cls.draws(cfg), label  # the runner's own test of a shared run
 
 
 def test_a_stack_computes_one_member_per_distinct_problem_and_gives_each_seed_its_run(monkeypatch):
@@ -64,7 +63,7 @@ def test_a_stack_computes_one_member_per_distinct_problem_and_gives_each_seed_it
     plans = [RunPlan(f"h-s{s}", p.name, "hedge", "hedge", "hedge", {"eta": 0.3}, {}, None, s, 5, 2)
              for s, p in enumerate(order)]
     cls = ALGORITHMS["hedge"]
-    assert shared_members(cls, build_config(cls.Config, {"eta": 0.3}, "hedge"), order) == [0, 1, 0, 0, 1]
+    assert shared_members(cls, build_config(cls.Config, {"eta": 0.3}, "hedge"), order) == ([0, 1, 0, 0, 1], [0, 1])
     stacked = run_batch(plans, order)
     assert sizes == [2] * 5  # two members, five updates
     for plan, problem, (rows, policy, extra) in zip(plans, order, stacked):
@@ -74,7 +73,15 @@ def test_a_stack_computes_one_member_per_distinct_problem_and_gives_each_seed_it
         assert np.array_equal(extra["avg_probs"], alone_extra["avg_probs"])
     sampled = ALGORITHMS["rebel_pref"]
     cfg = build_config(sampled.Config, {"mode": "sampled", "pairs": 5}, "rebel_pref")
-    assert shared_members(sampled, cfg, order) == [0, 1, 2, 3, 4]  # seeds that draw: a member each
+    assert shared_members(sampled, cfg, order) == ([0, 1, 2, 3, 4],) * 2  # seeds that draw: a member each
+
+
+def test_the_generator_check_sees_draws_and_spawns_and_nothing_else():
+    for use in (lambda g: g.random(), lambda g: g.integers(5), lambda g: g.spawn(1), lambda g: g.permutation(3)):
+        g = np.random.default_rng(8)
+        use(g)
+        assert generator_used(g, 8)
+    assert not generator_used(np.random.default_rng(8), 8) and generator_used(np.random.default_rng(8), 9)
 
 
 def test_a_configuration_that_claims_to_draw_nothing_but_draws_is_refused(monkeypatch):
@@ -104,8 +111,6 @@ def test_a_checkpoint_with_a_member_per_seed_is_started_again_and_ends_as_an_uni
     """A stack checkpointed by the code before shared members holds a member per seed; resumed by the shared layout
     it was read as one member per problem (a false 'used its generator' on [A, A, B], a broadcast error on a
     log-linear loss). It is now dropped and the stack runs again: the same rows as an uninterrupted run."""
-    from testbed.problems import make_linear
-
     pref = [make_preference("raters", contexts=4, actions=3, raters=3, seed=s) for s in range(2)]
     linear = make_linear(contexts=4, actions=3, dim=2, seed=0)
     for name, cfg, problems in (("hedge", {"eta": 0.5}, [pref[0], pref[0], pref[1]]),
@@ -114,10 +119,8 @@ def test_a_checkpoint_with_a_member_per_seed_is_started_again_and_ends_as_an_uni
         whole = run_batch(plans, problems)
         ckpt = tmp_path / f"{name}.ckpt"
         with monkeypatch.context() as m:  # the old layout: every seed its own member
-            m.setattr(runner, "shared_members", lambda cls, cfg, problems: list(range(len(problems))))
+            m.setattr(runner, "shared_members", lambda cls, cfg, problems: (list(range(len(problems))),) * 2)
             run_batch(plans, problems, ckpt, every=4)
-        from testbed.training.checkpoint import load_state
-
         assert len(load_state(ckpt).rngs) == 3 and load_state(ckpt).t == 4
         resumed = run_batch(plans, problems, ckpt, every=4)
         for (r1, p1, _), (r2, p2, _) in zip(whole, resumed):

@@ -170,9 +170,8 @@ class Algorithm:
         """Whether a run of this configuration takes random numbers from its generator (at construction or in an
         update). False: the run is a function of its problem, its configuration and pi_0 alone, so the batched
         runner computes the seeds of a stack that share a problem once (a stack's pi_0 takes no random numbers:
-        :func:`~testbed.policies.initial_stack`) and checks afterwards that their generators were never used (neither
-        drawn from nor spawned; a draw from a ``jumped()`` copy or from numpy's or torch's global generators is not
-        seen, and no algorithm uses those). Default True (a user rule may draw in any mode)."""
+        :func:`~testbed.policies.initial_stack`) and checks afterwards that their generators were never used
+        (:func:`~testbed.experiments.runner.generator_used`). Default True (a user rule may draw in any mode)."""
         return True
 
     @staticmethod

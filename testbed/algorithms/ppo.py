@@ -287,7 +287,7 @@ class PPO(Algorithm):
         if cfg.prompt_buffer:  # DDPO's stat tracker: one process, so the batch is every prompt (DDPO gathers them)
             adv = tracked_prompt_advantage(r, q.reshape(len(q), -1), self.prompt_stats, cfg.prompt_buffer,
                                            cfg.prompt_min_count, scale=cfg.normalize_advantage)
-            adv = adv.to(r.device).to(ro["lp"].dtype)
+            adv = adv.to(device=r.device, dtype=ro["lp"].dtype)
         else:
             adv = per_prompt_advantage(r, q.reshape(len(q), -1), scale=cfg.normalize_advantage).to(ro["lp"].dtype)
         if cfg.adv_clip:

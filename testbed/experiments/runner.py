@@ -176,15 +176,25 @@ class BatchState:
     prob_sum: np.ndarray | None = None  # preference problems: sum of pi_0 … pi_{t−1} per member, as in run_one
 
 
-def shared_members(cls, cfg, problems: list) -> list[int]:
-    """owner[s]: the stack member that computes grid point s. A configuration that draws no random numbers
-    (:meth:`Algorithm.draws` False) runs a function of its problem, its configuration and pi_0 alone (a stack's
-    pi_0 takes none: :func:`~testbed.policies.initial_stack`), so the points of one stack that share a problem
-    are one computation, done once (the first of them); otherwise every point is its own member."""
+def shared_members(cls, cfg, problems: list) -> tuple[list[int], list[int]]:
+    """(owner, lead): owner[s] is the stack member that computes grid point s, lead[m] the grid point member m stands
+    for (the first of its points). A configuration that draws no random numbers (:meth:`Algorithm.draws` False) runs
+    a function of its problem, its configuration and pi_0 alone (a stack's pi_0 takes none:
+    :func:`~testbed.policies.initial_stack`), so the points of one stack that share a problem are one computation,
+    done once; otherwise every point is its own member."""
     if cls.draws(cfg):
-        return list(range(len(problems)))
-    first: dict = {}
-    return [first.setdefault(id(p), len(first)) for p in problems]
+        return list(range(len(problems))), list(range(len(problems)))
+    first: dict = {}  # id(problem) -> (member, its lead point)
+    owner = [first.setdefault(id(p), (len(first), s))[0] for s, p in enumerate(problems)]
+    return owner, [s for _, s in first.values()]
+
+
+def generator_used(rng: np.random.Generator, seed: int) -> bool:
+    """Whether ``rng`` (made by ``default_rng(seed)``) was drawn from or spawned from since (a draw from a
+    ``jumped()`` copy, or from numpy's or torch's global generators, is not seen)."""
+    fresh = np.random.default_rng(seed).bit_generator
+    return (rng.bit_generator.state != fresh.state
+            or rng.bit_generator.seed_seq.n_children_spawned != fresh.seed_seq.n_children_spawned)
 
 
 def _new_batch_state(plans: list[RunPlan], problems: list, cls, cfg, lead: list[int]) -> BatchState:
@@ -214,8 +224,7 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
     """
     cls = ALGORITHMS[plans[0].algorithm]
     cfg = build_config(cls.Config, plans[0].config, plans[0].label)
-    owner = shared_members(cls, cfg, problems)
-    lead = [owner.index(m) for m in range(max(owner) + 1)]  # the grid point that stands for each member
+    owner, lead = shared_members(cls, cfg, problems)
     ids = [plans[s].run_id for s in lead]
     ck, st = resume(checkpoint)
     if st is not None and len(st.rngs) != len(lead):  # written with a member per seed (before shared members): start
@@ -248,9 +257,7 @@ def run_batch(plans: list[RunPlan], problems: list, checkpoint: Path | None = No
     train(st, first.iterations, step, record, first.eval_every, _saver(st, ck, start), every)
     if len(lead) < len(plans):
         for rng, s in zip(st.rngs, lead):  # the shared members' runs must not have depended on their seed
-            fresh = np.random.default_rng(plans[s].seed).bit_generator
-            if rng.bit_generator.state != fresh.state or \
-                    rng.bit_generator.seed_seq.n_children_spawned != fresh.seed_seq.n_children_spawned:
+            if generator_used(rng, plans[s].seed):
                 raise RuntimeError(f"{cls.__name__}.draws says {plans[s].label!r} takes no random numbers, but its run "
                                    "used its generator: its seeds cannot share one computation")
     avg = st.prob_sum / first.iterations if averaged else None
@@ -295,9 +302,8 @@ def batch_groups(spec: Spec, jobs: int = 1, batch: bool = True) -> list[list[int
     out = []
     for units in groups.values():
         units = list(units.values())
-        parts = min(max(jobs, 1), len(units))
-        out += [sorted(i for u in part for i in u) for part in np.array_split(np.arange(len(units)), parts)
-                for part in [[units[k] for k in part]]]
+        for part in np.array_split(np.arange(len(units)), min(max(jobs, 1), len(units))):
+            out.append(sorted(i for k in part for i in units[k]))
     return out
 
 

@@ -74,6 +74,12 @@ class Interval:
     def value(self) -> tuple[float, float, float]:
         return self.point, self.low, self.high
 
+    def mirrored(self, point: float) -> Interval:
+        """The interval of 1 − the statistic (``point``: its value, computed exactly): ends and bands swapped and
+        reflected."""
+        (a, b), (c, d) = self.bands
+        return Interval(point, 1.0 - self.high, 1.0 - self.low, ((1.0 - d, 1.0 - c), (1.0 - b, 1.0 - a)), self.reps)
+
     def near(self, region: tuple[float, float] | None) -> bool:
         """Whether a boundary of ``region`` is within the Monte-Carlo error of an interval end
         (:func:`within_error`)."""
@@ -143,10 +149,8 @@ def poi_bootstrap(x: np.ndarray, y: np.ndarray, region: tuple[float, float] | No
     than X) is 1 − P(X better than Y) in every resample, so the interval of (y, x) is the mirror of that of (x, y)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if (x.shape, x.tobytes()) > (y.shape, y.tobytes()):
-        iv = poi_bootstrap(y, x, None if region is None else (1.0 - region[1], 1.0 - region[0]), reps, seed)
-        (a, b), (c, d) = iv.bands
-        bands = ((1.0 - d, 1.0 - c), (1.0 - b, 1.0 - a))
-        return Interval(probability_of_improvement(x, y), 1.0 - iv.high, 1.0 - iv.low, bands, iv.reps)
+        mirrored = None if region is None else (1.0 - region[1], 1.0 - region[0])
+        return poi_bootstrap(y, x, mirrored, reps, seed).mirrored(probability_of_improvement(x, y))
     chunk = max(1, 2 ** 22 // (x.shape[0] * y.shape[0] * x.shape[1]))  # comparisons held at once
 
     def draw(rng, k):
@@ -206,12 +210,13 @@ def aggregates(run_dir: str | Path) -> dict:
 def _poi_table(scores: dict, methods: list[str]) -> dict:
     """P(a better than b) with its interval for every ordered pair: each unordered pair bootstrapped once (more
     resamples while ½ is within the Monte-Carlo error of an end, from either side: :data:`HALF`) and its mirror cell
-    the complement (1 − p, 1 − high, 1 − low), so the two cells of a pair add up to 1 as the statistic does."""
+    the mirror (:meth:`Interval.mirrored`), so the two cells of a pair add up to 1 as the statistic does."""
     out = {}
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
-            p, low, high = poi_bootstrap(scores[a], scores[b], HALF).value
-            out[(a, b)], out[(b, a)] = (p, low, high), (1.0 - p, 1.0 - high, 1.0 - low)
+            iv = poi_bootstrap(scores[a], scores[b], HALF)
+            out[(a, b)] = iv.value
+            out[(b, a)] = iv.mirrored(probability_of_improvement(scores[b], scores[a])).value
     return out
 
 
